@@ -1,0 +1,1 @@
+"""actstore: the activation store (Zarr v3 + xarray + dask): schema, vocabulary, writer, query API."""

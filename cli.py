@@ -1,0 +1,72 @@
+"""The ``spatialbind`` command: a thin click group.
+
+Subcommands live next to the code they drive (``<package>/commands.py``) and are imported only
+when invoked, so ``spatialbind --help`` stays instant and a command's heavy dependencies (torch,
+pyrender) load only for that command. Package errors (classes defined in a package's ``errors``
+module) become one clean line and exit status 1; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+OUR_PACKAGES = ("scenegen", "vlms", "actstore", "probes", "interventions")
+
+# command name -> "module:attribute"; add a line here to add a command.
+COMMANDS: dict[str, str] = {
+    "generate": "scenegen.commands:generate",
+    "show": "scenegen.commands:show",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        mod, attr = target.split(":")
+        return getattr(importlib.import_module(mod), attr)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:  # noqa: BLE001 - re-raised unless it is one of ours
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            if _is_ours(e):
+                raise click.ClickException(str(e)) from None
+            if isinstance(e, OSError) and getattr(e, "errno", None) == 28:
+                raise click.ClickException(
+                    f"disk full: {e}; free space and rerun the same command to resume") from None
+            raise
+
+
+def _is_ours(e: BaseException) -> bool:
+    for cls in type(e).__mro__:
+        parts = cls.__module__.split(".")
+        if parts[0] in OUR_PACKAGES and parts[-1] == "errors":
+            return True
+    return False
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="spatialbind")
+@click.pass_context
+def spatialbind(ctx: click.Context, debug: bool) -> None:
+    """Study how vision-language models bind objects to spatial positions."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    spatialbind.main(args=argv, prog_name="spatialbind")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""interventions: interchange / criss-cross patching, ablation, last-token patching and direction amplification."""
