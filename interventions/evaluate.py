@@ -1,0 +1,445 @@
+"""Behavioural evaluation (the paper's E1, and What'sUp): runs any adapter, saves per-item predictions.
+
+Where it sits: reads stimuli (a dataset directory made by ``scenegen``, or the What'sUp release
+through :mod:`scenegen.importers.whatsup`), asks a :class:`vlms.base.VLMAdapter` for scores, and
+hands rows to :mod:`interventions.evaluate_report` (``predictions.parquet``, ``summary.csv``, a
+bar chart). ``spatialbind evaluate`` is a thin wrapper around :func:`evaluate`.
+
+Protocols
+---------
+``caption``
+    What'sUp's original scoring: every caption option is scored by its log-likelihood given the
+    image (``adapter.caption_logprob``); the argmax must be the correct caption (option 0 in the
+    release). Controlled A/B also get the original pair and set accuracy.
+``two-option``
+    The dual-mechanisms paper's variant: a two-option question (the true relation and its
+    opposite) asked in both option orders, scored by the next-token log-probabilities of the two
+    option words (``adapter.score_options``); an item is correct only if both orders are right
+    (strict). ``template="anchor"`` is the paper's Qwen2-VL/Pixtral wording, ``"direct"`` its
+    Gemma-3 wording (no system message); ``"auto"`` picks ``direct`` for Gemma models.
+``completion``
+    The paper's E1 for generated datasets: each completion prompt of a stimulus (e.g. "The color
+    of the square to the left of the red square is ") with its system message; the top-1 next
+    token, normalised to lower-case alphanumerics, must equal the answer. The probability of the
+    answer among the prompt's options is reported beside it. Choice / yes-no prompts are scored
+    by the argmax over their options.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+
+from .errors import InterventionError
+from .whatsup_metrics import normalise_token, softmax
+
+PROTOCOLS = ("caption", "two-option", "completion")
+
+
+class EvaluationError(InterventionError):
+    """Behavioural evaluation got unusable input (data source, protocol, stimuli, output)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvalConfig:
+    """Resolved settings of one evaluation run (saved as ``config.json`` next to the outputs)."""
+
+    model: str
+    """Adapter name, hub id or local directory (``tiny-qwen2-vl``, ``Qwen/Qwen2-VL-7B-Instruct``)."""
+    data: str
+    """A dataset directory, or ``whatsup:ROOT`` / ``whatsup:ROOT:SUBSET``."""
+    protocol: Literal["auto", "caption", "two-option", "completion"] = "auto"
+    """``auto``: ``caption`` for What'sUp, ``completion`` for generated datasets."""
+    batch_size: int = 8
+    """Items per forward pass."""
+    limit: int | None = None
+    """Evaluate only the first N items (per What'sUp subset)."""
+    coco_annotations: str | None = None
+    """COCO ``instances_val2017.json``: boxes and masks for What'sUp COCO subsets."""
+    template: Literal["auto", "anchor", "direct"] = "auto"
+    """Two-option wording: ``anchor`` (paper's Qwen2-VL prompt), ``direct`` (its Gemma-3 prompt)."""
+
+    def __post_init__(self):
+        if self.protocol not in ("auto",) + PROTOCOLS:
+            raise EvaluationError(
+                f"The 'protocol' parameter of EvalConfig must be one of auto, "
+                f"{', '.join(PROTOCOLS)}. Got {self.protocol!r} instead.")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise EvaluationError("The 'batch_size' parameter of EvalConfig must be an int >= 1. "
+                                  f"Got {self.batch_size!r} instead.")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise EvaluationError("The 'limit' parameter of EvalConfig must be an int >= 1 or "
+                                  f"None. Got {self.limit!r} instead.")
+        if self.template not in ("auto", "anchor", "direct"):
+            raise EvaluationError("The 'template' parameter of EvalConfig must be one of auto, "
+                                  f"anchor, direct. Got {self.template!r} instead.")
+        if not str(self.data).strip():
+            raise EvaluationError("The 'data' parameter of EvalConfig must be a dataset directory "
+                                  "or whatsup:ROOT[:SUBSET]. Got an empty string instead.")
+
+
+# --------------------------------------------------------------------------- items
+@dataclass
+class EvalItem:
+    """One stimulus to evaluate plus a way to load its image."""
+
+    stimulus: Any
+    load_image: Callable[[], Any]
+    source_path: str = ""
+    """What'sUp: the image path as the release JSON writes it (for pair/set grouping)."""
+
+
+def parse_data(spec: str) -> tuple[str, str, str | None]:
+    """Split ``--data``: ``("dir", DIR, None)`` or ``("whatsup", ROOT, SUBSET or None)``."""
+    s = str(spec)
+    if not s.startswith("whatsup:"):
+        return "dir", s, None
+    rest = s[len("whatsup:"):]
+    from scenegen.importers.whatsup import SUBSETS
+
+    root, _, sub = rest.rpartition(":")
+    if root and sub in SUBSETS:
+        return "whatsup", root, sub
+    if root and sub and not Path(rest).exists():
+        from scenegen.errors import suggest
+
+        raise EvaluationError(f"unknown What'sUp subset {sub!r} in --data {s!r}."
+                              f"{suggest(sub, SUBSETS)} Known: {', '.join(SUBSETS)}")
+    if not rest:
+        raise EvaluationError("--data whatsup: needs a root folder: whatsup:ROOT[:SUBSET]")
+    return "whatsup", rest, None
+
+
+def load_items(data: str, *, limit: int | None = None,
+               coco_annotations: str | None = None) -> list[EvalItem]:
+    """Stimuli named by ``--data`` as :class:`EvalItem` (images loaded lazily).
+
+    For ``whatsup:ROOT`` without a subset, every subset whose annotation file is under ROOT.
+    """
+    from PIL import Image
+
+    kind, where, subset = parse_data(data)
+    if kind == "dir":
+        from scenegen import read_dataset
+
+        ds = read_dataset(where)
+        stims = ds.base() if any(s.counterfactual_of for s in ds.stimuli) else list(ds.stimuli)
+        stims = [s for s in stims if s.prompts]
+        if not stims:
+            raise EvaluationError(f"dataset {where} has no stimuli with prompts to evaluate; "
+                                  "generate it with prompts or pick another --data")
+        stims = stims[:limit] if limit else stims
+        return [EvalItem(s, (lambda s=s: ds.pil_image(s)),
+                         (s.factors or {}).get("original_file", s.file_name)) for s in stims]
+    from scenegen.importers.whatsup import SUBSETS, WhatsUpError, import_whatsup
+
+    root = Path(where)
+    if subset is None:
+        subs = [n for n, sp in SUBSETS.items()
+                if (root / sp.json_name).is_file() or (root / "data" / sp.json_name).is_file()]
+        if not subs:
+            raise WhatsUpError(f"no What'sUp annotation file under {root} (looked for "
+                               f"{', '.join(sp.json_name for sp in SUBSETS.values())} in ROOT "
+                               "and ROOT/data); pass the folder of the download")
+    else:
+        subs = [subset]
+    items: list[EvalItem] = []
+    for sub in subs:
+        for stim, path in import_whatsup(root, sub, coco_annotations=coco_annotations,
+                                         limit=limit, progress=False):
+            items.append(EvalItem(stim, (lambda p=path: Image.open(p).convert("RGB")),
+                                  stim.factors.get("source", "")))
+    return items
+
+
+# --------------------------------------------------------------------------- queries
+@dataclass(frozen=True)
+class Query:
+    """One question put to the model about one item."""
+
+    item: int
+    """Index into the item list."""
+    kind: str
+    """``caption`` (score options as captions), ``options`` (next-token option scores) or
+    ``completion`` (top-1 next token, plus option scores when options exist)."""
+    prompt: str
+    options: tuple[str, ...]
+    answer: str
+    order: str = ""
+    system: str | None = None
+
+
+def caption_queries(i: int, stim) -> list[Query]:
+    """The caption-scoring question of an item (its ``choice`` prompt with empty text)."""
+    for p in stim.prompts:
+        if p.kind == "choice" and not p.text and len(p.options) >= 2:
+            if p.answer not in p.options:
+                raise EvaluationError(f"stimulus {stim.id}: caption answer {p.answer!r} is not "
+                                      "among its options; fix the dataset")
+            return [Query(i, "caption", "", tuple(p.options), p.answer)]
+    raise EvaluationError(f"stimulus {stim.id} has no caption options (a 'choice' prompt with "
+                          "empty text), so the caption protocol cannot score it; use "
+                          "--protocol completion or two-option")
+
+
+_PAIR_ORDER = {"horizontal": ("left", "right"), "vertical": ("above", "below"),
+               "depth": ("front", "behind")}
+_CANON = [("left", "right"), ("above", "below"), ("top", "bottom"), ("on", "under"),
+          ("front", "behind")]
+_PHRASE = {"left": "to the left of", "right": "to the right of", "above": "above",
+           "below": "below", "on": "on", "under": "under", "front": "in front of",
+           "behind": "behind", "top": "at the top of", "bottom": "at the bottom of"}
+
+
+def _names(stim) -> tuple[str | None, str | None]:
+    f = stim.factors or {}
+    if f.get("subject"):
+        return f.get("subject"), f.get("reference")
+    # generated stimuli: the answer entity is the subject, the prompt's reference span the reference
+    for p in stim.prompts:
+        ref = p.spans.get("reference") if p.spans else None
+        if p.kind == "completion" and ref:
+            subj = next((e.name or f"{e.color} {e.kind}".strip() for e in stim.entities
+                         if e.role == "target" and p.answer.lower() in
+                         {str(e.color).lower(), str(e.kind).lower(), str(e.name or "").lower()}),
+                        None)
+            return subj, p.text[ref[0]:ref[1]]
+    return None, None
+
+
+def two_option_text(subj: str, ref: str | None, a: str, b: str, template: str) -> str:
+    """The paper's two-option question with options ``a`` then ``b``.
+
+    ``anchor``: "Using the {ref} as the reference point, which side is the {subj} on? Answer
+    with one word: left or right." (``where is the {subj} located?`` off the horizontal axis).
+    ``direct``: "Is the {subj} to the left or to the right of the {ref}? Answer with one word."
+    One-object items (no reference): "Where is the {subj} in the photo? Answer with one word:
+    {a} or {b}."
+    """
+    if ref is None:
+        return f"Where is the {subj} in the photo? Answer with one word: {a} or {b}."
+    if template == "direct":
+        if {a, b} == {"left", "right"}:
+            return (f"Is the {subj} to the {a} or to the {b} of the {ref}? "
+                    "Answer with one word.")
+        pa, pb = _PHRASE[a], _PHRASE[b]
+        if pa.endswith(" of") and pb.endswith(" of"):
+            pa = pa[:-3]
+        return f"Is the {subj} {pa} or {pb} the {ref}? Answer with one word."
+    q = "which side is the {s} on?" if {a, b} == {"left", "right"} else "where is the {s} located?"
+    return (f"Using the {ref} as the reference point, {q.format(s=subj)} "
+            f"Answer with one word: {a} or {b}.")
+
+
+def two_option_queries(i: int, stim, template: str) -> list[Query]:
+    """The two orders ("lr": canonical pair order, "rl": reversed) of an item's question."""
+    rel = stim.relation
+    pair = next((p for p in _CANON if rel in p), None)
+    subj, ref = _names(stim)
+    if pair is None or not subj:
+        why = (f"relation {rel!r} has no opposite" if pair is None
+               else "its subject/reference names are unknown")
+        raise EvaluationError(f"stimulus {stim.id}: the two-option protocol cannot ask about it "
+                              f"({why}); use --protocol caption or completion")
+    system = None
+    out = []
+    for order, (a, b) in (("lr", pair), ("rl", pair[::-1])):
+        out.append(Query(i, "options", two_option_text(subj, ref, a, b, template), (a, b), rel,
+                         order, system))
+    return out
+
+
+def completion_queries(i: int, stim) -> list[Query]:
+    """One query per text prompt of a generated stimulus (see module docstring)."""
+    out = []
+    for k, p in enumerate(stim.prompts):
+        if not p.text:
+            continue
+        if p.kind == "completion":
+            out.append(Query(i, "completion", p.text, tuple(p.options), p.answer, f"p{k}",
+                             p.system))
+        else:
+            opts = tuple(p.options) or (("yes", "no") if p.kind == "yesno" else ())
+            if p.answer not in opts:
+                raise EvaluationError(f"stimulus {stim.id} prompt {k}: answer {p.answer!r} is "
+                                      f"not among its options {list(opts)}; fix the dataset")
+            out.append(Query(i, "options", p.text, opts, p.answer, f"p{k}", p.system))
+    if not out:
+        raise EvaluationError(f"stimulus {stim.id} has no text prompt, so the completion "
+                              "protocol cannot score it; use --protocol caption")
+    return out
+
+
+def build_queries(items: Sequence[EvalItem], protocol: str, template: str = "anchor") -> list[Query]:
+    """All queries of a protocol over ``items`` (raises on items the protocol cannot ask)."""
+    if protocol not in PROTOCOLS:
+        raise EvaluationError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    qs: list[Query] = []
+    for i, it in enumerate(items):
+        if protocol == "caption":
+            qs += caption_queries(i, it.stimulus)
+        elif protocol == "two-option":
+            qs += two_option_queries(i, it.stimulus, template)
+        else:
+            qs += completion_queries(i, it.stimulus)
+    return qs
+
+
+def resolve_protocol(protocol: str, items: Sequence[EvalItem]) -> str:
+    """``auto`` -> ``caption`` when every item has caption options (What'sUp), else ``completion``."""
+    if protocol != "auto":
+        return protocol
+    if items and all(any(p.kind == "choice" and not p.text for p in it.stimulus.prompts)
+                     for it in items):
+        return "caption"
+    return "completion"
+
+
+def resolve_template(template: str, model_name: str) -> str:
+    """``auto`` -> ``direct`` for Gemma models (the paper's Gemma prompt), else ``anchor``."""
+    if template != "auto":
+        return template
+    return "direct" if "gemma" in str(model_name).lower() else "anchor"
+
+
+# --------------------------------------------------------------------------- scoring
+def top1_tokens(adapter, images, prompts: Sequence[str], system: str | None) -> list[str]:
+    """Decoded top-1 next token of each (image, prompt) (greedy, one forward pass)."""
+    if hasattr(adapter, "top1"):
+        return list(adapter.top1(images, prompts, system=system))
+    batch = adapter.prepare(images, list(prompts), system=system)
+    out = adapter.run(batch)
+    ids = out.logits[:, -1, :].float().argmax(-1).tolist()
+    return [adapter.tokenizer.decode([t]) for t in ids]
+
+
+def score_queries(adapter, items: Sequence[EvalItem], queries: Sequence[Query], *,
+                  batch_size: int = 8, progress: bool = True) -> list[dict[str, Any]]:
+    """Ask the model every query; one result dict per query, in query order.
+
+    Each dict holds ``scores`` (per option, log-probs), ``prediction`` (an option, or the
+    normalised top-1 token for completion prompts), ``correct`` and ``p_answer`` (the answer's
+    probability among the options, NaN when there are none).
+    """
+    from tqdm.auto import tqdm
+
+    results: list[dict[str, Any] | None] = [None] * len(queries)
+    groups: dict[tuple, list[int]] = {}
+    for qi, q in enumerate(queries):
+        groups.setdefault((q.kind, q.system), []).append(qi)
+    bar = tqdm(total=len(queries), desc="evaluate", unit="q", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for (kind, system), idx in groups.items():
+            for s in range(0, len(idx), batch_size):
+                chunk = [queries[j] for j in idx[s:s + batch_size]]
+                images = [items[q.item].load_image() for q in chunk]
+                for j, r in zip(idx[s:s + batch_size],
+                                _score_chunk(adapter, kind, system, images, chunk)):
+                    results[j] = r
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+    return results  # type: ignore[return-value]
+
+
+def _score_chunk(adapter, kind: str, system, images, chunk: Sequence[Query]) -> list[dict]:
+    scores: list[np.ndarray | None] = [None] * len(chunk)
+    if kind == "caption":
+        scores = list(adapter.caption_logprob(images, [list(q.options) for q in chunk]))
+    else:
+        with_opts = [k for k, q in enumerate(chunk) if q.options]
+        if with_opts:
+            got = adapter.score_options([images[k] for k in with_opts],
+                                        [chunk[k].prompt for k in with_opts],
+                                        [list(chunk[k].options) for k in with_opts],
+                                        system=system)
+            for k, g in zip(with_opts, got):
+                scores[k] = g
+    tops = (top1_tokens(adapter, images, [q.prompt for q in chunk], system)
+            if kind == "completion" else [None] * len(chunk))
+    out = []
+    for q, sc, top in zip(chunk, scores, tops):
+        sc = None if sc is None else np.asarray(sc, dtype=float).ravel()
+        if sc is not None and len(sc) != len(q.options):
+            raise EvaluationError(f"the adapter returned {len(sc)} scores for {len(q.options)} "
+                                  "options; the adapter's scoring is broken")
+        p_ans = (float(softmax(sc)[q.options.index(q.answer)])
+                 if sc is not None and q.answer in q.options else float("nan"))
+        if kind == "completion":
+            pred = normalise_token(top)
+            correct = pred != "" and pred == normalise_token(q.answer)
+        else:
+            pred = q.options[int(np.argmax(sc))]
+            correct = pred == q.answer
+        out.append({"scores": [] if sc is None else sc.tolist(), "prediction": pred,
+                    "correct": bool(correct), "p_answer": p_ans,
+                    "top1": top if top is not None else None})
+    return out
+
+
+# --------------------------------------------------------------------------- entry point
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` returns: the tables it wrote and where."""
+
+    predictions: Any
+    summary: Any
+    out: Path | None
+    protocol: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate(config: EvalConfig, *, out: str | Path | None = None, adapter=None,
+             items: Sequence[EvalItem] | None = None, progress: bool = True) -> EvalResult:
+    """Run a behavioural evaluation and (when ``out`` is given) write its report.
+
+    Parameters
+    ----------
+    config
+        What to run (model, data, protocol, batch size, limit, template).
+    out
+        Output folder for ``predictions.parquet``, ``summary.csv``, ``summary.png`` and
+        ``config.json``; None keeps the results in memory only.
+    adapter
+        An already loaded adapter (default: ``vlms.load_adapter(config.model)``).
+    items
+        Pre-loaded items (default: :func:`load_items` on ``config.data``).
+
+    Returns
+    -------
+    EvalResult
+        ``predictions`` (one row per query) and ``summary`` (accuracy by group) DataFrames.
+    """
+    from . import evaluate_report as report
+
+    if out is not None:
+        report.check_output(Path(out), config)
+    if items is None:
+        items = load_items(config.data, limit=config.limit,
+                           coco_annotations=config.coco_annotations)
+    protocol = resolve_protocol(config.protocol, items)
+    template = resolve_template(config.template, config.model)
+    queries = build_queries(items, protocol, template)
+    if adapter is None:
+        import vlms
+
+        adapter = vlms.load_adapter(config.model)
+    results = score_queries(adapter, items, queries, batch_size=config.batch_size,
+                            progress=progress)
+    preds = report.prediction_table(items, queries, results, protocol)
+    summary, extra = report.summarise(preds, items, protocol)
+    if out is not None:
+        resolved = {"protocol": protocol, "template": template, "n_items": len(items),
+                    "n_queries": len(queries), "adapter": type(adapter).__name__}
+        report.write_report(Path(out), preds, summary, extra, asdict(config), resolved)
+    return EvalResult(predictions=preds, summary=summary,
+                      out=None if out is None else Path(out), protocol=protocol, extra=extra)
+
+
+def config_json(config: EvalConfig) -> str:
+    """The config as JSON text (what ``config.json`` holds before resolution)."""
+    return json.dumps(asdict(config), indent=2, sort_keys=True)

@@ -1,0 +1,220 @@
+"""Tables, plot and files of a behavioural evaluation (:mod:`interventions.evaluate`).
+
+Outputs in ``--out``:
+
+``predictions.parquet``
+    One row per query: ``id``, ``task``, ``relation``, ``axis``, ``protocol``, ``order``
+    (``lr``/``rl`` for two-option, ``p<k>`` for the k-th prompt, empty for captions), ``prompt``,
+    ``options``, ``scores`` (per option: caption log-likelihood or next-token log-prob),
+    ``prediction``, ``answer``, ``correct``, ``p_answer`` (the answer's probability among the
+    options), ``top1`` (raw top-1 token, completion only), ``item_correct`` (every query of the
+    item correct: the strict score for two-option), ``scene_id``, ``split``, ``source_path``,
+    one ``factor_<name>`` column per scalar scene factor and ``factors`` (all, as JSON).
+``summary.csv``
+    Item accuracy with a 95% Wilson interval by ``all``, ``task``, ``relation``, ``axis`` and
+    each low-cardinality scene factor; What'sUp Controlled subsets add ``pair_acc`` and
+    ``set_acc`` rows (original definitions).
+``summary.png``
+    The same as bar charts. ``metrics.json``: protocol-specific numbers (pair/set counts,
+    two-option outcome counts). ``config.json``: the resolved run config (written last).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .whatsup_metrics import pair_set_accuracy, wilson_interval
+
+_SKIP_FACTORS = {"source", "original_file", "subject", "reference", "image_id", "coco", "subset"}
+OUTPUT_FILES = ("predictions.parquet", "summary.csv", "summary.png", "metrics.json",
+                "config.json")
+
+
+def prediction_table(items, queries, results, protocol: str):
+    """One row per query (see module docstring) as a pandas DataFrame."""
+    import pandas as pd
+
+    rows = []
+    for q, r in zip(queries, results):
+        s = items[q.item].stimulus
+        f = dict(s.factors or {})
+        row = {"id": s.id, "task": s.task, "generator": s.generator, "relation": s.relation,
+               "axis": s.axis, "protocol": protocol, "order": q.order, "prompt": q.prompt,
+               "system": q.system, "options": list(q.options), "scores": r["scores"],
+               "prediction": r["prediction"], "answer": q.answer, "correct": r["correct"],
+               "p_answer": r["p_answer"], "top1": r["top1"], "scene_id": s.scene_id,
+               "split": s.split, "source_path": items[q.item].source_path,
+               "factors": json.dumps(f, sort_keys=True, default=str)}
+        for k, v in f.items():
+            if isinstance(v, (str, int, float, bool)) or v is None:
+                row[f"factor_{k}"] = v
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["item_correct"] = df.groupby("id")["correct"].transform("all")
+    return df
+
+
+def _row(group: str, value, sub) -> dict[str, Any]:
+    items = sub.drop_duplicates("id")
+    n, k = len(items), int(items["item_correct"].sum())
+    lo, hi = wilson_interval(k, n)
+    return {"group": group, "value": str(value), "n_items": n, "n_correct": k,
+            "accuracy": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi,
+            "query_accuracy": float(sub["correct"].mean()) if len(sub) else float("nan"),
+            "mean_p_answer": float(np.nanmean(sub["p_answer"])) if sub["p_answer"].notna().any()
+            else float("nan")}
+
+
+def summarise(df, items: Sequence, protocol: str):
+    """Accuracy by group (``summary.csv``) and protocol-specific extras (``metrics.json``)."""
+    import pandas as pd
+
+    rows = [_row("all", "all", df)]
+    n_items = df["id"].nunique()
+    for col in ("task", "relation", "axis"):
+        for v, sub in df.groupby(col, dropna=False, sort=True):
+            rows.append(_row(col, v, sub))
+    for col in sorted(c for c in df.columns if c.startswith("factor_")):
+        name = col[len("factor_"):]
+        per_item = df.drop_duplicates("id")[col]
+        nu = per_item.nunique(dropna=False)
+        if name in _SKIP_FACTORS or nu < 2 or nu > 20 or nu >= n_items:
+            continue
+        for v, sub in df.groupby(col, dropna=False, sort=True):
+            rows.append(_row(name, v, sub))
+    extra: dict[str, Any] = {"protocol": protocol, "n_items": int(n_items),
+                             "n_queries": int(len(df))}
+    per_item = df.drop_duplicates("id")
+    for task, sub in per_item.groupby("task", sort=True):
+        if task in ("Controlled_Images_A", "Controlled_Images_B"):
+            m = pair_set_accuracy(list(sub["source_path"]), list(sub["item_correct"]), task)
+            extra[f"{task}_pair_set"] = m
+            for g, k, den in (("pair_acc", m["pair_correct"], m["n"] / 2),
+                              ("set_acc", m["set_correct"], m["n"] / 4)):
+                rows.append({"group": g, "value": task, "n_items": den, "n_correct": k,
+                             "accuracy": m[g] / 100, "ci_low": float("nan"),
+                             "ci_high": float("nan"), "query_accuracy": float("nan"),
+                             "mean_p_answer": float("nan")})
+    if protocol == "two-option":
+        piv = df.pivot_table(index="id", columns="order", values="correct", aggfunc="first")
+        lr, rl = piv.get("lr"), piv.get("rl")
+        if lr is not None and rl is not None:
+            extra["two_option_outcomes"] = {
+                "golden": int((lr & rl).sum()), "fail_lr_only": int((~lr & rl).sum()),
+                "fail_rl_only": int((lr & ~rl).sum()), "fail_both": int((~lr & ~rl).sum())}
+    return pd.DataFrame(rows), extra
+
+
+def format_table(summary) -> str:
+    """The summary as an aligned text table (what the CLI prints)."""
+    lines = [f"{'group':<16} {'value':<24} {'n':>6} {'acc':>7} {'95% CI':>15} {'p(ans)':>7}"]
+    for r in summary.itertuples(index=False):
+        ci = ("" if np.isnan(r.ci_low) else f"[{r.ci_low:.3f},{r.ci_high:.3f}]")
+        pa = "" if np.isnan(r.mean_p_answer) else f"{r.mean_p_answer:.3f}"
+        n = f"{r.n_items:g}"
+        lines.append(f"{r.group[:16]:<16} {str(r.value)[:24]:<24} {n:>6} {r.accuracy:>7.3f} "
+                     f"{ci:>15} {pa:>7}")
+    return "\n".join(lines)
+
+
+def plot_summary(summary, path: Path, title: str = "") -> None:
+    """Bar charts of accuracy (with 95% intervals) per group; saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [g for g in dict.fromkeys(summary["group"]) if g != "all"]
+    groups = groups[:8] or ["all"]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7, 1.2 + 0.35 * len(summary) + 0.6 *
+                                                      len(groups)), squeeze=False)
+    overall = summary[summary["group"] == "all"]["accuracy"]
+    for ax, g in zip(axes[:, 0], groups):
+        sub = summary[summary["group"] == g]
+        y = np.arange(len(sub))
+        acc = sub["accuracy"].to_numpy(float)
+        err = np.vstack([np.nan_to_num(acc - sub["ci_low"].to_numpy(float)),
+                         np.nan_to_num(sub["ci_high"].to_numpy(float) - acc)])
+        ax.barh(y, acc, xerr=err, color="#4C72B0", ecolor="#333333", capsize=2)
+        ax.set_yticks(y, [f"{v} (n={n:g})" for v, n in zip(sub["value"], sub["n_items"])],
+                      fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_title(g, fontsize=9, loc="left")
+        if len(overall):
+            ax.axvline(float(overall.iloc[0]), color="#C44E52", ls="--", lw=1)
+    axes[-1, 0].set_xlabel("accuracy (dashed: overall)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    _atomic(path, buf.getvalue())
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def check_output(out: Path, config) -> None:
+    """Refuse an ``out`` folder that holds other files or another run's results.
+
+    Rerunning the same config into the same folder replaces its outputs; anything else stops
+    before the model is loaded, so nothing already written is touched.
+    """
+    from dataclasses import asdict
+
+    from .evaluate import EvaluationError
+
+    if out.exists() and not out.is_dir():
+        raise EvaluationError(f"--out {out} is a file; pass a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    cfg = out / "config.json"
+    if cfg.exists():
+        try:
+            old = json.loads(cfg.read_text()).get("run", {})
+        except ValueError:
+            old = None
+        if old == json.loads(json.dumps(asdict(config))):
+            return
+        raise EvaluationError(f"--out {out} holds the results of a different evaluation "
+                              "(see its config.json); choose a new --out or delete that folder")
+    others = [p.name for p in out.iterdir() if p.name not in OUTPUT_FILES]
+    if others:
+        raise EvaluationError(f"--out {out} is not empty and holds no evaluation ({others[0]}, "
+                              "...); choose an empty or new folder")
+
+
+def write_report(out: Path, preds, summary, extra: dict, run: dict, resolved: dict) -> None:
+    """Write every output file of a run into ``out`` (``config.json`` last).
+
+    ``run`` is the :class:`EvalConfig` as given (compared on reruns), ``resolved`` what it
+    resolved to (protocol, template, counts, adapter).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    preds.to_parquet(buf, index=False)
+    _atomic(out / "predictions.parquet", buf.getvalue())
+    _atomic(out / "summary.csv", summary.to_csv(index=False).encode())
+    _atomic(out / "metrics.json", (json.dumps(extra, indent=2, default=float) + "\n").encode())
+    plot_summary(summary, out / "summary.png",
+                 f"{run.get('model')} · {resolved.get('protocol')} · {run.get('data')}")
+    meta = {"run": run, "resolved": resolved, "toolkit_version": _version()}
+    _atomic(out / "config.json", (json.dumps(meta, indent=2, default=str) + "\n").encode())
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("spatialbind")
+    except Exception:  # noqa: BLE001 - source tree without install
+        return "0+unknown"
