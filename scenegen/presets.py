@@ -1,0 +1,59 @@
+"""Named generate configs: the paper's flat stimuli per model, and a default 3D scene set.
+
+``spatialbind generate --preset NAME`` resolves NAME here. Flat presets without ``--n`` give the
+paper's full enumeration (120 ordered triples x 4 directions = 480 base stimuli, each with its
+swap / criss-cross / isolated twins, plus one blank canvas).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .config import GenerateConfig
+from .errors import unknown
+
+#: Paper Table 4 geometry (PAPER-NOTES 1.3).
+GEOMETRY: dict[str, dict[str, int]] = {
+    "qwen2-vl": {"num_tokens": 12, "token_px": 28, "size": 2, "spacing": 2},
+    "gemma-3": {"num_tokens": 16, "token_px": 56, "size": 3, "spacing": 3},
+}
+
+
+def _flat(task: str, model: str) -> dict[str, Any]:
+    return {"generator": "flat", "seed": 0, "n": None,
+            "flat": {"task": task, "grid": dict(GEOMETRY[model])}}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "squares-qwen2-vl": _flat("squares", "qwen2-vl"),
+    "squares-gemma-3": _flat("squares", "gemma-3"),
+    "shapes-qwen2-vl": _flat("shapes", "qwen2-vl"),
+    "shapes-gemma-3": _flat("shapes", "gemma-3"),
+    # The 3D generator's own defaults (scenegen/scene3d.py); n=None lets it pick its default.
+    "scene3d": {"generator": "scene3d", "seed": 0, "n": 200, "scene3d": {}},
+}
+
+
+def preset_names() -> list[str]:
+    """Names accepted by :func:`preset`."""
+    return sorted(PRESETS)
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The config dict of preset ``name`` (a copy; safe to modify).
+
+    Raises
+    ------
+    ConfigError
+        Unknown name, with the closest known one suggested.
+    """
+    if name not in PRESETS:
+        raise unknown("preset", name, PRESETS, where="--preset")
+    return copy.deepcopy(PRESETS[name])
+
+
+def preset_config(name: str, **overrides) -> GenerateConfig:
+    """:class:`GenerateConfig` of preset ``name`` with top-level ``overrides`` (e.g. n, seed)."""
+    d = preset(name)
+    d.update({k: v for k, v in overrides.items()})
+    return GenerateConfig.from_dict(d)
