@@ -1,0 +1,409 @@
+"""Read side of the activation store: labelled xarray/dask queries by model, site, layer and role.
+
+``open_store(path_or_url)`` returns a :class:`Store`; ``Store.select`` gives the activations of one
+site (family + layer) as a dask-backed ``xarray.DataArray`` whose token axis is "the k-th token of
+the requested role in each sample", gathered through precomputed integer indices (a vectorised
+``isel``), never boolean masks over dask dimensions. ``Store.pooled`` gives per-(sample, entity)
+means, the table ``probes`` trains on. Only samples whose ``done`` flag is set are returned unless
+``include_pending=True``.
+"""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import schema as S
+from .errors import StoreError, unknown
+
+TARGET_CHUNK_BYTES = 64 * 2**20
+"""Dask chunks along ``sample`` hold about this many bytes (rounded to whole shards)."""
+
+
+def open_store(path, *, storage_options: dict | None = None) -> "Store":
+    """Open a store read-only.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Local directory or fsspec URL (``file://``, ``memory://``, ``s3://`` ...).
+    storage_options : dict, optional
+        Passed to fsspec for URLs.
+
+    Returns
+    -------
+    Store
+
+    Raises
+    ------
+    StoreError
+        If nothing is there, or it is not an activation store of this schema version.
+    """
+    import zarr
+
+    try:
+        root = zarr.open_group(S.resolve_store(path, mode="r", storage_options=storage_options),
+                               mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        raise StoreError(f"no activation store at {path}: give the --store path that extraction "
+                         f"wrote (a directory with zarr.json)") from None
+    v = root.attrs.get("schema_version")
+    if v is None:
+        raise StoreError(f"{path} is a zarr group but not an activation store (no schema_version attr)")
+    if v != S.SCHEMA_VERSION:
+        raise StoreError(f"{path} has store schema version {v}; this toolkit reads version "
+                         f"{S.SCHEMA_VERSION}: re-extract it, or use the toolkit version that wrote it")
+    return Store(root, str(path))
+
+
+class Store:
+    """A read-only activation store. Build it with :func:`open_store`."""
+
+    def __init__(self, root, path: str):
+        self.root = root
+        self.path = path
+        self._cache: dict = {}
+
+    def __repr__(self) -> str:
+        return f"<actstore.Store {self.path!r} models={self.models}>"
+
+    # ------------------------------------------------------------------ catalogue
+    @cached_property
+    def _groups(self) -> dict[str, object]:
+        out = {}
+        for key, g in sorted(self.root.groups()):
+            if g.attrs.get("complete"):
+                out[g.attrs.get("model", key)] = g
+        return out
+
+    @property
+    def models(self) -> list[str]:
+        """Names of the models held (as given to the writer)."""
+        return list(self._groups)
+
+    @property
+    def roles(self) -> dict[int, str]:
+        """Role code -> name table."""
+        return dict(enumerate(S.ROLE_NAMES))
+
+    def group(self, model: str | None = None):
+        """The zarr group of ``model`` (which may be omitted when the store holds one model)."""
+        if model is None:
+            if len(self._groups) != 1:
+                raise StoreError(f"{self.path} holds {len(self._groups)} models {self.models}: "
+                                 f"choose one with model=... (--model)")
+            return next(iter(self._groups.values()))
+        if model in self._groups:
+            return self._groups[model]
+        for g in self._groups.values():
+            if S.model_key(model) == S.model_key(g.attrs["model"]):
+                return g
+        raise unknown("model", model, self.models, where=self.path)
+
+    def sites(self, model: str | None = None) -> list[str]:
+        """Site families held for ``model``."""
+        return [d["name"] for d in self.group(model).attrs["sites"]]
+
+    def layers(self, model: str | None = None, site: str | None = None) -> list[int]:
+        """The model's layer numbers held for a site family."""
+        return list(self._spec(self.group(model), site).layers)
+
+    def provenance(self, model: str | None = None) -> dict:
+        """Provenance attrs of a model group (model id, revision, adapter, dtype, data hash, ...)."""
+        g = self.group(model)
+        return {**g.attrs["provenance"], "params": g.attrs.get("params", {})}
+
+    def _spec(self, g, site) -> S.SiteSpec:
+        specs = {d["name"]: S.SiteSpec.from_dict(d) for d in g.attrs["sites"]}
+        if site is None:
+            if len(specs) != 1:
+                raise StoreError(f"model {g.attrs['model']!r} has sites {sorted(specs)}: choose one "
+                                 f"with site=... (--site)")
+            return next(iter(specs.values()))
+        fam, _ = S.parse_site(site)
+        if fam not in specs:
+            raise unknown("site", site, sorted(specs), where=f"model {g.attrs['model']!r}")
+        return specs[fam]
+
+    # ------------------------------------------------------------------ labels
+    def labels(self, model: str | None = None) -> pd.DataFrame:
+        """Per-sample labels (one row per stored sample, index = store index) plus ``done``."""
+        g = self.group(model)
+        key = ("labels", g.path)
+        if key not in self._cache:
+            sg = g["samples"]
+            cols = {}
+            for name, arr in sorted(sg.arrays()):
+                v = arr[:]
+                if arr.attrs.get("kind") == "string":
+                    v = S.decode_strings(v, arr.attrs["categories"])
+                cols[name] = v
+            df = pd.DataFrame(cols)
+            first = [c for c in S.STANDARD_SAMPLE_LABELS if c in df]
+            df = df[first + [c for c in df.columns if c not in first and c != "done"] + ["done"]]
+            df["done"] = df["done"].astype(bool)
+            df.index.name = S.SAMPLE
+            self._cache[key] = df
+        return self._cache[key].copy()
+
+    def _tokens(self, g, fam: str) -> dict[str, np.ndarray]:
+        key = ("tokens", g.path, fam)
+        if key not in self._cache:  # small int arrays: loaded once, used to build integer indices
+            fg = g[fam]
+            self._cache[key] = {name: np.asarray(fg[name][:]) for name in S.TOKEN_LABELS}
+        return self._cache[key]
+
+    def _sample_index(self, g, where, include_pending) -> np.ndarray:
+        df = self.labels(g.attrs["model"])
+        keep = np.ones(len(df), bool) if include_pending else df["done"].to_numpy().copy()
+        for col, want in (where or {}).items():
+            if col not in df.columns:
+                raise unknown("label", col, list(df.columns), where=f"where= of {self.path}")
+            vals = df[col]
+            wants = list(want) if isinstance(want, (list, tuple, set, np.ndarray)) else [want]
+            if pd.api.types.is_numeric_dtype(vals) or pd.api.types.is_bool_dtype(vals):
+                try:
+                    wants = [vals.dtype.type(w) if not isinstance(w, str) or w.lower() not in
+                             ("true", "false") else w.lower() == "true" for w in wants]
+                except (TypeError, ValueError):
+                    raise StoreError(f"where {col}={want!r}: {col!r} is numeric in {self.path}; "
+                                     f"give numbers") from None
+            else:
+                wants = [str(w) for w in wants]
+            keep &= vals.isin(wants).to_numpy()
+        return np.flatnonzero(keep)
+
+    # ------------------------------------------------------------------ activations
+    def _acts(self, g, spec: S.SiteSpec):
+        import dask.array as da
+        import xarray as xr
+
+        arr = g[spec.name]["acts"]
+        per_sample = spec.n_tokens * spec.hidden * np.dtype(spec.dtype).itemsize
+        B = int(g.attrs["batch_size"])
+        c = max(B, (TARGET_CHUNK_BYTES // max(per_sample, 1)) // B * B)
+        d = da.from_array(arr, chunks=(c, 1, spec.n_tokens, spec.hidden), lock=False, fancy=False,
+                          name=f"actstore-{self.path}-{g.path}-{spec.name}", asarray=True)
+        return xr.DataArray(d, dims=S.ACTS_DIMS, coords={S.LAYER: list(spec.layers)},
+                            name=f"{g.attrs['model']}/{spec.name}")
+
+    def _resolve(self, model, site, layer):
+        g = self.group(model)
+        spec = self._spec(g, site)
+        lay = None
+        if site is not None:
+            _, lay = S.parse_site(site, layer)
+        elif layer is not None:
+            lay = int(layer)
+        if lay is not None and lay not in spec.layers:
+            raise unknown("layer", lay, list(spec.layers),
+                          where=f"site {spec.name!r} of model {g.attrs['model']!r}")
+        return g, spec, lay
+
+    def select(self, model: str | None = None, site: str | None = None, layer: int | None = None,
+               role: str | int | None = None, where: Mapping | None = None, *,
+               include_pending: bool = False):
+        """Activations of one site (and layer) for one token role, as a labelled DataArray.
+
+        Parameters
+        ----------
+        model, site, layer
+            Which activations; ``site`` may carry the layer (``"lm.resid.4"``). ``layer=None`` on a
+            layered site keeps a ``layer`` dim with every stored layer.
+        role : str or int, optional
+            Token role (name or code). The ``token`` dim then indexes the k-th token of that role
+            in each sample; samples with fewer get padding (coord ``pad`` True, values NaN).
+            ``None`` returns every stored token slot (``pad`` marks padding slots).
+        where : mapping, optional
+            Sample-label filters, ``{"axis": "horizontal", "split": ["train", "val"]}``.
+        include_pending : bool
+            Also return samples whose ``done`` flag is not set (their values are NaN).
+
+        Returns
+        -------
+        xarray.DataArray
+            Dask-backed, dims ``(sample, token, hidden)`` or ``(sample, layer, token, hidden)``;
+            coords on ``sample``: ``sample`` (store index) and every label column; on
+            ``(sample, token)``: ``role``, ``ordinal``, ``entity``, ``row``, ``col``, ``position``, ``pad``.
+        """
+        import xarray as xr
+
+        g, spec, lay = self._resolve(model, site, layer)
+        sidx = self._sample_index(g, where, include_pending)
+        x = self._acts(g, spec)
+        if lay is not None:
+            x = x.isel(layer=list(spec.layers).index(lay))
+        x = x.isel(sample=sidx)
+        tok = {k: v[sidx] for k, v in self._tokens(g, spec.name).items()}
+        if role is None:
+            pad = tok["role"] == S.PAD
+            coords = dict(tok)
+            x = x.assign_coords(token=np.arange(spec.n_tokens))
+        else:
+            code = S.role_code(role)
+            idx, pad = _kth_indices(tok["role"] == code)
+            coords = {k: np.where(pad, S.TOKEN_LABELS[k][1], np.take_along_axis(v, idx, axis=1))
+                      for k, v in tok.items()}
+            x = x.isel(token=xr.DataArray(idx, dims=(S.SAMPLE, S.TOKEN)))
+            if pad.any():
+                x = x.where(xr.DataArray(~pad, dims=(S.SAMPLE, S.TOKEN)))
+            x = x.assign_coords(token=np.arange(idx.shape[1]))
+        x = x.assign_coords({k: ((S.SAMPLE, S.TOKEN), v) for k, v in coords.items()})
+        x = x.assign_coords(pad=((S.SAMPLE, S.TOKEN), pad))
+        x = x.assign_coords(self._sample_coords(g, sidx))
+        x.attrs.update(self._attrs(g, spec, lay, role))
+        return x
+
+    def pooled(self, model: str | None = None, site: str | None = None, layer: int | None = None,
+               role: str | int = "object", by: str = "entity", where: Mapping | None = None, *,
+               include_pending: bool = False):
+        """Mean activation over each entity's (or each sample's) tokens of one role.
+
+        Parameters
+        ----------
+        model, site, layer, where, include_pending
+            As in :meth:`select`; a layer is required for layered sites.
+        role : str or int
+            Token role pooled over (default ``object``).
+        by : {"entity", "sample"}
+            One item per (sample, entity) with at least one such token, or one per sample.
+
+        Returns
+        -------
+        xarray.DataArray
+            float32, computed, dims ``(item, hidden)``; coords on ``item``: ``sample``, ``mask_id``
+            (entity; 0 with ``by="sample"``), ``ordinal`` (of the item's first token, -1 if none),
+            ``n_pooled`` (tokens averaged) and every sample label (``sample_id``, ``scene_id``, ...).
+        """
+        import xarray as xr
+
+        if by not in ("entity", "sample"):
+            raise StoreError(f"by must be 'entity' or 'sample'; got {by!r}")
+        g, spec, lay = self._resolve(model, site, layer)
+        if lay is None:
+            raise StoreError(f"pooled needs one layer of site {spec.name!r}: give layer= "
+                             f"(one of {list(spec.layers)}) or site='{spec.name}.<layer>'")
+        sidx = self._sample_index(g, where, include_pending)
+        tok = {k: v[sidx] for k, v in self._tokens(g, spec.name).items()}
+        m = tok["role"] == S.role_code(role)
+        s_loc, t = np.nonzero(m)  # row-major: sorted by sample, then token
+        ent = tok["entity"][s_loc, t] if by == "entity" else np.zeros(len(t), np.int16)
+        order = np.lexsort((t, ent, s_loc))
+        s_loc, t, ent = s_loc[order], t[order], ent[order]
+        keys = np.stack([s_loc, ent.astype(np.int64)], axis=1)
+        uniq, start, counts = np.unique(keys, axis=0, return_index=True, return_counts=True)
+        n_items, width = len(uniq), int(counts.max()) if len(counts) else 0
+        k = np.arange(width)[None, :]
+        pos = np.minimum(start[:, None] + k, start[:, None] + counts[:, None] - 1) \
+            if n_items else np.zeros((0, 0), np.int64)
+        w = np.where(k < counts[:, None], 1.0 / np.maximum(counts[:, None], 1), 0.0).astype("float32")
+        x = self._acts(g, spec).isel(layer=list(spec.layers).index(lay))
+        if n_items:
+            vals = x.isel(sample=xr.DataArray(sidx[s_loc[pos]], dims=(S.ITEM, "k")),
+                          token=xr.DataArray(t[pos], dims=(S.ITEM, "k")))
+            out = (vals.astype("float32") * xr.DataArray(w, dims=(S.ITEM, "k"))).sum("k").compute()
+            out = out.drop_vars([c for c in out.coords if c not in (S.HIDDEN,)])
+        else:
+            out = xr.DataArray(np.zeros((0, spec.hidden), "float32"), dims=(S.ITEM, S.HIDDEN))
+        items_s = uniq[:, 0] if n_items else np.zeros(0, np.int64)
+        first_ord = tok["ordinal"][s_loc[start], t[start]] if n_items else np.zeros(0, np.int8)
+        out = out.assign_coords({
+            S.SAMPLE: (S.ITEM, sidx[items_s]),
+            "mask_id": (S.ITEM, uniq[:, 1].astype(np.int16) if n_items else np.zeros(0, np.int16)),
+            "ordinal": (S.ITEM, first_ord.astype(np.int8)),
+            "n_pooled": (S.ITEM, counts.astype(np.int32) if n_items else np.zeros(0, np.int32)),
+        })
+        df = self.labels(g.attrs["model"]).iloc[sidx[items_s]]
+        out = out.assign_coords({c: (S.ITEM, df[c].to_numpy()) for c in df.columns if c != "done"})
+        out.name = f"{g.attrs['model']}/{S.site_name(spec.name, lay)}/{role}/mean-by-{by}"
+        out.attrs.update(self._attrs(g, spec, lay, role))
+        out.attrs["pooled_by"] = by
+        return out
+
+    def _sample_coords(self, g, sidx) -> dict:
+        df = self.labels(g.attrs["model"]).iloc[sidx]
+        out = {S.SAMPLE: (S.SAMPLE, sidx)}
+        out.update({c: (S.SAMPLE, df[c].to_numpy()) for c in df.columns if c != "done"})
+        return out
+
+    def _attrs(self, g, spec, lay, role) -> dict:
+        prov = g.attrs["provenance"]
+        return {"model": g.attrs["model"], "site": S.site_name(spec.name, lay),
+                "role": "" if role is None else S.ROLE_NAMES[S.role_code(role)],
+                **{k: ("" if v is None else v) for k, v in prov.items()
+                   if isinstance(v, (str, int, float))},
+                "store": self.path}
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> dict:
+        """What the store holds: models, sites, layers, role token counts, sample counts, bytes."""
+        out = {"path": self.path, "schema_version": self.root.attrs.get("schema_version"),
+               "bytes": self.nbytes(), "models": {}}
+        for name, g in self._groups.items():
+            df = self.labels(name)
+            done = df["done"].to_numpy()
+            m = {"provenance": dict(g.attrs["provenance"]), "params": dict(g.attrs.get("params", {})),
+                 "n_samples": len(df), "done": int(done.sum()), "sites": {}}
+            for spec in (S.SiteSpec.from_dict(d) for d in g.attrs["sites"]):
+                role = self._tokens(g, spec.name)["role"][done]
+                counts = np.bincount(role.ravel(), minlength=len(S.ROLE_NAMES))
+                m["sites"][spec.name] = {
+                    "layers": list(spec.layers), "n_tokens": spec.n_tokens, "hidden": spec.hidden,
+                    "dtype": spec.dtype,
+                    "roles": {S.ROLE_NAMES[c]: int(n) for c, n in enumerate(counts)
+                              if n and c != S.PAD},
+                    "bytes": int(g[spec.name]["acts"].nbytes_stored())}
+            out["models"][name] = m
+        return out
+
+    def nbytes(self) -> int:
+        """Bytes the store takes on disk (or in the object store)."""
+        store = self.root.store
+        if hasattr(store, "fs"):
+            return int(store.fs.du(store.path, total=True))
+        total = 0
+        for dirpath, _, files in os.walk(str(store.root)):
+            total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
+        return total
+
+
+def _kth_indices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For a (S, T) boolean mask, the token index of the k-th True per row, padded.
+
+    Returns ``idx`` (S, K) int64 (0 in padded slots) and ``pad`` (S, K) bool, K = max row count.
+    """
+    counts = mask.sum(axis=1)
+    K = int(counts.max()) if mask.size else 0
+    order = np.argsort(~mask, axis=1, kind="stable")[:, :K]
+    pad = np.arange(K)[None, :] >= counts[:, None]
+    return np.where(pad, 0, order).astype(np.int64), pad
+
+
+def format_summary(summary: dict) -> str:
+    """Human-readable text of :meth:`Store.summary` (what ``spatialbind query STORE`` prints)."""
+    lines = [f"store {summary['path']}  schema v{summary['schema_version']}  "
+             f"{_human(summary['bytes'])} on disk"]
+    for name, m in summary["models"].items():
+        p = m["provenance"]
+        lines.append(f"model {name}  ({p.get('model_id')}@{p.get('revision')}, adapter "
+                     f"{p.get('adapter')}, {p.get('dtype')}, data {p.get('data_hash')})")
+        lines.append(f"  samples {m['done']}/{m['n_samples']} done  params {m['params']}")
+        for fam, s in m["sites"].items():
+            lay = s["layers"] if S.is_layered(fam) else "-"
+            lines.append(f"  site {fam:<16} layers {lay}  tokens {s['n_tokens']}  hidden "
+                         f"{s['hidden']}  {s['dtype']}  {_human(s['bytes'])}")
+            roles = ", ".join(f"{r} {n}" for r, n in s["roles"].items()) or "(no tokens yet)"
+            lines.append(f"    roles: {roles}")
+    if not summary["models"]:
+        lines.append("(no models yet)")
+    return "\n".join(lines)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024

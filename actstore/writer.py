@@ -1,0 +1,476 @@
+"""Two-phase, resumable, shard-aligned writer of activations into the store (used by ``vlms`` extraction).
+
+Phase 1, :meth:`StoreWriter.open_or_create`, pre-allocates every array of a model group from the
+full list of sample labels (the sample order is fixed from then on) or re-opens an existing group
+after checking that it belongs to the same model, schema, data and dtype. Phase 2,
+:meth:`StoreWriter.write`, writes one batch of samples by region (a whole zarr shard when the batch
+is aligned) and only then sets their ``done`` flags, so a killed run never leaves a sample marked
+done whose data are missing. :meth:`StoreWriter.pending` tells a resumed run (or one of several
+processes, via ``shard=(i, n)``) what is left.
+"""
+from __future__ import annotations
+
+import errno
+import time
+from typing import Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import schema as S
+from .errors import StoreError
+
+
+class StoreWriter:
+    """Writer of one model group of a store. Build it with :meth:`open_or_create`."""
+
+    def __init__(self, *, path: str, root, group, specs: list[S.SiteSpec], n_samples: int,
+                 batch_size: int):
+        self.path = str(path)
+        self.root = root
+        self.group = group
+        self.specs = {s.name: s for s in specs}
+        self.n_samples = n_samples
+        self.batch_size = batch_size
+        self.model = group.attrs["model"]
+        self._done = group["samples"]["done"]
+        self._arrays = {f: group[f] for f in self.specs}
+
+    # ------------------------------------------------------------------ phase 1
+    @classmethod
+    def open_or_create(cls, path, *, model: str, provenance: Mapping, samples: pd.DataFrame,
+                       sites: list[S.SiteSpec], params: Mapping | None = None,
+                       batch_size: int = 16, inner_samples: int = 1,
+                       storage_options: dict | None = None, wait_s: float = 30.0) -> "StoreWriter":
+        """Open the model group of a store for writing, creating and pre-allocating it if needed.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Local directory or fsspec URL of the store (created if missing).
+        model : str
+            Key of the model inside the store (e.g. ``"qwen2-vl-7b"``; ``/`` becomes ``--``).
+        provenance : mapping
+            Must hold ``model_id``, ``revision``, ``adapter``, ``dtype``, ``data_hash``; more keys
+            are stored as well.
+        samples : pandas.DataFrame
+            One row per sample in the order they will be stored; needs a unique ``sample_id``.
+        sites : list of SiteSpec
+            Site families to allocate (dims sample × layer × token × hidden each).
+        params : mapping, optional
+            Extraction parameters that change the labels (e.g. ``object_coverage``); checked on reopen.
+        batch_size : int
+            Samples per zarr shard; write batches of this size (``batches()`` yields them).
+        inner_samples : int
+            Samples per inner chunk of a shard (1 = fastest single-sample reads).
+        wait_s : float
+            How long to wait for another process that is creating the same group.
+
+        Returns
+        -------
+        StoreWriter
+
+        Raises
+        ------
+        StoreError
+            Bad arguments, or an existing group made for another model, schema, data or dtype.
+        """
+        import zarr
+
+        prov = _check_provenance(provenance)
+        specs = _check_sites(sites)
+        params = dict(params or {})
+        _check_json(params, "params")
+        frame = _check_samples(samples)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise StoreError(f"batch_size must be an int >= 1; got {batch_size!r}")
+        if not isinstance(inner_samples, int) or inner_samples < 1 or batch_size % inner_samples:
+            raise StoreError(f"inner_samples must divide batch_size={batch_size}; got {inner_samples!r}")
+        key = S.model_key(model)
+        try:
+            root = zarr.open_group(S.resolve_store(path, mode="a", storage_options=storage_options),
+                                   mode="a", zarr_format=3)
+            _check_root(root, path)
+            if key not in root:
+                try:
+                    _create(root, key, model=model, prov=prov, frame=frame, specs=specs,
+                            params=params, batch_size=batch_size, inner_samples=inner_samples)
+                except zarr.errors.ContainsGroupError:  # another process won the race
+                    pass
+            group = _wait_complete(root, key, path, wait_s)
+            if group is None:  # a creation that was interrupted (crash, disk full): nothing done yet
+                del root[key]
+                _create(root, key, model=model, prov=prov, frame=frame, specs=specs, params=params,
+                        batch_size=batch_size, inner_samples=inner_samples)
+                group = root[key]
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise StoreError(f"disk full while creating {path}/{key}: free space and rerun the "
+                                 f"same command (the half-made group is rebuilt)") from None
+            raise
+        _check_compatible(group, path, key, prov=prov, frame=frame, specs=specs, params=params)
+        return cls(path=str(path), root=root, group=group, specs=specs,
+                   n_samples=len(frame), batch_size=int(group.attrs["batch_size"]))
+
+    # ------------------------------------------------------------------ resume
+    def done(self) -> np.ndarray:
+        """Boolean ``done`` flag per sample (read from the store)."""
+        return np.asarray(self._done[:], dtype=bool)
+
+    def pending(self, shard: tuple[int, int] | None = None) -> np.ndarray:
+        """Indices of samples not yet written, optionally only those of process ``i`` of ``n``.
+
+        Batches are assigned round-robin (``batch % n == i``) so that two processes never write
+        into the same zarr shard.
+        """
+        idx = np.flatnonzero(~self.done())
+        if shard is not None:
+            i, n = _check_shard(shard)
+            idx = idx[(idx // self.batch_size) % n == i]
+        return idx
+
+    def batches(self, shard: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+        """Yield the pending sample indices one shard-aligned batch at a time."""
+        idx = self.pending(shard)
+        if len(idx) == 0:
+            return
+        cuts = np.flatnonzero(np.diff(idx // self.batch_size)) + 1
+        yield from np.split(idx, cuts)
+
+    # ------------------------------------------------------------------ phase 2
+    def write(self, idx, acts: Mapping[str, np.ndarray],
+              tokens: Mapping[str, Mapping[str, np.ndarray]]) -> int:
+        """Write activations and token labels of the samples ``idx``, then mark them done.
+
+        Parameters
+        ----------
+        idx : sequence of int
+            Store indices of the samples (sorted, distinct).
+        acts : dict
+            ``{family: array (B, L, T, H)}`` for every site family of the store; ``T`` may be less
+            than the family's ``n_tokens`` (the rest is padding). bfloat16 torch tensors are cast.
+        tokens : dict
+            ``{family: {label: array (B, T)}}``; ``role`` is required, ``ordinal``, ``entity``,
+            ``row``, ``col``, ``position`` default to their "none" values.
+
+        Returns
+        -------
+        int
+            Number of samples written (0 when all were already done).
+
+        Raises
+        ------
+        StoreError
+            Missing site families, wrong shapes, role codes out of range, or a full disk.
+        """
+        idx = self._check_idx(idx)
+        prepared = {f: self._prepare(f, idx, acts, tokens) for f in self.specs}
+        extra = set(acts) - set(self.specs)
+        if extra:
+            raise StoreError(f"write got site families {sorted(extra)} that {self.path} does not "
+                             f"hold (it holds {sorted(self.specs)}); create a new store for them")
+        todo = ~np.asarray(self._done.get_coordinate_selection(idx), dtype=bool)
+        if not todo.any():
+            return 0
+        if not todo.all():  # some already done (e.g. rerun of a half batch): rewrite only the others
+            idx = idx[todo]
+            prepared = {f: (a[todo], {k: v[todo] for k, v in t.items()}, n[todo])
+                        for f, (a, t, n) in prepared.items()}
+        try:
+            for f, (a, labels, n_tok) in prepared.items():
+                self._put(f, idx, a, labels, n_tok)
+            self._put_done(idx)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise StoreError(f"disk full while writing samples {idx[0]}..{idx[-1]} to "
+                                 f"{self.path}: free space and rerun the same command to resume "
+                                 f"(samples already marked done are intact)") from None
+            raise
+        return len(idx)
+
+    def close(self) -> None:
+        """Finish writing (zarr writes are synchronous, so this only drops references)."""
+        self._arrays = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ helpers
+    def _check_idx(self, idx) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if len(idx) == 0:
+            raise StoreError("write got an empty list of sample indices")
+        if idx.min() < 0 or idx.max() >= self.n_samples:
+            raise StoreError(f"sample index out of range [0, {self.n_samples}) in write to "
+                             f"{self.path}: got {idx.min()}..{idx.max()}")
+        if np.any(np.diff(idx) <= 0):
+            raise StoreError("write needs sorted, distinct sample indices (use pending()/batches())")
+        return idx
+
+    def _prepare(self, f, idx, acts, tokens):
+        spec = self.specs[f]
+        if f not in acts:
+            raise StoreError(f"write to {self.path} is missing site family {f!r}: every call must "
+                             f"give all of {sorted(self.specs)}")
+        a = _to_numpy(acts[f])
+        if a.ndim == 3 and len(spec.layers) == 1:
+            a = a[:, None]
+        b, L, t, h = len(idx), len(spec.layers), a.shape[2] if a.ndim == 4 else -1, spec.hidden
+        if a.ndim != 4 or a.shape[0] != b or a.shape[1] != L or a.shape[3] != h or t > spec.n_tokens:
+            raise StoreError(f"acts[{f!r}] has shape {a.shape}; expected ({b}, {L}, T<={spec.n_tokens}, "
+                             f"{h}) = (samples, layers {list(spec.layers)}, tokens, hidden)")
+        if not np.issubdtype(a.dtype, np.floating):
+            raise StoreError(f"acts[{f!r}] must be floating point; got {a.dtype}")
+        labels_in = (tokens or {}).get(f)
+        if labels_in is None or "role" not in labels_in:
+            raise StoreError(f"tokens[{f!r}]['role'] is required (role codes per token, shape ({b}, {t}))")
+        unknown_labels = set(labels_in) - set(S.TOKEN_LABELS)
+        if unknown_labels:
+            raise StoreError(f"tokens[{f!r}] has unknown labels {sorted(unknown_labels)}; "
+                             f"known: {list(S.TOKEN_LABELS)}")
+        labels = {}
+        for name, (dt, none) in S.TOKEN_LABELS.items():
+            v = labels_in.get(name)
+            v = np.full((b, t), none, dt) if v is None else _to_numpy(v)
+            if v.shape != (b, t):
+                raise StoreError(f"tokens[{f!r}][{name!r}] has shape {v.shape}; expected ({b}, {t}) "
+                                 f"to match acts[{f!r}]")
+            info = np.iinfo(dt)
+            if v.size and (v.min() < info.min or v.max() > info.max):
+                raise StoreError(f"tokens[{f!r}][{name!r}] values out of {dt} range")
+            labels[name] = v.astype(dt)
+        role = labels["role"]
+        if role.size and (role.min() < 0 or role.max() >= len(S.ROLE_NAMES)):
+            raise StoreError(f"tokens[{f!r}]['role'] has codes outside 0..{len(S.ROLE_NAMES) - 1} "
+                             f"(see actstore.ROLE_CODES)")
+        pad_t = spec.n_tokens - t
+        out = np.zeros((b, L, spec.n_tokens, h), spec.dtype)
+        out[:, :, :t] = a  # padding activations are 0
+        for name, (dt, none) in S.TOKEN_LABELS.items():
+            if pad_t:
+                labels[name] = np.concatenate([labels[name], np.full((b, pad_t), none, dt)], axis=1)
+        n_tok = (labels["role"] != S.PAD).sum(axis=1).astype("int32")
+        return out, labels, n_tok
+
+    def _put(self, f, idx, a, labels, n_tok):
+        g = self._arrays[f]
+        B = self.batch_size
+        s0 = int(idx[0])
+        aligned = (s0 % B == 0 and np.array_equal(idx, np.arange(s0, s0 + len(idx)))
+                   and len(idx) == min(B, self.n_samples - s0))
+        if aligned:  # one region write per array: whole shards, no read-modify-write
+            sl = slice(s0, s0 + len(idx))
+            g["acts"][sl] = a
+            for name, v in labels.items():
+                g[name][sl] = v
+            g["n_tokens"][sl] = n_tok
+        else:
+            for j, i in enumerate(idx):
+                g["acts"][int(i)] = a[j]
+            for name, v in labels.items():
+                g[name].set_orthogonal_selection((idx, slice(None)), v)
+            g["n_tokens"].set_coordinate_selection(idx, n_tok)
+
+    def _put_done(self, idx):
+        self._done.set_coordinate_selection(idx, np.ones(len(idx), bool))
+
+
+# ---------------------------------------------------------------------- creation
+
+def _create(root, key, *, model, prov, frame, specs, params, batch_size, inner_samples):
+    n = len(frame)
+    g = root.create_group(key, overwrite=False)
+    g.attrs.update({
+        "model": model, "provenance": prov, "params": params,
+        "role_names": list(S.ROLE_NAMES), "sites": [s.to_dict() for s in specs],
+        "batch_size": batch_size, "inner_samples": inner_samples, "n_samples": n,
+        "schema_version": S.SCHEMA_VERSION, "complete": False,
+    })
+    sg = g.create_group("samples")
+    for col in frame.columns:
+        _write_label(sg, col, frame[col], batch_size)
+    sg.create_array("done", shape=(n,), dtype="bool", chunks=(batch_size,), fill_value=False,
+                    dimension_names=(S.SAMPLE,), compressors=None)
+    for s in specs:
+        fg = g.create_group(s.name)
+        fg.attrs.update({"site": s.to_dict()})
+        T, H, L = s.n_tokens, s.hidden, len(s.layers)
+        fg.create_array("acts", shape=(n, L, T, H), dtype=s.dtype, chunks=(inner_samples, 1, T, H),
+                        shards=(batch_size, 1, T, H), compressors=None, fill_value=np.nan,
+                        dimension_names=S.ACTS_DIMS)
+        lay = fg.create_array("layer", shape=(L,), dtype="int32", chunks=(L,), fill_value=-1,
+                              dimension_names=(S.LAYER,))
+        lay[:] = np.array(s.layers, "int32")
+        for name, (dt, none) in S.TOKEN_LABELS.items():
+            fg.create_array(name, shape=(n, T), dtype=dt, chunks=(batch_size, T), fill_value=none,
+                            dimension_names=S.TOKEN_DIMS)
+        fg.create_array("n_tokens", shape=(n,), dtype="int32", chunks=(batch_size,), fill_value=0,
+                        dimension_names=(S.SAMPLE,), compressors=None)
+    g.attrs["complete"] = True
+
+
+def _write_label(sg, col, series: pd.Series, batch_size):
+    n = len(series)
+    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        vals = series.to_numpy()
+        if vals.dtype == object:  # numeric with None -> float
+            vals = vals.astype("float64")
+        arr = sg.create_array(col, shape=(n,), dtype=vals.dtype, chunks=(max(n, 1),),
+                              dimension_names=(S.SAMPLE,))
+        arr.attrs.update({"kind": "number"})
+    else:
+        vals, cats = S.encode_strings(series.tolist())
+        arr = sg.create_array(col, shape=(n,), dtype="int32", chunks=(max(n, 1),),
+                              dimension_names=(S.SAMPLE,))
+        arr.attrs.update({"kind": "string", "categories": cats})
+    if n:
+        arr[:] = vals
+
+
+def _wait_complete(root, key, path, wait_s):
+    """Return the group once its creation has completed, or None if it stays half-made."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        g = root[key]
+        if g.attrs.get("complete"):
+            return g
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------- checks
+
+def _check_root(root, path):
+    v = root.attrs.get("schema_version")
+    if v is None:
+        if len(list(root.keys())):
+            raise StoreError(f"{path} is a zarr group but not an activation store (no schema_version "
+                             f"attr); give a new or empty --store path")
+        root.attrs.update({"schema_version": S.SCHEMA_VERSION, "toolkit_version": S.toolkit_version()})
+    elif v != S.SCHEMA_VERSION:
+        raise StoreError(f"{path} has store schema version {v}, this toolkit writes version "
+                         f"{S.SCHEMA_VERSION}; write to a new --store path (or re-extract)")
+
+
+def _check_compatible(group, path, key, *, prov, frame, specs, params):
+    where = f"{path}/{key}"
+    fix = f"use another --store path, or delete {where} to re-extract"
+    a = group.attrs
+    if a.get("schema_version") != S.SCHEMA_VERSION:
+        raise StoreError(f"{where} was written with schema version {a.get('schema_version')}, this "
+                         f"toolkit uses {S.SCHEMA_VERSION}; {fix}")
+    old = a.get("provenance", {})
+    for k in S.PROVENANCE_KEYS:
+        if k in ("toolkit_version",):
+            continue
+        if old.get(k) != prov.get(k):
+            raise StoreError(f"{where} holds activations with {k}={old.get(k)!r} but this run has "
+                             f"{k}={prov.get(k)!r}; refusing to mix them: {fix}")
+    old_sites = {d["name"]: d for d in a.get("sites", [])}
+    new_sites = {s.name: s.to_dict() for s in specs}
+    if old_sites != new_sites:
+        diff = sorted(k for k in set(old_sites) | set(new_sites) if old_sites.get(k) != new_sites.get(k))
+        raise StoreError(f"{where} was created with other sites/layers/shapes/dtype for "
+                         f"{diff} (stored: {[old_sites.get(k) for k in diff]}); {fix}")
+    if a.get("params", {}) != params:
+        raise StoreError(f"{where} was extracted with params {a.get('params')} but this run has "
+                         f"{params}; {fix}")
+    stored_ids = _read_sample_ids(group)
+    if list(stored_ids) != [str(x) for x in frame["sample_id"]]:
+        raise StoreError(f"{where} holds {len(stored_ids)} samples whose ids/order differ from this "
+                         f"dataset's {len(frame)}; {fix}")
+
+
+def _read_sample_ids(group) -> np.ndarray:
+    arr = group["samples"]["sample_id"]
+    return S.decode_strings(arr[:], arr.attrs["categories"]) if arr.attrs.get("kind") == "string" \
+        else np.asarray(arr[:]).astype(str)
+
+
+def _check_provenance(provenance) -> dict:
+    if not isinstance(provenance, Mapping):
+        raise StoreError(f"provenance must be a dict with keys {S.PROVENANCE_KEYS}; got {type(provenance).__name__}")
+    missing = [k for k in S.PROVENANCE_KEYS if k not in provenance]
+    if missing:
+        raise StoreError(f"provenance is missing {missing}; it needs {list(S.PROVENANCE_KEYS)}")
+    prov = {k: (None if v is None else str(v)) if k in S.PROVENANCE_KEYS else v
+            for k, v in provenance.items()}
+    _check_json(prov, "provenance")
+    prov["toolkit_version"] = S.toolkit_version()
+    prov["schema_version"] = S.SCHEMA_VERSION
+    return prov
+
+
+def _check_sites(sites) -> list[S.SiteSpec]:
+    if not sites or not all(isinstance(s, S.SiteSpec) for s in sites):
+        raise StoreError("sites must be a non-empty list of actstore.SiteSpec")
+    names = [s.name for s in sites]
+    if len(set(names)) != len(names):
+        raise StoreError(f"sites name a family twice: {names}; give each family once with all its layers")
+    if "samples" in names:
+        raise StoreError("'samples' is reserved and cannot be a site family name")
+    return sorted(sites, key=lambda s: s.name)
+
+
+def _check_samples(samples) -> pd.DataFrame:
+    if not isinstance(samples, pd.DataFrame):
+        raise StoreError(f"samples must be a pandas DataFrame with a 'sample_id' column; got "
+                         f"{type(samples).__name__}")
+    if "sample_id" not in samples.columns:
+        raise StoreError(f"samples needs a 'sample_id' column; it has {list(samples.columns)}")
+    ids = samples["sample_id"].astype(str)
+    dup = ids[ids.duplicated()].unique()[:3]
+    if len(dup):
+        raise StoreError(f"samples has duplicate sample_id values (e.g. {list(dup)}); ids must be unique")
+    if len(samples) == 0:
+        raise StoreError("samples is empty: nothing to store")
+    frame = samples.reset_index(drop=True).copy()
+    frame["sample_id"] = ids.to_numpy()
+    for col in S.STANDARD_SAMPLE_LABELS:
+        if col not in frame.columns:
+            frame[col] = ""
+    reserved = {"done", "", S.SAMPLE, S.LAYER, S.TOKEN, S.HIDDEN, S.ITEM, "pad", "mask_id",
+                "n_pooled", *S.TOKEN_LABELS}
+    bad = [c for c in frame.columns if not isinstance(c, str) or "/" in c or c in reserved]
+    if bad:
+        raise StoreError(f"samples has column names that cannot be stored: {bad} (use plain strings, "
+                         f"no '/', none of {sorted(reserved - {''})})")
+    return frame
+
+
+def _check_json(d, what):
+    import json
+
+    try:
+        json.dumps(d, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"{what} must be JSON-serialisable: {e}") from None
+
+
+def _check_shard(shard) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in shard)
+    except (TypeError, ValueError):
+        raise StoreError(f"shard must be (i, n) with 0 <= i < n; got {shard!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise StoreError(f"shard must be (i, n) with 0 <= i < n; got {shard!r}")
+    return i, n
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor, without importing torch
+        x = x.detach()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        x = x.cpu().numpy()
+    return np.asarray(x)
+
+
+def estimate_bytes(sites: list[S.SiteSpec], n_samples: int) -> int:
+    """Bytes the activations of ``n_samples`` samples will take on disk (uncompressed)."""
+    return int(sum(n_samples * len(s.layers) * s.n_tokens * s.hidden * np.dtype(s.dtype).itemsize
+                   for s in sites))
