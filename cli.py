@@ -18,6 +18,7 @@ OUR_PACKAGES = ("scenegen", "vlms", "actstore", "probes", "interventions")
 COMMANDS: dict[str, str] = {
     "generate": "scenegen.commands:generate",
     "show": "scenegen.commands:show",
+    "query": "actstore.commands:query",
     "evaluate": "interventions.commands:evaluate",
 }
 
