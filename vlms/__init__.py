@@ -1,1 +1,37 @@
-"""vlms: one adapter per VLM family (loading, prompts, token geometry and roles, hook sites, scoring) and extraction into the store."""
+"""vlms: one adapter per VLM family (loading, prompts, token geometry and roles, hook sites, scoring) and extraction into the store.
+
+Importing ``vlms`` imports every sibling module (each family file registers its adapter on its
+last line), so adding a family is one new file; torch and transformers load only when a model is
+built or loaded. Entry points: :func:`load_adapter`, :func:`build_tiny`, :class:`VLMAdapter`.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import warnings
+
+from .base import Batch, VLMAdapter
+from .errors import AdapterNotFoundError, ExtractError, InputError, SiteError, VLMError
+from .registry import ADAPTERS, ALIASES, adapter_class, known_models, load_adapter, register
+from .tiny import build_tiny
+
+_SKIP = {"commands", "extract"}  # heavy or CLI-only modules load on demand
+
+
+def _import_siblings() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in _SKIP or info.name.startswith("_"):
+            continue
+        try:
+            importlib.import_module(f"{__name__}.{info.name}")
+        except ImportError as e:  # an optional family whose dependencies are missing
+            warnings.warn(f"vlms.{info.name} unavailable: {e}", ImportWarning, stacklevel=2)
+
+
+_import_siblings()
+
+__all__ = [
+    "ADAPTERS", "ALIASES", "AdapterNotFoundError", "Batch", "ExtractError", "InputError",
+    "SiteError", "VLMAdapter", "VLMError", "adapter_class", "build_tiny", "known_models",
+    "load_adapter", "register",
+]

@@ -1,0 +1,143 @@
+"""Gemma-3 adapter (google/gemma-3-4b-it; tiny builds).
+
+Geometry: every image is squashed to 896x896, cut into 64x64 SigLIP patches of 14 px (row-major),
+and the projector average-pools 4x4 patch blocks -> 256 LM tokens, row-major over 16x16; token
+(i, j) covers ``[jW/16, (j+1)W/16) x [iH/16, (i+1)H/16)`` of the original image. The forward
+needs ``token_type_ids`` (bidirectional attention among image tokens). A freshly built random
+Gemma-3 has an all-zero projector weight: tiny builds re-initialise it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .base import VLMAdapter
+from .registry import register
+from .tiny import seeded_init, train_tokenizer
+
+#: The Gemma-3-it chat template (as shipped with the hub checkpoints).
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- else -%}"
+    "{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = \"\" -%}"
+    "{%- set loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}"
+    "{%- endif -%}{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}"
+    "{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+    "{%- elif message['content'] is iterable -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}{%- endfor -%}"
+    "{%- else -%}{{ raise_exception(\"Invalid content type\") }}{%- endif -%}"
+    "{{ '<end_of_turn>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{'<start_of_turn>model\n'}}{%- endif -%}"
+)
+
+NAMED = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+         "image_token": "<image_soft_token>"}
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>",
+                  "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+
+
+class Gemma3Adapter(VLMAdapter):
+    """Adapter for ``Gemma3ForConditionalGeneration`` (transformers 5.x module layout)."""
+
+    family = "gemma-3"
+    architectures = ("Gemma3ForConditionalGeneration",)
+    aliases = {"gemma-3-4b": "google/gemma-3-4b-it", "tiny-gemma-3": "tiny-gemma-3"}
+    vision_blocks_paths = ("model.vision_tower.encoder.layers",
+                           "model.vision_tower.vision_model.encoder.layers",
+                           "vision_tower.vision_model.encoder.layers")
+    projector_paths = ("model.multi_modal_projector", "multi_modal_projector")
+    lm_layers_paths = ("model.language_model.layers", "language_model.model.layers")
+    final_norm_paths = ("model.language_model.norm", "language_model.model.norm")
+    mm_input_keys = ("token_type_ids",)
+
+    @property
+    def tokens_per_side(self) -> int:
+        return int(math.isqrt(int(self.config.mm_tokens_per_image)))
+
+    @property
+    def patches_per_side(self) -> int:
+        vc = self.config.vision_config
+        return int(vc.image_size) // int(vc.patch_size)
+
+    @property
+    def d_vision(self) -> int:
+        return int(self.config.vision_config.hidden_size)
+
+    def token_grid(self, width: int, height: int) -> tuple[int, int]:
+        """Always ``16 x 16`` (any aspect ratio is squashed to the square input; no pan-and-scan)."""
+        n = self.tokens_per_side
+        return n, n
+
+    def pool_vision(self, acts, grid):
+        # same pooling as the projector: row-major patches -> k x k average -> row-major tokens
+        import torch.nn.functional as F
+
+        b, n, d = acts.shape
+        p = self.patches_per_side
+        k = p // self.tokens_per_side
+        x = acts.transpose(1, 2).reshape(b, d, p, p)
+        return F.avg_pool2d(x, k, k).flatten(2).transpose(1, 2)
+
+    # ------------------------------------------------------------------ tiny build
+    @classmethod
+    def tiny_tokenizer(cls, *, corpus=(), vocab_size: int = 512):
+        """Byte-level BPE tokenizer with Gemma-3's special tokens and boi/eoi/image attributes."""
+        return train_tokenizer(SPECIAL_TOKENS, named=NAMED, pad="<pad>", eos="<eos>",
+                               bos="<bos>", unk="<unk>", vocab_size=vocab_size, corpus=corpus)
+
+    @classmethod
+    def tiny_processor(cls, tokenizer):
+        """Processor with Gemma-3's real image geometry (896 px, 256 tokens) and chat template."""
+        from transformers import Gemma3ImageProcessorPil, Gemma3Processor
+
+        ip = Gemma3ImageProcessorPil(size={"height": 896, "width": 896})
+        return Gemma3Processor(image_processor=ip, tokenizer=tokenizer,
+                               chat_template=GEMMA_CHAT_TEMPLATE, image_seq_length=256)
+
+    @classmethod
+    def tiny_config(cls, tokenizer, **overrides: Any):
+        """2 SigLIP layers (64 wide) at 896 px / 14-px patches, 2 LM layers (128 wide)."""
+        from transformers import Gemma3Config
+
+        tid = tokenizer.convert_tokens_to_ids
+        text = dict(vocab_size=max(512, len(tokenizer)), hidden_size=128, intermediate_size=256,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    head_dim=32, query_pre_attn_scalar=32, sliding_window=64,
+                    pad_token_id=tid("<pad>"), bos_token_id=tid("<bos>"),
+                    eos_token_id=tid("<eos>"))
+        vision = dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=2, image_size=896,
+                      patch_size=14, vision_use_head=False)
+        for k, v in overrides.items():
+            (vision if k.startswith("vision_") else text)[k.removeprefix("vision_")] = v
+        return Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=256,
+                            boi_token_index=tid("<start_of_image>"),
+                            eoi_token_index=tid("<end_of_image>"),
+                            image_token_index=tid("<image_soft_token>"))
+
+    @classmethod
+    def tiny(cls, *, seed: int = 0, **overrides: Any) -> "Gemma3Adapter":
+        import torch
+        from transformers import Gemma3ForConditionalGeneration
+
+        tok = cls.tiny_tokenizer()
+        cfg = cls.tiny_config(tok, **overrides)
+        cfg.architectures = list(cls.architectures)
+        with seeded_init(seed):
+            model = Gemma3ForConditionalGeneration(cfg)
+            # _init_weights zeroes the projector: every image would embed to 0
+            w = model.model.multi_modal_projector.mm_input_projection_weight
+            with torch.no_grad():
+                w.normal_(0.0, 0.5)
+        return cls(model.eval(), cls.tiny_processor(tok), name="tiny-gemma-3",
+                   source="tiny-gemma-3")
+
+
+register(Gemma3Adapter)

@@ -1,0 +1,182 @@
+"""Adapter registry: model names, hub ids, local directories and architectures -> adapter class.
+
+Each family file (``vlms/qwen2_vl.py``, ``vlms/gemma3.py``, ...) ends with ``register(Adapter)``;
+``vlms/__init__`` imports every sibling module, so adding a family is one new file (see
+``vlms/README.md``). Adapters are keyed by the Hugging Face config's ``architectures[0]`` and by
+short aliases (``qwen2-vl-7b`` -> ``Qwen/Qwen2-VL-7B-Instruct``, ``tiny-qwen2-vl`` -> tiny build).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import AdapterNotFoundError, VLMError, suggest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import VLMAdapter
+
+#: architecture name (``config.architectures[0]``) -> adapter class
+ADAPTERS: dict[str, type] = {}
+#: short alias -> (architecture, hub id or ``"tiny"``)
+ALIASES: dict[str, tuple[str, str]] = {}
+
+
+def register(cls: type) -> type:
+    """Register an adapter class under its architectures, family name and aliases.
+
+    Built-ins register first; a later class never silently replaces an existing key.
+    """
+    for arch in cls.architectures:
+        if arch in ADAPTERS and ADAPTERS[arch] is not cls:
+            raise AdapterNotFoundError(
+                f"architecture {arch!r} is already served by {ADAPTERS[arch].__name__}; "
+                f"{cls.__name__} cannot replace it")
+        ADAPTERS[arch] = cls
+    for alias, target in cls.aliases.items():
+        ALIASES[alias] = (cls.architectures[0], target)
+    ALIASES.setdefault(cls.family, (cls.architectures[0], f"tiny-{cls.family}"))
+    return cls
+
+
+def unavailable(cls: type) -> list[str]:
+    """Python modules an adapter needs that are not installed."""
+    return [m for m in getattr(cls, "requires", ()) if importlib.util.find_spec(m) is None]
+
+
+def known_models() -> list[dict[str, Any]]:
+    """One row per alias and architecture: what ``spatialbind model list`` prints."""
+    rows = []
+    for alias, (arch, target) in sorted(ALIASES.items()):
+        cls = ADAPTERS[arch]
+        miss = unavailable(cls)
+        rows.append({"name": alias, "architecture": arch, "adapter": cls.__name__,
+                     "source": target, "status": "ok" if not miss
+                     else "unavailable (needs " + ", ".join(miss) + ")"})
+    return rows
+
+
+def _all_names() -> list[str]:
+    return sorted(set(ALIASES) | set(ADAPTERS) | {t for _, t in ALIASES.values() if t != "tiny"})
+
+
+def not_found(name: str, why: str = "") -> AdapterNotFoundError:
+    """The uniform 'unknown model' error with close-name suggestions."""
+    why = f" ({why})" if why else ""
+    return AdapterNotFoundError(
+        f"unknown model {name!r}{why}.{suggest(name, _all_names())} Known names: "
+        f"{', '.join(sorted(ALIASES))}; or pass a hub id or a local directory saved with "
+        "save_pretrained (see `spatialbind model list`)")
+
+
+def _arch_of_dir(path: Path) -> str:
+    cfg = path / "config.json"
+    if not cfg.exists():
+        raise not_found(str(path), f"directory without config.json")
+    try:
+        archs = json.loads(cfg.read_text()).get("architectures") or []
+    except ValueError:
+        raise AdapterNotFoundError(f"{cfg} is not valid JSON; re-save the model") from None
+    if not archs:
+        raise AdapterNotFoundError(f"{cfg} names no 'architectures'; re-save the model with "
+                                   "save_pretrained")
+    return archs[0]
+
+
+def resolve(name: str) -> tuple[type, str]:
+    """Map a user-given model name to ``(adapter class, source)``.
+
+    ``source`` is ``"tiny-<family>"`` for tiny builds, a hub id, or a local directory.
+    """
+    if name in ALIASES:
+        arch, target = ALIASES[name]
+        return ADAPTERS[arch], target
+    for alias, (arch, target) in ALIASES.items():
+        if target == name:
+            return ADAPTERS[arch], target
+    if name in ADAPTERS:
+        return ADAPTERS[name], f"tiny-{ADAPTERS[name].family}"
+    p = Path(os.path.expanduser(name))
+    if p.is_dir():
+        arch = _arch_of_dir(p)
+        if arch not in ADAPTERS:
+            raise AdapterNotFoundError(
+                f"{p}/config.json names architecture {arch!r}, which has no adapter."
+                f"{suggest(arch, ADAPTERS)} Supported: {', '.join(sorted(ADAPTERS))}; "
+                "adding one is a new file in vlms/ (see vlms/README.md)")
+        return ADAPTERS[arch], str(p)
+    if "/" in name and not p.exists():
+        # a hub id we have no alias for: read its config when the hub cache has it
+        try:
+            from transformers import AutoConfig
+
+            arch = (AutoConfig.from_pretrained(name, trust_remote_code=False).architectures
+                    or [""])[0]
+        except Exception:  # noqa: BLE001 - offline / unknown repo: report as unknown model
+            arch = ""
+        if arch in ADAPTERS:
+            return ADAPTERS[arch], name
+    raise not_found(name)
+
+
+def adapter_class(name: str) -> type:
+    """The adapter class for a name, alias, architecture, hub id or directory."""
+    return resolve(name)[0]
+
+
+def load_adapter(name_or_path: str, *, dtype: Any = None, device: Any = None,
+                 seed: int = 0) -> "VLMAdapter":
+    """Load a model and its processor and wrap them in their family's adapter.
+
+    Parameters
+    ----------
+    name_or_path
+        An alias (``qwen2-vl-7b``, ``gemma-3-4b``, ``tiny-qwen2-vl``, ...), a hub id, or a
+        local directory written by ``save_pretrained`` (``spatialbind model save``).
+    dtype
+        torch dtype or its name (``float32``, ``bfloat16``, ``float16``); default float32.
+    device
+        torch device (default CPU).
+    seed
+        Weight seed of tiny builds (ignored for saved weights).
+
+    Raises
+    ------
+    AdapterNotFoundError
+        Unknown name (with close-name suggestions) or an architecture without adapter.
+    """
+    import torch
+
+    cls, source = resolve(name_or_path)
+    miss = unavailable(cls)
+    if miss:
+        raise AdapterNotFoundError(f"model {name_or_path!r} needs {', '.join(miss)}; install "
+                                   "spatialbind[models]")
+    torch_dtype = parse_dtype(dtype)
+    if source.startswith("tiny-"):
+        ad = cls.tiny(seed=seed)
+        ad.model.to(dtype=torch_dtype)
+    else:
+        ad = cls.from_pretrained(source, dtype=torch_dtype)
+    if device is not None:
+        ad.model.to(device)
+    ad.name = name_or_path
+    return ad
+
+
+def parse_dtype(dtype: Any):
+    """``None``/str/torch.dtype -> torch.dtype (default float32)."""
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if str(dtype) not in names:
+        raise VLMError(f"unknown dtype {dtype!r}.{suggest(str(dtype), names)} "
+                                   f"Use one of {', '.join(names)}")
+    return names[str(dtype)]
