@@ -214,11 +214,13 @@ def roles_from_mask(mask: np.ndarray, stimulus, grid: tuple[int, int], *,
                 k = i * cols + j
                 role[k] = "object" if e.role == "target" else "distractor"
                 ordinal[k] = -1 if e.ordinal is None else int(e.ordinal)
-    targets = stimulus.targets
+    targets = [t for t in stimulus.entities if t.role == "target" and t.ordinal is not None
+               and t.centroid is not None]
+    targets.sort(key=lambda t: t.ordinal)
     if targets and stimulus.axis in ("horizontal", "vertical"):
         along = 0 if stimulus.axis == "horizontal" else 1  # centroid x or y
         n_cells, size = (cols, w) if along == 0 else (rows, h)
-        centres = [t.centroid[along] for t in targets if t.centroid is not None]
+        centres = [t.centroid[along] for t in targets]
         cuts = [(a + b) / 2 for a, b in zip(centres, centres[1:])]
         for k in range(rows * cols):
             if role[k] != "background":

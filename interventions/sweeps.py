@@ -54,10 +54,19 @@ class Edit:
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class SourceRun:
-    """A partner input run once; ``edits`` (which may use earlier sources) are applied to it."""
+    """A partner input run once; ``edits`` (which may use earlier sources) are applied to it.
 
-    inputs: dict[str, Any]
+    Give ``acts`` (site -> ``1 x token x hidden``) instead of ``inputs`` to reuse activations
+    computed earlier (e.g. the blank canvas, shared by every item of a dataset): no forward then.
+    """
+
+    inputs: dict[str, Any] | None = None
     edits: tuple[Edit, ...] = ()
+    acts: dict[str, torch.Tensor] | None = None
+
+    def __post_init__(self):
+        if (self.inputs is None) == (self.acts is None):
+            raise InterventionError("SourceRun needs exactly one of inputs= or acts=")
 
 
 @dataclass
@@ -88,9 +97,10 @@ class SweepResult:
 
 
 def _patches(edits: Sequence[Edit], row: int, acts: dict[str, dict[str, torch.Tensor]],
-             n_tokens: int) -> list[Patch]:
+             seq: int, n_image: int) -> list[Patch]:
     out = []
     for e in edits:
+        n_tokens = n_image if parse_site(e.site)[0] == "projector" else seq
         toks = list(range(n_tokens)) if e.tokens is None else list(e.tokens)
         idx = torch.tensor([[row, t] for t in toks], dtype=torch.long).reshape(-1, 2)
         src = None
@@ -102,10 +112,6 @@ def _patches(edits: Sequence[Edit], row: int, acts: dict[str, dict[str, torch.Te
             src = acts[e.source][e.site][0, stoks]
         out.append(Patch(site=e.site, intervention=e.intervention, index=idx, source=src))
     return out
-
-
-def _n_tokens(inputs: dict[str, Any], site: str, n_image: int) -> int:
-    return n_image if parse_site(site)[0] == "projector" else int(inputs["input_ids"].shape[1])
 
 
 def sweep(model: nn.Module, base: dict[str, Any], rows: Sequence[Sequence[Edit]], *,
@@ -164,7 +170,14 @@ def sweep(model: nn.Module, base: dict[str, Any], rows: Sequence[Sequence[Edit]]
     acts: dict[str, dict[str, torch.Tensor]] = {}
     src_logits: dict[str, torch.Tensor] = {}
     for name, spec in sources.items():
-        patches = _patches(spec.edits, 0, acts, _n_tokens(spec.inputs, "lm.resid.0", n_image))
+        if spec.acts is not None:
+            missing = needed[name] - set(spec.acts)
+            if missing:
+                raise InterventionError(f"source {name!r} was given as cached activations but "
+                                        f"lacks sites {sorted(missing)}")
+            acts[name] = spec.acts
+            continue
+        patches = _patches(spec.edits, 0, acts, int(spec.inputs["input_ids"].shape[1]), n_image)
         r = run(model, spec.inputs, patches=patches, capture=sorted(needed[name]), last_only=True)
         acts[name] = r.acts
         src_logits[name] = r.logits[0, -1]
@@ -178,9 +191,7 @@ def sweep(model: nn.Module, base: dict[str, Any], rows: Sequence[Sequence[Edit]]
         n = len(chunk)
         patches = []
         for j, edits in enumerate(chunk):
-            for e in edits:
-                patches += _patches([e], j, acts, n_image if parse_site(e.site)[0] == "projector"
-                                    else seq)
+            patches += _patches(edits, j, acts, seq, n_image)
         tiled = tile_inputs(base, n)
         r = run(model, tiled, patches=_merge(patches), last_only=True,
                 features=feats.repeat(n, 1, 1) if reuse else None)
@@ -198,6 +209,7 @@ def sweep(model: nn.Module, base: dict[str, Any], rows: Sequence[Sequence[Edit]]
 
 
 def _naive_sources(edits: Sequence[Edit], sources: dict[str, SourceRun]) -> int:
+    # cached-activation sources count too: a naive loop would recompute them
     names: set[str] = set()
     stack = [e.source for e in edits if e.source is not None]
     while stack:

@@ -1,0 +1,322 @@
+"""E7: amplify the vision-derived ordering component of every image token before LM layer 0.
+
+``h <- h + alpha * sum_k (h . w_k / ||w_k||^2) w_k`` on all image tokens at ``lm.resid.0`` (the
+projector output as the LM receives it; prefill only), for a sweep of ``alpha``, with a random
+control (Gaussian directions with the same count and the same norms). Items are scored strictly:
+with a two-option ``choice`` prompt the question is asked in both option orders and the item is
+right only if both are.
+
+Reported, each clearly labelled:
+
+- ``held-out``: ``alpha`` chosen on a selection split (max net gain = fixed - broken), reported on
+  the other items;
+- ``in-sample best alpha``: the paper's "Probe": the single alpha that fixes most failing items,
+  chosen and reported on the same items;
+- ``in-sample per-item oracle``: the paper's "Probe*": a failing item counts as fixed if any
+  alpha > 0 fixes it;
+
+with fixed (failing -> right), broken (right -> failing), net and accuracy beside each.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import InterventionError
+from .hooks import Amplify, run
+from .stimuli import base_items, option_ids, pick_prompt, prepare
+from .sweeps import Edit, ForwardCounter, option_probs, sweep
+
+SITE = "lm.resid.0"
+CONTROLS = ("probe", "random")
+
+
+def parse_alphas(spec: str | Any) -> tuple[float, ...]:
+    """``"0:15:1"`` (inclusive start:stop:step) or ``"0,1,2.5"`` -> alphas.
+
+    Raises
+    ------
+    InterventionError
+        Malformed or empty range.
+    """
+    if not isinstance(spec, str):
+        vals = tuple(float(a) for a in spec)
+    else:
+        s = spec.strip()
+        try:
+            if ":" in s:
+                parts = [float(x) for x in s.split(":")]
+                if len(parts) not in (2, 3):
+                    raise ValueError
+                a, b = parts[0], parts[1]
+                step = parts[2] if len(parts) == 3 else 1.0
+                if step <= 0:
+                    raise InterventionError(f"--alphas {spec!r}: the step must be > 0")
+                n = int(np.floor((b - a) / step + 1e-9)) + 1
+                vals = tuple(float(round(a + i * step, 10)) for i in range(max(n, 0)))
+            else:
+                vals = tuple(float(x) for x in s.split(",") if x.strip())
+        except ValueError:
+            raise InterventionError(f"--alphas {spec!r} is malformed; use start:stop:step "
+                                    "(inclusive, e.g. 0:15:1) or a list such as 0,2,4") from None
+    if not vals:
+        raise InterventionError(f"--alphas {spec!r} is an empty range; give start <= stop, "
+                                "e.g. 0:15:1")
+    if any(not np.isfinite(a) for a in vals):
+        raise InterventionError(f"--alphas {spec!r} contains a non-finite value")
+    return vals
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AmplifyConfig:
+    """Options of E7 (``spatialbind amplify``)."""
+
+    alphas: tuple[float, ...] = tuple(float(a) for a in range(16))
+    """Amplification strengths (``--alphas 0:15:1``); 0 is added if missing (the baseline)."""
+    prompt: str = "choice"
+    """Prompt kind; ``choice`` is asked in both option orders (strict scoring)."""
+    both_orders: bool = True
+    """Ask two-option prompts in both orders and require both right."""
+    select_split: str = "val"
+    """Held-out selection: alpha is chosen on items of this split (``--select-split``), reported
+    on the others; if either side is empty, alternate items are used instead."""
+    limit: int | None = None
+    """Use the first N base stimuli (None: all)."""
+    batch_size: int = 8
+    """Rows (alpha x control) per batched forward."""
+    seed: int = 0
+    """Seed of the random-direction control."""
+
+    def __post_init__(self):
+        al = parse_alphas(self.alphas)
+        if 0.0 not in al:
+            al = (0.0,) + al
+        object.__setattr__(self, "alphas", tuple(sorted(set(al))))
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise InterventionError(f"The 'limit' parameter of AmplifyConfig must be an int >= 1 "
+                                    f"or None. Got {self.limit!r} instead.")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InterventionError(f"The 'batch_size' parameter of AmplifyConfig must be an int "
+                                    f">= 1. Got {self.batch_size!r} instead.")
+
+
+def random_control(w: np.ndarray, seed: int) -> np.ndarray:
+    """Gaussian directions with the same count and the same per-direction norms as ``w``."""
+    w = np.atleast_2d(np.asarray(w, dtype=np.float64))
+    r = np.random.default_rng(seed).standard_normal(w.shape)
+    r *= (np.linalg.norm(w, axis=1) / np.linalg.norm(r, axis=1))[:, None]
+    return r.astype(np.float32)
+
+
+def load_directions(path: str, adapter, *, site: str = "projector") -> np.ndarray:
+    """Load a probe direction with :func:`probes.load_direction`, checking model, site and width.
+
+    Raises
+    ------
+    InterventionError
+        A direction trained on another model, site or hidden width (or an unreadable file).
+    """
+    try:
+        from probes import load_direction
+    except ImportError as e:
+        raise InterventionError(f"cannot load --direction {path}: probes.load_direction is "
+                                f"unavailable ({e})") from None
+    try:
+        d = load_direction(path, expect_model=adapter.name, expect_site=site,
+                           expect_width=adapter.d_lm)
+    except ValueError as e:
+        raise InterventionError(f"--direction {path}: {e}") from None
+    arr = np.asarray(getattr(d, "values", d), dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.shape[-1] != adapter.d_lm:
+        raise InterventionError(f"--direction {path} has width {arr.shape[-1]} but {adapter.name} "
+                                f"has hidden size {adapter.d_lm}; use a direction trained on "
+                                "this model's projector")
+    return arr.reshape(-1, arr.shape[-1])
+
+
+def mean_diff_directions(adapter, ds, *, split: str = "train", limit: int = 64,
+                         prompt: str = "completion") -> dict[str, np.ndarray]:
+    """A simple in-house direction per axis (clearly not a trained probe): the difference of the
+    mean LM-input vectors of first-slot and last-slot object tokens minus the grand mean of
+    object tokens, from ``split`` items. Returns ``axis -> (2, hidden)``."""
+    sums: dict[tuple[str, int], list] = {}
+    try:
+        items = base_items(ds, split=split, limit=limit)
+    except InterventionError:
+        items = base_items(ds, limit=limit)
+    for stim in items:
+        p = prepare(adapter, ds, stim, pick_prompt(stim, prompt))
+        h = run(adapter, p.inputs, capture=[SITE], last_only=True).acts[SITE][0]
+        for o in p.layout.ordinals():
+            pos = p.layout.positions(f"object:{o}")
+            sums.setdefault((stim.axis, o), []).append(h[pos].double().mean(0).numpy())
+    out = {}
+    for axis in {a for a, _ in sums}:
+        ords = sorted(o for a, o in sums if a == axis)
+        means = {o: np.mean(sums[(axis, o)], 0) for o in ords}
+        grand = np.mean(list(means.values()), 0)
+        out[axis] = np.stack([means[ords[0]] - grand, means[ords[-1]] - grand]).astype(np.float32)
+    if not out:
+        raise InterventionError("mean-diff directions found no object tokens in the dataset")
+    return out
+
+
+def _variants(prompt, both: bool) -> list:
+    if not both or prompt.kind != "choice" or len(prompt.options) != 2:
+        return [prompt]
+    a, b = prompt.options
+    text = prompt.text.replace(f"{a} or {b}", f"{b} or {a}", 1)
+    if text == prompt.text:
+        return [prompt]
+    import dataclasses
+
+    return [prompt, dataclasses.replace(prompt, text=text, options=(b, a), spans={})]
+
+
+def _dirs_for(directions, axis: str | None) -> np.ndarray:
+    if isinstance(directions, Mapping):
+        if axis not in directions:
+            raise InterventionError(f"no direction for axis {axis!r}; directions are given for "
+                                    f"{sorted(directions)}")
+        return np.atleast_2d(np.asarray(directions[axis], dtype=np.float32))
+    return np.atleast_2d(np.asarray(directions, dtype=np.float32))
+
+
+def run_e7(adapter, ds, directions, config: AmplifyConfig = AmplifyConfig(), *,
+           progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """E7: alpha sweep of :class:`~interventions.hooks.Amplify` on all image tokens.
+
+    Parameters
+    ----------
+    adapter
+        ``vlms`` adapter.
+    ds
+        scenegen dataset.
+    directions
+        ``(k, hidden)`` array, or ``axis -> (k, hidden)``.
+    config
+        :class:`AmplifyConfig`.
+
+    Returns
+    -------
+    (table, summary)
+        One row per (item, control, alpha) with strict correctness; the summary holds the
+        dose-response and the three labelled selections for both controls.
+    """
+    from tqdm.auto import tqdm
+
+    items = base_items(ds, limit=config.limit)
+    counter = ForwardCounter()
+    rows = []
+    mods: dict[tuple, Amplify] = {}
+    for stim in tqdm(items, desc="E7 amplify", disable=not progress, dynamic_ncols=True):
+        w = _dirs_for(directions, stim.axis)
+        if w.shape[1] != adapter.d_lm:
+            raise InterventionError(f"direction width {w.shape[1]} != model hidden size "
+                                    f"{adapter.d_lm}")
+        ctrl = {"probe": w, "random": random_control(w, config.seed)}
+        keys = [(c, a) for c in CONTROLS for a in config.alphas]
+        for c, a in keys:
+            mods.setdefault((stim.axis, c, a), Amplify(ctrl[c], a))
+        ok = {k: True for k in keys}
+        for prompt in _variants(pick_prompt(stim, config.prompt), config.both_orders):
+            p = prepare(adapter, ds, stim, prompt)
+            img = p.layout.image_positions.tolist()
+            edits = [[Edit(site=SITE, intervention=mods[(stim.axis, c, a)], tokens=img)]
+                     for c, a in keys]
+            res = sweep(adapter, p.inputs, edits, batch_size=config.batch_size)
+            counter.add(res.counter)
+            opts = list(prompt.options)
+            probs = option_probs(res.row_logits, option_ids(adapter.tokenizer, opts))
+            for k, pr in zip(keys, probs):
+                ok[k] &= opts[int(pr.argmax())] == prompt.answer
+        for (c, a), v in ok.items():
+            rows.append({"item": stim.id, "split": stim.split, "axis": stim.axis,
+                         "control": c, "alpha": a, "correct": bool(v)})
+    table = pd.DataFrame(rows)
+    return table, summarize_e7(table, config)
+
+
+def _effects(t: pd.DataFrame) -> pd.DataFrame:
+    """Per (control, alpha): accuracy, fixed, broken, net vs alpha = 0, over the items in ``t``."""
+    base = t[t["alpha"] == 0].set_index(["control", "item"])["correct"]
+    t = t.join(base.rename("base"), on=["control", "item"])
+    g = t.groupby(["control", "alpha"])
+    out = pd.DataFrame({
+        "accuracy": g["correct"].mean(),
+        "fixed": g.apply(lambda x: int((~x["base"] & x["correct"]).sum())),
+        "broken": g.apply(lambda x: int((x["base"] & ~x["correct"]).sum())),
+        "n_fail": g.apply(lambda x: int((~x["base"]).sum())),
+        "n": g.size()}).reset_index()
+    out["net"] = out["fixed"] - out["broken"]
+    out["fix_rate"] = out["fixed"] / out["n_fail"].where(out["n_fail"] > 0)
+    return out
+
+
+def summarize_e7(table: pd.DataFrame, config: AmplifyConfig) -> dict[str, Any]:
+    """Dose-response and the three labelled alpha selections (see the module docstring)."""
+    items = list(dict.fromkeys(table["item"]))
+    split_of = dict(zip(table["item"], table["split"]))
+    sel = [i for i in items if split_of[i] == config.select_split]
+    ev = [i for i in items if split_of[i] != config.select_split]
+    how = f"select on split {config.select_split!r}, report on the other splits"
+    if not sel or not ev:
+        sel, ev = items[0::2], items[1::2]
+        how = "select on even-numbered items, report on odd-numbered items (split was one-sided)"
+    dose = _effects(table)
+    out: dict[str, Any] = {"experiment": "E7", "n_items": len(items),
+                           "alphas": list(config.alphas),
+                           "dose_response": dose.to_dict("records"), "selections": []}
+    for c in CONTROLS:
+        d_all = dose[dose["control"] == c]
+        base_acc = float(d_all.loc[d_all["alpha"] == 0, "accuracy"].iloc[0])
+        # held-out
+        d_sel = _effects(table[table["item"].isin(sel)])
+        d_sel = d_sel[d_sel["control"] == c]
+        a_star = float(d_sel.sort_values(["net", "alpha"], ascending=[False, True])
+                       ["alpha"].iloc[0]) if len(sel) else 0.0
+        d_ev = _effects(table[table["item"].isin(ev)])
+        r = d_ev[(d_ev["control"] == c) & (d_ev["alpha"] == a_star)].iloc[0]
+        b = d_ev[(d_ev["control"] == c) & (d_ev["alpha"] == 0)].iloc[0]
+        out["selections"].append(_sel("held-out alpha", c, a_star, r, b, how,
+                                      n_select=len(sel)))
+        # paper's Probe: best single alpha on the failing items, in-sample
+        cand = d_all[d_all["alpha"] > 0]
+        if len(cand):
+            best = cand.sort_values(["fixed", "alpha"], ascending=[False, True]).iloc[0]
+            b_all = d_all[d_all["alpha"] == 0].iloc[0]
+            out["selections"].append(_sel("in-sample best alpha (paper's Probe)", c,
+                                          float(best["alpha"]), best, b_all,
+                                          "alpha chosen on the same failing items it is "
+                                          "reported on"))
+            # paper's Probe*: per-item oracle
+            t = table[table["control"] == c]
+            base = t[t["alpha"] == 0].set_index("item")["correct"]
+            anyfix = t[t["alpha"] > 0].groupby("item")["correct"].any()
+            fail = base[~base].index
+            fixed = int(anyfix.reindex(fail).fillna(False).sum())
+            out["selections"].append({
+                "selection": "in-sample per-item oracle (paper's Probe*)", "control": c,
+                "alpha": None, "fixed": fixed, "broken": None, "net": fixed,
+                "n_fail": int(len(fail)), "n": int(len(base)),
+                "fix_rate": fixed / len(fail) if len(fail) else None,
+                "base_accuracy": base_acc,
+                "accuracy": (int(base.sum()) + fixed) / len(base),
+                "note": "each failing item gets its own best alpha; broken items not counted"})
+    return out
+
+
+def _sel(name, control, alpha, r, b, note, **extra) -> dict[str, Any]:
+    d = {"selection": name, "control": control, "alpha": alpha, "fixed": int(r["fixed"]),
+         "broken": int(r["broken"]), "net": int(r["net"]), "n_fail": int(r["n_fail"]),
+         "n": int(r["n"]),
+         "fix_rate": None if pd.isna(r["fix_rate"]) else float(r["fix_rate"]),
+         "base_accuracy": float(b["accuracy"]), "accuracy": float(r["accuracy"]), "note": note}
+    d.update(extra)
+    return d

@@ -1,0 +1,315 @@
+"""Interchange patching experiments: E2 (last-token patching per LM layer), E4 (criss-cross over
+``object`` vs ``strip`` regions per layer) and E6 (object criss-cross under E5's ablation).
+
+Each experiment is one function ``run_e*(adapter, dataset, config) -> (table, summary)``; a table
+row is one (stimulus, layer[, region]) with option probabilities; the summary aggregates per layer
+(and region) and counts forward passes. Layers are residual sites: layer ``l`` = ``lm.resid.l``
+(0 = the LM input, i.e. the projector output in place; ``l >= 1`` = output of LM layer ``l-1``).
+Every source run is made once per item and every layer's patch of an item goes into batched
+forwards (:func:`interventions.sweeps.sweep`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .ablation import ablation_edits, blank_acts, references
+from .errors import InterventionError
+from .hooks import Interchange, n_resid_sites
+from .layout import crisscross_map
+from .stimuli import (base_items, option_ids, pick_prompt, prepare, slot_colors, twin)
+from .sweeps import Edit, ForwardCounter, SourceRun, option_probs, sweep
+
+EXPERIMENTS = ("e2", "e4", "e6")
+REGIONS = ("object", "strip")
+PARTNERS = ("opposite", "swap", "crisscross")
+
+
+def parse_layers(spec: str | None, n_sites: int) -> list[int]:
+    """``None``/``all`` -> every residual site; ``a:b[:s]`` (inclusive) or ``1,4,7``.
+
+    Raises
+    ------
+    InterventionError
+        Empty selection or a layer outside ``0 .. n_sites-1``.
+    """
+    if spec is None or str(spec).strip() in ("", "all"):
+        return list(range(n_sites))
+    spec = str(spec).strip()
+    try:
+        if ":" in spec:
+            parts = [int(x) for x in spec.split(":")]
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] <= 0):
+                raise ValueError
+            a, b, s = parts[0], parts[1], parts[2] if len(parts) == 3 else 1
+            layers = list(range(a, b + 1, s))
+        else:
+            layers = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise InterventionError(f"--layers {spec!r} is malformed; use 'all', 'a:b[:step]' "
+                                "(inclusive) or a list such as '0,4,8'") from None
+    if not layers:
+        raise InterventionError(f"--layers {spec!r} selects no layer; e.g. use 0:{n_sites - 1}")
+    bad = [l for l in layers if not 0 <= l < n_sites]
+    if bad:
+        raise InterventionError(f"--layers {spec!r}: {bad} out of range; this model has residual "
+                                f"sites 0..{n_sites - 1} (0 = LM input)")
+    return sorted(dict.fromkeys(layers))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PatchConfig:
+    """Options of E2 / E4 / E6 (``spatialbind patch``)."""
+
+    experiment: str = "e4"
+    """``e2`` (last token), ``e4`` (criss-cross regions) or ``e6`` (criss-cross under ablation)."""
+    layers: str | None = None
+    """Residual sites to patch: ``all``, ``a:b[:step]`` (inclusive) or ``0,4,8``."""
+    regions: tuple[str, ...] = REGIONS
+    """E4: regions to criss-cross (``object``, ``strip``); E6 always uses ``object``."""
+    partner: str = "opposite"
+    """E2: counterfactual partner: ``opposite`` (another stimulus asking the opposite direction
+    with the same reference colour: the paper's design), ``swap`` or ``crisscross`` twin."""
+    prompt: str = "completion"
+    """Prompt kind asked."""
+    limit: int | None = None
+    """Use the first N base stimuli (None: all)."""
+    batch_size: int = 8
+    """Patched rows per batched forward."""
+
+    def __post_init__(self):
+        if self.experiment not in EXPERIMENTS:
+            raise InterventionError(f"The 'experiment' parameter of PatchConfig must be one of "
+                                    f"{EXPERIMENTS}. Got {self.experiment!r} instead.")
+        regions = tuple(self.regions)
+        object.__setattr__(self, "regions", regions)
+        if not regions or any(r not in REGIONS for r in regions):
+            raise InterventionError(f"The 'regions' parameter of PatchConfig must be a non-empty "
+                                    f"subset of {REGIONS}. Got {list(regions)!r} instead.")
+        if self.partner not in PARTNERS:
+            raise InterventionError(f"The 'partner' parameter of PatchConfig must be one of "
+                                    f"{PARTNERS}. Got {self.partner!r} instead.")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise InterventionError(f"The 'limit' parameter of PatchConfig must be an int >= 1 or "
+                                    f"None. Got {self.limit!r} instead.")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InterventionError(f"The 'batch_size' parameter of PatchConfig must be an int "
+                                    f">= 1. Got {self.batch_size!r} instead.")
+
+
+def _bar(total: int, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not progress, dynamic_ncols=True, unit="row")
+
+
+# --------------------------------------------------------------------------- E4 / E6
+def _crisscross_rows(p, cf, layers, regions, ic, *, extra=()):
+    rows, keys = [], []
+    for region in regions:
+        bpos, spos = crisscross_map(p.layout, cf.layout, region)
+        for l in layers:
+            rows.append(list(extra) + [Edit(site=f"lm.resid.{l}", intervention=ic,
+                                            tokens=bpos.tolist(), source="cf",
+                                            source_tokens=spos.tolist())])
+            keys.append((l, region))
+    return rows, keys
+
+
+def _slot_probs(adapter, stim, res, keys, cf_answer, answer):
+    colors = slot_colors(stim)
+    ids = option_ids(adapter.tokenizer, colors)
+    out = []
+    base = option_probs(res.base_logits, ids)
+    probs = option_probs(res.row_logits, ids)
+    for (l, region), pr in zip(keys, probs):
+        pred = colors[int(pr.argmax())]
+        row = {"item": stim.id, "relation": stim.relation, "axis": stim.axis, "layer": l,
+               "region": region, "answer": answer, "cf_answer": cf_answer, "pred": pred,
+               "flip": pred == cf_answer, "p_answer": float(pr[colors.index(answer)]),
+               "p_cf_answer": float(pr[colors.index(cf_answer)]),
+               "base_pred": colors[int(base.argmax())]}
+        row.update({f"p_slot{k}": float(v) for k, v in enumerate(pr)})
+        out.append(row)
+    return out
+
+
+def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True):
+    """E4: criss-cross interchange (clean (c0,c1,c2) <- its ``crisscross`` twin) per layer/region.
+
+    Returns
+    -------
+    (table, summary)
+        Rows per (item, layer, region): probability of each slot's colour, prediction, flip.
+    """
+    layers = parse_layers(config.layers, n_resid_sites(adapter))
+    items = base_items(ds, limit=config.limit)
+    ic = Interchange()
+    counter = ForwardCounter()
+    out = []
+    bar = _bar(len(items) * len(layers) * len(config.regions), "E4 criss-cross", progress)
+    for stim in items:
+        prompt = pick_prompt(stim, config.prompt)
+        cc = twin(ds, stim, "crisscross")
+        p = prepare(adapter, ds, stim, prompt)
+        cf = prepare(adapter, ds, cc, prompt)
+        rows, keys = _crisscross_rows(p, cf, layers, config.regions, ic)
+        res = sweep(adapter, p.inputs, rows, sources={"cf": SourceRun(inputs=cf.inputs)},
+                    batch_size=config.batch_size, progress=bar)
+        counter.add(res.counter)
+        out += _slot_probs(adapter, stim, res, keys, pick_prompt(cc, config.prompt).answer,
+                           prompt.answer)
+    bar.close()
+    return _finish(out, counter, config, "E4")
+
+
+def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True):
+    """E6: E5's ablation on both runs, then object-token criss-cross per layer.
+
+    A flip at layer ``l`` means the LM's own (backup) ordering representation at that layer
+    decides the answer once the vision tokens carry no ordering.
+    """
+    layers = parse_layers(config.layers, n_resid_sites(adapter))
+    items = base_items(ds, limit=config.limit)
+    ic = Interchange()
+    counter = ForwardCounter()
+    out = []
+    blank = None
+    bar = _bar(len(items) * (len(layers) + 1), "E6 ablated criss-cross", progress)
+    for stim in items:
+        prompt = pick_prompt(stim, config.prompt)
+        if blank is None:
+            blank = blank_acts(adapter, ds, prompt)
+            counter.forwards += 1
+        cc = twin(ds, stim, "crisscross")
+        p = prepare(adapter, ds, stim, prompt)
+        cf = prepare(adapter, ds, cc, prompt)
+        refs = references(adapter, ds, stim, prompt, blank)
+        base_edits, sources, _ = ablation_edits(p, refs)
+        cf_edits, cf_sources, _ = ablation_edits(cf, refs, base_stim=stim)
+        sources.update(cf_sources)
+        sources["cf"] = SourceRun(inputs=cf.inputs, edits=tuple(cf_edits))
+        rows, keys = _crisscross_rows(p, cf, layers, ("object",), ic, extra=base_edits)
+        rows.append(list(base_edits))  # the ablated run without criss-cross (E5's prediction)
+        keys.append((-1, "none"))
+        res = sweep(adapter, p.inputs, rows, sources=sources, batch_size=config.batch_size,
+                    progress=bar)
+        counter.add(res.counter)
+        out += _slot_probs(adapter, stim, res, keys, pick_prompt(cc, config.prompt).answer,
+                           prompt.answer)
+    bar.close()
+    return _finish(out, counter, config, "E6")
+
+
+def _finish(rows, counter, config, name):
+    table = pd.DataFrame(rows)
+    patched = table[table["layer"] >= 0]
+    agg = patched.groupby(["region", "layer"]).agg(
+        flip_rate=("flip", "mean"), p_answer=("p_answer", "mean"),
+        p_cf_answer=("p_cf_answer", "mean"), n=("flip", "size")).reset_index()
+    summary: dict[str, Any] = {
+        "experiment": name, "n_items": int(table["item"].nunique()),
+        "by_layer": agg.to_dict(orient="records"),
+        "flip_layers": {r: sorted(int(l) for l in g.loc[g["flip_rate"] > 0.5, "layer"])
+                        for r, g in agg.groupby("region")},
+        "forwards": counter.forwards, "rows": counter.rows,
+        "naive_forwards": counter.naive_forwards, "config": _cfg(config),
+    }
+    if name == "E6":
+        ab = table[table["layer"] < 0]
+        summary["ablated_accuracy"] = float((ab["pred"] == ab["answer"]).mean())
+    return table, summary
+
+
+def _cfg(config) -> dict:
+    d = asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# --------------------------------------------------------------------------- E2
+def find_partner(ds, stim, items, prompt_kind: str, partner: str):
+    """The counterfactual partner of ``stim`` for E2 (see :class:`PatchConfig`.partner)."""
+    if partner in ("swap", "crisscross"):
+        return twin(ds, stim, partner)
+    opposite = {"left": "right", "right": "left", "above": "below", "below": "above"}
+    colors = slot_colors(stim)
+    cands = [s for s in items if s.id != stim.id and s.axis == stim.axis and s.task == stim.task
+             and s.relation == opposite.get(stim.relation) and len(s.targets) == len(colors)]
+    if not cands:
+        raise InterventionError(f"no partner for {stim.id}: the dataset has no stimulus asking "
+                                f"{opposite.get(stim.relation)!r} on the {stim.axis} axis; use "
+                                "--partner swap or generate more stimuli")
+
+    def score(s):
+        sc = slot_colors(s)
+        same_ref = sc[len(sc) // 2] == colors[len(colors) // 2]
+        ans = pick_prompt(s, prompt_kind).answer
+        return (same_ref, ans not in colors, -len(set(sc) & set(colors)))
+
+    return max(cands, key=score)
+
+
+def run_e2(adapter, ds, config: PatchConfig, *, progress: bool = True):
+    """E2: copy the final token's residual at layer ``l`` from the counterfactual run.
+
+    Per layer the winner among the clean answer, the ``ordinal`` colour (the clean image's colour
+    at the slot the counterfactual answer occupies: ordering information) and the counterfactual
+    answer colour (attribute information).
+    """
+    layers = parse_layers(config.layers, n_resid_sites(adapter))
+    items = base_items(ds, limit=config.limit)
+    pool = base_items(ds)
+    ic = Interchange()
+    counter = ForwardCounter()
+    out = []
+    bar = _bar(len(items) * len(layers), "E2 last token", progress)
+    for stim in items:
+        prompt = pick_prompt(stim, config.prompt)
+        other = find_partner(ds, stim, pool, config.prompt, config.partner)
+        oprompt = pick_prompt(other, config.prompt)
+        p = prepare(adapter, ds, stim, prompt)
+        cf = prepare(adapter, ds, other, oprompt)
+        rows = [[Edit(site=f"lm.resid.{l}", intervention=ic, tokens=[p.layout.last], source="cf",
+                      source_tokens=[cf.layout.last])] for l in layers]
+        res = sweep(adapter, p.inputs, rows, sources={"cf": SourceRun(inputs=cf.inputs)},
+                    batch_size=config.batch_size, progress=bar)
+        counter.add(res.counter)
+        colors, ocolors = slot_colors(stim), slot_colors(other)
+        cf_slot = ocolors.index(oprompt.answer)
+        ordinal = colors[cf_slot]
+        opts = list(dict.fromkeys(colors + ocolors))
+        ids = option_ids(adapter.tokenizer, opts)
+        probs = option_probs(res.row_logits, ids)
+        for l, pr in zip(layers, probs):
+            pred = opts[int(pr.argmax())]
+            winner = ("clean" if pred == prompt.answer else "ordinal" if pred == ordinal
+                      else "counterfactual" if pred == oprompt.answer else "other")
+            if pred == prompt.answer and pred == ordinal:
+                winner = "clean=ordinal"
+            out.append({"item": stim.id, "partner": other.id, "relation": stim.relation,
+                        "layer": l, "answer": prompt.answer, "ordinal_answer": ordinal,
+                        "cf_answer": oprompt.answer, "pred": pred, "winner": winner,
+                        "p_answer": float(pr[opts.index(prompt.answer)]),
+                        "p_ordinal": float(pr[opts.index(ordinal)]),
+                        "p_cf_answer": float(pr[opts.index(oprompt.answer)])})
+    bar.close()
+    table = pd.DataFrame(out)
+    agg = table.groupby("layer").agg(p_answer=("p_answer", "mean"),
+                                     p_ordinal=("p_ordinal", "mean"),
+                                     p_cf_answer=("p_cf_answer", "mean")).reset_index()
+    wins = table.pivot_table(index="layer", columns="winner", values="item", aggfunc="count",
+                             fill_value=0)
+    summary = {"experiment": "E2", "n_items": len(items), "by_layer": agg.to_dict("records"),
+               "winners": {int(l): {k: int(v) for k, v in r.items()} for l, r in wins.iterrows()},
+               "forwards": counter.forwards, "rows": counter.rows,
+               "naive_forwards": counter.naive_forwards, "config": _cfg(config)}
+    return table, summary
+
+
+def run_patch(adapter, ds, config: PatchConfig, *, progress: bool = True):
+    """Dispatch to :func:`run_e2`, :func:`run_e4` or :func:`run_e6` by ``config.experiment``."""
+    fn = {"e2": run_e2, "e4": run_e4, "e6": run_e6}[config.experiment]
+    return fn(adapter, ds, config, progress=progress)

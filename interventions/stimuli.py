@@ -1,0 +1,133 @@
+"""Glue between a scenegen dataset, a ``vlms`` adapter and the intervention engine: prepare one
+stimulus (inputs + :class:`~interventions.layout.TokenLayout`), find its partners, and turn answer
+words into token ids.
+
+Experiments take an *adapter* (``vlms.load_adapter(name)``) and a dataset
+(``scenegen.read_dataset(dir)``); everything model-specific goes through the adapter's
+``prepare`` and site map.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InterventionError
+from .layout import TokenLayout, roles_from_mask
+
+
+@dataclass
+class Prepared:
+    """One stimulus ready to run: model inputs, token layout, the prompt asked and its answer."""
+
+    stim: Any
+    prompt: Any
+    inputs: dict[str, Any]
+    layout: TokenLayout
+
+    @property
+    def answer(self) -> str:
+        return self.prompt.answer
+
+
+def load_model(name: str, *, dtype: str | None = None, device: str | None = None):
+    """Load a ``vlms`` adapter by name, hub id or directory (trust_remote_code is never used)."""
+    from vlms.registry import load_adapter
+
+    return load_adapter(name, dtype=dtype, device=device)
+
+
+def pick_prompt(stim, kind: str = "completion"):
+    """The stimulus's first prompt of ``kind``."""
+    for p in stim.prompts:
+        if p.kind == kind:
+            return p
+    kinds = sorted({p.kind for p in stim.prompts})
+    raise InterventionError(f"stimulus {stim.id} has no {kind!r} prompt (it has {kinds}); "
+                            "pick another --prompt kind or regenerate with that prompt kind")
+
+
+def prepare(adapter, ds, stim, prompt, *, image: np.ndarray | None = None) -> Prepared:
+    """Inputs and token layout of ``stim`` asked ``prompt`` (``image`` overrides the pixels)."""
+    img = ds.image(stim) if image is None else image
+    batch = adapter.prepare([img], [prompt])
+    grid = tuple(batch.grids[0])
+    role, ordinal = roles_from_mask(ds.mask(stim), stim, grid)
+    layout = TokenLayout(seq_len=batch.seq_len, image_positions=np.asarray(batch.image_positions[0]),
+                         grid=grid, role=role, ordinal=ordinal, axis=stim.axis or "horizontal")
+    return Prepared(stim=stim, prompt=prompt, inputs=batch.inputs, layout=layout)
+
+
+def twin(ds, stim, kind: str):
+    """The twin of ``stim`` of ``kind`` (``swap``, ``crisscross``); error if the dataset has none."""
+    found = ds.twins(stim.id, kind)
+    if not found:
+        raise InterventionError(f"stimulus {stim.id} has no {kind!r} twin in {ds.root}; "
+                                f"regenerate the dataset with twins including {kind!r}")
+    return found[0]
+
+
+def isolated_twins(ds, stim) -> dict[int, Any]:
+    """``mask_id -> isolated twin`` of every entity of ``stim``."""
+    out = {t.isolates: t for t in ds.twins(stim.id, "isolated") if t.isolates is not None}
+    missing = [e.mask_id for e in stim.entities if e.mask_id not in out]
+    if missing:
+        raise InterventionError(f"stimulus {stim.id} lacks isolated twins for entities "
+                                f"{missing}; regenerate the dataset with the 'isolated' twin kind")
+    return out
+
+
+def blank_of(ds):
+    """The dataset's blank canvas (the ``blank`` extra)."""
+    for s in ds.stimuli:
+        if s.counterfactual_kind == "blank":
+            return s
+    raise InterventionError(f"{ds.root} has no blank canvas; regenerate with the 'blank' twin "
+                            "kind (scenegen adds it as a dataset extra)")
+
+
+def base_items(ds, *, limit: int | None = None, split: str | None = None,
+               axis: str | None = None) -> list:
+    """Base stimuli (not twins, not the blank), optionally one split / axis, first ``limit``."""
+    items = [s for s in ds.base() if s.counterfactual_kind is None and s.entities]
+    if split is not None:
+        items = [s for s in items if s.split == split]
+    if axis is not None:
+        items = [s for s in items if s.axis == axis]
+    if not items:
+        raise InterventionError(f"{ds.root} has no base stimuli"
+                                + (f" in split {split!r}" if split else "")
+                                + (f" on axis {axis!r}" if axis else ""))
+    return items[:limit] if limit else items
+
+
+def variants(word: str) -> list[str]:
+    """Spellings of an answer word scored together (as the paper does)."""
+    w = word.strip()
+    return list(dict.fromkeys([w.lower(), w.capitalize(), " " + w.lower(), " " + w.capitalize(),
+                               w, " " + w]))
+
+
+def option_ids(tokenizer, words: Sequence[str]) -> list[list[int]]:
+    """First token id of each spelling of each word; ids shared by two words are dropped
+    (they cannot tell the words apart), unless a word would be left with none."""
+    firsts = []
+    for w in words:
+        ids = []
+        for v in variants(w):
+            enc = tokenizer.encode(v, add_special_tokens=False)
+            if enc:
+                ids.append(int(enc[0]))
+        firsts.append(list(dict.fromkeys(ids)))
+    out = []
+    for i, ids in enumerate(firsts):
+        others = {t for j, o in enumerate(firsts) if j != i for t in o}
+        own = [t for t in ids if t not in others]
+        out.append(own or ids)
+    return out
+
+
+def slot_colors(stim) -> list[str]:
+    """Target colours in slot order (0 = leftmost / topmost)."""
+    return [e.color for e in stim.targets]
