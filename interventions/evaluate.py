@@ -21,8 +21,8 @@ Protocols
     The paper's E1 for generated datasets: each completion prompt of a stimulus (e.g. "The color
     of the square to the left of the red square is ") with its system message; the top-1 next
     token, normalised to lower-case alphanumerics, must equal the answer. The probability of the
-    answer among the prompt's options is reported beside it. Choice / yes-no prompts are scored
-    by the argmax over their options.
+    answer among the prompt's options is reported beside it. Stimuli without a completion prompt
+    are asked their choice / yes-no prompts instead, scored by the argmax over the options.
 """
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def load_items(data: str, *, limit: int | None = None,
                                   "generate it with prompts or pick another --data")
         stims = stims[:limit] if limit else stims
         return [EvalItem(s, (lambda s=s: ds.pil_image(s)),
-                         (s.factors or {}).get("original_file", s.file_name)) for s in stims]
+                         (s.factors or {}).get("source") or s.file_name) for s in stims]
     from scenegen.importers.whatsup import SUBSETS, WhatsUpError, import_whatsup
 
     root = Path(where)
@@ -255,9 +255,10 @@ def two_option_queries(i: int, stim, template: str) -> list[Query]:
 def completion_queries(i: int, stim) -> list[Query]:
     """One query per text prompt of a generated stimulus (see module docstring)."""
     out = []
-    for k, p in enumerate(stim.prompts):
-        if not p.text:
-            continue
+    texts = [(k, p) for k, p in enumerate(stim.prompts) if p.text]
+    if any(p.kind == "completion" for _, p in texts):  # the paper's E1 uses these alone
+        texts = [(k, p) for k, p in texts if p.kind == "completion"]
+    for k, p in texts:
         if p.kind == "completion":
             out.append(Query(i, "completion", p.text, tuple(p.options), p.answer, f"p{k}",
                              p.system))
@@ -311,7 +312,7 @@ def top1_tokens(adapter, images, prompts: Sequence[str], system: str | None) -> 
     if hasattr(adapter, "top1"):
         return list(adapter.top1(images, prompts, system=system))
     batch = adapter.prepare(images, list(prompts), system=system)
-    out = adapter.run(batch)
+    out = adapter.run(batch, logits_to_keep=1)
     ids = out.logits[:, -1, :].float().argmax(-1).tolist()
     return [adapter.tokenizer.decode([t]) for t in ids]
 
@@ -349,14 +350,15 @@ def score_queries(adapter, items: Sequence[EvalItem], queries: Sequence[Query], 
 def _score_chunk(adapter, kind: str, system, images, chunk: Sequence[Query]) -> list[dict]:
     scores: list[np.ndarray | None] = [None] * len(chunk)
     if kind == "caption":
-        scores = list(adapter.caption_logprob(images, [list(q.options) for q in chunk]))
+        scores = list(adapter.caption_logprob(images, [list(q.options) for q in chunk],
+                                              batch_size=len(chunk)))
     else:
         with_opts = [k for k, q in enumerate(chunk) if q.options]
         if with_opts:
             got = adapter.score_options([images[k] for k in with_opts],
                                         [chunk[k].prompt for k in with_opts],
                                         [list(chunk[k].options) for k in with_opts],
-                                        system=system)
+                                        system=system, batch_size=len(with_opts))
             for k, g in zip(with_opts, got):
                 scores[k] = g
     tops = (top1_tokens(adapter, images, [q.prompt for q in chunk], system)

@@ -43,7 +43,8 @@ def prediction_table(items, queries, results, protocol: str):
     for q, r in zip(queries, results):
         s = items[q.item].stimulus
         f = dict(s.factors or {})
-        row = {"id": s.id, "task": s.task, "generator": s.generator, "relation": s.relation,
+        kind = next((p.kind for p in s.prompts if p.text == q.prompt), "caption")
+        row = {"id": s.id, "task": s.task, "prompt_kind": kind, "generator": s.generator, "relation": s.relation,
                "axis": s.axis, "protocol": protocol, "order": q.order, "prompt": q.prompt,
                "system": q.system, "options": list(q.options), "scores": r["scores"],
                "prediction": r["prediction"], "answer": q.answer, "correct": r["correct"],
@@ -77,7 +78,9 @@ def summarise(df, items: Sequence, protocol: str):
 
     rows = [_row("all", "all", df)]
     n_items = df["id"].nunique()
-    for col in ("task", "relation", "axis"):
+    for col in ("task", "relation", "axis", "prompt_kind"):
+        if col == "prompt_kind" and df[col].nunique() < 2:
+            continue
         for v, sub in df.groupby(col, dropna=False, sort=True):
             rows.append(_row(col, v, sub))
     for col in sorted(c for c in df.columns if c.startswith("factor_")):

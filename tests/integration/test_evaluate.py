@@ -1,0 +1,119 @@
+"""``evaluate`` end to end with tiny-qwen2-vl: What'sUp fixture and a tiny generated flat dataset.
+
+The saved predictions must agree with scores recomputed directly through the adapter.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import spatialbind
+from interventions.evaluate import EvalConfig, evaluate, load_items
+from scenegen import read_dataset
+from scenegen.importers import import_whatsup
+
+pytest.importorskip("transformers")
+FIX = Path(__file__).parents[1] / "fixtures" / "whatsup"
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    import torch
+
+    import vlms
+
+    torch.set_num_threads(1)
+    return vlms.load_adapter("tiny-qwen2-vl")
+
+
+def test_caption_protocol_on_whatsup_fixture_matches_adapter(tmp_path, adapter):
+    cfg = EvalConfig(model="tiny-qwen2-vl", data=f"whatsup:{FIX}:Controlled_Images_A", limit=4,
+                     batch_size=3)
+    res = evaluate(cfg, out=tmp_path / "ev", adapter=adapter, progress=False)
+    df = pd.read_parquet(tmp_path / "ev" / "predictions.parquet")
+    assert len(df) == 4 and res.protocol == "caption"
+    items = import_whatsup(FIX, "Controlled_Images_A", limit=4)
+    for k in (0, 3):
+        stim, path = items[k]
+        with Image.open(path) as im:
+            direct = adapter.caption_logprob([im.convert("RGB")], [list(stim.prompts[0].options)])
+        np.testing.assert_allclose(df.loc[k, "scores"], direct[0], rtol=1e-4, atol=1e-4)
+        best = int(np.argmax(direct[0]))
+        assert df.loc[k, "prediction"] == stim.prompts[0].options[best]
+        assert bool(df.loc[k, "correct"]) == (best == 0)
+    s = pd.read_csv(tmp_path / "ev" / "summary.csv")
+    assert s.loc[s.group == "all", "accuracy"].item() == pytest.approx(df["correct"].mean())
+    assert {"pair_acc", "set_acc"} <= set(s["group"])
+
+
+def test_cli_two_option_on_whatsup_fixture_matches_adapter(tmp_path, adapter):
+    out = tmp_path / "ev2"
+    r = CliRunner().invoke(spatialbind, [
+        "evaluate", "--model", "tiny-qwen2-vl", "--data", f"whatsup:{FIX}:COCO_QA_two_obj",
+        "--out", str(out), "--protocol", "two-option", "--batch-size", "4", "--quiet",
+        "--coco-annotations", str(FIX / "instances_val2017.json")])
+    assert r.exit_code == 0, r.output
+    assert "all" in r.output and "protocol two-option" in r.output
+    df = pd.read_parquet(out / "predictions.parquet")
+    assert len(df) == 8 and list(df["order"]) == ["lr", "rl"] * 4
+    assert set(df["factor_masks"]) == {"coco_boxes"}
+    for k in (0, 5):  # recompute two rows directly (the CLI built its own tiny model)
+        img = Image.open(FIX / "val2017" / f"{json.loads(df.loc[k, 'factors'])['image_id']:012d}"
+                         ".jpg").convert("RGB")
+        direct = adapter.score_options([img], [df.loc[k, "prompt"]], [list(df.loc[k, "options"])])
+        np.testing.assert_allclose(df.loc[k, "scores"], direct[0], rtol=1e-4, atol=1e-4)
+    strict = df.groupby("id")["correct"].all()
+    s = pd.read_csv(out / "summary.csv")
+    assert s.loc[s.group == "all", "accuracy"].item() == pytest.approx(strict.mean())
+    meta = json.loads((out / "metrics.json").read_text())
+    assert sum(meta["two_option_outcomes"].values()) == 4
+    assert (out / "summary.png").stat().st_size > 1000
+
+
+def test_completion_protocol_on_generated_flat_dataset(tmp_path, adapter):
+    from scenegen.generate import generate
+    from scenegen.presets import preset_config
+
+    data = tmp_path / "flat"
+    generate(preset_config("squares-qwen2-vl", n=3, twins=[]), data, progress=False)
+    cfg = EvalConfig(model="tiny-qwen2-vl", data=str(data), batch_size=2)
+    res = evaluate(cfg, out=tmp_path / "ev3", adapter=adapter, progress=False)
+    df = pd.read_parquet(tmp_path / "ev3" / "predictions.parquet")
+    assert res.protocol == "completion" and len(df) == 3
+    assert set(df["prompt_kind"]) == {"completion"}
+    ds = read_dataset(data)
+    for k in (0, 2):
+        stim = ds[df.loc[k, "id"]]
+        (p,) = [p for p in stim.prompts if p.kind == "completion"]
+        img = ds.pil_image(stim)
+        batch = adapter.prepare([img], [p.text], system=p.system)
+        logits = adapter.run(batch).logits[0, -1]
+        top = adapter.tokenizer.decode([int(logits.argmax())])
+        assert df.loc[k, "top1"] == top
+        norm = "".join(ch for ch in top.lower() if ch.isascii() and ch.isalnum())
+        assert bool(df.loc[k, "correct"]) == (norm == p.answer)
+        direct = adapter.score_options([img], [p.text], [list(p.options)], system=p.system)[0]
+        np.testing.assert_allclose(df.loc[k, "scores"], direct, rtol=1e-4, atol=1e-4)
+        e = np.exp(direct - direct.max())
+        assert df.loc[k, "p_answer"] == pytest.approx(
+            (e / e.sum())[list(p.options).index(p.answer)], rel=1e-5)
+    assert set(res.summary["group"]) >= {"all", "task", "relation", "axis"}
+
+
+def test_whatsup_imported_dataset_directory_evaluates_like_the_release(tmp_path, adapter):
+    out = import_whatsup(FIX, "VG_QA_two_obj", tmp_path / "ds", progress=False)
+    a = evaluate(EvalConfig(model="tiny-qwen2-vl", data=str(out)), adapter=adapter,
+                 progress=False)
+    b = evaluate(EvalConfig(model="tiny-qwen2-vl", data=f"whatsup:{FIX}:VG_QA_two_obj"),
+                 adapter=adapter, progress=False)
+    assert a.protocol == b.protocol == "caption"
+    # PNG holds the decoded JPEG pixels exactly, so the scores are the same
+    np.testing.assert_allclose(np.stack(a.predictions["scores"]), np.stack(b.predictions["scores"]),
+                               rtol=1e-5, atol=1e-5)
+    assert list(a.predictions["source_path"]) == [f"vg_images/{i}.jpg" for i in (1, 2, 3, 3)]
