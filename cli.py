@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "show": "scenegen.commands:show",
     "query": "actstore.commands:query",
     "evaluate": "interventions.commands:evaluate",
+    "model": "vlms.commands:model",
+    "extract": "vlms.commands:extract",
 }
 
 

@@ -15,12 +15,19 @@ from .errors import AdapterNotFoundError, ExtractError, InputError, SiteError, V
 from .registry import ADAPTERS, ALIASES, adapter_class, known_models, load_adapter, register
 from .tiny import build_tiny
 
-_SKIP = {"commands", "extract"}  # heavy or CLI-only modules load on demand
+#: infrastructure modules; every *other* sibling is a family file that registers an adapter.
+#: CLI modules (``*commands``), extraction and organism tooling load on demand.
+_INFRA = {"base", "errors", "registry", "tiny", "roles", "scoring", "extract"}
+
+
+def _is_family(name: str) -> bool:
+    return not (name in _INFRA or name.startswith(("_", "organism"))
+                or name.endswith("commands"))
 
 
 def _import_siblings() -> None:
     for info in pkgutil.iter_modules(__path__):
-        if info.name in _SKIP or info.name.startswith("_"):
+        if not _is_family(info.name):
             continue
         try:
             importlib.import_module(f"{__name__}.{info.name}")

@@ -1,0 +1,106 @@
+"""CLI commands of vlms: ``spatialbind model save|list`` and ``spatialbind extract``.
+
+Thin wrappers: parse options, call one library function, print a short result. Errors from
+``vlms.errors`` (and ``actstore.errors``) become one line with exit status 1 in ``cli.py``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def model() -> None:
+    """Known models, and saving tiny builds as plain transformers directories."""
+
+
+@model.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
+def list_models(as_json: bool) -> None:
+    """Show the known model names, their architecture, adapter and source."""
+    from .registry import known_models
+
+    rows = known_models()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    w = max(len(r["name"]) for r in rows)
+    a = max(len(r["architecture"]) for r in rows)
+    for r in rows:
+        click.echo(f"{r['name']:<{w}}  {r['architecture']:<{a}}  {r['source']}  [{r['status']}]")
+
+
+@model.command("save")
+@click.argument("name")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Weight seed of tiny builds (same seed, same weights).")
+@click.option("--dtype", default="float32", show_default=True,
+              help="Weights dtype to save: float32, bfloat16 or float16.")
+@click.option("--force", is_flag=True, help="Write into a non-empty directory.")
+def save(name: str, directory: str, seed: int, dtype: str, force: bool) -> None:
+    """Save model NAME (e.g. tiny-qwen2-vl) to DIRECTORY with save_pretrained.
+
+    The directory loads back with ``--model DIRECTORY`` in any command and with plain
+    ``AutoModelForImageTextToText.from_pretrained`` / ``AutoProcessor.from_pretrained``.
+    """
+    from .errors import VLMError
+    from .registry import load_adapter
+
+    out = Path(directory)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise VLMError(f"{out} is not empty; choose an empty directory or pass --force")
+    ad = load_adapter(name, dtype=dtype, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    ad.save(out)
+    files = sorted(p.name for p in out.iterdir())
+    click.echo(f"saved {name} ({type(ad.model).__name__}) to {out}: {', '.join(files)}")
+
+
+@click.command()
+@click.option("--model", "model_name", required=True,
+              help="Alias (tiny-qwen2-vl, qwen2-vl-7b, ...), hub id or saved directory.")
+@click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Dataset directory made by `spatialbind generate` (or an importer).")
+@click.option("--store", "store", required=True, help="Store path or fsspec URL (created).")
+@click.option("--sites", default="projector,lm.resid", show_default=True,
+              help="Comma-separated sites: projector, lm.resid[.i], vision.blocks[.i].")
+@click.option("--layers", default=None,
+              help="Layers for layered sites without an index, e.g. '0,4,8' or '0-8' "
+                   "(default: all).")
+@click.option("--batch-size", type=int, default=8, show_default=True,
+              help="Samples per forward = store shard along samples.")
+@click.option("--shard", default=None, help="i/n: this process fills batches b with b % n == i.")
+@click.option("--pool-vision/--no-pool-vision", default=True, show_default=True,
+              help="Mean-pool vision-block patches to the LM token grid (4x/16x smaller).")
+@click.option("--dtype", default="float32", show_default=True,
+              help="Model compute dtype: float32, bfloat16, float16.")
+@click.option("--store-dtype", default="float16", show_default=True,
+              help="Stored activation dtype: float16 or float32.")
+@click.option("--object-fraction", type=float, default=0.5, show_default=True,
+              help="Share of a token's cell an object must cover for the token to be 'object'.")
+@click.option("--prompt-kind", default="completion", show_default=True,
+              help="Which prompt of each stimulus to run (completion, yesno, choice).")
+@click.option("--device", default=None, help="torch device (default cpu).")
+@click.option("--limit", type=int, default=None, hidden=True,
+              help="Stop after this many batches (for resume tests).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def extract(model_name, data, store, sites, layers, batch_size, shard, pool_vision, dtype,
+            store_dtype, object_fraction, prompt_kind, device, limit, progress) -> None:
+    """Run a model over a dataset with hooks and write activations + token roles to a store.
+
+    Resumable and idempotent: rerun the same command after an interruption; a finished store
+    is left untouched. Several processes can share one store with --shard i/n.
+    """
+    from .extract import ExtractConfig, run_extract
+
+    cfg = ExtractConfig(model=model_name, data=data, store=store,
+                        sites=tuple(s for s in sites.split(",") if s.strip()),
+                        layers=layers, batch_size=batch_size, shard=shard,
+                        pool_vision=pool_vision, dtype=dtype, store_dtype=store_dtype,
+                        object_fraction=object_fraction, prompt_kind=prompt_kind,
+                        device=device)
+    res = run_extract(cfg, progress=progress, limit=limit, echo=click.echo)
+    click.echo(f"wrote {res['written']} samples ({res['done']}/{res['total']} done) to {store}")
