@@ -247,7 +247,10 @@ class Store:
             idx, pad = _kth_indices(tok["role"] == code)
             coords = {k: np.where(pad, S.TOKEN_LABELS[k][1], np.take_along_axis(v, idx, axis=1))
                       for k, v in tok.items()}
-            x = x.isel(token=xr.DataArray(idx, dims=(S.SAMPLE, S.TOKEN)))
+            if idx.size:
+                x = x.isel(token=xr.DataArray(idx, dims=(S.SAMPLE, S.TOKEN)))
+            else:  # no token of that role in the selection (or no sample): empty token axis
+                x = x.isel(token=slice(0, 0))
             if pad.any():
                 x = x.where(xr.DataArray(~pad, dims=(S.SAMPLE, S.TOKEN)))
             x = x.assign_coords(token=np.arange(idx.shape[1]))
