@@ -16,12 +16,14 @@ OUR_PACKAGES = ("scenegen", "vlms", "actstore", "probes", "interventions")
 
 # command name -> "module:attribute"; add a line here to add a command.
 COMMANDS: dict[str, str] = {
+    "organism": "vlms.organism_commands:organism",
     "generate": "scenegen.commands:generate",
     "show": "scenegen.commands:show",
     "query": "actstore.commands:query",
     "evaluate": "interventions.commands:evaluate",
     "model": "vlms.commands:model",
     "extract": "vlms.commands:extract",
+    "probe": "probes.commands:probe",
 }
 
 
