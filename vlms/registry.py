@@ -37,7 +37,6 @@ def register(cls: type) -> type:
         ADAPTERS[arch] = cls
     for alias, target in cls.aliases.items():
         ALIASES[alias] = (cls.architectures[0], target)
-    ALIASES.setdefault(cls.family, (cls.architectures[0], f"tiny-{cls.family}"))
     return cls
 
 

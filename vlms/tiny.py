@@ -116,7 +116,7 @@ def build_tiny(name: str, *, seed: int = 0, **overrides: Any):
     """
     from .registry import adapter_class
 
-    cls = adapter_class(name)
+    cls = adapter_class(name if name.startswith("tiny-") else f"tiny-{name}")
     return cls.tiny(seed=seed, **overrides)
 
 
