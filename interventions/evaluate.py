@@ -311,10 +311,39 @@ def top1_tokens(adapter, images, prompts: Sequence[str], system: str | None) -> 
     """Decoded top-1 next token of each (image, prompt) (greedy, one forward pass)."""
     if hasattr(adapter, "top1"):
         return list(adapter.top1(images, prompts, system=system))
+    return next_token(adapter, images, prompts, [[] for _ in prompts], system)[1]
+
+
+def next_token(adapter, images, prompts: Sequence[str], options: Sequence[Sequence[str]],
+               system: str | None) -> tuple[list[np.ndarray], list[str]]:
+    """Option log-probs and the decoded top-1 token from *one* forward pass per batch.
+
+    Option scores follow :func:`vlms.scoring.score_options` (max over case / leading-space
+    variants of each option's first token); adapters without ``prepare``/``run`` (test doubles)
+    are asked ``score_options`` and ``top1`` separately.
+    """
+    if not (hasattr(adapter, "prepare") and hasattr(adapter, "run")):
+        with_opts = [k for k, o in enumerate(options) if o]
+        scores: list[np.ndarray] = [np.zeros(0)] * len(prompts)
+        if with_opts:
+            got = adapter.score_options([images[k] for k in with_opts],
+                                        [prompts[k] for k in with_opts],
+                                        [list(options[k]) for k in with_opts], system=system,
+                                        batch_size=len(with_opts))
+            for k, g in zip(with_opts, got):
+                scores[k] = np.asarray(g, dtype=float)
+        return scores, list(adapter.top1(images, list(prompts), system=system))
+    import torch
+
+    from vlms.scoring import option_token_ids
+
     batch = adapter.prepare(images, list(prompts), system=system)
     out = adapter.run(batch, logits_to_keep=1)
-    ids = out.logits[:, -1, :].float().argmax(-1).tolist()
-    return [adapter.tokenizer.decode([t]) for t in ids]
+    logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu().numpy()
+    tops = [adapter.tokenizer.decode([int(t)]) for t in logp.argmax(-1)]
+    scores = [np.array([row[option_token_ids(adapter.tokenizer, o)].max() for o in opts],
+                       dtype=np.float64) for row, opts in zip(logp, options)]
+    return scores, tops
 
 
 def score_queries(adapter, items: Sequence[EvalItem], queries: Sequence[Query], *,
@@ -352,17 +381,11 @@ def _score_chunk(adapter, kind: str, system, images, chunk: Sequence[Query]) -> 
     if kind == "caption":
         scores = list(adapter.caption_logprob(images, [list(q.options) for q in chunk],
                                               batch_size=len(chunk)))
+        tops: list[str | None] = [None] * len(chunk)
     else:
-        with_opts = [k for k, q in enumerate(chunk) if q.options]
-        if with_opts:
-            got = adapter.score_options([images[k] for k in with_opts],
-                                        [chunk[k].prompt for k in with_opts],
-                                        [list(chunk[k].options) for k in with_opts],
-                                        system=system, batch_size=len(with_opts))
-            for k, g in zip(with_opts, got):
-                scores[k] = g
-    tops = (top1_tokens(adapter, images, [q.prompt for q in chunk], system)
-            if kind == "completion" else [None] * len(chunk))
+        got, tops = next_token(adapter, images, [q.prompt for q in chunk],
+                               [list(q.options) for q in chunk], system)
+        scores = [g if len(q.options) else None for g, q in zip(got, chunk)]
     out = []
     for q, sc, top in zip(chunk, scores, tops):
         sc = None if sc is None else np.asarray(sc, dtype=float).ravel()
@@ -377,9 +400,11 @@ def _score_chunk(adapter, kind: str, system, images, chunk: Sequence[Query]) -> 
         else:
             pred = q.options[int(np.argmax(sc))]
             correct = pred == q.answer
+        in_opts = (None if top is None or kind == "completion" else
+                   normalise_token(top) in {normalise_token(o) for o in q.options})
         out.append({"scores": [] if sc is None else sc.tolist(), "prediction": pred,
-                    "correct": bool(correct), "p_answer": p_ans,
-                    "top1": top if top is not None else None})
+                    "correct": bool(correct), "p_answer": p_ans, "top1": top,
+                    "top1_in_options": in_opts})
     return out
 
 

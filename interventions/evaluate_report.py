@@ -7,7 +7,8 @@ Outputs in ``--out``:
     (``lr``/``rl`` for two-option, ``p<k>`` for the k-th prompt, empty for captions), ``prompt``,
     ``options``, ``scores`` (per option: caption log-likelihood or next-token log-prob),
     ``prediction``, ``answer``, ``correct``, ``p_answer`` (the answer's probability among the
-    options), ``top1`` (raw top-1 token, completion only), ``item_correct`` (every query of the
+    options), ``top1`` (raw top-1 next token; not for captions), ``top1_in_options`` (two-option:
+    the top-1 token is one of the options), ``item_correct`` (every query of the
     item correct: the strict score for two-option), ``scene_id``, ``split``, ``source_path``,
     one ``factor_<name>`` column per scalar scene factor and ``factors`` (all, as JSON).
 ``summary.csv``
@@ -16,7 +17,8 @@ Outputs in ``--out``:
     ``set_acc`` rows (original definitions).
 ``summary.png``
     The same as bar charts. ``metrics.json``: protocol-specific numbers (pair/set counts,
-    two-option outcome counts). ``config.json``: the resolved run config (written last).
+    two-option outcomes golden / fail_lr_only / fail_rl_only / fail_both, and the paper's
+    "clean" set: strict accuracy over items whose top-1 token is an option in both orders). ``config.json``: the resolved run config (written last).
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ def prediction_table(items, queries, results, protocol: str):
                "axis": s.axis, "protocol": protocol, "order": q.order, "prompt": q.prompt,
                "system": q.system, "options": list(q.options), "scores": r["scores"],
                "prediction": r["prediction"], "answer": q.answer, "correct": r["correct"],
-               "p_answer": r["p_answer"], "top1": r["top1"], "scene_id": s.scene_id,
+               "p_answer": r["p_answer"], "top1": r["top1"],
+               "top1_in_options": r.get("top1_in_options"), "scene_id": s.scene_id,
                "split": s.split, "source_path": items[q.item].source_path,
                "factors": json.dumps(f, sort_keys=True, default=str)}
         for k, v in f.items():
@@ -108,9 +111,19 @@ def summarise(df, items: Sequence, protocol: str):
         piv = df.pivot_table(index="id", columns="order", values="correct", aggfunc="first")
         lr, rl = piv.get("lr"), piv.get("rl")
         if lr is not None and rl is not None:
+            lr, rl = lr.astype(bool), rl.astype(bool)
             extra["two_option_outcomes"] = {
                 "golden": int((lr & rl).sum()), "fail_lr_only": int((~lr & rl).sum()),
                 "fail_rl_only": int((lr & ~rl).sum()), "fail_both": int((~lr & ~rl).sum())}
+        # the paper's "clean" set: items whose top-1 token is one of the two options in every order
+        if df["top1_in_options"].notna().all():
+            clean = df.groupby("id")["top1_in_options"].all()
+            strict = df.groupby("id")["correct"].all()
+            n_clean = int(clean.sum())
+            extra["clean"] = {"n_items": n_clean,
+                              "strict_correct": int((strict & clean).sum()),
+                              "strict_accuracy": float((strict & clean).sum() / n_clean)
+                              if n_clean else float("nan")}
     return pd.DataFrame(rows), extra
 
 

@@ -73,6 +73,8 @@ def test_cli_two_option_on_whatsup_fixture_matches_adapter(tmp_path, adapter):
     assert s.loc[s.group == "all", "accuracy"].item() == pytest.approx(strict.mean())
     meta = json.loads((out / "metrics.json").read_text())
     assert sum(meta["two_option_outcomes"].values()) == 4
+    assert df["top1"].notna().all() and meta["clean"]["n_items"] == int(
+        df.groupby("id")["top1_in_options"].all().sum())
     assert (out / "summary.png").stat().st_size > 1000
 
 

@@ -91,7 +91,8 @@ def test_caption_protocol_matches_hand_computation(tmp_path):
 def test_two_option_both_orders_strict(tmp_path):
     items = load_items(f"whatsup:{FIX}:COCO_QA_two_obj")
     # items 0 and 1 share COCO image 37777: the model knows item 0 (dining table) and 3 (dog)
-    fake = FakeScorer(items, knows={"is the dining table": "left", "is the dog": "below"})
+    fake = FakeScorer(items, knows={"is the dining table": "left", "is the dog": "below"},
+                      top={1: " Left", 2: "above"})  # images 37777 (items 0, 1) and 139 (item 2)
     qs = build_queries(items, "two-option", "anchor")
     assert [q.order for q in qs] == ["lr", "rl"] * 4
     assert qs[0].prompt == ("Using the refrigerator as the reference point, which side is the "
@@ -111,6 +112,9 @@ def test_two_option_both_orders_strict(tmp_path):
     assert res.extra["two_option_outcomes"] == {"golden": 2, "fail_lr_only": 1,
                                                 "fail_rl_only": 1, "fail_both": 0}
     assert all(c[2] is None for c in fake.calls)  # the paper's prompt has no system message
+    # "clean" set: top-1 token is an option in both orders -> items 0, 1, 2; strict-right: item 0
+    assert list(df["top1_in_options"]) == [True] * 6 + [False] * 2
+    assert res.extra["clean"] == {"n_items": 3, "strict_correct": 1, "strict_accuracy": 1 / 3}
 
 
 def test_two_option_templates():
