@@ -236,10 +236,12 @@ class FlatConfig(_Base):
             raise ConfigError(
                 "FlatConfig sizes/spacings choose among layouts and need layout='random'; set "
                 "layout: random, or set grid.size / grid.spacing for a single centred layout")
-        for s in self.size_choices:
-            for sp in self.spacing_choices:
-                check_fits(self.grid.num_tokens, s, sp, where=f"FlatConfig (size={s}, "
-                           f"spacing={sp})")
+        # random layouts draw among the (size, spacing) pairs that fit; at least one must
+        fits = [(s, sp) for s in self.size_choices for sp in self.spacing_choices
+                if 3 * s + 2 * sp <= self.grid.num_tokens]
+        if not fits:
+            check_fits(self.grid.num_tokens, min(self.size_choices),
+                       min(self.spacing_choices), where="FlatConfig sizes/spacings")
 
     @property
     def size_choices(self) -> tuple[int, ...]:

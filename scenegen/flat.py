@@ -18,6 +18,7 @@ Each unit is one base stimulus plus its twins (``<id>-swap``, ``<id>-cc``, ``<id
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -84,6 +85,8 @@ def all_layouts(num_tokens: int, sizes, spacings, axis: str) -> list[Layout]:
     for s in sizes:
         for sp in spacings:
             span = 3 * s + 2 * sp
+            if span > num_tokens:
+                continue
             for cross in range(num_tokens - s + 1):
                 for off in range(num_tokens - span + 1):
                     out.append(Layout(axis=axis, size=s, spacing=sp, cross=cross, offset=off))
@@ -91,13 +94,17 @@ def all_layouts(num_tokens: int, sizes, spacings, axis: str) -> list[Layout]:
 
 
 def random_layout(num_tokens: int, sizes, spacings, axis: str, rng) -> Layout:
-    """Draw a size, spacing, row/column and offset uniformly (each choice independently)."""
-    s = int(sizes[rng.integers(len(sizes))])
-    sp = int(spacings[rng.integers(len(spacings))])
-    span = 3 * s + 2 * sp
-    check_fits(num_tokens, s, sp, where="random_layout")
-    return Layout(axis=axis, size=s, spacing=sp, cross=int(rng.integers(num_tokens - s + 1)),
-                  offset=int(rng.integers(num_tokens - span + 1)))
+    """Draw one layout uniformly from :func:`all_layouts` (every fitting layout equally likely)."""
+    choices = _layouts(num_tokens, tuple(sizes), tuple(spacings), axis)
+    if not choices:
+        raise ConfigError(f"no layout of sizes {list(sizes)} and spacings {list(spacings)} fits "
+                          f"a grid of {num_tokens} tokens; lower them or raise num_tokens")
+    return choices[int(rng.integers(len(choices)))]
+
+
+@functools.lru_cache(maxsize=32)
+def _layouts(num_tokens, sizes, spacings, axis):
+    return tuple(all_layouts(num_tokens, sizes, spacings, axis))
 
 
 # --------------------------------------------------------------------------- drawing
@@ -404,9 +411,9 @@ class FlatGenerator:
         g = self.config.grid
         image, mask = draw(g, placed, fill=task == "squares")
         entities = tuple(
-            entity_from_mask(mask, p.mask_id, role="target", ordinal=p.ordinal, kind=p.kind,
-                             color=p.color, rgb=p.rgb, size=float(p.size),
-                             name=self._name(p.kind, p.color))
+            _measure(mask, p, g.token_px, role="target", ordinal=p.ordinal, kind=p.kind,
+                     color=p.color, rgb=p.rgb, size=float(p.size),
+                     name=self._name(p.kind, p.color))
             for p in sorted(placed, key=lambda p: p.mask_id))
         # prompt words follow slot order; isolated images keep the base question
         slots = sorted((p for p in (names_from or placed)), key=lambda p: p.ordinal)
@@ -436,6 +443,18 @@ class FlatGenerator:
         if "blank" not in self.twins:
             return []
         return [blank(self.config.grid, task=self.config.task)]
+
+
+def _measure(mask: np.ndarray, p: Placed, token_px: int, **attrs) -> Entity:
+    """:func:`entity_from_mask` on the entity's cell block only (its pixels never leave it)."""
+    side = p.size * token_px
+    x0, y0 = p.origin[0] * token_px, p.origin[1] * token_px
+    e = entity_from_mask(mask[y0:y0 + side, x0:x0 + side], p.mask_id, **attrs)
+    if e.centroid is None:
+        return e
+    bx = e.box
+    return dataclasses.replace(e, box=(bx[0] + x0, bx[1] + y0, bx[2] + x0, bx[3] + y0),
+                               centroid=(e.centroid[0] + x0, e.centroid[1] + y0))
 
 
 def _moved(p: Placed, origin, ordinal) -> Placed:
