@@ -1,0 +1,200 @@
+"""Model organisms: stimuli/processor equivalence, planted rotary configs, a training smoke run,
+save/load round trips, and the mechanism contrast on the shipped checkpoints."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from vlms import organism_data as od
+from vlms import organisms as org
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return od.make_splits(8, seed=0)
+
+
+# ----------------------------------------------------------------------------- data
+
+def test_pixels_bit_identical_to_official_processors(splits):
+    from PIL import Image
+    from transformers import Gemma3ImageProcessorPil, Qwen2VLImageProcessorPil
+
+    rng = np.random.default_rng(0)
+    items = od.sample_train_items(rng, splits, 3)
+    u8 = od.render(items, jitter=20, rng=np.random.default_rng(1))
+    fast = od.render(items, jitter=20, rng=np.random.default_rng(1), normalise=od.QWEN_NORM)
+    pils = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in u8]
+    ref = Qwen2VLImageProcessorPil()(pils, return_tensors="pt")
+    pv, thw = od.qwen_pixels(fast)
+    assert torch.equal(ref["image_grid_thw"], thw)
+    assert torch.equal(ref["pixel_values"], pv)          # bit-identical, not just close
+    assert torch.equal(od.qwen_pixels(u8)[0], pv)
+    gref = Gemma3ImageProcessorPil(size={"height": 224, "width": 224})(pils, return_tensors="pt")
+    assert torch.equal(gref["pixel_values"], od.gemma_pixels(u8))
+
+
+def test_render_places_squares_on_token_cells(splits):
+    lay = od.Layout("h", 2, 1, 3, 0)
+    it = od.Item(("red", "green", "blue"), lay, "left")
+    img = od.render([it])[0]
+    # square k covers token columns 3k..3k+1 (size 2, gap 1), rows 3..4; 28 px per token
+    for k, rgb in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        c0 = 28 * 3 * k
+        patch = img[:, 28 * 3:28 * 5, c0:c0 + 56]
+        assert (patch == torch.tensor(rgb, dtype=torch.uint8)[:, None, None]).all()
+    assert (img[:, :28 * 3] == 255).all() and (img[:, 28 * 5:] == 255).all()
+    assert it.answer == "red" and od.Item(it.colours, lay, "right").answer == "blue"
+
+
+def test_splits_hold_out_mirror_pairs_and_layouts(splits):
+    held = set(splits.heldout_triples)
+    assert len(held) == 24 and len(splits.train_triples) == 96
+    assert all((t[2], t[1], t[0]) in held for t in held)
+    assert not held & set(splits.train_triples)
+    assert set(splits.canonical) <= set(splits.train_layouts)
+    assert not set(splits.heldout_layouts) & set(splits.train_layouts)
+    assert len(splits.heldout_layouts) == 22
+    rng = np.random.default_rng(0)
+    for it in od.sample_train_items(rng, splits, 500):
+        assert it.colours not in held and it.layout not in splits.heldout_layouts
+    # same seed, same split; every layout fits the grid
+    assert od.make_splits(8, seed=0) == splits
+    for lay in od.layouts(8):
+        assert all(0 <= r < 8 and 0 <= c < 8 for s in range(3) for r, c in lay.cells(s))
+
+
+def test_tokenizer_is_word_level_and_case_insensitive():
+    tok = od.word_tokenizer("qwen2-vl")
+    a = tok("The color of the square to the left of the Red square is ").input_ids
+    b = tok("the color of the square to the left of the red square is").input_ids
+    assert a == b and len(a) == 13
+    assert tok.unk_token_id not in a
+
+
+# ----------------------------------------------------------------------------- model build
+
+def _tiny(mech, **kw):
+    base = dict(mechanism=mech, vision_depth=1, vision_dim=32, vision_heads=1, lm_layers=1,
+                lm_dim=64, lm_heads=2, steps=40, batch=16, warmup=5, lr=3e-3, eval_every=20,
+                eval_items=16)
+    base.update(kw)
+    return org.OrganismConfig(**base)
+
+
+def test_template_reproduces_training_sequence():
+    model, proc = org.build(_tiny("lm"))
+    b = org.Batcher(proc, 8)
+    ids = b.prompt_ids(od.prompt_text("above", "gray"))
+    tok = proc.tokenizer
+    expect = (["<|vision_start|>"] + ["<|image_pad|>"] * 64 + ["<|vision_end|>"]
+              + "the color of the square above the gray square is".split())
+    assert tok.convert_ids_to_tokens(ids) == expect
+    # a plain-string user message gives the same ids; the system message is ignored
+    chat = proc.apply_chat_template(org.paper_messages("x"), add_generation_prompt=True, tokenize=False)
+    assert "helpful" not in chat and chat.startswith("<|vision_start|><|image_pad|>")
+
+
+@pytest.mark.parametrize("mech", ["lm", "vision"])
+def test_planted_rotary_phase(mech):
+    """vision: every image token gets the same rotary cos/sin; lm: they differ by row/column."""
+    model, proc = org.build(_tiny(mech))
+    b = org.Batcher(proc, 8)
+    it = od.Item(("red", "green", "blue"), od.canonical(8, "h"), "left")
+    inp = b([it])
+    pos, _ = model.model.get_rope_index(inp["input_ids"], mm_token_type_ids=inp["mm_token_type_ids"],
+                                        image_grid_thw=inp["image_grid_thw"],
+                                        attention_mask=inp["attention_mask"])
+    x = torch.zeros(1, 1, 1)
+    cos, sin = model.model.language_model.rotary_emb(x, pos)
+    img = inp["input_ids"][0] == proc.image_token_id
+    cimg, simg = cos[0, img], sin[0, img]
+    same = torch.equal(cimg, cimg[:1].expand_as(cimg)) and torch.equal(simg, simg[:1].expand_as(simg))
+    assert same == (mech == "vision")
+    if mech == "vision":
+        assert org.OrganismConfig(mechanism="vision").resolved_mrope_section() == (16, 0, 0)
+        # text tokens after the image still get distinct phases
+        txt = cos[0, ~img][-5:]
+        assert len({tuple(r.tolist()) for r in txt}) == 5
+
+
+def test_config_validation_errors():
+    with pytest.raises(org.OrganismError, match="task"):
+        org.OrganismConfig(task="shapes")
+    with pytest.raises(org.OrganismError, match="mrope_section"):
+        org.OrganismConfig(mrope_section=(4, 4, 4))
+    with pytest.raises(ValueError, match="steps"):
+        org.OrganismConfig(steps=0)
+
+
+def test_training_smoke_and_roundtrip(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    cfg = _tiny("vision", steps=40)
+    res = org.train(cfg, out=tmp_path / "o", progress=False, final_eval_items=16)
+    hist = res.log["history"]
+    assert [h["step"] for h in hist] == [20, 40]
+    assert hist[-1]["loss"] < 3.0 < np.log(len(res.processor.tokenizer))  # below uniform (3.6)
+    for f in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja",
+              "train_log.json", "curve.png"):
+        assert (tmp_path / "o" / f).exists(), f
+    assert "final_shuffled" in res.log
+    plain = AutoModelForImageTextToText.from_pretrained(tmp_path / "o").eval()
+    assert type(plain).__name__ == "Qwen2VLForConditionalGeneration"
+    assert plain.config.text_config.rope_parameters["mrope_section"] == [16, 0, 0]
+    m2, p2, log2 = org.load(tmp_path / "o")
+    items = od.eval_items(od.make_splits(8), "ht_canon", n=8)
+    inp = org.Batcher(p2, 8)(items)
+    with torch.no_grad():
+        a = org.last_logits(res.model.eval(), inp)
+        b = org.last_logits(plain, inp)
+    assert torch.equal(a, b)
+    assert log2["config"]["mechanism"] == "vision"
+    with pytest.raises(org.OrganismError, match="already holds"):
+        org.train(cfg, out=tmp_path / "o", progress=False)
+    assert (tmp_path / "o" / "model.safetensors").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- shipped organisms
+
+SHIPPED = {"lm": "qwen2-vl-lm", "vision": "qwen2-vl-vision"}
+
+
+def _shipped(mech):
+    p = org.SHIPPED / SHIPPED[mech]
+    if not (p / "model.safetensors").exists():
+        pytest.skip(f"{p} not shipped")
+    return org.load(p)
+
+
+@pytest.mark.parametrize("mech", ["lm", "vision"])
+def test_shipped_loads_with_plain_transformers_and_answers(mech, splits):
+    from transformers import AutoModelForImageTextToText
+
+    _, proc, log = _shipped(mech)
+    model = AutoModelForImageTextToText.from_pretrained(org.SHIPPED / SHIPPED[mech]).eval()
+    items = od.eval_items(splits, "ht_rand", n=32, seed=7) + od.eval_items(splits, "hl", n=32, seed=7)
+    acc = org.accuracy(model, org.Batcher(proc, 8), items)
+    recorded = log["final"]["heldout"]
+    assert acc >= min(0.9, recorded - 0.1), (acc, recorded)
+
+
+def test_shipped_mechanism_contrast(splits):
+    """Projector slot probe: vision >> lm; shuffling image tokens hurts lm, not vision."""
+    from vlms.organism_probe import shuffle_test, slot_probe
+
+    out = {}
+    for mech in ("lm", "vision"):
+        model, proc, _ = _shipped(mech)
+        b = org.Batcher(proc, 8)
+        out[mech] = (slot_probe(model, b, splits, n_images=60)["mean_test"]["trained"],
+                     shuffle_test(model, b, splits, n=64, seeds=(5,)))
+    assert out["vision"][0] >= 0.85 and out["lm"][0] <= 0.6
+    assert out["vision"][0] - out["lm"][0] >= 0.3
+    assert out["vision"][1]["drop"] <= 0.1
+    assert out["lm"][1]["drop"] >= 0.2

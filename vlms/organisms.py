@@ -1,0 +1,535 @@
+"""Model organisms: small real-class VLMs trained from scratch with a *known* binding mechanism.
+
+``spatialbind organism train`` builds a tiny ``Qwen2VLForConditionalGeneration`` (vision 2-4 x 64,
+LM 2 x 128, word-level vocabulary) and trains it on the paper's Squares task, rendered on the fly
+(``vlms.organism_data``). Two mechanisms are planted through the *saved config*, so the model
+behaves the same when loaded with plain ``AutoModelForImageTextToText.from_pretrained(DIR)``:
+
+``lm``
+    LM rotary base 20 and ``mrope_section=[2, 7, 7]``: image tokens carry informative (h, w)
+    rotary positions, and the LM picks the square by position (ORGANISM.md r3).
+``vision``
+    ``mrope_section=[16, 0, 0]``: every rotary frequency sits on the temporal axis, which is the
+    same for all tokens of a still image, so every image token has the same rotary phase and the LM
+    cannot read image-token positions. During training the image tokens are also shuffled at the LM
+    input (a hook on ``visual.merger``), so the causal order of image tokens carries no signal
+    either; ordering must be written into the tokens' content by the vision encoder. After
+    training the hook is removed; :func:`vlms.organism_probe.shuffle_gap` measures that shuffling
+    at test time does not change accuracy (i.e. the LM does not count tokens causally).
+
+The chat template saved with the processor reproduces the exact training token sequence when
+the toolkit formats the paper's prompt (the system message is ignored).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .errors import VLMError
+from . import organism_data as od
+
+
+class OrganismError(VLMError):
+    """Bad organism configuration or output directory."""
+
+
+QWEN_TEMPLATE = (
+    "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}"
+    "{%- for c in message['content'] -%}"
+    "{%- if c['type'] == 'image' or 'image' in c -%}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif c['type'] == 'text' -%}{{ c['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}{%- endif -%}{%- endfor -%}")
+
+ARCHS = ("qwen2-vl", "gemma-3")
+MECHANISMS = ("lm", "vision")
+TASKS = ("squares",)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise OrganismError(msg)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OrganismConfig:
+    """Everything that determines a trained organism (saved as ``train_log.json['config']``)."""
+
+    arch: Literal["qwen2-vl", "gemma-3"] = "qwen2-vl"
+    """Model family (real transformers class)."""
+    mechanism: Literal["lm", "vision"] = "lm"
+    """Where ordering must be computed: LM rotary positions (``lm``) or vision-token content."""
+    task: str = "squares"
+    """Stimulus task; only ``squares`` is implemented."""
+    steps: int = 2000
+    """Optimiser steps."""
+    seed: int = 0
+    """Seeds weights, sampling and shuffles."""
+    threads: int = 1
+    """torch CPU threads."""
+    batch: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    eval_every: int = 100
+    eval_items: int = 128
+    """Items per held-out set at each periodic evaluation."""
+    grid: int = 8
+    """Image tokens per side (28 px each)."""
+    jitter: int = 20
+    """Training shade jitter per channel per square."""
+    p_extra: float = 0.5
+    """Share of training triples drawn from the extended (16-colour) palette."""
+    split_seed: int = 0
+    """Seeds the colour-triple and layout hold-outs (shared by all organisms)."""
+    vision_depth: int = 2
+    vision_dim: int = 64
+    vision_heads: int = 2
+    lm_layers: int = 2
+    lm_dim: int = 128
+    lm_heads: int = 4
+    rope_theta: float | None = None
+    """LM rotary base; default 20 (``lm``) or 1e4 (``vision``)."""
+    mrope_section: tuple[int, int, int] | None = None
+    """Qwen2-VL M-RoPE split; default [2,7,7] (``lm``) or [16,0,0] (``vision``)."""
+    shuffle_image_tokens: bool | None = None
+    """Shuffle image tokens at the LM input during training; default on for ``vision``."""
+
+    def __post_init__(self):
+        _check(self.arch in ARCHS, f"The 'arch' of OrganismConfig must be one of {ARCHS}. "
+               f"Got {self.arch!r} instead.")
+        _check(self.mechanism in MECHANISMS, f"The 'mechanism' of OrganismConfig must be one of "
+               f"{MECHANISMS}. Got {self.mechanism!r} instead.")
+        _check(self.task in TASKS, f"The 'task' of OrganismConfig must be one of {TASKS} "
+               f"(shapes is not implemented for organisms yet). Got {self.task!r} instead.")
+        for name in ("steps", "threads", "batch", "eval_every", "eval_items", "vision_depth",
+                     "vision_dim", "vision_heads", "lm_layers", "lm_dim", "lm_heads"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 1, f"The '{name}' parameter of OrganismConfig must "
+                   f"be an int >= 1. Got {v!r} instead.")
+        _check(4 <= self.grid <= 16, f"The 'grid' of OrganismConfig must be in [5, 16] tokens. "
+               f"Got {self.grid!r} instead.")
+        _check(0 < self.lr < 1, f"The 'lr' of OrganismConfig must be in (0, 1). Got {self.lr!r}.")
+        _check(0 <= self.p_extra <= 1, f"'p_extra' must be in [0, 1]. Got {self.p_extra!r}.")
+        _check(self.lm_dim % self.lm_heads == 0 and self.vision_dim % self.vision_heads == 0,
+               "'lm_dim'/'vision_dim' must be divisible by 'lm_heads'/'vision_heads'.")
+        sec = self.resolved_mrope_section()
+        _check(sum(sec) * 2 == self.lm_dim // self.lm_heads, f"'mrope_section' {list(sec)} must "
+               f"sum to head_dim/2 = {self.lm_dim // self.lm_heads // 2}.")
+
+    def resolved_rope_theta(self) -> float:
+        if self.rope_theta is not None:
+            return float(self.rope_theta)
+        return 20.0 if self.mechanism == "lm" else 1e4
+
+    def resolved_mrope_section(self) -> tuple[int, int, int]:
+        if self.mrope_section is not None:
+            return tuple(self.mrope_section)
+        half = self.lm_dim // self.lm_heads // 2
+        if self.mechanism == "vision":
+            return (half, 0, 0)
+        return (half - 2 * (7 * half // 16), 7 * half // 16, 7 * half // 16)
+
+    def resolved_shuffle(self) -> bool:
+        if self.shuffle_image_tokens is not None:
+            return bool(self.shuffle_image_tokens)
+        return self.mechanism == "vision"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["resolved"] = {"rope_theta": self.resolved_rope_theta(),
+                         "mrope_section": list(self.resolved_mrope_section()),
+                         "shuffle_image_tokens": self.resolved_shuffle()}
+        return d
+
+
+# ----------------------------------------------------------------------------- building
+
+def image_only_processor_class():
+    """An image-only ``Qwen2VLProcessor`` (no torchvision video processor needed).
+
+    Saved as ``Qwen2VLProcessor`` so that ``AutoProcessor`` loads it where torchvision exists.
+    """
+    from transformers import Qwen2VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class OrganismQwen2VLProcessor(Qwen2VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token = "<|image_pad|>"
+            self.video_token = "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+        @classmethod
+        def get_attributes(cls):
+            return ["image_processor", "tokenizer"]
+
+        def to_dict(self):
+            d = super().to_dict()
+            d["processor_class"] = "Qwen2VLProcessor"
+            return d
+
+    return OrganismQwen2VLProcessor
+
+
+def build(cfg: OrganismConfig):
+    """Build the fresh model, tokenizer and processor of an organism (seeded by ``cfg.seed``).
+
+    Returns
+    -------
+    (model, processor)
+    """
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    tok = od.word_tokenizer(cfg.arch)
+    if cfg.arch != "qwen2-vl":
+        raise OrganismError("arch 'gemma-3' organisms are not implemented yet; use --arch qwen2-vl")
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    ids = {t: tok.convert_tokens_to_ids(t) for t in od.QWEN_SPECIAL}
+    mcfg = Qwen2VLConfig(
+        vision_config=dict(depth=cfg.vision_depth, embed_dim=cfg.vision_dim,
+                           num_heads=cfg.vision_heads, hidden_size=cfg.lm_dim, mlp_ratio=4,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        text_config=dict(vocab_size=len(tok), hidden_size=cfg.lm_dim,
+                         intermediate_size=2 * cfg.lm_dim, num_hidden_layers=cfg.lm_layers,
+                         num_attention_heads=cfg.lm_heads, num_key_value_heads=max(1, cfg.lm_heads // 2),
+                         tie_word_embeddings=False, max_position_embeddings=1024,
+                         rope_parameters=dict(rope_type="default", rope_theta=cfg.resolved_rope_theta(),
+                                              mrope_section=list(cfg.resolved_mrope_section())),
+                         bos_token_id=None, eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False)
+    model = Qwen2VLForConditionalGeneration(mcfg)
+    side = cfg.grid * 28
+    ip = Qwen2VLImageProcessorPil(min_pixels=side * side, max_pixels=side * side)
+    proc = image_only_processor_class()(image_processor=ip, tokenizer=tok,
+                                        chat_template=QWEN_TEMPLATE)
+    return model, proc
+
+
+def paper_messages(text: str) -> list[dict]:
+    """The paper's chat (system + user image + question), as the toolkit formats it."""
+    return [{"role": "system", "content": [{"type": "text", "text":
+             "You are a helpful assistant. You respond in one token."}]},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+
+
+class Batcher:
+    """Turns :class:`~vlms.organism_data.Item` lists into model inputs (cached prompt ids).
+
+    Prompt token ids come from the organism's own processor and chat template on the paper's
+    messages, so training sees exactly what the toolkit's E1 evaluation feeds the model.
+    """
+
+    def __init__(self, proc, grid: int):
+        self.proc = proc
+        self.grid = grid
+        self.tok = proc.tokenizer
+        self._ids: dict[str, list[int]] = {}
+
+    def prompt_ids(self, text: str) -> list[int]:
+        if text not in self._ids:
+            from PIL import Image
+            chat = self.proc.apply_chat_template(paper_messages(text), add_generation_prompt=True,
+                                                 tokenize=False)
+            white = Image.new("RGB", (self.grid * 28, self.grid * 28), "white")
+            enc = self.proc(text=[chat], images=[white], return_tensors="pt")
+            self._ids[text] = enc["input_ids"][0].tolist()
+        return self._ids[text]
+
+    def answer_ids(self, items) -> "torch.Tensor":
+        import torch
+        return torch.tensor([self.tok.convert_tokens_to_ids(it.answer) for it in items])
+
+    def __call__(self, items, *, jitter: int = 0, rng=None) -> dict:
+        import torch
+        seqs = [self.prompt_ids(it.text) for it in items]
+        width = max(map(len, seqs))
+        pad = self.tok.pad_token_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        att = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s):] = torch.tensor(s)
+            att[i, width - len(s):] = 1
+        img = od.render(items, n=self.grid, jitter=jitter, rng=rng, normalise=od.QWEN_NORM)
+        pv, thw = od.qwen_pixels(img)
+        mm = (ids == self.proc.image_token_id).long()
+        return dict(input_ids=ids, attention_mask=att, pixel_values=pv, image_grid_thw=thw,
+                    mm_token_type_ids=mm)
+
+
+def last_logits(model, inputs: dict):
+    """Logits of the next token after the prompt, ``(B, vocab)``."""
+    return model(**inputs, logits_to_keep=1).logits[:, -1]
+
+
+class ShuffleImageTokens:
+    """Forward hook on ``visual.merger``: permute each image's tokens (same rotary phase for all
+    image tokens under ``mrope_section=[h,0,0]``, so this permutes them at the LM input)."""
+
+    def __init__(self, tokens_per_image: int, seed: int = 0):
+        import torch
+        self.n = tokens_per_image
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, module, args, out):
+        import torch
+        x = out
+        k = x.shape[0] // self.n
+        perm = torch.stack([torch.randperm(self.n, generator=self.gen) for _ in range(k)])
+        perm = (perm + torch.arange(k)[:, None] * self.n).reshape(-1)
+        return x[perm]
+
+    def attach(self, model):
+        return model.model.visual.merger.register_forward_hook(self)
+
+
+def accuracy(model, batcher: Batcher, items, *, batch: int = 128, shuffle_seed: int | None = None
+             ) -> float:
+    """Top-1 next-token accuracy (full vocabulary) on ``items`` with exact colours.
+
+    ``shuffle_seed`` shuffles the image tokens at the LM input (the causal-order leak test).
+    """
+    import torch
+    handle = None
+    if shuffle_seed is not None:
+        handle = ShuffleImageTokens(batcher.grid ** 2, shuffle_seed).attach(model)
+    try:
+        hits = 0
+        with torch.no_grad():
+            for i in range(0, len(items), batch):
+                chunk = items[i:i + batch]
+                pred = last_logits(model, batcher(chunk)).argmax(-1)
+                hits += int((pred == batcher.answer_ids(chunk)).sum())
+    finally:
+        if handle is not None:
+            handle.remove()
+    return hits / max(1, len(items))
+
+
+EVAL_SETS = ("ht_canon", "ht_rand", "ht_hl", "hl", "train")
+
+
+def evaluate(model, batcher: Batcher, splits, *, n: int, seed: int = 1, shuffle_seed=None) -> dict:
+    """Accuracy on every evaluation set plus ``heldout`` (held-out triples pooled)."""
+    out = {}
+    pooled = []
+    for name in EVAL_SETS:
+        items = od.eval_items(splits, name, n=n, seed=seed)
+        out[name] = accuracy(model, batcher, items, shuffle_seed=shuffle_seed)
+        if name.startswith("ht_"):
+            pooled.append((out[name], len(items)))
+    out["heldout"] = sum(a * k for a, k in pooled) / sum(k for _, k in pooled)
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+def lr_at(step: int, cfg: OrganismConfig) -> float:
+    """Linear warm-up, then cosine decay to 0.1 x ``lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained model, its processor and the log dict."""
+
+    model: object
+    processor: object
+    log: dict = field(default_factory=dict)
+
+
+def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool = True,
+          final_eval_items: int = 512) -> TrainResult:
+    """Train an organism; if ``out`` is given, save it there (model, processor, log, curve).
+
+    Parameters
+    ----------
+    cfg
+        The organism configuration.
+    out
+        Output directory (must not already hold a model). Written only at the end; the
+        ``train_log.json`` is refreshed at every evaluation so a run can be watched.
+    progress
+        Show a tqdm bar with loss and held-out accuracy.
+    final_eval_items
+        Items per evaluation set in the final evaluation (``ht_canon`` is always complete).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    out = Path(out) if out is not None else None
+    if out is not None:
+        _check(not (out / "model.safetensors").exists(), f"{out}: already holds a trained model; "
+               "pick a new --out directory (nothing was overwritten)")
+        out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    model, proc = build(cfg)
+    model.train()
+    splits = od.make_splits(cfg.grid, seed=cfg.split_seed)
+    batcher = Batcher(proc, cfg.grid)
+    rng = np.random.default_rng(cfg.seed)
+    decay = [p for n_, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n_, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.98))
+    handle = (ShuffleImageTokens(cfg.grid ** 2, cfg.seed).attach(model)
+              if cfg.resolved_shuffle() else None)
+    log = {"config": cfg.to_json(), "history": [], "n_params": sum(p.numel() for p in model.parameters()),
+           "splits": {"heldout_triples": [list(t) for t in splits.heldout_triples],
+                      "heldout_layouts": [asdict(lay) for lay in splits.heldout_layouts]}}
+    t0 = time.time()
+    train_time = 0.0
+    bar = tqdm(range(cfg.steps), disable=not progress, desc=f"{cfg.arch}-{cfg.mechanism}")
+    run_loss = None
+    for step in bar:
+        ts = time.time()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        items = od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
+        inputs = batcher(items, jitter=cfg.jitter, rng=rng)
+        loss = torch.nn.functional.cross_entropy(last_logits(model, inputs), batcher.answer_ids(items))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        train_time += time.time() - ts
+        loss = loss.detach()
+        run_loss = float(loss) if run_loss is None else 0.9 * run_loss + 0.1 * float(loss)
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            model.eval()
+            if handle is not None:
+                handle.remove()
+            acc = evaluate(model, batcher, splits, n=cfg.eval_items)
+            if handle is not None:
+                handle = ShuffleImageTokens(cfg.grid ** 2, cfg.seed + step).attach(model)
+            model.train()
+            log["history"].append({"step": step + 1, "loss": run_loss, "train_time_s": train_time,
+                                   "wall_s": time.time() - t0, **acc})
+            bar.set_postfix(loss=f"{run_loss:.3f}", heldout=f"{acc['heldout']:.3f}",
+                            hl=f"{acc['hl']:.3f}")
+            if out is not None:
+                _write_json(out / "train_log.json", log)
+        else:
+            bar.set_postfix(loss=f"{run_loss:.3f}")
+    if handle is not None:
+        handle.remove()
+    model.eval()
+    log["train_time_s"] = train_time
+    log["final"] = evaluate(model, batcher, splits, n=final_eval_items, seed=2)
+    log["final_eval_items"] = final_eval_items
+    if cfg.mechanism == "vision" or cfg.resolved_shuffle():
+        log["final_shuffled"] = evaluate(model, batcher, splits, n=final_eval_items, seed=2,
+                                         shuffle_seed=123)
+    log["wall_s"] = time.time() - t0
+    if out is not None:
+        save(model, proc, out, log)
+    return TrainResult(model, proc, log)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def save(model, proc, out: str | Path, log: dict) -> None:
+    """``save_pretrained`` model + processor, plus ``train_log.json`` and ``curve.png``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    _write_json(out / "train_log.json", log)
+    plot_curve(log, out / "curve.png")
+
+
+def plot_curve(log: dict, path: str | Path) -> None:
+    """Training curve: loss (left axis) and accuracy per evaluation set (right axis)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = log["history"]
+    if not h:
+        return
+    steps = [r["step"] for r in h]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["loss"] for r in h], "k-", label="loss (EMA)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax2 = ax.twinx()
+    for name, style in zip(EVAL_SETS, ("-", "--", ":", "-.", "-")):
+        ax2.plot(steps, [r[name] for r in h], style, label=name, alpha=0.8)
+    ax2.axhline(0.95, color="grey", lw=0.5)
+    ax2.set_ylim(0, 1.02)
+    ax2.set_ylabel("top-1 accuracy")
+    c = log["config"]
+    ax.set_title(f"{c['arch']} organism, mechanism={c['mechanism']}, seed={c['seed']}")
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+    ax2.legend(lines, labels, loc="center right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def load(path: str | Path):
+    """Load a saved organism with plain transformers (``trust_remote_code`` off).
+
+    Returns
+    -------
+    (model, processor, log)
+    """
+    from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+
+    path = Path(path)
+    _check((path / "config.json").exists(), f"{path}: no config.json; expected a directory "
+           "written by 'spatialbind organism train'")
+    model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=False).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    ip = Qwen2VLImageProcessorPil.from_pretrained(path)
+    tmpl = (path / "chat_template.jinja").read_text() if (path / "chat_template.jinja").exists() \
+        else QWEN_TEMPLATE
+    proc = image_only_processor_class()(image_processor=ip, tokenizer=tok, chat_template=tmpl)
+    log = json.loads((path / "train_log.json").read_text()) if (path / "train_log.json").exists() else {}
+    return model, proc, log
+
+
+SHIPPED = Path(__file__).parent / "organisms"
+
+
+def shipped(name: str) -> Path:
+    """Path of a shipped organism (``qwen2-vl-lm``, ``qwen2-vl-vision``)."""
+    p = SHIPPED / name
+    names = sorted(q.name for q in SHIPPED.iterdir() if q.is_dir()) if SHIPPED.exists() else []
+    _check(p.is_dir(), f"no shipped organism {name!r}; available: {names}")
+    return p
+
+
+def mechanism_defaults(mechanism: str) -> dict:
+    """Default steps and vision depth of the shipped recipe for each mechanism."""
+    if mechanism == "vision":
+        return {"steps": 2000, "vision_depth": 3}
+    return {"steps": 1800, "vision_depth": 2}
+
+
+def save_log(out: str | Path, log: dict) -> None:
+    """Rewrite ``train_log.json`` (and the curve) of a saved organism."""
+    _write_json(Path(out) / "train_log.json", log)
+    plot_curve(log, Path(out) / "curve.png")
