@@ -56,15 +56,16 @@ def open_store(path, *, storage_options: dict | None = None) -> "Store":
     if v != S.SCHEMA_VERSION:
         raise StoreError(f"{path} has store schema version {v}; this toolkit reads version "
                          f"{S.SCHEMA_VERSION}: re-extract it, or use the toolkit version that wrote it")
-    return Store(root, str(path))
+    return Store(root, str(path), storage_options)
 
 
 class Store:
     """A read-only activation store. Build it with :func:`open_store`."""
 
-    def __init__(self, root, path: str):
+    def __init__(self, root, path: str, storage_options: dict | None = None):
         self.root = root
         self.path = path
+        self.storage_options = dict(storage_options or {})
         self._cache: dict = {}
 
     def __repr__(self) -> str:
@@ -365,8 +366,11 @@ class Store:
     def nbytes(self) -> int:
         """Bytes the store takes on disk (or in the object store)."""
         store = self.root.store
-        if hasattr(store, "fs"):
-            return int(store.fs.du(store.path, total=True))
+        if "://" in self.path:  # a plain (sync) fsspec filesystem; zarr's may be an async wrapper
+            import fsspec
+
+            fs, p = fsspec.core.url_to_fs(self.path, **self.storage_options)
+            return int(fs.du(p, total=True))
         total = 0
         for dirpath, _, files in os.walk(str(store.root)):
             total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
