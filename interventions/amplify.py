@@ -112,32 +112,54 @@ def random_control(w: np.ndarray, seed: int) -> np.ndarray:
     return r.astype(np.float32)
 
 
-def load_directions(path: str, adapter, *, site: str = "projector") -> np.ndarray:
-    """Load a probe direction with :func:`probes.load_direction`, checking model, site and width.
+ENTRY_SITES = ("projector", "lm.resid.0")
+
+
+def load_directions(paths, adapter) -> np.ndarray | dict[str, np.ndarray]:
+    """Load probe directions with :func:`probes.load_direction`, checking model, site and width.
+
+    Parameters
+    ----------
+    paths
+        One direction directory or several (e.g. one per axis, as ``probes.axis_directions``
+        exports them, with ``extra["axis"]`` set).
+    adapter
+        The model they will be applied to.
+
+    Returns
+    -------
+    numpy.ndarray or dict
+        ``(k, hidden)`` weights, or ``axis -> (k, hidden)`` when the directions name their axis.
 
     Raises
     ------
     InterventionError
-        A direction trained on another model, site or hidden width (or an unreadable file).
+        A direction trained on another model, on a site other than the LM input (``projector``
+        / ``lm.resid.0``) or with another width, or an unreadable file.
     """
-    try:
-        from probes import load_direction
-    except ImportError as e:
-        raise InterventionError(f"cannot load --direction {path}: probes.load_direction is "
-                                f"unavailable ({e})") from None
-    try:
-        d = load_direction(path, expect_model=adapter.name, expect_site=site,
-                           expect_width=adapter.d_lm)
-    except ValueError as e:
-        raise InterventionError(f"--direction {path}: {e}") from None
-    arr = np.asarray(getattr(d, "values", d), dtype=np.float32)
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.shape[-1] != adapter.d_lm:
-        raise InterventionError(f"--direction {path} has width {arr.shape[-1]} but {adapter.name} "
-                                f"has hidden size {adapter.d_lm}; use a direction trained on "
-                                "this model's projector")
-    return arr.reshape(-1, arr.shape[-1])
+    from probes import load_direction
+
+    paths = [paths] if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__") else paths
+    by_axis: dict[str, np.ndarray] = {}
+    plain = []
+    for path in paths:
+        try:
+            d = load_direction(path, expect_model=adapter.name, expect_width=adapter.d_lm)
+        except ValueError as e:
+            raise InterventionError(f"--direction {path}: {e}") from None
+        if d.site not in ENTRY_SITES:
+            raise InterventionError(
+                f"--direction {path} was trained on site {d.site!r}, but E7 amplifies the LM "
+                f"input (sites {ENTRY_SITES}); export a direction trained on the projector")
+        w = np.asarray(d.weights, dtype=np.float32).reshape(-1, d.width)
+        axis = (d.extra or {}).get("axis")
+        if axis:
+            by_axis[axis] = w
+        else:
+            plain.append(w)
+    if by_axis and plain:
+        raise InterventionError("mix of per-axis and axis-less directions; pass one kind")
+    return by_axis if by_axis else np.concatenate(plain)
 
 
 def mean_diff_directions(adapter, ds, *, split: str = "train", limit: int = 64,
@@ -320,3 +342,43 @@ def _sel(name, control, alpha, r, b, note, **extra) -> dict[str, Any]:
          "base_accuracy": float(b["accuracy"]), "accuracy": float(r["accuracy"]), "note": note}
     d.update(extra)
     return d
+
+
+def amplify_to_dir(model: str, data: str, out: str, config: AmplifyConfig, *,
+                   direction=None, progress: bool = True) -> dict:
+    """``spatialbind amplify``: run E7 and write table, summary, config and dose-response plot.
+
+    ``direction`` is one or more direction directories (``probes`` export), or ``"mean-diff"``
+    for the in-house mean-difference directions from the dataset's train split.
+    """
+    import dataclasses
+
+    from scenegen import read_dataset
+
+    from . import plots
+    from .results import prepare_out, write_results
+    from .stimuli import load_model
+
+    if not direction:
+        raise InterventionError("--direction is required: a probe direction directory "
+                                "(spatialbind probe --export-directions) or 'mean-diff'")
+    out_dir = prepare_out(out)
+    ds = read_dataset(data)
+    adapter = load_model(model)
+    dirs = list(direction) if not isinstance(direction, str) else [direction]
+    if dirs == ["mean-diff"]:
+        w = mean_diff_directions(adapter, ds)
+        source = "mean-diff (in-house: slot-mean differences on the train split)"
+    else:
+        w = load_directions(dirs, adapter)
+        source = ", ".join(map(str, dirs))
+    table, summary = run_e7(adapter, ds, w, config, progress=progress)
+    summary["direction"] = source
+    cfg = {k: list(v) if isinstance(v, tuple) else v
+           for k, v in dataclasses.asdict(config).items()}
+    cfg["direction"] = source
+    sel = pd.DataFrame(summary["selections"])
+    write_results(out_dir, "e7", table, summary, config=cfg, model=model, data=data, flat=sel)
+    pd.DataFrame(summary["dose_response"]).to_csv(out_dir / "e7_dose_response.csv", index=False)
+    plots.dose_response(summary, out_dir / "e7_dose_response.png")
+    return summary

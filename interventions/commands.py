@@ -49,3 +49,88 @@ def evaluate(model, data, out, protocol, batch_size, limit, coco_annotations, te
 
 # =========================================================================== interventions
 # (patch / ablate / amplify commands live below this line)
+
+_COMMON = [
+    click.option("--model", "model", required=True,
+                 help="Adapter name (tiny-qwen2-vl, tiny-gemma-3, ...), hub id or local directory."),
+    click.option("--data", "data", required=True, type=click.Path(file_okay=False),
+                 help="Dataset directory from `spatialbind generate` (with twins and blank)."),
+    click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+                 help="Output folder: <exp>.parquet/.csv, summary.json/.csv, config.json, PNGs."),
+    click.option("--limit", type=click.IntRange(min=1), default=None,
+                 help="Use only the first N base stimuli."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                 help="Patched variants per batched forward (memory grows linearly)."),
+    click.option("--prompt", "prompt", default=None,
+                 help="Prompt kind to ask (completion, choice, yesno)."),
+    click.option("--quiet", is_flag=True, help="No progress bar."),
+]
+
+
+def _common(f):
+    for opt in reversed(_COMMON):
+        f = opt(f)
+    return f
+
+
+@click.command("patch")
+@_common
+@click.option("--experiment", type=click.Choice(["e2", "e4", "e6"]), default="e4",
+              show_default=True,
+              help="e2: last-token patching per layer; e4: criss-cross of object vs strip regions "
+                   "per layer; e6: object criss-cross under E5's vision-ordering ablation.")
+@click.option("--layers", default="all", show_default=True,
+              help="Residual sites: all, a:b[:step] (inclusive) or 0,4,8 (0 = LM input).")
+@click.option("--regions", default="object,strip", show_default=True,
+              help="E4 regions to criss-cross, comma-separated (object, strip).")
+@click.option("--partner", type=click.Choice(["opposite", "swap", "crisscross"]),
+              default="opposite", show_default=True,
+              help="E2 counterfactual: a stimulus asking the opposite direction (paper), or a twin.")
+def patch(model, data, out, limit, batch_size, prompt, quiet, experiment, layers, regions,
+          partner):
+    """Interchange patching: E2 last token, E4 criss-cross regions, E6 criss-cross under ablation."""
+    from .patching import PatchConfig, patch_to_dir
+
+    cfg = PatchConfig(experiment=experiment, layers=layers,
+                      regions=tuple(r.strip() for r in regions.split(",") if r.strip()),
+                      partner=partner, prompt=prompt or "completion", limit=limit,
+                      batch_size=batch_size)
+    s = patch_to_dir(model, data, out, cfg, progress=not quiet)
+    click.echo(f"{s['experiment']}: {s['n_items']} items, {s['forwards']} forwards "
+               f"(naive {s['naive_forwards']}); wrote {out}")
+
+
+@click.command("ablate")
+@_common
+def ablate(model, data, out, limit, batch_size, prompt, quiet):
+    """E5: accuracy with the vision ordering ablated at the LM input (chance 1/3)."""
+    from .ablation import AblateConfig, ablate_to_dir
+
+    cfg = AblateConfig(prompt=prompt or "completion", limit=limit, batch_size=batch_size)
+    s = ablate_to_dir(model, data, out, cfg, progress=not quiet)
+    click.echo(f"E5: baseline {s['base_accuracy']:.3f}, ablated {s['ablated_accuracy']:.3f}, "
+               f"chance {s['chance']:.3f} ({s['n_items']} items); wrote {out}")
+
+
+@click.command("amplify")
+@_common
+@click.option("--alphas", default="0:15:1", show_default=True,
+              help="Amplification strengths: start:stop:step (inclusive) or a list 0,2,4.")
+@click.option("--direction", multiple=True,
+              help="Probe direction directory (repeat for one per axis), or 'mean-diff'.")
+@click.option("--select-split", default="val", show_default=True,
+              help="Split on which the held-out alpha is chosen (reported on the others).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random-direction control.")
+def amplify(model, data, out, limit, batch_size, prompt, quiet, alphas, direction,
+            select_split, seed):
+    """E7: amplify the ordering component of every image token before LM layer 0 (alpha sweep)."""
+    from .amplify import AmplifyConfig, amplify_to_dir
+
+    cfg = AmplifyConfig(alphas=alphas, prompt=prompt or "choice", select_split=select_split,
+                        limit=limit, batch_size=batch_size, seed=seed)
+    s = amplify_to_dir(model, data, out, cfg, direction=list(direction), progress=not quiet)
+    for r in s["selections"]:
+        click.echo(f"{r['control']:>6} | {r['selection']}: alpha={r['alpha']} fixed={r['fixed']} "
+                   f"broken={r['broken']} accuracy={r['accuracy']:.3f}")
+    click.echo(f"wrote {out}")

@@ -13,8 +13,9 @@ Outputs in ``--out``:
     one ``factor_<name>`` column per scalar scene factor and ``factors`` (all, as JSON).
 ``summary.csv``
     Item accuracy with a 95% Wilson interval by ``all``, ``task``, ``relation``, ``axis`` and
-    each low-cardinality scene factor; What'sUp Controlled subsets add ``pair_acc`` and
-    ``set_acc`` rows (original definitions).
+    each low-cardinality scene factor; ``macro`` (mean of the task accuracies, What'sUp's
+    headline number) when several tasks are present; What'sUp Controlled subsets add
+    ``pair_acc`` and ``set_acc`` rows (original definitions).
 ``summary.png``
     The same as bar charts. ``metrics.json``: protocol-specific numbers (pair/set counts,
     two-option outcomes golden / fail_lr_only / fail_rl_only / fail_both, and the paper's
@@ -81,6 +82,13 @@ def summarise(df, items: Sequence, protocol: str):
 
     rows = [_row("all", "all", df)]
     n_items = df["id"].nunique()
+    if df["task"].nunique() > 1:  # What'sUp reports the macro-average over subsets
+        by_task = df.drop_duplicates("id").groupby("task")["item_correct"].mean()
+        rows.append({"group": "macro", "value": "mean over tasks", "n_items": n_items,
+                     "n_correct": int(df.drop_duplicates("id")["item_correct"].sum()),
+                     "accuracy": float(by_task.mean()), "ci_low": float("nan"),
+                     "ci_high": float("nan"), "query_accuracy": float("nan"),
+                     "mean_p_answer": float("nan")})
     for col in ("task", "relation", "axis", "prompt_kind"):
         if col == "prompt_kind" and df[col].nunique() < 2:
             continue
@@ -166,7 +174,7 @@ def plot_summary(summary, path: Path, title: str = "") -> None:
             ax.axvline(float(overall.iloc[0]), color="#C44E52", ls="--", lw=1)
     axes[-1, 0].set_xlabel("accuracy (dashed: overall)")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

@@ -3,8 +3,9 @@
 
 Each experiment is one function ``run_e*(adapter, dataset, config) -> (table, summary)``; a table
 row is one (stimulus, layer[, region]) with option probabilities; the summary aggregates per layer
-(and region) and counts forward passes. Layers are residual sites: layer ``l`` = ``lm.resid.l``
-(0 = the LM input, i.e. the projector output in place; ``l >= 1`` = output of LM layer ``l-1``).
+(and region) and counts forward passes. Probabilities are renormalised over the answer options
+(the paper's "probability over {c0, c1, c2}"); ``option_mass`` keeps the raw mass on them.
+Layers are residual sites: layer ``l`` = ``lm.resid.l`` (0 = the LM input, i.e. the projector output in place; ``l >= 1`` = output of LM layer ``l-1``).
 Every source run is made once per item and every layer's patch of an item goes into batched
 forwards (:func:`interventions.sweeps.sweep`).
 """
@@ -124,14 +125,15 @@ def _slot_probs(adapter, stim, res, keys, cf_answer, answer):
     ids = option_ids(adapter.tokenizer, colors)
     out = []
     base = option_probs(res.base_logits, ids)
-    probs = option_probs(res.row_logits, ids)
-    for (l, region), pr in zip(keys, probs):
+    mass = option_probs(res.row_logits, ids).sum(-1)
+    probs = option_probs(res.row_logits, ids, normalize=True)
+    for (l, region), pr, m in zip(keys, probs, mass):
         pred = colors[int(pr.argmax())]
         row = {"item": stim.id, "relation": stim.relation, "axis": stim.axis, "layer": l,
                "region": region, "answer": answer, "cf_answer": cf_answer, "pred": pred,
                "flip": pred == cf_answer, "p_answer": float(pr[colors.index(answer)]),
                "p_cf_answer": float(pr[colors.index(cf_answer)]),
-               "base_pred": colors[int(base.argmax())]}
+               "base_pred": colors[int(base.argmax())], "option_mass": float(m)}
         row.update({f"p_slot{k}": float(v) for k, v in enumerate(pr)})
         out.append(row)
     return out
@@ -282,7 +284,7 @@ def run_e2(adapter, ds, config: PatchConfig, *, progress: bool = True):
         ordinal = colors[cf_slot]
         opts = list(dict.fromkeys(colors + ocolors))
         ids = option_ids(adapter.tokenizer, opts)
-        probs = option_probs(res.row_logits, ids)
+        probs = option_probs(res.row_logits, ids, normalize=True)
         for l, pr in zip(layers, probs):
             pred = opts[int(pr.argmax())]
             winner = ("clean" if pred == prompt.answer else "ordinal" if pred == ordinal
@@ -313,3 +315,27 @@ def run_patch(adapter, ds, config: PatchConfig, *, progress: bool = True):
     """Dispatch to :func:`run_e2`, :func:`run_e4` or :func:`run_e6` by ``config.experiment``."""
     fn = {"e2": run_e2, "e4": run_e4, "e6": run_e6}[config.experiment]
     return fn(adapter, ds, config, progress=progress)
+
+
+def patch_to_dir(model: str, data: str, out: str, config: PatchConfig, *,
+                 progress: bool = True) -> dict:
+    """``spatialbind patch``: load the model and dataset, run the experiment, write table,
+    summary, config and plots into ``out``. Returns the summary."""
+    from scenegen import read_dataset
+
+    from . import plots
+    from .results import prepare_out, write_results
+    from .stimuli import load_model
+
+    out_dir = prepare_out(out)
+    ds = read_dataset(data)
+    adapter = load_model(model)
+    table, summary = run_patch(adapter, ds, config, progress=progress)
+    name = config.experiment
+    write_results(out_dir, name, table, summary, config=_cfg(config), model=model, data=data)
+    if name == "e2":
+        plots.last_token_plot(table, out_dir / "e2_layers.png")
+    else:
+        plots.crisscross_heatmaps(table, out_dir / f"{name}_heatmap.png",
+                                  title=f"{name.upper()} criss-cross, {model}")
+    return summary

@@ -243,9 +243,11 @@ def _merge(patches: list[Patch]) -> list[Patch]:
     return out
 
 
-def option_probs(logits: torch.Tensor, option_ids: Sequence[Sequence[int]]) -> np.ndarray:
+def option_probs(logits: torch.Tensor, option_ids: Sequence[Sequence[int]], *,
+                 normalize: bool = False) -> np.ndarray:
     """Probability of each option: softmax over the vocabulary, summed over each option's token
-    variants (e.g. ``red``, ``Red``, `` red``, `` Red``).
+    variants (e.g. ``red``, ``Red``, `` red``, `` Red``); with ``normalize`` renormalised over the
+    options (the paper's "probability over {c0, c1, c2}").
 
     Parameters
     ----------
@@ -261,4 +263,7 @@ def option_probs(logits: torch.Tensor, option_ids: Sequence[Sequence[int]]) -> n
     """
     p = torch.softmax(logits.float(), dim=-1)
     cols = [p[..., sorted(set(ids))].sum(-1) for ids in option_ids]
-    return torch.stack(cols, -1).cpu().numpy()
+    out = torch.stack(cols, -1)
+    if normalize:
+        out = out / out.sum(-1, keepdim=True)
+    return out.cpu().numpy()

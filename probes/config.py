@@ -118,6 +118,8 @@ class SweepConfig(_FromDict):
     scheduler address (``tcp://host:8786``)."""
     n_workers: int = 2
     """Workers of the local cluster."""
+    processes: bool = True
+    """Local cluster workers are processes (True) or threads of this process (False)."""
 
     def __post_init__(self):
         n = "SweepConfig"

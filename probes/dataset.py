@@ -115,6 +115,8 @@ def dataset(store, *, model: str, site: str, layer: int, role: str = "object",
     else:
         da = store.pooled(model=model, site=site, layer=layer, role=role, by="entity")
     X, frame = flatten(da, role=role if pool == "token" else None, role_names=role_names(store))
+    if pool == "token" and role != "object" and label in ("ordinal", *DERIVED_LABELS):
+        frame = _fill_band_ordinals(store, frame, model=model, site=site, layer=layer, where=where)
     labels = store.labels(model) if hasattr(store, "labels") else None
     where_s = f"model={model} site={site} layer={layer} role={role} pool={pool}"
     data = from_arrays(X, frame, label=label, labels=labels, where=where, items=items,
@@ -122,6 +124,32 @@ def dataset(store, *, model: str, site: str, layer: int, role: str = "object",
     data.meta.update(model=model, site=site, layer=int(layer), role=role, pool=pool,
                      where=dict(where or {}))
     return data
+
+
+def _fill_band_ordinals(store, frame, *, model, site, layer, where) -> pd.DataFrame:
+    """Strip tokens carry the ``entity`` of the target whose band they lie in but no ordinal of
+    their own: give them that target's ordinal, read from the object tokens' coords (no
+    activations are loaded)."""
+    if "entity" not in frame or "ordinal" not in frame:
+        return frame
+    need = (frame["ordinal"].to_numpy() < 0) & (frame["entity"].to_numpy() > 0)
+    if not need.any():
+        return frame
+    obj = store.select(model=model, site=site, layer=layer, role="object", where=where)
+    c = {k: np.asarray(obj.coords[k].values) for k in ("entity", "ordinal")}
+    sid = np.broadcast_to(np.asarray(obj.coords["sample_id"].values)[:, None], c["entity"].shape)
+    ok = (c["ordinal"] >= 0) & (c["entity"] > 0)
+    table = pd.Series(c["ordinal"][ok], index=pd.MultiIndex.from_arrays(
+        [sid[ok], c["entity"][ok].astype(np.int64)]))
+    table = table[~table.index.duplicated()]
+    keys = pd.MultiIndex.from_arrays([frame["sample_id"].to_numpy()[need],
+                                      frame["entity"].to_numpy()[need].astype(np.int64)])
+    filled = table.reindex(keys).fillna(-1).to_numpy()
+    frame = frame.copy()
+    ordn = frame["ordinal"].to_numpy().astype(np.int64)
+    ordn[need] = filled
+    frame["ordinal"] = ordn
+    return frame
 
 
 def role_names(store) -> list[str] | None:

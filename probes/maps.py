@@ -133,3 +133,27 @@ def map_summary(pmap: ProbeMap) -> pd.DataFrame:
                      if len(r) else np.nan,
                      "chance": 1.0 / len(pmap.classes)})
     return pd.DataFrame(rows)
+
+
+def heldout_probe_map(store, *, model: str, site: str, layer: int, role: str = "object",
+                      label: str = "ordinal", config=None, where: dict | None = None, items=None,
+                      n_samples: int = 4) -> ProbeMap:
+    """Train a probe on the first grouped split's training scenes and map ``n_samples`` of its
+    held-out samples (so the map shows images the probe never saw).
+
+    Parameters are those of :func:`probes.dataset` plus ``config`` (a ``ProbeConfig``) and the
+    number of test samples to map.
+    """
+    from .config import ProbeConfig
+    from .dataset import dataset
+    from .fit import _fit, make_probe, make_splits, split_groups
+
+    config = config or ProbeConfig()
+    store = open_store(store)
+    data = dataset(store, model=model, site=site, layer=layer, role=role, label=label,
+                   where=where, items=items)
+    tr, te = make_splits(split_groups(data.frame, config.group_by), config)[0]
+    pipe = _fit(make_probe(config), data.X[tr], data.y[tr])
+    test_ids = list(dict.fromkeys(data.frame["sample_id"].iloc[te]))[:n_samples]
+    return probe_map(pipe, store, model=model, site=site, layer=layer, sample_ids=test_ids,
+                     classes=data.classes, label=label)

@@ -98,10 +98,14 @@ class PlantedStore:
                         ent, ordn = o + 1, o
                         role = "object" if across == line else "strip"
                         color = int(colors[o]) if role == "object" else -1
-                    rows.append((sid, t, r, c, role, ent, ordn, color))
+                    # as in actstore: strip tokens name their band's target (entity) but have
+                    # no ordinal of their own; band_ordinal drives the planted signal
+                    rows.append((sid, t, r, c, role, ent, ordn if role == "object" else -1,
+                                 ordn, color))
         self._labels = pd.DataFrame(labels)
         self._tokens = pd.DataFrame(rows, columns=["sample_id", "token", "row", "col", "role",
-                                                   "entity", "ordinal", "color_code"])
+                                                   "entity", "ordinal", "band_ordinal",
+                                                   "color_code"])
         self._tokens["color"] = [COLORS[c] if c >= 0 else "" for c in self._tokens["color_code"]]
 
     def _acts(self, site: str, layer: int, tok: pd.DataFrame) -> np.ndarray:
@@ -114,7 +118,8 @@ class PlantedStore:
         noise = rng.normal(scale=self.noise, size=(len(self._tokens), self.hidden))[tok.index]
         strength = tok["role"].map(self.strength).to_numpy()
         centre = (self.n_targets - 1) / 2
-        ordn = np.where(tok["ordinal"].to_numpy() >= 0, tok["ordinal"].to_numpy() - centre, 0.0)
+        band = tok["band_ordinal"].to_numpy()
+        ordn = np.where(band >= 0, band - centre, 0.0)
         x = noise + (gain * strength * ordn)[:, None] * self.direction
         x += self._pos_vec[tok["token"].to_numpy()]
         has_c = tok["color_code"].to_numpy() >= 0

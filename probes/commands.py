@@ -1,0 +1,166 @@
+"""``spatialbind probe``: a layers × roles probe sweep from an activation store, with plots, probe
+maps and (optionally) exported directions. Thin: parses options, builds the configs, calls
+:func:`probes.sweep.sweep` and :func:`probes.maps.heldout_probe_map`, writes the outputs.
+
+Outputs under ``--out DIR``::
+
+    results.parquet, results.csv   one row per (layer, role): accuracy, CI, control, selectivity,
+                                   position-only baseline, n, data hash, error
+    accuracy_heatmap.png           accuracy by layer × role (selectivity_heatmap.png with --control)
+    accuracy_lines.png             accuracy by layer, one line per role, CI bands and baselines
+    maps/layer<NNN>.png            probe maps of held-out images (object-token probe on every token)
+    maps/summary.csv               mean P(object's class) over object / strip / background tokens
+    config.json                    resolved configs and versions
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .errors import ConfigError
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def parse_layers(value: str | None, available: list[int] | None = None) -> tuple[int, ...]:
+    """``"0,4,8"`` / ``"2-5"`` / ``"all"`` (or None) -> layer tuple; checked against ``available``."""
+    if value in (None, "", "all"):
+        if not available:
+            raise ConfigError("--layers: the store lists no layers for this site; give --layers.")
+        return tuple(available)
+    out: list[int] = []
+    for part in _csv(value):
+        try:
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise ConfigError(f"--layers: cannot read {part!r}; use comma-separated ints or "
+                              "ranges, e.g. --layers 0,4,8 or --layers 0-12.") from None
+    if available is not None:
+        bad = [x for x in out if x not in available]
+        if bad:
+            raise ConfigError(f"--layers: layer(s) {bad} not in the store for this site; "
+                              f"available: {available}.")
+    return tuple(dict.fromkeys(out))
+
+
+def _where(pairs: tuple[str, ...]) -> dict:
+    out: dict = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ConfigError(f"--where: {p!r} is not key=value (e.g. --where axis=horizontal).")
+        k, v = p.split("=", 1)
+        out.setdefault(k.strip(), []).extend(_csv(v))
+    return out
+
+
+def _open(store_path: str):
+    from .dataset import open_store
+
+    return open_store(store_path)
+
+
+@click.command("probe")
+@click.option("--store", "store_path", required=True, help="Activation store (path or fsspec URL).")
+@click.option("--model", required=True, help="Model key in the store.")
+@click.option("--site", default="projector", show_default=True,
+              help="Site family (projector, vision.blocks, lm.resid).")
+@click.option("--layers", default=None, help="Layers: '0,4,8', '0-12' or 'all' (default: all "
+              "layers the store holds for the site).")
+@click.option("--roles", default="object,strip", show_default=True,
+              help="Comma-separated token roles; one probe per (layer, role).")
+@click.option("--label", default="ordinal", show_default=True,
+              help="Label to predict: ordinal (3 slots), side (first vs last slot) or any label column.")
+@click.option("--pool", type=click.Choice(["token", "entity"]), default="token", show_default=True,
+              help="token: one sample per token (paper); entity: mean over each entity's tokens.")
+@click.option("--group-by", default="", help="Comma-separated label columns that must not straddle "
+              "train and test (scene_id always). E.g. color_set,layout.")
+@click.option("--control/--no-control", default=True, show_default=True,
+              help="Also train a Hewitt & Liang control task and report selectivity.")
+@click.option("--token-type", default="", help="Columns defining a token type for the control task "
+              "(default: color,row,col where present).")
+@click.option("--split", type=click.Choice(["group_kfold", "group_shuffle"]), default="group_kfold",
+              show_default=True, help="Grouped k-fold, or one grouped train/test split.")
+@click.option("--n-splits", default=5, show_default=True, help="Folds of group_kfold.")
+@click.option("--ci", type=click.Choice(["wilson", "bootstrap"]), default="wilson",
+              show_default=True, help="Accuracy CI: Wilson over samples or bootstrap over groups.")
+@click.option("--where", "where", multiple=True, help="Sample filter key=value[,value] (repeatable).")
+@click.option("--scheduler", default="local", show_default=True,
+              help="'local' (LocalCluster), 'serial' (no dask), or a scheduler address.")
+@click.option("--workers", default=2, show_default=True, help="Workers of the local cluster.")
+@click.option("--map-samples", default=4, show_default=True,
+              help="Held-out images per probe map (0 = no maps).")
+@click.option("--export-directions", "export_dir", default=None, type=click.Path(file_okay=False),
+              help="Write each cell's direction (labelled arrays + JSON) under this directory.")
+@click.option("--seed", default=0, show_default=True, help="Seed of splits, control labels, bootstrap.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output directory (results table, plots, maps, config).")
+def probe(store_path, model, site, layers, roles, label, pool, group_by, control, token_type,
+          split, n_splits, ci, where, scheduler, workers, map_samples, export_dir, seed, out_dir):
+    """Train linear probes for every (layer, role) of a store and plot where the label is decodable."""
+    from .config import ProbeConfig, SweepConfig
+    from .sweep import sweep
+
+    store = _open(store_path)
+    available = list(store.layers(model, site)) if hasattr(store, "layers") else None
+    pconf = ProbeConfig(split=split, n_splits=n_splits, group_by=_csv(group_by), control=control,
+                        token_type=_csv(token_type), ci=ci, random_state=seed)
+    sconf = SweepConfig(model=model, site=site, layers=parse_layers(layers, available),
+                        roles=_csv(roles), label=label, pool=pool,
+                        baselines=("position",) if pool == "token" else (),
+                        scheduler=scheduler, n_workers=workers)
+    wh = _where(where) or None
+    table = sweep(store_path, sconf, pconf, where=wh, export_dir=export_dir)
+    if table["error"].notna().all():
+        raise ConfigError(f"every (layer, role) cell failed; first error: {table['error'].iloc[0]}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_outputs(store, table, sconf, pconf, wh, map_samples, out)
+    ok = table.dropna(subset=["accuracy"])
+    best = ok.loc[ok["accuracy"].idxmax()]
+    click.echo(f"{len(ok)}/{len(table)} cells probed; best accuracy {best['accuracy']:.3f} at "
+               f"layer {best['layer']} role {best['role']}; results in {out}")
+
+
+def _write_outputs(store, table, sconf, pconf, where, map_samples, out: Path) -> None:
+    from .maps import heldout_probe_map, map_summary
+    from .plots import plot_accuracy_heatmap, plot_accuracy_lines, plot_probe_maps
+
+    table.to_parquet(out / "results.parquet", index=False)
+    table.to_csv(out / "results.csv", index=False)
+    plot_accuracy_heatmap(table, out / "accuracy_heatmap.png")
+    plot_accuracy_lines(table, out / "accuracy_lines.png")
+    if pconf.control:
+        plot_accuracy_heatmap(table, out / "selectivity_heatmap.png", value="selectivity")
+    summaries = []
+    map_role = "object" if "object" in sconf.roles else sconf.roles[0]
+    if map_samples > 0 and sconf.pool == "token" and sconf.label in ("ordinal", "side"):
+        for layer in sconf.layers:
+            cell = table[(table["layer"] == layer) & (table["role"] == map_role)]
+            if cell.empty or cell["accuracy"].isna().all():
+                continue
+            pm = heldout_probe_map(store, model=sconf.model, site=sconf.site, layer=layer,
+                                   role=map_role, label=sconf.label, config=pconf, where=where,
+                                   n_samples=map_samples)
+            plot_probe_maps(pm, out / "maps" / f"layer{layer:03d}.png")
+            summaries.append(map_summary(pm).assign(layer=layer, trained_on=map_role))
+    if summaries:
+        import pandas as pd
+
+        pd.concat(summaries).to_csv(out / "maps" / "summary.csv", index=False)
+    (out / "config.json").write_text(json.dumps(
+        {"sweep": sconf.to_dict(), "probe": pconf.to_dict(), "where": where,
+         "toolkit_version": _version()}, indent=1))
+
+
+def _version() -> str:
+    from .directions import _version as v
+
+    return v()

@@ -1,0 +1,165 @@
+"""Probe sweeps over layers × roles, run in parallel through dask.
+
+Each (layer, role) cell is one independent task (:func:`run_cell`): query the store, fit and score a
+probe (:func:`probes.fit.fit_probe`), optionally extract its direction. :func:`sweep` runs the cells
+serially, on a ``distributed.LocalCluster`` (default, 2 workers) or on a running scheduler given by
+address, and returns one results row per cell, sorted by (layer, role) so the table does not depend
+on where or in which order cells ran. A store given by path is opened inside each worker; an
+in-memory store object is shipped to the workers once. Cells that have no usable data (e.g. the
+``background`` role with an ``ordinal`` label) get a row with an ``error`` message instead of
+stopping the sweep.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .config import ProbeConfig, SweepConfig
+from .dataset import dataset, open_store
+from .directions import direction_from_result, save_direction
+from .errors import DataError
+from .fit import fit_probe
+
+
+def run_cell(store, *, model: str, site: str, layer: int, role: str, label: str, pool: str,
+             probe_config: ProbeConfig, baselines: tuple[str, ...] = ("position",),
+             where: dict | None = None, items=None, export: bool = False,
+             blas_threads: int | None = None) -> dict[str, Any]:
+    """Fit and score the probe of one (layer, role) cell.
+
+    ``blas_threads`` caps BLAS threads while fitting (cells running side by side on dask workers
+    would otherwise oversubscribe the cores); None leaves them alone.
+
+    Returns
+    -------
+    dict
+        ``row``: the results-table row (with ``error`` set and scores NaN when the cell has no
+        usable data); ``direction``: a :class:`~probes.directions.Direction` when ``export``.
+    """
+    import dask
+
+    t0 = time.perf_counter()
+    base = {"model": model, "site": site, "layer": int(layer), "role": role, "label": label,
+            "pool": pool}
+    # Inside a distributed worker, a nested dask compute would go back to the cluster; read the
+    # store synchronously in this task instead.
+    with dask.config.set(scheduler="synchronous"), _blas_threads(blas_threads):
+        try:
+            data = dataset(open_store(store), model=model, site=site, layer=layer, role=role,
+                           label=label, pool=pool, where=where, items=items)
+            res = fit_probe(data, probe_config, baselines=baselines if pool == "token" else ())
+        except DataError as e:
+            return {"row": {**base, "error": str(e), "seconds": time.perf_counter() - t0},
+                    "direction": None}
+    row = {**base, **res.to_row(), "error": None, "seconds": time.perf_counter() - t0}
+    return {"row": row, "direction": direction_from_result(res) if export else None}
+
+
+def sweep(store, config: SweepConfig, probe_config: ProbeConfig | None = None, *,
+          where: dict | None = None, items=None, export_dir=None,
+          progress: bool = True) -> pd.DataFrame:
+    """Run every (layer, role) cell of ``config`` and collect the results table.
+
+    Parameters
+    ----------
+    store : store object or path/URL
+        Activation store (paths are opened in each worker).
+    config : SweepConfig
+        Model, site, layers, roles, label, pool, baselines, scheduler.
+    probe_config : ProbeConfig, optional
+        Probe, split, control and CI settings (shared by all cells).
+    where, items : optional
+        Sample filters passed to :func:`probes.dataset`.
+    export_dir : path, optional
+        Write each cell's direction to ``export_dir/<site>__<role>__layer<NNN>/`` and an
+        ``index.json`` listing them.
+    progress : bool
+        Show a progress bar over cells.
+
+    Returns
+    -------
+    DataFrame
+        One row per cell, sorted by (layer, role): scores, CI, control, selectivity, baselines,
+        ``n``, ``data_hash``, ``error``, ``seconds``.
+    """
+    probe_config = probe_config or ProbeConfig()
+    if not (isinstance(store, (str, bytes)) or hasattr(store, "__fspath__")):
+        store = open_store(store)
+    cells = [(layer, role) for layer in config.layers for role in config.roles]
+    kw = dict(model=config.model, site=config.site, label=config.label, pool=config.pool,
+              probe_config=probe_config, baselines=config.baselines, where=where, items=items,
+              export=export_dir is not None)
+    bar = tqdm(total=len(cells), desc=f"probe sweep {config.site}", unit="cell",
+               disable=not progress)
+    if config.scheduler == "serial":
+        outs = []
+        for layer, role in cells:
+            outs.append(run_cell(store, layer=layer, role=role, **kw))
+            bar.update()
+    else:
+        outs = _run_dask(store, cells, kw, config, bar)
+    bar.close()
+    rows = sorted((o["row"] for o in outs), key=lambda r: (r["layer"], config.roles.index(r["role"])))
+    table = pd.DataFrame(rows)
+    if export_dir is not None:
+        _export(outs, Path(export_dir))
+    return table
+
+
+def _blas_threads(n: int | None):
+    if n is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n)
+
+
+def _run_dask(store, cells, kw, config: SweepConfig, bar) -> list[dict]:
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if config.scheduler == "local":
+        cluster = LocalCluster(n_workers=config.n_workers, threads_per_worker=1,
+                               processes=config.processes, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+        client = Client(cluster)
+    else:
+        client = Client(config.scheduler, timeout="10s")
+    try:
+        ref = store if isinstance(store, (str, bytes)) or hasattr(store, "__fspath__") \
+            else client.scatter(store, broadcast=True)
+        futures = [client.submit(run_cell, ref, layer=layer, role=role, pure=False,
+                                 blas_threads=1, **kw)
+                   for layer, role in cells]
+        outs = []
+        for fut in as_completed(futures):
+            outs.append(fut.result())
+            bar.update()
+        return outs
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _export(outs: list[dict], root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    index = []
+    for o in outs:
+        d = o["direction"]
+        if d is None:
+            continue
+        name = f"{d.site}__{d.role}__layer{d.layer:03d}"
+        save_direction(d, root / name)
+        index.append({"path": name, "model": d.model, "site": d.site, "layer": d.layer,
+                      "role": d.role, "label": d.label, "cv_accuracy": d.cv_accuracy,
+                      "components": list(d.components), "width": d.width})
+    index.sort(key=lambda e: (e["layer"], e["role"]))
+    (root / "index.json").write_text(json.dumps(index, indent=1))
