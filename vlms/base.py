@@ -161,6 +161,10 @@ class VLMAdapter:
         ``(B, rows*cols, d)`` (row-major, same order as the projector's tokens)."""
         raise NotImplementedError
 
+    def patch_token_index(self, grid: tuple[int, int]) -> np.ndarray:
+        """LM token (row-major index) of each vision-block patch, in native patch order."""
+        raise NotImplementedError
+
     def sites(self) -> list[str]:
         """Every site this model has, in forward order."""
         return ([f"vision.blocks.{i}" for i in range(self.n_vision_blocks)] + ["projector"]

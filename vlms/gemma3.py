@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from .base import VLMAdapter
 from .registry import register
 from .tiny import seeded_init, train_tokenizer
@@ -84,6 +86,12 @@ class Gemma3Adapter(VLMAdapter):
         k = p // self.tokens_per_side
         x = acts.transpose(1, 2).reshape(b, d, p, p)
         return F.avg_pool2d(x, k, k).flatten(2).transpose(1, 2)
+
+    def patch_token_index(self, grid):
+        p = self.patches_per_side
+        k = p // self.tokens_per_side
+        r, c = np.divmod(np.arange(p * p), p)
+        return (r // k) * self.tokens_per_side + c // k
 
     # ------------------------------------------------------------------ tiny build
     @classmethod

@@ -126,6 +126,10 @@ class Qwen2VLAdapter(VLMAdapter):
         b, n, d = acts.shape
         return acts.reshape(b, n // k, k, d).mean(2)
 
+    def patch_token_index(self, grid):
+        # merge-block order: patches 4k .. 4k+3 form token k
+        return np.arange(grid[0] * grid[1] * self.merge ** 2) // self.merge ** 2
+
     def _per_image(self, inputs, per_token: int) -> list[int]:
         thw = inputs["image_grid_thw"]
         return [int(x) // per_token for x in thw.prod(-1)]

@@ -1,0 +1,399 @@
+"""Extraction: stream a dataset through a model with hooks and write activations + token roles
+into an activation store (``actstore``), batch by batch.
+
+Where it sits: ``scenegen`` dataset directory -> :func:`run_extract` -> ``actstore`` store. The
+sample order, site families, layers and token axes are fixed up front from the dataset's
+metadata (no image is decoded for that), so every process and every rerun pre-allocates the same
+store; batches are the store's shards, written whole and marked done only after their data, so a
+killed run resumed with the same command equals a clean run, a finished store is left untouched,
+and ``shard=(i, n)`` lets several processes fill disjoint batches. Memory holds one batch.
+
+Token axes per site family
+--------------------------
+``projector``      the image tokens, row-major over the token grid;
+``vision.blocks``  pooled (default): the same token grid (mean of each token's patches);
+                   unpooled: the patches in the family's native order (labels of their token);
+``lm.resid``       the whole unpadded sequence (position = index in it), text roles included.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import ExtractError, InputError
+
+FAMILIES = ("vision.blocks", "projector", "lm.resid")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractConfig:
+    """What to extract, from where, into which store."""
+
+    model: str
+    """Alias, hub id or saved directory (see ``spatialbind model list``)."""
+    data: str
+    """Dataset directory (``metadata.jsonl`` + images + masks)."""
+    store: str
+    """Store path or fsspec URL."""
+    sites: tuple[str, ...] = ("projector", "lm.resid")
+    """Sites or site families: ``projector``, ``lm.resid[.i]``, ``vision.blocks[.i]``."""
+    layers: str | tuple[int, ...] | None = None
+    """Layers for families given without an index ('0,4,8' or '0-8'); None = all."""
+    batch_size: int = 8
+    """Samples per forward = samples per store shard."""
+    shard: str | tuple[int, int] | None = None
+    """``"i/n"``: fill only batches ``b`` with ``b % n == i``."""
+    pool_vision: bool = True
+    """Mean-pool vision-block patches to the LM token grid."""
+    dtype: str = "float32"
+    """Model compute dtype."""
+    store_dtype: str = "float16"
+    """Stored activation dtype (float16 or float32)."""
+    object_fraction: float = 0.5
+    """Share of a token's cell a mask must cover for the token to be ``object``."""
+    prompt_kind: str = "completion"
+    """Prompt of each stimulus to run (its first of this kind; else its first; else none)."""
+    device: str | None = None
+    """torch device."""
+    seed: int = 0
+    """Weight seed of tiny builds."""
+
+    def __post_init__(self):
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ExtractError(f"The 'batch_size' parameter of ExtractConfig must be an int >= 1. "
+                               f"Got {self.batch_size!r} instead.")
+        if not 0.0 < float(self.object_fraction) <= 1.0:
+            raise ExtractError(f"The 'object_fraction' parameter of ExtractConfig must be in "
+                               f"(0, 1]. Got {self.object_fraction!r} instead.")
+        if self.store_dtype not in ("float16", "float32"):
+            raise ExtractError(f"The 'store_dtype' parameter of ExtractConfig must be 'float16' "
+                               f"or 'float32'. Got {self.store_dtype!r} instead.")
+        if not self.sites:
+            raise ExtractError("no sites given; pass e.g. --sites projector,lm.resid")
+        object.__setattr__(self, "sites", tuple(s.strip() for s in self.sites))
+        object.__setattr__(self, "layers", parse_layers(self.layers))
+        object.__setattr__(self, "shard", parse_shard(self.shard))
+
+
+def parse_layers(spec) -> tuple[int, ...] | None:
+    """``'0,4,8'`` / ``'0-3'`` / ``(0, 4)`` / None -> sorted tuple of ints (or None)."""
+    if spec is None or spec == "":
+        return None
+    if isinstance(spec, (tuple, list)):
+        out = {int(x) for x in spec}
+    else:
+        out = set()
+        for part in str(spec).split(","):
+            m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+            if not m:
+                raise ExtractError(f"--layers {spec!r}: {part!r} is not a layer number or a "
+                                   "range a-b; write e.g. '0,4,8' or '0-8'")
+            a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+            out |= set(range(a, b + 1))
+    return tuple(sorted(out))
+
+
+def parse_shard(spec) -> tuple[int, int] | None:
+    """``'i/n'`` or ``(i, n)`` -> ``(i, n)`` with ``0 <= i < n``."""
+    if spec is None or spec == "":
+        return None
+    try:
+        i, n = (int(x) for x in (spec.split("/") if isinstance(spec, str) else spec))
+    except (ValueError, TypeError):
+        raise ExtractError(f"--shard {spec!r} must be i/n, e.g. 0/2 and 1/2 for two "
+                           "processes") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ExtractError(f"--shard {spec!r} must satisfy 0 <= i < n")
+    return i, n
+
+
+def plan_sites(adapter, sites, layers) -> dict[str, tuple[int, ...]]:
+    """Site family -> layers to extract, validated against the model.
+
+    Raises
+    ------
+    SiteError
+        Unknown site, or a block/layer the model lacks (with the valid range).
+    """
+    plan: dict[str, set[int]] = {}
+    for s in sites:
+        if s in ("lm.resid", "vision.blocks"):
+            top = adapter.n_lm_layers if s == "lm.resid" else adapter.n_vision_blocks - 1
+            ls = layers if layers is not None else tuple(range(top + 1))
+            for i in ls:
+                adapter.check_site(f"{s}.{i}")
+            plan.setdefault(s, set()).update(ls)
+        elif s == "projector":
+            plan.setdefault(s, set()).add(0)
+        else:
+            adapter.check_site(s)
+            fam, i = s.rsplit(".", 1)
+            plan.setdefault(fam, set()).add(int(i))
+    return {f: tuple(sorted(plan[f])) for f in FAMILIES if f in plan}
+
+
+def choose_prompt(stim, kind: str):
+    """The stimulus' first prompt of ``kind``, else its first prompt, else None (image only)."""
+    for p in stim.prompts:
+        if p.kind == kind:
+            return p
+    return stim.prompts[0] if stim.prompts else None
+
+
+def samples_frame(stimuli, prompts):
+    """One row of labels per sample (the store's ``samples`` table)."""
+    import pandas as pd
+
+    rows = []
+    for s, p in zip(stimuli, prompts):
+        rows.append({
+            "sample_id": s.id, "scene_id": s.scene_id or s.id, "relation": s.relation or "",
+            "axis": s.axis or "", "task": s.task, "split": s.split,
+            "counterfactual_of": s.counterfactual_of or "",
+            "counterfactual_kind": s.counterfactual_kind or "", "generator": s.generator,
+            "index": int(s.index), "width": int(s.width), "height": int(s.height),
+            "prompt_kind": p.kind if p else "", "prompt": p.text if p else "",
+            "answer": p.answer if p else "",
+        })
+    return pd.DataFrame(rows)
+
+
+def _seq_lengths(adapter, stimuli, prompts) -> np.ndarray:
+    """Exact unpadded sequence length of every sample, without decoding any image.
+
+    Text is tokenized alone; the image-token overhead is measured once per image size with a
+    blank image of that size.
+    """
+    texts = [adapter.chat_text(p.text if p else "", system=p.system if p else None)
+             for p in prompts]
+    lens = np.array([len(x) for x in adapter.tokenizer(texts)["input_ids"]], dtype=np.int64)
+    over: dict[tuple[int, int], int] = {}
+    for s in stimuli:
+        key = (int(s.width), int(s.height))
+        if key not in over:
+            blank = np.full((key[1], key[0], 3), 255, np.uint8)
+            b = adapter.prepare([blank], ["x"])
+            over[key] = b.seq_len - len(adapter.tokenizer([adapter.chat_text("x")])["input_ids"][0])
+    return lens + np.array([over[(int(s.width), int(s.height))] for s in stimuli])
+
+
+def site_specs(adapter, plan, stimuli, prompts, *, pool_vision: bool, store_dtype: str):
+    """``actstore.SiteSpec`` per family (token axes fixed from metadata alone)."""
+    from actstore import SiteSpec
+
+    grids = {adapter.token_grid(int(s.width), int(s.height)) for s in stimuli}
+    n_img = max(r * c for r, c in grids)
+    specs = []
+    for fam, layers in plan.items():
+        if fam == "projector":
+            specs.append(SiteSpec(name=fam, n_tokens=n_img, hidden=adapter.d_lm, dtype=store_dtype))
+        elif fam == "vision.blocks":
+            n = n_img if pool_vision else max(
+                len(adapter.patch_token_index(g)) for g in grids)
+            specs.append(SiteSpec(name=fam, n_tokens=n, hidden=adapter.d_vision, layers=layers,
+                                  dtype=store_dtype))
+        else:
+            n = int(_seq_lengths(adapter, stimuli, prompts).max())
+            specs.append(SiteSpec(name=fam, n_tokens=n, hidden=adapter.d_lm, layers=layers,
+                                  dtype=store_dtype))
+    return specs
+
+
+def provenance(adapter, cfg: ExtractConfig, ds) -> dict[str, Any]:
+    """Provenance attrs of the store's model group."""
+    src = adapter.source or cfg.model
+    if src.startswith("tiny-"):
+        revision = f"tiny-seed{cfg.seed}"
+    elif Path(src).is_dir():
+        h = hashlib.sha256()
+        for f in sorted(Path(src).glob("*.json")) + sorted(Path(src).glob("*.safetensors")):
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            h.update(f.read_bytes()[:1 << 20])
+        revision = "dir-" + h.hexdigest()[:16]
+    else:
+        revision = str(getattr(adapter.config, "_commit_hash", None) or "main")
+    data_hash = ds.config_hash or hashlib.sha256(
+        (Path(ds.root) / "metadata.jsonl").read_bytes()).hexdigest()[:16]
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("shard", "device", "store")}
+    return {"model_id": src, "revision": revision, "adapter": type(adapter).__name__,
+            "dtype": cfg.dtype, "data_hash": data_hash, "extract": keep}
+
+
+def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None = None,
+                echo: Callable[[str], Any] = print, adapter=None) -> dict[str, int]:
+    """Extract activations of every pending sample (of this shard) into the store.
+
+    Parameters
+    ----------
+    cfg
+        What to extract (see :class:`ExtractConfig`).
+    progress
+        Show a tqdm bar (samples, items/s).
+    limit
+        Stop after this many batches (tests of resumption).
+    echo
+        Where the size estimate and notes go.
+    adapter
+        An already loaded adapter (default: ``load_adapter(cfg.model)``).
+
+    Returns
+    -------
+    dict
+        ``written`` (samples this call), ``done`` and ``total`` (samples in the store).
+    """
+    from actstore import StoreWriter, estimate_bytes
+    from scenegen import read_dataset
+    from tqdm.auto import tqdm
+
+    from .registry import load_adapter
+
+    ds = read_dataset(cfg.data)
+    stimuli = list(ds.stimuli)
+    if not stimuli:
+        raise ExtractError(f"{cfg.data} holds no stimuli; nothing to extract")
+    prompts = [choose_prompt(s, cfg.prompt_kind) for s in stimuli]
+    ad = adapter or load_adapter(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+    plan = plan_sites(ad, cfg.sites, cfg.layers)
+    specs = site_specs(ad, plan, stimuli, prompts, pool_vision=cfg.pool_vision,
+                       store_dtype=cfg.store_dtype)
+    params = {"object_coverage": float(cfg.object_fraction), "pool_vision": bool(cfg.pool_vision),
+              "prompt_kind": cfg.prompt_kind}
+    w = StoreWriter.open_or_create(cfg.store, model=cfg.model, provenance=provenance(ad, cfg, ds),
+                                   samples=samples_frame(stimuli, prompts), sites=specs,
+                                   params=params, batch_size=cfg.batch_size)
+    todo = list(w.batches(cfg.shard))
+    n_todo = int(sum(len(b) for b in todo))
+    total = len(stimuli)
+    est = estimate_bytes(specs, total)
+    echo(f"store estimate: {est / 2**20:.1f} MiB for {total} samples "
+         f"({', '.join(f'{s.name}{list(s.layers)}x{s.n_tokens}x{s.hidden}' for s in specs)}, "
+         f"{cfg.store_dtype}); {n_todo} samples to extract")
+    written = 0
+    bar = tqdm(total=n_todo, desc="extract", unit="sample", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for bi, idx in enumerate(todo):
+            if limit is not None and bi >= limit:
+                break
+            acts, tokens = extract_batch(ad, ds, [stimuli[i] for i in idx],
+                                         [prompts[i] for i in idx], specs=specs,
+                                         pool_vision=cfg.pool_vision,
+                                         object_fraction=cfg.object_fraction)
+            written += w.write(idx, acts, tokens)
+            bar.update(len(idx))
+    finally:
+        bar.close()
+        w.close()
+    return {"written": written, "done": int(w.done().sum()), "total": total}
+
+
+def extract_batch(ad, ds, stims, prompts, *, specs, pool_vision: bool,
+                  object_fraction: float):
+    """Run one batch and return ``(acts, tokens)`` in the writer's format."""
+    from actstore import ROLE_CODES
+
+    from .roles import image_roles
+
+    images, masks = [], []
+    for s in stims:
+        img = ds.image(s)
+        if img.shape[:2] != (s.height, s.width):
+            raise InputError(f"image of stimulus {s.id} ({ds.root / s.file_name}) is "
+                             f"{img.shape[1]}x{img.shape[0]} but metadata says "
+                             f"{s.width}x{s.height}; regenerate the dataset")
+        images.append(img)
+        masks.append(ds.mask(s))
+    batch = ad.prepare(images, [p if p is not None else "" for p in prompts])
+    spec = {s.name: s for s in specs}
+    sites = [f"{f}.{i}" if f != "projector" else f for f, sp in spec.items() for i in sp.layers]
+    _, got = ad.capture(batch, sites, logits_to_keep=1)
+    B = len(stims)
+    code = np.vectorize(ROLE_CODES.__getitem__, otypes=[np.int8])
+    acts: dict[str, Any] = {}
+    tokens: dict[str, dict[str, np.ndarray]] = {}
+    per_item = [image_roles(s, masks[b], batch.grids[b], object_fraction=object_fraction)
+                for b, s in enumerate(stims)]
+    for fam, sp in spec.items():
+        if fam == "lm.resid":
+            acts[fam], tokens[fam] = _lm_family(ad, batch, got, sp, per_item, code)
+        else:
+            acts[fam], tokens[fam] = _image_family(ad, batch, got, fam, sp, per_item, code,
+                                                   pool_vision)
+    for b in range(B):
+        if batch.seq_len - batch.n_pad[b] > spec.get("lm.resid", _Inf()).n_tokens:
+            raise ExtractError(f"stimulus {stims[b].id}: sequence longer than the store's token "
+                               "axis; the length estimate is wrong for this model (report it)")
+    return acts, tokens
+
+
+class _Inf:
+    n_tokens = 1 << 62
+
+
+def _image_family(ad, batch, got, fam, sp, per_item, code, pool_vision):
+    B = len(batch)
+    T = sp.n_tokens
+    out = np.zeros((B, len(sp.layers), T, sp.hidden), np.float32)
+    lab = {k: np.full((B, T), v, dt) for k, (dt, v) in _LABELS.items()}
+    for li, layer in enumerate(sp.layers):
+        site = fam if fam == "projector" else f"{fam}.{layer}"
+        a = got[site]
+        for b in range(B):
+            x = a[b][None].float()
+            if fam == "vision.blocks" and pool_vision:
+                x = ad.pool_vision(x, batch.grids[b])
+            x = x[0].cpu().numpy()
+            out[b, li, : len(x)] = x
+    for b in range(B):
+        ir = per_item[b]
+        rows, cols = batch.grids[b]
+        tok = np.arange(rows * cols)
+        if fam == "vision.blocks" and not pool_vision:
+            tok = ad.patch_token_index(batch.grids[b])
+        r, c = np.divmod(tok, cols)
+        n = len(tok)
+        lab["role"][b, :n] = code(ir.role[tok])
+        lab["ordinal"][b, :n] = ir.slot[tok]
+        lab["entity"][b, :n] = ir.entity[tok]
+        lab["row"][b, :n], lab["col"][b, :n] = r, c
+        pos = np.asarray(batch.image_positions[b], dtype=np.int64) - batch.n_pad[b]
+        lab["position"][b, :n] = pos[tok]
+    return out, lab
+
+
+_LABELS = {"role": (np.int8, 0), "ordinal": (np.int8, -1), "entity": (np.int16, 0),
+           "row": (np.int16, -1), "col": (np.int16, -1), "position": (np.int32, -1)}
+
+
+def _lm_family(ad, batch, got, sp, per_item, code):
+    from .roles import sequence_roles
+
+    B = len(batch)
+    T = max(batch.seq_len - p for p in batch.n_pad)
+    out = np.zeros((B, len(sp.layers), T, sp.hidden), np.float32)
+    lab = {k: np.full((B, T), v, dt) for k, (dt, v) in _LABELS.items()}
+    for li, layer in enumerate(sp.layers):
+        a = got[f"lm.resid.{layer}"].float().cpu().numpy()
+        for b in range(B):
+            p = batch.n_pad[b]
+            out[b, li, : a.shape[1] - p] = a[b, p:]
+    for b in range(B):
+        p = batch.n_pad[b]
+        n = batch.seq_len - p
+        roles = sequence_roles(batch, b, per_item[b])[p:]
+        lab["role"][b, :n] = code(roles)
+        lab["position"][b, :n] = np.arange(n)
+        pos = np.asarray(batch.image_positions[b], dtype=np.int64) - p
+        ir = per_item[b]
+        cols = batch.grids[b][1]
+        lab["ordinal"][b, pos] = ir.slot
+        lab["entity"][b, pos] = ir.entity
+        r, c = np.divmod(np.arange(len(pos)), cols)
+        lab["row"][b, pos], lab["col"][b, pos] = r, c
+    return out, lab
