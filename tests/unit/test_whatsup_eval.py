@@ -29,6 +29,9 @@ class FakeScorer:
 
     def __init__(self, items, caption_winner=None, knows=None, top=None):
         self.by_image = {_key(it.load_image()): i for i, it in enumerate(items)}
+        # images can be shared between items (COCO/VG): captions tell those apart
+        self.by_caption = {(_key(it.load_image()), it.stimulus.prompts[0].options): i
+                           for i, it in enumerate(items)}
         self.caption_winner = caption_winner or {}
         self.knows = knows or {}  # text found in the prompt -> the answer the model gives
         self.top = top or {}
@@ -38,7 +41,7 @@ class FakeScorer:
         self.calls.append(("caption", len(images)))
         out = []
         for img, caps in zip(images, captions):
-            w = self.caption_winner.get(self.by_image[_key(img)], 0)
+            w = self.caption_winner.get(self.by_caption[(_key(img), tuple(caps))], 0)
             out.append(np.array([0.0 if k == w else -1.0 - k for k in range(len(caps))]))
         return out
 
@@ -219,3 +222,18 @@ def test_cli_bad_input_is_one_line_exit_1(tmp_path, args, needle):
     assert r.exit_code == 1, r.output
     assert needle in r.output and "Traceback" not in r.output
     assert r.output.strip().count("\n") == 0
+
+
+def test_macro_accuracy_over_subsets():
+    items = load_items(f"whatsup:{FIX}", limit=3)  # VG_QA_one_obj has only 2: unequal sizes
+    tasks = [it.stimulus.task for it in items]
+    # the first item of the first subset and both items of the last subset are wrong
+    wrong = {0, len(items) - 2, len(items) - 1}
+    fake = FakeScorer(items, caption_winner={i: 1 for i in wrong})
+    res = evaluate(EvalConfig(model="fake", data=f"whatsup:{FIX}"), adapter=fake, items=items,
+                   progress=False)
+    per_task = {t: np.mean([i not in wrong for i, tt in enumerate(tasks) if tt == t])
+                for t in set(tasks)}
+    macro = res.summary[res.summary.group == "macro"].iloc[0]
+    assert macro.accuracy == pytest.approx(np.mean(list(per_task.values())))
+    assert macro.accuracy != pytest.approx(res.summary[res.summary.group == "all"].iloc[0].accuracy)
