@@ -42,7 +42,7 @@ def generate(preset_name, config_file, n, seed, workers, out, no_progress):
     cfg = GenerateConfig.from_dict(d)
     path = run(cfg, out, workers=workers, progress=not no_progress)
     ds = read_dataset(path)
-    base = sum(1 for s in ds if s.counterfactual_of is None and s.entities)
+    base = len(ds.base())
     click.echo(f"wrote {len(ds)} items ({base} base stimuli, {len(ds) - base} twins/extras) "
                f"to {path}")
 

@@ -321,8 +321,9 @@ class Dataset:
         return self._index
 
     def base(self) -> list[Stimulus]:
-        """Stimuli that are not twins."""
-        return [s for s in self.stimuli if s.counterfactual_of is None]
+        """Base stimuli: neither twins nor dataset-wide extras (such as the ``blank`` canvas)."""
+        return [s for s in self.stimuli
+                if s.counterfactual_of is None and s.counterfactual_kind is None]
 
     def twins(self, stim_id: str, kind: str | None = None) -> list[Stimulus]:
         """Twins of ``stim_id`` (optionally of one ``kind``)."""
