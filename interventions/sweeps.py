@@ -267,3 +267,27 @@ def option_probs(logits: torch.Tensor, option_ids: Sequence[Sequence[int]], *,
     if normalize:
         out = out / out.sum(-1, keepdim=True)
     return out.cpu().numpy()
+
+
+def run_edits(model: nn.Module, base: dict[str, Any], edits: Sequence[Edit], *,
+              sources: dict[str, SourceRun] | None = None, capture: Sequence[str] = ()):
+    """One patched forward of ``base`` (no batching): sources are run first, then ``edits``
+    applied; ``capture`` records sites after the edits. Returns a :class:`~hooks.RunResult`."""
+    sources = dict(sources or {})
+    needed: dict[str, set[str]] = {n: set() for n in sources}
+    for e in list(edits) + [e for s in sources.values() for e in s.edits]:
+        if e.source is not None:
+            if e.source not in needed:
+                raise InterventionError(f"edit at {e.site} uses unknown source {e.source!r}")
+            needed[e.source].add(e.site)
+    acts: dict[str, dict[str, torch.Tensor]] = {}
+    n_image = int(sum(int(v.sum()) for k, v in base.items()
+                      if k in ("mm_token_type_ids", "token_type_ids")))
+    for name, spec in sources.items():
+        if spec.acts is not None:
+            acts[name] = spec.acts
+            continue
+        patches = _patches(spec.edits, 0, acts, int(spec.inputs["input_ids"].shape[1]), n_image)
+        acts[name] = run(model, spec.inputs, patches=patches, capture=sorted(needed[name])).acts
+    patches = _patches(edits, 0, acts, int(base["input_ids"].shape[1]), n_image)
+    return run(model, base, patches=patches, capture=capture)
