@@ -48,7 +48,8 @@ class EvalConfig:
     """Resolved settings of one evaluation run (saved as ``config.json`` next to the outputs)."""
 
     model: str
-    """Adapter name, hub id or local directory (``tiny-qwen2-vl``, ``Qwen/Qwen2-VL-7B-Instruct``)."""
+    """Adapter name, hub id or local directory (``tiny-qwen2-vl``, ``Qwen/Qwen2-VL-7B-Instruct``).
+    """
     data: str
     """A dataset directory, or ``whatsup:ROOT`` / ``whatsup:ROOT:SUBSET``."""
     protocol: Literal["auto", "caption", "two-option", "completion"] = "auto"
@@ -274,7 +275,8 @@ def completion_queries(i: int, stim) -> list[Query]:
     return out
 
 
-def build_queries(items: Sequence[EvalItem], protocol: str, template: str = "anchor") -> list[Query]:
+def build_queries(items: Sequence[EvalItem], protocol: str,
+                  template: str = "anchor") -> list[Query]:
     """All queries of a protocol over ``items`` (raises on items the protocol cannot ask)."""
     if protocol not in PROTOCOLS:
         raise EvaluationError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
@@ -290,7 +292,8 @@ def build_queries(items: Sequence[EvalItem], protocol: str, template: str = "anc
 
 
 def resolve_protocol(protocol: str, items: Sequence[EvalItem]) -> str:
-    """``auto`` -> ``caption`` when every item has caption options (What'sUp), else ``completion``."""
+    """``auto`` -> ``caption`` when every item has caption options (What'sUp), else
+    ``completion``."""
     if protocol != "auto":
         return protocol
     if items and all(any(p.kind == "choice" and not p.text for p in it.stimulus.prompts)

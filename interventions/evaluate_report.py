@@ -12,14 +12,16 @@ Outputs in ``--out``:
     item correct: the strict score for two-option), ``scene_id``, ``split``, ``source_path``,
     one ``factor_<name>`` column per scalar scene factor and ``factors`` (all, as JSON).
 ``summary.csv``
-    Item accuracy with a 95% Wilson interval by ``all``, ``task``, ``relation``, ``axis`` and
-    each low-cardinality scene factor; ``macro`` (mean of the task accuracies, What'sUp's
-    headline number) when several tasks are present; What'sUp Controlled subsets add
-    ``pair_acc`` and ``set_acc`` rows (original definitions).
+    Item accuracy with a 95% Wilson interval by ``all``, ``task``, ``relation``, ``axis``,
+    ``prompt_kind`` and ``degradation`` (when they vary) and each low-cardinality scene
+    factor; ``macro`` (mean of the task accuracies, What'sUp's headline number) when several
+    tasks are present; What'sUp Controlled subsets add ``pair_acc`` and ``set_acc`` rows
+    (original definitions).
 ``summary.png``
     The same as bar charts. ``metrics.json``: protocol-specific numbers (pair/set counts,
     two-option outcomes golden / fail_lr_only / fail_rl_only / fail_both, and the paper's
-    "clean" set: strict accuracy over items whose top-1 token is an option in both orders). ``config.json``: the resolved run config (written last).
+    "clean" set: strict accuracy over items whose top-1 token is an option in both orders).
+    ``config.json``: the resolved run config (written last).
 """
 from __future__ import annotations
 
@@ -47,13 +49,15 @@ def prediction_table(items, queries, results, protocol: str):
         s = items[q.item].stimulus
         f = dict(s.factors or {})
         kind = next((p.kind for p in s.prompts if p.text == q.prompt), "caption")
-        row = {"id": s.id, "task": s.task, "prompt_kind": kind, "generator": s.generator, "relation": s.relation,
+        row = {"id": s.id, "task": s.task, "prompt_kind": kind, "generator": s.generator,
+               "relation": s.relation,
                "axis": s.axis, "protocol": protocol, "order": q.order, "prompt": q.prompt,
                "system": q.system, "options": list(q.options), "scores": r["scores"],
                "prediction": r["prediction"], "answer": q.answer, "correct": r["correct"],
                "p_answer": r["p_answer"], "top1": r["top1"],
                "top1_in_options": r.get("top1_in_options"), "scene_id": s.scene_id,
                "split": s.split, "source_path": items[q.item].source_path,
+               "degradation": (s.degradation or {}).get("kind", "none"),
                "factors": json.dumps(f, sort_keys=True, default=str)}
         for k, v in f.items():
             if isinstance(v, (str, int, float, bool)) or v is None:
@@ -89,8 +93,8 @@ def summarise(df, items: Sequence, protocol: str):
                      "accuracy": float(by_task.mean()), "ci_low": float("nan"),
                      "ci_high": float("nan"), "query_accuracy": float("nan"),
                      "mean_p_answer": float("nan")})
-    for col in ("task", "relation", "axis", "prompt_kind"):
-        if col == "prompt_kind" and df[col].nunique() < 2:
+    for col in ("task", "relation", "axis", "prompt_kind", "degradation"):
+        if col in ("prompt_kind", "degradation") and df[col].nunique() < 2:
             continue
         for v, sub in df.groupby(col, dropna=False, sort=True):
             rows.append(_row(col, v, sub))

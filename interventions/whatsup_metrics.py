@@ -26,7 +26,11 @@ _SLOTS = {"A": ("left", "right", "on", "under"), "B": ("left", "right", "in-fron
 
 
 def normalise_token(text: str) -> str:
-    """Lower-case alphanumerics only (the paper's answer normalisation): ``' Red.'`` -> ``'red'``."""
+    """Lower-case alphanumerics only (the paper's answer normalisation).
+
+    >>> normalise_token(" Red.")
+    'red'
+    """
     return re.sub(r"[^0-9a-z]", "", str(text).lower())
 
 

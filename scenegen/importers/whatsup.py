@@ -302,13 +302,14 @@ _COCO_SYNONYMS = {
     "people": "person", "boy": "person", "girl": "person", "child": "person", "kid": "person",
     "player": "person", "plant": "potted plant", "hydrant": "fire hydrant", "ball": "sports ball",
     "glass": "wine glass", "doughnut": "donut", "aeroplane": "airplane", "plane": "airplane",
-    "racket": "tennis racket", "bat": "baseball bat", "glove": "baseball glove", "hotdog": "hot dog",
+    "racket": "tennis racket", "bat": "baseball bat", "glove": "baseball glove",
+    "hotdog": "hot dog",
     "computer": "laptop", "fridge": "refrigerator", "ski": "skis", "lamp post": "traffic light",
 }
 
 
 def load_coco_boxes(path: str | Path) -> tuple[dict[int, dict[str, list]], set[str]]:
-    """Read COCO ``instances_*.json`` into ``{image_id: {category name: [[x, y, w, h, area], ...]}}``.
+    """Read COCO ``instances_*.json`` as ``{image_id: {category: [[x, y, w, h, area], ...]}}``.
 
     Returns the table and the set of category names. Raises :class:`WhatsUpError` when the file
     is missing or is not a COCO instances file.
@@ -520,6 +521,7 @@ class _ImportGenerator:
         stim, path = self.items[index]
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"))
-        stim = replace(stim, file_name=f"images/{stim.id}.png", mask_file_name=f"masks/{stim.id}.png",
+        stim = replace(stim, file_name=f"images/{stim.id}.png",
+                       mask_file_name=f"masks/{stim.id}.png",
                        factors=dict(stim.factors, original_file=stim.file_name))
         return [Rendered(stimulus=stim, image=rgb, mask=whatsup_mask(stim))]

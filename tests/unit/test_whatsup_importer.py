@@ -128,8 +128,8 @@ def test_path_resolution_under_user_layouts(tmp_path, layout):
 def test_candidate_paths_order():
     spec = SUBSETS["Controlled_Images_A"]
     c = candidate_paths(Path("/r"), "data/controlled_images/x.jpeg", spec)
-    assert [str(p) for p in c] == ["/r/data/controlled_images/x.jpeg", "/r/controlled_images/x.jpeg",
-                                   "/r/x.jpeg"]
+    assert [str(p) for p in c] == ["/r/data/controlled_images/x.jpeg",
+                                   "/r/controlled_images/x.jpeg", "/r/x.jpeg"]
 
 
 @pytest.mark.parametrize("bad", ["../outside/x_left_of_y.jpeg", "/etc/x_left_of_y.jpeg",
