@@ -389,8 +389,10 @@ def render(spec: SceneSpec, *, heights: dict[str, float] | None = None,
     flags = pyrender.RenderFlags.NONE
     if spec.shadows:
         flags |= pyrender.RenderFlags.SHADOWS_DIRECTIONAL
-    color, depth = r.render(scene, flags=flags)
-    segim, _ = r.render(scene, flags=pyrender.RenderFlags.SEG, seg_node_map=seg)
+    color, _ = r.render(scene, flags=flags)
+    # depth from the SEG pass: it has no multisampling, so at silhouettes the depth belongs to
+    # the same surface as the mask id (the colour pass's resolved depth may not)
+    segim, depth = r.render(scene, flags=pyrender.RenderFlags.SEG, seg_node_map=seg)
     return RenderOutput(rgb=np.ascontiguousarray(color[..., :3]),
                         depth=np.asarray(depth, np.float32),
                         mask=np.ascontiguousarray(segim[..., 0]).astype(np.uint8))

@@ -94,7 +94,8 @@ class Scene:
             "background": self.background.kind,
             "light": {"direction": [round(v, 4) for v in self.light_dir],
                       "intensity": round(self.light_intensity, 4)},
-            "camera": {k: round(v, 4) for k, v in self.camera.items()},
+            "camera": {**{k: round(v, 6) for k, v in self.camera.items()},
+                       "look_at": [round(float(v), 6) for v in self.look_at]},
             "n_targets": len(self.targets),
             "n_distractors": len(self.distractors),
             "colors": [t.color for t in sorted(self.targets, key=lambda t: t.slot)],
@@ -141,6 +142,8 @@ class Sampler:
                    for k in range(c.n_targets)]
         for k, t in enumerate(targets):
             t.slot = t.base_ordinal = k
+            if axis == "vertical":  # one size per column, so a swap re-stacks nothing else
+                t.size = targets[0].size
         j = c.camera_jitter
         cam = {"azimuth": float(rng.uniform(-8, 8) * j),
                "elevation": float(c.camera_elevation + rng.uniform(-4, 4) * j),
@@ -318,7 +321,7 @@ class Sampler:
             for _ in range(c.max_attempts):
                 if scene.axis == "depth":  # beside the file of targets, never in it
                     side = rng.choice([-1.0, 1.0])
-                    x = side * (max(abs(v) for v in xs) + rng.uniform(1.6, 3.5))
+                    x = side * (max(abs(v) for v in xs) + rng.uniform(1.4, 2.6))
                     z = rng.uniform(min(zs), max(zs))
                 else:  # behind the row / column, so the asked relation stays among targets
                     x = rng.uniform(-4.5, 4.5)
