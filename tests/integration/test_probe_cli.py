@@ -1,0 +1,76 @@
+"""``spatialbind probe`` end to end on a store written by actstore's writer, and its bad input."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cli import spatialbind
+from probes.directions import load_direction
+
+actstore_testing = pytest.importorskip("actstore.testing")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "s.zarr"
+    actstore_testing.make_store(path, n_samples=24, planted=3.0, grid=4, seed=2)
+    return str(path)
+
+
+def run(*args):
+    return CliRunner().invoke(spatialbind, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("scheduler", ["serial", "local"])
+def test_probe_writes_table_plots_maps_directions(store, tmp_path, scheduler):
+    out, dirs = tmp_path / "out", tmp_path / "dirs"
+    r = run("probe", "--store", store, "--model", "tiny", "--site", "lm.resid",
+            "--layers", "0-2", "--roles", "object,distractor", "--where", "axis=horizontal",
+            "--group-by", "target0_color",
+            "--n-splits", "3", "--scheduler", scheduler, "--export-directions", str(dirs),
+            "--map-samples", "2", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert "3/6 cells probed" in r.output
+    table = pd.read_parquet(out / "results.parquet")
+    pd.testing.assert_frame_equal(table, pd.read_csv(out / "results.csv"), check_dtype=False)
+    assert list(table["layer"]) == [0, 0, 1, 1, 2, 2]
+    obj = table[table["role"] == "object"]
+    assert (obj["accuracy"] > 0.8).all() and obj["selectivity"].notna().all()
+    assert (obj["n_groups"] == 3).all()  # one group per colour: no colour straddles a split
+    assert "position_accuracy" in table and table.loc[table["role"] == "distractor", "error"].notna().all()
+    for f in ("accuracy_heatmap.png", "accuracy_lines.png", "selectivity_heatmap.png",
+              "maps/layer000.png", "maps/layer002.png", "maps/summary.csv", "config.json"):
+        assert (out / f).is_file(), f
+    summ = pd.read_csv(out / "maps" / "summary.csv")
+    assert set(summ["region"]) == {"object", "strip", "background"} and len(summ) == 9
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["probe"]["group_by"] == ["target0_color"] and cfg["sweep"]["layers"] == [0, 1, 2]
+    assert cfg["where"] == {"axis": ["horizontal"]}
+    index = json.loads((dirs / "index.json").read_text())
+    assert [e["layer"] for e in index] == [0, 1, 2]
+    d = load_direction(dirs / index[1]["path"], expect_model="tiny", expect_site="lm.resid",
+                       expect_width=8, expect_layer=1)
+    assert d.cv_accuracy == pytest.approx(float(obj[obj["layer"] == 1]["accuracy"].iloc[0]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layers", "7"], "layer(s) [7] not in the store"),
+    (["--layers", "x"], "cannot read 'x'"),
+    (["--model", "qwen"], "qwen"),
+    (["--roles", "object", "--label", "ordnal"], "every (layer, role) cell failed"),
+    (["--where", "axis"], "not key=value"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(store, tmp_path, args, message):
+    out = tmp_path / "out"
+    base = ["probe", "--store", store, "--model", "tiny", "--site", "lm.resid",
+            "--scheduler", "serial", "--out", str(out)]
+    # later options override earlier ones (click keeps the last value)
+    r = CliRunner().invoke(spatialbind, base + args)
+    assert r.exit_code == 1, r.output
+    err = r.output.strip().splitlines()
+    assert err[-1].startswith("Error: ") and message in err[-1], r.output
+    assert "Traceback" not in r.output
+    assert not out.exists()
