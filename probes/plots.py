@@ -71,6 +71,8 @@ def plot_accuracy_lines(table: pd.DataFrame, path) -> Path:
     if len(ok):
         ax.axhline(ok["chance"].mean(), color="0.5", lw=0.8, label="majority class")
     ax.set_ylim(0, 1.02)
+    layers = sorted(table["layer"].unique())
+    ax.set_xticks(layers, [str(x) for x in layers])
     ax.set_xlabel("layer")
     ax.set_ylabel("held-out accuracy")
     ax.legend(fontsize=6, ncol=2, loc="lower right")
