@@ -20,7 +20,7 @@ def organism() -> None:
                    "must be written into vision-token content.")
 @click.option("--task", type=click.Choice(["squares", "shapes"]), default="squares",
               show_default=True, help="Stimulus task.")
-@click.option("--steps", type=int, default=None, help="Optimiser steps (default: 1800 lm, 2000 vision).")
+@click.option("--steps", type=int, default=None, help="Optimiser steps (default: 1500).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--vision-depth", type=int, default=None, help="Vision blocks (default 2 lm, 3 vision).")
@@ -34,13 +34,13 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, batch, eval
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import organisms as org
 
-    defaults = org.mechanism_defaults(mechanism)
+    defaults = org.mechanism_defaults(mechanism, arch)
     cfg = org.OrganismConfig(
         arch=arch, mechanism=mechanism, task=task, seed=seed, threads=threads,
         steps=steps if steps is not None else defaults["steps"],
         vision_depth=vision_depth if vision_depth is not None else defaults["vision_depth"],
         batch=batch, eval_every=eval_every, eval_items=64)
-    res = org.train(cfg, out=out)
+    res = org.train(cfg, out=out, final_eval_items=384)
     if probe:
         from .organism_probe import mechanism_report
         rep = mechanism_report(res.model, res.processor, cfg=cfg)

@@ -4,7 +4,8 @@ Two measurements, both cheap (well under a minute on one CPU thread):
 
 - :func:`slot_probe`: a StandardScaler + LogisticRegression probe for the ordinal slot
   (left/middle/right, or top/middle/bottom) of each object token in the *projector output*
-  (``visual.merger``, the image tokens the LM receives). Fitted on images with training colour
+  (Qwen2-VL ``visual.merger``, Gemma-3 ``multi_modal_projector``: the image tokens the LM
+  receives). Fitted on images with training colour
   triples, tested on images with held-out triples, per axis. Controls: the same architecture at
   its initial weights (same seed), and a position-only baseline (one-hot row and column of the
   token). A vision-side organism scores >= 0.9; an LM-side one near chance (1/3).
@@ -35,14 +36,12 @@ def projector_tokens(model, batcher, items) -> tuple[np.ndarray, np.ndarray, np.
 
     feats, slots, pos = [], [], []
     g = batcher.grid
+    from .organism_build import image_tokens
+
     with torch.no_grad():
         for i in range(0, len(items), 64):
             chunk = items[i:i + 64]
-            img = od.render(chunk, n=g, normalise=od.QWEN_NORM)
-            pv, thw = od.qwen_pixels(img)
-            out = model.model.visual(pv, grid_thw=thw)
-            z = out.pooler_output if hasattr(out, "pooler_output") else out
-            z = z.reshape(len(chunk), g * g, -1).numpy()
+            z = image_tokens(model, batcher(chunk)).numpy()
             for b, it in enumerate(chunk):
                 for slot in range(3):
                     for r, c in it.layout.cells(slot):
@@ -142,9 +141,9 @@ def mechanism_report(model, processor, *, cfg, n_images: int = 300) -> dict:
     Returns
     -------
     dict
-        ``{"probe": ..., "shuffle": ..., "summary": {...}}``; ``summary["emerged"]`` is
-        ``"vision"`` when the projector probe reaches 0.9 on held-out triples, ``"lm"`` when it
-        stays within 0.15 of chance, else ``"mixed"``.
+        ``{"probe": ..., "shuffle": ..., "summary": {...}}``; ``summary["vision_ordering"]`` is
+        ``"yes"`` when the projector probe reaches 0.9 on held-out triples, ``"no"`` when it
+        stays within 0.15 of chance (ordering, if any, is computed in the LM), else ``"partial"``.
     """
     import torch
 
@@ -158,9 +157,9 @@ def mechanism_report(model, processor, *, cfg, n_images: int = 300) -> dict:
     probe = slot_probe(model, batcher, splits, n_images=n_images, init_model=init_model)
     shuf = shuffle_test(model, batcher, splits)
     t = probe["mean_test"]["trained"]
-    emerged = "vision" if t >= 0.9 else ("lm" if t <= CHANCE + 0.15 else "mixed")
+    emerged = "yes" if t >= 0.9 else ("no" if t <= CHANCE + 0.15 else "partial")
     summary = {"probe_projector_slot": t, "probe_init_control": probe["mean_test"].get("init"),
                "probe_position_only": probe["mean_test"]["position_only"],
                "accuracy_raster": shuf["raster"], "accuracy_shuffled_tokens": shuf["shuffled"],
-               "emerged": emerged}
+               "vision_ordering": emerged}
     return {"probe": probe, "shuffle": shuf, "summary": summary}

@@ -39,14 +39,6 @@ class OrganismError(VLMError):
     """Bad organism configuration or output directory."""
 
 
-QWEN_TEMPLATE = (
-    "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
-    "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}"
-    "{%- for c in message['content'] -%}"
-    "{%- if c['type'] == 'image' or 'image' in c -%}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif c['type'] == 'text' -%}{{ c['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}{%- endif -%}{%- endfor -%}")
-
 ARCHS = ("qwen2-vl", "gemma-3")
 MECHANISMS = ("lm", "vision")
 TASKS = ("squares",)
@@ -97,7 +89,8 @@ class OrganismConfig:
     rope_theta: float | None = None
     """LM rotary base; default 20 (``lm``) or 1e4 (``vision``)."""
     mrope_section: tuple[int, int, int] | None = None
-    """Qwen2-VL M-RoPE split; default [2,7,7] (``lm``) or [16,0,0] (``vision``)."""
+    """Qwen2-VL M-RoPE split; default [2,7,7] (``lm``) or [16,0,0] (``vision``). Gemma-3
+    ``vision`` organisms use linear rotary scaling by 1e9 instead (all phases equal)."""
     shuffle_image_tokens: bool | None = None
     """Shuffle image tokens at the LM input during training; default on for ``vision``."""
 
@@ -120,13 +113,16 @@ class OrganismConfig:
         _check(self.lm_dim % self.lm_heads == 0 and self.vision_dim % self.vision_heads == 0,
                "'lm_dim'/'vision_dim' must be divisible by 'lm_heads'/'vision_heads'.")
         sec = self.resolved_mrope_section()
-        _check(sum(sec) * 2 == self.lm_dim // self.lm_heads, f"'mrope_section' {list(sec)} must "
-               f"sum to head_dim/2 = {self.lm_dim // self.lm_heads // 2}.")
+        _check(self.arch != "qwen2-vl" or sum(sec) * 2 == self.lm_dim // self.lm_heads,
+               f"'mrope_section' {list(sec)} must sum to head_dim/2 = "
+               f"{self.lm_dim // self.lm_heads // 2}.")
+        _check(self.arch != "gemma-3" or self.mrope_section is None,
+               "'mrope_section' is a Qwen2-VL setting; leave it unset for arch 'gemma-3'.")
 
     def resolved_rope_theta(self) -> float:
         if self.rope_theta is not None:
             return float(self.rope_theta)
-        return 20.0 if self.mechanism == "lm" else 1e4
+        return 20.0 if (self.mechanism == "lm" and self.arch == "qwen2-vl") else 1e4
 
     def resolved_mrope_section(self) -> tuple[int, int, int]:
         if self.mrope_section is not None:
@@ -139,7 +135,8 @@ class OrganismConfig:
     def resolved_shuffle(self) -> bool:
         if self.shuffle_image_tokens is not None:
             return bool(self.shuffle_image_tokens)
-        return self.mechanism == "vision"
+        # Gemma-3 image tokens attend bidirectionally: their order cannot leak causally
+        return self.mechanism == "vision" and self.arch == "qwen2-vl"
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -149,150 +146,9 @@ class OrganismConfig:
         return d
 
 
-# ----------------------------------------------------------------------------- building
-
-def image_only_processor_class():
-    """An image-only ``Qwen2VLProcessor`` (no torchvision video processor needed).
-
-    Saved as ``Qwen2VLProcessor`` so that ``AutoProcessor`` loads it where torchvision exists.
-    """
-    from transformers import Qwen2VLProcessor
-    from transformers.processing_utils import ProcessorMixin
-
-    class OrganismQwen2VLProcessor(Qwen2VLProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token = "<|image_pad|>"
-            self.video_token = "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-        @classmethod
-        def get_attributes(cls):
-            return ["image_processor", "tokenizer"]
-
-        def to_dict(self):
-            d = super().to_dict()
-            d["processor_class"] = "Qwen2VLProcessor"
-            return d
-
-    return OrganismQwen2VLProcessor
-
-
-def build(cfg: OrganismConfig):
-    """Build the fresh model, tokenizer and processor of an organism (seeded by ``cfg.seed``).
-
-    Returns
-    -------
-    (model, processor)
-    """
-    import torch
-
-    torch.manual_seed(cfg.seed)
-    tok = od.word_tokenizer(cfg.arch)
-    if cfg.arch != "qwen2-vl":
-        raise OrganismError("arch 'gemma-3' organisms are not implemented yet; use --arch qwen2-vl")
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
-
-    ids = {t: tok.convert_tokens_to_ids(t) for t in od.QWEN_SPECIAL}
-    mcfg = Qwen2VLConfig(
-        vision_config=dict(depth=cfg.vision_depth, embed_dim=cfg.vision_dim,
-                           num_heads=cfg.vision_heads, hidden_size=cfg.lm_dim, mlp_ratio=4,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-        text_config=dict(vocab_size=len(tok), hidden_size=cfg.lm_dim,
-                         intermediate_size=2 * cfg.lm_dim, num_hidden_layers=cfg.lm_layers,
-                         num_attention_heads=cfg.lm_heads, num_key_value_heads=max(1, cfg.lm_heads // 2),
-                         tie_word_embeddings=False, max_position_embeddings=1024,
-                         rope_parameters=dict(rope_type="default", rope_theta=cfg.resolved_rope_theta(),
-                                              mrope_section=list(cfg.resolved_mrope_section())),
-                         bos_token_id=None, eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False)
-    model = Qwen2VLForConditionalGeneration(mcfg)
-    side = cfg.grid * 28
-    ip = Qwen2VLImageProcessorPil(min_pixels=side * side, max_pixels=side * side)
-    proc = image_only_processor_class()(image_processor=ip, tokenizer=tok,
-                                        chat_template=QWEN_TEMPLATE)
-    return model, proc
-
-
-def paper_messages(text: str) -> list[dict]:
-    """The paper's chat (system + user image + question), as the toolkit formats it."""
-    return [{"role": "system", "content": [{"type": "text", "text":
-             "You are a helpful assistant. You respond in one token."}]},
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-
-
-class Batcher:
-    """Turns :class:`~vlms.organism_data.Item` lists into model inputs (cached prompt ids).
-
-    Prompt token ids come from the organism's own processor and chat template on the paper's
-    messages, so training sees exactly what the toolkit's E1 evaluation feeds the model.
-    """
-
-    def __init__(self, proc, grid: int):
-        self.proc = proc
-        self.grid = grid
-        self.tok = proc.tokenizer
-        self._ids: dict[str, list[int]] = {}
-
-    def prompt_ids(self, text: str) -> list[int]:
-        if text not in self._ids:
-            from PIL import Image
-            chat = self.proc.apply_chat_template(paper_messages(text), add_generation_prompt=True,
-                                                 tokenize=False)
-            white = Image.new("RGB", (self.grid * 28, self.grid * 28), "white")
-            enc = self.proc(text=[chat], images=[white], return_tensors="pt")
-            self._ids[text] = enc["input_ids"][0].tolist()
-        return self._ids[text]
-
-    def answer_ids(self, items) -> "torch.Tensor":
-        import torch
-        return torch.tensor([self.tok.convert_tokens_to_ids(it.answer) for it in items])
-
-    def __call__(self, items, *, jitter: int = 0, rng=None) -> dict:
-        import torch
-        seqs = [self.prompt_ids(it.text) for it in items]
-        width = max(map(len, seqs))
-        pad = self.tok.pad_token_id
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        att = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, width - len(s):] = torch.tensor(s)
-            att[i, width - len(s):] = 1
-        img = od.render(items, n=self.grid, jitter=jitter, rng=rng, normalise=od.QWEN_NORM)
-        pv, thw = od.qwen_pixels(img)
-        mm = (ids == self.proc.image_token_id).long()
-        return dict(input_ids=ids, attention_mask=att, pixel_values=pv, image_grid_thw=thw,
-                    mm_token_type_ids=mm)
-
-
-def last_logits(model, inputs: dict):
-    """Logits of the next token after the prompt, ``(B, vocab)``."""
-    return model(**inputs, logits_to_keep=1).logits[:, -1]
-
-
-class ShuffleImageTokens:
-    """Forward hook on ``visual.merger``: permute each image's tokens (same rotary phase for all
-    image tokens under ``mrope_section=[h,0,0]``, so this permutes them at the LM input)."""
-
-    def __init__(self, tokens_per_image: int, seed: int = 0):
-        import torch
-        self.n = tokens_per_image
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __call__(self, module, args, out):
-        import torch
-        x = out
-        k = x.shape[0] // self.n
-        perm = torch.stack([torch.randperm(self.n, generator=self.gen) for _ in range(k)])
-        perm = (perm + torch.arange(k)[:, None] * self.n).reshape(-1)
-        return x[perm]
-
-    def attach(self, model):
-        return model.model.visual.merger.register_forward_hook(self)
+from .organism_build import (  # noqa: E402,F401  (re-exported: the organism API)
+    GEMMA_TEMPLATE, QWEN_TEMPLATE, Batcher, ShuffleImageTokens, build, image_only_processor_class,
+    image_tokens, last_logits, paper_messages, projector_module)
 
 
 def accuracy(model, batcher: Batcher, items, *, batch: int = 128, shuffle_seed: int | None = None
@@ -456,6 +312,81 @@ def save(model, proc, out: str | Path, log: dict) -> None:
     proc.save_pretrained(out)
     _write_json(out / "train_log.json", log)
     plot_curve(log, out / "curve.png")
+    write_readme(out, log)
+
+
+def command_line(cfg: dict, out: str) -> str:
+    """The ``spatialbind organism train`` command that reproduces a config (as saved)."""
+    d = mechanism_defaults(cfg["mechanism"], cfg["arch"])
+    parts = ["spatialbind organism train", f"--arch {cfg['arch']}", f"--mechanism {cfg['mechanism']}",
+             f"--task {cfg['task']}", f"--steps {cfg['steps']}", f"--seed {cfg['seed']}",
+             f"--threads {cfg['threads']}", f"--batch {cfg['batch']}",
+             f"--eval-every {cfg['eval_every']}"]
+    if cfg["vision_depth"] != d["vision_depth"]:
+        parts.append(f"--vision-depth {cfg['vision_depth']}")
+    return " ".join(parts + [f"--out {out}"])
+
+
+_CLASS = {"qwen2-vl": "Qwen2VLForConditionalGeneration",
+          "gemma-3": "Gemma3ForConditionalGeneration"}
+
+
+def _rope_text(c: dict) -> str:
+    r = c["resolved"]
+    if c["arch"] == "qwen2-vl":
+        return f"`rope_theta={r['rope_theta']}`, `mrope_section={r['mrope_section']}`"
+    if c["mechanism"] == "vision":
+        return f"`rope_theta={r['rope_theta']}` with linear scaling by 1e9 (no positions)"
+    return f"`rope_theta={r['rope_theta']}` (1-D positions over the raster order)"
+
+
+def write_readme(out: str | Path, log: dict) -> None:
+    """``README.md`` of a saved organism: what it is, how to reproduce it, its numbers."""
+    out = Path(out)
+    c = log["config"]
+    r = c["resolved"]
+    f = log.get("final", {})
+    lines = [f"# {out.name}: {c['arch']} organism, mechanism `{c['mechanism']}`", "",
+             f"A small `{_CLASS[c['arch']]}` (real transformers class) trained from "
+             "scratch on the paper's Squares task by `spatialbind organism train` "
+             f"({log.get('n_params', 0) / 1e6:.2f} M parameters; {c['grid']}x{c['grid']} image "
+             f"tokens = {28 * c['grid']} px canvas, squares of 1-2 tokens, gaps of 1-2 tokens).", "",
+             f"- LM rotary: {_rope_text(c)}; image tokens shuffled at the LM input during "
+             f"training: {r['shuffle_image_tokens']}.",
+             "- Load: `AutoModelForImageTextToText.from_pretrained(DIR)` (model) and "
+             "`vlms.organisms.load(DIR)` (model, image-only processor, log).", "",
+             "## Reproduce", "", "```", command_line(c, f"vlms/organisms/{out.name}"), "```", "",
+             f"Training: {c['steps']} steps, {log.get('train_time_s', 0) / 60:.1f} min of training "
+             f"({log.get('wall_s', 0) / 60:.1f} min wall) on a shared 2-core CPU, "
+             f"{c['threads']} torch thread(s). Curve: `curve.png`; full history: `train_log.json`.",
+             "", "## Held-out accuracy (top-1 next token, exact paper colours)", "",
+             f"{log.get('final_eval_items', '')} items per set (`ht_canon`: all of them).", "",
+             "| set | meaning | accuracy |", "|---|---|---|"]
+    meaning = {"ht_canon": "held-out colour triples, canonical layouts",
+               "ht_rand": "held-out triples, training layouts",
+               "ht_hl": "held-out triples, held-out layouts",
+               "hl": "training triples, held-out layouts", "train": "training triples and layouts",
+               "heldout": "held-out triples pooled"}
+    for k, v in f.items():
+        lines.append(f"| `{k}` | {meaning.get(k, k)} | {v:.3f} |")
+    if "final_shuffled" in log:
+        lines += ["", f"With image tokens shuffled at the LM input: held-out "
+                  f"{log['final_shuffled']['heldout']:.3f}, held-out layouts "
+                  f"{log['final_shuffled']['hl']:.3f}."]
+    mc = log.get("mechanism_check")
+    if mc:
+        s = mc["summary"]
+        lines += ["", "## Which mechanism emerged?", "",
+                  "Ordinal-slot probe (StandardScaler + LogisticRegression) on the projector output "
+                  "(`visual.merger`) at object tokens, fitted on training triples, tested on held-out "
+                  "triples, mean over the two axes (chance 0.33):", "",
+                  f"- trained: **{s['probe_projector_slot']:.3f}**; same architecture at init "
+                  f"weights: {s['probe_init_control']:.3f}; position-only (one-hot row, column): "
+                  f"{s['probe_position_only']:.3f}",
+                  f"- accuracy with raster-order image tokens {s['accuracy_raster']:.3f}, with "
+                  f"shuffled image tokens {s['accuracy_shuffled_tokens']:.3f}",
+                  f"- vision-side ordering: **{s['vision_ordering']}**"]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
 def plot_curve(log: dict, path: str | Path) -> None:
@@ -502,12 +433,15 @@ def load(path: str | Path):
     _check((path / "config.json").exists(), f"{path}: no config.json; expected a directory "
            "written by 'spatialbind organism train'")
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=False).eval()
+    log = json.loads((path / "train_log.json").read_text()) if (path / "train_log.json").exists() else {}
+    if type(model).__name__.startswith("Gemma3"):
+        from transformers import AutoProcessor
+        return model, AutoProcessor.from_pretrained(path, trust_remote_code=False), log
     tok = AutoTokenizer.from_pretrained(path)
     ip = Qwen2VLImageProcessorPil.from_pretrained(path)
     tmpl = (path / "chat_template.jinja").read_text() if (path / "chat_template.jinja").exists() \
         else QWEN_TEMPLATE
     proc = image_only_processor_class()(image_processor=ip, tokenizer=tok, chat_template=tmpl)
-    log = json.loads((path / "train_log.json").read_text()) if (path / "train_log.json").exists() else {}
     return model, proc, log
 
 
@@ -522,14 +456,15 @@ def shipped(name: str) -> Path:
     return p
 
 
-def mechanism_defaults(mechanism: str) -> dict:
+def mechanism_defaults(mechanism: str, arch: str = "qwen2-vl") -> dict:
     """Default steps and vision depth of the shipped recipe for each mechanism."""
-    if mechanism == "vision":
-        return {"steps": 2000, "vision_depth": 3}
-    return {"steps": 1800, "vision_depth": 2}
+    if mechanism == "vision" and arch == "qwen2-vl":
+        return {"steps": 1500, "vision_depth": 3}
+    return {"steps": 1500, "vision_depth": 2}
 
 
 def save_log(out: str | Path, log: dict) -> None:
     """Rewrite ``train_log.json`` (and the curve) of a saved organism."""
     _write_json(Path(out) / "train_log.json", log)
     plot_curve(log, Path(out) / "curve.png")
+    write_readme(out, log)

@@ -123,6 +123,47 @@ def test_planted_rotary_phase(mech):
         assert len({tuple(r.tolist()) for r in txt}) == 5
 
 
+@pytest.mark.parametrize("mech", ["lm", "vision"])
+def test_planted_rotary_phase_gemma(mech):
+    """Gemma-3 vision: linear scaling 1e9 gives every position the same rotary phase."""
+    model, proc = org.build(_tiny(mech, arch="gemma-3"))
+    b = org.Batcher(proc, 8)
+    inp = b([od.Item(("red", "green", "blue"), od.canonical(8, "v"), "above")])
+    img = inp["input_ids"][0] == proc.tokenizer.convert_tokens_to_ids("<image_soft_token>")
+    assert int(img.sum()) == 64 and torch.equal(inp["token_type_ids"][0].bool(), img)
+    pos = torch.arange(inp["input_ids"].shape[1])[None]
+    rot = model.model.language_model.rotary_emb
+    for lt in set(model.config.text_config.layer_types):
+        cos, sin = rot(torch.zeros(1, 1, 1), pos, lt)
+        spread = (cos[0, img] - cos[0, img][:1]).abs().max()
+        assert (spread < 1e-6) == (mech == "vision"), (lt, float(spread))
+    # the zero-initialised Gemma-3 projector was re-initialised
+    assert model.model.multi_modal_projector.mm_input_projection_weight.abs().sum() > 0
+
+
+def test_gemma_training_smoke_and_roundtrip(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    cfg = _tiny("lm", arch="gemma-3", steps=20, eval_every=20)
+    res = org.train(cfg, out=tmp_path / "g", progress=False, final_eval_items=16)
+    assert res.log["history"][-1]["loss"] < 3.2
+    plain = AutoModelForImageTextToText.from_pretrained(tmp_path / "g").eval()
+    proc = AutoProcessor.from_pretrained(tmp_path / "g")
+    items = od.eval_items(od.make_splits(8), "hl", n=4)
+    b = org.Batcher(proc, 8)
+    with torch.no_grad():
+        assert torch.equal(org.last_logits(res.model.eval(), b(items)), org.last_logits(plain, b(items)))
+    # the processor on a PNG of the canvas gives the training inputs
+    from PIL import Image
+    pil = Image.fromarray(od.render(items[:1])[0].permute(1, 2, 0).numpy())
+    chat = proc.apply_chat_template(org.paper_messages(items[0].text), add_generation_prompt=True,
+                                    tokenize=False)
+    enc = proc(text=[chat], images=[pil], return_tensors="pt")
+    mine = b(items[:1])
+    assert enc["input_ids"].tolist() == mine["input_ids"].tolist()
+    assert torch.equal(enc["pixel_values"], mine["pixel_values"])
+
+
 def test_config_validation_errors():
     with pytest.raises(org.OrganismError, match="task"):
         org.OrganismConfig(task="shapes")
@@ -155,6 +196,18 @@ def test_training_smoke_and_roundtrip(tmp_path):
         b = org.last_logits(plain, inp)
     assert torch.equal(a, b)
     assert log2["config"]["mechanism"] == "vision"
+    # the toolkit's adapter formats the paper's prompt into exactly the training inputs
+    from PIL import Image
+
+    from vlms.registry import load_adapter
+
+    ad = load_adapter(str(tmp_path / "o"))
+    it = items[0]
+    pil = Image.fromarray(od.render([it])[0].permute(1, 2, 0).numpy())
+    got = ad.prepare([pil], [it.text], system="You are a helpful assistant. You respond in one token.")
+    mine = org.Batcher(p2, 8)([it])
+    assert got.inputs["input_ids"].tolist() == mine["input_ids"].tolist()
+    assert torch.equal(got.inputs["pixel_values"], mine["pixel_values"])
     with pytest.raises(org.OrganismError, match="already holds"):
         org.train(cfg, out=tmp_path / "o", progress=False)
     assert (tmp_path / "o" / "model.safetensors").stat().st_size > 0
