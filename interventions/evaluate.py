@@ -322,8 +322,9 @@ def next_token(adapter, images, prompts: Sequence[str], options: Sequence[Sequen
     """Option log-probs and the decoded top-1 token from *one* forward pass per batch.
 
     Option scores follow :func:`vlms.scoring.score_options` (max over case / leading-space
-    variants of each option's first token); adapters without ``prepare``/``run`` (test doubles)
-    are asked ``score_options`` and ``top1`` separately.
+    variants of each option's first token) except that first tokens shared by several options
+    are ignored (:func:`distinct_option_ids`); adapters without ``prepare``/``run`` (test
+    doubles) are asked ``score_options`` and ``top1`` separately.
     """
     if not (hasattr(adapter, "prepare") and hasattr(adapter, "run")):
         with_opts = [k for k, o in enumerate(options) if o]
@@ -338,15 +339,44 @@ def next_token(adapter, images, prompts: Sequence[str], options: Sequence[Sequen
         return scores, list(adapter.top1(images, list(prompts), system=system))
     import torch
 
-    from vlms.scoring import option_token_ids
-
     batch = adapter.prepare(images, list(prompts), system=system)
     out = adapter.run(batch, logits_to_keep=1)
     logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu().numpy()
     tops = [adapter.tokenizer.decode([int(t)]) for t in logp.argmax(-1)]
-    scores = [np.array([row[option_token_ids(adapter.tokenizer, o)].max() for o in opts],
+    scores = [np.array([row[ids].max() for ids in distinct_option_ids(adapter.tokenizer, opts)],
                        dtype=np.float64) for row, opts in zip(logp, options)]
     return scores, tops
+
+
+def distinct_option_ids(tokenizer, options: Sequence[str]) -> list[list[int]]:
+    """First-token ids of each option's case / leading-space variants, minus shared ones.
+
+    A variant such as `` Left`` may start with a bare-space token that `` Right`` starts with
+    too; scoring both options by that token would tie them and the argmax would always pick the
+    first-listed option (a bias the two-option protocol would read as an order effect). Ids
+    that start variants of more than one option are therefore dropped.
+
+    Raises
+    ------
+    EvaluationError
+        When an option keeps no id of its own (its first tokens all belong to others too).
+    """
+    if not options:
+        return []
+    from vlms.scoring import option_token_ids
+
+    per = [option_token_ids(tokenizer, o) for o in options]
+    count: dict[int, int] = {}
+    for ids in per:
+        for t in set(ids):
+            count[t] = count.get(t, 0) + 1
+    out = [[t for t in ids if count[t] == 1] for ids in per]
+    for o, ids in zip(options, out):
+        if not ids:
+            raise EvaluationError(f"option {o!r} shares every first token with another option "
+                                  f"of {list(options)}; next-token scoring cannot tell them "
+                                  "apart: use other option words or --protocol caption")
+    return out
 
 
 def score_queries(adapter, items: Sequence[EvalItem], queries: Sequence[Query], *,

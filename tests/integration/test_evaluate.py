@@ -22,6 +22,26 @@ pytest.importorskip("transformers")
 FIX = Path(__file__).parents[1] / "fixtures" / "whatsup"
 
 
+def _oracle_option_scores(adapter, img, prompt, options, system=None):
+    """Hand recomputation: one forward, log-softmax at the last position, and per option the
+    max over the first tokens of its case / leading-space variants that no other option shares."""
+    import torch
+
+    batch = adapter.prepare([img], [prompt], system=system)
+    logp = torch.log_softmax(adapter.run(batch).logits[0, -1].float(), -1).numpy()
+    firsts = []
+    for o in options:
+        forms = {f for c in (o, o.lower(), o.capitalize(), o.upper(), o.title())
+                 for f in (c, " " + c)}
+        firsts.append({adapter.tokenizer(f, add_special_tokens=False)["input_ids"][0]
+                       for f in forms})
+    out = []
+    for k, ids in enumerate(firsts):
+        others = set().union(*(f for j, f in enumerate(firsts) if j != k))
+        out.append(max(logp[t] for t in ids - others))
+    return np.array(out)
+
+
 @pytest.fixture(scope="module")
 def adapter():
     import torch
@@ -66,8 +86,9 @@ def test_cli_two_option_on_whatsup_fixture_matches_adapter(tmp_path, adapter):
     for k in (0, 5):  # recompute two rows directly (the CLI built its own tiny model)
         img = Image.open(FIX / "val2017" / f"{json.loads(df.loc[k, 'factors'])['image_id']:012d}"
                          ".jpg").convert("RGB")
-        direct = adapter.score_options([img], [df.loc[k, "prompt"]], [list(df.loc[k, "options"])])
-        np.testing.assert_allclose(df.loc[k, "scores"], direct[0], rtol=1e-4, atol=1e-4)
+        direct = _oracle_option_scores(adapter, img, df.loc[k, "prompt"],
+                                       list(df.loc[k, "options"]))
+        np.testing.assert_allclose(df.loc[k, "scores"], direct, rtol=1e-4, atol=1e-4)
     strict = df.groupby("id")["correct"].all()
     s = pd.read_csv(out / "summary.csv")
     assert s.loc[s.group == "all", "accuracy"].item() == pytest.approx(strict.mean())
@@ -100,7 +121,7 @@ def test_completion_protocol_on_generated_flat_dataset(tmp_path, adapter):
         assert df.loc[k, "top1"] == top
         norm = "".join(ch for ch in top.lower() if ch.isascii() and ch.isalnum())
         assert bool(df.loc[k, "correct"]) == (norm == p.answer)
-        direct = adapter.score_options([img], [p.text], [list(p.options)], system=p.system)[0]
+        direct = _oracle_option_scores(adapter, img, p.text, list(p.options), p.system)
         np.testing.assert_allclose(df.loc[k, "scores"], direct, rtol=1e-4, atol=1e-4)
         e = np.exp(direct - direct.max())
         assert df.loc[k, "p_answer"] == pytest.approx(
@@ -119,3 +140,17 @@ def test_whatsup_imported_dataset_directory_evaluates_like_the_release(tmp_path,
     np.testing.assert_allclose(np.stack(a.predictions["scores"]), np.stack(b.predictions["scores"]),
                                rtol=1e-5, atol=1e-5)
     assert list(a.predictions["source_path"]) == [f"vg_images/{i}.jpg" for i in (1, 2, 3, 3)]
+
+
+def test_shared_first_tokens_do_not_tie_options(adapter):
+    """' Left' and ' Right' both start with a bare-space token in the tiny tokenizer: that id
+    must not score either option (it would tie them and favour the first-listed one)."""
+    from interventions.evaluate import distinct_option_ids
+    from vlms.scoring import option_token_ids
+
+    tok = adapter.tokenizer
+    shared = set(option_token_ids(tok, "left")) & set(option_token_ids(tok, "right"))
+    assert shared  # the situation exists in this tokenizer
+    ids = distinct_option_ids(tok, ["left", "right"])
+    assert not (set(ids[0]) | set(ids[1])) & shared
+    assert set(ids[0]) == set(option_token_ids(tok, "left")) - shared
