@@ -104,13 +104,15 @@ def test_completion_protocol_on_generated_flat_dataset(tmp_path, adapter):
     from scenegen.presets import preset_config
 
     data = tmp_path / "flat"
-    generate(preset_config("squares-qwen2-vl", n=3, twins=[]), data, progress=False)
+    generate(preset_config("squares-qwen2-vl", n=3, twins=["swap"]), data, progress=False)
     cfg = EvalConfig(model="tiny-qwen2-vl", data=str(data), batch_size=2)
     res = evaluate(cfg, out=tmp_path / "ev3", adapter=adapter, progress=False)
     df = pd.read_parquet(tmp_path / "ev3" / "predictions.parquet")
     assert res.protocol == "completion" and len(df) == 3
     assert set(df["prompt_kind"]) == {"completion"}
     ds = read_dataset(data)
+    assert list(df["id"]) == [s.id for s in ds.base()]  # E1 asks the base stimuli, not twins
+    assert len(ds) > len(ds.base())
     for k in (0, 2):
         stim = ds[df.loc[k, "id"]]
         (p,) = [p for p in stim.prompts if p.kind == "completion"]
