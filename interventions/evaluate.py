@@ -120,8 +120,6 @@ def load_items(data: str, *, limit: int | None = None,
 
     For ``whatsup:ROOT`` without a subset, every subset whose annotation file is under ROOT.
     """
-    from PIL import Image
-
     kind, where, subset = parse_data(data)
     if kind == "dir":
         from scenegen import read_dataset
@@ -138,6 +136,9 @@ def load_items(data: str, *, limit: int | None = None,
     from scenegen.importers.whatsup import SUBSETS, WhatsUpError, import_whatsup
 
     root = Path(where)
+    if not root.is_dir():
+        raise WhatsUpError(f"What'sUp root {root} is not a directory; pass the folder holding "
+                           "the release's JSON files and image folders (whatsup:ROOT[:SUBSET])")
     if subset is None:
         subs = [n for n, sp in SUBSETS.items()
                 if (root / sp.json_name).is_file() or (root / "data" / sp.json_name).is_file()]
@@ -151,9 +152,16 @@ def load_items(data: str, *, limit: int | None = None,
     for sub in subs:
         for stim, path in import_whatsup(root, sub, coco_annotations=coco_annotations,
                                          limit=limit, progress=False):
-            items.append(EvalItem(stim, (lambda p=path: Image.open(p).convert("RGB")),
+            items.append(EvalItem(stim, (lambda p=path: _open_rgb(p)),
                                   stim.factors.get("source", "")))
     return items
+
+
+def _open_rgb(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
 
 
 # --------------------------------------------------------------------------- queries

@@ -213,6 +213,8 @@ def test_output_folder_guard(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--data", "whatsup:/nonexistent/root:COCO_QA_two_obj"], "is not a directory"),
+    (["--data", "whatsup:/nonexistent/root"], "is not a directory"),
+    (["--data", f"whatsup:{FIX}", "--protocol", "completion"], "has no text prompt"),
     (["--data", f"whatsup:{FIX}:Controled_Images_A"], "Did you mean 'Controlled_Images_A'"),
     (["--data", "/nonexistent/dataset"], "is not a spatialbind dataset"),
 ])
