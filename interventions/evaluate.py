@@ -10,7 +10,8 @@ Protocols
 ``caption``
     What'sUp's original scoring: every caption option is scored by its log-likelihood given the
     image (``adapter.caption_logprob``); the argmax must be the correct caption (option 0 in the
-    release). Controlled A/B also get the original pair and set accuracy.
+    release). Controlled A/B also get the original pair and set accuracy. On generated datasets
+    the choice / yes-no prompts are scored this way (each option as the whole answer).
 ``two-option``
     The dual-mechanisms paper's variant: a two-option question (the true relation and its
     opposite) asked in both option orders, scored by the next-token log-probabilities of the two
@@ -182,16 +183,28 @@ class Query:
 
 
 def caption_queries(i: int, stim) -> list[Query]:
-    """The caption-scoring question of an item (its ``choice`` prompt with empty text)."""
-    for p in stim.prompts:
-        if p.kind == "choice" and not p.text and len(p.options) >= 2:
-            if p.answer not in p.options:
-                raise EvaluationError(f"stimulus {stim.id}: caption answer {p.answer!r} is not "
-                                      "among its options; fix the dataset")
-            return [Query(i, "caption", "", tuple(p.options), p.answer)]
-    raise EvaluationError(f"stimulus {stim.id} has no caption options (a 'choice' prompt with "
-                          "empty text), so the caption protocol cannot score it; use "
-                          "--protocol completion or two-option")
+    """The caption-scoring questions of an item.
+
+    What'sUp items carry one ``choice`` prompt with empty text: its options are captions scored
+    given the image alone. Generated stimuli's ``choice`` / ``yesno`` prompts with text are
+    scored the same way, each option as the whole answer to the prompt (all its tokens).
+    """
+    caps = [p for p in stim.prompts if p.kind == "choice" and not p.text and len(p.options) >= 2]
+    chosen = caps[:1] or [p for p in stim.prompts
+                          if p.kind in ("choice", "yesno") and p.text and len(p.options) >= 2]
+    if not chosen:
+        raise EvaluationError(f"stimulus {stim.id} has no caption or choice options, so the "
+                              "caption protocol cannot score it; use --protocol completion or "
+                              "two-option")
+    out = []
+    for p in chosen:
+        if p.answer not in p.options:
+            raise EvaluationError(f"stimulus {stim.id}: answer {p.answer!r} is not among its "
+                                  f"options {list(p.options)}; fix the dataset")
+        k = stim.prompts.index(p)
+        out.append(Query(i, "caption", p.text, tuple(p.options), p.answer,
+                         "" if not p.text else f"p{k}", p.system))
+    return out
 
 
 _PAIR_ORDER = {"horizontal": ("left", "right"), "vertical": ("above", "below"),
@@ -420,8 +433,10 @@ def score_queries(adapter, items: Sequence[EvalItem], queries: Sequence[Query], 
 def _score_chunk(adapter, kind: str, system, images, chunk: Sequence[Query]) -> list[dict]:
     scores: list[np.ndarray | None] = [None] * len(chunk)
     if kind == "caption":
+        prompts = [q.prompt for q in chunk]
+        kw = {"prompts": prompts, "system": system} if any(prompts) else {}
         scores = list(adapter.caption_logprob(images, [list(q.options) for q in chunk],
-                                              batch_size=len(chunk)))
+                                              batch_size=len(chunk), **kw))
         tops: list[str | None] = [None] * len(chunk)
     else:
         got, tops = next_token(adapter, images, [q.prompt for q in chunk],

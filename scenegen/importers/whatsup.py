@@ -25,7 +25,9 @@ Accepted layouts under the user's ROOT (annotation files in ``ROOT/`` or ``ROOT/
   subset, whatever directory the JSON names);
 - everything flat: ``ROOT/<file>``.
 
-A JSON path that is absolute or contains ``..`` is refused (it would read outside ROOT).
+A JSON path that is absolute or contains ``..`` is refused (it would read outside ROOT); the
+check is lexical, so symbolic links inside ROOT (e.g. ``val2017`` linked to a shared COCO copy)
+are followed.
 
 Relations are labelled as the original code does (``factors["preposition"]``: Controlled A from
 the file name ``left_of``/``right_of``/``_on_``/else ``under``; B ``left_of``/``right_of``/

@@ -129,6 +129,15 @@ def test_completion_protocol_on_generated_flat_dataset(tmp_path, adapter):
         assert df.loc[k, "p_answer"] == pytest.approx(
             (e / e.sum())[list(p.options).index(p.answer)], rel=1e-5)
     assert set(res.summary["group"]) >= {"all", "task", "relation", "axis"}
+    # the caption protocol on the same data scores each choice / yes-no option as the answer
+    cap = evaluate(EvalConfig(model="tiny-qwen2-vl", data=str(data), protocol="caption"),
+                   adapter=adapter, progress=False).predictions
+    assert set(cap["prompt_kind"]) == {"choice", "yesno"} and len(cap) == 6
+    stim = ds[cap.loc[1, "id"]]
+    p = next(p for p in stim.prompts if p.text == cap.loc[1, "prompt"])
+    direct = adapter.caption_logprob([ds.pil_image(stim)], [list(p.options)], prompts=[p.text],
+                                     system=p.system)[0]
+    np.testing.assert_allclose(cap.loc[1, "scores"], direct, rtol=1e-4, atol=1e-4)
 
 
 def test_whatsup_imported_dataset_directory_evaluates_like_the_release(tmp_path, adapter):

@@ -173,7 +173,7 @@ def test_completion_protocol_top1_and_answer_probability():
 
 def test_protocol_mismatch_and_bad_config():
     items = _flat_items()
-    with pytest.raises(EvaluationError, match="no caption options"):
+    with pytest.raises(EvaluationError, match="no caption or choice options"):
         build_queries(items, "caption")
     with pytest.raises(EvaluationError, match="'batch_size' parameter of EvalConfig"):
         EvalConfig(model="m", data="d", batch_size=0)
