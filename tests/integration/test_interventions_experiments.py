@@ -1,0 +1,169 @@
+"""E2 / E4 / E5 / E6 / E7 on the tiny vlms adapters and small generated flat datasets, each checked
+against an independent computation (the model's own runs, hooks installed by hand)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from interventions.ablation import (AblateConfig, SITE, ablation_edits, blank_acts, references,
+                                    run_e5)
+from interventions.amplify import AmplifyConfig, run_e7
+from interventions.hooks import Interchange, Patch, pairs, run
+from interventions.layout import crisscross_map
+from interventions.patching import PatchConfig, run_e2, run_e4, run_e6
+from interventions.stimuli import (base_items, option_ids, pick_prompt, prepare, slot_colors,
+                                   twin)
+from interventions.sweeps import option_probs, run_edits
+
+
+@pytest.fixture(scope="module")
+def qwen_setup(tmp_path_factory):
+    torch.set_num_threads(1)
+    from scenegen import read_dataset
+    from scenegen.generate import generate
+    from scenegen.presets import preset_config
+    from vlms.registry import load_adapter
+
+    out = tmp_path_factory.mktemp("ds") / "squares"
+    generate(preset_config("squares-qwen2-vl", n=6), out, progress=False)
+    return load_adapter("tiny-qwen2-vl"), read_dataset(out)
+
+
+@pytest.fixture(scope="module")
+def gemma_setup(tmp_path_factory):
+    torch.set_num_threads(1)
+    from scenegen import read_dataset
+    from scenegen.generate import generate
+    from scenegen.presets import preset_config
+    from vlms.registry import load_adapter
+
+    out = tmp_path_factory.mktemp("dsg") / "squares"
+    generate(preset_config("squares-gemma-3", n=1), out, progress=False)
+    return load_adapter("tiny-gemma-3"), read_dataset(out)
+
+
+def _check_e5_inputs(ad, ds):
+    stim = base_items(ds)[0]
+    prompt = pick_prompt(stim)
+    p = prepare(ad, ds, stim, prompt)
+    blank = blank_acts(ad, ds, prompt)
+    refs = references(ad, ds, stim, prompt, blank)
+    edits, sources, filled = ablation_edits(p, refs)
+    got = run_edits(ad, p.inputs, edits, sources=sources, capture=[SITE]).acts[SITE][0]
+    # every image token was replaced, each exactly once
+    touched = np.concatenate([e.tokens for e in edits])
+    assert sorted(touched) == sorted(p.layout.image_positions.tolist())
+    assert len(filled) == sum(len(p.layout.cells(f"object:{o}")) for o in p.layout.ordinals())
+    # entity tokens equal the isolated twins' tokens at the mapped positions
+    n_checked = 0
+    for e in edits:
+        if e.source == "blank":
+            ref = blank[1][SITE][0]
+        else:
+            ref = run(ad, sources[e.source].inputs, capture=[SITE]).acts[SITE][0]
+        assert torch.equal(got[list(e.tokens)], ref[list(e.source_tokens)])
+        n_checked += len(e.tokens)
+    assert n_checked == p.layout.n_image
+    # and the blank canvas run really is what the background took, cell for cell
+    bg = p.layout.cells("background")
+    assert len(bg) > 0
+    assert torch.equal(got[p.layout.image_positions[bg]],
+                       blank[1][SITE][0][blank[0].layout.image_positions[bg]])
+
+
+def test_e5_ablated_inputs_equal_reference_tokens_qwen(qwen_setup):
+    _check_e5_inputs(*qwen_setup)
+
+
+def test_e5_ablated_inputs_equal_reference_tokens_gemma(gemma_setup):
+    _check_e5_inputs(*gemma_setup)
+
+
+def _direct_e4(ad, ds, stim, layer, region):
+    prompt = pick_prompt(stim)
+    p = prepare(ad, ds, stim, prompt)
+    cf = prepare(ad, ds, twin(ds, stim, "crisscross"), prompt)
+    bpos, spos = crisscross_map(p.layout, cf.layout, region)
+    site = f"lm.resid.{layer}"
+    src = run(ad, cf.inputs, capture=[site]).acts[site][0, spos]
+    logits = run(ad, p.inputs, patches=[Patch(site=site, intervention=Interchange(),
+                                              index=pairs(0, bpos), source=src)]).logits[0, -1]
+    return option_probs(logits, option_ids(ad.tokenizer, slot_colors(stim)), normalize=True)
+
+
+@pytest.mark.parametrize("setup", ["qwen_setup", "gemma_setup"])
+def test_e4_rows_equal_direct_patched_runs(setup, request):
+    ad, ds = request.getfixturevalue(setup)
+    table, summary = run_e4(ad, ds, PatchConfig(experiment="e4", layers="0,2", limit=1,
+                                                batch_size=3), progress=False)
+    assert len(table) == 2 * 2  # layers x regions
+    stim = base_items(ds)[0]
+    for _, r in table.iterrows():
+        want = _direct_e4(ad, ds, stim, int(r["layer"]), r["region"])
+        got = np.array([r["p_slot0"], r["p_slot1"], r["p_slot2"]])
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert r["flip"] == (r["pred"] == r["cf_answer"])
+    # 1 base + 1 cached source + ceil(4 rows / 3) batched forwards; naive = 2 per row
+    assert summary["forwards"] == 2 + 2 and summary["naive_forwards"] == 8
+    assert {d["region"] for d in summary["by_layer"]} == {"object", "strip"}
+
+
+def test_e2_last_site_reproduces_counterfactual_run(qwen_setup):
+    ad, ds = qwen_setup
+    last = ad.n_lm_layers  # patching the final residual at the last token = the cf's logits
+    table, summary = run_e2(ad, ds, PatchConfig(experiment="e2", layers=f"0,{last}", limit=2),
+                            progress=False)
+    assert len(table) == 4 and set(table["layer"]) == {0, last}
+    for _, r in table[table["layer"] == last].iterrows():
+        other = ds[r["partner"]]
+        op = pick_prompt(other)
+        cf = prepare(ad, ds, other, op)
+        stim = ds[r["item"]]
+        opts = list(dict.fromkeys(slot_colors(stim) + slot_colors(other)))
+        want = option_probs(run(ad, cf.inputs).logits[0, -1], option_ids(ad.tokenizer, opts),
+                            normalize=True)
+        assert r["p_cf_answer"] == pytest.approx(want[opts.index(op.answer)], abs=1e-5)
+        assert r["p_answer"] == pytest.approx(want[opts.index(r["answer"])], abs=1e-5)
+        assert other.relation != stim.relation and other.axis == stim.axis
+    assert sum(summary["winners"][last].values()) == 2
+
+
+def test_e6_unpatched_row_is_e5_and_layers_flip_bookkeeping(qwen_setup):
+    ad, ds = qwen_setup
+    t6, s6 = run_e6(ad, ds, PatchConfig(experiment="e6", layers="0,1", limit=2), progress=False)
+    t5, s5 = run_e5(ad, ds, AblateConfig(limit=2), progress=False)
+    ab = t6[t6["layer"] == -1].set_index("item")
+    for _, r in t5.iterrows():
+        assert ab.loc[r["item"], "pred"] == r["ablated_pred"]
+        assert ab.loc[r["item"], "p_answer"] == pytest.approx(r["ablated_p_answer"], abs=1e-5)
+    assert s6["ablated_accuracy"] == pytest.approx(s5["ablated_accuracy"])
+    assert set(t6.loc[t6["layer"] >= 0, "region"]) == {"object"}
+    assert s5["chance"] == pytest.approx(1 / 3)
+
+
+def test_e7_alpha_zero_is_baseline_and_controls(qwen_setup):
+    ad, ds = qwen_setup
+    w = np.random.default_rng(0).standard_normal((2, ad.d_lm)).astype(np.float32)
+    table, summary = run_e7(ad, ds, {"horizontal": w, "vertical": w},
+                            AmplifyConfig(alphas=(0, 40), limit=3, prompt="choice"),
+                            progress=False)
+    assert len(table) == 3 * 2 * 2
+    for stim in base_items(ds, limit=3):
+        pr = pick_prompt(stim, "choice")
+        a, b = pr.options
+        ok = True
+        for text, opts in ((pr.text, [a, b]), (pr.text.replace(f"{a} or {b}", f"{b} or {a}"),
+                                                [b, a])):
+            import dataclasses
+            q = dataclasses.replace(pr, text=text, options=tuple(opts), spans={})
+            p = prepare(ad, ds, stim, q)
+            probs = option_probs(run(ad, p.inputs).logits[0, -1], option_ids(ad.tokenizer, opts))
+            ok &= opts[int(probs.argmax())] == pr.answer
+        for c in ("probe", "random"):
+            row = table[(table["item"] == stim.id) & (table["control"] == c)
+                        & (table["alpha"] == 0)]
+            assert bool(row["correct"].item()) == ok
+    labels = {s["selection"] for s in summary["selections"]}
+    assert labels == {"held-out alpha", "in-sample best alpha (paper's Probe)",
+                      "in-sample per-item oracle (paper's Probe*)"}
