@@ -50,6 +50,7 @@ class Direction:
     """The probe's classes, in order."""
     model: str
     site: str
+    """Full site name of the store vocabulary (``projector``, ``lm.resid.3``, ``vision.blocks.7``)."""
     layer: int
     role: str = "object"
     pool: str = "token"
@@ -136,7 +137,8 @@ def direction_from_result(result) -> Direction:
     cross-validated accuracy, CI, data hash and probe config as provenance."""
     m = result.meta
     return direction_from_pipeline(
-        result.pipeline, classes=result.classes, model=m.get("model", ""), site=m.get("site", ""),
+        result.pipeline, classes=result.classes, model=m.get("model", ""),
+        site=full_site(m.get("site", ""), m.get("layer", 0)),
         layer=m.get("layer", 0), role=m.get("role", ""), pool=m.get("pool", "token"),
         label=m.get("label", ""), data_hash=m.get("data_hash", ""), cv_accuracy=result.accuracy,
         cv_ci=tuple(result.ci), n_samples=len(result.pred), probe_config=result.config.to_dict(),
@@ -176,7 +178,8 @@ def load_direction(path, *, expect_model: str | None = None, expect_site: str | 
     path : str or Path
         The direction directory (or its ``direction.json``).
     expect_model, expect_site, expect_width, expect_layer : optional
-        What the caller will apply it to; any mismatch is an error.
+        What the caller will apply it to; any mismatch is an error. ``expect_site`` may be a full
+        site name (``lm.resid.3``: family and layer must match) or a family (``lm.resid``).
 
     Raises
     ------
@@ -200,7 +203,9 @@ def load_direction(path, *, expect_model: str | None = None, expect_site: str | 
     checks = (("model", expect_model), ("site", expect_site), ("width", expect_width),
               ("layer", expect_layer))
     for key, want in checks:
-        if want is not None and meta.get(key) != want:
+        same = (_site_matches(meta.get("site"), meta.get("layer"), want) if key == "site"
+                else meta.get(key) == want)
+        if want is not None and not same:
             raise DirectionError(
                 f"direction {path} was trained on {key} {meta.get(key)!r}, not {want!r} "
                 f"(model={meta.get('model')!r}, site={meta.get('site')!r}, layer={meta.get('layer')}, "
@@ -254,6 +259,31 @@ def axis_directions(store, *, model: str, site: str = "projector", layer: int = 
         d = direction_from_result(res)
         out[axis] = dataclasses.replace(d, extra={**d.extra, "axis": axis})
     return out
+
+
+def full_site(site: str, layer: int | None) -> str:
+    """The store vocabulary's full site name: ``("lm.resid", 3)`` -> ``"lm.resid.3"``,
+    ``("projector", 0)`` -> ``"projector"`` (a name that already carries its layer is kept)."""
+    from actstore.schema import parse_site, site_name
+
+    if not site:  # data built from plain arrays: no site to name
+        return site
+    family, lay = parse_site(site, None)
+    return site_name(family, lay if lay is not None else layer)
+
+
+def _site_matches(have: str | None, layer: int | None, want: str | None) -> bool:
+    """``want`` may be the full name (``lm.resid.3``) or just the family (``lm.resid``)."""
+    if want is None or have == want:
+        return True
+    from actstore.schema import parse_site
+
+    try:
+        fam_h, lay_h = parse_site(str(have))
+        fam_w, lay_w = parse_site(str(want))
+    except ValueError:
+        return False
+    return fam_h == fam_w and (lay_w is None or lay_w == (lay_h if lay_h is not None else layer))
 
 
 def _plain(x):

@@ -156,7 +156,8 @@ def _export(outs: list[dict], root: Path) -> None:
         d = o["direction"]
         if d is None:
             continue
-        name = f"{d.site}__{d.role}__layer{d.layer:03d}"
+        family = d.site.rsplit(".", 1)[0] if d.site.rsplit(".", 1)[-1].isdigit() else d.site
+        name = f"{family}__{d.role}__layer{d.layer:03d}"
         save_direction(d, root / name)
         index.append({"path": name, "model": d.model, "site": d.site, "layer": d.layer,
                       "role": d.role, "label": d.label, "cv_accuracy": d.cv_accuracy,

@@ -91,5 +91,11 @@ def test_dask_sweep_on_a_store_path_with_worker_processes_and_export(real, tmp_p
         d = load_direction(tmp_path / "dirs" / f"lm.resid__object__layer{layer:03d}",
                            expect_model="tiny", expect_site="lm.resid", expect_width=8,
                            expect_layer=layer)
+        assert d.site == f"lm.resid.{layer}"  # the store vocabulary's full site name
+        load_direction(tmp_path / "dirs" / f"lm.resid__object__layer{layer:03d}",
+                       expect_site=f"lm.resid.{layer}")
+        with pytest.raises(ValueError, match="trained on site"):
+            load_direction(tmp_path / "dirs" / f"lm.resid__object__layer{layer:03d}",
+                           expect_site=f"lm.resid.{layer + 1}")
         row = serial[serial["layer"] == layer].iloc[0]
         assert d.cv_accuracy == row["accuracy"] and d.data_hash == row["data_hash"]
