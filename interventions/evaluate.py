@@ -180,6 +180,8 @@ class Query:
     answer: str
     order: str = ""
     system: str | None = None
+    prompt_kind: str = ""
+    """``caption`` (What'sUp captions), ``two-option``, or the stimulus prompt's kind."""
 
 
 def caption_queries(i: int, stim) -> list[Query]:
@@ -203,7 +205,8 @@ def caption_queries(i: int, stim) -> list[Query]:
                                   f"options {list(p.options)}; fix the dataset")
         k = stim.prompts.index(p)
         out.append(Query(i, "caption", p.text, tuple(p.options), p.answer,
-                         "" if not p.text else f"p{k}", p.system))
+                         "" if not p.text else f"p{k}", p.system,
+                         "caption" if not p.text else p.kind))
     return out
 
 
@@ -270,7 +273,7 @@ def two_option_queries(i: int, stim, template: str) -> list[Query]:
     out = []
     for order, (a, b) in (("lr", pair), ("rl", pair[::-1])):
         out.append(Query(i, "options", two_option_text(subj, ref, a, b, template), (a, b), rel,
-                         order, system))
+                         order, system, "two-option"))
     return out
 
 
@@ -283,13 +286,13 @@ def completion_queries(i: int, stim) -> list[Query]:
     for k, p in texts:
         if p.kind == "completion":
             out.append(Query(i, "completion", p.text, tuple(p.options), p.answer, f"p{k}",
-                             p.system))
+                             p.system, p.kind))
         else:
             opts = tuple(p.options) or (("yes", "no") if p.kind == "yesno" else ())
             if p.answer not in opts:
                 raise EvaluationError(f"stimulus {stim.id} prompt {k}: answer {p.answer!r} is "
                                       f"not among its options {list(opts)}; fix the dataset")
-            out.append(Query(i, "options", p.text, opts, p.answer, f"p{k}", p.system))
+            out.append(Query(i, "options", p.text, opts, p.answer, f"p{k}", p.system, p.kind))
     if not out:
         raise EvaluationError(f"stimulus {stim.id} has no text prompt, so the completion "
                               "protocol cannot score it; use --protocol caption")

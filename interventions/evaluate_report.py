@@ -48,8 +48,8 @@ def prediction_table(items, queries, results, protocol: str):
     for q, r in zip(queries, results):
         s = items[q.item].stimulus
         f = dict(s.factors or {})
-        kind = next((p.kind for p in s.prompts if p.text == q.prompt), "caption")
-        row = {"id": s.id, "task": s.task, "prompt_kind": kind, "generator": s.generator,
+        row = {"id": s.id, "task": s.task, "prompt_kind": q.prompt_kind,
+               "generator": s.generator,
                "relation": s.relation,
                "axis": s.axis, "protocol": protocol, "order": q.order, "prompt": q.prompt,
                "system": q.system, "options": list(q.options), "scores": r["scores"],

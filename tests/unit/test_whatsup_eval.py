@@ -67,6 +67,7 @@ def test_caption_protocol_matches_hand_computation(tmp_path):
     res = evaluate(cfg, out=tmp_path / "ev", adapter=fake, items=items, progress=False)
     assert res.protocol == "caption"
     df = pd.read_parquet(tmp_path / "ev" / "predictions.parquet")
+    assert set(df["prompt_kind"]) == {"caption"} and set(df["order"]) == {""}
     assert len(df) == 12 and list(df["id"]) == [it.stimulus.id for it in items]
     wrong = {4, 7, 10}
     assert list(df["correct"]) == [i not in wrong for i in range(12)]
@@ -109,6 +110,7 @@ def test_two_option_both_orders_strict(tmp_path):
     # items 0, 3 known (both orders right); 1 (right): lr picks left (wrong), rl picks right;
     # 2 (above): lr picks above (right), rl picks below (wrong)
     assert list(df["correct"]) == [True, True, False, True, True, False, True, True]
+    assert set(df["prompt_kind"]) == {"two-option"}
     assert list(df.drop_duplicates("id")["item_correct"]) == [True, False, False, True]
     overall = res.summary[res.summary.group == "all"].iloc[0]
     assert overall.accuracy == pytest.approx(0.5) and overall.query_accuracy == pytest.approx(6 / 8)
