@@ -66,8 +66,8 @@ def _check_e5_inputs(ad, ds):
         n_checked += len(e.tokens)
     assert n_checked == p.layout.n_image
     # and the blank canvas run really is what the background took, cell for cell
-    bg = p.layout.cells("background")
-    assert len(bg) > 0
+    bg = np.setdiff1d(np.arange(p.layout.n_image), filled)  # strips: all non-entity cells
+    assert len(bg) == p.layout.n_image - len(filled) > 0
     assert torch.equal(got[p.layout.image_positions[bg]],
                        blank[1][SITE][0][blank[0].layout.image_positions[bg]])
 
