@@ -1,0 +1,110 @@
+"""``spatialbind patch`` / ``ablate`` / ``amplify`` end to end (CliRunner on the click group), with
+the bad-input contract: one line, exit 1, nothing already written lost."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import spatialbind
+
+MODEL = "tiny-qwen2-vl"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    torch.set_num_threads(1)
+    from scenegen.generate import generate
+    from scenegen.presets import preset_config
+
+    out = tmp_path_factory.mktemp("cli") / "squares"
+    generate(preset_config("squares-qwen2-vl", n=4), out, progress=False)
+    return str(out)
+
+
+def _invoke(*args):
+    return CliRunner().invoke(spatialbind, list(args), catch_exceptions=False)
+
+
+def _direction(path, *, model=MODEL, site="projector", width=128, axis=None):
+    from probes.directions import Direction, save_direction
+
+    w = np.random.default_rng(0).standard_normal((1, width))
+    d = Direction(weights=w, bias=np.zeros(1), components=("right_vs_left",),
+                  classes=("left", "right"), model=model, site=site, layer=0,
+                  extra={"axis": axis} if axis else {})
+    return str(save_direction(d, path))
+
+
+def test_patch_e4_writes_table_summary_and_heatmap(data, tmp_path):
+    out = tmp_path / "e4"
+    r = _invoke("patch", "--model", MODEL, "--data", data, "--out", str(out), "--experiment",
+                "e4", "--layers", "0,2", "--limit", "1", "--quiet")
+    assert r.exit_code == 0, r.output
+    t = pd.read_parquet(out / "e4.parquet")
+    assert sorted(set(t["layer"])) == [0, 2] and set(t["region"]) == {"object", "strip"}
+    s = json.loads((out / "summary.json").read_text())
+    assert s["forwards"] < s["naive_forwards"]
+    assert (out / "e4_heatmap.png").stat().st_size > 1000
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"] == MODEL and cfg["config"]["layers"] == "0,2"
+    assert "torch" in cfg["versions"]
+
+
+def test_ablate_writes_accuracy_vs_chance(data, tmp_path):
+    out = tmp_path / "e5"
+    r = _invoke("ablate", "--model", MODEL, "--data", data, "--out", str(out), "--limit", "2",
+                "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "chance 0.333" in r.output
+    assert len(pd.read_csv(out / "e5.csv")) == 2 and (out / "e5_accuracy.png").exists()
+
+
+def test_amplify_with_probe_direction(data, tmp_path):
+    d = _direction(tmp_path / "dir")
+    out = tmp_path / "e7"
+    r = _invoke("amplify", "--model", MODEL, "--data", data, "--out", str(out), "--alphas",
+                "0:10:5", "--direction", d, "--limit", "2", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "held-out alpha" in r.output and "paper's Probe*" in r.output
+    t = pd.read_parquet(out / "e7.parquet")
+    assert sorted(set(t["alpha"])) == [0.0, 5.0, 10.0] and set(t["control"]) == {"probe",
+                                                                                  "random"}
+    assert (out / "e7_dose_response.png").exists()
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"model": "tiny-gemma-3"}, "model"),
+    ({"site": "lm.resid.5"}, "site"),
+    ({"width": 64}, "width"),
+])
+def test_amplify_refuses_foreign_direction(data, tmp_path, kw, needle):
+    d = _direction(tmp_path / "dir", **kw)
+    out = tmp_path / "e7"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier results")
+    r = CliRunner().invoke(spatialbind, ["amplify", "--model", MODEL, "--data", data, "--out",
+                                         str(out), "--direction", d, "--quiet"])
+    assert r.exit_code == 1
+    lines = [l for l in r.output.strip().splitlines() if l.startswith("Error")]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.output
+    assert (out / "keep.txt").read_text() == "earlier results"
+    assert not (out / "e7.parquet").exists()
+
+
+def test_empty_alpha_range_and_bad_layers_are_one_line_errors(data, tmp_path):
+    r = CliRunner().invoke(spatialbind, ["amplify", "--model", MODEL, "--data", data, "--out",
+                                         str(tmp_path / "x"), "--alphas", "5:1:1",
+                                         "--direction", "mean-diff"])
+    assert r.exit_code == 1 and "empty range" in r.output
+    assert not (tmp_path / "x").exists()  # refused before anything was created
+    r = CliRunner().invoke(spatialbind, ["patch", "--model", MODEL, "--data", data, "--out",
+                                         str(tmp_path / "y"), "--layers", "0,99", "--quiet"])
+    assert r.exit_code == 1 and "out of range" in r.output
+    r = CliRunner().invoke(spatialbind, ["patch", "--model", MODEL, "--data", data, "--out",
+                                         str(tmp_path / "z"), "--regions", "object,stripe"])
+    assert r.exit_code == 1 and "regions" in r.output
