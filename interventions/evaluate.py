@@ -27,7 +27,6 @@ Protocols
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -210,8 +209,6 @@ def caption_queries(i: int, stim) -> list[Query]:
     return out
 
 
-_PAIR_ORDER = {"horizontal": ("left", "right"), "vertical": ("above", "below"),
-               "depth": ("front", "behind")}
 _CANON = [("left", "right"), ("above", "below"), ("top", "bottom"), ("on", "under"),
           ("front", "behind")]
 _PHRASE = {"left": "to the left of", "right": "to the right of", "above": "above",
@@ -524,8 +521,3 @@ def evaluate(config: EvalConfig, *, out: str | Path | None = None, adapter=None,
         report.write_report(Path(out), preds, summary, extra, asdict(config), resolved)
     return EvalResult(predictions=preds, summary=summary,
                       out=None if out is None else Path(out), protocol=protocol, extra=extra)
-
-
-def config_json(config: EvalConfig) -> str:
-    """The config as JSON text (what ``config.json`` holds before resolution)."""
-    return json.dumps(asdict(config), indent=2, sort_keys=True)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import spatialbind
-from interventions.evaluate import EvalConfig, evaluate, load_items
+from interventions.evaluate import EvalConfig, evaluate
 from scenegen import read_dataset
 from scenegen.importers import import_whatsup
 
