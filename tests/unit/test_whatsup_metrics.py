@@ -76,3 +76,25 @@ def test_strict_wilson_normalise():
     assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
     assert np.isnan(wilson_interval(0, 0)[0])
     assert normalise_token(" Red.") == "red" and normalise_token("ĠBlue\n") == "blue"
+
+
+def test_pair_set_invariant_to_item_order_and_bounded():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    paths = _paths("controlled_images_dataset.json")
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.booleans(), min_size=12, max_size=12), st.randoms(use_true_random=False))
+    def check(correct, rnd):
+        m = pair_set_accuracy(paths, correct, "A")
+        order = list(range(12))
+        rnd.shuffle(order)
+        m2 = pair_set_accuracy([paths[i] for i in order], [correct[i] for i in order], "A")
+        assert m == m2
+        # a set implies both its pairs; every pair needs two correct items
+        assert 2 * m["set_correct"] <= m["pair_correct"] <= sum(correct) // 2
+        if all(correct):
+            assert m["pair_acc"] == 100 and m["set_acc"] == 100
+
+    check()
