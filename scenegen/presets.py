@@ -29,8 +29,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "squares-gemma-3": _flat("squares", "gemma-3"),
     "shapes-qwen2-vl": _flat("shapes", "qwen2-vl"),
     "shapes-gemma-3": _flat("shapes", "gemma-3"),
-    # The 3D generator's own defaults (scenegen/scene3d.py); n=None lets it pick its default.
-    "scene3d": {"generator": "scene3d", "seed": 0, "n": 200, "scene3d": {}},
+    # The 3D generator's own defaults (scenegen/scene3d.py); n=None = its default (100 scenes).
+    "scene3d": {"generator": "scene3d", "seed": 0, "n": None, "scene3d": {}},
 }
 
 

@@ -133,3 +133,28 @@ def test_load_config_file(tmp_path):
 def test_degradation_spec_string_shorthand():
     assert DegradationSpec.from_dict("occluder") == DegradationSpec(kind="occluder", strength=0.5)
     assert SplitConfig().by == "mirror"
+
+
+def test_scene3d_dispatch_is_lazy_and_matches_their_generator():
+    import subprocess
+    import sys
+
+    code = ("import sys; from scenegen.presets import preset_config; "
+            "from scenegen.generate import build_generator; "
+            "g = build_generator(preset_config('squares-qwen2-vl', n=2)); g.unit(0); "
+            "print(sorted(m for m in ('pyrender', 'trimesh', 'OpenGL', 'torch') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"  # flat generation never imports the 3D stack
+    scene3d = pytest.importorskip("scenegen.scene3d")
+    from scenegen.generate import build_generator, resolve
+
+    cfg = preset_config("scene3d", n=3)
+    g = build_generator(cfg)
+    assert isinstance(g, scene3d.Scene3DGenerator) and len(g) == 3
+    assert g.twins == cfg.twins and g.splits == cfg.splits
+    # the resolved config round-trips through GenerateConfig (what worker processes rebuild)
+    assert GenerateConfig.from_dict(resolve(cfg)).scene3d == resolve(cfg)["scene3d"]
+    with pytest.raises(ConfigError, match="unknown scene3d option"):
+        build_generator(GenerateConfig.from_dict({"generator": "scene3d",
+                                                  "scene3d": {"image_sise": 64}}))
