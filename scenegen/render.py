@@ -382,9 +382,9 @@ def render(spec: SceneSpec, *, heights: dict[str, float] | None = None,
     backend
         ``auto``, ``egl`` or ``osmesa`` (``SPATIALBIND_GL`` overrides it).
     """
+    r = get_renderer(spec.size, spec.size, backend)  # fixes PYOPENGL_PLATFORM: before pyrender
     import pyrender
 
-    r = get_renderer(spec.size, spec.size, backend)
     scene, seg = build_scene(spec, heights or {})
     flags = pyrender.RenderFlags.NONE
     if spec.shadows:

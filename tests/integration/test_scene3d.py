@@ -248,3 +248,67 @@ def test_cli_generate_scene3d_with_degradation(tmp_path):
                                            str(tmp_path / "x")])
     assert res.exit_code == 1 and "Did you mean 'cube'" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+_BACKEND_SCRIPT = r'''
+import os, sys, numpy as np
+from scenegen import render
+real = render._try_backend
+fail = {"egl", "osmesa"}
+def fake(name, w, h):
+    if name in fail:  # import the GL stack as a broken backend would, then fail
+        os.environ["PYOPENGL_PLATFORM"] = name
+        np.infty = np.inf
+        import pyrender  # noqa: F401
+        raise ImportError(f"Unable to load {name} library")
+    return real(name, w, h)
+render._try_backend = fake
+try:
+    render.get_renderer(32, 32, "auto")
+except render.RenderError as e:
+    print("ERROR:", e)
+fail = {"egl"}
+sys.path.insert(0, sys.argv[2])
+from test_scene3d import _tiny_spec
+out = render.render(_tiny_spec())
+print("BACKEND:", render.backend_in_use())
+np.save(sys.argv[1], out.mask)
+'''
+
+
+def _tiny_spec():
+    from scenegen import render
+
+    objs = (render.ObjectSpec(mask_id=1, shape="cube", rgb=(200, 50, 50), metallic=0.0,
+                              roughness=0.9, size=1.0, position=(-1.0, 0.5, 0.0), yaw=0.4),
+            render.ObjectSpec(mask_id=2, shape="torus", rgb=(50, 50, 200), metallic=0.7,
+                              roughness=0.3, size=1.0, position=(1.2, 0.2, -0.5), smooth=True))
+    return render.SceneSpec(objects=objs, background=render.BackgroundSpec(kind="textured"),
+                            camera_pose=geo.orbit_pose(distance=8, elevation_deg=25,
+                                                       azimuth_deg=5),
+                            yfov=np.deg2rad(40), size=96)
+
+
+def test_backend_fallback_to_osmesa_and_masks_identical_to_egl(tmp_path):
+    """``auto`` falls back from a broken EGL to OSMesa in the same process; both give the same
+    instance mask; with no backend the error is one line naming the packages to install."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from scenegen import render
+
+    env = {k: v for k, v in os.environ.items() if k not in ("SPATIALBIND_GL",
+                                                           "PYOPENGL_PLATFORM")}
+    res = subprocess.run([sys.executable, "-c", _BACKEND_SCRIPT, str(tmp_path / "m.npy"),
+                          str(Path(__file__).parent)], env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    err = next(l for l in res.stdout.splitlines() if l.startswith("ERROR:"))
+    assert "egl: ImportError" in err and "osmesa: ImportError" in err
+    assert "libegl1 libegl-mesa0 libgl1-mesa-dri" in err and "libosmesa6" in err
+    assert "BACKEND: osmesa" in res.stdout
+    here = render.render(_tiny_spec())
+    assert set(np.unique(here.mask)) == {0, 1, 2}
+    assert np.array_equal(np.load(tmp_path / "m.npy"), here.mask)
