@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "model": "vlms.commands:model",
     "extract": "vlms.commands:extract",
     "probe": "probes.commands:probe",
+    "demo": "interventions.demo_commands:demo",
 }
 
 

@@ -1,0 +1,268 @@
+"""The end-to-end study in one call: ``spatialbind demo``.
+
+generate stimuli -> extract activations of every model into one store -> E1 behaviour ->
+E3 probes with probe maps -> E4 object vs strip criss-cross -> E5 ablation / E6 LM backup ->
+E7 amplification with held-out alpha -> one self-contained HTML report.
+
+By default it runs offline on a CPU on the two shipped Qwen2-VL model organisms
+(``vlms/organisms``: one whose ordering must live in the vision tokens, one whose ordering is
+computed in the LM), so the paper's question has a known answer and the report shows whether the
+toolkit's experiments tell the two apart. With ``--model qwen2-vl-7b`` (or any adapter) and the
+paper-geometry preset it runs the real study; ``--whatsup ROOT`` adds What'sUp to E1.
+Each stage writes into its own sub-folder of ``--out`` and is skipped when its outputs exist, so
+an interrupted demo resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import InterventionError
+
+#: Shipped organisms, in report order: (alias, mechanism planted).
+ORGANISMS = (("organism-qwen2-vl-vision", "vision"), ("organism-qwen2-vl-lm", "lm"))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DemoConfig:
+    """Options of ``spatialbind demo``."""
+
+    out: str = "out/demo"
+    """Output folder (one sub-folder per stage, ``report.html`` at the top)."""
+    models: tuple[str, ...] = ()
+    """Models to study; empty = the two shipped Qwen2-VL organisms."""
+    preset: str | None = None
+    """Stimulus preset (``spatialbind generate --preset``); None = the organisms' 8x8-token
+    Squares canvas (224 px, squares of 1 token, spacing 2)."""
+    n: int = 48
+    """Base stimuli to generate (each with swap / criss-cross / isolated twins)."""
+    n_degraded: int = 48
+    """Degraded base stimuli for E7 (blur / noise / contrast)."""
+    whatsup: str | None = None
+    """What'sUp root: adds ``whatsup:ROOT`` to E1 (needs the downloaded release)."""
+    alphas: str = "0:8:1"
+    """E7 amplification strengths."""
+    seed: int = 0
+    """Seed of the stimuli."""
+    batch_size: int = 16
+    """Items per forward pass."""
+    scheduler: str = "serial"
+    """Probe sweep scheduler: ``serial``, ``local`` (dask LocalCluster) or an address."""
+
+    def __post_init__(self):
+        if not isinstance(self.n, int) or self.n < 4:
+            raise InterventionError(f"The 'n' parameter of DemoConfig must be an int >= 4. "
+                                    f"Got {self.n!r} instead.")
+        if not isinstance(self.n_degraded, int) or self.n_degraded < 4:
+            raise InterventionError(f"The 'n_degraded' parameter of DemoConfig must be an int "
+                                    f">= 4. Got {self.n_degraded!r} instead.")
+        object.__setattr__(self, "models", tuple(self.models))
+
+
+def stimulus_config(cfg: DemoConfig, *, degraded: bool) -> dict[str, Any]:
+    """The generate config of the demo's clean (or degraded) stimulus set."""
+    if cfg.preset:
+        from scenegen.presets import preset
+
+        d = preset(cfg.preset)
+    else:
+        d = {"generator": "flat",
+             "flat": {"task": "squares",
+                      "grid": {"num_tokens": 8, "token_px": 28, "size": 1, "spacing": 2}}}
+    d["seed"] = cfg.seed + (1 if degraded else 0)
+    d["n"] = cfg.n_degraded if degraded else cfg.n
+    if degraded:
+        d["twins"] = []
+        d["degradations"] = [{"kind": k, "strength": [0.3, 0.7]}
+                             for k in ("blur", "noise", "contrast")]
+    return d
+
+
+class Stages:
+    """Runs named stages once, records their timing, and skips those already finished."""
+
+    def __init__(self, out: Path, echo: Callable[[str], Any]):
+        self.out, self.echo = out, echo
+        self.log_path = out / "stages.json"
+        self.log: dict[str, Any] = (json.loads(self.log_path.read_text())
+                                    if self.log_path.exists() else {})
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        if self.log.get(name, {}).get("done"):
+            self.echo(f"[demo] {name}: done earlier, skipped")
+            return self.log[name].get("result")
+        self.echo(f"[demo] {name} ...")
+        t0 = time.perf_counter()
+        result = fn()
+        self.log[name] = {"done": True, "seconds": round(time.perf_counter() - t0, 1),
+                          "result": _jsonable(result)}
+        self.log_path.write_text(json.dumps(self.log, indent=1))
+        self.echo(f"[demo] {name}: {self.log[name]['seconds']} s")
+        return self.log[name]["result"]
+
+
+def _jsonable(x):
+    try:
+        json.dumps(x)
+        return x
+    except TypeError:
+        return json.loads(json.dumps(x, default=str))
+
+
+def run_demo(cfg: DemoConfig, *, progress: bool = True,
+             echo: Callable[[str], Any] = print) -> Path:
+    """Run the whole study and write ``report.html``; returns its path."""
+    from scenegen.config import GenerateConfig
+    from scenegen.generate import generate
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    models = cfg.models or tuple(name for name, _ in ORGANISMS)
+    st = Stages(out, echo)
+    data, degraded = out / "data" / "clean", out / "data" / "degraded"
+    st.run("generate", lambda: str(generate(
+        GenerateConfig.from_dict(stimulus_config(cfg, degraded=False)), data,
+        progress=progress)))
+    st.run("generate-degraded", lambda: str(generate(
+        GenerateConfig.from_dict(stimulus_config(cfg, degraded=True)), degraded,
+        progress=progress)))
+    store = out / "store.zarr"
+    results: dict[str, dict[str, Any]] = {}
+    for model in models:
+        results[model] = _study(model, cfg, st, out, data, degraded, store, progress=progress,
+                                echo=echo)
+    from .report import write_report
+
+    path = write_report(out, cfg=cfg, models=models, results=results, stages=st.log,
+                        mechanisms=dict(ORGANISMS))
+    echo(f"[demo] report: {path}")
+    return path
+
+
+def _slug(model: str) -> str:
+    return model.strip("/").replace("/", "--")
+
+
+def _study(model: str, cfg: DemoConfig, st: Stages, out: Path, data: Path, degraded: Path,
+           store: Path, *, progress: bool, echo) -> dict[str, Any]:
+    from vlms.extract import ExtractConfig, run_extract
+    from vlms.registry import load_adapter
+
+    from .ablation import AblateConfig, ablate_to_dir
+    from .amplify import AmplifyConfig, amplify_to_dir
+    from .evaluate import EvalConfig, evaluate
+    from .patching import PatchConfig, patch_to_dir
+
+    m = _slug(model)
+    root = out / m
+    res: dict[str, Any] = {"dir": str(root)}
+    adapter = load_adapter(model)
+    res["extract"] = st.run(f"{m}/extract", lambda: run_extract(ExtractConfig(
+        model=model, data=str(data), store=str(store), sites=("projector", "lm.resid"),
+        batch_size=cfg.batch_size), progress=progress, echo=echo, adapter=adapter))
+
+    def e1():
+        r = evaluate(EvalConfig(model=model, data=str(data), batch_size=cfg.batch_size),
+                     out=root / "e1", adapter=adapter, progress=progress)
+        p = r.predictions
+        return {"accuracy": float(p["correct"].mean()), "n": int(len(p))}
+    res["e1"] = st.run(f"{m}/e1", e1)
+    if cfg.whatsup:
+        def e1w():
+            r = evaluate(EvalConfig(model=model, data=f"whatsup:{cfg.whatsup}",
+                                    batch_size=cfg.batch_size),
+                         out=root / "e1-whatsup", adapter=adapter, progress=progress)
+            return {"accuracy": float(r.predictions["correct"].mean()),
+                    "n": int(len(r.predictions))}
+        res["e1_whatsup"] = st.run(f"{m}/e1-whatsup", e1w)
+    res["e3"] = st.run(f"{m}/e3", lambda: _probes(model, cfg, store, root / "e3", data))
+    res["e4"] = st.run(f"{m}/e4", lambda: patch_to_dir(
+        model, str(data), str(root / "e4"),
+        PatchConfig(experiment="e4", layers="all", batch_size=cfg.batch_size),
+        progress=progress))
+    res["e5"] = st.run(f"{m}/e5", lambda: ablate_to_dir(
+        model, str(data), str(root / "e5"), AblateConfig(batch_size=cfg.batch_size),
+        progress=progress))
+    res["e6"] = st.run(f"{m}/e6", lambda: patch_to_dir(
+        model, str(data), str(root / "e6"),
+        PatchConfig(experiment="e6", layers="all", batch_size=cfg.batch_size),
+        progress=progress))
+    dirs = sorted(str(p) for p in (root / "e3" / "directions-e7").glob("*") if p.is_dir())
+    if not dirs:
+        raise InterventionError(f"E3 wrote no E7 directions under {root / 'e3'}; delete "
+                                f"{root / 'e3'} and rerun the demo")
+    res["e7"] = st.run(f"{m}/e7", lambda: amplify_to_dir(
+        model, str(degraded), str(root / "e7"),
+        AmplifyConfig(alphas=cfg.alphas, batch_size=cfg.batch_size), direction=dirs,
+        progress=progress))
+    return res
+
+
+def _probes(model: str, cfg: DemoConfig, store: Path, out: Path, data: Path) -> dict[str, Any]:
+    """E3: ordinal-slot probes over projector + LM layers, maps, and E7's axis directions."""
+    import pandas as pd
+    from probes.commands import _write_outputs
+    from probes.config import ProbeConfig, SweepConfig
+    from probes.dataset import open_store
+    from probes.directions import axis_directions, save_direction
+    from probes.sweep import sweep
+
+    s = open_store(str(store))
+    pconf = ProbeConfig(control=True, random_state=cfg.seed)
+    tables = []
+    for site in ("projector", "lm.resid"):
+        sconf = SweepConfig(model=model, site=site, layers=tuple(s.layers(model, site)),
+                            roles=("object", "strip"), label="ordinal", pool="token",
+                            baselines=("position",), scheduler=cfg.scheduler)
+        table = sweep(str(store), sconf, pconf, progress=False)
+        _write_outputs(s, table, sconf, pconf, None, 4 if site == "projector" else 0,
+                       out / site)
+        tables.append(table.assign(site=site))
+    table = pd.concat(tables, ignore_index=True)
+    table.to_csv(out / "results.csv", index=False)
+    # E7 directions: per axis, side probes on entity-pooled projector outputs of items the
+    # model answers correctly (paper §5.4), exported as labelled arrays.
+    pred = pd.read_parquet(out.parent / "e1" / "predictions.parquet")
+    right = sorted(set(pred.loc[pred["correct"].astype(bool), _id_col(pred)]))
+    dirs = axis_directions(s, model=model, site="projector", layer=0, items=right or None)
+    for axis, d in dirs.items():
+        save_direction(d, out / "directions-e7" / axis)
+    proj = table[(table["site"] == "projector") & (table["role"] == "object")]
+    row = proj.iloc[0] if len(proj) else None
+    maps = out / "projector" / "maps" / "summary.csv"
+    return {
+        "projector_object_accuracy": None if row is None else float(row["accuracy"]),
+        "projector_object_ci": None if row is None else [float(row.get("ci_low", float("nan"))),
+                                                          float(row.get("ci_high", float("nan")))],
+        "projector_object_control": None if row is None else _f(row.get("control_accuracy")),
+        "projector_object_position_baseline": None if row is None else _f(
+            row.get("baseline_position")),
+        "projector_strip_accuracy": _f(table[(table["site"] == "projector")
+                                             & (table["role"] == "strip")]["accuracy"].max()),
+        "n_items_right": len(right),
+        "maps_summary": str(maps) if maps.exists() else None,
+        "directions": {a: float(d.cv_score) if getattr(d, "cv_score", None) is not None else None
+                       for a, d in dirs.items()},
+    }
+
+
+def _id_col(pred) -> str:
+    for c in ("id", "sample_id", "item"):
+        if c in pred.columns:
+            return c
+    raise InterventionError("E1 predictions have no id column")
+
+
+def _f(x):
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if x != x else x
+
+
+__all__ = ["DemoConfig", "ORGANISMS", "run_demo", "stimulus_config"]

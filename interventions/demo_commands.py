@@ -1,0 +1,33 @@
+"""``spatialbind demo``: the whole study in one command (see :mod:`interventions.demo`)."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("demo")
+@click.option("--out", default="out/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder; report.html lands at its top. Rerunning resumes.")
+@click.option("--model", "models", multiple=True,
+              help="Model(s) to study (repeatable). Default: the two shipped Qwen2-VL organisms "
+                   "(vision- and LM-mechanism).")
+@click.option("--whatsup", default=None, type=click.Path(file_okay=False),
+              help="What'sUp root: also evaluate E1 on the real release (see README).")
+@click.option("--preset", default=None,
+              help="Stimulus preset (e.g. squares-qwen2-vl for the paper's geometry). Default: "
+                   "the organisms' 8x8-token Squares canvas.")
+@click.option("--n", default=48, show_default=True, help="Base stimuli (each with twins).")
+@click.option("--n-degraded", default=48, show_default=True, help="Degraded stimuli for E7.")
+@click.option("--alphas", default="0:8:1", show_default=True, help="E7 alpha range a:b:step.")
+@click.option("--seed", default=0, show_default=True, help="Stimulus seed.")
+@click.option("--batch-size", default=16, show_default=True, help="Items per forward pass.")
+@click.option("--scheduler", default="serial", show_default=True,
+              help="Probe sweeps: serial, local (dask LocalCluster) or a scheduler address.")
+def demo(out, models, whatsup, preset, n, n_degraded, alphas, seed, batch_size, scheduler):
+    """Generate -> extract -> E1 -> E3 -> E4 -> E5/E6 -> E7 -> one HTML report."""
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=out, models=models, whatsup=whatsup, preset=preset, n=n,
+                     n_degraded=n_degraded, alphas=alphas, seed=seed, batch_size=batch_size,
+                     scheduler=scheduler)
+    path = run_demo(cfg, echo=click.echo)
+    click.echo(f"open {path}")
