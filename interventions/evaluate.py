@@ -438,12 +438,16 @@ def _score_chunk(adapter, kind: str, system, images, chunk: Sequence[Query]) -> 
         scores = list(adapter.caption_logprob(images, [list(q.options) for q in chunk],
                                               batch_size=len(chunk), **kw))
         tops: list[str | None] = [None] * len(chunk)
+        tok = getattr(adapter, "tokenizer", None)
+        ntok = [[len(tok(c, add_special_tokens=False)["input_ids"]) for c in q.options]
+                if tok is not None else None for q in chunk]
     else:
+        ntok = [None] * len(chunk)
         got, tops = next_token(adapter, images, [q.prompt for q in chunk],
                                [list(q.options) for q in chunk], system)
         scores = [g if len(q.options) else None for g, q in zip(got, chunk)]
     out = []
-    for q, sc, top in zip(chunk, scores, tops):
+    for q, sc, top, nt in zip(chunk, scores, tops, ntok):
         sc = None if sc is None else np.asarray(sc, dtype=float).ravel()
         if sc is not None and len(sc) != len(q.options):
             raise EvaluationError(f"the adapter returned {len(sc)} scores for {len(q.options)} "
@@ -460,7 +464,7 @@ def _score_chunk(adapter, kind: str, system, images, chunk: Sequence[Query]) -> 
                    normalise_token(top) in {normalise_token(o) for o in q.options})
         out.append({"scores": [] if sc is None else sc.tolist(), "prediction": pred,
                     "correct": bool(correct), "p_answer": p_ans, "top1": top,
-                    "top1_in_options": in_opts})
+                    "top1_in_options": in_opts, "option_tokens": nt})
     return out
 
 

@@ -8,7 +8,7 @@ Outputs in ``--out``:
     ``options``, ``scores`` (per option: caption log-likelihood or next-token log-prob),
     ``prediction``, ``answer``, ``correct``, ``p_answer`` (the answer's probability among the
     options), ``top1`` (raw top-1 next token; not for captions), ``top1_in_options`` (two-option:
-    the top-1 token is one of the options), ``item_correct`` (every query of the
+    the top-1 token is one of the options), ``option_tokens`` (caption: tokens per option), ``item_correct`` (every query of the
     item correct: the strict score for two-option), ``scene_id``, ``split``, ``source_path``,
     one ``factor_<name>`` column per scalar scene factor and ``factors`` (all, as JSON).
 ``summary.csv``
@@ -20,7 +20,9 @@ Outputs in ``--out``:
 ``summary.png``
     The same as bar charts. ``metrics.json``: protocol-specific numbers (pair/set counts,
     two-option outcomes golden / fail_lr_only / fail_rl_only / fail_both, and the paper's
-    "clean" set: strict accuracy over items whose top-1 token is an option in both orders).
+    "clean" set: strict accuracy over items whose top-1 token is an option in both orders;
+    caption: accuracy with length-normalised (per-token) log-likelihoods, a diagnostic of the
+    summed score's preference for short captions).
     ``config.json``: the resolved run config (written last).
 """
 from __future__ import annotations
@@ -55,7 +57,8 @@ def prediction_table(items, queries, results, protocol: str):
                "system": q.system, "options": list(q.options), "scores": r["scores"],
                "prediction": r["prediction"], "answer": q.answer, "correct": r["correct"],
                "p_answer": r["p_answer"], "top1": r["top1"],
-               "top1_in_options": r.get("top1_in_options"), "scene_id": s.scene_id,
+               "top1_in_options": r.get("top1_in_options"),
+               "option_tokens": r.get("option_tokens"), "scene_id": s.scene_id,
                "split": s.split, "source_path": items[q.item].source_path,
                "degradation": (s.degradation or {}).get("kind", "none"),
                "factors": json.dumps(f, sort_keys=True, default=str)}
@@ -119,6 +122,14 @@ def summarise(df, items: Sequence, protocol: str):
                              "accuracy": m[g] / 100, "ci_low": float("nan"),
                              "ci_high": float("nan"), "query_accuracy": float("nan"),
                              "mean_p_answer": float("nan")})
+    if protocol == "caption" and df["option_tokens"].notna().all() and len(df):
+        # summed log-likelihood favours short captions; report the per-token variant beside it
+        norm = [int(np.argmax(np.asarray(sc) / np.maximum(np.asarray(nt), 1)))
+                for sc, nt in zip(df["scores"], df["option_tokens"])]
+        ok = [list(o)[k] == a for o, k, a in zip(df["options"], norm, df["answer"])]
+        extra["length_normalised"] = {"query_accuracy": float(np.mean(ok)),
+                                      "agrees_with_sum": float(np.mean(
+                                          np.asarray(ok) == df["correct"].to_numpy()))}
     if protocol == "two-option":
         piv = df.pivot_table(index="id", columns="order", values="correct", aggfunc="first")
         lr, rl = piv.get("lr"), piv.get("rl")

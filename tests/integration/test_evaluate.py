@@ -70,6 +70,14 @@ def test_caption_protocol_on_whatsup_fixture_matches_adapter(tmp_path, adapter):
     s = pd.read_csv(tmp_path / "ev" / "summary.csv")
     assert s.loc[s.group == "all", "accuracy"].item() == pytest.approx(df["correct"].mean())
     assert {"pair_acc", "set_acc"} <= set(s["group"])
+    # length-normalised diagnostic: per-token scores from the saved sums and token counts
+    opts = list(df.loc[0, "options"])
+    assert list(df.loc[0, "option_tokens"]) == [
+        len(adapter.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in opts]
+    ok = [int(np.argmax(np.asarray(sc) / np.asarray(nt))) == 0
+          for sc, nt in zip(df["scores"], df["option_tokens"])]
+    meta = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert meta["length_normalised"]["query_accuracy"] == pytest.approx(np.mean(ok))
 
 
 def test_cli_two_option_on_whatsup_fixture_matches_adapter(tmp_path, adapter):
