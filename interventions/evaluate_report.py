@@ -219,9 +219,12 @@ def check_output(out: Path, config) -> None:
     cfg = out / "config.json"
     if cfg.exists():
         try:
-            old = json.loads(cfg.read_text()).get("run", {})
-        except ValueError:
+            old = json.loads(cfg.read_text()).get("run")
+        except (ValueError, AttributeError):
             old = None
+        if old is None:
+            raise EvaluationError(f"--out {out} holds a config.json that is not an evaluation's "
+                                  "(a dataset or another tool's output?); choose a new --out")
         if old == json.loads(json.dumps(asdict(config))):
             return
         raise EvaluationError(f"--out {out} holds the results of a different evaluation "

@@ -207,6 +207,13 @@ def test_output_folder_guard(tmp_path):
     with pytest.raises(EvaluationError, match="different evaluation"):
         evaluate(other, out=out, adapter=fake, items=items, progress=False)
     assert (out / "predictions.parquet").read_bytes() == before
+    from scenegen.importers import import_whatsup
+
+    ds = import_whatsup(FIX, "VG_QA_one_obj", tmp_path / "ds", progress=False)
+    meta = (ds / "metadata.jsonl").read_bytes()
+    with pytest.raises(EvaluationError, match="not an evaluation's"):  # --out = a dataset
+        evaluate(cfg, out=ds, adapter=fake, items=items, progress=False)
+    assert (ds / "metadata.jsonl").read_bytes() == meta and not (ds / "summary.csv").exists()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(EvaluationError, match="not empty"):
