@@ -33,14 +33,10 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from .errors import InterventionError
+from .errors import EvaluationError
 from .whatsup_metrics import normalise_token, softmax
 
 PROTOCOLS = ("caption", "two-option", "completion")
-
-
-class EvaluationError(InterventionError):
-    """Behavioural evaluation got unusable input (data source, protocol, stimuli, output)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
