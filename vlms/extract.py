@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -277,6 +278,10 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None 
     written = 0
     bar = tqdm(total=n_todo, desc="extract", unit="sample", disable=not progress,
                dynamic_ncols=True)
+    # the store write of batch k overlaps the forward of batch k+1 (one write in flight, so
+    # memory holds at most two batches); a batch is marked done only after its data are written
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending = None
     try:
         for bi, idx in enumerate(todo):
             if limit is not None and bi >= limit:
@@ -285,9 +290,18 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None 
                                          [prompts[i] for i in idx], specs=specs,
                                          pool_vision=cfg.pool_vision,
                                          object_fraction=cfg.object_fraction)
-            written += w.write(idx, acts, tokens)
-            bar.update(len(idx))
+            if pending is not None:
+                written += pending.result()
+                bar.update(n_pending)
+            pending, n_pending = pool.submit(w.write, idx, acts, tokens), len(idx)
+        if pending is not None:
+            written += pending.result()
+            bar.update(n_pending)
+            pending = None
     finally:
+        if pending is not None:  # an error elsewhere: let the write in flight finish cleanly
+            pending.exception()
+        pool.shutdown(wait=True)
         bar.close()
         w.close()
     return {"written": written, "done": int(w.done().sum()), "total": total}
