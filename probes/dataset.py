@@ -113,14 +113,15 @@ def dataset(store, *, model: str, site: str, layer: int, role: str = "object",
     if pool == "token":
         da = store.select(model=model, site=site, layer=layer, role=role, where=where)
     else:
-        da = store.pooled(model=model, site=site, layer=layer, role=role, by="entity")
+        da = store.pooled(model=model, site=site, layer=layer, role=role, by="entity",
+                          where=where)
     X, frame = flatten(da, role=role if pool == "token" else None, role_names=role_names(store))
     if pool == "token" and role != "object" and label in ("ordinal", *DERIVED_LABELS):
         frame = _fill_band_ordinals(store, frame, model=model, site=site, layer=layer, where=where)
     labels = store.labels(model) if hasattr(store, "labels") else None
     where_s = f"model={model} site={site} layer={layer} role={role} pool={pool}"
-    data = from_arrays(X, frame, label=label, labels=labels, where=where, items=items,
-                       context=where_s)
+    # the store applied ``where`` already (with its own typing of numeric labels)
+    data = from_arrays(X, frame, label=label, labels=labels, items=items, context=where_s)
     data.meta.update(model=model, site=site, layer=int(layer), role=role, pool=pool,
                      where=dict(where or {}))
     return data
@@ -230,7 +231,11 @@ def from_arrays(X: np.ndarray, frame: pd.DataFrame, *, label: str = "ordinal",
             raise DataError(f"where: unknown label column {k!r} in {context}."
                             f"{suggest(k, frame.columns)} Known: {', '.join(map(str, frame.columns))}.")
         vals = list(v) if isinstance(v, (list, tuple, set)) else [v]
-        keep &= frame[k].isin(vals).to_numpy()
+        col = frame[k]
+        if col.dtype.kind not in "OSUT" and any(isinstance(x, str) for x in vals):
+            col = col.astype(str)  # "--where n_objects=2" compares as text
+            vals = [str(x) for x in vals]
+        keep &= col.isin(vals).to_numpy()
     if items is not None:
         if callable(items):
             keep &= np.asarray(items(frame), bool)

@@ -257,14 +257,16 @@ def fit_probe(data: ProbeData, config: ProbeConfig | None = None, *,
         result.meta["control_skipped"] = "no token-type columns"
     elif config.control:
         yc = control_labels(frame, y, tt, config.random_state)
+        result.meta["token_type"] = list(tt)
         if len(np.unique(yc)) >= 2:
             cpred, _ = cross_val_predict(X, yc, splits, config)
             ccorrect = cpred[tested] == yc[tested]
             result.control_accuracy = float(ccorrect.mean())
             result.control_ci = _interval(ccorrect, groups[tested], config)
-        else:
-            result.control_accuracy = 1.0  # a one-class control is trivially solved
-        result.meta["token_type"] = list(tt)
+        else:  # e.g. text tokens, whose row/col are all -1: one type, nothing to control for
+            warnings.warn(f"control task skipped: token type {tt} gives a single control label; "
+                          "pass a finer token_type (--token-type).", UserWarning, stacklevel=2)
+            result.meta["control_skipped"] = "single control label"
     if "position" in baselines and "row" in frame and "col" in frame:
         P = position_features(frame)
         ppred, _ = cross_val_predict(P, y, splits, config)

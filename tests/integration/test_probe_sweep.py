@@ -99,3 +99,18 @@ def test_dask_sweep_on_a_store_path_with_worker_processes_and_export(real, tmp_p
                            expect_site=f"lm.resid.{layer + 1}")
         row = serial[serial["layer"] == layer].iloc[0]
         assert d.cv_accuracy == row["accuracy"] and d.data_hash == row["data_hash"]
+
+
+def test_text_role_numeric_where_and_a_skipped_control(real):
+    path, syn = real
+    d = dataset(path, model="tiny", site="lm.resid", layer=2, role="last", label="relation",
+                where={"n_objects": "2", "axis": ["horizontal"]})
+    horiz = np.flatnonzero(syn.samples["axis"].to_numpy() == "horizontal")
+    assert len(d) == len(horiz) and set(d.classes) <= {"left", "right"}
+    role = syn.tokens["lm.resid"]["role"]
+    last = np.array([np.flatnonzero(role[i] == 8)[0] for i in horiz])  # actstore's 'last' code
+    np.testing.assert_array_equal(d.X, syn.acts["lm.resid"][horiz, 2, last])
+    with pytest.warns(UserWarning, match="control task skipped"):
+        res = fit_probe(d, ProbeConfig(n_splits=3))  # text tokens: row/col all -1, one type
+    assert res.control_accuracy is None and res.selectivity is None
+    assert res.baselines["position"] == pytest.approx(res.chance)  # position says nothing here
