@@ -124,7 +124,8 @@ class ImportedItem(NamedTuple):
 
 
 # --------------------------------------------------------------------------- parsing
-def parse_caption(caption: str, objects: int = 2) -> tuple[str | None, str | None, str | None]:
+def parse_caption(caption: str, objects: int = 2,
+                  prefer: str | None = None) -> tuple[str | None, str | None, str | None]:
     """Parse a What'sUp caption into ``(subject, relation, reference)``.
 
     Parameters
@@ -134,6 +135,10 @@ def parse_caption(caption: str, objects: int = 2) -> tuple[str | None, str | Non
         refrigerator"`` or (one object) ``"A photo of a dog on the left"``.
     objects
         1 for the one-object subsets (the relation is a place in the photo), else 2.
+    prefer
+        A relation the caption is known to state (from the file name or the original label):
+        when several relation phrases occur (``"a person on a skateboard to the left of a
+        car"``), the split at that relation's phrase wins.
 
     Returns
     -------
@@ -147,7 +152,14 @@ def parse_caption(caption: str, objects: int = 2) -> tuple[str | None, str | Non
         if m:
             return m["subj"].lower(), m["rel"].lower(), None
         return None, None, None
-    m = _TWO.match(text)
+    m = None
+    if prefer is not None:
+        phrases = [re.escape(p) for p, r in _PHRASES if r == prefer]
+        if phrases:
+            m = re.match(rf"^(?:a\s+photo\s+of\s+)?{_ART}(?P<subj>.+?)\s+(?P<rel>"
+                         + "|".join(phrases) + rf")\s+{_ART}(?P<ref>.+?)[\s.]*$", text,
+                         re.IGNORECASE)
+    m = m or _TWO.match(text)
     if not m:
         return None, None, None
     rel = dict(_PHRASES)[" ".join(m["rel"].lower().split())]
@@ -179,6 +191,8 @@ def original_preposition(spec: SubsetSpec, entry: Any) -> str:
 
 
 _FROM_PREPOSITION = {"left_of": "left", "right_of": "right", "in-front_of": "front"}
+# original labels that name the caption's relation reliably (VG's catch-all 'top' does not)
+_PREFERABLE = {"left", "right", "front", "behind", "on", "under", "above", "below"}
 
 
 # --------------------------------------------------------------------------- reading the release
@@ -386,7 +400,9 @@ def _build(spec: SubsetSpec, i: int, entry: Any, image: Path, root: Path,
            coco: dict | None) -> Stimulus:
     caps = list(entry["caption_options"]) if spec.kind == "controlled" else [entry[1], entry[2]]
     prep = original_preposition(spec, entry)
-    subj, rel, ref = parse_caption(caps[0], spec.objects)
+    known = _FROM_PREPOSITION.get(prep, prep)
+    subj, rel, ref = parse_caption(caps[0], spec.objects,
+                                   prefer=known if known in _PREFERABLE else None)
     parsed = rel is not None
     if not parsed:  # fall back to the original label (and, for Controlled, the file name)
         rel = _FROM_PREPOSITION.get(prep, prep.strip(".").lower())

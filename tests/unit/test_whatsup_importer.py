@@ -81,6 +81,13 @@ def test_parse_caption(caption, objects, expected):
     assert parse_caption(caption, objects) == expected
 
 
+def test_parse_caption_prefers_the_known_relation():
+    cap = "A photo of a person on a skateboard to the left of a car"
+    assert parse_caption(cap)[1] == "on"  # first phrase wins without a hint
+    assert parse_caption(cap, prefer="left") == ("person on a skateboard", "left", "car")
+    assert parse_caption("A mug on a table", prefer="left") == ("mug", "on", "table")
+
+
 def _copy(dst: Path, layout: str) -> Path:
     """The fixture (Controlled A + COCO two) laid out as users do."""
     ja, jc = "controlled_images_dataset.json", "coco_qa_two_obj.json"
