@@ -82,7 +82,8 @@ def _common(f):
 @click.option("--layers", default="all", show_default=True,
               help="Residual sites: all, a:b[:step] (inclusive) or 0,4,8 (0 = LM input).")
 @click.option("--regions", default="object,strip", show_default=True,
-              help="E4 regions to criss-cross, comma-separated (object, strip).")
+              help="E4 regions to criss-cross, comma-separated: object, strip (the object's "
+                   "rows/columns, as the store's role), band (the paper's tiled strips).")
 @click.option("--partner", type=click.Choice(["opposite", "swap", "crisscross"]),
               default="opposite", show_default=True,
               help="E2 counterfactual: a stimulus asking the opposite direction (paper), or a twin.")

@@ -8,7 +8,10 @@ mapped onto the token grid (:func:`layout_from_mask`). Selectors resolve against
 
 ====================  =====================================================================
 ``object``            all target-entity tokens; ``object:1`` only the entity in slot 1
-``strip``             the row/column band of a target, object tokens included (``strip:k``)
+``strip``             the row/column band of a target, object tokens included (``strip:k``); the
+                      store's ``strip`` role: the rows/columns the object's tokens span
+``band``              the paper's strips: the grid tiled along the axis at the midpoints between
+                      neighbouring targets (strip width = size + spacing), objects included
 ``image``             every image token
 ``background``        image tokens outside every entity
 ``last``              the final prompt token
@@ -23,7 +26,7 @@ import numpy as np
 
 from .errors import InterventionError
 
-SELECTOR_KINDS = ("object", "strip", "image", "background", "distractor", "last", "pos")
+SELECTOR_KINDS = ("object", "strip", "band", "image", "background", "distractor", "last", "pos")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +48,9 @@ class TokenLayout:
     """Per image token: the target slot of its object / strip (-1 for none)."""
     axis: str = "horizontal"
     """Axis the targets are laid out along (decides what a strip is)."""
+    band: np.ndarray | None = None
+    """Per image token: the slot of the paper-style tiled strip it lies in (-1: none); None =
+    same as ``strip``."""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -78,19 +84,27 @@ class TokenLayout:
         k = np.arange(self.n_image)
         if kind == "image":
             return k
-        if kind == "strip":
+        if kind == "band" and self.band is not None:
+            sel = self.band >= 0
+            if arg:
+                return k[sel & (self.band == self._ordinal_arg(selector, arg))]
+            return k[sel]
+        if kind in ("strip", "band"):
             # the band of a target: its own tokens and the background in its row/column band
             sel = np.isin(self.role, ("object", "strip"))
         else:
             sel = self.role == kind
         if arg:
-            try:
-                o = int(arg)
-            except ValueError:
-                raise InterventionError(f"selector {selector!r}: the ordinal after ':' must be an "
-                                        "integer (0 = leftmost / topmost)") from None
-            sel &= self.ordinal == o
+            sel &= self.ordinal == self._ordinal_arg(selector, arg)
         return k[sel]
+
+    @staticmethod
+    def _ordinal_arg(selector: str, arg: str) -> int:
+        try:
+            return int(arg)
+        except ValueError:
+            raise InterventionError(f"selector {selector!r}: the ordinal after ':' must be an "
+                                    "integer (0 = leftmost / topmost)") from None
 
     def positions(self, selector: str) -> np.ndarray:
         """Sequence positions that ``selector`` picks."""
@@ -160,8 +174,8 @@ def crisscross_map(base: TokenLayout, src: TokenLayout, region: str, *, first: i
 
     Returns aligned sequence positions ``(base_positions, source_positions)``.
     """
-    if region not in ("object", "strip"):
-        raise InterventionError(f"unknown region {region!r}; use 'object' or 'strip'")
+    if region not in ("object", "strip", "band"):
+        raise InterventionError(f"unknown region {region!r}; use 'object', 'strip' or 'band'")
     if last is None:
         ords = base.ordinals()
         if len(ords) < 2:
@@ -189,7 +203,8 @@ def cell_boxes(grid: tuple[int, int], width: int, height: int) -> np.ndarray:
 
 def roles_from_mask(mask: np.ndarray, stimulus, grid: tuple[int, int], *,
                     cover: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cell role and ordinal from an instance mask (the fallback when no adapter roles exist).
+    """Per-cell role and ordinal with the paper's tiled strips (used for the ``band`` region;
+    the store's own roles come from :func:`vlms.roles.image_roles`).
 
     A cell is ``object`` (of the target in slot k) when at least ``cover`` of its pixels belong to
     that target, ``distractor`` likewise for distractors; remaining cells are ``strip`` when they

@@ -25,7 +25,8 @@ from .stimuli import (base_items, option_ids, pick_prompt, prepare, slot_colors,
 from .sweeps import Edit, ForwardCounter, SourceRun, option_probs, sweep
 
 EXPERIMENTS = ("e2", "e4", "e6")
-REGIONS = ("object", "strip")
+REGIONS = ("object", "strip", "band")
+DEFAULT_REGIONS = ("object", "strip")
 PARTNERS = ("opposite", "swap", "crisscross")
 
 
@@ -69,8 +70,10 @@ class PatchConfig:
     """``e2`` (last token), ``e4`` (criss-cross regions) or ``e6`` (criss-cross under ablation)."""
     layers: str | None = None
     """Residual sites to patch: ``all``, ``a:b[:step]`` (inclusive) or ``0,4,8``."""
-    regions: tuple[str, ...] = REGIONS
-    """E4: regions to criss-cross (``object``, ``strip``); E6 always uses ``object``."""
+    regions: tuple[str, ...] = DEFAULT_REGIONS
+    """E4: regions to criss-cross: ``object``, ``strip`` (the store's role: the object's
+    rows/columns), ``band`` (the paper's tiled strips, width = size + spacing); E6 always uses
+    ``object``."""
     partner: str = "opposite"
     """E2: counterfactual partner: ``opposite`` (another stimulus asking the opposite direction
     with the same reference colour: the paper's design), ``swap`` or ``crisscross`` twin."""

@@ -17,6 +17,13 @@ from .errors import InterventionError
 from .layout import TokenLayout, roles_from_mask
 
 
+def image_roles(stim, mask, grid):
+    """Image-token roles from ``vlms.roles`` (imported lazily: torch-free until needed)."""
+    from vlms.roles import image_roles as _roles
+
+    return _roles(stim, mask, grid)
+
+
 @dataclass
 class Prepared:
     """One stimulus ready to run: model inputs, token layout, the prompt asked and its answer."""
@@ -53,9 +60,12 @@ def prepare(adapter, ds, stim, prompt, *, image: np.ndarray | None = None) -> Pr
     img = ds.image(stim) if image is None else image
     batch = adapter.prepare([img], [prompt])
     grid = tuple(batch.grids[0])
-    role, ordinal = roles_from_mask(ds.mask(stim), stim, grid)
+    mask = ds.mask(stim)
+    roles = image_roles(stim, mask, grid)  # the store's role vocabulary
+    _, band = roles_from_mask(mask, stim, grid)  # the paper's tiled strips
     layout = TokenLayout(seq_len=batch.seq_len, image_positions=np.asarray(batch.image_positions[0]),
-                         grid=grid, role=role, ordinal=ordinal, axis=stim.axis or "horizontal")
+                         grid=grid, role=np.asarray(roles.role), ordinal=np.asarray(roles.slot),
+                         axis=stim.axis or "horizontal", band=band)
     return Prepared(stim=stim, prompt=prompt, inputs=batch.inputs, layout=layout)
 
 

@@ -96,17 +96,24 @@ def _direct_e4(ad, ds, stim, layer, region):
 def test_e4_rows_equal_direct_patched_runs(setup, request):
     ad, ds = request.getfixturevalue(setup)
     table, summary = run_e4(ad, ds, PatchConfig(experiment="e4", layers="0,2", limit=1,
-                                                batch_size=3), progress=False)
-    assert len(table) == 2 * 2  # layers x regions
+                                                batch_size=3,
+                                                regions=("object", "strip", "band")),
+                            progress=False)
+    assert len(table) == 2 * 3  # layers x regions
     stim = base_items(ds)[0]
     for _, r in table.iterrows():
         want = _direct_e4(ad, ds, stim, int(r["layer"]), r["region"])
         got = np.array([r["p_slot0"], r["p_slot1"], r["p_slot2"]])
         np.testing.assert_allclose(got, want, atol=1e-5)
         assert r["flip"] == (r["pred"] == r["cf_answer"])
-    # 1 base + 1 cached source + ceil(4 rows / 3) batched forwards; naive = 2 per row
-    assert summary["forwards"] == 2 + 2 and summary["naive_forwards"] == 8
-    assert {d["region"] for d in summary["by_layer"]} == {"object", "strip"}
+    # 1 base + 1 cached source + ceil(6 rows / 3) batched forwards; naive = 2 per row
+    assert summary["forwards"] == 2 + 2 and summary["naive_forwards"] == 12
+    assert {d["region"] for d in summary["by_layer"]} == {"object", "strip", "band"}
+    # the regions differ: band (paper's tiling) is wider than strip (object columns)
+    stim = base_items(ds)[0]
+    p = prepare(ad, ds, stim, pick_prompt(stim))
+    n = {r: len(p.layout.cells(f"{r}:0")) for r in ("object", "strip", "band")}
+    assert n["object"] < n["strip"] <= n["band"]
 
 
 def test_e2_last_site_reproduces_counterfactual_run(qwen_setup):

@@ -226,3 +226,18 @@ def test_summarize_e7_hand_counts():
     assert sel[("in-sample best alpha (paper's Probe)", "random")]["fixed"] == 0
     dose = pd.DataFrame(s["dose_response"])
     assert dose.loc[(dose.control == "probe") & (dose.alpha == 0), "fixed"].item() == 0
+
+
+def test_band_selector_uses_tiled_strips_when_given():
+    m = _row_mask()
+    lay = _layout(m, [(0, "r"), (1, "g"), (2, "b")])
+    # without a band array, band == strip
+    assert list(lay.cells("band:0")) == list(lay.cells("strip:0"))
+    band = np.repeat([[0, 0, 0, 1, 1, 1, 2, 2]], 8, 0).ravel()
+    narrow_role = np.where(lay.role == "object", "object", "background").astype(str)
+    lay2 = TokenLayout(seq_len=lay.seq_len, image_positions=lay.image_positions, grid=lay.grid,
+                       role=narrow_role, ordinal=lay.ordinal, band=band)
+    assert list(lay2.cells("band:2")) == [r * 8 + c for r in range(8) for c in (6, 7)]
+    assert list(lay2.cells("strip:2")) == [3 * 8 + 5]  # only the object: no strip role here
+    with pytest.raises(InterventionError, match="unknown region"):
+        crisscross_map(lay2, lay2, "stripe")
