@@ -5,7 +5,8 @@ maps and (optionally) exported directions. Thin: parses options, builds the conf
 Outputs under ``--out DIR``::
 
     results.parquet, results.csv   one row per (layer, role): accuracy, CI, control, selectivity,
-                                   position-only baseline, n, data hash, error
+                                   position-only baseline, init_accuracy (--baseline-store), n,
+                                   data hash, error
     accuracy_heatmap.png           accuracy by layer × role (selectivity_heatmap.png with --control)
     accuracy_lines.png             accuracy by layer, one line per role, CI bands and baselines
     maps/layer<NNN>.png            probe maps of held-out images (object-token probe on every token)
@@ -14,6 +15,7 @@ Outputs under ``--out DIR``::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -99,14 +101,20 @@ def _open(store_path: str):
               help="Held-out images per probe map (0 = no maps).")
 @click.option("--export-directions", "export_dir", default=None, type=click.Path(file_okay=False),
               help="Write each cell's direction (labelled arrays + JSON) under this directory.")
+@click.option("--baseline-store", default=None, help="Store extracted from a random-init build of "
+              "the same model on the same stimuli: the same sweep runs there and its accuracy is "
+              "reported as init_accuracy (the init-weight baseline).")
+@click.option("--baseline-model", default=None, help="Model key in --baseline-store "
+              "(default: --model).")
 @click.option("--seed", default=0, show_default=True, help="Seed of splits, control labels, bootstrap.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory (results table, plots, maps, config).")
 def probe(store_path, model, site, layers, roles, label, pool, group_by, control, token_type,
-          split, n_splits, ci, where, scheduler, workers, map_samples, export_dir, seed, out_dir):
+          split, n_splits, ci, where, scheduler, workers, map_samples, export_dir, baseline_store,
+          baseline_model, seed, out_dir):
     """Train linear probes for every (layer, role) of a store and plot where the label is decodable."""
     from .config import ProbeConfig, SweepConfig
-    from .sweep import sweep
+    from .sweep import add_baseline, sweep
 
     store = _open(store_path)
     available = list(store.layers(model, site)) if hasattr(store, "layers") else None
@@ -117,9 +125,14 @@ def probe(store_path, model, site, layers, roles, label, pool, group_by, control
                         baselines=("position",) if pool == "token" else (),
                         scheduler=scheduler, n_workers=workers)
     wh = _where(where) or None
+    if baseline_store is not None:  # open it first: a bad baseline store fails before any work
+        _open(baseline_store)
     table = sweep(store_path, sconf, pconf, where=wh, export_dir=export_dir)
     if table["error"].notna().all():
         raise ConfigError(f"every (layer, role) cell failed; first error: {table['error'].iloc[0]}")
+    if baseline_store is not None:
+        bconf = dataclasses.replace(sconf, model=baseline_model or model)
+        table = add_baseline(table, sweep(baseline_store, bconf, pconf, where=wh), name="init")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_outputs(store, table, sconf, pconf, wh, map_samples, out)

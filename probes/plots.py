@@ -53,7 +53,8 @@ def plot_accuracy_heatmap(table: pd.DataFrame, path, *, value: str = "accuracy")
 
 def plot_accuracy_lines(table: pd.DataFrame, path) -> Path:
     """Accuracy against layer, one line per role with its CI band; control task dashed, the
-    position-only baseline dotted, majority-class chance in grey."""
+    position-only baseline dotted, an init-weights baseline (``init_accuracy``) dash-dotted,
+    majority-class chance in grey."""
     fig = Figure(figsize=(6, 3.6))
     ax = fig.add_subplot()
     ok = table.dropna(subset=["accuracy"]) if "accuracy" in table else table.iloc[:0]
@@ -68,6 +69,9 @@ def plot_accuracy_lines(table: pd.DataFrame, path) -> Path:
         if "position_accuracy" in t and t["position_accuracy"].notna().any():
             ax.plot(t["layer"], t["position_accuracy"], ":", color=c, lw=1,
                     label=f"{role} position-only")
+        if "init_accuracy" in t and t["init_accuracy"].notna().any():
+            ax.plot(t["layer"], t["init_accuracy"], "-.", color=c, lw=1,
+                    label=f"{role} init weights")
     if len(ok):
         ax.axhline(ok["chance"].mean(), color="0.5", lw=0.8, label="majority class")
     ax.set_ylim(0, 1.02)

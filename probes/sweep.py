@@ -113,6 +113,16 @@ def sweep(store, config: SweepConfig, probe_config: ProbeConfig | None = None, *
     return table
 
 
+def add_baseline(table: pd.DataFrame, baseline: pd.DataFrame, *, name: str = "init") -> pd.DataFrame:
+    """Join a baseline sweep (e.g. the same model with random init weights, extracted into another
+    store) onto ``table`` by (layer, role): adds ``<name>_accuracy``, ``<name>_ci_low``,
+    ``<name>_ci_high`` and ``<name>_data_hash``."""
+    cols = {"accuracy": f"{name}_accuracy", "ci_low": f"{name}_ci_low",
+            "ci_high": f"{name}_ci_high", "data_hash": f"{name}_data_hash"}
+    b = baseline[["layer", "role", *[c for c in cols if c in baseline]]].rename(columns=cols)
+    return table.merge(b, on=["layer", "role"], how="left", validate="one_to_one")
+
+
 def _blas_threads(n: int | None):
     if n is None:
         return contextlib.nullcontext()

@@ -74,3 +74,24 @@ def test_bad_input_is_one_line_and_writes_nothing(store, tmp_path, args, message
     assert err[-1].startswith("Error: ") and message in err[-1], r.output
     assert "Traceback" not in r.output
     assert not out.exists()
+
+
+def test_init_weight_baseline_store(store, tmp_path):
+    init = tmp_path / "init.zarr"  # same layout, no planted signal: what random weights give
+    actstore_testing.make_store(init, n_samples=24, planted=None, grid=4, seed=2)
+    out = tmp_path / "out"
+    r = run("probe", "--store", store, "--model", "tiny", "--site", "projector", "--roles",
+            "object", "--n-splits", "3", "--no-control", "--scheduler", "serial",
+            "--map-samples", "0", "--baseline-store", str(init), "--out", str(out))
+    assert r.exit_code == 0, r.output
+    t = pd.read_parquet(out / "results.parquet")
+    assert len(t) == 1 and t["control_accuracy"].isna().all()
+    assert t["accuracy"].iloc[0] > 0.85 and t["init_accuracy"].iloc[0] < 0.75
+    assert t["ci_low"].iloc[0] > t["init_ci_high"].iloc[0]
+    assert t["data_hash"].iloc[0] != t["init_data_hash"].iloc[0]
+    assert not (out / "maps").exists()
+    bad = CliRunner().invoke(spatialbind, ["probe", "--store", store, "--model", "tiny",
+                                           "--baseline-store", str(tmp_path / "nope.zarr"),
+                                           "--scheduler", "serial", "--out", str(tmp_path / "o2")])
+    assert bad.exit_code == 1 and "Traceback" not in bad.output
+    assert not (tmp_path / "o2").exists()
