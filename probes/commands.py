@@ -63,6 +63,28 @@ def _where(pairs: tuple[str, ...]) -> dict:
     return out
 
 
+TOKEN_COLUMNS = ("ordinal", "entity", "row", "col", "role", "position", "mask_id", "side")
+
+
+def _check_names(store, model: str, sconf, pconf) -> None:
+    """Unknown roles, label or group-by columns fail here, before any cluster starts."""
+    from .errors import suggest
+
+    known_roles = list(getattr(store, "roles", {}).values())
+    for r in sconf.roles:
+        if known_roles and r not in known_roles:
+            raise ConfigError(f"--roles: unknown role {r!r}.{suggest(r, known_roles)} "
+                              f"Known: {', '.join(known_roles)}.")
+    if not hasattr(store, "labels"):
+        return
+    columns = [*store.labels(model).columns, *TOKEN_COLUMNS]
+    for opt, names in (("--label", (sconf.label,)), ("--group-by", pconf.group_by)):
+        for name in names:
+            if name not in columns:
+                raise ConfigError(f"{opt}: unknown label column {name!r}.{suggest(name, columns)} "
+                                  f"Known: {', '.join(map(str, columns))}.")
+
+
 def _open(store_path: str):
     from .dataset import open_store
 
@@ -125,6 +147,7 @@ def probe(store_path, model, site, layers, roles, label, pool, group_by, control
                         baselines=("position",) if pool == "token" else (),
                         scheduler=scheduler, n_workers=workers)
     wh = _where(where) or None
+    _check_names(store, model, sconf, pconf)
     if baseline_store is not None:  # open it first: a bad baseline store fails before any work
         _open(baseline_store)
     table = sweep(store_path, sconf, pconf, where=wh, export_dir=export_dir)

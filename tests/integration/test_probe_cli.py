@@ -60,7 +60,10 @@ def test_probe_writes_table_plots_maps_directions(store, tmp_path, scheduler):
     (["--layers", "7"], "layer(s) [7] not in the store"),
     (["--layers", "x"], "cannot read 'x'"),
     (["--model", "qwen"], "qwen"),
-    (["--roles", "object", "--label", "ordnal"], "every (layer, role) cell failed"),
+    (["--roles", "object", "--label", "ordnal"], "Did you mean 'ordinal'"),
+    (["--roles", "objects"], "unknown role 'objects'. Did you mean 'object'"),
+    (["--group-by", "colour"], "--group-by: unknown label column 'colour'"),
+    (["--roles", "background"], "every (layer, role) cell failed"),
     (["--where", "axis"], "not key=value"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(store, tmp_path, args, message):
