@@ -112,24 +112,14 @@ def base_items(ds, *, limit: int | None = None, split: str | None = None,
     return items[:limit] if limit else items
 
 
-def variants(word: str) -> list[str]:
-    """Spellings of an answer word scored together (as the paper does)."""
-    w = word.strip()
-    return list(dict.fromkeys([w.lower(), w.capitalize(), " " + w.lower(), " " + w.capitalize(),
-                               w, " " + w]))
-
-
 def option_ids(tokenizer, words: Sequence[str]) -> list[list[int]]:
-    """First token id of each spelling of each word; ids shared by two words are dropped
-    (they cannot tell the words apart), unless a word would be left with none."""
-    firsts = []
-    for w in words:
-        ids = []
-        for v in variants(w):
-            enc = tokenizer.encode(v, add_special_tokens=False)
-            if enc:
-                ids.append(int(enc[0]))
-        firsts.append(list(dict.fromkeys(ids)))
+    """First token id of each spelling of each word (the variants of
+    :func:`vlms.scoring.option_token_ids`: case and leading space, as the evaluation scores them);
+    ids shared by two words are dropped (they cannot tell the words apart), unless a word would be
+    left with none."""
+    from vlms.scoring import option_token_ids
+
+    firsts = [option_token_ids(tokenizer, w) for w in words]
     out = []
     for i, ids in enumerate(firsts):
         others = {t for j, o in enumerate(firsts) if j != i for t in o}
