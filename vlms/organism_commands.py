@@ -25,12 +25,17 @@ def organism() -> None:
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--vision-depth", type=int, default=None, help="Vision blocks (default 2 lm, 3 vision).")
 @click.option("--batch", type=int, default=32, show_default=True, help="Images per step.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--warmup", type=int, default=100, show_default=True, help="Warm-up steps.")
+@click.option("--init", "init_from", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Continue training this saved organism (same arch/mechanism/sizes).")
 @click.option("--eval-every", type=int, default=100, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output directory (save_pretrained model + processor, train_log.json, curve.png).")
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Run the 'which mechanism emerged?' slot probe at the end.")
-def train(arch, mechanism, task, steps, seed, threads, vision_depth, batch, eval_every, out, probe):
+def train(arch, mechanism, task, steps, seed, threads, vision_depth, batch, lr, warmup, init_from,
+          eval_every, out, probe):
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import organisms as org
 
@@ -39,7 +44,8 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, batch, eval
         arch=arch, mechanism=mechanism, task=task, seed=seed, threads=threads,
         steps=steps if steps is not None else defaults["steps"],
         vision_depth=vision_depth if vision_depth is not None else defaults["vision_depth"],
-        batch=batch, eval_every=eval_every, eval_items=64)
+        batch=batch, lr=lr, warmup=warmup, init_from=init_from, eval_every=eval_every,
+        eval_items=64)
     res = org.train(cfg, out=out, final_eval_items=384)
     if probe:
         from .organism_probe import mechanism_report
@@ -49,7 +55,7 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, batch, eval
     f = res.log["final"]
     click.echo(f"saved {out}: held-out triples {f['heldout']:.3f} (canonical {f['ht_canon']:.3f}), "
                f"held-out layouts {f['hl']:.3f}, train {f['train']:.3f}; "
-               f"{res.log['train_time_s'] / 60:.1f} min training")
+               f"{res.log.get('total_train_time_s', res.log['train_time_s']) / 60:.1f} min training")
     if probe:
         click.echo(json.dumps(res.log["mechanism_check"]["summary"]))
 

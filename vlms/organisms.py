@@ -93,6 +93,9 @@ class OrganismConfig:
     ``vision`` organisms use linear rotary scaling by 1e9 instead (all phases equal)."""
     shuffle_image_tokens: bool | None = None
     """Shuffle image tokens at the LM input during training; default on for ``vision``."""
+    init_from: str | None = None
+    """Continue training a saved organism (same arch, mechanism and sizes) instead of a fresh
+    build; its history is kept and the step count continues from it."""
 
     def __post_init__(self):
         _check(self.arch in ARCHS, f"The 'arch' of OrganismConfig must be one of {ARCHS}. "
@@ -235,6 +238,9 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
         out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     model, proc = build(cfg)
+    prev = None
+    if cfg.init_from is not None:
+        model, proc, prev = _continue_from(cfg)
     model.train()
     splits = od.make_splits(cfg.grid, seed=cfg.split_seed)
     batcher = Batcher(proc, cfg.grid)
@@ -249,6 +255,13 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     log = {"config": cfg.to_json(), "history": [], "n_params": sum(p.numel() for p in model.parameters()),
            "splits": {"heldout_triples": [list(t) for t in splits.heldout_triples],
                       "heldout_layouts": [asdict(lay) for lay in splits.heldout_layouts]}}
+    offset = 0
+    if prev is not None:
+        offset = prev["history"][-1]["step"] if prev.get("history") else 0
+        log["history"] = list(prev.get("history", []))
+        log["stages"] = prev.get("stages", [{"config": prev["config"],
+                                             "train_time_s": prev.get("train_time_s", 0)}])
+        log["previous_train_time_s"] = sum(st.get("train_time_s", 0) for st in log["stages"])
     t0 = time.time()
     train_time = 0.0
     bar = tqdm(range(cfg.steps), disable=not progress, desc=f"{cfg.arch}-{cfg.mechanism}")
@@ -275,7 +288,7 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
             if handle is not None:
                 handle = ShuffleImageTokens(cfg.grid ** 2, cfg.seed + step).attach(model)
             model.train()
-            log["history"].append({"step": step + 1, "loss": run_loss, "train_time_s": train_time,
+            log["history"].append({"step": offset + step + 1, "loss": run_loss, "train_time_s": train_time,
                                    "wall_s": time.time() - t0, **acc})
             bar.set_postfix(loss=f"{run_loss:.3f}", heldout=f"{acc['heldout']:.3f}",
                             hl=f"{acc['hl']:.3f}")
@@ -287,6 +300,9 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
         handle.remove()
     model.eval()
     log["train_time_s"] = train_time
+    if prev is not None:
+        log["stages"].append({"config": cfg.to_json(), "train_time_s": train_time})
+        log["total_train_time_s"] = log["previous_train_time_s"] + train_time
     log["final"] = evaluate(model, batcher, splits, n=final_eval_items, seed=2)
     log["final_eval_items"] = final_eval_items
     if cfg.mechanism == "vision" or cfg.resolved_shuffle():
@@ -296,6 +312,17 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     if out is not None:
         save(model, proc, out, log)
     return TrainResult(model, proc, log)
+
+
+def _continue_from(cfg: OrganismConfig):
+    """Load the organism to continue from and check that it matches ``cfg``."""
+    model, proc, prev = load(cfg.init_from)
+    pc = prev.get("config", {})
+    for k in ("arch", "mechanism", "grid", "vision_depth", "vision_dim", "lm_layers", "lm_dim"):
+        _check(pc.get(k) == getattr(cfg, k), f"--init {cfg.init_from}: its {k} is {pc.get(k)!r} "
+               f"but this run asks for {getattr(cfg, k)!r}; pass matching options")
+    model.train()
+    return model, proc, prev
 
 
 def _write_json(path: Path, obj) -> None:
@@ -315,7 +342,7 @@ def save(model, proc, out: str | Path, log: dict) -> None:
     write_readme(out, log)
 
 
-def command_line(cfg: dict, out: str) -> str:
+def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
     """The ``spatialbind organism train`` command that reproduces a config (as saved)."""
     d = mechanism_defaults(cfg["mechanism"], cfg["arch"])
     parts = ["spatialbind organism train", f"--arch {cfg['arch']}", f"--mechanism {cfg['mechanism']}",
@@ -324,7 +351,24 @@ def command_line(cfg: dict, out: str) -> str:
              f"--eval-every {cfg['eval_every']}"]
     if cfg["vision_depth"] != d["vision_depth"]:
         parts.append(f"--vision-depth {cfg['vision_depth']}")
+    if cfg.get("lr", 1e-3) != 1e-3:
+        parts.append(f"--lr {cfg['lr']:g}")
+    if cfg.get("warmup", 100) != 100:
+        parts.append(f"--warmup {cfg['warmup']}")
+    if init is not None:
+        parts.append(f"--init {init}")
     return " ".join(parts + [f"--out {out}"])
+
+
+def reproduce_commands(log: dict, out: str) -> list[str]:
+    """Every ``organism train`` command (one per training stage) that reproduces ``log``."""
+    stages = [st["config"] for st in log.get("stages", [])] or [log["config"]]
+    cmds, prev = [], None
+    for k, c in enumerate(stages):
+        dst = out if k == len(stages) - 1 else f"{out}-stage{k + 1}"
+        cmds.append(command_line(c, dst, init=prev))
+        prev = dst
+    return cmds
 
 
 _CLASS = {"qwen2-vl": "Qwen2VLForConditionalGeneration",
@@ -355,9 +399,12 @@ def write_readme(out: str | Path, log: dict) -> None:
              f"training: {r['shuffle_image_tokens']}.",
              "- Load: `AutoModelForImageTextToText.from_pretrained(DIR)` (model) and "
              "`vlms.organisms.load(DIR)` (model, image-only processor, log).", "",
-             "## Reproduce", "", "```", command_line(c, f"vlms/organisms/{out.name}"), "```", "",
-             f"Training: {c['steps']} steps, {log.get('train_time_s', 0) / 60:.1f} min of training "
-             f"({log.get('wall_s', 0) / 60:.1f} min wall) on a shared 2-core CPU, "
+             "## Reproduce", "", "```", *reproduce_commands(log, f"vlms/organisms/{out.name}"),
+             "```", "",
+             f"Training: {sum(st['config']['steps'] for st in log.get('stages', [])) or c['steps']}"
+             f" steps, {log.get('total_train_time_s', log.get('train_time_s', 0)) / 60:.1f} min "
+             "of training "
+             f"(last stage {log.get('wall_s', 0) / 60:.1f} min wall) on a shared 2-core CPU, "
              f"{c['threads']} torch thread(s). Curve: `curve.png`; full history: `train_log.json`.",
              "", "## Held-out accuracy (top-1 next token, exact paper colours)", "",
              f"{log.get('final_eval_items', '')} items per set (`ht_canon`: all of them).", "",
@@ -408,6 +455,10 @@ def plot_curve(log: dict, path: str | Path) -> None:
     for name, style in zip(EVAL_SETS, ("-", "--", ":", "-.", "-")):
         ax2.plot(steps, [r[name] for r in h], style, label=name, alpha=0.8)
     ax2.axhline(0.95, color="grey", lw=0.5)
+    edge = 0
+    for st in log.get("stages", [])[:-1]:
+        edge += st["config"]["steps"]
+        ax2.axvline(edge, color="grey", ls=":", lw=0.8)
     ax2.set_ylim(0, 1.02)
     ax2.set_ylabel("top-1 accuracy")
     c = log["config"]

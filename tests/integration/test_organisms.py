@@ -211,6 +211,20 @@ def test_training_smoke_and_roundtrip(tmp_path):
     with pytest.raises(org.OrganismError, match="already holds"):
         org.train(cfg, out=tmp_path / "o", progress=False)
     assert (tmp_path / "o" / "model.safetensors").stat().st_size > 0
+    # continue training from the saved organism: weights start from it, history continues
+    import dataclasses
+
+    cont = dataclasses.replace(cfg, steps=10, eval_every=10, warmup=1, lr=1e-3,
+                               init_from=str(tmp_path / "o"))
+    res2 = org.train(cont, out=tmp_path / "o2", progress=False, final_eval_items=8)
+    assert [h["step"] for h in res2.log["history"]] == [20, 40, 50]
+    assert len(res2.log["stages"]) == 2
+    cmds = org.reproduce_commands(res2.log, "vlms/organisms/x")
+    assert len(cmds) == 2 and "--init vlms/organisms/x-stage1" in cmds[1]
+    readme = (tmp_path / "o2" / "README.md").read_text().splitlines()
+    assert sum(ln.startswith("spatialbind organism train") for ln in readme) == 2
+    with pytest.raises(org.OrganismError, match="lm_dim"):
+        org.train(dataclasses.replace(cont, lm_dim=32, lm_heads=1), progress=False)
 
 
 # ----------------------------------------------------------------------------- shipped organisms
