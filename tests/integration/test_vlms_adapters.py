@@ -23,6 +23,11 @@ def ad(request):
 def test_sites_resolve_and_fire_with_declared_shapes(ad):
     r = squares(0)
     b = ad.prepare([r.image], [r.stimulus.prompts[0]])
+    for k in ad.mm_input_keys:  # image_grid_thw + mm_token_type_ids / token_type_ids
+        assert k in b.inputs
+        if k.endswith("type_ids"):
+            ids = b.inputs[k][0]
+            assert int(ids.sum()) == 256 and bool(ids[b.image_positions[0]].all())
     sites = ad.sites()
     assert sites[0] == "vision.blocks.0" and sites[-1] == f"lm.resid.{ad.n_lm_layers}"
     _, acts = ad.capture(b, sites)
