@@ -73,6 +73,9 @@ class EvalConfig:
         if self.template not in ("auto", "anchor", "direct"):
             raise EvaluationError("The 'template' parameter of EvalConfig must be one of auto, "
                                   f"anchor, direct. Got {self.template!r} instead.")
+        if not str(self.model).strip():
+            raise EvaluationError("The 'model' parameter of EvalConfig must be an adapter name, "
+                                  "hub id or local directory. Got an empty string instead.")
         if not str(self.data).strip():
             raise EvaluationError("The 'data' parameter of EvalConfig must be a dataset directory "
                                   "or whatsup:ROOT[:SUBSET]. Got an empty string instead.")
