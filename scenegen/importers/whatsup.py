@@ -364,6 +364,30 @@ def match_category(name: str | None, available) -> str | None:
     return next((c for c in cands if c in avail), None)
 
 
+def _pick_instances(cats: list[str | None], boxes: dict[str, list], rel: str | None,
+                    slot: int | None) -> list[tuple[str, list] | None]:
+    """COCO instance per entity: the largest of its category (as the paper's code does).
+
+    When subject and reference name the same category, the two largest instances are assigned
+    so that their order along the relation's axis matches the caption (the subject is the
+    leftmost / topmost one when its slot is 0); along the depth axis that cannot be read from
+    boxes, so only the subject gets one.
+    """
+    out: list[tuple[str, list] | None] = [
+        None if c is None else (c, max(boxes[c], key=lambda r: r[4])) for c in cats]
+    if len(cats) == 2 and cats[0] is not None and cats[0] == cats[1]:
+        axis = AXIS_OF.get(rel or "")
+        two = sorted(boxes[cats[0]], key=lambda r: -r[4])[:2]
+        if axis in ("horizontal", "vertical") and len(two) == 2 and slot is not None:
+            c = 0 if axis == "horizontal" else 1  # centre coordinate along the axis
+            first, second = sorted(two, key=lambda r: r[c] + r[c + 2] / 2)
+            out = [(cats[0], first if slot == 0 else second),
+                   (cats[0], second if slot == 0 else first)]
+        else:
+            out[1] = None
+    return out
+
+
 def _box_px(b: list[float], w: int, h: int) -> tuple[int, int, int, int]:
     x0, y0 = max(0, math.floor(b[0])), max(0, math.floor(b[1]))
     x1, y1 = min(w, math.ceil(b[0] + b[2])), min(h, math.ceil(b[1] + b[3]))
@@ -434,10 +458,11 @@ def _build(spec: SubsetSpec, i: int, entry: Any, image: Path, root: Path,
         boxes = coco.get(int(entry[0]), {})
         found = {}
         mask = np.zeros((height, width), dtype=np.uint8)
+        chosen = _pick_instances([match_category(n, boxes) if boxes else None for n, _ in names],
+                                 boxes, rel, slot)
         for k in reversed(range(len(names))):  # reference first, subject drawn over it
-            cat = match_category(names[k][0], boxes) if boxes else None
-            if cat is not None:
-                b = max(boxes[cat], key=lambda r: r[4])
+            if chosen[k] is not None:
+                cat, b = chosen[k]
                 x0, y0, x1, y1 = _box_px(b, width, height)
                 mask[y0:y1, x0:x1] = k + 1
                 found[("subject", "reference")[k]] = {"category": cat, "bbox": b[:4]}

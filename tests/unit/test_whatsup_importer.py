@@ -269,3 +269,21 @@ def test_dataset_directory_satisfies_the_contract(tmp_path):
     before = (out / "metadata.jsonl").read_bytes()
     import_whatsup(FIX, "COCO_QA_two_obj", out, coco_annotations=COCO, progress=False)
     assert (out / "metadata.jsonl").read_bytes() == before
+
+
+def test_same_category_subject_and_reference_get_distinct_instances():
+    from scenegen.importers.whatsup import _pick_instances
+
+    people = {"person": [[0, 0, 10, 10, 100], [30, 0, 10, 10, 90], [5, 5, 2, 2, 4]],
+              "dog": [[1, 20, 5, 5, 25]]}
+    # "a person to the right of a person": the subject is the right one of the two largest
+    (cs, bs), (cr, br) = _pick_instances(["person", "person"], people, "right", 1)
+    assert cs == cr == "person" and bs[0] == 30 and br[0] == 0
+    (_, bs), (_, br) = _pick_instances(["person", "person"], people, "left", 0)
+    assert bs[0] == 0 and br[0] == 30
+    # depth cannot be read from boxes: only the subject gets one
+    got = _pick_instances(["person", "person"], people, "front", 0)
+    assert got[0][1][0] == 0 and got[1] is None
+    # different categories: the largest of each
+    assert _pick_instances(["dog", "person"], people, "below", 1) == [
+        ("dog", [1, 20, 5, 5, 25]), ("person", [0, 0, 10, 10, 100])]
