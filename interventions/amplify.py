@@ -20,7 +20,7 @@ with fixed (failing -> right), broken (right -> failing), net and accuracy besid
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ import torch
 from .errors import InterventionError
 from .hooks import Amplify, run
 from .stimuli import base_items, option_ids, pick_prompt, prepare
-from .sweeps import Edit, ForwardCounter, option_probs, sweep
+from .sweeps import Edit, ForwardCounter, option_scores, sweep
 
 SITE = "lm.resid.0"
 CONTROLS = ("probe", "random")
@@ -210,7 +210,56 @@ def _dirs_for(directions, axis: str | None) -> np.ndarray:
     return np.atleast_2d(np.asarray(directions, dtype=np.float32))
 
 
-def run_e7(adapter, ds, directions, config: AmplifyConfig = AmplifyConfig(), *,
+@dataclass
+class Question:
+    """One question of an E7 item: image loader, prompt (text or scenegen Prompt), options."""
+
+    image: Callable[[], Any]
+    prompt: Any
+    options: tuple[str, ...]
+    answer: str
+    system: str | None = None
+
+
+@dataclass
+class E7Item:
+    """An item scored strictly: right only if every question is answered right."""
+
+    id: str
+    split: str
+    axis: str | None
+    questions: list[Question]
+
+
+def dataset_items(ds, config: AmplifyConfig) -> list[E7Item]:
+    """E7 items of a generated dataset: the ``config.prompt`` prompt, in both option orders for
+    two-option ``choice`` prompts."""
+    out = []
+    for stim in base_items(ds, limit=config.limit):
+        qs = [Question(image=(lambda s=stim: ds.image(s)), prompt=p, options=tuple(p.options),
+                       answer=p.answer)
+              for p in _variants(pick_prompt(stim, config.prompt), config.both_orders)]
+        out.append(E7Item(id=stim.id, split=stim.split, axis=stim.axis, questions=qs))
+    return out
+
+
+def whatsup_items(spec: str, config: AmplifyConfig, *, model_name: str,
+                  template: str = "auto") -> list[E7Item]:
+    """E7 items of What'sUp (``whatsup:ROOT:COCO_QA_two_obj``): the paper's two-option question
+    in both orders (the evaluation's prompts and templates, see :mod:`interventions.evaluate`)."""
+    from .evaluate import load_items, resolve_template, two_option_queries
+
+    tpl = resolve_template(template, model_name)
+    out = []
+    for i, it in enumerate(load_items(spec, limit=config.limit)):
+        qs = [Question(image=it.load_image, prompt=q.prompt, options=q.options, answer=q.answer,
+                       system=q.system) for q in two_option_queries(i, it.stimulus, tpl)]
+        out.append(E7Item(id=it.stimulus.id, split=it.stimulus.split, axis=it.stimulus.axis,
+                          questions=qs))
+    return out
+
+
+def run_e7(adapter, data, directions, config: AmplifyConfig = AmplifyConfig(), *,
            progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
     """E7: alpha sweep of :class:`~interventions.hooks.Amplify` on all image tokens.
 
@@ -218,8 +267,8 @@ def run_e7(adapter, ds, directions, config: AmplifyConfig = AmplifyConfig(), *,
     ----------
     adapter
         ``vlms`` adapter.
-    ds
-        scenegen dataset.
+    data
+        A scenegen dataset, or a list of :class:`E7Item` (e.g. :func:`whatsup_items`).
     directions
         ``(k, hidden)`` array, or ``axis -> (k, hidden)``.
     config
@@ -233,36 +282,41 @@ def run_e7(adapter, ds, directions, config: AmplifyConfig = AmplifyConfig(), *,
     """
     from tqdm.auto import tqdm
 
-    items = base_items(ds, limit=config.limit)
+    items = dataset_items(data, config) if hasattr(data, "stimuli") else list(data)
+    if not items:
+        raise InterventionError("E7 got no items; check --data and --limit")
     counter = ForwardCounter()
     rows = []
     mods: dict[tuple, Amplify] = {}
-    for stim in tqdm(items, desc="E7 amplify", disable=not progress, dynamic_ncols=True):
-        w = _dirs_for(directions, stim.axis)
+    keys = [(c, a) for c in CONTROLS for a in config.alphas]
+    for item in tqdm(items, desc="E7 amplify", disable=not progress, dynamic_ncols=True):
+        w = _dirs_for(directions, item.axis)
         if w.shape[1] != adapter.d_lm:
             raise InterventionError(f"direction width {w.shape[1]} != model hidden size "
                                     f"{adapter.d_lm}")
         ctrl = {"probe": w, "random": random_control(w, config.seed)}
-        keys = [(c, a) for c in CONTROLS for a in config.alphas]
         for c, a in keys:
-            mods.setdefault((stim.axis, c, a), Amplify(ctrl[c], a))
+            mods.setdefault((item.axis, c, a), Amplify(ctrl[c], a))
         ok = {k: True for k in keys}
-        for prompt in _variants(pick_prompt(stim, config.prompt), config.both_orders):
-            p = prepare(adapter, ds, stim, prompt)
-            img = p.layout.image_positions.tolist()
-            edits = [[Edit(site=SITE, intervention=mods[(stim.axis, c, a)], tokens=img)]
+        for q in item.questions:
+            batch = adapter.prepare([q.image()], [q.prompt], system=q.system)
+            img = np.asarray(batch.image_positions[0]).tolist()
+            edits = [[Edit(site=SITE, intervention=mods[(item.axis, c, a)], tokens=img)]
                      for c, a in keys]
-            res = sweep(adapter, p.inputs, edits, batch_size=config.batch_size)
+            res = sweep(adapter, batch.inputs, edits, batch_size=config.batch_size)
             counter.add(res.counter)
-            opts = list(prompt.options)
-            probs = option_probs(res.row_logits, option_ids(adapter.tokenizer, opts))
+            opts = list(q.options)
+            # scored as `spatialbind evaluate` scores two-option questions (max over spellings)
+            probs = option_scores(res.row_logits, option_ids(adapter.tokenizer, opts))
             for k, pr in zip(keys, probs):
-                ok[k] &= opts[int(pr.argmax())] == prompt.answer
+                ok[k] &= opts[int(pr.argmax())] == q.answer
         for (c, a), v in ok.items():
-            rows.append({"item": stim.id, "split": stim.split, "axis": stim.axis,
+            rows.append({"item": item.id, "split": item.split, "axis": item.axis,
                          "control": c, "alpha": a, "correct": bool(v)})
     table = pd.DataFrame(rows)
-    return table, summarize_e7(table, config)
+    summary = summarize_e7(table, config)
+    summary.update(forwards=counter.forwards, naive_forwards=counter.naive_forwards)
+    return table, summary
 
 
 def _effects(t: pd.DataFrame) -> pd.DataFrame:
@@ -362,10 +416,17 @@ def amplify_to_dir(model: str, data: str, out: str, config: AmplifyConfig, *,
     if not direction:
         raise InterventionError("--direction is required: a probe direction directory "
                                 "(spatialbind probe --export-directions) or 'mean-diff'")
-    out_dir = prepare_out(out)
-    ds = read_dataset(data)
-    adapter = load_model(model)
     dirs = list(direction) if not isinstance(direction, str) else [direction]
+    whatsup = str(data).startswith("whatsup:")
+    if whatsup and dirs == ["mean-diff"]:
+        raise InterventionError("--direction mean-diff needs a generated dataset (masks); for "
+                                "What'sUp pass a probe direction directory")
+    out_dir = prepare_out(out)
+    adapter = load_model(model)
+    if whatsup:
+        ds = whatsup_items(str(data), config, model_name=model)
+    else:
+        ds = read_dataset(data)
     if dirs == ["mean-diff"]:
         w = mean_diff_directions(adapter, ds)
         source = "mean-diff (in-house: slot-mean differences on the train split)"

@@ -54,7 +54,8 @@ _COMMON = [
     click.option("--model", "model", required=True,
                  help="Adapter name (tiny-qwen2-vl, tiny-gemma-3, ...), hub id or local directory."),
     click.option("--data", "data", required=True, type=click.Path(file_okay=False),
-                 help="Dataset directory from `spatialbind generate` (with twins and blank)."),
+                 help="Dataset directory from `spatialbind generate` (with twins and blank); "
+                     "amplify also takes whatsup:ROOT:COCO_QA_two_obj."),
     click.option("--out", "out", required=True, type=click.Path(file_okay=False),
                  help="Output folder: <exp>.parquet/.csv, summary.json/.csv, config.json, PNGs."),
     click.option("--limit", type=click.IntRange(min=1), default=None,

@@ -269,6 +269,14 @@ def option_probs(logits: torch.Tensor, option_ids: Sequence[Sequence[int]], *,
     return out.cpu().numpy()
 
 
+def option_scores(logits: torch.Tensor, option_ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """Log-prob score of each option as ``spatialbind evaluate`` computes it: the maximum over
+    the option's spellings of their first token's log-prob (``... x n_options``)."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    return torch.stack([lp[..., sorted(set(ids))].max(-1).values for ids in option_ids],
+                       -1).cpu().numpy()
+
+
 def run_edits(model: nn.Module, base: dict[str, Any], edits: Sequence[Edit], *,
               sources: dict[str, SourceRun] | None = None, capture: Sequence[str] = ()):
     """One patched forward of ``base`` (no batching): sources are run first, then ``edits``

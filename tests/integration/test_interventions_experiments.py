@@ -150,6 +150,10 @@ def test_e6_unpatched_row_is_e5_and_layers_flip_bookkeeping(qwen_setup):
 
 
 def test_e7_alpha_zero_is_baseline_and_controls(qwen_setup):
+    import dataclasses
+
+    from interventions.evaluate import next_token
+
     ad, ds = qwen_setup
     w = np.random.default_rng(0).standard_normal((2, ad.d_lm)).astype(np.float32)
     table, summary = run_e7(ad, ds, {"horizontal": w, "vertical": w},
@@ -159,14 +163,11 @@ def test_e7_alpha_zero_is_baseline_and_controls(qwen_setup):
     for stim in base_items(ds, limit=3):
         pr = pick_prompt(stim, "choice")
         a, b = pr.options
-        ok = True
-        for text, opts in ((pr.text, [a, b]), (pr.text.replace(f"{a} or {b}", f"{b} or {a}"),
-                                                [b, a])):
-            import dataclasses
-            q = dataclasses.replace(pr, text=text, options=tuple(opts), spans={})
-            p = prepare(ad, ds, stim, q)
-            probs = option_probs(run(ad, p.inputs).logits[0, -1], option_ids(ad.tokenizer, opts))
-            ok &= opts[int(probs.argmax())] == pr.answer
+        ok = True  # the evaluation's own two-option scoring, both orders
+        for q in (pr, dataclasses.replace(pr, text=pr.text.replace(f"{a} or {b}", f"{b} or {a}"),
+                                          options=(b, a))):
+            scores, _ = next_token(ad, [ds.image(stim)], [q.text], [list(q.options)], q.system)
+            ok &= q.options[int(np.argmax(scores[0]))] == pr.answer
         for c in ("probe", "random"):
             row = table[(table["item"] == stim.id) & (table["control"] == c)
                         & (table["alpha"] == 0)]
@@ -174,3 +175,26 @@ def test_e7_alpha_zero_is_baseline_and_controls(qwen_setup):
     labels = {s["selection"] for s in summary["selections"]}
     assert labels == {"held-out alpha", "in-sample best alpha (paper's Probe)",
                       "in-sample per-item oracle (paper's Probe*)"}
+    assert summary["forwards"] == 3 * 2 * (1 + 1)  # per question: base + one batch of 4 rows
+
+
+def test_e7_on_whatsup_alpha_zero_matches_evaluate(qwen_setup, tmp_path):
+    from pathlib import Path
+
+    from interventions.amplify import whatsup_items
+    from interventions.evaluate import EvalConfig, evaluate, load_items
+
+    ad, _ = qwen_setup
+    spec = f"whatsup:{Path(__file__).parents[1] / 'fixtures' / 'whatsup'}:COCO_QA_two_obj"
+    cfg = AmplifyConfig(alphas=(0, 8), limit=2)
+    items = whatsup_items(spec, cfg, model_name="tiny-qwen2-vl")
+    assert [len(i.questions) for i in items] == [2, 2]  # both option orders
+    w = np.random.default_rng(1).standard_normal((1, ad.d_lm)).astype(np.float32)
+    table, _ = run_e7(ad, items, {"horizontal": w, "vertical": w}, cfg, progress=False)
+    ev = evaluate(EvalConfig(model="tiny-qwen2-vl", data=spec, protocol="two-option", limit=2),
+                  out=tmp_path / "ev", adapter=ad, items=load_items(spec, limit=2),
+                  progress=False)
+    strict = ev.predictions.drop_duplicates("id").set_index("id")["item_correct"]
+    base = table[(table["alpha"] == 0) & (table["control"] == "probe")].set_index("item")
+    for item_id, ok in strict.items():
+        assert bool(base.loc[item_id, "correct"]) == bool(ok)
