@@ -173,3 +173,23 @@ def test_shared_first_tokens_do_not_tie_options(adapter):
     ids = distinct_option_ids(tok, ["left", "right"])
     assert not (set(ids[0]) | set(ids[1])) & shared
     assert set(ids[0]) == set(option_token_ids(tok, "left")) - shared
+
+
+def test_tiny_gemma_two_option_uses_the_direct_template():
+    import torch
+
+    import vlms
+
+    torch.set_num_threads(1)
+    gemma = vlms.load_adapter("tiny-gemma-3")
+    cfg = EvalConfig(model="tiny-gemma-3", data=f"whatsup:{FIX}:COCO_QA_two_obj",
+                     protocol="two-option", limit=1)
+    res = evaluate(cfg, adapter=gemma, progress=False)
+    df = res.predictions
+    assert list(df["prompt"]) == [
+        "Is the dining table to the left or to the right of the refrigerator? Answer with one word.",
+        "Is the dining table to the right or to the left of the refrigerator? Answer with one word."]
+    assert df["system"].isna().all()
+    img = Image.open(FIX / "val2017" / "000000037777.jpg").convert("RGB")
+    direct = _oracle_option_scores(gemma, img, df.loc[1, "prompt"], ["right", "left"])
+    np.testing.assert_allclose(df.loc[1, "scores"], direct, rtol=1e-4, atol=1e-4)
