@@ -186,9 +186,8 @@ def test_tiny_gemma_two_option_uses_the_direct_template():
                      protocol="two-option", limit=1)
     res = evaluate(cfg, adapter=gemma, progress=False)
     df = res.predictions
-    assert list(df["prompt"]) == [
-        "Is the dining table to the left or to the right of the refrigerator? Answer with one word.",
-        "Is the dining table to the right or to the left of the refrigerator? Answer with one word."]
+    q = "Is the dining table to the {} or to the {} of the refrigerator? Answer with one word."
+    assert list(df["prompt"]) == [q.format("left", "right"), q.format("right", "left")]
     assert df["system"].isna().all()
     img = Image.open(FIX / "val2017" / "000000037777.jpg").convert("RGB")
     direct = _oracle_option_scores(gemma, img, df.loc[1, "prompt"], ["right", "left"])
