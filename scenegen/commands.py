@@ -54,7 +54,9 @@ def generate(preset_name, config_file, n, seed, workers, out, no_progress):
               help="Where to write the contact sheet [default: DIR/contact_sheet.png].")
 def show(directory, n, out):
     """Write a contact-sheet PNG of samples from DIR with their masks, twins and labels."""
-    from .show import contact_sheet
+    from .dataset import read_dataset
+    from .show import contact_sheet, pick
 
     path = contact_sheet(directory, n=n, out=out)
-    click.echo(f"wrote contact sheet of {n} samples to {path}")
+    rows = len(pick(read_dataset(directory), n))
+    click.echo(f"wrote contact sheet of {rows} samples to {path}")

@@ -225,6 +225,7 @@ def write_dataset(
 
     out = Path(out)
     prepare_output(out, config)
+    _remove_stale_temps(out)
     jobs: list[tuple[str, int | None]] = [("extras", None)] + [
         (f"{i:07d}", i) for i in range(len(gen))
     ]
@@ -253,6 +254,17 @@ def write_dataset(
     if limit is None or all(_part_path(out, k).exists() for k, _ in jobs):
         finalize(out, [k for k, _ in jobs])
     return out
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Delete temp files a killed run left behind (``.<name>.tmp<pid>``; never final names)."""
+    for sub in (out, out / "images", out / "masks", out / "depth", out / "parts"):
+        if sub.is_dir():
+            for p in sub.glob(".*.tmp*"):
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
 
 
 def finalize(out: Path, keys: Iterable[str]) -> None:

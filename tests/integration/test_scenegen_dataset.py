@@ -110,10 +110,18 @@ def test_sigkill_mid_run_then_resume_equals_clean(tmp_path):
     r = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "wrote 361 items (60 base stimuli" in r.stdout
-    stray = [p for p in out.rglob(".*tmp*")]
-    for s in stray:  # a temp file the kill left behind is not part of the dataset
-        s.unlink()
+    assert not list(out.rglob(".*.tmp*"))  # temp files a kill leaves behind are cleaned up
     assert tree(out) == tree(ref)
+
+
+def test_stale_temp_files_are_removed_on_resume(clean, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(clean, out)
+    (out / "images" / ".squares-000001.png.tmp999").write_bytes(b"half a png")
+    generate(small(), out, progress=False)
+    assert tree(out) == tree(clean)
 
 
 def test_out_dir_with_other_config_is_refused_untouched(clean, tmp_path):
