@@ -119,7 +119,8 @@ def dataset(store, *, model: str, site: str, layer: int, role: str = "object",
     if pool == "token" and role != "object" and label in ("ordinal", *DERIVED_LABELS):
         frame = _fill_band_ordinals(store, frame, model=model, site=site, layer=layer, where=where)
     labels = store.labels(model) if hasattr(store, "labels") else None
-    where_s = f"model={model} site={site} layer={layer} role={role} pool={pool}"
+    where_s = f"model={model} site={site} layer={layer} role={role} pool={pool}" + \
+        (f" where={dict(where)}" if where else "")
     # the store applied ``where`` already (with its own typing of numeric labels)
     data = from_arrays(X, frame, label=label, labels=labels, items=items, context=where_s)
     data.meta.update(model=model, site=site, layer=int(layer), role=role, pool=pool,
@@ -256,7 +257,8 @@ def from_arrays(X: np.ndarray, frame: pd.DataFrame, *, label: str = "ordinal",
     frame = frame[keep].reset_index(drop=True)
     X = np.ascontiguousarray(X[keep], dtype=np.float32)
     if len(frame) == 0:
-        raise DataError(f"no samples for {context} (label={label!r}, where={where!r}): the role is "
+        filt = f", where={where!r}" if where else ""
+        raise DataError(f"no samples for {context} (label={label!r}{filt}): the role is "
                         "empty or every row was filtered out; check --roles / --where / the items filter.")
     classes, y = np.unique(frame[label].to_numpy(), return_inverse=True)
     if len(classes) < 2:

@@ -189,6 +189,9 @@ class ProbeResult:
     heldout_scenes: tuple[str, ...]
     control_accuracy: float | None = None
     control_ci: tuple[float, float] | None = None
+    control_chance: float | None = None
+    """Majority-class rate of the control labels (with few token types the random labels are
+    lumpy, so the control's own floor can sit well above 1/K)."""
     baselines: dict[str, float] = field(default_factory=dict)
     config: ProbeConfig = field(default_factory=ProbeConfig)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -204,6 +207,7 @@ class ProbeResult:
         row.update(n=len(self.pred), n_test=self.n_test, n_groups=self.n_groups,
                    n_classes=len(self.classes), accuracy=self.accuracy, ci_low=self.ci[0],
                    ci_high=self.ci[1], chance=self.chance, control_accuracy=self.control_accuracy,
+                   control_chance=self.control_chance,
                    selectivity=self.selectivity, data_hash=self.meta.get("data_hash"))
         for k, v in self.baselines.items():
             row[f"{k}_accuracy"] = v
@@ -237,11 +241,7 @@ def fit_probe(data: ProbeData, config: ProbeConfig | None = None, *,
     correct = pred[tested] == y[tested]
     acc = float(correct.mean())
     ci = _interval(correct, groups[tested], config)
-    majority = np.array([np.bincount(y[tr]).argmax() for tr, _ in splits])
-    chance_pred = np.full(len(y), -1)
-    for (tr, te), m in zip(splits, majority):
-        chance_pred[te] = m
-    chance = float((chance_pred[tested] == y[tested]).mean())
+    chance = _majority_rate(y, splits, tested)
     folds = [float((pred[te] == y[te]).mean()) for _, te in splits]
     result = ProbeResult(
         accuracy=acc, ci=ci, n_test=int(tested.sum()), n_groups=int(len(np.unique(groups))),
@@ -262,6 +262,7 @@ def fit_probe(data: ProbeData, config: ProbeConfig | None = None, *,
             cpred, _ = cross_val_predict(X, yc, splits, config)
             ccorrect = cpred[tested] == yc[tested]
             result.control_accuracy = float(ccorrect.mean())
+            result.control_chance = _majority_rate(yc, splits, tested)
             result.control_ci = _interval(ccorrect, groups[tested], config)
         else:  # e.g. text tokens, whose row/col are all -1: one type, nothing to control for
             warnings.warn(f"control task skipped: token type {tt} gives a single control label; "
@@ -272,6 +273,14 @@ def fit_probe(data: ProbeData, config: ProbeConfig | None = None, *,
         ppred, _ = cross_val_predict(P, y, splits, config)
         result.baselines["position"] = float((ppred[tested] == y[tested]).mean())
     return result
+
+
+def _majority_rate(y: np.ndarray, splits, tested: np.ndarray) -> float:
+    """Accuracy of predicting each training fold's majority class on its test rows."""
+    pred = np.full(len(y), -1)
+    for tr, te in splits:
+        pred[te] = np.bincount(y[tr]).argmax()
+    return float((pred[tested] == y[tested]).mean())
 
 
 def _interval(correct: np.ndarray, groups: np.ndarray, config: ProbeConfig) -> tuple[float, float]:

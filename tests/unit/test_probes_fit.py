@@ -68,6 +68,26 @@ def test_control_task_scores_near_chance_on_noise_features():
     lo, hi = wilson_interval(int(round(res.control_accuracy * res.n_test)), res.n_test, 0.99)
     assert lo <= 1 / 3 + 0.02 and res.control_accuracy < 0.45
     assert res.selectivity > 0.5
+    assert 1 / 3 - 0.05 <= res.control_chance <= 1.0
+    assert res.to_row()["control_chance"] == res.control_chance
+
+
+def test_control_chance_is_the_majority_rate_of_the_control_labels():
+    # two token types (row 0 / row 1) alternating over 60 one-token scenes; seed 5 gives them the
+    # control labels 1 and 0. A fold's training majority is the row with fewer *test* rows, so
+    # the majority predictor is right on exactly min(n0, n1) test rows of each fold.
+    frame = pd.DataFrame({"scene_id": [f"sc{i}" for i in range(60)], "row": [0, 1] * 30,
+                          "col": 0, "ordinal": [0, 1, 2] * 20})
+    cfg = ProbeConfig(token_type=("row",), n_splits=3, random_state=5)
+    yc = control_labels(frame, frame["ordinal"].to_numpy(), ("row",), 5)
+    assert list(yc[:2]) == [1, 0]
+    X = np.random.default_rng(1).normal(size=(60, 4))
+    res = fit_probe(from_arrays(X, frame), cfg, baselines=())
+    by_hand = 0
+    for _, te in make_splits(split_groups(frame), cfg):
+        n1 = int(frame["row"].iloc[te].sum())
+        by_hand += min(len(te) - n1, n1)
+    assert res.control_chance == pytest.approx(by_hand / 60) and res.control_chance < 0.5
 
 
 def test_control_labels_are_consistent_per_token_type_and_follow_the_label_distribution():
