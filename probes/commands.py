@@ -59,7 +59,8 @@ def _where(pairs: tuple[str, ...]) -> dict:
         if "=" not in p:
             raise ConfigError(f"--where: {p!r} is not key=value (e.g. --where axis=horizontal).")
         k, v = p.split("=", 1)
-        out.setdefault(k.strip(), []).extend(_csv(v))
+        # empty values are kept: "counterfactual_kind=,swap" = base stimuli ("") and swaps
+        out.setdefault(k.strip(), []).extend(x.strip() for x in v.split(","))
     return out
 
 
@@ -115,7 +116,8 @@ def _open(store_path: str):
 @click.option("--n-splits", default=5, show_default=True, help="Folds of group_kfold.")
 @click.option("--ci", type=click.Choice(["wilson", "bootstrap"]), default="wilson",
               show_default=True, help="Accuracy CI: Wilson over samples or bootstrap over groups.")
-@click.option("--where", "where", multiple=True, help="Sample filter key=value[,value] (repeatable).")
+@click.option("--where", "where", multiple=True, help="Sample filter key=value[,value] (repeatable); "
+              "an empty value matches unset labels, e.g. counterfactual_kind=,swap.")
 @click.option("--scheduler", default="local", show_default=True,
               help="'local' (LocalCluster), 'serial' (no dask), or a scheduler address.")
 @click.option("--workers", default=2, show_default=True, help="Workers of the local cluster.")

@@ -216,3 +216,16 @@ def test_errors_are_value_errors_and_configs_validate():
     assert ProbeConfig.from_dict(c.to_dict()) == c
     with pytest.raises(Exception):
         c.C = 2.0  # frozen
+
+
+def test_cli_parsers():
+    from probes.commands import _where, parse_layers
+
+    assert parse_layers("0,4,8") == (0, 4, 8) and parse_layers("2-4,2") == (2, 3, 4)
+    assert parse_layers(None, [0, 1]) == (0, 1) and parse_layers("all", [3]) == (3,)
+    with pytest.raises(ConfigError, match=r"layer\(s\) \[9\] not in the store"):
+        parse_layers("9", [0, 1])
+    assert _where(("axis=horizontal", "counterfactual_kind=,swap", "axis=vertical")) == {
+        "axis": ["horizontal", "vertical"], "counterfactual_kind": ["", "swap"]}
+    with pytest.raises(ConfigError, match="not key=value"):
+        _where(("axis",))
