@@ -271,9 +271,17 @@ def run_e2(adapter, ds, config: PatchConfig, *, progress: bool = True):
     counter = ForwardCounter()
     out = []
     bar = _bar(len(items) * len(layers), "E2 last token", progress)
+    skipped = []
     for stim in items:
         prompt = pick_prompt(stim, config.prompt)
-        other = find_partner(ds, stim, pool, config.prompt, config.partner)
+        try:
+            other = find_partner(ds, stim, pool, config.prompt, config.partner)
+        except InterventionError:
+            if config.partner != "opposite":
+                raise
+            skipped.append(stim.id)  # no opposite-direction stimulus on this axis
+            bar.update(len(layers))
+            continue
         oprompt = pick_prompt(other, config.prompt)
         p = prepare(adapter, ds, stim, prompt)
         cf = prepare(adapter, ds, other, oprompt)
@@ -301,13 +309,18 @@ def run_e2(adapter, ds, config: PatchConfig, *, progress: bool = True):
                         "p_ordinal": float(pr[opts.index(ordinal)]),
                         "p_cf_answer": float(pr[opts.index(oprompt.answer)])})
     bar.close()
+    if not out:
+        raise InterventionError(f"E2 found no counterfactual partner for any of {len(items)} "
+                                "items (no stimulus asks the opposite direction on the same "
+                                "axis); generate more stimuli or use --partner swap")
     table = pd.DataFrame(out)
     agg = table.groupby("layer").agg(p_answer=("p_answer", "mean"),
                                      p_ordinal=("p_ordinal", "mean"),
                                      p_cf_answer=("p_cf_answer", "mean")).reset_index()
     wins = table.pivot_table(index="layer", columns="winner", values="item", aggfunc="count",
                              fill_value=0)
-    summary = {"experiment": "E2", "n_items": len(items), "by_layer": agg.to_dict("records"),
+    summary = {"experiment": "E2", "n_items": len(items) - len(skipped),
+               "skipped_no_partner": skipped, "by_layer": agg.to_dict("records"),
                "winners": {int(l): {k: int(v) for k, v in r.items()} for l, r in wins.iterrows()},
                "forwards": counter.forwards, "rows": counter.rows,
                "naive_forwards": counter.naive_forwards, "config": _cfg(config)}
