@@ -74,7 +74,8 @@ def main() -> None:
         rows.append((px, r, w1, c1, w2))
         print(f"{px}px: render {r:.1f} scenes/s; write 1 worker {w1:.1f} scenes/s "
               f"({c1:.1f} per CPU s), 2 workers {w2:.1f} scenes/s", flush=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.system()}"
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.system()}, "
+               f"load average at the end {os.getloadavg()[0]:.1f}")
     lines = [
         "",
         f"### scenegen flat — {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
