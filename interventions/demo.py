@@ -120,7 +120,14 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True,
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    cfg_path = out / "demo_config.json"
+    mine = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    if cfg_path.exists() and json.loads(cfg_path.read_text()) != mine:
+        old = json.loads(cfg_path.read_text())
+        diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+        raise InterventionError(f"--out {out} holds a demo run with other options "
+                                f"({', '.join(diff)}); choose a new --out or delete it")
+    cfg_path.write_text(json.dumps(mine, indent=1))
     models = cfg.models or tuple(name for name, _ in ORGANISMS)
     st = Stages(out, echo)
     data, degraded = out / "data" / "clean", out / "data" / "degraded"
@@ -212,13 +219,14 @@ def _probes(model: str, cfg: DemoConfig, store: Path, out: Path, data: Path) -> 
     from probes.sweep import sweep
 
     s = open_store(str(store))
-    pconf = ProbeConfig(control=True, random_state=cfg.seed)
+    pconf = ProbeConfig(control=True, n_splits=3, random_state=cfg.seed)
     tables = []
     for site in ("projector", "lm.resid"):
         sconf = SweepConfig(model=model, site=site, layers=tuple(s.layers(model, site)),
                             roles=("object", "strip"), label="ordinal", pool="token",
                             baselines=("position",), scheduler=cfg.scheduler)
         table = sweep(str(store), sconf, pconf, progress=False)
+        (out / site).mkdir(parents=True, exist_ok=True)
         _write_outputs(s, table, sconf, pconf, None, 4 if site == "projector" else 0,
                        out / site)
         tables.append(table.assign(site=site))
@@ -228,7 +236,12 @@ def _probes(model: str, cfg: DemoConfig, store: Path, out: Path, data: Path) -> 
     # model answers correctly (paper §5.4), exported as labelled arrays.
     pred = pd.read_parquet(out.parent / "e1" / "predictions.parquet")
     right = sorted(set(pred.loc[pred["correct"].astype(bool), _id_col(pred)]))
-    dirs = axis_directions(s, model=model, site="projector", layer=0, items=right or None)
+    # the paper trains on items the model gets right; with too few of them (an untrained
+    # model), fall back to all items and say so in the report
+    items = right if len(right) >= 8 else None
+    dconf = ProbeConfig(control=False, split="group_shuffle", random_state=cfg.seed)
+    dirs = axis_directions(s, model=model, site="projector", layer=0, items=items,
+                           config=dconf)
     for axis, d in dirs.items():
         save_direction(d, out / "directions-e7" / axis)
     proj = table[(table["site"] == "projector") & (table["role"] == "object")]
@@ -244,6 +257,7 @@ def _probes(model: str, cfg: DemoConfig, store: Path, out: Path, data: Path) -> 
         "projector_strip_accuracy": _f(table[(table["site"] == "projector")
                                              & (table["role"] == "strip")]["accuracy"].max()),
         "n_items_right": len(right),
+        "directions_trained_on": "items answered correctly" if items else "all items",
         "maps_summary": str(maps) if maps.exists() else None,
         "directions": {a: float(d.cv_score) if getattr(d, "cv_score", None) is not None else None
                        for a, d in dirs.items()},
