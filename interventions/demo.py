@@ -253,7 +253,7 @@ def _probes(model: str, cfg: DemoConfig, store: Path, out: Path, data: Path) -> 
                                                           float(row.get("ci_high", float("nan")))],
         "projector_object_control": None if row is None else _f(row.get("control_accuracy")),
         "projector_object_position_baseline": None if row is None else _f(
-            row.get("baseline_position")),
+            row.get("position_accuracy")),
         "projector_strip_accuracy": _f(table[(table["site"] == "projector")
                                              & (table["role"] == "strip")]["accuracy"].max()),
         "n_items_right": len(right),

@@ -62,7 +62,7 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, batch, lr, 
 
 @organism.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--images", type=int, default=300, show_default=True, help="Probe images per split.")
+@click.option("--images", type=int, default=200, show_default=True, help="Probe images per split.")
 @click.option("--threads", type=int, default=1, show_default=True)
 def check(path, images, threads):
     """Which mechanism emerged? Slot probe on the projector output + shuffle test, for PATH."""

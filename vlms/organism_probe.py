@@ -135,7 +135,7 @@ def shuffle_test(model, batcher, splits, *, n: int = 256, seeds=(11, 12)) -> dic
             "drop": plain - float(np.mean(shuffled))}
 
 
-def mechanism_report(model, processor, *, cfg, n_images: int = 300) -> dict:
+def mechanism_report(model, processor, *, cfg, n_images: int = 200) -> dict:
     """Slot probe (with init-weight and position-only controls) and shuffle test for an organism.
 
     Returns

@@ -229,3 +229,27 @@ def test_cli_parsers():
         "axis": ["horizontal", "vertical"], "counterfactual_kind": ["", "swap"]}
     with pytest.raises(ConfigError, match="not key=value"):
         _where(("axis",))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(scenes=st.lists(st.integers(0, 7), min_size=8, max_size=40),
+       factor=st.lists(st.sampled_from("abc"), min_size=40, max_size=40),
+       split=st.sampled_from(["group_kfold", "group_shuffle"]), seed=st.integers(0, 99))
+def test_property_no_scene_or_factor_value_straddles_a_split(scenes, factor, split, seed):
+    frame = pd.DataFrame({"scene_id": [f"s{s}" for s in scenes], "bg": factor[:len(scenes)]})
+    for group_by in ((), ("bg",)):
+        groups = split_groups(frame, group_by)
+        cfg = ProbeConfig(split=split, n_splits=2, group_by=group_by, random_state=seed)
+        try:
+            splits = make_splits(groups, cfg)
+        except DataError:
+            assert len(set(groups)) < 2
+            continue
+        for tr, te in splits:
+            assert len(tr) + len(te) == len(frame) and not set(tr) & set(te)
+            for col in ("scene_id", *group_by):
+                assert not set(frame[col].iloc[tr]) & set(frame[col].iloc[te])
