@@ -108,12 +108,6 @@ def _layouts(num_tokens, sizes, spacings, axis):
 
 
 # --------------------------------------------------------------------------- drawing
-def _poly(side: int, pts) -> np.ndarray:
-    img = Image.new("L", (side, side), 0)
-    ImageDraw.Draw(img).polygon(pts, fill=255)
-    return np.asarray(img) > 0
-
-
 @functools.lru_cache(maxsize=64)
 def sprite(kind: str, side: int, fill: bool = False) -> np.ndarray:
     """Boolean ``(side, side)`` footprint of a shape drawn in a ``side``-pixel cell block.
