@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
 from probes import dataset
@@ -229,10 +231,6 @@ def test_cli_parsers():
         "axis": ["horizontal", "vertical"], "counterfactual_kind": ["", "swap"]}
     with pytest.raises(ConfigError, match="not key=value"):
         _where(("axis",))
-
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=40, deadline=None)
