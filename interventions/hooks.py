@@ -112,7 +112,7 @@ class AddDirection(Intervention):
     def edit(self, h, source):
         if self.alpha == 0.0:
             return h
-        return h + self.alpha * self.w.sum(0).to(h.dtype)
+        return h + self.alpha * self.w.sum(0).to(h.device, h.dtype)
 
 
 class Amplify(Intervention):
@@ -130,9 +130,10 @@ class Amplify(Intervention):
     def edit(self, h, source):
         if self.alpha == 0.0:
             return h
-        w = self.w.to(h.dtype)
-        coeff = (h @ w.T) / (w * w).sum(1)
-        return h + self.alpha * (coeff @ w)
+        # in float32 even for bf16/fp16 models: the projection coefficients lose precision
+        hf, w = h.float(), self.w.to(h.device, torch.float32)
+        coeff = (hf @ w.T) / (w * w).sum(1)
+        return (hf + self.alpha * (coeff @ w)).to(h.dtype)
 
 
 INTERVENTIONS: dict[str, type[Intervention]] = {

@@ -192,7 +192,9 @@ def sweep(model: nn.Module, base: dict[str, Any], rows: Sequence[Sequence[Edit]]
         patches = []
         for j, edits in enumerate(chunk):
             patches += _patches(edits, j, acts, seq, n_image)
-        tiled = tile_inputs(base, n)
+        # with cached features the pixels are not needed: do not copy them n times
+        tiled = tile_inputs({k: v for k, v in base.items() if not (reuse and k == "pixel_values")},
+                            n)
         r = run(model, tiled, patches=_merge(patches), last_only=True,
                 features=feats.repeat(n, 1, 1) if reuse else None)
         out.append(r.logits[:, -1])

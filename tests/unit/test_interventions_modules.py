@@ -241,3 +241,12 @@ def test_band_selector_uses_tiled_strips_when_given():
     assert list(lay2.cells("strip:2")) == [3 * 8 + 5]  # only the object: no strip role here
     with pytest.raises(InterventionError, match="unknown region"):
         crisscross_map(lay2, lay2, "stripe")
+
+
+def test_amplify_keeps_dtype_and_computes_in_float32():
+    h = _h(5).to(torch.bfloat16)
+    w = torch.randn(2, 8)
+    out = Amplify(w, 3.0)(h)
+    assert out.dtype == torch.bfloat16
+    ref = Amplify(w, 3.0)(h.float())
+    assert torch.allclose(out.float(), ref, rtol=2e-2, atol=2e-2)
