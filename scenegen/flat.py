@@ -395,7 +395,7 @@ class FlatGenerator:
         if "isolated" in self.twins:
             centre = (g.num_tokens - layout.size) // 2
             for k, e in enumerate(ents):
-                iso = [_moved(e, (centre, centre), None)]
+                iso = [_moved(e, (centre, centre), e.ordinal)]  # keeps its base slot
                 items.append(self._stimulus(f"{sid}-iso{k}", iso, triple=triple, twin="isolated",
                                             isolates=e.mask_id, names_from=ents, **common))
         return items

@@ -230,7 +230,7 @@ def test_twins():
             iso = items[f"{b.id}-iso{k}"]
             s = iso.stimulus
             assert s.counterfactual_kind == "isolated" and s.isolates == e.mask_id
-            assert [x.mask_id for x in s.entities] == [e.mask_id]
+            assert [(x.mask_id, x.ordinal) for x in s.entities] == [(e.mask_id, k)]
             c = (12 - 2) // 2 * 28
             cell_base = b.factors["layout"]["cells"][e.ordinal]
             x, y = cell_base[0] * 28, cell_base[1] * 28
