@@ -1,7 +1,8 @@
 """Model organisms: small real-class VLMs trained from scratch with a *known* binding mechanism.
 
-``spatialbind organism train`` builds a tiny ``Qwen2VLForConditionalGeneration`` (vision 2-4 x 64,
-LM 2 x 128, word-level vocabulary) and trains it on the paper's Squares task, rendered on the fly
+``spatialbind organism train`` builds a tiny ``Qwen2VLForConditionalGeneration`` (vision 2-3 x 64,
+LM 2 x 128, word-level vocabulary; or a ``Gemma3ForConditionalGeneration`` of the same size, see
+``vlms.organism_build``) and trains it on the paper's Squares task, rendered on the fly
 (``vlms.organism_data``). Two mechanisms are planted through the *saved config*, so the model
 behaves the same when loaded with plain ``AutoModelForImageTextToText.from_pretrained(DIR)``:
 
@@ -14,7 +15,7 @@ behaves the same when loaded with plain ``AutoModelForImageTextToText.from_pretr
     cannot read image-token positions. During training the image tokens are also shuffled at the LM
     input (a hook on ``visual.merger``), so the causal order of image tokens carries no signal
     either; ordering must be written into the tokens' content by the vision encoder. After
-    training the hook is removed; :func:`vlms.organism_probe.shuffle_gap` measures that shuffling
+    training the hook is removed; :func:`vlms.organism_probe.shuffle_test` measures that shuffling
     at test time does not change accuracy (i.e. the LM does not count tokens causally).
 
 The chat template saved with the processor reproduces the exact training token sequence when
