@@ -67,7 +67,7 @@ def _where(pairs: tuple[str, ...]) -> dict:
 TOKEN_COLUMNS = ("ordinal", "entity", "row", "col", "role", "position", "mask_id", "side")
 
 
-def _check_names(store, model: str, sconf, pconf) -> None:
+def _check_names(store, model: str, sconf, pconf, data_dir=None) -> None:
     """Unknown roles, label or group-by columns fail here, before any cluster starts."""
     from .errors import suggest
 
@@ -79,6 +79,11 @@ def _check_names(store, model: str, sconf, pconf) -> None:
     if not hasattr(store, "labels"):
         return
     columns = [*store.labels(model).columns, *TOKEN_COLUMNS]
+    if data_dir is not None:
+        from .dataset import scene_labels
+
+        samples, _ = scene_labels(data_dir)
+        columns += [*samples.columns, "color", "kind"]
     for opt, names in (("--label", (sconf.label,)), ("--group-by", pconf.group_by)):
         for name in names:
             if name not in columns:
@@ -105,6 +110,9 @@ def _open(store_path: str):
               help="Label to predict: ordinal (3 slots), side (first vs last slot) or any label column.")
 @click.option("--pool", type=click.Choice(["token", "entity"]), default="token", show_default=True,
               help="token: one sample per token (paper); entity: mean over each entity's tokens.")
+@click.option("--data", "data_dir", default=None, type=click.Path(file_okay=False),
+              help="Dataset directory the store was extracted from: adds its scene factors "
+              "(color_set, layout, ...) for --group-by and entity colours for the control task.")
 @click.option("--group-by", default="", help="Comma-separated label columns that must not straddle "
               "train and test (scene_id always). E.g. color_set,layout.")
 @click.option("--control/--no-control", default=True, show_default=True,
@@ -133,8 +141,8 @@ def _open(store_path: str):
 @click.option("--seed", default=0, show_default=True, help="Seed of splits, control labels, bootstrap.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory (results table, plots, maps, config).")
-def probe(store_path, model, site, layers, roles, label, pool, group_by, control, token_type,
-          split, n_splits, ci, where, scheduler, workers, map_samples, export_dir, baseline_store,
+def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_by, control,
+          token_type, split, n_splits, ci, where, scheduler, workers, map_samples, export_dir, baseline_store,
           baseline_model, seed, out_dir):
     """Train linear probes for every (layer, role) of a store and plot where the label is decodable."""
     from .config import ProbeConfig, SweepConfig
@@ -149,25 +157,27 @@ def probe(store_path, model, site, layers, roles, label, pool, group_by, control
                         baselines=("position",) if pool == "token" else (),
                         scheduler=scheduler, n_workers=workers)
     wh = _where(where) or None
-    _check_names(store, model, sconf, pconf)
+    _check_names(store, model, sconf, pconf, data_dir)
     if baseline_store is not None:  # open it first: a bad baseline store fails before any work
         _open(baseline_store)
-    table = sweep(store_path, sconf, pconf, where=wh, export_dir=export_dir)
+    table = sweep(store_path, sconf, pconf, where=wh, export_dir=export_dir, data=data_dir)
     if table["error"].notna().all():
         raise ConfigError(f"every (layer, role) cell failed; first error: {table['error'].iloc[0]}")
     if baseline_store is not None:
         bconf = dataclasses.replace(sconf, model=baseline_model or model)
-        table = add_baseline(table, sweep(baseline_store, bconf, pconf, where=wh), name="init")
+        table = add_baseline(table, sweep(baseline_store, bconf, pconf, where=wh, data=data_dir),
+                             name="init")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_outputs(store, table, sconf, pconf, wh, map_samples, out)
+    _write_outputs(store, table, sconf, pconf, wh, map_samples, out, data_dir)
     ok = table.dropna(subset=["accuracy"])
     best = ok.loc[ok["accuracy"].idxmax()]
     click.echo(f"{len(ok)}/{len(table)} cells probed; best accuracy {best['accuracy']:.3f} at "
                f"layer {best['layer']} role {best['role']}; results in {out}")
 
 
-def _write_outputs(store, table, sconf, pconf, where, map_samples, out: Path) -> None:
+def _write_outputs(store, table, sconf, pconf, where, map_samples, out: Path,
+                   data_dir=None) -> None:
     from .maps import heldout_probe_map, map_summary
     from .plots import plot_accuracy_heatmap, plot_accuracy_lines, plot_probe_maps
 
@@ -186,7 +196,7 @@ def _write_outputs(store, table, sconf, pconf, where, map_samples, out: Path) ->
                 continue
             pm = heldout_probe_map(store, model=sconf.model, site=sconf.site, layer=layer,
                                    role=map_role, label=sconf.label, config=pconf, where=where,
-                                   n_samples=map_samples)
+                                   n_samples=map_samples, data=data_dir)
             plot_probe_maps(pm, out / "maps" / f"layer{layer:03d}.png")
             summaries.append(map_summary(pm).assign(layer=layer, trained_on=map_role))
     if summaries:
@@ -194,7 +204,7 @@ def _write_outputs(store, table, sconf, pconf, where, map_samples, out: Path) ->
 
         pd.concat(summaries).to_csv(out / "maps" / "summary.csv", index=False)
     (out / "config.json").write_text(json.dumps(
-        {"sweep": sconf.to_dict(), "probe": pconf.to_dict(), "where": where,
+        {"sweep": sconf.to_dict(), "probe": pconf.to_dict(), "where": where, "data": data_dir,
          "toolkit_version": _version()}, indent=1))
 
 

@@ -18,7 +18,9 @@ Derived labels
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -73,9 +75,65 @@ def open_store(store):
     return store
 
 
+def scene_labels(data_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scene factors and entity attributes from a dataset directory's ``metadata.jsonl``.
+
+    The store keeps per-sample labels only; the dataset record (the scenegen file contract, read
+    here as plain JSON) also has each stimulus's ``factors`` and its entities' colours, which
+    grouped splits (``group_by=("color_set",)``) and the control task's token type need.
+
+    Returns
+    -------
+    samples : DataFrame
+        One row per stimulus: ``sample_id`` plus one column per factor (lists and dicts as compact
+        JSON strings, e.g. ``layout``) and ``color_set`` (sorted target colours joined by ``-``).
+    entities : DataFrame
+        One row per (``sample_id``, ``entity`` = mask id): ``color``, ``kind``.
+    """
+    path = Path(data_dir) / "metadata.jsonl"
+    if not path.is_file():
+        raise DataError(f"--data {data_dir}: no metadata.jsonl there; give the dataset directory "
+                        "that `spatialbind generate` (or an importer) wrote.")
+    rows, ents = [], []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                sid = rec["id"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f"{path} line {n}: not a stimulus record ({e}); "
+                                "regenerate or repair the dataset.") from None
+            row = {"sample_id": sid}
+            for k, v in (rec.get("factors") or {}).items():
+                row[k] = json.dumps(v, sort_keys=True, separators=(",", ":")) \
+                    if isinstance(v, (dict, list)) else v
+            targets = [e for e in rec.get("entities") or () if e.get("role") == "target"]
+            row["color_set"] = "-".join(sorted(str(e.get("color")) for e in targets))
+            rows.append(row)
+            ents.extend({"sample_id": sid, "entity": int(e["mask_id"]), "color": e.get("color"),
+                         "kind": e.get("kind")} for e in rec.get("entities") or ())
+    return pd.DataFrame(rows), pd.DataFrame(ents, columns=["sample_id", "entity", "color", "kind"])
+
+
+def _join_scene_labels(frame: pd.DataFrame, data_dir) -> pd.DataFrame:
+    samples, ents = scene_labels(data_dir)
+    new = ["sample_id"] + [c for c in samples.columns if c not in frame.columns]
+    frame = frame.merge(samples[new], on="sample_id", how="left", validate="many_to_one")
+    key = "entity" if "entity" in frame else "mask_id" if "mask_id" in frame else None
+    if key is not None:
+        e = ents.rename(columns={"entity": key})
+        e = e[["sample_id", key] + [c for c in ("color", "kind") if c not in frame.columns]]
+        frame = frame.merge(e.drop_duplicates(["sample_id", key]),
+                            on=["sample_id", key], how="left", validate="many_to_one")
+    return frame
+
+
 def dataset(store, *, model: str, site: str, layer: int, role: str = "object",
             label: str = "ordinal", pool: str = "token", where: dict | None = None,
-            items: Iterable[str] | Callable[[pd.DataFrame], Any] | None = None) -> ProbeData:
+            items: Iterable[str] | Callable[[pd.DataFrame], Any] | None = None,
+            data=None) -> ProbeData:
     """Build probe data from one (model, site, layer, role) query of the store.
 
     Parameters
@@ -96,6 +154,10 @@ def dataset(store, *, model: str, site: str, layer: int, role: str = "object",
     items : iterable of sample ids, or callable, optional
         Keep only these samples (e.g. the items the model already answers correctly, for E7). A
         callable gets the label frame and returns a boolean mask over its rows.
+    data : path, optional
+        The dataset directory the store was extracted from: its scene factors (``color_set``,
+        ``layout``, ...) and entity colours (``color``) are joined onto the rows
+        (:func:`scene_labels`).
 
     Returns
     -------
@@ -121,11 +183,13 @@ def dataset(store, *, model: str, site: str, layer: int, role: str = "object",
     labels = store.labels(model) if hasattr(store, "labels") else None
     where_s = f"model={model} site={site} layer={layer} role={role} pool={pool}" + \
         (f" where={dict(where)}" if where else "")
+    if data is not None:
+        frame = _join_scene_labels(frame, data)
     # the store applied ``where`` already (with its own typing of numeric labels)
-    data = from_arrays(X, frame, label=label, labels=labels, items=items, context=where_s)
-    data.meta.update(model=model, site=site, layer=int(layer), role=role, pool=pool,
-                     where=dict(where or {}))
-    return data
+    out = from_arrays(X, frame, label=label, labels=labels, items=items, context=where_s)
+    out.meta.update(model=model, site=site, layer=int(layer), role=role, pool=pool,
+                    where=dict(where or {}))
+    return out
 
 
 def _fill_band_ordinals(store, frame, *, model, site, layer, where) -> pd.DataFrame:

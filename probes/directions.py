@@ -232,12 +232,13 @@ def load_direction(path, *, expect_model: str | None = None, expect_site: str | 
 
 def axis_directions(store, *, model: str, site: str = "projector", layer: int = 0,
                     role: str = "object", items=None, axes=("horizontal", "vertical"),
-                    config=None) -> dict[str, Direction]:
+                    config=None, data=None) -> dict[str, Direction]:
     """E7's directions: per axis, a 2-class ``side`` probe on entity-pooled activations.
 
     For each axis, rows are the entities of samples with that ``axis`` label, each the mean of its
     ``role`` tokens (``pool='entity'``), labelled 0 = first slot (left / top), 1 = last slot
-    (right / bottom); ``items`` keeps only the samples the model already answers correctly.
+    (right / bottom); ``items`` keeps only the samples the model already answers correctly;
+    ``data`` (the dataset directory) adds scene factors for ``config.group_by``.
 
     Returns
     -------
@@ -251,11 +252,11 @@ def axis_directions(store, *, model: str, site: str = "projector", layer: int = 
     config = config or ProbeConfig(control=False)
     out = {}
     for axis in axes:
-        data = dataset(store, model=model, site=site, layer=layer, role=role, label="side",
-                       pool="entity", where={"axis": axis}, items=items)
+        data_ = dataset(store, model=model, site=site, layer=layer, role=role, label="side",
+                        pool="entity", where={"axis": axis}, items=items, data=data)
         if items is not None:
-            data.meta["n_items_filter"] = int(data.frame["sample_id"].nunique())
-        res = fit_probe(data, config, baselines=())
+            data_.meta["n_items_filter"] = int(data_.frame["sample_id"].nunique())
+        res = fit_probe(data_, config, baselines=())
         d = direction_from_result(res)
         out[axis] = dataclasses.replace(d, extra={**d.extra, "axis": axis})
     return out

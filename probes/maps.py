@@ -137,12 +137,13 @@ def map_summary(pmap: ProbeMap) -> pd.DataFrame:
 
 def heldout_probe_map(store, *, model: str, site: str, layer: int, role: str = "object",
                       label: str = "ordinal", config=None, where: dict | None = None, items=None,
-                      n_samples: int = 4) -> ProbeMap:
+                      n_samples: int = 4, data=None) -> ProbeMap:
     """Train a probe on the first grouped split's training scenes and map ``n_samples`` of its
     held-out samples (so the map shows images the probe never saw).
 
-    Parameters are those of :func:`probes.dataset` plus ``config`` (a ``ProbeConfig``) and the
-    number of test samples to map.
+    Parameters are those of :func:`probes.dataset` (``data``: dataset directory for scene factors,
+    needed when ``config.group_by`` names one) plus ``config`` (a ``ProbeConfig``) and the number
+    of test samples to map.
     """
     from .config import ProbeConfig
     from .dataset import dataset
@@ -150,10 +151,10 @@ def heldout_probe_map(store, *, model: str, site: str, layer: int, role: str = "
 
     config = config or ProbeConfig()
     store = open_store(store)
-    data = dataset(store, model=model, site=site, layer=layer, role=role, label=label,
-                   where=where, items=items)
-    tr, te = make_splits(split_groups(data.frame, config.group_by), config)[0]
-    pipe = _fit(make_probe(config), data.X[tr], data.y[tr])
-    test_ids = list(dict.fromkeys(data.frame["sample_id"].iloc[te]))[:n_samples]
+    pd_ = dataset(store, model=model, site=site, layer=layer, role=role, label=label,
+                  where=where, items=items, data=data)
+    tr, te = make_splits(split_groups(pd_.frame, config.group_by), config)[0]
+    pipe = _fit(make_probe(config), pd_.X[tr], pd_.y[tr])
+    test_ids = list(dict.fromkeys(pd_.frame["sample_id"].iloc[te]))[:n_samples]
     return probe_map(pipe, store, model=model, site=site, layer=layer, sample_ids=test_ids,
-                     classes=data.classes, label=label)
+                     classes=pd_.classes, label=label)

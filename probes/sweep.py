@@ -31,10 +31,11 @@ from .fit import fit_probe
 def run_cell(store, *, model: str, site: str, layer: int, role: str, label: str, pool: str,
              probe_config: ProbeConfig, baselines: tuple[str, ...] = ("position",),
              where: dict | None = None, items=None, export: bool = False,
-             blas_threads: int | None = None) -> dict[str, Any]:
+             blas_threads: int | None = None, data=None) -> dict[str, Any]:
     """Fit and score the probe of one (layer, role) cell.
 
-    ``blas_threads`` caps BLAS threads while fitting (cells running side by side on dask workers
+    ``data`` is the dataset directory whose scene factors and entity colours are joined on (see
+    :func:`probes.dataset`). ``blas_threads`` caps BLAS threads while fitting (cells running side by side on dask workers
     would otherwise oversubscribe the cores); None leaves them alone.
 
     Returns
@@ -53,7 +54,7 @@ def run_cell(store, *, model: str, site: str, layer: int, role: str, label: str,
     with dask.config.set(scheduler="synchronous"), _blas_threads(blas_threads):
         try:
             data = dataset(open_store(store), model=model, site=site, layer=layer, role=role,
-                           label=label, pool=pool, where=where, items=items)
+                           label=label, pool=pool, where=where, items=items, data=data)
             res = fit_probe(data, probe_config, baselines=baselines if pool == "token" else ())
         except DataError as e:
             return {"row": {**base, "error": str(e), "seconds": time.perf_counter() - t0},
@@ -63,7 +64,7 @@ def run_cell(store, *, model: str, site: str, layer: int, role: str, label: str,
 
 
 def sweep(store, config: SweepConfig, probe_config: ProbeConfig | None = None, *,
-          where: dict | None = None, items=None, export_dir=None,
+          where: dict | None = None, items=None, export_dir=None, data=None,
           progress: bool = True) -> pd.DataFrame:
     """Run every (layer, role) cell of ``config`` and collect the results table.
 
@@ -77,6 +78,8 @@ def sweep(store, config: SweepConfig, probe_config: ProbeConfig | None = None, *
         Probe, split, control and CI settings (shared by all cells).
     where, items : optional
         Sample filters passed to :func:`probes.dataset`.
+    data : path, optional
+        Dataset directory for scene factors / entity colours (:func:`probes.dataset`).
     export_dir : path, optional
         Write each cell's direction to ``export_dir/<site>__<role>__layer<NNN>/`` and an
         ``index.json`` listing them.
@@ -95,7 +98,7 @@ def sweep(store, config: SweepConfig, probe_config: ProbeConfig | None = None, *
     cells = [(layer, role) for layer in config.layers for role in config.roles]
     kw = dict(model=config.model, site=config.site, label=config.label, pool=config.pool,
               probe_config=probe_config, baselines=config.baselines, where=where, items=items,
-              export=export_dir is not None)
+              export=export_dir is not None, data=None if data is None else str(data))
     bar = tqdm(total=len(cells), desc=f"probe sweep {config.site}", unit="cell",
                disable=not progress)
     if config.scheduler == "serial":

@@ -27,7 +27,8 @@ def test_generate_extract_probe_and_load_direction(tmp_path):
     _ok(["extract", "--model", "tiny-qwen2-vl", "--data", str(ds), "--store", st,
          "--sites", "projector"])
     _ok(["probe", "--store", st, "--model", "tiny-qwen2-vl", "--roles", "object,strip",
-         "--where", "counterfactual_kind=,swap", "--n-splits", "2", "--scheduler", "serial",
+         "--where", "counterfactual_kind=,swap", "--data", str(ds), "--group-by", "color_set",
+         "--n-splits", "2", "--scheduler", "serial",
          "--map-samples", "2", "--export-directions", str(tmp_path / "dirs"), "--out", str(out)])
     t = pd.read_parquet(out / "results.parquet")
     assert list(t["role"]) == ["object", "strip"] and t["error"].isna().all()
@@ -37,6 +38,8 @@ def test_generate_extract_probe_and_load_direction(tmp_path):
                           where={"counterfactual_kind": ["", "swap"]})
     assert len(data) == t["n"].iloc[0]
     assert set(data.frame["counterfactual_kind"]) <= {"", "swap"}
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["probe"]["group_by"] == ["color_set"] and cfg["data"] == str(ds)
     summ = pd.read_csv(out / "maps" / "summary.csv")
     assert set(summ["region"]) == {"object", "strip", "background"}
     index = json.loads((tmp_path / "dirs" / "index.json").read_text())

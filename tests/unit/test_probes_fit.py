@@ -251,3 +251,44 @@ def test_property_no_scene_or_factor_value_straddles_a_split(scenes, factor, spl
             assert len(tr) + len(te) == len(frame) and not set(tr) & set(te)
             for col in ("scene_id", *group_by):
                 assert not set(frame[col].iloc[tr]) & set(frame[col].iloc[te])
+
+
+def _write_metadata(path, store):
+    import json
+
+    lab = store.labels()
+    tok = store._tokens[store._tokens["role"] == "object"]
+    with open(path / "metadata.jsonl", "w") as f:
+        for sid in lab["sample_id"]:
+            t = tok[tok["sample_id"] == sid].drop_duplicates("entity")
+            ents = [{"mask_id": int(e), "role": "target", "color": c, "kind": "square"}
+                    for e, c in zip(t["entity"], t["color"])]
+            rec = {"id": sid, "entities": ents,
+                   "factors": {"background": "white" if sid < "s010" else "gray",
+                               "layout": {"cells": [1, 2]}}}
+            f.write(json.dumps(rec) + "\n")
+
+
+def test_scene_factors_and_entity_colours_from_the_dataset(strong, tmp_path):
+    from probes.dataset import scene_labels
+
+    _write_metadata(tmp_path, strong)
+    samples, ents = scene_labels(tmp_path)
+    assert set(samples.columns) == {"sample_id", "background", "layout", "color_set"}
+    assert samples["layout"].iloc[0] == '{"cells":[1,2]}'
+    d = dataset(strong, model="tiny", site="projector", layer=2, data=tmp_path)
+    truth = strong._tokens.set_index(["sample_id", "row", "col"])["color"]
+    assert (d.frame["color"].to_numpy() == truth.loc[list(zip(
+        d.frame["sample_id"], d.frame["row"], d.frame["col"]))].to_numpy()).all()
+    # colour set of the targets, identical for a scene and its swap twin
+    assert (d.frame.groupby("scene_id")["color_set"].nunique() == 1).all()
+    res = fit_probe(d, ProbeConfig(group_by=("background",), n_splits=2))
+    assert res.n_groups == 2 and res.meta["token_type"] == ["color", "row", "col"]
+    pooled = dataset(strong, model="tiny", site="projector", layer=2, pool="entity",
+                     label="side", data=tmp_path)
+    assert pooled.frame["color"].notna().all()  # joined by mask_id for pooled items
+    (tmp_path / "metadata.jsonl").write_text('{"id": "s000"}\nnot json\n')
+    with pytest.raises(DataError, match="line 2: not a stimulus record"):
+        scene_labels(tmp_path)
+    with pytest.raises(DataError, match="no metadata.jsonl"):
+        scene_labels(tmp_path / "nowhere")
