@@ -315,6 +315,7 @@ class Sampler:
         xs = [t.position[0] for t in ts]
         zs = [t.position[2] for t in ts]
         placed = list(ts)
+        zmid = float(np.median(zs))
         for i in range(k):
             d = self._object(rng, mask_id=len(ts) + i + 1, role="distractor",
                              color=str(free[int(rng.integers(len(free)))]), shapes=self.shapes)
@@ -322,7 +323,10 @@ class Sampler:
                 if scene.axis == "depth":  # beside the file of targets, never in it
                     side = rng.choice([-1.0, 1.0])
                     x = side * (max(abs(v) for v in xs) + rng.uniform(1.4, 2.6))
-                    z = rng.uniform(min(zs), max(zs))
+                    # with 3 targets, level with the middle one (the prompts' reference),
+                    # so the distractor is neither in front of nor behind it
+                    z = (rng.uniform(zmid - c.margin / 2, zmid + c.margin / 2)
+                         if len(ts) == 3 else rng.uniform(min(zs), max(zs)))
                 else:  # behind the row / column, so the asked relation stays among targets
                     x = rng.uniform(-4.5, 4.5)
                     z = min(zs) - rng.uniform(1.6, 4.5)
