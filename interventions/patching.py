@@ -154,21 +154,26 @@ def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True):
     items = base_items(ds, limit=config.limit)
     ic = Interchange()
     counter = ForwardCounter()
-    out = []
+    out, skipped = [], []
     bar = _bar(len(items) * len(layers) * len(config.regions), "E4 criss-cross", progress)
     for stim in items:
         prompt = pick_prompt(stim, config.prompt)
         cc = twin(ds, stim, "crisscross")
         p = prepare(adapter, ds, stim, prompt)
         cf = prepare(adapter, ds, cc, prompt)
-        rows, keys = _crisscross_rows(p, cf, layers, config.regions, ic)
+        try:
+            rows, keys = _crisscross_rows(p, cf, layers, config.regions, ic)
+        except InterventionError as e:  # geometry: an entity too small for the token grid
+            skipped.append({"item": stim.id, "reason": str(e)})
+            bar.update(len(layers) * len(config.regions))
+            continue
         res = sweep(adapter, p.inputs, rows, sources={"cf": SourceRun(inputs=cf.inputs)},
                     batch_size=config.batch_size, progress=bar)
         counter.add(res.counter)
         out += _slot_probs(adapter, stim, res, keys, pick_prompt(cc, config.prompt).answer,
                            prompt.answer)
     bar.close()
-    return _finish(out, counter, config, "E4")
+    return _finish(out, counter, config, "E4", skipped)
 
 
 def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True):
@@ -181,14 +186,14 @@ def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True):
     items = base_items(ds, limit=config.limit)
     ic = Interchange()
     counter = ForwardCounter()
-    out = []
-    blank = None
+    out, skipped = [], []
+    blanks: dict = {}
     bar = _bar(len(items) * (len(layers) + 1), "E6 ablated criss-cross", progress)
     for stim in items:
         prompt = pick_prompt(stim, config.prompt)
-        if blank is None:
-            blank = blank_acts(adapter, ds, prompt)
-            counter.forwards += 1
+        n_blank = len(blanks)
+        blank = blank_acts(adapter, ds, prompt, stim, cache=blanks)
+        counter.forwards += len(blanks) - n_blank
         cc = twin(ds, stim, "crisscross")
         p = prepare(adapter, ds, stim, prompt)
         cf = prepare(adapter, ds, cc, prompt)
@@ -197,7 +202,12 @@ def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True):
         cf_edits, cf_sources, _ = ablation_edits(cf, refs, base_stim=stim)
         sources.update(cf_sources)
         sources["cf"] = SourceRun(inputs=cf.inputs, edits=tuple(cf_edits))
-        rows, keys = _crisscross_rows(p, cf, layers, ("object",), ic, extra=base_edits)
+        try:
+            rows, keys = _crisscross_rows(p, cf, layers, ("object",), ic, extra=base_edits)
+        except InterventionError as e:  # geometry: an entity too small for the token grid
+            skipped.append({"item": stim.id, "reason": str(e)})
+            bar.update(len(layers) + 1)
+            continue
         rows.append(list(base_edits))  # the ablated run without criss-cross (E5's prediction)
         keys.append((-1, "none"))
         res = sweep(adapter, p.inputs, rows, sources=sources, batch_size=config.batch_size,
@@ -206,10 +216,13 @@ def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True):
         out += _slot_probs(adapter, stim, res, keys, pick_prompt(cc, config.prompt).answer,
                            prompt.answer)
     bar.close()
-    return _finish(out, counter, config, "E6")
+    return _finish(out, counter, config, "E6", skipped)
 
 
-def _finish(rows, counter, config, name):
+def _finish(rows, counter, config, name, skipped=()):
+    if not rows:
+        why = skipped[0]["reason"] if skipped else "no items"
+        raise InterventionError(f"{name}: every item was skipped; first reason: {why}")
     table = pd.DataFrame(rows)
     patched = table[table["layer"] >= 0]
     agg = patched.groupby(["region", "layer"]).agg(
@@ -222,6 +235,7 @@ def _finish(rows, counter, config, name):
                         for r, g in agg.groupby("region")},
         "forwards": counter.forwards, "rows": counter.rows,
         "naive_forwards": counter.naive_forwards, "config": _cfg(config),
+        "skipped": list(skipped),
     }
     if name == "E6":
         ab = table[table["layer"] < 0]

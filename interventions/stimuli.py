@@ -79,17 +79,22 @@ def twin(ds, stim, kind: str):
 
 
 def isolated_twins(ds, stim) -> dict[int, Any]:
-    """``mask_id -> isolated twin`` of every entity of ``stim``."""
+    """``mask_id -> isolated twin`` of every target entity of ``stim`` (distractors need none)."""
     out = {t.isolates: t for t in ds.twins(stim.id, "isolated") if t.isolates is not None}
-    missing = [e.mask_id for e in stim.entities if e.mask_id not in out]
+    missing = [e.mask_id for e in stim.entities if e.role == "target" and e.mask_id not in out]
     if missing:
         raise InterventionError(f"stimulus {stim.id} lacks isolated twins for entities "
                                 f"{missing}; regenerate the dataset with the 'isolated' twin kind")
     return out
 
 
-def blank_of(ds):
-    """The dataset's blank canvas (the ``blank`` extra)."""
+def blank_of(ds, stim=None):
+    """The blank image for ``stim``: its own ``blank`` twin (3D scenes: the empty scene) if it
+    has one, else the dataset's blank canvas (the flat generator's ``blank`` extra)."""
+    if stim is not None:
+        own = ds.twins(stim.id, "blank")
+        if own:
+            return own[0]
     for s in ds.stimuli:
         if s.counterfactual_kind == "blank":
             return s
