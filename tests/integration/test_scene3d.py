@@ -312,3 +312,15 @@ def test_backend_fallback_to_osmesa_and_masks_identical_to_egl(tmp_path):
     here = render.render(_tiny_spec())
     assert set(np.unique(here.mask)) == {0, 1, 2}
     assert np.array_equal(np.load(tmp_path / "m.npy"), here.mask)
+
+
+def test_shadows_darken_the_image_and_leave_masks_alone():
+    cfg = {"image_size": 128, "n_distractors": [0, 0]}
+    plain = Scene3DGenerator(Scene3DConfig.from_dict(cfg), seed=1, n=1, twins=()).unit(0)[0]
+    shadow = Scene3DGenerator(Scene3DConfig.from_dict(dict(cfg, shadows=True)), seed=1, n=1,
+                              twins=()).unit(0)[0]
+    assert np.array_equal(plain.mask, shadow.mask)
+    changed = np.any(plain.image != shadow.image, axis=-1)
+    assert changed.mean() > 0.002
+    lum = lambda im: im[changed].astype(float).sum(-1)  # noqa: E731
+    assert lum(shadow.image).mean() < lum(plain.image).mean()

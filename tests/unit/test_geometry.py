@@ -170,3 +170,15 @@ def test_backend_selection_env_override(monkeypatch):
     msg = render.no_backend_message(["egl: ImportError: x", "osmesa: ImportError: y"])
     assert "libegl1 libegl-mesa0 libgl1-mesa-dri" in msg and "libosmesa6" in msg
     assert "scripts/setup.sh" in msg and "\n" not in msg
+
+
+def test_scene3d_splits_follow_fractions_and_groups():
+    from scenegen.config import SplitConfig
+    from scenegen.scene3d import _split_of
+
+    sp = SplitConfig(by="scene", train=0.7, val=0.2, test=0.1)
+    got = [_split_of(f"{i:09d}", 0, sp) for i in range(3000)]
+    for name, frac in (("train", 0.7), ("val", 0.2), ("test", 0.1)):
+        assert abs(got.count(name) / 3000 - frac) < 0.03
+    assert got == [_split_of(f"{i:09d}", 0, sp) for i in range(3000)]  # deterministic
+    assert got != [_split_of(f"{i:09d}", 1, sp) for i in range(3000)]  # seed matters
