@@ -23,7 +23,7 @@ TARGET_CHUNK_BYTES = 64 * 2**20
 """Dask chunks along ``sample`` hold about this many bytes (rounded to whole shards)."""
 
 
-def open_store(path, *, storage_options: dict | None = None) -> "Store":
+def open_store(path, *, storage_options: dict | None = None, direct: bool = True) -> "Store":
     """Open a store read-only.
 
     Parameters
@@ -32,6 +32,9 @@ def open_store(path, *, storage_options: dict | None = None) -> "Store":
         Local directory or fsspec URL (``file://``, ``memory://``, ``s3://`` ...).
     storage_options : dict, optional
         Passed to fsspec for URLs.
+    direct : bool
+        Gather role tokens straight from memory-mapped shard files when the store is local and
+        uncompressed (same values, reads only the needed rows); False always goes through zarr.
 
     Returns
     -------
@@ -56,14 +59,16 @@ def open_store(path, *, storage_options: dict | None = None) -> "Store":
     if v != S.SCHEMA_VERSION:
         raise StoreError(f"{path} has store schema version {v}; this toolkit reads version "
                          f"{S.SCHEMA_VERSION}: re-extract it, or use the toolkit version that wrote it")
-    return Store(root, str(path), storage_options)
+    return Store(root, str(path), storage_options, direct=direct)
 
 
 class Store:
     """A read-only activation store. Build it with :func:`open_store`."""
 
-    def __init__(self, root, path: str, storage_options: dict | None = None):
+    def __init__(self, root, path: str, storage_options: dict | None = None, *,
+                 direct: bool = True):
         self.root = root
+        self.direct = direct
         self.path = path
         self.storage_options = dict(storage_options or {})
         self._cache: dict = {}
@@ -204,6 +209,43 @@ class Store:
                           where=f"site {spec.name!r} of model {g.attrs['model']!r}")
         return g, spec, lay
 
+    def _gather(self, g, spec: S.SiteSpec, layer_pos: int, samples: np.ndarray,
+                tokens: np.ndarray, dims=(S.SAMPLE, S.TOKEN)):
+        """``acts[samples[i], layer_pos, tokens[i, k]]`` as a dask-backed DataArray (dims + hidden).
+
+        ``tokens`` < 0 marks padding (NaN). Integer gathers only: straight from the shard files
+        when :mod:`actstore._direct` can read them, else a vectorised ``isel`` over dask.
+        """
+        import dask.array as da
+        import xarray as xr
+
+        from dask.base import tokenize
+
+        from . import _direct
+
+        n, K = tokens.shape
+        arr = g[spec.name]["acts"]
+        lay = _direct.layout(arr, self.root.store) if self.direct and n and K else None
+        if lay is not None:
+            per = max(K * spec.hidden * np.dtype(spec.dtype).itemsize, 1)
+            c = max(1, TARGET_CHUNK_BYTES // per)
+            s_d = da.from_array(np.asarray(samples, np.int64)[:, None], chunks=(c, 1))
+            t_d = da.from_array(np.asarray(tokens, np.int64), chunks=(c, K))
+            data = da.map_blocks(lambda s_, t_: _direct.gather(lay, layer_pos, s_[:, 0], t_),
+                                 s_d, t_d, dtype=np.dtype(spec.dtype), new_axis=2,
+                                 chunks=(t_d.chunks[0], (K,), (spec.hidden,)),
+                                 name=f"actstore-gather-{tokenize(self.path, arr.path, layer_pos, samples, tokens)}")
+            return xr.DataArray(data, dims=(*dims, S.HIDDEN))
+        x = self._acts(g, spec).isel(layer=layer_pos)
+        if n == 0 or K == 0:  # nothing to gather: an empty (n, K, H) array
+            return xr.DataArray(da.zeros((n, K, spec.hidden), dtype=spec.dtype), dims=(*dims, S.HIDDEN))
+        s_ix = np.broadcast_to(np.asarray(samples, np.int64)[:, None], tokens.shape)
+        x = x.isel(sample=xr.DataArray(s_ix, dims=dims),
+                   token=xr.DataArray(np.maximum(tokens, 0), dims=dims))
+        x = x.drop_vars([c for c in x.coords])
+        pad = tokens < 0
+        return x.where(xr.DataArray(~pad, dims=dims)) if pad.any() else x
+
     def select(self, model: str | None = None, site: str | None = None, layer: int | None = None,
                role: str | int | None = None, where: Mapping | None = None, *,
                include_pending: bool = False):
@@ -234,12 +276,12 @@ class Store:
 
         g, spec, lay = self._resolve(model, site, layer)
         sidx = self._sample_index(g, where, include_pending)
-        x = self._acts(g, spec)
-        if lay is not None:
-            x = x.isel(layer=list(spec.layers).index(lay))
-        x = x.isel(sample=sidx)
         tok = {k: v[sidx] for k, v in self._tokens(g, spec.name).items()}
         if role is None:
+            x = self._acts(g, spec)
+            if lay is not None:
+                x = x.isel(layer=list(spec.layers).index(lay))
+            x = x.isel(sample=sidx)
             pad = tok["role"] == S.PAD
             coords = dict(tok)
             x = x.assign_coords(token=np.arange(spec.n_tokens))
@@ -248,16 +290,18 @@ class Store:
             idx, pad = _kth_indices(tok["role"] == code)
             coords = {k: np.where(pad, S.TOKEN_LABELS[k][1], np.take_along_axis(v, idx, axis=1))
                       for k, v in tok.items()}
-            if idx.size:
-                x = x.isel(token=xr.DataArray(idx, dims=(S.SAMPLE, S.TOKEN)))
-            else:  # no token of that role in the selection (or no sample): empty token axis
-                x = x.isel(token=slice(0, 0))
-            if pad.any():
-                x = x.where(xr.DataArray(~pad, dims=(S.SAMPLE, S.TOKEN)))
+            layer_pos = [list(spec.layers).index(lay)] if lay is not None else range(len(spec.layers))
+            parts = [self._gather(g, spec, li, sidx, np.where(pad, -1, idx)) for li in layer_pos]
+            if lay is not None:
+                x = parts[0].assign_coords({S.LAYER: lay})
+            else:
+                x = xr.concat(parts, dim=S.LAYER).transpose(S.SAMPLE, S.LAYER, S.TOKEN, S.HIDDEN)
+                x = x.assign_coords({S.LAYER: list(spec.layers)})
             x = x.assign_coords(token=np.arange(idx.shape[1]))
         x = x.assign_coords({k: ((S.SAMPLE, S.TOKEN), v) for k, v in coords.items()})
         x = x.assign_coords(pad=((S.SAMPLE, S.TOKEN), pad))
         x = x.assign_coords(self._sample_coords(g, sidx))
+        x.name = f"{g.attrs['model']}/{spec.name}"
         x.attrs.update(self._attrs(g, spec, lay, role))
         return x
 
@@ -304,11 +348,11 @@ class Store:
         pos = np.minimum(start[:, None] + k, start[:, None] + counts[:, None] - 1) \
             if n_items else np.zeros((0, 0), np.int64)
         w = np.where(k < counts[:, None], 1.0 / np.maximum(counts[:, None], 1), 0.0).astype("float32")
-        x = self._acts(g, spec).isel(layer=list(spec.layers).index(lay))
         if n_items:
-            vals = x.isel(sample=xr.DataArray(sidx[s_loc[pos]], dims=(S.ITEM, "k")),
-                          token=xr.DataArray(t[pos], dims=(S.ITEM, "k")))
-            out = (vals.astype("float32") * xr.DataArray(w, dims=(S.ITEM, "k"))).sum("k").compute()
+            vals = self._gather(g, spec, list(spec.layers).index(lay), sidx[uniq[:, 0]],
+                                np.where(k < counts[:, None], t[pos], -1), dims=(S.ITEM, "k"))
+            w_da = xr.DataArray(w, dims=(S.ITEM, "k"))
+            out = (vals.fillna(0).astype("float32") * w_da).sum("k").compute()
             out = out.drop_vars([c for c in out.coords if c not in (S.HIDDEN,)])
         else:
             out = xr.DataArray(np.zeros((0, spec.hidden), "float32"), dims=(S.ITEM, S.HIDDEN))

@@ -247,8 +247,11 @@ class StoreWriter:
             raise StoreError(f"tokens[{f!r}]['role'] has codes outside 0..{len(S.ROLE_NAMES) - 1} "
                              f"(see actstore.ROLE_CODES)")
         pad_t = spec.n_tokens - t
-        out = np.zeros((b, L, spec.n_tokens, h), spec.dtype)
-        out[:, :, :t] = a  # padding activations are 0
+        if pad_t:
+            out = np.zeros((b, L, spec.n_tokens, h), spec.dtype)
+            out[:, :, :t] = a  # padding activations are 0
+        else:  # no copy when the batch already has the full token axis in the stored dtype
+            out = np.ascontiguousarray(a, dtype=spec.dtype)
         for name, (dt, none) in S.TOKEN_LABELS.items():
             if pad_t:
                 labels[name] = np.concatenate([labels[name], np.full((b, pad_t), none, dt)], axis=1)

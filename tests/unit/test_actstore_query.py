@@ -74,8 +74,9 @@ def synth(tmp_path_factory):
 
 @pytest.mark.parametrize("role", ["object", "strip", "distractor", "background", "last", "subject", "pad"])
 @pytest.mark.parametrize("site,li", [("lm.resid.2", 2), ("projector", 0)])
-def test_role_query_returns_exactly_the_stored_role_tokens(synth, role, site, li):
-    s = open_store(synth.path)
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "zarr"])
+def test_role_query_returns_exactly_the_stored_role_tokens(synth, role, site, li, direct):
+    s = open_store(synth.path, direct=direct)
     fam = site.rsplit(".", 1)[0] if site[-1].isdigit() else site
     x = s.select(site=site, role=role)
     assert x.dims == ("sample", "token", "hidden")
@@ -106,10 +107,37 @@ def test_role_query_uses_integer_indices_not_boolean_masks(synth, monkeypatch):
         return orig(self, indexers, **kw)
 
     monkeypatch.setattr(xr.DataArray, "isel", spy)
-    x = open_store(synth.path).select(site="lm.resid.1", role="object", where={"axis": "vertical"})
+    x = open_store(synth.path, direct=False).select(site="lm.resid.1", role="object",
+                                                    where={"axis": "vertical"})
     assert ("token", np.dtype("int64")) in seen and ("sample", np.dtype("int64")) in seen
     assert not any(getattr(t, "kind", "") == "b" for _, t in seen), seen
     assert not x.data.dask.layers == {}  # lazily dask-backed until asked
+    # the direct path gets the same integer indices (-1 = padding) and nothing boolean
+    from actstore import _direct
+
+    calls = []
+    real = _direct.gather
+    monkeypatch.setattr(_direct, "gather", lambda lay, li, s_, t_: calls.append((s_, t_)) or real(lay, li, s_, t_))
+    y = open_store(synth.path).select(site="lm.resid.1", role="object", where={"axis": "vertical"})
+    np.testing.assert_array_equal(y.values, x.values)
+    assert calls and all(s_.dtype.kind == "i" and t_.dtype.kind == "i" for s_, t_ in calls)
+
+
+def test_direct_and_zarr_paths_agree_on_every_query(synth, tmp_path):
+    a, b = open_store(synth.path), open_store(synth.path, direct=False)
+    for kw in (dict(site="lm.resid", role="strip"), dict(site="projector", role="object"),
+               dict(site="lm.resid.0", role="last", where={"split": "train"})):
+        xa, xb = a.select(**kw), b.select(**kw)
+        xr.testing.assert_identical(xa.compute(), xb.compute())
+    for by in ("entity", "sample"):
+        xr.testing.assert_allclose(a.pooled(site="lm.resid.2", by=by), b.pooled(site="lm.resid.2", by=by))
+    # a half-written store: pending samples read as NaN through both paths
+    part = make_store(tmp_path / "half", n_samples=11, batch_size=4, stop_after=1)
+    ha, hb = open_store(part.path), open_store(part.path, direct=False)
+    va = ha.select(site="lm.resid.1", role="object", include_pending=True).values
+    vb = hb.select(site="lm.resid.1", role="object", include_pending=True).values
+    np.testing.assert_array_equal(va, vb)
+    assert ha.select(site="lm.resid.1", role="object").sizes["sample"] == 4
 
 
 def test_select_where_layers_and_labels(synth):
