@@ -248,6 +248,13 @@ def test_cli_generate_scene3d_with_degradation(tmp_path):
                                            str(tmp_path / "x")])
     assert res.exit_code == 1 and "Did you mean 'cube'" in res.output
     assert len(res.output.strip().splitlines()) == 1
+    amb = tmp_path / "amb.json"
+    amb.write_text(json.dumps(dict(cfg, scene3d={"image_size": 64, "margin": 6.0,
+                                                 "max_attempts": 5})))
+    res = CliRunner().invoke(spatialbind, ["generate", "--config", str(amb), "--out",
+                                           str(tmp_path / "amb")])
+    assert res.exit_code == 1
+    assert "placed 1/3 targets after 5 attempts (ambiguous: 5)" in res.output
 
 
 _BACKEND_SCRIPT = r'''
