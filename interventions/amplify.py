@@ -24,7 +24,6 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .errors import InterventionError
 from .hooks import Amplify, run
