@@ -27,6 +27,9 @@ def organism() -> None:
 @click.option("--batch", type=int, default=32, show_default=True, help="Images per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option("--warmup", type=int, default=100, show_default=True, help="Warm-up steps.")
+@click.option("--aux-slot-weight", type=float, default=0.0, show_default=True,
+              help="Auxiliary ordinal-slot loss on the projector output (plants the vision-side "
+                   "code faster; 0 = task loss only).")
 @click.option("--init", "init_from", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue training this saved organism (same arch/mechanism/sizes).")
 @click.option("--eval-every", type=int, default=100, show_default=True)
@@ -34,8 +37,8 @@ def organism() -> None:
               help="Output directory (save_pretrained model + processor, train_log.json, curve.png).")
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Run the 'which mechanism emerged?' slot probe at the end.")
-def train(arch, mechanism, task, steps, seed, threads, vision_depth, batch, lr, warmup, init_from,
-          eval_every, out, probe):
+def train(arch, mechanism, task, steps, seed, threads, vision_depth, batch, lr, warmup,
+          aux_slot_weight, init_from, eval_every, out, probe):
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import organisms as org
 
@@ -44,8 +47,8 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, batch, lr, 
         arch=arch, mechanism=mechanism, task=task, seed=seed, threads=threads,
         steps=steps if steps is not None else defaults["steps"],
         vision_depth=vision_depth if vision_depth is not None else defaults["vision_depth"],
-        batch=batch, lr=lr, warmup=warmup, init_from=init_from, eval_every=eval_every,
-        eval_items=64)
+        batch=batch, lr=lr, warmup=warmup, aux_slot_weight=aux_slot_weight, init_from=init_from,
+        eval_every=eval_every, eval_items=64)
     res = org.train(cfg, out=out, final_eval_items=384)
     if probe:
         from .organism_probe import mechanism_report
