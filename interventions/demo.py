@@ -189,7 +189,8 @@ def _study(model: str, cfg: DemoConfig, st: Stages, out: Path, data: Path, degra
     res["e3"] = st.run(f"{m}/e3", lambda: _probes(model, cfg, store, root / "e3", data))
     res["e4"] = st.run(f"{m}/e4", lambda: patch_to_dir(
         model, str(data), str(root / "e4"),
-        PatchConfig(experiment="e4", layers="all", batch_size=cfg.batch_size),
+        PatchConfig(experiment="e4", layers="all", regions=("object", "strip", "band"),
+                    batch_size=cfg.batch_size),
         progress=progress))
     res["e5"] = st.run(f"{m}/e5", lambda: ablate_to_dir(
         model, str(data), str(root / "e5"), AblateConfig(batch_size=cfg.batch_size),

@@ -83,8 +83,8 @@ def contrasts(results: dict[str, dict], mechanisms: dict[str, str]) -> list[dict
     rows.append({"experiment": "E3 projector slot probe (object tokens; chance 0.33)",
                  "expected": "vision ≥ 0.9, lm near chance", "vision": pv, "lm": pl,
                  "holds": None if pv is None or pl is None else bool(pv >= 0.9 and pl < 0.6)})
-    fv, fl = _layer0(V.get("e4"), "strip"), _layer0(L.get("e4"), "strip")
-    rows.append({"experiment": "E4 strip criss-cross at the LM input: flip rate",
+    fv, fl = _layer0(V.get("e4"), "band"), _layer0(L.get("e4"), "band")
+    rows.append({"experiment": "E4 strip (the paper's band) criss-cross at the LM input: flip rate",
                  "expected": "vision flips (> 0.5), lm does not (< 0.5)", "vision": fv, "lm": fl,
                  "holds": None if fv is None or fl is None else bool(fv > 0.5 and fl < 0.5)})
     e5v, e5l = V.get("e5") or {}, L.get("e5") or {}
@@ -159,9 +159,14 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
                                             "projector/maps/layer000.png"]))
     h.append("<h2>E4 — criss-cross interchange, object vs strip</h2><p>Clean (c0,c1,c2) and "
              "its criss-cross twin (c2,c1,c0); at the LM input and each layer, the clean run's "
-             "left region takes the source's right region and vice versa. Flip rate = share of "
-             "items whose answer becomes the source's answer.</p>")
-    h.append(_table([{"model": m, "strip flip @ input": _layer0(results[m].get("e4"), "strip"),
+             "left region takes the source's right region and vice versa. Regions: "
+             "<code>object</code> (the entity's tokens), <code>strip</code> (the background "
+             "tokens of the entity's columns/rows, the store's role) and <code>band</code> (the "
+             "paper's strip: the whole tiled column/row band, object and background, width = "
+             "object + spacing). Flip rate = share of items whose answer becomes the source's "
+             "answer.</p>")
+    h.append(_table([{"model": m, "band flip @ input": _layer0(results[m].get("e4"), "band"),
+                      "strip flip @ input": _layer0(results[m].get("e4"), "strip"),
                       "object flip @ input": _layer0(results[m].get("e4"), "object"),
                       "flip layers": (results[m].get("e4") or {}).get("flip_layers")}
                      for m in models]))
