@@ -72,23 +72,37 @@ def gather(lay: Layout, layer_pos: int, samples: np.ndarray, tokens: np.ndarray)
     T = lay.shard[2]
     Bs, Bi = lay.shard[0], lay.inner[0]
     out = np.empty((n, K, H), lay.dtype)
-    cache: dict[int, tuple] = {}  # mmaps close when the last view is gone
-    for i in range(n):
-        s = int(samples[i])
-        b = s // Bs
-        if b not in cache:
-            cache[b] = _open_shard(lay, b, layer_pos)
-        mm, index = cache[b]
-        j, r = (s % Bs) // Bi, s % Bi
-        tok = tokens[i]
-        if mm is None or index[j, 0] == _EMPTY:
-            out[i] = lay.fill
+    samples = np.asarray(samples, np.int64)
+    tok = np.maximum(tokens, 0)
+    shard_of = samples // Bs
+    for b in np.unique(shard_of):
+        sel = np.flatnonzero(shard_of == b)
+        mm, index = _open_shard(lay, int(b), layer_pos)  # mmap closes when its views are gone
+        if mm is None:
+            out[sel] = lay.fill
             continue
-        chunk = np.frombuffer(mm, dtype=lay.dtype, count=Bi * T * H,
-                              offset=int(index[j, 0])).reshape(Bi, T, H)
-        out[i] = chunk[r][np.maximum(tok, 0)]
-        if (tok < 0).any():
-            out[i][tok < 0] = np.nan
+        within = samples[sel] % Bs
+        n_inner, cb = len(index), Bi * T * H * lay.dtype.itemsize
+        if np.array_equal(index[:, 0], np.arange(n_inner, dtype=np.uint64) * np.uint64(cb)):
+            # a whole-shard write: inner chunks lie in order, so the shard is one (Bs, T, H) array
+            data = np.frombuffer(mm, dtype=lay.dtype, count=Bs * T * H).reshape(Bs * T, H)
+            rows = within[:, None] * T + tok[sel]
+            if sel[-1] - sel[0] + 1 == len(sel):  # consecutive outputs: copy straight into place
+                np.take(data, rows, axis=0, out=out[sel[0]:sel[-1] + 1])
+            else:
+                out[sel] = data[rows]
+            continue
+        for i, w in zip(sel, within):  # any other order (e.g. single-sample writes): one by one
+            j, r = w // Bi, w % Bi
+            if index[j, 0] == _EMPTY:
+                out[i] = lay.fill
+                continue
+            chunk = np.frombuffer(mm, dtype=lay.dtype, count=Bi * T * H,
+                                  offset=int(index[j, 0])).reshape(Bi, T, H)
+            out[i] = chunk[r][tok[i]]
+    pad = tokens < 0
+    if pad.any():
+        out[pad] = np.nan
     return out
 
 
