@@ -341,10 +341,12 @@ def next_token(adapter, images, prompts: Sequence[str], options: Sequence[Sequen
                system: str | None) -> tuple[list[np.ndarray], list[str]]:
     """Option log-probs and the decoded top-1 token from *one* forward pass per batch.
 
-    Option scores follow :func:`vlms.scoring.score_options` (max over case / leading-space
-    variants of each option's first token) except that first tokens shared by several options
-    are ignored (:func:`distinct_option_ids`); adapters without ``prepare``/``run`` (test
-    doubles) are asked ``score_options`` and ``top1`` separately.
+    Option scores are those of :func:`vlms.scoring.score_options`: max over case /
+    leading-space variants of each option's first token, ignoring first tokens shared by several
+    options (:func:`vlms.scoring.distinct_option_ids`); items where an option keeps no first
+    token of its own are re-scored by ``adapter.score_options`` (its multi-token fallback).
+    Adapters without ``prepare``/``run`` (test doubles) are asked ``score_options`` and ``top1``
+    separately.
     """
     if not (hasattr(adapter, "prepare") and hasattr(adapter, "run")):
         with_opts = [k for k, o in enumerate(options) if o]
@@ -359,22 +361,32 @@ def next_token(adapter, images, prompts: Sequence[str], options: Sequence[Sequen
         return scores, list(adapter.top1(images, list(prompts), system=system))
     import torch
 
+    from vlms.scoring import distinct_option_ids as own_ids
+
     batch = adapter.prepare(images, list(prompts), system=system)
     out = adapter.run(batch, logits_to_keep=1)
     logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu().numpy()
     tops = [adapter.tokenizer.decode([int(t)]) for t in logp.argmax(-1)]
-    scores = [np.array([row[ids].max() for ids in distinct_option_ids(adapter.tokenizer, opts)],
-                       dtype=np.float64) for row, opts in zip(logp, options)]
+    cand = [own_ids(adapter.tokenizer, opts) if opts else [] for opts in options]
+    scores = [np.array([row[ids].max() if ids else np.nan for ids in c], dtype=np.float64)
+              for row, c in zip(logp, cand)]
+    fall = [k for k, c in enumerate(cand) if any(not ids for ids in c)]
+    if fall:  # the adapter's multi-token fallback keeps each item's scores on one scale
+        got = adapter.score_options([images[k] for k in fall], [prompts[k] for k in fall],
+                                    [list(options[k]) for k in fall], system=system,
+                                    batch_size=len(fall))
+        for k, g in zip(fall, got):
+            scores[k] = np.asarray(g, dtype=np.float64)
     return scores, tops
 
 
 def distinct_option_ids(tokenizer, options: Sequence[str]) -> list[list[int]]:
-    """First-token ids of each option's case / leading-space variants, minus shared ones.
+    """:func:`vlms.scoring.distinct_option_ids`, but an error when an option keeps no id.
 
     A variant such as `` Left`` may start with a bare-space token that `` Right`` starts with
     too; scoring both options by that token would tie them and the argmax would always pick the
-    first-listed option (a bias the two-option protocol would read as an order effect). Ids
-    that start variants of more than one option are therefore dropped.
+    first-listed option. Ids that start variants of more than one option are therefore dropped
+    (the adapter's helper does the dropping; this wrapper is for callers that only have logits).
 
     Raises
     ------
@@ -383,14 +395,9 @@ def distinct_option_ids(tokenizer, options: Sequence[str]) -> list[list[int]]:
     """
     if not options:
         return []
-    from vlms.scoring import option_token_ids
+    from vlms.scoring import distinct_option_ids as own_ids
 
-    per = [option_token_ids(tokenizer, o) for o in options]
-    count: dict[int, int] = {}
-    for ids in per:
-        for t in set(ids):
-            count[t] = count.get(t, 0) + 1
-    out = [[t for t in ids if count[t] == 1] for ids in per]
+    out = own_ids(tokenizer, options)
     for o, ids in zip(options, out):
         if not ids:
             raise EvaluationError(f"option {o!r} shares every first token with another option "

@@ -119,17 +119,23 @@ def base_items(ds, *, limit: int | None = None, split: str | None = None,
 
 def option_ids(tokenizer, words: Sequence[str]) -> list[list[int]]:
     """First token id of each spelling of each word (the variants of
-    :func:`vlms.scoring.option_token_ids`: case and leading space, as the evaluation scores them);
-    ids shared by two words are dropped (they cannot tell the words apart), unless a word would be
-    left with none."""
-    from vlms.scoring import option_token_ids
+    :func:`vlms.scoring.option_token_ids`: case and leading space, as the evaluation scores them),
+    minus ids shared by two words (:func:`vlms.scoring.distinct_option_ids`: they cannot tell
+    the words apart and would tie them).
 
-    firsts = [option_token_ids(tokenizer, w) for w in words]
-    out = []
-    for i, ids in enumerate(firsts):
-        others = {t for j, o in enumerate(firsts) if j != i for t in o}
-        own = [t for t in ids if t not in others]
-        out.append(own or ids)
+    Raises
+    ------
+    InterventionError
+        When a word keeps no first token of its own (its logits cannot score it).
+    """
+    from vlms.scoring import distinct_option_ids
+
+    out = distinct_option_ids(tokenizer, words)
+    for w, ids in zip(words, out):
+        if not ids:
+            raise InterventionError(f"option {w!r} shares every first token with another of "
+                                    f"{list(words)}; final-position logits cannot tell them "
+                                    "apart: use other option words (e.g. other colours)")
     return out
 
 

@@ -241,9 +241,43 @@ class VLMAdapter:
         """Forward pass (no grad) with optional hooks; returns the model output."""
         import torch
 
-        args = inputs.inputs if isinstance(inputs, Batch) else inputs
+        args = self.to_model(inputs.inputs if isinstance(inputs, Batch) else inputs)
         with torch.no_grad(), self.hooks(hooks or {}):
             return self.model(**args, **kw)
+
+    def to_model(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """``inputs`` with every tensor on the model's device and pixels in the model's dtype.
+
+        The one place inputs meet the model's placement: :meth:`prepare` returns inputs that
+        went through it and :meth:`run` / :meth:`capture` pass any dict through it again (a
+        no-op for tensors already placed). Floating ``pixel_values*`` tensors are cast to the
+        model's dtype (e.g. bfloat16 weights); ids, masks and grid tensors keep their dtype.
+
+        Parameters
+        ----------
+        inputs
+            Keyword arguments for ``model(**inputs)``.
+
+        Returns
+        -------
+        dict
+            A new dict (the given one is not modified).
+        """
+        import torch
+
+        device = getattr(self.model, "device", None)
+        dtype = getattr(self.model, "dtype", None)
+        if device is None:  # not a transformers model (test doubles): leave inputs as they are
+            return dict(inputs)
+        out = {}
+        for k, v in inputs.items():
+            if isinstance(v, torch.Tensor):
+                if k.startswith("pixel_values") and v.is_floating_point():
+                    v = v.to(device=device, dtype=dtype)
+                else:
+                    v = v.to(device)
+            out[k] = v
+        return out
 
     def capture(self, inputs: Batch | dict, sites: Sequence[str], **kw):
         """Run the model and return ``(output, {site: activation})``.
@@ -323,7 +357,8 @@ class VLMAdapter:
         Returns
         -------
         Batch
-            Left-padded inputs carrying every multimodal id the forward needs.
+            Left-padded inputs carrying every multimodal id the forward needs, on the model's
+            device with pixels in the model's dtype (:meth:`to_model`).
         """
         import torch
 
@@ -367,8 +402,8 @@ class VLMAdapter:
                         for r in repl[b] if r["span"][0] < origin)
             text_pos.append(_span_tokens(offsets[b].numpy(), mask[b].numpy(), spans[b],
                                          origin + shift, end + shift, ids.shape[1]))
-        return Batch(inputs=inputs, image_positions=image_positions, grids=grids, sizes=sizes,
-                     text_positions=text_pos, n_pad=n_pad)
+        return Batch(inputs=self.to_model(inputs), image_positions=image_positions, grids=grids,
+                     sizes=sizes, text_positions=text_pos, n_pad=n_pad)
 
     # ------------------------------------------------------------------ scoring
     def score_options(self, images, prompts, options, *, system=None, batch_size: int = 8):

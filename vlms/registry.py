@@ -4,6 +4,8 @@ Each family file (``vlms/qwen2_vl.py``, ``vlms/gemma3.py``, ...) ends with ``reg
 ``vlms/__init__`` imports every sibling module, so adding a family is one new file (see
 ``vlms/README.md``). Adapters are keyed by the Hugging Face config's ``architectures[0]`` and by
 short aliases (``qwen2-vl-7b`` -> ``Qwen/Qwen2-VL-7B-Instruct``, ``tiny-qwen2-vl`` -> tiny build).
+The model organisms shipped in ``vlms/organisms/<name>/`` answer to ``organism-<name>``
+(``organism-qwen2-vl-lm``, ``organism-qwen2-vl-vision``, and any other shipped directory).
 """
 from __future__ import annotations
 
@@ -45,6 +47,35 @@ def unavailable(cls: type) -> list[str]:
     return [m for m in getattr(cls, "requires", ()) if importlib.util.find_spec(m) is None]
 
 
+#: organisms every checkout is meant to ship (listed even while their directory is missing)
+EXPECTED_ORGANISMS = ("qwen2-vl-lm", "qwen2-vl-vision")
+ORGANISM_PREFIX = "organism-"
+#: where shipped organisms live (same as ``vlms.organisms.SHIPPED``; not imported: it is heavy)
+SHIPPED = Path(__file__).parent / "organisms"
+
+
+def organism_aliases() -> dict[str, Path]:
+    """``organism-<name>`` -> ``vlms/organisms/<name>`` for the expected and the shipped ones."""
+    names = set(EXPECTED_ORGANISMS)
+    if SHIPPED.is_dir():
+        names |= {p.name for p in SHIPPED.iterdir() if (p / "config.json").is_file()}
+    return {ORGANISM_PREFIX + n: SHIPPED / n for n in sorted(names)}
+
+
+def _resolve_organism(name: str) -> tuple[type, str]:
+    path = organism_aliases()[name]
+    if not (path / "config.json").is_file():
+        raise AdapterNotFoundError(
+            f"model {name!r}: organism {path.name!r} is not shipped ({path} has no saved "
+            "model); train it with `spatialbind organism train` or update the checkout "
+            "(see `spatialbind model list`)")
+    arch = _arch_of_dir(path)
+    if arch not in ADAPTERS:
+        raise AdapterNotFoundError(f"{path}/config.json names architecture {arch!r}, which has "
+                                   "no adapter; re-save the organism")
+    return ADAPTERS[arch], str(path)
+
+
 def known_models() -> list[dict[str, Any]]:
     """One row per alias and architecture: what ``spatialbind model list`` prints."""
     rows = []
@@ -54,11 +85,23 @@ def known_models() -> list[dict[str, Any]]:
         rows.append({"name": alias, "architecture": arch, "adapter": cls.__name__,
                      "source": target, "status": "ok" if not miss
                      else "unavailable (needs " + ", ".join(miss) + ")"})
+    for alias, path in organism_aliases().items():
+        try:
+            cls, source = _resolve_organism(alias)
+        except VLMError:
+            rows.append({"name": alias, "architecture": "-", "adapter": "-",
+                         "source": str(path), "status": "not shipped"})
+            continue
+        miss = unavailable(cls)
+        rows.append({"name": alias, "architecture": cls.architectures[0],
+                     "adapter": cls.__name__, "source": source, "status": "ok" if not miss
+                     else "unavailable (needs " + ", ".join(miss) + ")"})
     return rows
 
 
 def _all_names() -> list[str]:
-    return sorted(set(ALIASES) | set(ADAPTERS) | {t for _, t in ALIASES.values() if t != "tiny"})
+    return sorted(set(ALIASES) | set(ADAPTERS) | set(organism_aliases())
+                  | {t for _, t in ALIASES.values() if t != "tiny"})
 
 
 def not_found(name: str, why: str = "") -> AdapterNotFoundError:
@@ -92,6 +135,8 @@ def resolve(name: str) -> tuple[type, str]:
     if name in ALIASES:
         arch, target = ALIASES[name]
         return ADAPTERS[arch], target
+    if name in organism_aliases():
+        return _resolve_organism(name)
     for alias, (arch, target) in ALIASES.items():
         if target == name:
             return ADAPTERS[arch], target
@@ -132,7 +177,8 @@ def load_adapter(name_or_path: str, *, dtype: Any = None, device: Any = None,
     Parameters
     ----------
     name_or_path
-        An alias (``qwen2-vl-7b``, ``gemma-3-4b``, ``tiny-qwen2-vl``, ...), a hub id, or a
+        An alias (``qwen2-vl-7b``, ``gemma-3-4b``, ``tiny-qwen2-vl``,
+        ``organism-qwen2-vl-lm``, ...), a hub id, or a
         local directory written by ``save_pretrained`` (``spatialbind model save``).
     dtype
         torch dtype or its name (``float32``, ``bfloat16``, ``float16``); default float32.
