@@ -180,13 +180,14 @@ def test_cuda_model_runs_prepared_inputs():
 
 
 # ----------------------------------------------------------------- organism aliases
-def test_shipped_organism_alias_resolves_to_its_directory():
-    for name in ("qwen2-vl-lm", "qwen2-vl-vision"):
-        d = registry.SHIPPED / name
-        if not (d / "config.json").is_file():
-            pytest.skip(f"{d} not trained yet")
-        cls, source = registry.resolve(f"organism-{name}")
-        assert source == str(d) and cls.family == "qwen2-vl"
+@pytest.mark.parametrize("name", ["qwen2-vl-lm", "qwen2-vl-vision"])
+def test_shipped_organism_alias_resolves_to_its_directory(name):
+    d = registry.SHIPPED / name
+    if not (d / "config.json").is_file():
+        pytest.skip(f"{d} not trained yet")
+    cls, source = registry.resolve(f"organism-{name}")
+    assert source == str(d) and cls.family == "qwen2-vl"
+    assert json.loads((d / "config.json").read_text())["architectures"][0] in cls.architectures
 
 
 def test_organism_alias_with_a_saved_directory_and_without(ad, tmp_path, monkeypatch):
