@@ -104,7 +104,7 @@ def make_store(path, *, n_samples: int = 12, model: str = "tiny",
                sites: list[S.SiteSpec] | None = None, grid: int = 4, batch_size: int = 4,
                planted: float | None = None, seed: int = 0, stop_after: int | None = None,
                provenance: dict | None = None, params: dict | None = None,
-               shard: tuple[int, int] | None = None,
+               shard: tuple[int, int] | None = None, inner_samples: int | None = None,
                storage_options: dict | None = None) -> Synthetic:
     """Write a small synthetic store through :class:`StoreWriter` and return its ground truth.
 
@@ -123,6 +123,8 @@ def make_store(path, *, n_samples: int = 12, model: str = "tiny",
         Write only this many batches (a run "killed" part-way).
     shard : (i, n), optional
         Write only the batches of process ``i`` of ``n`` (as ``--shard i/n`` does).
+    inner_samples : int, optional
+        Inner chunk of a shard along ``sample`` (default: the whole shard).
 
     Returns
     -------
@@ -155,7 +157,8 @@ def make_store(path, *, n_samples: int = 12, model: str = "tiny",
         acts[spec.name], tokens[spec.name] = a.astype(spec.dtype), lab
     w = StoreWriter.open_or_create(path, model=model, provenance=provenance or DEFAULT_PROVENANCE,
                                    samples=samples, sites=sites, params=params or {"object_coverage": 0.5},
-                                   batch_size=batch_size, storage_options=storage_options)
+                                   batch_size=batch_size, inner_samples=inner_samples,
+                                   storage_options=storage_options)
     written = []
     for b, idx in enumerate(w.batches(shard)):
         if stop_after is not None and b >= stop_after:

@@ -57,8 +57,8 @@ def test_rerun_over_finished_store_writes_nothing(tmp_path):
 
 
 def test_partial_batches_and_shard_assignment(tmp_path):
-    truth = make_store(tmp_path / "ref", n_samples=12)
-    w = _writer(tmp_path / "s")
+    truth = make_store(tmp_path / "ref", n_samples=12, inner_samples=1)
+    w = _writer(tmp_path / "s", inner_samples=1)  # 1-sample inner chunks land out of order
     p0, p1 = w.pending(shard=(0, 2)), w.pending(shard=(1, 2))
     np.testing.assert_array_equal(p0, [0, 1, 2, 3, 8, 9, 10, 11])
     np.testing.assert_array_equal(p1, [4, 5, 6, 7])
