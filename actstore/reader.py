@@ -228,7 +228,7 @@ class Store:
         lay = _direct.layout(arr, self.root.store) if self.direct and n and K else None
         if lay is not None:
             per = max(K * spec.hidden * np.dtype(spec.dtype).itemsize, 1)
-            c = max(1, 2 * TARGET_CHUNK_BYTES // per)  # gathered blocks: fewer, larger (less concat)
+            c = max(1, 4 * TARGET_CHUNK_BYTES // per)  # gathered blocks: few and large (no concat copy)
             s_d = da.from_array(np.asarray(samples, np.int64)[:, None], chunks=(c, 1))
             t_d = da.from_array(np.asarray(tokens, np.int64), chunks=(c, K))
             data = da.map_blocks(lambda s_, t_: _direct.gather(lay, layer_pos, s_[:, 0], t_),

@@ -104,7 +104,7 @@ def make_store(path, *, n_samples: int = 12, model: str = "tiny",
                sites: list[S.SiteSpec] | None = None, grid: int = 4, batch_size: int = 4,
                planted: float | None = None, seed: int = 0, stop_after: int | None = None,
                provenance: dict | None = None, params: dict | None = None,
-               shard: tuple[int, int] | None = None, inner_samples: int | None = None,
+               shard: tuple[int, int] | None = None, inner_samples: int = 1,
                storage_options: dict | None = None) -> Synthetic:
     """Write a small synthetic store through :class:`StoreWriter` and return its ground truth.
 
@@ -123,8 +123,8 @@ def make_store(path, *, n_samples: int = 12, model: str = "tiny",
         Write only this many batches (a run "killed" part-way).
     shard : (i, n), optional
         Write only the batches of process ``i`` of ``n`` (as ``--shard i/n`` does).
-    inner_samples : int, optional
-        Inner chunk of a shard along ``sample`` (default: the whole shard).
+    inner_samples : int
+        Inner chunk of a shard along ``sample``.
 
     Returns
     -------

@@ -40,7 +40,7 @@ class StoreWriter:
     @classmethod
     def open_or_create(cls, path, *, model: str, provenance: Mapping, samples: pd.DataFrame,
                        sites: list[S.SiteSpec], params: Mapping | None = None,
-                       batch_size: int = 16, inner_samples: int | None = None,
+                       batch_size: int = 16, inner_samples: int = 1,
                        storage_options: dict | None = None, wait_s: float = 30.0) -> "StoreWriter":
         """Open the model group of a store for writing, creating and pre-allocating it if needed.
 
@@ -61,10 +61,9 @@ class StoreWriter:
             Extraction parameters that change the labels (e.g. ``object_coverage``); checked on reopen.
         batch_size : int
             Samples per zarr shard; write batches of this size (``batches()`` yields them).
-        inner_samples : int, optional
-            Samples per inner chunk of a shard (default: the whole shard, which wrote and queried
-            fastest in ``benchmarks/bench_store_query.py``; 1 gives the smallest single-sample
-            reads through zarr).
+        inner_samples : int
+            Samples per inner chunk of a shard (1: smallest single-sample reads through zarr; the
+            whole shard measured the same in ``benchmarks/bench_store_query.py``).
         wait_s : float
             How long to wait for another process that is creating the same group.
 
@@ -86,7 +85,6 @@ class StoreWriter:
         frame = _check_samples(samples)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise StoreError(f"batch_size must be an int >= 1; got {batch_size!r}")
-        inner_samples = batch_size if inner_samples is None else inner_samples
         if not isinstance(inner_samples, int) or inner_samples < 1 or batch_size % inner_samples:
             raise StoreError(f"inner_samples must divide batch_size={batch_size}; got {inner_samples!r}")
         key = S.model_key(model)

@@ -186,7 +186,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--inner", type=int, nargs="+", default=[16, 1])
+    ap.add_argument("--inner", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--rss-samples", type=int, nargs="+", default=[256, 1024, 4096])
     ap.add_argument("--workdir", default=None)
