@@ -129,6 +129,7 @@ def test_direct_and_zarr_paths_agree_on_every_query(synth, tmp_path):
                dict(site="lm.resid.0", role="last", where={"split": "train"})):
         xa, xb = a.select(**kw), b.select(**kw)
         xr.testing.assert_identical(xa.compute(), xb.compute())
+        assert xa.dtype == xb.dtype == np.float32 and xa.chunks is not None
     for by in ("entity", "sample"):
         xr.testing.assert_allclose(a.pooled(site="lm.resid.2", by=by), b.pooled(site="lm.resid.2", by=by))
     # a half-written store: pending samples read as NaN through both paths
@@ -137,6 +138,7 @@ def test_direct_and_zarr_paths_agree_on_every_query(synth, tmp_path):
     va = ha.select(site="lm.resid.1", role="object", include_pending=True).values
     vb = hb.select(site="lm.resid.1", role="object", include_pending=True).values
     np.testing.assert_array_equal(va, vb)
+    assert np.isnan(va[4:]).all() and not np.isnan(va[:4][~ha.select(site="lm.resid.1", role="object")["pad"].values]).any()
     assert ha.select(site="lm.resid.1", role="object").sizes["sample"] == 4
 
 
