@@ -11,6 +11,7 @@ processes, via ``shard=(i, n)``) what is left.
 from __future__ import annotations
 
 import errno
+import os
 import time
 from typing import Iterator, Mapping
 
@@ -88,21 +89,29 @@ class StoreWriter:
         if not isinstance(inner_samples, int) or inner_samples < 1 or batch_size % inner_samples:
             raise StoreError(f"inner_samples must divide batch_size={batch_size}; got {inner_samples!r}")
         key = S.model_key(model)
+        store = S.resolve_store(path, mode="a", storage_options=storage_options)
+        make = dict(model=model, prov=prov, frame=frame, specs=specs, params=params,
+                    batch_size=batch_size, inner_samples=inner_samples)
         try:
-            root = zarr.open_group(S.resolve_store(path, mode="a", storage_options=storage_options),
-                                   mode="a", zarr_format=3)
+            try:
+                root = zarr.open_group(store, mode="a", zarr_format=3)
+            except zarr.errors.ContainsGroupError:  # another process created the root just now
+                time.sleep(0.2)
+                root = zarr.open_group(store, mode="r+", zarr_format=3)
             _check_root(root, path)
             if key not in root:
-                try:
-                    _create(root, key, model=model, prov=prov, frame=frame, specs=specs,
-                            params=params, batch_size=batch_size, inner_samples=inner_samples)
-                except zarr.errors.ContainsGroupError:  # another process won the race
-                    pass
+                with _CreationLock(store, key, wait_s) as mine:
+                    if mine and key not in root:
+                        _create(root, key, **make)
             group = _wait_complete(root, key, path, wait_s)
             if group is None:  # a creation that was interrupted (crash, disk full): nothing done yet
-                del root[key]
-                _create(root, key, model=model, prov=prov, frame=frame, specs=specs, params=params,
-                        batch_size=batch_size, inner_samples=inner_samples)
+                with _CreationLock(store, key, wait_s) as mine:
+                    if not mine:
+                        raise StoreError(f"another process is (re)creating {path}/{key}; rerun "
+                                         f"when it has started writing")
+                    if not root[key].attrs.get("complete"):
+                        del root[key]
+                        _create(root, key, **make)
                 group = root[key]
         except OSError as e:
             if e.errno == errno.ENOSPC:
@@ -334,12 +343,62 @@ def _write_label(sg, col, series: pd.Series, batch_size):
         arr[:] = vals
 
 
+class _CreationLock:
+    """Exclusive right to create a model group, for processes started together (``--shard i/n``).
+
+    Local stores use an ``O_EXCL`` lock file beside the store (stale after ``wait_s``); other
+    stores have no atomic create, so every process "holds" it and zarr's own existence checks
+    decide (create the store from one process first there).
+    """
+
+    def __init__(self, store, key, wait_s):
+        import zarr.storage
+
+        self.file = None
+        if isinstance(store, zarr.storage.LocalStore):
+            root = os.path.abspath(str(store.root)).rstrip(os.sep)  # beside the store: zarr
+            self.file = os.path.join(os.path.dirname(root),   # warns about unknown entries in it
+                                     f".{os.path.basename(root)}.{key}.creating")
+        self.wait_s = wait_s
+        self.held = False
+
+    def __enter__(self) -> bool:
+        if self.file is None:
+            self.held = True
+            return True
+        os.makedirs(os.path.dirname(self.file), exist_ok=True)
+        for _ in range(2):
+            try:
+                os.close(os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                self.held = True
+                return True
+            except FileExistsError:
+                try:
+                    age = time.time() - os.path.getmtime(self.file)
+                except FileNotFoundError:
+                    continue
+                if age <= max(self.wait_s, 1.0):
+                    return False
+                os.remove(self.file)  # left by a creator that died
+        return False
+
+    def __exit__(self, *exc):
+        if self.held and self.file is not None:
+            try:
+                os.remove(self.file)
+            except FileNotFoundError:
+                pass
+
+
 def _wait_complete(root, key, path, wait_s):
     """Return the group once its creation has completed, or None if it stays half-made."""
     deadline = time.monotonic() + wait_s
     while True:
-        g = root[key]
-        if g.attrs.get("complete"):
+        try:
+            g = root[key]
+        except (KeyError, ValueError):  # not there yet, or its metadata is being written
+            g = None
+        if g is not None and g.attrs.get("complete"):
             return g
         if time.monotonic() >= deadline:
             return None

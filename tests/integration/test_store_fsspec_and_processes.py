@@ -51,3 +51,17 @@ def test_fsspec_urls_write_and_read(tmp_path):
         assert_valid(url)
     assert_stores_equal(f"file://{tmp_path}/viafile", tmp_path / "local")
     assert local.written.size == 9
+
+
+def test_two_processes_started_together_on_a_fresh_store(tmp_path):
+    one = tmp_path / "one"
+    make_store(one, n_samples=22, batch_size=4, planted=1.5)
+    for k in range(2):  # no phase-1 creation: both race to create the group; one does, one waits
+        two = tmp_path / f"two{k}"
+        procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(two), str(i)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in (0, 1)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+        assert_stores_equal(two, one)
+    assert not list(tmp_path.glob(".*.creating"))  # creation locks are released
