@@ -219,17 +219,22 @@ def _probes(model: str, cfg: DemoConfig, store: Path, out: Path, data: Path) -> 
     from probes.directions import axis_directions, save_direction
     from probes.sweep import sweep
 
+    from scenegen import read_dataset
+
     s = open_store(str(store))
-    pconf = ProbeConfig(control=True, n_splits=3, random_state=cfg.seed)
+    # the paper's probes see base images only: isolated twins carry their base slot label
+    # without the layout that defines it, and swap / criss-cross twins repeat base layouts
+    base = [st.id for st in read_dataset(data).base()]
+    pconf = ProbeConfig(control=True, n_splits=3, max_iter=300, random_state=cfg.seed)
     tables = []
-    for site in ("projector", "lm.resid"):
+    for site, roles in (("projector", ("object", "strip")), ("lm.resid", ("object",))):
         sconf = SweepConfig(model=model, site=site, layers=tuple(s.layers(model, site)),
-                            roles=("object", "strip"), label="ordinal", pool="token",
+                            roles=roles, label="ordinal", pool="token",
                             baselines=("position",), scheduler=cfg.scheduler)
-        table = sweep(str(store), sconf, pconf, progress=False)
+        table = sweep(str(store), sconf, pconf, items=base, data=str(data), progress=False)
         (out / site).mkdir(parents=True, exist_ok=True)
         _write_outputs(s, table, sconf, pconf, None, 4 if site == "projector" else 0,
-                       out / site)
+                       out / site, str(data))
         tables.append(table.assign(site=site))
     table = pd.concat(tables, ignore_index=True)
     table.to_csv(out / "results.csv", index=False)
@@ -260,8 +265,7 @@ def _probes(model: str, cfg: DemoConfig, store: Path, out: Path, data: Path) -> 
         "n_items_right": len(right),
         "directions_trained_on": "items answered correctly" if items else "all items",
         "maps_summary": str(maps) if maps.exists() else None,
-        "directions": {a: float(d.cv_score) if getattr(d, "cv_score", None) is not None else None
-                       for a, d in dirs.items()},
+        "directions_cv_accuracy": {a: _f(d.cv_accuracy) for a, d in dirs.items()},
     }
 
 
