@@ -24,6 +24,8 @@ def organism() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--vision-depth", type=int, default=None, help="Vision blocks (default 2 lm, 3 vision).")
+@click.option("--vision-dim", type=int, default=64, show_default=True, help="Vision width.")
+@click.option("--vision-heads", type=int, default=2, show_default=True, help="Vision heads.")
 @click.option("--batch", type=int, default=32, show_default=True, help="Images per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option("--warmup", type=int, default=100, show_default=True, help="Warm-up steps.")
@@ -37,8 +39,8 @@ def organism() -> None:
               help="Output directory (save_pretrained model + processor, train_log.json, curve.png).")
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Run the 'which mechanism emerged?' slot probe at the end.")
-def train(arch, mechanism, task, steps, seed, threads, vision_depth, batch, lr, warmup,
-          aux_slot_weight, init_from, eval_every, out, probe):
+def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
+          lr, warmup, aux_slot_weight, init_from, eval_every, out, probe):
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import organisms as org
 
@@ -47,8 +49,8 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, batch, lr, 
         arch=arch, mechanism=mechanism, task=task, seed=seed, threads=threads,
         steps=steps if steps is not None else defaults["steps"],
         vision_depth=vision_depth if vision_depth is not None else defaults["vision_depth"],
-        batch=batch, lr=lr, warmup=warmup, aux_slot_weight=aux_slot_weight, init_from=init_from,
-        eval_every=eval_every, eval_items=64)
+        vision_dim=vision_dim, vision_heads=vision_heads, batch=batch, lr=lr, warmup=warmup,
+        aux_slot_weight=aux_slot_weight, init_from=init_from, eval_every=eval_every, eval_items=64)
     res = org.train(cfg, out=out, final_eval_items=384)
     if probe:
         from .organism_probe import mechanism_report

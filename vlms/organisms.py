@@ -395,6 +395,10 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
              f"--eval-every {cfg['eval_every']}"]
     if cfg["vision_depth"] != d["vision_depth"]:
         parts.append(f"--vision-depth {cfg['vision_depth']}")
+    if cfg.get("vision_dim", 64) != 64:
+        parts.append(f"--vision-dim {cfg['vision_dim']}")
+    if cfg.get("vision_heads", 2) != 2:
+        parts.append(f"--vision-heads {cfg['vision_heads']}")
     if cfg.get("lr", 1e-3) != 1e-3:
         parts.append(f"--lr {cfg['lr']:g}")
     if cfg.get("aux_slot_weight", 0.0):
