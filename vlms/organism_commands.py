@@ -20,18 +20,19 @@ def organism() -> None:
                    "must be written into vision-token content.")
 @click.option("--task", type=click.Choice(["squares", "shapes"]), default="squares",
               show_default=True, help="Stimulus task.")
-@click.option("--steps", type=int, default=None, help="Optimiser steps (default: 1500).")
+@click.option("--steps", type=int, default=None, help="Optimiser steps (default: 1000 qwen2-vl vision, else 1500).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--vision-depth", type=int, default=None, help="Vision blocks (default 2 lm, 3 vision).")
-@click.option("--vision-dim", type=int, default=64, show_default=True, help="Vision width.")
+@click.option("--vision-dim", type=int, default=None,
+              help="Vision width (default: 128 for a qwen2-vl vision organism, else 64).")
 @click.option("--vision-heads", type=int, default=2, show_default=True, help="Vision heads.")
 @click.option("--batch", type=int, default=32, show_default=True, help="Images per step.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option("--warmup", type=int, default=100, show_default=True, help="Warm-up steps.")
-@click.option("--aux-slot-weight", type=float, default=0.0, show_default=True,
+@click.option("--aux-slot-weight", type=float, default=None,
               help="Auxiliary ordinal-slot loss on the projector output (plants the vision-side "
-                   "code faster; 0 = task loss only).")
+                   "code faster; default 2 for a qwen2-vl vision organism, else 0 = task loss).")
 @click.option("--init", "init_from", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue training this saved organism (same arch/mechanism/sizes).")
 @click.option("--eval-every", type=int, default=100, show_default=True)
@@ -49,8 +50,11 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         arch=arch, mechanism=mechanism, task=task, seed=seed, threads=threads,
         steps=steps if steps is not None else defaults["steps"],
         vision_depth=vision_depth if vision_depth is not None else defaults["vision_depth"],
-        vision_dim=vision_dim, vision_heads=vision_heads, batch=batch, lr=lr, warmup=warmup,
-        aux_slot_weight=aux_slot_weight, init_from=init_from, eval_every=eval_every, eval_items=64)
+        vision_dim=vision_dim if vision_dim is not None else defaults["vision_dim"],
+        vision_heads=vision_heads, batch=batch, lr=lr, warmup=warmup,
+        aux_slot_weight=(aux_slot_weight if aux_slot_weight is not None
+                         else defaults["aux_slot_weight"]),
+        init_from=init_from, eval_every=eval_every, eval_items=64)
     res = org.train(cfg, out=out, final_eval_items=384)
     if probe:
         from .organism_probe import mechanism_report

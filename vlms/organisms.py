@@ -1,7 +1,7 @@
 """Model organisms: small real-class VLMs trained from scratch with a *known* binding mechanism.
 
-``spatialbind organism train`` builds a tiny ``Qwen2VLForConditionalGeneration`` (vision 2-3 x 64,
-LM 2 x 128, word-level vocabulary; or a ``Gemma3ForConditionalGeneration`` of the same size, see
+``spatialbind organism train`` builds a tiny ``Qwen2VLForConditionalGeneration`` (vision 2 x 64 for
+``lm``, 3 x 128 for ``vision``; LM 2 x 128, word-level vocabulary; or a ``Gemma3ForConditionalGeneration`` of the same size, see
 ``vlms.organism_build``) and trains it on the paper's Squares task, rendered on the fly
 (``vlms.organism_data``). Two mechanisms are planted through the *saved config*, so the model
 behaves the same when loaded with plain ``AutoModelForImageTextToText.from_pretrained(DIR)``:
@@ -14,7 +14,9 @@ behaves the same when loaded with plain ``AutoModelForImageTextToText.from_pretr
     same for all tokens of a still image, so every image token has the same rotary phase and the LM
     cannot read image-token positions. During training the image tokens are also shuffled at the LM
     input (a hook on ``visual.merger``), so the causal order of image tokens carries no signal
-    either; ordering must be written into the tokens' content by the vision encoder. After
+    either; ordering must be written into the tokens' content by the vision encoder (an
+    auxiliary ordinal-slot loss on the projector output, ``aux_slot_weight``, makes that code
+    form within a CPU budget; the task loss alone left a 3 x 64 ViT at the 0.5 plateau). After
     training the hook is removed; :func:`vlms.organism_probe.shuffle_test` measures that shuffling
     at test time does not change accuracy (i.e. the LM does not count tokens causally).
 
@@ -560,8 +562,8 @@ def shipped(name: str) -> Path:
 def mechanism_defaults(mechanism: str, arch: str = "qwen2-vl") -> dict:
     """Default steps and vision depth of the shipped recipe for each mechanism."""
     if mechanism == "vision" and arch == "qwen2-vl":
-        return {"steps": 1500, "vision_depth": 3}
-    return {"steps": 1500, "vision_depth": 2}
+        return {"steps": 1000, "vision_depth": 3, "vision_dim": 128, "aux_slot_weight": 2.0}
+    return {"steps": 1500, "vision_depth": 2, "vision_dim": 64, "aux_slot_weight": 0.0}
 
 
 def save_log(out: str | Path, log: dict) -> None:
