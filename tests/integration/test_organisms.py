@@ -278,9 +278,6 @@ def test_shipped_lm_has_no_projector_slot_code(shipped_checks):
     assert p["position_only"] >= 0.75   # the control shows position alone would decode slot
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped vision organism did not develop a slot code "
-                   "within its CPU training budget (vlms/organisms/qwen2-vl-vision/README.md); "
-                   "remove this mark when a retrained one does")
 def test_shipped_vision_has_projector_slot_code(shipped_checks):
     v, l_ = shipped_checks["vision"]["probe"], shipped_checks["lm"]["probe"]
     assert v["trained"] >= 0.85 and v["trained"] - l_["trained"] >= 0.3
