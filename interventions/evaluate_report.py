@@ -178,8 +178,9 @@ def plot_summary(summary, path: Path, title: str = "") -> None:
         sub = summary[summary["group"] == g]
         y = np.arange(len(sub))
         acc = sub["accuracy"].to_numpy(float)
-        err = np.vstack([np.nan_to_num(acc - sub["ci_low"].to_numpy(float)),
-                         np.nan_to_num(sub["ci_high"].to_numpy(float) - acc)])
+        # clipped: at accuracy 1.0 the Wilson bound can sit a rounding error below it
+        err = np.clip(np.vstack([np.nan_to_num(acc - sub["ci_low"].to_numpy(float)),
+                                 np.nan_to_num(sub["ci_high"].to_numpy(float) - acc)]), 0, None)
         ax.barh(y, acc, xerr=err, color="#4C72B0", ecolor="#333333", capsize=2)
         ax.set_yticks(y, [f"{v} (n={n:g})" for v, n in zip(sub["value"], sub["n_items"])],
                       fontsize=8)

@@ -98,3 +98,20 @@ def test_pair_set_invariant_to_item_order_and_bounded():
             assert m["pair_acc"] == 100 and m["set_acc"] == 100
 
     check()
+
+
+def test_summary_plot_survives_perfect_accuracy(tmp_path):
+    """At accuracy 1.0 the Wilson upper bound may round below it: the bar plot must not fail."""
+    import pandas as pd
+
+    from interventions.evaluate_report import plot_summary
+    from interventions.whatsup_metrics import wilson_interval
+
+    lo, hi = wilson_interval(48, 48)
+    assert hi <= 1.0 and lo < 1.0
+    summary = pd.DataFrame({"group": ["all", "relation", "relation"], "value": ["all", "left", "right"],
+                            "accuracy": [1.0, 1.0, 1.0], "ci_low": [lo, lo, lo],
+                            "ci_high": [hi - 1e-12] * 3, "n_items": [48, 24, 24],
+                            "n_correct": [48, 24, 24]})
+    plot_summary(summary, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 0
