@@ -37,9 +37,9 @@ class DemoConfig:
     preset: str | None = None
     """Stimulus preset (``spatialbind generate --preset``); None = the organisms' 8x8-token
     Squares canvas (224 px, squares of 1 token, spacing 2)."""
-    n: int = 48
+    n: int = 96
     """Base stimuli to generate (each with swap / criss-cross / isolated twins)."""
-    n_degraded: int = 48
+    n_degraded: int = 96
     """Degraded base stimuli for E7 (blur / noise / contrast)."""
     whatsup: str | None = None
     """What'sUp root: adds ``whatsup:ROOT`` to E1 (needs the downloaded release)."""
@@ -205,7 +205,9 @@ def _study(model: str, cfg: DemoConfig, st: Stages, out: Path, data: Path, degra
                                 f"{root / 'e3'} and rerun the demo")
     res["e7"] = st.run(f"{m}/e7", lambda: amplify_to_dir(
         model, str(degraded), str(root / "e7"),
-        AmplifyConfig(alphas=cfg.alphas, batch_size=cfg.batch_size), direction=dirs,
+        # the completion prompt: the one every model (organisms included) is asked in E1
+        AmplifyConfig(alphas=cfg.alphas, prompt="completion", both_orders=False,
+                      batch_size=cfg.batch_size), direction=dirs,
         progress=progress))
     return res
 

@@ -15,8 +15,8 @@ import click
 @click.option("--preset", default=None,
               help="Stimulus preset (e.g. squares-qwen2-vl for the paper's geometry). Default: "
                    "the organisms' 8x8-token Squares canvas.")
-@click.option("--n", default=48, show_default=True, help="Base stimuli (each with twins).")
-@click.option("--n-degraded", default=48, show_default=True, help="Degraded stimuli for E7.")
+@click.option("--n", default=96, show_default=True, help="Base stimuli (each with twins).")
+@click.option("--n-degraded", default=96, show_default=True, help="Degraded stimuli for E7.")
 @click.option("--alphas", default="0:8:1", show_default=True, help="E7 alpha range a:b:step.")
 @click.option("--seed", default=0, show_default=True, help="Stimulus seed.")
 @click.option("--batch-size", default=16, show_default=True, help="Items per forward pass.")

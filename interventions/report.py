@@ -70,6 +70,19 @@ def _heldout(summary: dict | None, control: str = "probe") -> dict | None:
     return None
 
 
+def _sensitivity(summary: dict | None, control: str = "probe"):
+    """Mean |accuracy(alpha) - accuracy(0)| over the swept alphas > 0 (None without a sweep).
+
+    Read off the whole dose-response curve rather than one selected alpha: a held-out alpha
+    chosen on a small split is noisy, and the contrast asks whether the model's answers depend
+    on the amplified direction at all, in either direction.
+    """
+    rows = [r for r in (summary or {}).get("dose_response", []) if r.get("control") == control]
+    base = [r["accuracy"] for r in rows if r["alpha"] == 0]
+    deltas = [abs(r["accuracy"] - base[0]) for r in rows if r["alpha"] > 0] if base else []
+    return sum(deltas) / len(deltas) if deltas else None
+
+
 def contrasts(results: dict[str, dict], mechanisms: dict[str, str]) -> list[dict[str, Any]]:
     """The four validation contrasts of the organism pair (issue 5), with verdicts as found."""
     vis = next((m for m in results if mechanisms.get(m) == "vision"), None)
@@ -95,10 +108,9 @@ def contrasts(results: dict[str, dict], mechanisms: dict[str, str]) -> list[dict
                  "vision": av, "lm": al,
                  "holds": None if av is None or al is None or bl is None
                  else bool(av <= ch + 0.15 and al >= bl - 0.1)})
-    hv, hl = _heldout(V.get("e7")), _heldout(L.get("e7"))
-    dv = None if hv is None else abs(hv["accuracy"] - hv["base_accuracy"])
-    dl = None if hl is None else abs(hl["accuracy"] - hl["base_accuracy"])
-    rows.append({"experiment": "E7 |accuracy change| on degraded stimuli (held-out alpha)",
+    dv, dl = _sensitivity(V.get("e7")), _sensitivity(L.get("e7"))
+    rows.append({"experiment": "E7 sensitivity to amplification on degraded stimuli: mean "
+                               "|accuracy change| over the alpha sweep (probe direction)",
                  "expected": "vision changes more than lm", "vision": dv, "lm": dl,
                  "holds": None if dv is None or dl is None else bool(dv > dl)})
     return rows

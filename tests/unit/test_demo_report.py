@@ -18,10 +18,14 @@ def _results(*, pv, pl, fv, fl, av, al, base_l, e7v, e7l):
                              {"region": "band", "layer": 1, "flip_rate": 0.0}]}
 
     def e7(acc):
-        return {"selections": [{"selection": "held-out alpha", "control": "probe",
-                                "accuracy": acc, "base_accuracy": 0.5},
-                               {"selection": "held-out alpha", "control": "random",
-                                "accuracy": 0.9, "base_accuracy": 0.5}]}
+        # dose response: the probe direction moves accuracy from 0.5 to ``acc`` at alpha 2;
+        # the random control moves it a lot, and must not be read as the probe
+        return {"dose_response": [
+            {"control": "probe", "alpha": 0.0, "accuracy": 0.5},
+            {"control": "probe", "alpha": 1.0, "accuracy": 0.5},
+            {"control": "probe", "alpha": 2.0, "accuracy": acc},
+            {"control": "random", "alpha": 0.0, "accuracy": 0.5},
+            {"control": "random", "alpha": 2.0, "accuracy": 0.95}]}
 
     return {"V": {"e3": {"projector_object_accuracy": pv}, "e4": e4(fv),
                   "e5": {"ablated_accuracy": av, "chance": 1 / 3, "base_accuracy": 1.0},
@@ -35,7 +39,8 @@ def test_contrasts_hold_when_the_numbers_say_so():
     rows = contrasts(_results(pv=0.97, pl=0.36, fv=0.9, fl=0.1, av=0.35, al=0.95, base_l=0.98,
                               e7v=0.70, e7l=0.52), MECH)
     assert [r["holds"] for r in rows] == [True, True, True, True]
-    assert rows[3]["vision"] == pytest.approx(0.20) and rows[3]["lm"] == pytest.approx(0.02)
+    # mean |delta| over alpha 1 and 2: (0 + 0.2) / 2 and (0 + 0.02) / 2
+    assert rows[3]["vision"] == pytest.approx(0.10) and rows[3]["lm"] == pytest.approx(0.01)
 
 
 def test_contrasts_report_failures_as_found():
