@@ -172,10 +172,10 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
     h.append("<h2>E4 — criss-cross interchange, object vs strip</h2><p>Clean (c0,c1,c2) and "
              "its criss-cross twin (c2,c1,c0); at the LM input and each layer, the clean run's "
              "left region takes the source's right region and vice versa. Regions: "
-             "<code>object</code> (the entity's tokens), <code>strip</code> (the background "
-             "tokens of the entity's columns/rows, the store's role) and <code>band</code> (the "
-             "paper's strip: the whole tiled column/row band, object and background, width = "
-             "object + spacing). Flip rate = share of items whose answer becomes the source's "
+             "<code>object</code> (the entity's tokens), <code>strip</code> (the entity's tokens "
+             "plus the background tokens of its columns/rows: the store's object and strip "
+             "roles) and <code>band</code> (the paper's strip as its code tiles it: the whole "
+             "column/row band, width = object + spacing). Flip rate = share of items whose answer becomes the source's "
              "answer.</p>")
     h.append(_table([{"model": m, "band flip @ input": _layer0(results[m].get("e4"), "band"),
                       "strip flip @ input": _layer0(results[m].get("e4"), "strip"),
@@ -193,7 +193,7 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
                       "E6 flip layers": (results[m].get("e6") or {}).get("flip_layers")}
                      for m in models]))
     h.append(f"<p class=paper>Paper: {PAPER['E5']}<br>{PAPER['E6']}</p>")
-    h.append(_cols(models, results, "e5", ["e5_ablation.png"]))
+    h.append(_cols(models, results, "e5", ["e5_accuracy.png"]))
     h.append(_cols(models, results, "e6", ["e6_heatmap.png"]))
     h.append("<h2>E7 — amplifying the ordering direction</h2><p>h ← h + α·Σ_k (h·w_k/‖w_k‖²)"
              "·w_k on all image tokens before LM layer 0, on degraded stimuli, with per-axis "
