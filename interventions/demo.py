@@ -168,6 +168,7 @@ def _study(model: str, cfg: DemoConfig, st: Stages, out: Path, data: Path, degra
     root = out / m
     res: dict[str, Any] = {"dir": str(root)}
     adapter = load_adapter(model)
+    res["organism"] = _training_record(adapter.source)
     res["extract"] = st.run(f"{m}/extract", lambda: run_extract(ExtractConfig(
         model=model, data=str(data), store=str(store), sites=("projector", "lm.resid"),
         batch_size=cfg.batch_size), progress=progress, echo=echo, adapter=adapter))
@@ -210,6 +211,20 @@ def _study(model: str, cfg: DemoConfig, st: Stages, out: Path, data: Path, degra
                       batch_size=cfg.batch_size), direction=dirs,
         progress=progress))
     return res
+
+
+def _training_record(source: str | None) -> dict[str, Any] | None:
+    """Held-out accuracies and mechanism check a trained organism recorded (None otherwise)."""
+    log = Path(str(source or "")) / "train_log.json"
+    if not log.is_file():
+        return None
+    d = json.loads(log.read_text())
+    summary = (d.get("mechanism_check") or {}).get("summary") or {}
+    return {"final": d.get("final"), "n_items": d.get("final_eval_items"),
+            "train_minutes": round(float(d.get("train_time_s", 0)) / 60, 1),
+            "steps": (d.get("history") or [{}])[-1].get("step"),
+            "probe_projector_slot": summary.get("probe_projector_slot"),
+            "accuracy_shuffled_tokens": summary.get("accuracy_shuffled_tokens")}
 
 
 def _probes(model: str, cfg: DemoConfig, store: Path, out: Path, data: Path) -> dict[str, Any]:

@@ -145,6 +145,19 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
                  "ordering must be written into the vision tokens; in <code>lm</code> image tokens "
                  "keep informative rotary positions and the LM can pick the square by position. "
                  "Each experiment should tell them apart.</p>")
+        org = [{"model": m, "mechanism": mechanisms.get(m, ""), **(results[m]["organism"]["final"]
+                                                                   or {}),
+                "items per set": results[m]["organism"]["n_items"],
+                "steps": results[m]["organism"]["steps"],
+                "CPU minutes": results[m]["organism"]["train_minutes"]}
+               for m in models if (results[m].get("organism") or {}).get("final")]
+        if org:
+            h.append("<h3>The organisms' held-out accuracy (from their training)</h3><p>Top-1 "
+                     "next token on the paper's six colours. <code>ht_*</code>: held-out colour "
+                     "triples (mirror pairs held out together) on canonical / training / "
+                     "held-out layouts; <code>hl</code>: training triples on held-out layouts; "
+                     "<code>heldout</code>: held-out triples pooled. Goal: ≥ 0.95.</p>"
+                     + _table(org))
         rows = contrasts(results, mechanisms)
         if rows:
             h.append("<h2>Validation contrasts</h2><p>Verdicts are computed from the numbers "

@@ -34,6 +34,9 @@ def test_demo_tells_the_organisms_apart_on_small_samples(tmp_path):
                          "0:8:2")
     html = (tmp_path / "demo" / "report.html").read_text()
     assert "Validation contrasts" in html and "data:image/png;base64," in html
+    assert "held-out accuracy (from their training)" in html
+    vision = next(n for n, mech in ORGANISMS if mech == "vision")
+    assert results[vision]["extract"]["total"] > 0
     for name, _ in ORGANISMS:
         assert results[name]["e1"]["accuracy"] >= 0.9          # both organisms solve the task
     assert rows["E3"]["holds"], rows["E3"]                     # slot code at the projector
