@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from .config import PALETTE, FlatConfig, GridConfig, SplitConfig, check_fits
 from .errors import ConfigError
-from .record import Entity, Prompt, Rendered, Stimulus, entity_from_mask
+from .record import Entity, Prompt, Rendered, Stimulus, entity_from_mask, prompt_spans
 
 SYSTEM = "You are a helpful assistant. You respond in one token."
 PREPOSITION = {"left": "to the left of", "right": "to the right of",
@@ -186,14 +186,6 @@ def draw(grid: GridConfig, placed, *, fill: bool) -> tuple[np.ndarray, np.ndarra
 
 
 # --------------------------------------------------------------------------- prompts
-def _spans(text: str, parts: dict[str, str], order) -> dict[str, tuple[int, int]]:
-    spans, pos = {}, 0
-    for role in order:
-        i = text.index(parts[role], pos)
-        spans[role] = (i, i + len(parts[role]))
-        pos = i + len(parts[role])
-    return spans
-
 
 def make_prompts(kinds, *, task: str, direction: str, names: list[str], colors: list[str],
                  rng_choice: tuple[bool, bool]) -> tuple[Prompt, ...]:
@@ -211,7 +203,7 @@ def make_prompts(kinds, *, task: str, direction: str, names: list[str], colors: 
             text = f"The color of the {noun} {prep} the {ref} is "
             out.append(Prompt(kind="completion", text=text, answer=colors[tgt],
                               options=tuple(colors), system=SYSTEM,
-                              spans=_spans(text, {"subject": noun, "relation": prep,
+                              spans=prompt_spans(text, {"subject": noun, "relation": prep,
                                                   "reference": ref},
                                            ("subject", "relation", "reference"))))
         elif kind == "yesno":
@@ -219,7 +211,7 @@ def make_prompts(kinds, *, task: str, direction: str, names: list[str], colors: 
             text = f"Is the {names[asked]} {prep} the {ref}? Answer yes or no."
             out.append(Prompt(kind="yesno", text=text, answer="yes" if asked == tgt else "no",
                               options=("yes", "no"), system=SYSTEM,
-                              spans=_spans(text, {"subject": names[asked], "relation": prep,
+                              spans=prompt_spans(text, {"subject": names[asked], "relation": prep,
                                                   "reference": ref},
                                            ("subject", "relation", "reference"))))
         elif kind == "choice":
@@ -228,7 +220,7 @@ def make_prompts(kinds, *, task: str, direction: str, names: list[str], colors: 
                    "Answer with one word."
             out.append(Prompt(kind="choice", text=text, answer=colors[tgt], options=(a, b),
                               system=SYSTEM,
-                              spans=_spans(text, {"subject": noun, "relation": prep,
+                              spans=prompt_spans(text, {"subject": noun, "relation": prep,
                                                   "reference": ref},
                                            ("subject", "relation", "reference"))))
     return tuple(out)

@@ -184,6 +184,17 @@ def entity_from_mask(mask: np.ndarray, mask_id: int, **attrs) -> Entity:
     return Entity(mask_id=mask_id, box=box, centroid=centroid, area=area, **attrs)
 
 
+def prompt_spans(text: str, parts: dict[str, str], order) -> dict[str, tuple[int, int]]:
+    """Character spans ``[start, end)`` of ``parts[role]`` in ``text``, found left to right in
+    ``order`` (so a word that occurs twice is matched at the occurrence its role refers to)."""
+    spans, pos = {}, 0
+    for role in order:
+        i = text.index(parts[role], pos)
+        spans[role] = (i, i + len(parts[role]))
+        pos = i + len(parts[role])
+    return spans
+
+
 def dumps(stim: Stimulus) -> str:
     """One ``metadata.jsonl`` line (stable key order, so outputs are byte-identical)."""
     return json.dumps(stim.to_dict(), sort_keys=False, separators=(",", ":"), allow_nan=False)

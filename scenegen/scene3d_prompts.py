@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from . import geometry as geo
-from .record import Prompt
+from .record import Prompt, prompt_spans
 
 PROMPT_KINDS = ("completion", "yesno", "choice")
 SYSTEM = "You are a helpful assistant. You respond in one token."
@@ -31,14 +31,6 @@ OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"
 PAIRS = {"horizontal": ("left", "right"), "vertical": ("above", "below"),
          "depth": ("front", "behind")}
 
-
-def _spans(text: str, parts: dict[str, str], order) -> dict[str, tuple[int, int]]:
-    spans, pos = {}, 0
-    for role in order:
-        i = text.index(parts[role], pos)
-        spans[role] = (i, i + len(parts[role]))
-        pos = i + len(parts[role])
-    return spans
 
 
 def _neighbour(slots: Sequence, ref: int, relation: str) -> int | None:
@@ -100,7 +92,7 @@ def answer_prompts(query: dict[str, Any], targets, boxes: dict[int, geo.CamBox],
             text = f"The color of the object {prep} the {ref_name} is "
             out.append(Prompt(kind="completion", text=text, answer=answer,
                               options=tuple(t.color for t in slots), system=SYSTEM,
-                              spans=_spans(text, {"subject": "object", "relation": prep,
+                              spans=prompt_spans(text, {"subject": "object", "relation": prep,
                                                   "reference": ref_name},
                                            ("subject", "relation", "reference"))))
         elif kind == "yesno":
@@ -114,7 +106,7 @@ def answer_prompts(query: dict[str, Any], targets, boxes: dict[int, geo.CamBox],
             text = f"Is the {subj} {yprep} the {ref_name}? Answer yes or no."
             out.append(Prompt(kind="yesno", text=text, answer="yes" if holds else "no",
                               options=("yes", "no"), system=SYSTEM,
-                              spans=_spans(text, {"subject": subj, "relation": yprep,
+                              spans=prompt_spans(text, {"subject": subj, "relation": yprep,
                                                   "reference": ref_name},
                                            ("subject", "relation", "reference"))))
         elif kind == "choice":
@@ -123,7 +115,7 @@ def answer_prompts(query: dict[str, Any], targets, boxes: dict[int, geo.CamBox],
                     "Answer with one word.")
             out.append(Prompt(kind="choice", text=text, answer=answer, options=(a, b),
                               system=SYSTEM,
-                              spans=_spans(text, {"subject": "object", "relation": prep,
+                              spans=prompt_spans(text, {"subject": "object", "relation": prep,
                                                   "reference": ref_name},
                                            ("subject", "relation", "reference"))))
     return tuple(out), relation
