@@ -155,15 +155,9 @@ def parse_site(site: str) -> tuple[str, int | None]:
 
 
 def _first(model: nn.Module, paths: Sequence[str]) -> nn.Module | None:
-    for p in paths:
-        obj = model
-        try:
-            for part in p.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        return obj
-    return None
+    from vlms.base import first_module
+
+    return first_module(model, paths)
 
 
 def lm_layers(model: nn.Module) -> nn.ModuleList:

@@ -83,6 +83,21 @@ def to_pil(image):
     return Image.fromarray(arr.astype(np.uint8), "RGB")
 
 
+def first_module(model, paths: Sequence[str]):
+    """The first of the dotted attribute ``paths`` that exists on ``model`` (None if none does).
+
+    Module layouts move between transformers versions, so adapters list fallbacks."""
+    for p in paths:
+        obj = model
+        try:
+            for part in p.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    return None
+
+
 class VLMAdapter:
     """Base class of model adapters (declarations in subclasses, mechanics here).
 
@@ -172,13 +187,8 @@ class VLMAdapter:
 
     # ------------------------------------------------------------------ module resolution
     def _resolve(self, paths: Sequence[str], what: str):
-        for p in paths:
-            obj = self.model
-            try:
-                for part in p.split("."):
-                    obj = getattr(obj, part)
-            except AttributeError:
-                continue
+        obj = first_module(self.model, paths)
+        if obj is not None:
             return obj
         raise SiteError(f"{what} not found in {type(self.model).__name__} (tried "
                         f"{', '.join(paths)}); this transformers version has another layout: "
