@@ -12,22 +12,22 @@ import sys
 
 import click
 
-OUR_PACKAGES = ("scenegen", "vlms", "actstore", "probes", "interventions")
+OUR_PACKAGES = ("scenegen", "vlms", "actstore", "probes", "interventions", "study", "organisms")
 
 # command name -> "module:attribute"; add a line here to add a command.
 COMMANDS: dict[str, str] = {
-    "organism": "vlms.organism_commands:organism",
+    "organism": "organisms.commands:organism",
     "generate": "scenegen.commands:generate",
     "show": "scenegen.commands:show",
     "query": "actstore.commands:query",
-    "evaluate": "interventions.commands:evaluate",
+    "evaluate": "study.commands:evaluate",
     "patch": "interventions.commands:patch",
     "ablate": "interventions.commands:ablate",
     "amplify": "interventions.commands:amplify",
     "model": "vlms.commands:model",
     "extract": "vlms.commands:extract",
     "probe": "probes.commands:probe",
-    "demo": "interventions.demo_commands:demo",
+    "demo": "study.demo_commands:demo",
 }
 
 

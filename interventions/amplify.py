@@ -245,8 +245,8 @@ def dataset_items(ds, config: AmplifyConfig) -> list[E7Item]:
 def whatsup_items(spec: str, config: AmplifyConfig, *, model_name: str,
                   template: str = "auto") -> list[E7Item]:
     """E7 items of What'sUp (``whatsup:ROOT:COCO_QA_two_obj``): the paper's two-option question
-    in both orders (the evaluation's prompts and templates, see :mod:`interventions.evaluate`)."""
-    from .evaluate import load_items, resolve_template, two_option_queries
+    in both orders (the evaluation's prompts and templates, see :mod:`interventions.questions`)."""
+    from .questions import load_items, resolve_template, two_option_queries
 
     tpl = resolve_template(template, model_name)
     out = []

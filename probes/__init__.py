@@ -28,7 +28,7 @@ _EXPORTS = {
     "Direction": "directions", "direction_from_pipeline": "directions",
     "direction_from_result": "directions", "save_direction": "directions",
     "load_direction": "directions", "axis_directions": "directions",
-    "sweep": "sweep", "run_cell": "sweep",
+    "sweep": "sweep", "run_cell": "sweep", "write_outputs": "outputs",
     "plot_accuracy_heatmap": "plots", "plot_accuracy_lines": "plots", "plot_probe_maps": "plots",
     "ProbeError": "errors", "ConfigError": "errors", "DataError": "errors",
     "DirectionError": "errors",

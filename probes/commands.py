@@ -16,7 +16,6 @@ Outputs under ``--out DIR``::
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import click
@@ -147,6 +146,7 @@ def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_b
     """Train linear probes for every (layer, role) of a store and plot where the label is decodable."""
     from .config import ProbeConfig, SweepConfig
     from .sweep import add_baseline, sweep
+    from .outputs import write_outputs
 
     store = _open(store_path)
     available = list(store.layers(model, site)) if hasattr(store, "layers") else None
@@ -169,46 +169,8 @@ def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_b
                              name="init")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_outputs(store, table, sconf, pconf, wh, map_samples, out, data_dir)
+    write_outputs(store, table, sconf, pconf, wh, map_samples, out, data_dir)
     ok = table.dropna(subset=["accuracy"])
     best = ok.loc[ok["accuracy"].idxmax()]
     click.echo(f"{len(ok)}/{len(table)} cells probed; best accuracy {best['accuracy']:.3f} at "
                f"layer {best['layer']} role {best['role']}; results in {out}")
-
-
-def _write_outputs(store, table, sconf, pconf, where, map_samples, out: Path,
-                   data_dir=None) -> None:
-    from .maps import heldout_probe_map, map_summary
-    from .plots import plot_accuracy_heatmap, plot_accuracy_lines, plot_probe_maps
-
-    table.to_parquet(out / "results.parquet", index=False)
-    table.to_csv(out / "results.csv", index=False)
-    plot_accuracy_heatmap(table, out / "accuracy_heatmap.png")
-    plot_accuracy_lines(table, out / "accuracy_lines.png")
-    if pconf.control:
-        plot_accuracy_heatmap(table, out / "selectivity_heatmap.png", value="selectivity")
-    summaries = []
-    map_role = "object" if "object" in sconf.roles else sconf.roles[0]
-    if map_samples > 0 and sconf.pool == "token" and sconf.label in ("ordinal", "side"):
-        for layer in sconf.layers:
-            cell = table[(table["layer"] == layer) & (table["role"] == map_role)]
-            if cell.empty or cell["accuracy"].isna().all():
-                continue
-            pm = heldout_probe_map(store, model=sconf.model, site=sconf.site, layer=layer,
-                                   role=map_role, label=sconf.label, config=pconf, where=where,
-                                   n_samples=map_samples, data=data_dir)
-            plot_probe_maps(pm, out / "maps" / f"layer{layer:03d}.png")
-            summaries.append(map_summary(pm).assign(layer=layer, trained_on=map_role))
-    if summaries:
-        import pandas as pd
-
-        pd.concat(summaries).to_csv(out / "maps" / "summary.csv", index=False)
-    (out / "config.json").write_text(json.dumps(
-        {"sweep": sconf.to_dict(), "probe": pconf.to_dict(), "where": where, "data": data_dir,
-         "toolkit_version": _version()}, indent=1))
-
-
-def _version() -> str:
-    from .directions import _version as v
-
-    return v()

@@ -16,7 +16,8 @@ from .registry import ADAPTERS, ALIASES, adapter_class, known_models, load_adapt
 from .tiny import build_tiny
 
 #: infrastructure modules; every *other* sibling is a family file that registers an adapter.
-#: CLI modules (``*commands``), extraction and organism tooling load on demand.
+#: CLI modules (``*commands``) and extraction load on demand; ``organisms/`` is checkpoint data
+#: (organism training is the top-level ``organisms`` package).
 _INFRA = {"base", "errors", "registry", "tiny", "roles", "scoring", "extract"}
 
 

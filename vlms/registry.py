@@ -50,7 +50,7 @@ def unavailable(cls: type) -> list[str]:
 #: organisms every checkout is meant to ship (listed even while their directory is missing)
 EXPECTED_ORGANISMS = ("qwen2-vl-lm", "qwen2-vl-vision")
 ORGANISM_PREFIX = "organism-"
-#: where shipped organisms live (same as ``vlms.organisms.SHIPPED``; not imported: it is heavy)
+#: where shipped organisms live (data; ``organisms.trainer.SHIPPED`` is this path)
 SHIPPED = Path(__file__).parent / "organisms"
 
 

@@ -1,7 +1,7 @@
 """`spatialbind demo` on the shipped organisms: the report tells the planted mechanisms apart.
 
 Small samples here (about 30 s); the default-size run is the slow test below. Verdicts are the
-report's own (``interventions.report.contrasts``), computed from measured numbers.
+report's own (``study.report.contrasts``), computed from measured numbers.
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli import spatialbind
-from interventions.demo import ORGANISMS
-from interventions.report import contrasts
-from vlms.organisms import SHIPPED
+from study.demo import ORGANISMS
+from study.report import contrasts
+from vlms.registry import SHIPPED
 
 pytestmark = pytest.mark.skipif(
     not all((SHIPPED / name.removeprefix("organism-") / "config.json").exists()

@@ -38,7 +38,7 @@ def test_bad_mechanism_is_a_usage_error(tmp_path):
 
 
 def test_check_on_a_saved_organism(tmp_path):
-    from vlms import organisms as org
+    from organisms import trainer as org
 
     cfg = org.OrganismConfig(mechanism="lm", vision_depth=1, vision_dim=32, vision_heads=1,
                              lm_layers=1, lm_dim=64, lm_heads=2, steps=2, batch=4, eval_every=2,

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import spatialbind
-from interventions.evaluate import EvalConfig, evaluate
+from study.evaluate import EvalConfig, evaluate
 from scenegen import read_dataset
 from scenegen.importers import import_whatsup
 
@@ -164,7 +164,7 @@ def test_whatsup_imported_dataset_directory_evaluates_like_the_release(tmp_path,
 def test_shared_first_tokens_do_not_tie_options(adapter):
     """' Left' and ' Right' both start with a bare-space token in the tiny tokenizer: that id
     must not score either option (it would tie them and favour the first-listed one)."""
-    from interventions.evaluate import distinct_option_ids
+    from study.evaluate import distinct_option_ids
     from vlms.scoring import option_token_ids
 
     tok = adapter.tokenizer

@@ -180,7 +180,7 @@ def test_e6_unpatched_row_is_e5_and_layers_flip_bookkeeping(qwen_setup):
 def test_e7_alpha_zero_is_baseline_and_controls(qwen_setup):
     import dataclasses
 
-    from interventions.evaluate import next_token
+    from study.evaluate import next_token
 
     ad, ds = qwen_setup
     w = np.random.default_rng(0).standard_normal((2, ad.d_lm)).astype(np.float32)
@@ -210,7 +210,7 @@ def test_e7_on_whatsup_alpha_zero_matches_evaluate(qwen_setup, tmp_path):
     from pathlib import Path
 
     from interventions.amplify import whatsup_items
-    from interventions.evaluate import EvalConfig, evaluate, load_items
+    from study.evaluate import EvalConfig, evaluate, load_items
 
     ad, _ = qwen_setup
     spec = f"whatsup:{Path(__file__).parents[1] / 'fixtures' / 'whatsup'}:COCO_QA_two_obj"

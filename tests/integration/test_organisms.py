@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlms import organism_data as od
-from vlms import organisms as org
+from organisms import data as od
+from organisms import trainer as org
 
 torch.set_num_threads(1)
 
@@ -253,7 +253,7 @@ def test_shipped_loads_with_plain_transformers_and_answers(mech, splits):
 
 @pytest.fixture(scope="module")
 def shipped_checks(splits):
-    from vlms.organism_probe import shuffle_test, slot_probe
+    from organisms.probe import shuffle_test, slot_probe
 
     out = {}
     for mech in ("lm", "vision"):

@@ -104,7 +104,7 @@ def test_all_shared_falls_back_to_summed_logprob_of_the_answer(ad):
 
 
 def test_evaluate_next_token_uses_the_adapters_scores(ad):
-    from interventions.evaluate import next_token
+    from study.evaluate import next_token
 
     r = squares(5)
     prompts = ["Is the red square left or right of the blue one?"] * 2

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from interventions.demo import DemoConfig, Stages, stimulus_config
+from study.demo import DemoConfig, Stages, stimulus_config
 from interventions.errors import InterventionError
-from interventions.report import contrasts, write_report
+from study.report import contrasts, write_report
 
 MECH = {"V": "vision", "L": "lm"}
 
@@ -78,7 +78,7 @@ def test_stages_skip_finished_work_and_record_it(tmp_path):
 
 
 def test_demo_refuses_an_out_dir_with_other_options(tmp_path):
-    from interventions.demo import run_demo
+    from study.demo import run_demo
 
     (tmp_path / "demo_config.json").write_text(json.dumps({"out": str(tmp_path), "n": 99}))
     with pytest.raises(InterventionError, match="other options"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("scenegen", "vlms", "actstore", "probes", "interventions")
+PACKAGES = ("scenegen", "vlms", "actstore", "probes", "interventions", "study", "organisms")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import spatialbind
-from interventions.evaluate import (
+from study.evaluate import (
     EvalConfig, EvalItem, EvaluationError, build_queries, evaluate, load_items, parse_data,
     two_option_text,
 )

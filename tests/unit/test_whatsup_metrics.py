@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interventions.whatsup_metrics import (
+from study.whatsup_metrics import (
     controlled_key, controlled_slot, individual_accuracy, normalise_token, pair_set_accuracy,
     predictions, strict_accuracy, wilson_interval,
 )
@@ -104,8 +104,8 @@ def test_summary_plot_survives_perfect_accuracy(tmp_path):
     """At accuracy 1.0 the Wilson upper bound may round below it: the bar plot must not fail."""
     import pandas as pd
 
-    from interventions.evaluate_report import plot_summary
-    from interventions.whatsup_metrics import wilson_interval
+    from study.evaluate_report import plot_summary
+    from study.whatsup_metrics import wilson_interval
 
     lo, hi = wilson_interval(48, 48)
     assert hi <= 1.0 and lo < 1.0

@@ -1,4 +1,4 @@
-"""``spatialbind demo``: the whole study in one command (see :mod:`interventions.demo`)."""
+"""``spatialbind demo``: the whole study in one command (see :mod:`study.demo`)."""
 from __future__ import annotations
 
 import click

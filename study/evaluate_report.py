@@ -1,4 +1,4 @@
-"""Tables, plot and files of a behavioural evaluation (:mod:`interventions.evaluate`).
+"""Tables, plot and files of a behavioural evaluation (:mod:`study.evaluate`).
 
 Outputs in ``--out``:
 
@@ -211,7 +211,7 @@ def check_output(out: Path, config) -> None:
     """
     from dataclasses import asdict
 
-    from .evaluate import EvaluationError
+    from interventions.errors import EvaluationError
 
     if out.exists() and not out.is_dir():
         raise EvaluationError(f"--out {out} is a file; pass a folder")

@@ -1,6 +1,6 @@
 """What'sUp scoring and grouping, as pure functions (no model, no files).
 
-Where it sits: :mod:`interventions.evaluate` turns model scores into per-item correctness; this
+Where it sits: :mod:`study.evaluate` turns model scores into per-item correctness; this
 module computes the benchmark's aggregate numbers from them exactly as the original code does
 (GitHub ``amitakamath/whatsup_vlms``, ``dataset_zoo/aro_datasets.py``), plus the strict
 two-option metric of the dual-mechanisms paper and a few shared helpers.

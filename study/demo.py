@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import InterventionError
+from interventions.errors import InterventionError
 
 #: Shipped organisms, in report order: (alias, mechanism planted).
 ORGANISMS = (("organism-qwen2-vl-vision", "vision"), ("organism-qwen2-vl-lm", "lm"))
@@ -159,10 +159,10 @@ def _study(model: str, cfg: DemoConfig, st: Stages, out: Path, data: Path, degra
     from vlms.extract import ExtractConfig, run_extract
     from vlms.registry import load_adapter
 
-    from .ablation import AblateConfig, ablate_to_dir
-    from .amplify import AmplifyConfig, amplify_to_dir
+    from interventions.ablation import AblateConfig, ablate_to_dir
+    from interventions.amplify import AmplifyConfig, amplify_to_dir
     from .evaluate import EvalConfig, evaluate
-    from .patching import PatchConfig, patch_to_dir
+    from interventions.patching import PatchConfig, patch_to_dir
 
     m = _slug(model)
     root = out / m
@@ -230,7 +230,7 @@ def _training_record(source: str | None) -> dict[str, Any] | None:
 def _probes(model: str, cfg: DemoConfig, store: Path, out: Path, data: Path) -> dict[str, Any]:
     """E3: ordinal-slot probes over projector + LM layers, maps, and E7's axis directions."""
     import pandas as pd
-    from probes.commands import _write_outputs
+    from probes.outputs import write_outputs
     from probes.config import ProbeConfig, SweepConfig
     from probes.dataset import open_store
     from probes.directions import axis_directions, save_direction
@@ -250,8 +250,8 @@ def _probes(model: str, cfg: DemoConfig, store: Path, out: Path, data: Path) -> 
                             baselines=("position",), scheduler=cfg.scheduler)
         table = sweep(str(store), sconf, pconf, items=base, data=str(data), progress=False)
         (out / site).mkdir(parents=True, exist_ok=True)
-        _write_outputs(s, table, sconf, pconf, None, 4 if site == "projector" else 0,
-                       out / site, str(data))
+        write_outputs(s, table, sconf, pconf, None, 4 if site == "projector" else 0,
+                      out / site, str(data))
         tables.append(table.assign(site=site))
     table = pd.concat(tables, ignore_index=True)
     table.to_csv(out / "results.csv", index=False)

@@ -2,8 +2,8 @@
 
 ``spatialbind organism train`` builds a tiny ``Qwen2VLForConditionalGeneration`` (vision 2 x 64 for
 ``lm``, 3 x 128 for ``vision``; LM 2 x 128, word-level vocabulary; or a ``Gemma3ForConditionalGeneration`` of the same size, see
-``vlms.organism_build``) and trains it on the paper's Squares task, rendered on the fly
-(``vlms.organism_data``). Two mechanisms are planted through the *saved config*, so the model
+``organisms.model``) and trains it on the paper's Squares task, rendered on the fly
+(``organisms.data``). Two mechanisms are planted through the *saved config*, so the model
 behaves the same when loaded with plain ``AutoModelForImageTextToText.from_pretrained(DIR)``:
 
 ``lm``
@@ -17,7 +17,7 @@ behaves the same when loaded with plain ``AutoModelForImageTextToText.from_pretr
     either; ordering must be written into the tokens' content by the vision encoder (an
     auxiliary ordinal-slot loss on the projector output, ``aux_slot_weight``, makes that code
     form within a CPU budget; the task loss alone left a 3 x 64 ViT at the 0.5 plateau). After
-    training the hook is removed; :func:`vlms.organism_probe.shuffle_test` measures that shuffling
+    training the hook is removed; :func:`organisms.probe.shuffle_test` measures that shuffling
     at test time does not change accuracy (i.e. the LM does not count tokens causally).
 
 The chat template saved with the processor reproduces the exact training token sequence when
@@ -34,8 +34,8 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import VLMError
-from . import organism_data as od
+from vlms.errors import VLMError
+from . import data as od
 
 
 class OrganismError(VLMError):
@@ -157,7 +157,7 @@ class OrganismConfig:
         return d
 
 
-from .organism_build import (  # noqa: E402,F401  (re-exported: the organism API)
+from .model import (  # noqa: E402,F401  (re-exported: the organism API)
     GEMMA_TEMPLATE, QWEN_TEMPLATE, Batcher, ShuffleImageTokens, build, image_only_processor_class,
     image_tokens, last_logits, paper_messages, projector_module)
 
@@ -450,7 +450,7 @@ def write_readme(out: str | Path, log: dict) -> None:
              f"- LM rotary: {_rope_text(c)}; image tokens shuffled at the LM input during "
              f"training: {r['shuffle_image_tokens']}.",
              "- Load: `AutoModelForImageTextToText.from_pretrained(DIR)` (model) and "
-             "`vlms.organisms.load(DIR)` (model, image-only processor, log).", "",
+             "`organisms.load(DIR)` (model, image-only processor, log).", "",
              "## Reproduce", "", "```", *reproduce_commands(log, f"vlms/organisms/{out.name}"),
              "```", "",
              f"Training: {sum(st['config']['steps'] for st in log.get('stages', [])) or c['steps']}"
@@ -548,7 +548,7 @@ def load(path: str | Path):
     return model, proc, log
 
 
-SHIPPED = Path(__file__).parent / "organisms"
+from vlms.registry import SHIPPED  # noqa: E402  (the checkpoints stay in vlms/organisms/ as data)
 
 
 def shipped(name: str) -> Path:

@@ -1,6 +1,6 @@
 """Building organism models and feeding them: configs of the real transformers classes,
 processors with a chat template that reproduces the training sequence, batching, and the
-image-token shuffle hook (see ``vlms.organisms`` for what the organisms are).
+image-token shuffle hook (see ``organisms.trainer`` for what the organisms are).
 
 Qwen2-VL: vision ``depth x vision_dim`` ViT (14-px patches, 2x2 merge), LM with M-RoPE; the
 ``vision`` mechanism puts every rotary frequency on the temporal axis (``mrope_section=[h,0,0]``).
@@ -13,8 +13,8 @@ all zeros: it is re-initialised here.
 """
 from __future__ import annotations
 
-from . import organism_data as od
-from .errors import VLMError
+from . import data as od
+from vlms.errors import VLMError
 
 
 QWEN_TEMPLATE = (
@@ -45,7 +45,7 @@ def image_only_processor_class():
     It saves ``processor_class: Qwen2VLProcessor`` so that ``AutoProcessor`` loads the organism
     wherever torchvision is installed.
     """
-    from .qwen2_vl import image_only_processor_class as cls
+    from vlms.qwen2_vl import image_only_processor_class as cls
 
     return cls()
 
@@ -56,7 +56,7 @@ def build(cfg):
     Parameters
     ----------
     cfg
-        :class:`vlms.organisms.OrganismConfig`.
+        :class:`organisms.trainer.OrganismConfig`.
 
     Returns
     -------
@@ -163,7 +163,7 @@ def paper_messages(text: str) -> list[dict]:
 
 
 class Batcher:
-    """Turns :class:`~vlms.organism_data.Item` lists into model inputs (cached prompt ids).
+    """Turns :class:`~organisms.data.Item` lists into model inputs (cached prompt ids).
 
     Prompt token ids come from the organism's own processor and chat template on the paper's
     messages, so training sees exactly what the toolkit's E1 evaluation feeds the model.

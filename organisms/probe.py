@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import organism_data as od
+from . import data as od
 
 CHANCE = 1 / 3
 
@@ -36,7 +36,7 @@ def projector_tokens(model, batcher, items) -> tuple[np.ndarray, np.ndarray, np.
 
     feats, slots, pos = [], [], []
     g = batcher.grid
-    from .organism_build import image_tokens
+    from .model import image_tokens
 
     with torch.no_grad():
         for i in range(0, len(items), 64):
@@ -77,9 +77,9 @@ def slot_probe(model, batcher, splits, *, n_images: int = 300, init_model=None, 
     model
         A (trained) organism.
     batcher
-        :class:`vlms.organisms.Batcher` of the organism.
+        :class:`organisms.model.Batcher` of the organism.
     splits
-        :class:`vlms.organism_data.Splits`; fit on training triples (training and held-out
+        :class:`organisms.data.Splits`; fit on training triples (training and held-out
         layouts), test on held-out triples (all layouts).
     n_images
         Probe-training images per axis (test: half as many).
@@ -125,7 +125,7 @@ def slot_probe(model, batcher, splits, *, n_images: int = 300, init_model=None, 
 
 def shuffle_test(model, batcher, splits, *, n: int = 256, seeds=(11, 12)) -> dict:
     """Held-out accuracy with raster-order image tokens vs randomly permuted ones."""
-    from .organisms import accuracy
+    from .trainer import accuracy
 
     items = od.eval_items(splits, "ht_rand", n=n // 2, seed=3) + \
         od.eval_items(splits, "hl", n=n // 2, seed=3)
@@ -147,7 +147,7 @@ def mechanism_report(model, processor, *, cfg, n_images: int = 200) -> dict:
     """
     import torch
 
-    from .organisms import Batcher, build
+    from .trainer import Batcher, build
 
     torch.manual_seed(cfg.seed)
     batcher = Batcher(processor, cfg.grid)

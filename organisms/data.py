@@ -1,6 +1,6 @@
 """On-the-fly Squares stimuli, splits and tokenizer for the model organisms.
 
-The organisms (``vlms.organisms``) are trained on the paper's Squares task (PAPER.md E1): three
+The organisms (``organisms.trainer``) are trained on the paper's Squares task (PAPER.md E1): three
 squares in a row (left/right questions) or a column (above/below questions), grid-aligned to the
 model's image tokens, prompt ``The color of the square to the left of the red square is``.
 

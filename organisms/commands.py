@@ -43,7 +43,7 @@ def organism() -> None:
 def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
           lr, warmup, aux_slot_weight, init_from, eval_every, out, probe):
     """Train an organism on the Squares task and save it with save_pretrained."""
-    from . import organisms as org
+    from . import trainer as org
 
     defaults = org.mechanism_defaults(mechanism, arch)
     cfg = org.OrganismConfig(
@@ -57,7 +57,7 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         init_from=init_from, eval_every=eval_every, eval_items=64)
     res = org.train(cfg, out=out, final_eval_items=384)
     if probe:
-        from .organism_probe import mechanism_report
+        from .probe import mechanism_report
         rep = mechanism_report(res.model, res.processor, cfg=cfg)
         res.log["mechanism_check"] = rep
         org.save_log(out, res.log)
@@ -77,8 +77,8 @@ def check(path, images, threads):
     """Which mechanism emerged? Slot probe on the projector output + shuffle test, for PATH."""
     import torch
 
-    from . import organisms as org
-    from .organism_probe import mechanism_report
+    from . import trainer as org
+    from .probe import mechanism_report
 
     torch.set_num_threads(threads)
     model, proc, log = org.load(path)

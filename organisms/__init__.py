@@ -1,0 +1,43 @@
+"""organisms: model organisms, small real-class VLMs trained from scratch with a *known* binding
+mechanism (training, stimuli, build, and the "which mechanism emerged?" checks).
+
+The shipped checkpoints are data and stay in ``vlms/organisms/<name>/`` (they load as
+``--model organism-<name>`` through :mod:`vlms.registry`). Modules: :mod:`organisms.trainer`
+(config, training loop, save/load), :mod:`organisms.model` (model construction, batching, the
+image-token shuffle hook), :mod:`organisms.data` (on-the-fly Squares stimuli and splits),
+:mod:`organisms.probe` (slot probe and shuffle test), :mod:`organisms.commands`
+(``spatialbind organism``).
+
+Public API (imported lazily, so ``import organisms`` does not load torch)::
+
+    cfg = organisms.OrganismConfig(mechanism="vision", steps=200)
+    res = organisms.train(cfg, out="out/organism")        # -> TrainResult
+    model, processor, log = organisms.load(organisms.shipped("qwen2-vl-vision"))
+    organisms.mechanism_report(model, processor, cfg=log["config"])
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "OrganismConfig": "trainer", "OrganismError": "trainer", "TrainResult": "trainer",
+    "train": "trainer", "load": "trainer", "save": "trainer", "shipped": "trainer",
+    "SHIPPED": "trainer",
+    "accuracy": "trainer", "evaluate": "trainer", "mechanism_defaults": "trainer",
+    "ARCHS": "trainer", "MECHANISMS": "trainer", "TASKS": "trainer",
+    "build": "model", "Batcher": "model", "ShuffleImageTokens": "model",
+    "make_splits": "data", "eval_items": "data", "render": "data",
+    "slot_probe": "probe", "shuffle_test": "probe", "mechanism_report": "probe",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'organisms' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,52 @@
+"""Files of a probe sweep, written by ``spatialbind probe`` and by the study's demo::
+
+    results.parquet, results.csv   one row per (layer, role)
+    accuracy_heatmap.png           accuracy by layer x role (selectivity_heatmap.png with control)
+    accuracy_lines.png             accuracy by layer, one line per role, CI bands and baselines
+    maps/layer<NNN>.png            probe maps of held-out images (``map_samples`` > 0)
+    maps/summary.csv               mean P(object's class) over object / strip / background tokens
+    config.json                    resolved configs and versions
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_outputs(store, table, sconf, pconf, where, map_samples, out: Path,
+                  data_dir=None) -> None:
+    """Write a probe sweep's outputs under ``out`` (see the module docstring for the files)."""
+    from .maps import heldout_probe_map, map_summary
+    from .plots import plot_accuracy_heatmap, plot_accuracy_lines, plot_probe_maps
+
+    table.to_parquet(out / "results.parquet", index=False)
+    table.to_csv(out / "results.csv", index=False)
+    plot_accuracy_heatmap(table, out / "accuracy_heatmap.png")
+    plot_accuracy_lines(table, out / "accuracy_lines.png")
+    if pconf.control:
+        plot_accuracy_heatmap(table, out / "selectivity_heatmap.png", value="selectivity")
+    summaries = []
+    map_role = "object" if "object" in sconf.roles else sconf.roles[0]
+    if map_samples > 0 and sconf.pool == "token" and sconf.label in ("ordinal", "side"):
+        for layer in sconf.layers:
+            cell = table[(table["layer"] == layer) & (table["role"] == map_role)]
+            if cell.empty or cell["accuracy"].isna().all():
+                continue
+            pm = heldout_probe_map(store, model=sconf.model, site=sconf.site, layer=layer,
+                                   role=map_role, label=sconf.label, config=pconf, where=where,
+                                   n_samples=map_samples, data=data_dir)
+            plot_probe_maps(pm, out / "maps" / f"layer{layer:03d}.png")
+            summaries.append(map_summary(pm).assign(layer=layer, trained_on=map_role))
+    if summaries:
+        import pandas as pd
+
+        pd.concat(summaries).to_csv(out / "maps" / "summary.csv", index=False)
+    (out / "config.json").write_text(json.dumps(
+        {"sweep": sconf.to_dict(), "probe": pconf.to_dict(), "where": where, "data": data_dir,
+         "toolkit_version": _version()}, indent=1))
+
+
+def _version() -> str:
+    from .directions import _version as v
+
+    return v()
