@@ -98,6 +98,10 @@ class StoreWriter:
             except zarr.errors.ContainsGroupError:  # another process created the root just now
                 time.sleep(0.2)
                 root = zarr.open_group(store, mode="r+", zarr_format=3)
+            if root.attrs.get("schema_version") is None and len(list(root.keys())):
+                # our metadata may predate another writer's: it stamps the root's attrs before it
+                # makes any child, so a fresh read tells a racing creator from a foreign group
+                root = zarr.open_group(store, mode="r+", zarr_format=3)
             _check_root(root, path)
             if key not in root:
                 with _CreationLock(store, key, wait_s) as mine:
