@@ -81,16 +81,22 @@ def is_layered(family: str) -> bool:
     return SITE_FAMILIES.get(family, True)
 
 
-def parse_site(site: str, layer: int | None = None) -> tuple[str, int | None]:
-    """Split a site name into (family, layer).
+def parse_site(site: str, layer: int | None = None, *,
+               require_layer: bool = False) -> tuple[str, int | None]:
+    """Split a site name into (family, layer): the one site parser of the toolkit (the store,
+    the adapters in ``vlms`` and the hooks in ``interventions`` all use it).
 
     ``"lm.resid.3"`` -> ``("lm.resid", 3)``; ``("lm.resid", 3)`` -> ``("lm.resid", 3)``;
-    ``"projector"`` -> ``("projector", 0)`` (not layered: always layer 0).
+    ``"vision.blocks.7"`` -> ``("vision.blocks", 7)``;
+    ``"projector"`` -> ``("projector", 0)`` (not layered: always layer 0, everywhere).
+    A layered family without a layer (``"lm.resid"``) gives ``("lm.resid", None)`` (a family
+    query), or an error with ``require_layer=True`` (a concrete site is needed, e.g. to hook it).
 
     Raises
     ------
     StoreError
-        If the name is malformed or gives a layer twice with different values.
+        If the name is malformed, gives a layer twice with different values, or (with
+        ``require_layer``) names a layered family without a layer.
     """
     if not isinstance(site, str) or not site:
         raise StoreError(f"site must be a non-empty string such as 'lm.resid.3'; got {site!r}")
@@ -112,6 +118,9 @@ def parse_site(site: str, layer: int | None = None) -> tuple[str, int | None]:
             raise StoreError(f"site family {family!r} has no layers; got layer {lay}. "
                              f"Use site={family!r} without a layer")
         lay = 0
+    if require_layer and lay is None:
+        raise StoreError(f"unknown site {site!r}: {family!r} is a layered site family; name one "
+                         f"layer, e.g. '{family}.0'")
     return family, lay
 
 

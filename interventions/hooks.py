@@ -4,10 +4,16 @@ scaled at named sites and token positions, and capture activations on the way.
 Where it sits: experiments (``patching``, ``ablation``, ``amplify``) build :class:`Patch` lists
 and call :func:`run`; :mod:`interventions.sweeps` batches many patches into one forward.
 
-Sites (the store's vocabulary, see DESIGN.md):
+Sites (the store's vocabulary, parsed by :func:`actstore.schema.parse_site`; module paths and
+hook installation come from the model's ``vlms`` adapter, :meth:`vlms.base.VLMAdapter.hooks`):
 
-- ``projector``: the vision embeddings the LM receives, as ``batch x image_token x hidden``
-  (Qwen2-VL's merger output has no batch dim; it is viewed as one here);
+- ``vision.blocks.{i}``: output of vision block ``i``, as ``batch x patch x hidden`` in the
+  family's native patch order (Qwen2-VL's blocks have no batch dim and order patches in 2x2
+  merge blocks; they are viewed per image here). :meth:`vlms.base.VLMAdapter.site_tokens` maps
+  LM image tokens to their patches;
+- ``projector`` (layer 0, as in the store): the vision embeddings the LM receives, as
+  ``batch x image_token x hidden`` (Qwen2-VL's merger output has no batch dim; it is viewed as
+  one here);
 - ``lm.resid.{i}``: the LM residual stream, ``batch x seq x hidden``; ``lm.resid.0`` is the input
   of layer 0 (a pre-hook), ``lm.resid.{i}`` the output of layer ``i-1``.
 
@@ -20,7 +26,6 @@ prefill only: a call whose sequence length differs from the prompt's (a decode s
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -29,7 +34,8 @@ from torch import nn
 
 from .errors import InterventionError
 
-_RESID = re.compile(r"^lm\.resid\.(\d+)$")
+#: site families whose token axis is the image (patched on image-token / patch indices)
+IMAGE_FAMILIES = ("vision.blocks", "projector")
 
 
 # --------------------------------------------------------------------------- interventions
@@ -143,41 +149,29 @@ INTERVENTIONS: dict[str, type[Intervention]] = {
 
 
 # --------------------------------------------------------------------------- sites
-def parse_site(site: str) -> tuple[str, int | None]:
-    """``'projector'`` -> ``('projector', None)``; ``'lm.resid.3'`` -> ``('lm.resid', 3)``."""
-    if site == "projector":
-        return "projector", None
-    m = _RESID.match(site)
-    if m is None:
-        raise InterventionError(f"unknown site {site!r}; use 'projector' or 'lm.resid.<i>' "
-                                "(lm.resid.0 = LM input, lm.resid.<i> = output of layer i-1)")
-    return "lm.resid", int(m.group(1))
+def parse_site(site: str) -> tuple[str, int]:
+    """``(family, layer)`` of a concrete site by the store's parser (``'projector'`` ->
+    ``('projector', 0)``; ``'lm.resid.3'`` -> ``('lm.resid', 3)``), errors as
+    :class:`InterventionError`."""
+    from actstore.errors import StoreError
+    from actstore.schema import parse_site as store_parse
+
+    try:
+        return store_parse(site, require_layer=True)
+    except StoreError as e:
+        raise InterventionError(f"{e} (sites: 'vision.blocks.<i>', 'projector', 'lm.resid.<i>'; "
+                                "lm.resid.0 = LM input, lm.resid.<i> = output of layer i-1)"
+                                ) from None
 
 
-def _first(model: nn.Module, paths: Sequence[str]) -> nn.Module | None:
-    from vlms.base import first_module
+def adapter(target: Any):
+    """The ``vlms`` adapter of a model or adapter (the only source of module paths)."""
+    from vlms.registry import adapter_for
 
-    return first_module(model, paths)
-
-
-def lm_layers(model: nn.Module) -> nn.ModuleList:
-    """The LM decoder layers of a Qwen2-VL / Gemma-3 style model (transformers 4.x and 5.x paths)."""
-    layers = _first(model, ["model.language_model.layers", "language_model.layers",
-                            "language_model.model.layers", "model.layers"])
-    if layers is None:
-        raise InterventionError(f"cannot find the LM decoder layers of {type(model).__name__}; "
-                                "add its module path to interventions.hooks.lm_layers")
-    return layers
-
-
-def projector_module(model: nn.Module) -> nn.Module:
-    """The module whose output is the vision embeddings the LM receives."""
-    mod = _first(model, ["model.visual.merger", "visual.merger", "model.multi_modal_projector",
-                         "multi_modal_projector"])
-    if mod is None:
-        raise InterventionError(f"cannot find the projector of {type(model).__name__}; "
-                                "add its module path to interventions.hooks.projector_module")
-    return mod
+    try:
+        return adapter_for(target)
+    except ValueError as e:
+        raise InterventionError(str(e)) from None
 
 
 def unwrap(target: Any) -> nn.Module:
@@ -186,37 +180,26 @@ def unwrap(target: Any) -> nn.Module:
 
 
 def site_module(target: Any, site: str) -> tuple[nn.Module, str]:
-    """``(module, "pre" | "post")`` where ``site`` is hooked.
-
-    A ``vlms`` adapter's own site map is used when ``target`` is one; a bare model falls back
-    to the Qwen2-VL / Gemma-3 paths of :func:`lm_layers` and :func:`projector_module`.
-    """
-    kind, i = parse_site(site)
-    if hasattr(target, "site_module"):
-        try:
-            return target.site_module(site)
-        except ValueError as e:
-            raise InterventionError(str(e)) from None
-    check_site(target, site)
-    if kind == "projector":
-        return projector_module(target), "post"
-    layers = lm_layers(target)
-    return (layers[0], "pre") if i == 0 else (layers[i - 1], "post")
+    """``(module, "pre" | "post")`` where ``site`` is hooked (from the model's adapter)."""
+    ad = adapter(target)
+    try:
+        return ad.site_module(site)
+    except ValueError as e:
+        raise InterventionError(str(e)) from None
 
 
 def n_resid_sites(target: Any) -> int:
     """Number of ``lm.resid.{i}`` sites: LM layers + 1."""
-    return len(lm_layers(unwrap(target))) + 1
+    return adapter(target).n_lm_layers + 1
 
 
-def check_site(model: nn.Module, site: str) -> None:
+def check_site(model: Any, site: str) -> None:
     """Raise :class:`InterventionError` if ``model`` has no such site."""
-    kind, i = parse_site(site)
-    model = unwrap(model)
-    if kind == "lm.resid" and i > len(lm_layers(model)):
-        raise InterventionError(f"site {site!r} is out of range: this model has "
-                                f"{len(lm_layers(model))} LM layers (lm.resid.0 .. "
-                                f"lm.resid.{len(lm_layers(model))})")
+    parse_site(site)
+    try:
+        adapter(model).check_site(site)
+    except ValueError as e:
+        raise InterventionError(str(e)) from None
 
 
 # --------------------------------------------------------------------------- patches
@@ -225,11 +208,12 @@ class Patch:
     """One intervention at one site on some (row, token) pairs of a batch."""
 
     site: str
-    """``projector`` or ``lm.resid.{i}``."""
+    """``vision.blocks.{i}``, ``projector`` or ``lm.resid.{i}``."""
     intervention: Intervention
     index: torch.Tensor | None = None
     """``(N, 2)`` long tensor of (batch row, token) pairs in the site's token space (sequence
-    positions for ``lm.resid.*``, image-token indices for ``projector``); None = everything."""
+    positions for ``lm.resid.*``, image-token indices for ``projector``, patch indices in the
+    family's native order for ``vision.blocks.*``); None = everything."""
     source: torch.Tensor | None = None
     """``(N, hidden)`` values for the pairs (Interchange / Ablate)."""
 
@@ -276,14 +260,16 @@ def _batch_of(inputs: dict[str, Any]) -> int:
 
 
 @contextlib.contextmanager
-def hooked(model: nn.Module, *, patches: Sequence[Patch] = (), capture: Sequence[str] = (),
+def hooked(model: Any, *, patches: Sequence[Patch] = (), capture: Sequence[str] = (),
            seq_len: int | None = None, batch: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Install patch and capture hooks for the duration of the block; yields the capture dict.
+
+    The hooks go in through the adapter's installer (:meth:`vlms.base.VLMAdapter.hooks`).
 
     Parameters
     ----------
     model
-        A ``vlms`` adapter or a Qwen2-VL / Gemma-3 style ``...ForConditionalGeneration``.
+        A ``vlms`` adapter or a model of a family that has one (``...ForConditionalGeneration``).
     patches
         Interventions to apply; several may share a site (applied in order).
     capture
@@ -291,77 +277,32 @@ def hooked(model: nn.Module, *, patches: Sequence[Patch] = (), capture: Sequence
     seq_len
         Prompt length; residual hooks skip calls with another length (decode steps).
     batch
-        Batch size, needed to view Qwen2-VL's flat projector output as ``batch x token x hidden``.
+        Batch size, needed to view Qwen2-VL's flat vision-block and projector outputs as
+        ``batch x token x hidden``.
     """
+    ad = adapter(model)
     by_site: dict[str, list[Patch]] = {}
     for p in patches:
-        check_site(model, p.site)
+        check_site(ad, p.site)
         by_site.setdefault(p.site, []).append(p)
     for s in capture:
-        check_site(model, s)
-    sites = set(by_site) | set(capture)
+        check_site(ad, s)
     captured: dict[str, torch.Tensor] = {}
-    handles = []
 
-    def process(site: str, h: torch.Tensor) -> torch.Tensor:
-        if site in by_site:
-            h = _apply(by_site[site], h)
-        if site in capture:
-            captured[site] = h.detach()
-        return h
+    def process(site: str):
+        def fn(h: torch.Tensor) -> torch.Tensor:
+            if h.ndim == 2:
+                raise InterventionError(f"the {site} output is flat (Qwen2-VL); pass batch=")
+            if site in by_site:
+                h = _apply(by_site[site], h)
+            if site in capture:
+                captured[site] = h.detach()
+            return h
+        return fn
 
-    def resid_post(site):
-        def hook(mod, args, out):
-            h = out[0] if isinstance(out, tuple) else out
-            if seq_len is not None and h.shape[1] != seq_len:
-                return None
-            new = process(site, h)
-            if new is h:
-                return None
-            return (new, *out[1:]) if isinstance(out, tuple) else new
-        return hook
-
-    def resid_pre(site):
-        def hook(mod, args, kwargs):
-            if args:
-                h = args[0]
-            else:
-                h = kwargs["hidden_states"]
-            if seq_len is not None and h.shape[1] != seq_len:
-                return None
-            new = process(site, h)
-            if new is h:
-                return None
-            if args:
-                return (new, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": new}
-        return hook
-
-    def proj_hook(mod, args, out):
-        h = out[0] if isinstance(out, tuple) else out
-        flat = h.ndim == 2
-        if flat and batch is None:
-            raise InterventionError("the projector output is flat (Qwen2-VL); pass batch=")
-        hb = h.reshape(batch, -1, h.shape[-1]) if flat else h
-        new = process("projector", hb)
-        if new is hb:
-            return None
-        new = new.reshape(h.shape) if flat else new
-        return (new, *out[1:]) if isinstance(out, tuple) else new
-
-    try:
-        for site in sorted(sites):
-            mod, how = site_module(model, site)
-            if site == "projector":
-                handles.append(mod.register_forward_hook(proj_hook))
-            elif how == "pre":
-                handles.append(mod.register_forward_pre_hook(resid_pre(site), with_kwargs=True))
-            else:
-                handles.append(mod.register_forward_hook(resid_post(site)))
+    with ad.hooks({site: process(site) for site in sorted(set(by_site) | set(capture))},
+                  batch=batch, seq_len=seq_len):
         yield captured
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def image_features_kwargs(model: nn.Module, inputs: dict[str, Any],
@@ -398,7 +339,7 @@ def run(model: nn.Module, inputs: dict[str, Any], *, patches: Sequence[Patch] = 
         Sites to record (see :func:`hooked`).
     features
         Precomputed projector output ``batch x image_token x hidden`` to use instead of running
-        the vision tower (a projector-site patch then cannot fire and is refused).
+        the vision tower (a vision-block or projector patch then cannot fire and is refused).
     last_only
         Keep only the final position's logits (``batch x 1 x vocab``), saving memory.
 
@@ -410,9 +351,9 @@ def run(model: nn.Module, inputs: dict[str, Any], *, patches: Sequence[Patch] = 
     batch = _batch_of(inputs)
     kw = dict(inputs)
     if features is not None:
-        if any(parse_site(p.site)[0] == "projector" for p in patches) or "projector" in capture:
-            raise InterventionError("a projector-site patch or capture cannot be combined with "
-                                    "precomputed features; drop `features=`")
+        if any(parse_site(s)[0] in IMAGE_FAMILIES for s in [p.site for p in patches] + list(capture)):
+            raise InterventionError("a vision-block or projector patch or capture cannot be "
+                                    "combined with precomputed features; drop `features=`")
         kw = image_features_kwargs(unwrap(model), inputs, features)
     if last_only:
         kw["logits_to_keep"] = 1

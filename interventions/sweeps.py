@@ -23,16 +23,18 @@ import torch
 from torch import nn
 
 from .errors import InterventionError
-from .hooks import Intervention, Patch, parse_site, run, tile_inputs
+from .hooks import IMAGE_FAMILIES, Intervention, Patch, adapter, parse_site, run, tile_inputs
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Edit:
     """One intervention in a sweep row.
 
-    ``tokens`` are positions in the site's token space (sequence positions for ``lm.resid.*``,
-    image-token indices for ``projector``); ``source_tokens`` the matching positions in the source
-    run (defaults to ``tokens``).
+    ``tokens`` are sequence positions for ``lm.resid.*`` and LM image-token indices (row-major
+    over the token grid) for the image sites: ``projector`` rows are those tokens, and at
+    ``vision.blocks.*`` each token stands for its patches (mapped to the family's native patch
+    order by :meth:`vlms.base.VLMAdapter.site_tokens`). ``source_tokens`` are the matching
+    tokens in the source run (defaults to ``tokens``). None means every token of the site.
     """
 
     site: str
@@ -96,19 +98,30 @@ class SweepResult:
     counter: ForwardCounter = field(default_factory=ForwardCounter)
 
 
-def _patches(edits: Sequence[Edit], row: int, acts: dict[str, dict[str, torch.Tensor]],
-             seq: int, n_image: int) -> list[Patch]:
+def _site_tokens(ad, site: str, tokens, inputs: dict[str, Any]) -> list[int]:
+    """An edit's tokens in the site's own token axis (see :class:`Edit`)."""
+    if parse_site(site)[0] not in IMAGE_FAMILIES:
+        seq = int(inputs["input_ids"].shape[1])
+        return list(range(seq)) if tokens is None else [int(t) for t in tokens]
+    try:
+        return ad.site_tokens(site, tokens, ad.image_grid(inputs)).tolist()
+    except ValueError as e:
+        raise InterventionError(str(e)) from None
+
+
+def _patches(ad, edits: Sequence[Edit], row: int, acts: dict[str, dict[str, torch.Tensor]],
+             inputs: dict[str, Any]) -> list[Patch]:
     out = []
     for e in edits:
-        n_tokens = n_image if parse_site(e.site)[0] == "projector" else seq
-        toks = list(range(n_tokens)) if e.tokens is None else list(e.tokens)
+        toks = _site_tokens(ad, e.site, e.tokens, inputs)
         idx = torch.tensor([[row, t] for t in toks], dtype=torch.long).reshape(-1, 2)
         src = None
         if e.source is not None:
             if e.source not in acts:
                 raise InterventionError(f"edit at {e.site} uses source {e.source!r}, which is not "
                                         f"defined before it; known: {sorted(acts)}")
-            stoks = toks if e.source_tokens is None else list(e.source_tokens)
+            stoks = toks if e.source_tokens is None else _site_tokens(ad, e.site,
+                                                                      e.source_tokens, inputs)
             src = acts[e.source][e.site][0, stoks]
         out.append(Patch(site=e.site, intervention=e.intervention, index=idx, source=src))
     return out
@@ -133,7 +146,7 @@ def sweep(model: nn.Module, base: dict[str, Any], rows: Sequence[Sequence[Edit]]
         Rows per batched forward.
     reuse_vision
         Feed the base's cached projector output to batched rows instead of re-running the vision
-        tower (exact; disabled automatically when a row edits the projector).
+        tower (exact; disabled automatically when a row edits a vision block or the projector).
     progress
         Optional tqdm bar advanced once per row.
 
@@ -155,17 +168,14 @@ def sweep(model: nn.Module, base: dict[str, Any], rows: Sequence[Sequence[Edit]]
                 raise InterventionError(f"edit at {e.site} uses unknown source {e.source!r}; "
                                         f"known: {sorted(sources)}")
             needed[e.source].add(e.site)
-    proj_edit = any(parse_site(e.site)[0] == "projector" for r in rows for e in r)
-    reuse = reuse_vision and not proj_edit
+    image_edit = any(parse_site(e.site)[0] in IMAGE_FAMILIES for r in rows for e in r)
+    reuse = reuse_vision and not image_edit
+    ad = adapter(model)
 
     base_run = run(model, base, capture=["projector"] if reuse else [], last_only=True)
     counter.forwards += 1
     counter.rows += 1
     feats = base_run.acts.get("projector")
-    n_image = 0 if feats is None else feats.shape[1]
-    if feats is None:
-        n_image = int(sum(int(v.sum()) for k, v in base.items()
-                          if k in ("mm_token_type_ids", "token_type_ids")))
 
     acts: dict[str, dict[str, torch.Tensor]] = {}
     src_logits: dict[str, torch.Tensor] = {}
@@ -177,7 +187,7 @@ def sweep(model: nn.Module, base: dict[str, Any], rows: Sequence[Sequence[Edit]]
                                         f"lacks sites {sorted(missing)}")
             acts[name] = spec.acts
             continue
-        patches = _patches(spec.edits, 0, acts, int(spec.inputs["input_ids"].shape[1]), n_image)
+        patches = _patches(ad, spec.edits, 0, acts, spec.inputs)
         r = run(model, spec.inputs, patches=patches, capture=sorted(needed[name]), last_only=True)
         acts[name] = r.acts
         src_logits[name] = r.logits[0, -1]
@@ -185,13 +195,12 @@ def sweep(model: nn.Module, base: dict[str, Any], rows: Sequence[Sequence[Edit]]
         counter.rows += 1
 
     out = []
-    seq = int(base["input_ids"].shape[1])
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         n = len(chunk)
         patches = []
         for j, edits in enumerate(chunk):
-            patches += _patches(edits, j, acts, seq, n_image)
+            patches += _patches(ad, edits, j, acts, base)
         # with cached features the pixels are not needed: do not copy them n times
         tiled = tile_inputs({k: v for k, v in base.items() if not (reuse and k == "pixel_values")},
                             n)
@@ -291,13 +300,12 @@ def run_edits(model: nn.Module, base: dict[str, Any], edits: Sequence[Edit], *,
                 raise InterventionError(f"edit at {e.site} uses unknown source {e.source!r}")
             needed[e.source].add(e.site)
     acts: dict[str, dict[str, torch.Tensor]] = {}
-    n_image = int(sum(int(v.sum()) for k, v in base.items()
-                      if k in ("mm_token_type_ids", "token_type_ids")))
+    ad = adapter(model)
     for name, spec in sources.items():
         if spec.acts is not None:
             acts[name] = spec.acts
             continue
-        patches = _patches(spec.edits, 0, acts, int(spec.inputs["input_ids"].shape[1]), n_image)
+        patches = _patches(ad, spec.edits, 0, acts, spec.inputs)
         acts[name] = run(model, spec.inputs, patches=patches, capture=sorted(needed[name])).acts
-    patches = _patches(edits, 0, acts, int(base["input_ids"].shape[1]), n_image)
+    patches = _patches(ad, edits, 0, acts, base)
     return run(model, base, patches=patches, capture=capture)

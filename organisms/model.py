@@ -124,7 +124,7 @@ def _build_gemma(cfg, tok):
                         image_token_index=tid("<image_soft_token>"))
     mcfg.architectures = ["Gemma3ForConditionalGeneration"]
     model = Gemma3ForConditionalGeneration(mcfg)
-    w = model.model.multi_modal_projector.mm_input_projection_weight
+    w = projector_module(model).mm_input_projection_weight
     with torch.no_grad():  # a fresh Gemma-3 projector is all zeros (MODELS.md)
         w.normal_(0.0, cfg.vision_dim ** -0.5)
     ip = Gemma3ImageProcessorPil(size={"height": side, "width": side})
@@ -134,9 +134,11 @@ def _build_gemma(cfg, tok):
 
 
 def projector_module(model):
-    """The module whose output is the image tokens the LM receives."""
-    inner = model.model
-    return inner.visual.merger if hasattr(inner, "visual") else inner.multi_modal_projector
+    """The module whose output is the image tokens the LM receives (the ``projector`` site of the
+    model's ``vlms`` adapter: module paths come only from the adapters)."""
+    from vlms.registry import adapter_for
+
+    return adapter_for(model).site_module("projector")[0]
 
 
 def image_tokens(model, inputs: dict):

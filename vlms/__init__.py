@@ -12,7 +12,8 @@ import warnings
 
 from .base import Batch, VLMAdapter
 from .errors import AdapterNotFoundError, ExtractError, InputError, SiteError, VLMError
-from .registry import ADAPTERS, ALIASES, adapter_class, known_models, load_adapter, register
+from .registry import (ADAPTERS, ALIASES, adapter_class, adapter_for, known_models, load_adapter,
+                       register)
 from .tiny import build_tiny
 
 #: infrastructure modules; every *other* sibling is a family file that registers an adapter.
@@ -40,6 +41,6 @@ _import_siblings()
 
 __all__ = [
     "ADAPTERS", "ALIASES", "AdapterNotFoundError", "Batch", "ExtractError", "InputError",
-    "SiteError", "VLMAdapter", "VLMError", "adapter_class", "build_tiny", "known_models",
+    "SiteError", "VLMAdapter", "VLMError", "adapter_class", "adapter_for", "build_tiny", "known_models",
     "load_adapter", "register",
 ]

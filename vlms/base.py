@@ -9,15 +9,18 @@ scoring helpers (:mod:`vlms.scoring`).
 
 Sites
 -----
+Names are parsed by the store's one parser (:func:`actstore.schema.parse_site`); module paths
+come only from the adapters' declarations (:meth:`VLMAdapter.site_module`).
+
 ``vision.blocks.{i}``  output of vision block ``i`` (patches, family's native patch order)
-``projector``          the image embeddings the LM receives (one row per LM image token)
+``projector``          the image embeddings the LM receives (one row per LM image token);
+                       not layered: its layer is 0, as in the store
 ``lm.resid.{i}``       LM residual stream: ``lm.resid.0`` = input of layer 0 (pre-hook),
                        ``lm.resid.{i}`` = output of layer ``i-1`` (before the final norm)
 """
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
@@ -25,7 +28,10 @@ import numpy as np
 
 from .errors import InputError, SiteError, suggest
 
-SITE_RE = re.compile(r"^(vision\.blocks|lm\.resid)\.(\d+)$")
+#: the site families every adapter can hook (the store's built-in families)
+SITE_FAMILIES = ("vision.blocks", "projector", "lm.resid")
+#: families whose token axis is the image (not the text sequence)
+IMAGE_FAMILIES = ("vision.blocks", "projector")
 TEXT_SPAN_ROLES = ("subject", "reference", "relation")
 
 
@@ -123,10 +129,17 @@ class VLMAdapter:
     def __init__(self, model, processor, *, name: str | None = None, source: str = ""):
         self.model = model.eval()
         self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.tokenizer.padding_side = "left"
+        self.tokenizer = None if processor is None else processor.tokenizer
+        if self.tokenizer is not None:
+            self.tokenizer.padding_side = "left"
         self.name = name or self.family
         self.source = source
+
+    @classmethod
+    def for_model(cls, model) -> "VLMAdapter":
+        """An adapter around a bare model (no processor): sites, hooks and geometry work;
+        :meth:`prepare` and scoring need a processor. See :func:`vlms.registry.adapter_for`."""
+        return cls(model, None, name=type(model).__name__)
 
     # ------------------------------------------------------------------ declarations
     @property
@@ -180,6 +193,42 @@ class VLMAdapter:
         """LM token (row-major index) of each vision-block patch, in native patch order."""
         raise NotImplementedError
 
+    def image_grid(self, inputs: dict[str, Any], row: int = 0) -> tuple[int, int]:
+        """``(rows, cols)`` of the LM image-token grid of item ``row`` of processor ``inputs``."""
+        raise NotImplementedError
+
+    def site_tokens(self, site: str, tokens: Sequence[int] | None,
+                    grid: tuple[int, int]) -> np.ndarray:
+        """Indices in ``site``'s own token axis for ``tokens`` given in the intervention
+        vocabulary: sequence positions for ``lm.resid.*``, LM image-token indices (row-major
+        over ``grid``) for the image sites.
+
+        ``projector`` rows are the image tokens themselves. ``vision.blocks.{i}`` holds patches
+        in the family's native order (Qwen2-VL: 2x2 merge blocks; Gemma-3: row-major over
+        the patch grid): each token becomes its patches, token by token, each token's patches
+        in native order, so two lists of tokens of equal length map to patch lists that pair
+        patch for patch at the same place inside the token. ``None`` means every token of the
+        site (for LM sites None passes through: the caller knows the sequence length).
+        """
+        from actstore.schema import parse_site
+
+        family, _ = parse_site(site)
+        if family == "projector" and tokens is None:
+            return np.arange(int(grid[0] * grid[1]), dtype=np.int64)
+        if family != "vision.blocks":
+            return None if tokens is None else np.asarray(list(tokens), dtype=np.int64)
+        owner = np.asarray(self.patch_token_index(grid))
+        n_tok = int(grid[0] * grid[1])
+        per = len(owner) // n_tok
+        table = np.argsort(owner, kind="stable").reshape(n_tok, per)
+        if tokens is None:
+            return table.reshape(-1)
+        tokens = np.asarray(list(tokens), dtype=np.int64)
+        if len(tokens) and (tokens.min() < 0 or tokens.max() >= n_tok):
+            raise SiteError(f"image token {int(tokens.max())} is outside the {grid[0]}x{grid[1]} "
+                            f"token grid at {site}; give image-token indices 0..{n_tok - 1}")
+        return table[tokens].reshape(-1)
+
     def sites(self) -> list[str]:
         """Every site this model has, in forward order."""
         return ([f"vision.blocks.{i}" for i in range(self.n_vision_blocks)] + ["projector"]
@@ -202,27 +251,36 @@ class VLMAdapter:
         SiteError
             Unknown site grammar, or a block/layer index the model does not have.
         """
-        if site == "projector":
-            return site
-        m = SITE_RE.match(site)
-        if not m:
+        self._parse(site)
+        return site
+
+    def _parse(self, site: str) -> tuple[str, int]:
+        """``(family, layer)`` of a concrete site of this model (the store's parser)."""
+        from actstore.errors import StoreError
+        from actstore.schema import parse_site
+
+        try:
+            kind, i = parse_site(site, require_layer=True)
+        except StoreError as e:
+            raise SiteError(f"{e}.{suggest(str(site), self.sites())} Sites are "
+                            "'vision.blocks.{i}', 'projector', 'lm.resid.{i}'") from None
+        if kind not in SITE_FAMILIES:
             raise SiteError(f"unknown site {site!r}.{suggest(site, self.sites())} Sites are "
                             "'vision.blocks.{i}', 'projector', 'lm.resid.{i}'")
-        kind, i = m.group(1), int(m.group(2))
+        if kind == "projector":
+            return kind, i
         top = self.n_vision_blocks - 1 if kind == "vision.blocks" else self.n_lm_layers
         if i > top:
-            raise SiteError(f"site {site!r}: {self.name} has {kind}.0 .. {kind}.{top} "
-                            f"({'vision blocks' if kind == 'vision.blocks' else 'LM layers + 1'}"
-                            "); pick a smaller index")
-        return site
+            what = "vision blocks" if kind == "vision.blocks" else "LM layers + 1"
+            raise SiteError(f"site {site!r} is out of range: {self.name} has {kind}.0 .. "
+                            f"{kind}.{top} ({what}); pick a smaller index")
+        return kind, i
 
     def site_module(self, site: str):
         """``(module, hook kind)`` of a site; kind is ``"pre"`` or ``"post"``."""
-        self.check_site(site)
-        if site == "projector":
+        kind, i = self._parse(site)
+        if kind == "projector":
             return self._resolve(self.projector_paths, "projector"), "post"
-        kind, i = SITE_RE.match(site).groups()
-        i = int(i)
         if kind == "vision.blocks":
             return self._resolve(self.vision_blocks_paths, "vision blocks")[i], "post"
         layers = self._resolve(self.lm_layers_paths, "LM layers")
@@ -230,18 +288,33 @@ class VLMAdapter:
 
     # ------------------------------------------------------------------ hooks
     @contextlib.contextmanager
-    def hooks(self, fns: dict[str, Callable]) -> Iterator[None]:
-        """Install hooks for the duration of a ``with`` block.
+    def hooks(self, fns: dict[str, Callable], *, batch: int | None = None,
+              seq_len: int | None = None) -> Iterator[None]:
+        """Install hooks for the duration of a ``with`` block (the toolkit's one hook installer:
+        extraction, scoring and the interventions all come through here).
 
-        ``fns[site](act)`` receives the site's activation tensor (for Qwen vision blocks and
-        projector: all images' rows concatenated, no batch dim) and returns ``None`` (observe)
+        ``fns[site](act)`` receives the site's activation tensor and returns ``None`` (observe)
         or a tensor of the same shape that replaces it downstream.
+
+        Parameters
+        ----------
+        fns
+            site -> function.
+        batch
+            When given, image-site activations without a batch dim (Qwen2-VL's vision blocks
+            and projector: all images' rows concatenated) are handed to ``fn`` viewed as
+            ``batch x rows_per_image x hidden`` (and the result is viewed back). Without it
+            they come as the module returns them.
+        seq_len
+            When given, ``lm.resid.*`` hooks ignore calls with another sequence length (decode
+            steps after a prefill of ``seq_len`` tokens).
         """
         handles = []
         try:
             for site, fn in fns.items():
                 mod, kind = self.site_module(site)
-                handles.append(_install(mod, kind, fn))
+                family, _ = self._parse(site)
+                handles.append(_install(mod, kind, _shaped(fn, family, batch, seq_len)))
             yield
         finally:
             for h in handles:
@@ -456,6 +529,30 @@ class VLMAdapter:
         """``save_pretrained`` of model and processor into ``directory``."""
         self.model.save_pretrained(directory)
         self.processor.save_pretrained(directory)
+
+
+def _shaped(fn: Callable, family: str, batch: int | None, seq_len: int | None) -> Callable:
+    """``fn`` seeing batch views of flat image activations and skipping decode steps."""
+    if family in IMAGE_FAMILIES:
+        if batch is None:
+            return fn
+
+        def image(act):
+            view = act.reshape(batch, -1, act.shape[-1]) if act.ndim == 2 else act
+            new = fn(view)
+            if new is None or new is view:
+                return None
+            return new.reshape(act.shape)
+        return image
+    if seq_len is None:
+        return fn
+
+    def lm(act):
+        if act.shape[1] != seq_len:
+            return None
+        new = fn(act)
+        return None if new is act else new
+    return lm
 
 
 def _install(mod, kind: str, fn: Callable):

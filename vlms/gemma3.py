@@ -77,6 +77,10 @@ class Gemma3Adapter(VLMAdapter):
         n = self.tokens_per_side
         return n, n
 
+    def image_grid(self, inputs, row: int = 0) -> tuple[int, int]:
+        n = self.tokens_per_side
+        return n, n
+
     def pool_vision(self, acts, grid):
         # same pooling as the projector: row-major patches -> k x k average -> row-major tokens
         import torch.nn.functional as F

@@ -120,6 +120,11 @@ class Qwen2VLAdapter(VLMAdapter):
         h, w = smart_resize(height, width, factor=f, min_pixels=lo, max_pixels=hi)
         return h // f, w // f
 
+    def image_grid(self, inputs, row: int = 0) -> tuple[int, int]:
+        # image_grid_thw holds (t, h, w) in patches; one LM token per merge x merge patches
+        _, h, w = (int(x) for x in inputs["image_grid_thw"][row])
+        return h // self.merge, w // self.merge
+
     def pool_vision(self, acts, grid):
         # patches are in 2x2 merge-block order: each run of merge**2 rows is one LM token
         k = self.merge ** 2

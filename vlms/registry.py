@@ -165,6 +165,23 @@ def resolve(name: str) -> tuple[type, str]:
     raise not_found(name)
 
 
+def adapter_for(target: Any) -> "VLMAdapter":
+    """The adapter of ``target``: itself when it is an adapter, else an adapter around the bare
+    transformers model (chosen by its class name, e.g. ``Qwen2VLForConditionalGeneration``),
+    which knows the model's sites and module paths (:meth:`VLMAdapter.for_model`)."""
+    from .base import VLMAdapter
+
+    if isinstance(target, VLMAdapter):
+        return target
+    arch = type(target).__name__
+    if arch not in ADAPTERS:
+        raise AdapterNotFoundError(
+            f"no adapter for a {arch} model.{suggest(arch, ADAPTERS)} Supported: "
+            f"{', '.join(sorted(ADAPTERS))}; adding one is a new file in vlms/ (see "
+            "vlms/README.md)")
+    return ADAPTERS[arch].for_model(target)
+
+
 def adapter_class(name: str) -> type:
     """The adapter class for a name, alias, architecture, hub id or directory."""
     return resolve(name)[0]
