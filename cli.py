@@ -8,11 +8,13 @@ module) become one clean line and exit status 1; ``--debug`` shows the traceback
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import click
 
-OUR_PACKAGES = ("scenegen", "vlms", "actstore", "probes", "interventions", "study", "organisms")
+OUR_PACKAGES = ("scenegen", "vlms", "actstore", "probes", "interventions", "study", "organisms",
+                "common")
 
 # command name -> "module:attribute"; add a line here to add a command.
 COMMANDS: dict[str, str] = {
@@ -43,17 +45,55 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(mod), attr)
 
     def invoke(self, ctx):
+        argv = [*getattr(ctx, "_protected_args", []), *ctx.args]  # before click consumes them
         try:
             return super().invoke(ctx)
         except Exception as e:  # noqa: BLE001 - re-raised unless it is one of ours
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             if _is_ours(e):
-                raise click.ClickException(str(e)) from None
+                cmd = self.get_command(ctx, ctx.invoked_subcommand) \
+                    if ctx.invoked_subcommand else None
+                raise click.ClickException(flag_message(str(e), cmd, argv)) from None
             if isinstance(e, OSError) and getattr(e, "errno", None) == 28:
                 raise click.ClickException(
                     f"disk full: {e}; free space and rerun the same command to resume") from None
             raise
+
+
+def _flags(command: click.Command | None, argv=None) -> dict[str, str]:
+    """parameter name -> flag, for a command (and every subcommand of a group); with ``argv``
+    only the options given there (a value from a config file or a default keeps its name)."""
+    given = None if argv is None else {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+    out: dict[str, str] = {}
+    stack = [command] if command is not None else []
+    while stack:
+        c = stack.pop()
+        if isinstance(c, click.Group):
+            stack += list(c.commands.values())
+        for p in c.params:
+            if not isinstance(p, click.Option):
+                continue
+            longs = [o for o in p.opts if o.startswith("--")] or list(p.opts)
+            if given is not None and not given & set(p.opts + p.secondary_opts):
+                continue
+            for o in longs:
+                out.setdefault(o.lstrip("-").replace("-", "_"), longs[0])
+            if p.name:
+                out.setdefault(p.name, longs[0])
+    return out
+
+
+def flag_message(message: str, command: click.Command | None, argv=None) -> str:
+    """A library message speaks of parameters (``layers='0-99': ...``); on the command line it
+    names the command's flags instead (``--layers '0-99': ...``), for the options given in
+    ``argv`` (all options when None)."""
+    flags = _flags(command, argv)
+    if not flags:
+        return message
+    names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
+    return re.sub(rf"(?<![\w.\-'\"])({names})=",
+                  lambda m: f"{flags[m.group(1)]} ", message)
 
 
 def _is_ours(e: BaseException) -> bool:

@@ -1,7 +1,7 @@
 """Errors raised by actstore. Every message is one line: what failed, where, and how to fix it."""
 from __future__ import annotations
 
-import difflib
+from common import suggest  # noqa: F401  (the one implementation; re-exported here)
 
 
 class StoreError(ValueError):
@@ -11,11 +11,6 @@ class StoreError(ValueError):
 class SchemaError(StoreError):
     """A store does not follow the schema; the message lists every problem found."""
 
-
-def suggest(name: str, choices) -> str:
-    """Return `` Did you mean 'x'?`` for the closest of ``choices``, or an empty string."""
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def unknown(what: str, name, choices, where: str = "") -> StoreError:

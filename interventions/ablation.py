@@ -181,21 +181,3 @@ def run_e5(adapter, ds, config: AblateConfig = AblateConfig(), *, progress: bool
         "config": asdict(config),
     }
     return table, summary
-
-
-def ablate_to_dir(model: str, data: str, out: str, config: AblateConfig, *,
-                  progress: bool = True) -> dict:
-    """``spatialbind ablate``: run E5 and write table, summary, config and plot into ``out``."""
-    from scenegen import read_dataset
-
-    from . import plots
-    from .results import prepare_out, write_results
-    from .stimuli import load_model
-
-    out_dir = prepare_out(out)
-    ds = read_dataset(data)
-    adapter = load_model(model)
-    table, summary = run_e5(adapter, ds, config, progress=progress)
-    write_results(out_dir, "e5", table, summary, config=asdict(config), model=model, data=data)
-    plots.ablation_plot(summary, out_dir / "e5_accuracy.png")
-    return summary

@@ -21,9 +21,10 @@ _COMMON = [
                  help="Use only the first N base stimuli."),
     click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
                  help="Patched variants per batched forward (memory grows linearly)."),
-    click.option("--prompt", "prompt", default=None,
-                 help="Prompt kind to ask (completion, choice, yesno)."),
-    click.option("--quiet", is_flag=True, help="No progress bar."),
+    click.option("--prompt-kind", "--prompt", "prompt", default=None,
+                 help="Prompt kind to ask (completion, choice, yesno); --prompt is an alias."),
+    click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
+    click.option("--quiet", is_flag=True, help="No progress bar (alias of --no-progress)."),
 ]
 
 
@@ -40,35 +41,38 @@ def _common(f):
               help="e2: last-token patching per layer; e4: criss-cross of object vs strip regions "
                    "per layer; e6: object criss-cross under E5's vision-ordering ablation.")
 @click.option("--layers", default="all", show_default=True,
-              help="Residual sites: all, a:b[:step] (inclusive) or 0,4,8 (0 = LM input).")
+              help="Residual sites: all, 0-3 or 0:3 (inclusive; step: 0:12:4) or 0,4,8 "
+                   "(0 = LM input).")
 @click.option("--regions", default="object,strip", show_default=True,
               help="E4 regions to criss-cross, comma-separated: object, strip (the object's "
                    "rows/columns, as the store's role), band (the paper's tiled strips).")
 @click.option("--partner", type=click.Choice(["opposite", "swap", "crisscross"]),
               default="opposite", show_default=True,
               help="E2 counterfactual: a stimulus asking the opposite direction (paper), or a twin.")
-def patch(model, data, out, limit, batch_size, prompt, quiet, experiment, layers, regions,
-          partner):
+def patch(model, data, out, limit, batch_size, prompt, progress, quiet, experiment, layers,
+          regions, partner):
     """Interchange patching: E2 last token, E4 criss-cross regions, E6 criss-cross under ablation."""
-    from .patching import PatchConfig, patch_to_dir
+    from .experiments import patch_to_dir
+    from .patching import PatchConfig
 
     cfg = PatchConfig(experiment=experiment, layers=layers,
                       regions=tuple(r.strip() for r in regions.split(",") if r.strip()),
                       partner=partner, prompt=prompt or "completion", limit=limit,
                       batch_size=batch_size)
-    s = patch_to_dir(model, data, out, cfg, progress=not quiet)
+    s = patch_to_dir(model, data, out, cfg, progress=progress and not quiet)
     click.echo(f"{s['experiment']}: {s['n_items']} items, {s['forwards']} forwards "
                f"(naive {s['naive_forwards']}); wrote {out}")
 
 
 @click.command("ablate")
 @_common
-def ablate(model, data, out, limit, batch_size, prompt, quiet):
+def ablate(model, data, out, limit, batch_size, prompt, progress, quiet):
     """E5: accuracy with the vision ordering ablated at the LM input (chance 1/3)."""
-    from .ablation import AblateConfig, ablate_to_dir
+    from .ablation import AblateConfig
+    from .experiments import ablate_to_dir
 
     cfg = AblateConfig(prompt=prompt or "completion", limit=limit, batch_size=batch_size)
-    s = ablate_to_dir(model, data, out, cfg, progress=not quiet)
+    s = ablate_to_dir(model, data, out, cfg, progress=progress and not quiet)
     click.echo(f"E5: baseline {s['base_accuracy']:.3f}, ablated {s['ablated_accuracy']:.3f}, "
                f"chance {s['chance']:.3f} ({s['n_items']} items); wrote {out}")
 
@@ -83,14 +87,16 @@ def ablate(model, data, out, limit, batch_size, prompt, quiet):
               help="Split on which the held-out alpha is chosen (reported on the others).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random-direction control.")
-def amplify(model, data, out, limit, batch_size, prompt, quiet, alphas, direction,
+def amplify(model, data, out, limit, batch_size, prompt, progress, quiet, alphas, direction,
             select_split, seed):
     """E7: amplify the ordering component of every image token before LM layer 0 (alpha sweep)."""
-    from .amplify import AmplifyConfig, amplify_to_dir
+    from .amplification import AmplifyConfig
+    from .experiments import amplify_to_dir
 
     cfg = AmplifyConfig(alphas=alphas, prompt=prompt or "choice", select_split=select_split,
                         limit=limit, batch_size=batch_size, seed=seed)
-    s = amplify_to_dir(model, data, out, cfg, direction=list(direction), progress=not quiet)
+    s = amplify_to_dir(model, data, out, cfg, direction=list(direction),
+                       progress=progress and not quiet)
     for r in s["selections"]:
         click.echo(f"{r['control']:>6} | {r['selection']}: alpha={r['alpha']} fixed={r['fixed']} "
                    f"broken={r['broken']} accuracy={r['accuracy']:.3f}")

@@ -30,35 +30,18 @@ PARTNERS = ("opposite", "swap", "crisscross")
 
 
 def parse_layers(spec: str | None, n_sites: int) -> list[int]:
-    """``None``/``all`` -> every residual site; ``a:b[:s]`` (inclusive) or ``1,4,7``.
+    """``None``/``all`` -> every residual site; ``a:b[:s]`` or ``a-b`` (inclusive) or ``1,4,7``
+    (:func:`common.parse_layers`, the grammar every command shares).
 
     Raises
     ------
     InterventionError
         Empty selection or a layer outside ``0 .. n_sites-1``.
     """
-    if spec is None or str(spec).strip() in ("", "all"):
-        return list(range(n_sites))
-    spec = str(spec).strip()
-    try:
-        if ":" in spec:
-            parts = [int(x) for x in spec.split(":")]
-            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] <= 0):
-                raise ValueError
-            a, b, s = parts[0], parts[1], parts[2] if len(parts) == 3 else 1
-            layers = list(range(a, b + 1, s))
-        else:
-            layers = [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise InterventionError(f"--layers {spec!r} is malformed; use 'all', 'a:b[:step]' "
-                                "(inclusive) or a list such as '0,4,8'") from None
-    if not layers:
-        raise InterventionError(f"--layers {spec!r} selects no layer; e.g. use 0:{n_sites - 1}")
-    bad = [l for l in layers if not 0 <= l < n_sites]
-    if bad:
-        raise InterventionError(f"--layers {spec!r}: {bad} out of range; this model has residual "
-                                f"sites 0..{n_sites - 1} (0 = LM input)")
-    return sorted(dict.fromkeys(layers))
+    from common import parse_layers as parse
+
+    return list(parse(spec, range(n_sites), where="this model's residual sites (0 = LM input)",
+                      error=InterventionError))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -344,27 +327,3 @@ def run_patch(adapter, ds, config: PatchConfig, *, progress: bool = True):
     """Dispatch to :func:`run_e2`, :func:`run_e4` or :func:`run_e6` by ``config.experiment``."""
     fn = {"e2": run_e2, "e4": run_e4, "e6": run_e6}[config.experiment]
     return fn(adapter, ds, config, progress=progress)
-
-
-def patch_to_dir(model: str, data: str, out: str, config: PatchConfig, *,
-                 progress: bool = True) -> dict:
-    """``spatialbind patch``: load the model and dataset, run the experiment, write table,
-    summary, config and plots into ``out``. Returns the summary."""
-    from scenegen import read_dataset
-
-    from . import plots
-    from .results import prepare_out, write_results
-    from .stimuli import load_model
-
-    out_dir = prepare_out(out)
-    ds = read_dataset(data)
-    adapter = load_model(model)
-    table, summary = run_patch(adapter, ds, config, progress=progress)
-    name = config.experiment
-    write_results(out_dir, name, table, summary, config=_cfg(config), model=model, data=data)
-    if name == "e2":
-        plots.last_token_plot(table, out_dir / "e2_layers.png")
-    else:
-        plots.crisscross_heatmaps(table, out_dir / f"{name}_heatmap.png",
-                                  title=f"{name.upper()} criss-cross, {model}")
-    return summary

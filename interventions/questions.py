@@ -1,5 +1,5 @@
 """The questions put to a model about stimuli, shared by evaluation (:mod:`study.evaluate`) and
-E7 amplification (:mod:`interventions.amplify`): items named by a ``data`` spec (a scenegen
+E7 amplification (:mod:`interventions.amplification`): items named by a ``data`` spec (a scenegen
 dataset directory or ``whatsup:ROOT[:SUBSET]``) and the protocols' queries (What'sUp caption
 scoring, the paper's two-option question in both orders, completion prompts).
 """
@@ -37,7 +37,7 @@ def parse_data(spec: str) -> tuple[str, str, str | None]:
     if root and sub in SUBSETS:
         return "whatsup", root, sub
     if root and sub and not Path(rest).exists():
-        from scenegen.errors import suggest
+        from common import suggest
 
         raise EvaluationError(f"unknown What'sUp subset {sub!r} in --data {s!r}."
                               f"{suggest(sub, SUBSETS)} Known: {', '.join(SUBSETS)}")

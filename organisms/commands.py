@@ -40,8 +40,9 @@ def organism() -> None:
               help="Output directory (save_pretrained model + processor, train_log.json, curve.png).")
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Run the 'which mechanism emerged?' slot probe at the end.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
-          lr, warmup, aux_slot_weight, init_from, eval_every, out, probe):
+          lr, warmup, aux_slot_weight, init_from, eval_every, out, probe, progress):
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import trainer as org
 
@@ -55,7 +56,7 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         aux_slot_weight=(aux_slot_weight if aux_slot_weight is not None
                          else defaults["aux_slot_weight"]),
         init_from=init_from, eval_every=eval_every, eval_items=64)
-    res = org.train(cfg, out=out, final_eval_items=384)
+    res = org.train(cfg, out=out, final_eval_items=384, progress=progress)
     if probe:
         from .probe import mechanism_report
         rep = mechanism_report(res.model, res.processor, cfg=cfg)

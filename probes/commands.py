@@ -28,28 +28,14 @@ def _csv(value: str | None) -> tuple[str, ...]:
 
 
 def parse_layers(value: str | None, available: list[int] | None = None) -> tuple[int, ...]:
-    """``"0,4,8"`` / ``"2-5"`` / ``"all"`` (or None) -> layer tuple; checked against ``available``."""
-    if value in (None, "", "all"):
-        if not available:
-            raise ConfigError("--layers: the store lists no layers for this site; give --layers.")
-        return tuple(available)
-    out: list[int] = []
-    for part in _csv(value):
-        try:
-            if "-" in part:
-                a, b = (int(x) for x in part.split("-", 1))
-                out.extend(range(a, b + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise ConfigError(f"--layers: cannot read {part!r}; use comma-separated ints or "
-                              "ranges, e.g. --layers 0,4,8 or --layers 0-12.") from None
-    if available is not None:
-        bad = [x for x in out if x not in available]
-        if bad:
-            raise ConfigError(f"--layers: layer(s) {bad} not in the store for this site; "
-                              f"available: {available}.")
-    return tuple(dict.fromkeys(out))
+    """``"0,4,8"`` / ``"2-5"`` / ``"2:5"`` / ``"all"`` (or None) -> layer tuple, checked against
+    ``available`` (:func:`common.parse_layers`, the grammar every command shares)."""
+    from common import parse_layers as parse
+
+    if value in (None, "", "all") and not available:
+        raise ConfigError(f"layers={value!r}: the store lists no layers for this site; give "
+                          "layers explicitly")
+    return parse(value, available, where="the store for this site", error=ConfigError)
 
 
 def _where(pairs: tuple[str, ...]) -> dict:
@@ -140,9 +126,10 @@ def _open(store_path: str):
 @click.option("--seed", default=0, show_default=True, help="Seed of splits, control labels, bootstrap.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory (results table, plots, maps, config).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_by, control,
-          token_type, split, n_splits, ci, where, scheduler, workers, map_samples, export_dir, baseline_store,
-          baseline_model, seed, out_dir):
+          token_type, split, n_splits, ci, where, scheduler, workers, map_samples, export_dir,
+          baseline_store, baseline_model, seed, out_dir, progress):
     """Train linear probes for every (layer, role) of a store and plot where the label is decodable."""
     from .config import ProbeConfig, SweepConfig
     from .sweep import add_baseline, sweep
@@ -160,13 +147,14 @@ def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_b
     _check_names(store, model, sconf, pconf, data_dir)
     if baseline_store is not None:  # open it first: a bad baseline store fails before any work
         _open(baseline_store)
-    table = sweep(store_path, sconf, pconf, where=wh, export_dir=export_dir, data=data_dir)
+    table = sweep(store_path, sconf, pconf, where=wh, export_dir=export_dir, data=data_dir,
+                  progress=progress)
     if table["error"].notna().all():
         raise ConfigError(f"every (layer, role) cell failed; first error: {table['error'].iloc[0]}")
     if baseline_store is not None:
         bconf = dataclasses.replace(sconf, model=baseline_model or model)
-        table = add_baseline(table, sweep(baseline_store, bconf, pconf, where=wh, data=data_dir),
-                             name="init")
+        table = add_baseline(table, sweep(baseline_store, bconf, pconf, where=wh, data=data_dir,
+                                          progress=progress), name="init")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(store, table, sconf, pconf, wh, map_samples, out, data_dir)

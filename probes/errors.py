@@ -5,7 +5,7 @@ working); the ``spatialbind`` CLI turns them into one line and exit status 1.
 """
 from __future__ import annotations
 
-import difflib
+from common import suggest  # noqa: F401  (the one implementation; re-exported here)
 
 
 class ProbeError(ValueError):
@@ -24,7 +24,3 @@ class DirectionError(ProbeError):
     """A saved direction is missing, malformed, or belongs to another model, site or width."""
 
 
-def suggest(name: str, choices) -> str:
-    """Return ' Did you mean 'x'?' for the closest of ``choices``, or an empty string."""
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""

@@ -21,8 +21,8 @@ import click
               help="Processes; the output is byte-identical for any value.")
 @click.option("--out", required=True, metavar="DIR",
               help="Dataset directory; rerunning the same command there resumes a killed run.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def generate(preset_name, config_file, n, seed, workers, out, no_progress):
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def generate(preset_name, config_file, n, seed, workers, out, progress):
     """Generate a spatial stimulus dataset (images, masks, labels, twins) into --out."""
     from .config import GenerateConfig, load_config_file
     from .dataset import read_dataset
@@ -40,7 +40,7 @@ def generate(preset_name, config_file, n, seed, workers, out, no_progress):
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1; got {workers}")
     cfg = GenerateConfig.from_dict(d)
-    path = run(cfg, out, workers=workers, progress=not no_progress)
+    path = run(cfg, out, workers=workers, progress=progress)
     ds = read_dataset(path)
     base = len(ds.base())
     click.echo(f"wrote {len(ds)} items ({base} base stimuli, {len(ds) - base} twins/extras) "

@@ -1,7 +1,7 @@
 """Errors raised by scenegen. Every message says what failed, where, and how to fix it."""
 from __future__ import annotations
 
-import difflib
+from common import suggest  # noqa: F401  (the one implementation; re-exported here)
 
 
 class SceneGenError(ValueError):
@@ -19,11 +19,6 @@ class DatasetError(SceneGenError):
 class PlacementError(SceneGenError):
     """A layout could not be placed within the bounded number of retries."""
 
-
-def suggest(name: str, choices) -> str:
-    """Return ' Did you mean 'x'?' for the closest of ``choices``, or an empty string."""
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def unknown(what: str, name: str, choices, where: str = "") -> SceneGenError:

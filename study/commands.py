@@ -30,15 +30,17 @@ import click
               show_default=True,
               help="Two-option wording: anchor (paper's Qwen2-VL prompt), direct (its Gemma-3 "
                    "prompt); auto picks direct for Gemma models.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate(model, data, out, protocol, batch_size, limit, coco_annotations, template, quiet):
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar (alias of --no-progress).")
+def evaluate(model, data, out, protocol, batch_size, limit, coco_annotations, template, progress,
+             quiet):
     """Behavioural accuracy of a VLM on a dataset or on What'sUp, with per-item predictions."""
     from .evaluate import EvalConfig, evaluate as run_evaluation
     from .evaluate_report import format_table
 
     cfg = EvalConfig(model=model, data=data, protocol=protocol or "auto", batch_size=batch_size,
                      limit=limit, coco_annotations=coco_annotations, template=template)
-    res = run_evaluation(cfg, out=out, progress=not quiet)
+    res = run_evaluation(cfg, out=out, progress=progress and not quiet)
     click.echo(format_table(res.summary))
     click.echo(f"protocol {res.protocol}; wrote {res.out}/predictions.parquet, summary.csv, "
                "summary.png, metrics.json, config.json")

@@ -159,10 +159,12 @@ def _study(model: str, cfg: DemoConfig, st: Stages, out: Path, data: Path, degra
     from vlms.extract import ExtractConfig, run_extract
     from vlms.registry import load_adapter
 
-    from interventions.ablation import AblateConfig, ablate_to_dir
-    from interventions.amplify import AmplifyConfig, amplify_to_dir
+    from interventions.ablation import AblateConfig
+    from interventions.amplification import AmplifyConfig
+    from interventions.experiments import ablate_to_dir, amplify_to_dir, patch_to_dir
+    from interventions.patching import PatchConfig
+
     from .evaluate import EvalConfig, evaluate
-    from interventions.patching import PatchConfig, patch_to_dir
 
     m = _slug(model)
     root = out / m

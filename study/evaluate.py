@@ -231,13 +231,32 @@ def _score_chunk(adapter, kind: str, system, images, chunk: Sequence[Query]) -> 
 # --------------------------------------------------------------------------- entry point
 @dataclass
 class EvalResult:
-    """What :func:`evaluate` returns: the tables it wrote and where."""
+    """What :func:`evaluate` returns: the tables (and where they were written, if anywhere).
+
+    ``save(dir)`` writes the report (``predictions.parquet``, ``summary.csv``, ``summary.png``,
+    ``metrics.json``, ``config.json``) separately from running.
+    """
 
     predictions: Any
     summary: Any
     out: Path | None
     protocol: str
     extra: dict[str, Any] = field(default_factory=dict)
+    config: EvalConfig | None = None
+    resolved: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, out: str | Path) -> Path:
+        """Write the report into ``out`` (refusing a folder holding another run's results)."""
+        from . import evaluate_report as report
+
+        if self.config is None:
+            raise EvaluationError("this EvalResult has no config to save; run evaluate(config)")
+        out = Path(out)
+        report.check_output(out, self.config)
+        report.write_report(out, self.predictions, self.summary, self.extra,
+                            asdict(self.config), self.resolved)
+        self.out = out
+        return out
 
 
 def evaluate(config: EvalConfig, *, out: str | Path | None = None, adapter=None,
@@ -250,7 +269,8 @@ def evaluate(config: EvalConfig, *, out: str | Path | None = None, adapter=None,
         What to run (model, data, protocol, batch size, limit, template).
     out
         Output folder for ``predictions.parquet``, ``summary.csv``, ``summary.png`` and
-        ``config.json``; None keeps the results in memory only.
+        ``config.json`` (checked before any work); None keeps the results in memory only
+        (``result.save(dir)`` writes them later).
     adapter
         An already loaded adapter (default: ``vlms.load_adapter(config.model)``).
     items
@@ -279,9 +299,10 @@ def evaluate(config: EvalConfig, *, out: str | Path | None = None, adapter=None,
                             progress=progress)
     preds = report.prediction_table(items, queries, results, protocol)
     summary, extra = report.summarise(preds, items, protocol)
+    resolved = {"protocol": protocol, "template": template, "n_items": len(items),
+                "n_queries": len(queries), "adapter": type(adapter).__name__}
     if out is not None:
-        resolved = {"protocol": protocol, "template": template, "n_items": len(items),
-                    "n_queries": len(queries), "adapter": type(adapter).__name__}
         report.write_report(Path(out), preds, summary, extra, asdict(config), resolved)
     return EvalResult(predictions=preds, summary=summary,
-                      out=None if out is None else Path(out), protocol=protocol, extra=extra)
+                      out=None if out is None else Path(out), protocol=protocol, extra=extra,
+                      config=config, resolved=resolved)

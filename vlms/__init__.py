@@ -2,7 +2,9 @@
 
 Importing ``vlms`` imports every sibling module (each family file registers its adapter on its
 last line), so adding a family is one new file; torch and transformers load only when a model is
-built or loaded. Entry points: :func:`load_adapter`, :func:`build_tiny`, :class:`VLMAdapter`.
+built or loaded. Entry points: :func:`load_adapter`, :func:`build_tiny`, :class:`VLMAdapter`,
+:func:`adapter_for` (a bare transformers model -> its adapter), and, loaded on first use,
+:class:`ExtractConfig` / :func:`run_extract` (extraction into the store).
 """
 from __future__ import annotations
 
@@ -39,8 +41,19 @@ def _import_siblings() -> None:
 
 _import_siblings()
 
+#: loaded on first use (extraction pulls in the store's dependencies)
+_LAZY = {"ExtractConfig": "extract", "run_extract": "extract", "extract_batch": "extract"}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'vlms' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+
+
 __all__ = [
-    "ADAPTERS", "ALIASES", "AdapterNotFoundError", "Batch", "ExtractError", "InputError",
-    "SiteError", "VLMAdapter", "VLMError", "adapter_class", "adapter_for", "build_tiny", "known_models",
-    "load_adapter", "register",
+    "ADAPTERS", "ALIASES", "AdapterNotFoundError", "Batch", "ExtractConfig", "ExtractError",
+    "InputError", "SiteError", "VLMAdapter", "VLMError", "adapter_class", "adapter_for",
+    "build_tiny", "extract_batch", "known_models", "load_adapter", "register", "run_extract",
 ]

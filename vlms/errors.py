@@ -5,7 +5,7 @@ one clean line with exit status 1.
 """
 from __future__ import annotations
 
-import difflib
+from common import suggest as _suggest
 
 
 class VLMError(ValueError):
@@ -29,8 +29,6 @@ class ExtractError(VLMError):
 
 
 def suggest(name: str, choices, n: int = 3) -> str:
-    """Return " Did you mean 'x' or 'y'?" for the closest ``choices``, or an empty string."""
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=0.4)
-    if not close:
-        return ""
-    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+    """Return " Did you mean 'x' or 'y'?" for the closest ``choices`` (model names are long and
+    alike, so up to three, looser cutoff): :func:`common.suggest` with those settings."""
+    return _suggest(name, choices, n=n, cutoff=0.4)

@@ -18,7 +18,6 @@ Token axes per site family
 from __future__ import annotations
 
 import hashlib
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,21 +81,11 @@ class ExtractConfig:
 
 
 def parse_layers(spec) -> tuple[int, ...] | None:
-    """``'0,4,8'`` / ``'0-3'`` / ``(0, 4)`` / None -> sorted tuple of ints (or None)."""
-    if spec is None or spec == "":
-        return None
-    if isinstance(spec, (tuple, list)):
-        out = {int(x) for x in spec}
-    else:
-        out = set()
-        for part in str(spec).split(","):
-            m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-            if not m:
-                raise ExtractError(f"--layers {spec!r}: {part!r} is not a layer number or a "
-                                   "range a-b; write e.g. '0,4,8' or '0-8'")
-            a, b = int(m.group(1)), int(m.group(2) or m.group(1))
-            out |= set(range(a, b + 1))
-    return tuple(sorted(out))
+    """``'0,4,8'`` / ``'0-3'`` / ``'0:3'`` / ``(0, 4)`` / None or ``'all'`` (None: every layer) ->
+    sorted tuple of ints (:func:`common.parse_layers`, the grammar every command shares)."""
+    from common import parse_layers as parse
+
+    return parse(spec, error=ExtractError)
 
 
 def parse_shard(spec) -> tuple[int, int] | None:

@@ -8,7 +8,7 @@ import torch
 
 from interventions.ablation import (AblateConfig, SITE, ablation_edits, blank_acts, references,
                                     run_e5)
-from interventions.amplify import AmplifyConfig, run_e7
+from interventions.amplification import AmplifyConfig, run_e7
 from interventions.hooks import Interchange, Patch, pairs, run
 from interventions.layout import crisscross_map
 from interventions.patching import PatchConfig, run_e2, run_e4, run_e6
@@ -209,7 +209,7 @@ def test_e7_alpha_zero_is_baseline_and_controls(qwen_setup):
 def test_e7_on_whatsup_alpha_zero_matches_evaluate(qwen_setup, tmp_path):
     from pathlib import Path
 
-    from interventions.amplify import whatsup_items
+    from interventions.amplification import whatsup_items
     from study.evaluate import EvalConfig, evaluate, load_items
 
     ad, _ = qwen_setup

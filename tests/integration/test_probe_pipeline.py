@@ -47,7 +47,7 @@ def test_generate_extract_probe_and_load_direction(tmp_path):
                               expect_site="projector")
     from types import SimpleNamespace
 
-    from interventions.amplify import load_directions
+    from interventions.amplification import load_directions
 
     w = load_directions([tmp_path / "dirs" / index[0]["path"]],
                         SimpleNamespace(name="tiny-qwen2-vl", d_lm=d.width))

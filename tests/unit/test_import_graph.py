@@ -13,18 +13,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("scenegen", "vlms", "actstore", "probes", "interventions", "study", "organisms")
+PACKAGES = ("common", "scenegen", "vlms", "actstore", "probes", "interventions", "study",
+            "organisms")
 
 #: package -> the packages of ours it may import (DESIGN.md, plus the study layer and the
-#: organisms on top). ``cli`` may import everything.
+#: organisms on top, and ``common``'s shared helpers below everything). ``cli`` may import
+#: everything.
 ALLOWED: dict[str, set[str]] = {
-    "scenegen": set(),
-    "actstore": set(),
-    "vlms": {"scenegen", "actstore"},
-    "probes": {"actstore"},
-    "interventions": {"vlms", "actstore", "probes", "scenegen"},
-    "organisms": {"vlms", "scenegen", "actstore", "probes"},
-    "study": {"scenegen", "vlms", "actstore", "probes", "interventions", "organisms"},
+    "common": set(),
+    "scenegen": {"common"},
+    "actstore": {"common"},
+    "vlms": {"common", "scenegen", "actstore"},
+    "probes": {"common", "actstore"},
+    "interventions": {"common", "vlms", "actstore", "probes", "scenegen"},
+    "organisms": {"common", "vlms", "scenegen", "actstore", "probes"},
+    "study": {"common", "scenegen", "vlms", "actstore", "probes", "interventions", "organisms"},
     "cli": set(PACKAGES),
 }
 

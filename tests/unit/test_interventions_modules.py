@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from interventions.amplify import AmplifyConfig, parse_alphas, random_control, summarize_e7
+from interventions.amplification import AmplifyConfig, parse_alphas, random_control, summarize_e7
 from interventions.errors import InterventionError
 from interventions.hooks import (AddDirection, Amplify, Interchange, Patch, Scale, pairs,
                                  parse_site)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("scenegen", "vlms", "actstore", "probes", "interventions", "study", "organisms")
+PACKAGES = ("scenegen", "vlms", "actstore", "probes", "interventions", "study", "organisms",
+            "common")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_light_packages_do_not_import_torch_or_gl(pkg):
 
 
 def test_scenegen_and_actstore_import_nothing_else_of_ours():
-    for pkg, allowed in (("scenegen", {"scenegen"}), ("actstore", {"actstore"})):
+    for pkg, allowed in (("scenegen", {"scenegen", "common"}), ("actstore", {"actstore", "common"})):
         mods = _modules_after_import(f"import {pkg}")
         ours = {m.split(".")[0] for m in mods} & set(PACKAGES)
         assert ours <= allowed, f"{pkg} imports {ours - allowed}"
