@@ -54,19 +54,19 @@ def parse_alphas(spec: str | Any) -> tuple[float, ...]:
                 a, b = parts[0], parts[1]
                 step = parts[2] if len(parts) == 3 else 1.0
                 if step <= 0:
-                    raise InterventionError(f"--alphas {spec!r}: the step must be > 0")
+                    raise InterventionError(f"alphas={spec!r}: the step must be > 0")
                 n = int(np.floor((b - a) / step + 1e-9)) + 1
                 vals = tuple(float(round(a + i * step, 10)) for i in range(max(n, 0)))
             else:
                 vals = tuple(float(x) for x in s.split(",") if x.strip())
         except ValueError:
-            raise InterventionError(f"--alphas {spec!r} is malformed; use start:stop:step "
+            raise InterventionError(f"alphas={spec!r} is malformed; use start:stop:step "
                                     "(inclusive, e.g. 0:15:1) or a list such as 0,2,4") from None
     if not vals:
-        raise InterventionError(f"--alphas {spec!r} is an empty range; give start <= stop, "
+        raise InterventionError(f"alphas={spec!r} is an empty range; give start <= stop, "
                                 "e.g. 0:15:1")
     if any(not np.isfinite(a) for a in vals):
-        raise InterventionError(f"--alphas {spec!r} contains a non-finite value")
+        raise InterventionError(f"alphas={spec!r} contains a non-finite value")
     return vals
 
 
@@ -145,10 +145,10 @@ def load_directions(paths, adapter) -> np.ndarray | dict[str, np.ndarray]:
         try:
             d = load_direction(path, expect_model=adapter.name, expect_width=adapter.d_lm)
         except ValueError as e:
-            raise InterventionError(f"--direction {path}: {e}") from None
+            raise InterventionError(f"direction={str(path)!r}: {e}") from None
         if d.site not in ENTRY_SITES:
             raise InterventionError(
-                f"--direction {path} was trained on site {d.site!r}, but E7 amplifies the LM "
+                f"direction={str(path)!r} was trained on site {d.site!r}, but E7 amplifies the LM "
                 f"input (sites {ENTRY_SITES}); export a direction trained on the projector")
         w = np.asarray(d.weights, dtype=np.float32).reshape(-1, d.width)
         axis = (d.extra or {}).get("axis")
@@ -283,7 +283,7 @@ def run_e7(adapter, data, directions, config: AmplifyConfig = AmplifyConfig(), *
 
     items = dataset_items(data, config) if hasattr(data, "stimuli") else list(data)
     if not items:
-        raise InterventionError("E7 got no items; check --data and --limit")
+        raise InterventionError("E7 got no items; check the data and limit parameters")
     counter = ForwardCounter()
     rows = []
     mods: dict[tuple, Amplify] = {}

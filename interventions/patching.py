@@ -242,7 +242,7 @@ def find_partner(ds, stim, items, prompt_kind: str, partner: str):
     if not cands:
         raise InterventionError(f"no partner for {stim.id}: the dataset has no stimulus asking "
                                 f"{opposite.get(stim.relation)!r} on the {stim.axis} axis; use "
-                                "--partner swap or generate more stimuli")
+                                "partner='swap' or generate more stimuli")
 
     def score(s):
         sc = slot_colors(s)

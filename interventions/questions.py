@@ -39,10 +39,10 @@ def parse_data(spec: str) -> tuple[str, str, str | None]:
     if root and sub and not Path(rest).exists():
         from common import suggest
 
-        raise EvaluationError(f"unknown What'sUp subset {sub!r} in --data {s!r}."
+        raise EvaluationError(f"data={s!r}: unknown What'sUp subset {sub!r}."
                               f"{suggest(sub, SUBSETS)} Known: {', '.join(SUBSETS)}")
     if not rest:
-        raise EvaluationError("--data whatsup: needs a root folder: whatsup:ROOT[:SUBSET]")
+        raise EvaluationError("data='whatsup:' needs a root folder: whatsup:ROOT[:SUBSET]")
     return "whatsup", rest, None
 
 

@@ -40,7 +40,7 @@ def prepare_out(out: str | os.PathLike) -> Path:
     """Create the output folder; refuse a path that is an existing file."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InterventionError(f"--out {out} is a file; give a folder")
+        raise InterventionError(f"out={str(out)!r} is a file; give a folder")
     out.mkdir(parents=True, exist_ok=True)
     return out
 

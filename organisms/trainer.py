@@ -365,7 +365,8 @@ def _continue_from(cfg: OrganismConfig):
     model, proc, prev = load(cfg.init_from)
     pc = prev.get("config", {})
     for k in ("arch", "mechanism", "grid", "vision_depth", "vision_dim", "lm_layers", "lm_dim"):
-        _check(pc.get(k) == getattr(cfg, k), f"--init {cfg.init_from}: its {k} is {pc.get(k)!r} "
+        _check(pc.get(k) == getattr(cfg, k), f"init_from={str(cfg.init_from)!r}: its {k} is "
+               f"{pc.get(k)!r} "
                f"but this run asks for {getattr(cfg, k)!r}; pass matching options")
     model.train()
     return model, proc, prev

@@ -63,7 +63,7 @@ def contact_sheet(path: str | os.PathLike, *, n: int = 8, out: str | os.PathLike
     import matplotlib.pyplot as plt
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise DatasetError(f"--n must be a positive int; got {n!r}")
+        raise DatasetError(f"n={n!r}: must be a positive int")
     ds = read_dataset(path)
     rows = pick(ds, n)
     out = Path(out) if out is not None else Path(path) / "contact_sheet.png"

@@ -125,8 +125,8 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True,
     if cfg_path.exists() and json.loads(cfg_path.read_text()) != mine:
         old = json.loads(cfg_path.read_text())
         diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
-        raise InterventionError(f"--out {out} holds a demo run with other options "
-                                f"({', '.join(diff)}); choose a new --out or delete it")
+        raise InterventionError(f"out={str(out)!r} holds a demo run with other options "
+                                f"({', '.join(diff)}); choose a new folder or delete it")
     cfg_path.write_text(json.dumps(mine, indent=1))
     models = cfg.models or tuple(name for name, _ in ORGANISMS)
     st = Stages(out, echo)

@@ -214,7 +214,7 @@ def check_output(out: Path, config) -> None:
     from interventions.errors import EvaluationError
 
     if out.exists() and not out.is_dir():
-        raise EvaluationError(f"--out {out} is a file; pass a folder")
+        raise EvaluationError(f"out={str(out)!r} is a file; pass a folder")
     if not out.exists() or not any(out.iterdir()):
         return
     cfg = out / "config.json"
@@ -224,15 +224,16 @@ def check_output(out: Path, config) -> None:
         except (ValueError, AttributeError):
             old = None
         if old is None:
-            raise EvaluationError(f"--out {out} holds a config.json that is not an evaluation's "
-                                  "(a dataset or another tool's output?); choose a new --out")
+            raise EvaluationError(f"out={str(out)!r} holds a config.json that is not an "
+                                  "evaluation's (a dataset or another tool's output?); choose a "
+                                  "new folder")
         if old == json.loads(json.dumps(asdict(config))):
             return
-        raise EvaluationError(f"--out {out} holds the results of a different evaluation "
-                              "(see its config.json); choose a new --out or delete that folder")
+        raise EvaluationError(f"out={str(out)!r} holds the results of a different evaluation "
+                              "(see its config.json); choose a new folder or delete that one")
     others = [p.name for p in out.iterdir() if p.name not in OUTPUT_FILES]
     if others:
-        raise EvaluationError(f"--out {out} is not empty and holds no evaluation ({others[0]}, "
+        raise EvaluationError(f"out={str(out)!r} is not empty and holds no evaluation ({others[0]}, "
                               "...); choose an empty or new folder")
 
 

@@ -74,7 +74,8 @@ class ExtractConfig:
             raise ExtractError(f"The 'store_dtype' parameter of ExtractConfig must be 'float16' "
                                f"or 'float32'. Got {self.store_dtype!r} instead.")
         if not self.sites:
-            raise ExtractError("no sites given; pass e.g. --sites projector,lm.resid")
+            raise ExtractError(f"sites={self.sites!r} gives no site; pass e.g. "
+                               "sites=('projector', 'lm.resid')")
         object.__setattr__(self, "sites", tuple(s.strip() for s in self.sites))
         object.__setattr__(self, "layers", parse_layers(self.layers))
         object.__setattr__(self, "shard", parse_shard(self.shard))
@@ -95,10 +96,10 @@ def parse_shard(spec) -> tuple[int, int] | None:
     try:
         i, n = (int(x) for x in (spec.split("/") if isinstance(spec, str) else spec))
     except (ValueError, TypeError):
-        raise ExtractError(f"--shard {spec!r} must be i/n, e.g. 0/2 and 1/2 for two "
+        raise ExtractError(f"shard={spec!r} must be i/n, e.g. 0/2 and 1/2 for two "
                            "processes") from None
     if not (n >= 1 and 0 <= i < n):
-        raise ExtractError(f"--shard {spec!r} must satisfy 0 <= i < n")
+        raise ExtractError(f"shard={spec!r} must satisfy 0 <= i < n")
     return i, n
 
 

@@ -96,3 +96,18 @@ def test_cli_maps_parameter_names_to_the_flags_given():
     gen = cli.spatialbind.get_command(None, "generate")
     assert cli.flag_message("n=500 exceeds", gen, ["--config", "c.json"]) == "n=500 exceeds"
     assert cli.flag_message("n=500 exceeds", gen, ["--n", "500"]) == "--n 500 exceeds"
+
+
+def test_library_speaks_parameters_and_the_cli_prints_the_flag(tmp_path):
+    from click.testing import CliRunner
+
+    from interventions.amplification import AmplifyConfig
+    from interventions.errors import InterventionError
+
+    with pytest.raises(InterventionError, match=r"^alphas='5:1:1' is an empty range"):
+        AmplifyConfig(alphas="5:1:1")
+    r = CliRunner().invoke(cli.spatialbind, ["amplify", "--model", "m", "--data", "d", "--out",
+                                             str(tmp_path / "x"), "--alphas", "5:1:1",
+                                             "--direction", "mean-diff"])
+    assert r.exit_code == 1
+    assert r.output.strip().startswith("Error: --alphas '5:1:1' is an empty range"), r.output
