@@ -351,7 +351,8 @@ def run(model: nn.Module, inputs: dict[str, Any], *, patches: Sequence[Patch] = 
     batch = _batch_of(inputs)
     kw = dict(inputs)
     if features is not None:
-        if any(parse_site(s)[0] in IMAGE_FAMILIES for s in [p.site for p in patches] + list(capture)):
+        sites = [p.site for p in patches] + list(capture)
+        if any(parse_site(s)[0] in IMAGE_FAMILIES for s in sites):
             raise InterventionError("a vision-block or projector patch or capture cannot be "
                                     "combined with precomputed features; drop `features=`")
         kw = image_features_kwargs(unwrap(model), inputs, features)

@@ -92,8 +92,8 @@ def scene_labels(data_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     """
     path = Path(data_dir) / "metadata.jsonl"
     if not path.is_file():
-        raise DataError(f"data={str(data_dir)!r}: no metadata.jsonl there; give the dataset directory "
-                        "that `spatialbind generate` (or an importer) wrote.")
+        raise DataError(f"data={str(data_dir)!r}: no metadata.jsonl there; give the dataset "
+                        "directory that `spatialbind generate` (or an importer) wrote.")
     rows, ents = [], []
     with open(path) as f:
         for n, line in enumerate(f, 1):

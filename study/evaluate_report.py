@@ -233,8 +233,8 @@ def check_output(out: Path, config) -> None:
                               "(see its config.json); choose a new folder or delete that one")
     others = [p.name for p in out.iterdir() if p.name not in OUTPUT_FILES]
     if others:
-        raise EvaluationError(f"out={str(out)!r} is not empty and holds no evaluation ({others[0]}, "
-                              "...); choose an empty or new folder")
+        raise EvaluationError(f"out={str(out)!r} is not empty and holds no evaluation "
+                              f"({others[0]}, ...); choose an empty or new folder")
 
 
 def write_report(out: Path, preds, summary, extra: dict, run: dict, resolved: dict) -> None:

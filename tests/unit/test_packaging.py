@@ -51,7 +51,8 @@ def test_light_packages_do_not_import_torch_or_gl(pkg):
 
 
 def test_scenegen_and_actstore_import_nothing_else_of_ours():
-    for pkg, allowed in (("scenegen", {"scenegen", "common"}), ("actstore", {"actstore", "common"})):
+    for pkg, allowed in (("scenegen", {"scenegen", "common"}),
+                         ("actstore", {"actstore", "common"})):
         mods = _modules_after_import(f"import {pkg}")
         ours = {m.split(".")[0] for m in mods} & set(PACKAGES)
         assert ours <= allowed, f"{pkg} imports {ours - allowed}"
