@@ -3,7 +3,9 @@
 Subcommands live next to the code they drive (``<package>/commands.py``) and are imported only
 when invoked, so ``spatialbind --help`` stays instant and a command's heavy dependencies (torch,
 pyrender) load only for that command. Package errors (classes defined in a package's ``errors``
-module) become one clean line and exit status 1; ``--debug`` shows the traceback instead.
+module, and ``spatialbind_io.FileError``) become one clean line and exit status 1; so does, as the
+last resort, any ``OSError`` that names a file (``spatialbind_io.describe``: the path and the
+fix). ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -50,9 +52,10 @@ class LazyGroup(click.Group):
                 raise
             if _is_ours(e):
                 raise click.ClickException(str(e)) from None
-            if isinstance(e, OSError) and getattr(e, "errno", None) == 28:
-                raise click.ClickException(
-                    f"disk full: {e}; free space and rerun the same command to resume") from None
+            if isinstance(e, OSError) and (e.filename is not None or e.errno == 28):
+                from spatialbind_io import describe
+
+                raise click.ClickException(describe(e)) from None
             raise
 
 
@@ -60,6 +63,8 @@ def _is_ours(e: BaseException) -> bool:
     for cls in type(e).__mro__:
         parts = cls.__module__.split(".")
         if parts[0] in OUR_PACKAGES and parts[-1] == "errors":
+            return True
+        if cls.__module__ == "spatialbind_io" and cls.__name__ == "FileError":
             return True
     return False
 

@@ -189,10 +189,10 @@ def ablate_to_dir(model: str, data: str, out: str, config: AblateConfig, *,
     from scenegen import read_dataset
 
     from . import plots
-    from .results import prepare_out, write_results
+    from .results import check_out, write_results
     from .stimuli import load_model
 
-    out_dir = prepare_out(out)
+    out_dir = check_out(out)  # made when the results are written
     ds = read_dataset(data)
     adapter = load_model(model)
     table, summary = run_e5(adapter, ds, config, progress=progress)

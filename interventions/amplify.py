@@ -409,7 +409,7 @@ def amplify_to_dir(model: str, data: str, out: str, config: AmplifyConfig, *,
     from scenegen import read_dataset
 
     from . import plots
-    from .results import prepare_out, write_results
+    from .results import check_out, write_results
     from .stimuli import load_model
 
     if not direction:
@@ -420,7 +420,7 @@ def amplify_to_dir(model: str, data: str, out: str, config: AmplifyConfig, *,
     if whatsup and dirs == ["mean-diff"]:
         raise InterventionError("--direction mean-diff needs a generated dataset (masks); for "
                                 "What'sUp pass a probe direction directory")
-    out_dir = prepare_out(out)
+    out_dir = check_out(out)  # made when the results are written
     adapter = load_model(model)
     if whatsup:
         ds = whatsup_items(str(data), config, model_name=model)
