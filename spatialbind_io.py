@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Iterator
 
 KILL_ENV = "SPATIALBIND_TEST_KILL_AT"
-"""``NAME``: the process SIGKILLs itself when it reaches test point NAME (tests only)."""
+"""``NAME`` or ``NAME@K``: the process SIGKILLs itself when it reaches test point NAME (the K-th
+time; default the first). Tests only."""
 PAUSE_ENV = "SPATIALBIND_TEST_PAUSE_AT"
-"""``NAME:SECONDS``: the process sleeps SECONDS at test point NAME (tests only)."""
+"""``NAME:SECONDS`` or ``NAME:PATH``: at test point NAME the process sleeps SECONDS, or until
+PATH exists (at most 10 minutes). Tests only."""
 
 
 class FileError(ValueError):
@@ -39,14 +41,23 @@ def test_point(name: str) -> None:
     written), ``generate-dirs`` (dataset subfolders made, config.json not yet written),
     ``generate-unit`` (after each unit's record is written).
     """
-    if os.environ.get(KILL_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-    pause = os.environ.get(PAUSE_ENV, "")
-    if pause.rpartition(":")[0] == name:
-        time.sleep(float(pause.rpartition(":")[2]))
+    kill = os.environ.get(KILL_ENV)
+    if kill and kill.partition("@")[0] == name:
+        _HITS[name] = _HITS.get(name, 0) + 1
+        if _HITS[name] == int(kill.partition("@")[2] or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+    point, _, arg = os.environ.get(PAUSE_ENV, "").partition(":")
+    if point == name and arg:
+        try:
+            time.sleep(float(arg))
+        except ValueError:
+            deadline = time.monotonic() + 600
+            while not os.path.exists(arg) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
 
 test_point.__test__ = False  # not a pytest test
+_HITS: dict[str, int] = {}
 
 
 _OS_FIX = {

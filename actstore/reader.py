@@ -104,8 +104,14 @@ class Store:
     def being_created(self) -> list[str]:
         """Models whose group exists but is not complete yet (being created, or its creation
         was interrupted: the next extract run rebuilds it)."""
-        return [g.attrs.get("model", key) for key, g in self._all_groups
-                if not g.attrs.get("complete")]
+        out = [g.attrs.get("model", key) for key, g in self._all_groups
+               if not g.attrs.get("complete")]
+        if "://" not in self.path:  # a creation lock beside the store: group not made yet
+            from .writer import lock_keys
+
+            have = set(map(S.model_key, [*out, *self._groups]))
+            out += [k for k in lock_keys(self.path) if k not in have]
+        return out
 
     @property
     def models(self) -> list[str]:

@@ -399,9 +399,10 @@ def _open_or_create_group(root, store, key, path, make, wait_s, notify):
     import zarr
 
     g = _complete(root, key)
-    if g is not None:
-        return g
     lock = _CreationLock(store, key, path, wait_s, notify)
+    if g is not None:
+        lock.clear_stale()  # left by a creator killed after it finished the group
+        return g
     if lock.file is None:  # no lock on this kind of store: first creator wins, others wait
         if key not in root:
             try:
@@ -440,11 +441,8 @@ class _CreationLock:
     def __init__(self, store, key, path, wait_s, notify=None):
         import zarr.storage
 
-        self.file = None
-        if isinstance(store, zarr.storage.LocalStore):
-            root = os.path.abspath(str(store.root)).rstrip(os.sep)
-            self.file = os.path.join(os.path.dirname(root),
-                                     f".{os.path.basename(root)}.{key}.creating")
+        self.file = lock_file(store.root, key) if isinstance(store, zarr.storage.LocalStore) \
+            else None
         self.where = f"{path}/{key}"
         self.wait_s = wait_s
         self.notify = notify or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -479,6 +477,16 @@ class _CreationLock:
             return None
         except ValueError:
             return {}
+
+    def clear_stale(self) -> None:
+        """Remove the lock file if its owner process is gone."""
+        if self.file is not None:
+            owner = self._owner()
+            if owner is not None and _gone(owner):
+                try:
+                    os.remove(self.file)
+                except FileNotFoundError:
+                    pass
 
     def __enter__(self):
         if self.file is None:
@@ -529,6 +537,24 @@ def _wait_complete(root, key, wait_s):
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.2)
+
+
+def lock_file(store_path, key: str) -> str:
+    """Path of the creation lock of model group ``key`` of a local store."""
+    root = os.path.abspath(str(store_path)).rstrip(os.sep)
+    return os.path.join(os.path.dirname(root), f".{os.path.basename(root)}.{key}.creating")
+
+
+def lock_keys(store_path) -> list[str]:
+    """Model keys of a local store that a creation lock says are being created right now."""
+    root = os.path.abspath(str(store_path)).rstrip(os.sep)
+    head = f".{os.path.basename(root)}."
+    try:
+        names = os.listdir(os.path.dirname(root))
+    except OSError:
+        return []
+    return sorted(n[len(head):-len(".creating")] for n in names
+                  if n.startswith(head) and n.endswith(".creating"))
 
 
 def _gone(owner: dict) -> bool:

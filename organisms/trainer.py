@@ -530,14 +530,14 @@ def load(path: str | Path):
     -------
     (model, processor, log)
     """
-    from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+    from .registry import refuse_remote_code
 
     path = Path(path)
     _check((path / "config.json").exists(), f"{path}: no config.json; expected a directory "
            "written by 'spatialbind organism train'")
-    from .registry import refuse_remote_code
-
     refuse_remote_code(path)
+    from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=False).eval()
     log = json.loads((path / "train_log.json").read_text()) if (path / "train_log.json").exists() else {}
     if type(model).__name__.startswith("Gemma3"):

@@ -229,9 +229,9 @@ def load_adapter(name_or_path: str, *, dtype: Any = None, device: Any = None,
     AdapterNotFoundError
         Unknown name (with close-name suggestions) or an architecture without adapter.
     """
+    cls, source = resolve(name_or_path)  # name errors before the (slow) torch import
     import torch
 
-    cls, source = resolve(name_or_path)
     miss = unavailable(cls)
     if miss:
         raise AdapterNotFoundError(f"model {name_or_path!r} needs {', '.join(miss)}; install "
