@@ -61,9 +61,8 @@ _HITS: dict[str, int] = {}
 
 
 _OS_FIX = {
-    errno.EACCES: "permission denied; choose a location you may {verb} or change its permissions",
-    errno.EPERM: "operation not permitted; choose a location you may {verb} or change its "
-                 "permissions",
+    errno.EACCES: "permission denied; choose another location or change its permissions",
+    errno.EPERM: "operation not permitted; choose another location or change its permissions",
     errno.EROFS: "the file system is read-only; choose a writable location",
     errno.ENOSPC: "disk full; free some space and rerun the same command (finished work is kept)",
     errno.EDQUOT: "disk quota exceeded; free some space and rerun the same command",
@@ -78,10 +77,7 @@ _OS_FIX = {
 def describe(e: OSError, path=None, action: str | None = None) -> str:
     """One line for an ``OSError``: what failed, on which path, and how to fix it."""
     where = e.filename if e.filename is not None else path
-    verb = ("write to" if action.startswith(("write", "create", "save")) else "read") \
-        if action else "use"
-    fix = _OS_FIX.get(e.errno)
-    fix = fix.format(verb=verb) if fix else f"{e.strerror or e}; check the path and rerun"
+    fix = _OS_FIX.get(e.errno) or f"{e.strerror or e}; check the path and rerun"
     return f"cannot {action or 'use'} {where if where is not None else 'a file'}: {fix}"
 
 

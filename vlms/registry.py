@@ -241,7 +241,16 @@ def load_adapter(name_or_path: str, *, dtype: Any = None, device: Any = None,
         ad = cls.tiny(seed=seed)
         ad.model.to(dtype=torch_dtype)
     else:
-        ad = cls.from_pretrained(source, dtype=torch_dtype)
+        try:
+            ad = cls.from_pretrained(source, dtype=torch_dtype)
+        except OSError as e:  # transformers: missing weights / processor files, unreachable hub
+            if e.filename is not None:
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise AdapterNotFoundError(
+                f"cannot load model {name_or_path!r}: {first.rstrip('.')}; give a directory "
+                "saved with save_pretrained (spatialbind model save) or a hub id in the local "
+                "cache") from None
     if device is not None:
         ad.model.to(device)
     ad.name = name_or_path

@@ -194,6 +194,11 @@ CASES = [
         "extract", "--model", str(_remote_code_dir(t, known_type=False)), "--data", str(w.ds),
         "--store", str(t / "st.zarr"), "--no-progress"], ("remote code", "fancy_vl"),
          absent=("st.zarr",)),
+    Case("extract-model-dir-without-weights", lambda w, t: [
+        "extract", "--model", str(_file(t, "m/config.json", json.dumps(
+            {"architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl"})).parent),
+        "--data", str(w.ds), "--store", str(t / "st.zarr"), "--no-progress"],
+         ("cannot load model", "save_pretrained"), absent=("st.zarr",)),
     Case("extract-unknown-site", lambda w, t: _ext(w, w.ds, t / "st.zarr")[:-3] + [
         "--sites", "projectr", "--no-progress"], ("projectr", "did you mean"), absent=("st.zarr",)),
     Case("extract-other-params-same-store", lambda w, t: _ext(w, w.ds, w.store,

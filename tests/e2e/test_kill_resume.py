@@ -49,6 +49,16 @@ def _run(args, **env) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
+def _here(args) -> subprocess.CompletedProcess:
+    """Run the CLI in this process (the model loads faster: torch is already imported)."""
+    from click.testing import CliRunner
+
+    from cli import spatialbind
+
+    r = CliRunner().invoke(spatialbind, [str(a) for a in args])
+    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
+
+
 def _tree(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
@@ -135,7 +145,7 @@ def test_extract_killed_at_each_moment_resumes_to_the_clean_store(data, tmp_path
     clean = tmp_path / "clean.zarr"
     procs = {name: _start(_ext(data, tmp_path / f"{name}.zarr"), SPATIALBIND_TEST_KILL_AT=point)
              for name, point in EXTRACT_KILLS.items()}
-    r = _run(_ext(data, clean))
+    r = _here(_ext(data, clean))
     assert r.returncode == 0, r.stderr
     ref = _store(clean)
     for name, p in procs.items():
@@ -146,16 +156,14 @@ def test_extract_killed_at_each_moment_resumes_to_the_clean_store(data, tmp_path
     assert lock.exists()
     assert TINY not in zarr.open_group(str(tmp_path / "store-lock.zarr"), mode="r")
     # readers see "being created" in the first two windows, not "0 models"
-    for name in ("store-lock", "store-created"):
-        q = _run(["query", tmp_path / f"{name}.zarr"])
-        if name == "store-lock":
-            assert q.returncode == 1 and "being created" in q.stderr, q.stderr
+    q = _here(["query", tmp_path / "store-lock.zarr"])
+    assert q.returncode == 1 and "being created" in q.stderr, q.stderr
     done = zarr.open_group(str(tmp_path / "after-batch.zarr"), mode="r")[TINY]["samples"]["done"][:]
     assert 0 < done.sum() < len(done)
     for name in EXTRACT_KILLS:
         store = tmp_path / f"{name}.zarr"
         t0 = time.monotonic()
-        r = _run(_ext(data, store))
+        r = _here(_ext(data, store))
         assert r.returncode == 0, f"{name}: {r.stderr}"
         assert "waiting" not in r.stderr, f"{name}: waited for a dead process: {r.stderr}"
         assert f"({len(done)}/{len(done)} done)" in r.stdout
