@@ -356,13 +356,23 @@ def check_target(path) -> None:
                          f"give a new or empty --store path")
     if names:
         meta = os.path.join(d, "zarr.json")
-        with boundary(meta, fix="it is not an activation store's: give a new or empty --store "
-                                "path", error=StoreError):
-            with open(meta, encoding="utf-8") as f:
-                attrs = json.load(f)
+        for attempt in range(_RETRIES):  # another process may be writing it this instant
+            try:
+                with boundary(meta, fix="it is not an activation store's: give a new or empty "
+                                        "--store path", error=StoreError):
+                    with open(meta, encoding="utf-8") as f:
+                        attrs = json.load(f)
+                break
+            except StoreError:
+                if attempt == _RETRIES - 1:
+                    raise
+                time.sleep(0.2)
         if not isinstance(attrs, dict) or "schema_version" not in (attrs.get("attributes") or {}):
             raise StoreError(f"--store {path} is a zarr store but not an activation store (its "
                              f"zarr.json has no schema_version); give a new or empty --store path")
+
+
+_RETRIES = 5
 
 
 def _open_root(store, path):
@@ -370,16 +380,23 @@ def _open_root(store, path):
     import zarr
 
     attrs = {"schema_version": S.SCHEMA_VERSION, "toolkit_version": S.toolkit_version()}
-    try:
-        root = zarr.open_group(store, mode="r+", zarr_format=3)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+    for attempt in range(_RETRIES):  # a zarr.json being written by another process: read again
         try:
-            root = zarr.create_group(store, zarr_format=3, attributes=attrs, overwrite=False)
-        except zarr.errors.ContainsGroupError:  # another process created it just now
-            root = zarr.open_group(store, mode="r+", zarr_format=3)
-    except (zarr.errors.NodeTypeValidationError, ValueError, TypeError):
-        raise StoreError(f"--store {path} holds a zarr.json that is not an activation store's; "
-                         f"give a new or empty --store path") from None
+            try:
+                root = zarr.open_group(store, mode="r+", zarr_format=3)
+            except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+                try:  # the root is born with our attrs: no moment where it looks foreign
+                    root = zarr.create_group(store, zarr_format=3, attributes=attrs,
+                                             overwrite=False)
+                except zarr.errors.ContainsGroupError:  # another process created it just now
+                    time.sleep(0.2)
+                    root = zarr.open_group(store, mode="r+", zarr_format=3)
+            break
+        except (zarr.errors.NodeTypeValidationError, ValueError, TypeError):
+            if attempt == _RETRIES - 1:
+                raise StoreError(f"--store {path} holds a zarr.json that is not an activation "
+                                 f"store's; give a new or empty --store path") from None
+            time.sleep(0.2)
     _check_root(root, path)
     return root
 
