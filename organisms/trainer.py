@@ -530,7 +530,7 @@ def load(path: str | Path):
     -------
     (model, processor, log)
     """
-    from .registry import refuse_remote_code
+    from vlms.registry import refuse_remote_code
 
     path = Path(path)
     _check((path / "config.json").exists(), f"{path}: no config.json; expected a directory "
