@@ -495,15 +495,51 @@ class _CreationLock:
         except ValueError:
             return {}
 
+    def _take_over(self, dead: dict) -> bool:
+        """Write ourselves into a dead owner's lock; of several processes doing this at once,
+        exactly one wins (check-and-set under ``flock`` on the lock file itself)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.file, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                now = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:
+                now = {}
+            try:  # still the dead owner's, and still the lock file at that path
+                same = now == dead and os.fstat(fd).st_ino == os.stat(self.file).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                return False
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"host": socket.gethostname(),
+                                      "pid": os.getpid()}).encode(), 0)
+            return True
+        finally:
+            os.close(fd)  # closing releases the flock
+
     def clear_stale(self) -> None:
         """Remove the lock file if its owner process is gone."""
         if self.file is not None:
             owner = self._owner()
-            if owner is not None and _gone(owner):
+            if owner is not None and self._dead(owner) and self._take_over(owner):
                 try:
                     os.remove(self.file)
                 except FileNotFoundError:
                     pass
+
+    def _dead(self, owner: dict) -> bool:
+        if owner:
+            return _gone(owner)
+        try:  # no owner written (killed between create and write, no-hard-link file systems)
+            return time.time() - os.path.getmtime(self.file) > 5.0
+        except FileNotFoundError:
+            return False
 
     def __enter__(self):
         if self.file is None:
@@ -519,11 +555,10 @@ class _CreationLock:
             owner = self._owner()
             if owner is None:  # released just now
                 continue
-            if _gone(owner):
-                try:
-                    os.remove(self.file)  # its creator was killed: take it over
-                except FileNotFoundError:
-                    pass
+            if self._dead(owner):  # its creator was killed: take the lock over
+                if self._take_over(owner):
+                    self.held = True
+                    return self
                 continue
             if time.monotonic() >= deadline:
                 raise StoreError(

@@ -122,3 +122,19 @@ def test_a_live_owner_is_waited_for_with_one_message(tmp_path):
         open_store(tmp_path / "s")
     assert os.path.exists(f)  # a live owner's lock is never removed
     np.testing.assert_equal(sorted(os.listdir(tmp_path / "s")), ["zarr.json"])
+
+
+def test_only_one_process_takes_over_a_dead_owners_lock(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    from actstore.writer import _CreationLock
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    f = _lock(tmp_path / "s", dead.pid)
+    store = zarr.storage.LocalStore(str(tmp_path / "s"))
+    a, b = (_CreationLock(store, "tiny", "s", 1, notify=lambda _: None) for _ in range(2))
+    owner = a._owner()
+    assert a._dead(owner) and b._dead(owner)  # both saw the dead owner...
+    assert a._take_over(owner) is True  # ...the first to write itself in wins,
+    assert b._take_over(owner) is False  # the second finds the lock changed under it
+    assert json.load(open(f))["pid"] == os.getpid()
