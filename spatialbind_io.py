@@ -117,9 +117,10 @@ def boundary(path, *, action: str = "read", fix: str | None = None,
         yield
     except OSError as e:
         if type(e).__module__.startswith("PIL") or e.errno is None and e.filename is None:
-            line = _decode_line(e, path, action, fix)
-            if line is None:
-                raise
+            # no errno: a library's format error (PIL's "image file is truncated", ...)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            line = _decode_line(e, path, action, fix) or \
+                f"cannot {action} {path}: {first}; {fix or 'fix it or regenerate it'}"
             raise error(line) from None
         raise error(describe(e, path, action)) from None
     except (ValueError, SyntaxError) as e:

@@ -138,3 +138,13 @@ def test_only_one_process_takes_over_a_dead_owners_lock(tmp_path):
     assert a._take_over(owner) is True  # ...the first to write itself in wins,
     assert b._take_over(owner) is False  # the second finds the lock changed under it
     assert json.load(open(f))["pid"] == os.getpid()
+
+
+def test_a_truncated_image_is_one_line(tmp_path):
+    from PIL import Image
+
+    p = tmp_path / "x.png"
+    Image.new("RGB", (64, 64), "red").save(p)
+    p.write_bytes(p.read_bytes()[:60])
+    msg = _raise_in(lambda: Image.open(p).load(), p, fix="regenerate it")
+    assert str(p) in msg and msg.endswith("regenerate it")
