@@ -3,7 +3,9 @@
 Subcommands live next to the code they drive (``<package>/commands.py``) and are imported only
 when invoked, so ``spatialbind --help`` stays instant and a command's heavy dependencies (torch,
 pyrender) load only for that command. Package errors (classes defined in a package's ``errors``
-module) become one clean line and exit status 1; ``--debug`` shows the traceback instead.
+module, and ``common.io.FileError``) become one clean line and exit status 1; so does, as the
+last resort, any ``OSError`` that names a file (``common.io.describe``: the path and the
+fix). ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -55,9 +57,10 @@ class LazyGroup(click.Group):
                 cmd = self.get_command(ctx, ctx.invoked_subcommand) \
                     if ctx.invoked_subcommand else None
                 raise click.ClickException(flag_message(str(e), cmd, argv)) from None
-            if isinstance(e, OSError) and getattr(e, "errno", None) == 28:
-                raise click.ClickException(
-                    f"disk full: {e}; free space and rerun the same command to resume") from None
+            if isinstance(e, OSError) and (e.filename is not None or e.errno == 28):
+                from common.io import describe
+
+                raise click.ClickException(describe(e)) from None
             raise
 
 
@@ -100,6 +103,8 @@ def _is_ours(e: BaseException) -> bool:
     for cls in type(e).__mro__:
         parts = cls.__module__.split(".")
         if parts[0] in OUR_PACKAGES and parts[-1] == "errors":
+            return True
+        if cls.__module__ == "common.io" and cls.__name__ == "FileError":
             return True
     return False
 

@@ -35,9 +35,13 @@ EXPORTS = ("npy", "parquet", "netcdf")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def query(store, model, site, layer, role, where, export, out, pool, include_pending, as_json):
     """Show what STORE holds (models, sites, layers, roles, counts, size), or export a selection."""
+    from common.io import check_writable
+
     from .reader import format_summary, open_store
 
     s = open_store(store)
+    if export is not None and out:
+        check_writable(out, kind="file", error=StoreError)
     selecting = any(v is not None for v in (site, layer, role, export, pool)) or bool(where)
     if not selecting:
         summ = s.summary()

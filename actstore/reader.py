@@ -16,6 +16,8 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from common.io import boundary
+
 from . import schema as S
 from .errors import StoreError, unknown
 
@@ -48,8 +50,12 @@ def open_store(path, *, storage_options: dict | None = None, direct: bool = True
     import zarr
 
     try:
-        root = zarr.open_group(S.resolve_store(path, mode="r", storage_options=storage_options),
-                               mode="r", zarr_format=3)
+        meta = f"{str(path).rstrip('/')}/zarr.json"
+        with boundary(meta, fix="it is not an activation store's: give the --store path that "
+                                "extraction wrote", error=StoreError):
+            root = zarr.open_group(S.resolve_store(path, mode="r",
+                                                   storage_options=storage_options),
+                                   mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         raise StoreError(f"no activation store at {path}: give the path of a store that "
                          f"extraction wrote (a directory with zarr.json)") from None
@@ -59,7 +65,12 @@ def open_store(path, *, storage_options: dict | None = None, direct: bool = True
     if v != S.SCHEMA_VERSION:
         raise StoreError(f"{path} has store schema version {v}; this toolkit reads version "
                          f"{S.SCHEMA_VERSION}: re-extract it, or use the toolkit version that wrote it")
-    return Store(root, str(path), storage_options, direct=direct)
+    store = Store(root, str(path), storage_options, direct=direct)
+    if not store.models and store.being_created:
+        raise StoreError(f"{path} is being created: model group(s) {store.being_created} are "
+                         f"not complete yet; wait for the extraction to start writing, or rerun "
+                         f"the same extract command if it was interrupted")
+    return store
 
 
 class Store:
@@ -78,11 +89,28 @@ class Store:
 
     # ------------------------------------------------------------------ catalogue
     @cached_property
+    def _all_groups(self) -> list[tuple[str, object]]:
+        return sorted(self.root.groups())
+
+    @cached_property
     def _groups(self) -> dict[str, object]:
         out = {}
-        for key, g in sorted(self.root.groups()):
+        for key, g in self._all_groups:
             if g.attrs.get("complete"):
                 out[g.attrs.get("model", key)] = g
+        return out
+
+    @property
+    def being_created(self) -> list[str]:
+        """Models whose group exists but is not complete yet (being created, or its creation
+        was interrupted: the next extract run rebuilds it)."""
+        out = [g.attrs.get("model", key) for key, g in self._all_groups
+               if not g.attrs.get("complete")]
+        if "://" not in self.path:  # a creation lock beside the store: group not made yet
+            from .writer import lock_keys
+
+            have = set(map(S.model_key, [*out, *self._groups]))
+            out += [k for k in lock_keys(self.path) if k not in have]
         return out
 
     @property
@@ -104,6 +132,11 @@ class Store:
             return next(iter(self._groups.values()))
         if model in self._groups:
             return self._groups[model]
+        if model in self.being_created or S.model_key(model) in map(S.model_key,
+                                                                  self.being_created):
+            raise StoreError(f"model {model!r} in {self.path} is being created (its group is not "
+                             f"complete yet); wait for the extraction to start writing, or rerun "
+                             f"the same extract command if it was interrupted")
         for g in self._groups.values():
             if S.model_key(model) == S.model_key(g.attrs["model"]):
                 return g
@@ -405,6 +438,7 @@ class Store:
                               if n and c != S.PAD},
                     "bytes": int(g[spec.name]["acts"].nbytes_stored())}
             out["models"][name] = m
+        out["being_created"] = self.being_created
         return out
 
     def nbytes(self) -> int:
@@ -448,7 +482,10 @@ def format_summary(summary: dict) -> str:
                          f"{s['hidden']}  {s['dtype']}  {_human(s['bytes'])}")
             roles = ", ".join(f"{r} {n}" for r, n in s["roles"].items()) or "(no tokens yet)"
             lines.append(f"    roles: {roles}")
-    if not summary["models"]:
+    for name in summary.get("being_created", []):
+        lines.append(f"model {name}  being created (not complete yet; an interrupted creation is "
+                     f"rebuilt by rerunning the same extract command)")
+    if not summary["models"] and not summary.get("being_created"):
         lines.append("(no models yet)")
     return "\n".join(lines)
 

@@ -11,12 +11,17 @@ processes, via ``shard=(i, n)``) what is left.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import socket
+import sys
 import time
 from typing import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
+
+from common.io import boundary, test_point
 
 from . import schema as S
 from .errors import StoreError
@@ -42,7 +47,8 @@ class StoreWriter:
     def open_or_create(cls, path, *, model: str, provenance: Mapping, samples: pd.DataFrame,
                        sites: list[S.SiteSpec], params: Mapping | None = None,
                        batch_size: int = 16, inner_samples: int = 1,
-                       storage_options: dict | None = None, wait_s: float = 30.0) -> "StoreWriter":
+                       storage_options: dict | None = None, wait_s: float = 600.0,
+                       notify=None) -> "StoreWriter":
         """Open the model group of a store for writing, creating and pre-allocating it if needed.
 
         Parameters
@@ -66,7 +72,10 @@ class StoreWriter:
             Samples per inner chunk of a shard (1: smallest single-sample reads through zarr; the
             whole shard measured the same in ``benchmarks/bench_store_query.py``).
         wait_s : float
-            How long to wait for another process that is creating the same group.
+            How long to wait for another live process that is creating the same group (a lock
+            whose process is gone is taken over at once).
+        notify : callable, optional
+            Gets one line when this call waits for another process (default: stderr).
 
         Returns
         -------
@@ -89,39 +98,20 @@ class StoreWriter:
         if not isinstance(inner_samples, int) or inner_samples < 1 or batch_size % inner_samples:
             raise StoreError(f"inner_samples must divide batch_size={batch_size}; got {inner_samples!r}")
         key = S.model_key(model)
-        store = S.resolve_store(path, mode="a", storage_options=storage_options)
+        check_target(path)
         make = dict(model=model, prov=prov, frame=frame, specs=specs, params=params,
                     batch_size=batch_size, inner_samples=inner_samples)
-        try:
+        with boundary(path, action="write", error=StoreError):
+            store = S.resolve_store(path, mode="a", storage_options=storage_options)
+            root = _open_root(store, path)
             try:
-                root = zarr.open_group(store, mode="a", zarr_format=3)
-            except zarr.errors.ContainsGroupError:  # another process created the root just now
-                time.sleep(0.2)
-                root = zarr.open_group(store, mode="r+", zarr_format=3)
-            if root.attrs.get("schema_version") is None and len(list(root.keys())):
-                # our metadata may predate another writer's: it stamps the root's attrs before it
-                # makes any child, so a fresh read tells a racing creator from a foreign group
-                root = zarr.open_group(store, mode="r+", zarr_format=3)
-            _check_root(root, path)
-            if key not in root:
-                with _CreationLock(store, key, wait_s) as mine:
-                    if mine and key not in root:
-                        _create(root, key, **make)
-            group = _wait_complete(root, key, path, wait_s)
-            if group is None:  # a creation that was interrupted (crash, disk full): nothing done yet
-                with _CreationLock(store, key, wait_s) as mine:
-                    if not mine:
-                        raise StoreError(f"another process is (re)creating {path}/{key}; rerun "
-                                         f"when it has started writing")
-                    if not root[key].attrs.get("complete"):
-                        del root[key]
-                        _create(root, key, **make)
-                group = root[key]
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise StoreError(f"disk full while creating {path}/{key}: free space and rerun the "
-                                 f"same command (the half-made group is rebuilt)") from None
-            raise
+                group = _open_or_create_group(root, store, key, path, make, wait_s, notify)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise StoreError(f"disk full while creating {path}/{key}: free space and "
+                                     f"rerun the same command (the half-made group is "
+                                     f"rebuilt)") from None
+                raise
         _check_compatible(group, path, key, prov=prov, frame=frame, specs=specs, params=params)
         return cls(path=str(path), root=root, group=group, specs=specs,
                    n_samples=len(frame), batch_size=int(group.attrs["batch_size"]))
@@ -347,44 +337,239 @@ def _write_label(sg, col, series: pd.Series, batch_size):
         arr[:] = vals
 
 
-class _CreationLock:
-    """Exclusive right to create a model group, for processes started together (``--shard i/n``).
+def check_target(path) -> None:
+    """Refuse a local path that is neither missing, an empty directory nor a zarr store (the
+    schema is checked once the root is open): never write into someone else's files."""
+    p = str(path)
+    if "://" in p and not p.startswith("file://"):
+        return
+    d = p[len("file://"):] if p.startswith("file://") else p
+    if not os.path.exists(d):
+        return
+    if not os.path.isdir(d):
+        raise StoreError(f"--store {path} is a file, not an activation store; give a new or "
+                         f"empty directory (or an existing store)")
+    names = [n for n in os.listdir(d) if not n.startswith(".")]
+    if names and "zarr.json" not in names:
+        raise StoreError(f"--store {path} is not an activation store (it holds "
+                         f"{', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''}); "
+                         f"give a new or empty --store path")
+    if names:
+        meta = os.path.join(d, "zarr.json")
+        for attempt in range(_RETRIES):  # another process may be writing it this instant
+            try:
+                with boundary(meta, fix="it is not an activation store's: give a new or empty "
+                                        "--store path", error=StoreError):
+                    with open(meta, encoding="utf-8") as f:
+                        attrs = json.load(f)
+                break
+            except StoreError:
+                if attempt == _RETRIES - 1:
+                    raise
+                time.sleep(0.2)
+        if not isinstance(attrs, dict) or "schema_version" not in (attrs.get("attributes") or {}):
+            raise StoreError(f"--store {path} is a zarr store but not an activation store (its "
+                             f"zarr.json has no schema_version); give a new or empty --store path")
 
-    Local stores use an ``O_EXCL`` lock file beside the store (stale after ``wait_s``); other
-    stores have no atomic create, so every process "holds" it and zarr's own existence checks
-    decide (create the store from one process first there).
+
+_RETRIES = 5
+
+
+def _open_root(store, path):
+    """Open the store's root group, creating it with our attributes in one write if missing."""
+    import zarr
+
+    attrs = {"schema_version": S.SCHEMA_VERSION, "toolkit_version": S.toolkit_version()}
+    for attempt in range(_RETRIES):  # a zarr.json being written by another process: read again
+        try:
+            try:
+                root = zarr.open_group(store, mode="r+", zarr_format=3)
+            except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+                try:  # the root is born with our attrs: no moment where it looks foreign
+                    root = zarr.create_group(store, zarr_format=3, attributes=attrs,
+                                             overwrite=False)
+                except zarr.errors.ContainsGroupError:  # another process created it just now
+                    time.sleep(0.2)
+                    root = zarr.open_group(store, mode="r+", zarr_format=3)
+            break
+        except (zarr.errors.NodeTypeValidationError, ValueError, TypeError):
+            if attempt == _RETRIES - 1:
+                raise StoreError(f"--store {path} holds a zarr.json that is not an activation "
+                                 f"store's; give a new or empty --store path") from None
+            time.sleep(0.2)
+    _check_root(root, path)
+    return root
+
+
+def _complete(root, key):
+    try:
+        g = root[key]
+    except (KeyError, ValueError):  # not there, or its metadata is being written
+        return None
+    return g if g.attrs.get("complete") else None
+
+
+def _open_or_create_group(root, store, key, path, make, wait_s, notify):
+    """The complete model group ``key``: made here under the creation lock when it is missing,
+    or rebuilt when a killed creator left it half-made (the lock tells a live creator from a
+    dead one)."""
+    import zarr
+
+    g = _complete(root, key)
+    lock = _CreationLock(store, key, path, wait_s, notify)
+    if g is not None:
+        lock.clear_stale()  # left by a creator killed after it finished the group
+        return g
+    if lock.file is None:  # no lock on this kind of store: first creator wins, others wait
+        if key not in root:
+            try:
+                _create(root, key, **make)
+            except zarr.errors.ContainsGroupError:
+                pass
+        g = _wait_complete(root, key, min(wait_s, 30.0))
+        if g is None:  # left half-made by a creator that died
+            del root[key]
+            _create(root, key, **make)
+            g = root[key]
+        return g
+    with lock:
+        g = _complete(root, key)
+        if g is not None:  # made by the process we waited for
+            return g
+        test_point("store-lock")
+        if key in root:  # half-made by a creator that is gone: rebuild it
+            del root[key]
+        _create(root, key, **make)
+        test_point("store-created")
+        return root[key]
+
+
+class _CreationLock:
+    """Exclusive right to create a model group (``--shard i/n`` processes start together).
+
+    Local stores: a lock file beside the store (zarr would warn about unknown entries inside
+    it), made atomically with its owner's host and PID in it. A lock whose owner is gone (same
+    host, no such process) is taken over at once; a live owner is waited for (one line through
+    ``notify``), at most ``wait_s`` seconds. Other stores have no atomic create: every process
+    "holds" the lock there and zarr's existence checks decide (create the store from one
+    process first).
     """
 
-    def __init__(self, store, key, wait_s):
+    def __init__(self, store, key, path, wait_s, notify=None):
         import zarr.storage
 
-        self.file = None
-        if isinstance(store, zarr.storage.LocalStore):
-            root = os.path.abspath(str(store.root)).rstrip(os.sep)  # beside the store: zarr
-            self.file = os.path.join(os.path.dirname(root),   # warns about unknown entries in it
-                                     f".{os.path.basename(root)}.{key}.creating")
+        self.file = lock_file(store.root, key) if isinstance(store, zarr.storage.LocalStore) \
+            else None
+        self.where = f"{path}/{key}"
         self.wait_s = wait_s
+        self.notify = notify or (lambda line: print(line, file=sys.stderr, flush=True))
         self.held = False
 
-    def __enter__(self) -> bool:
+    def _try(self) -> bool:
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
+        tmp = f"{self.file}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(me)
+        try:
+            os.link(tmp, self.file)  # atomic, fails if the lock exists: never an empty lock
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here: exclusive create, then the owner
+            try:
+                fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(me)
+            return True
+        finally:
+            os.remove(tmp)
+
+    def _owner(self) -> dict | None:
+        try:
+            with open(self.file, "rb") as f:
+                return json.loads(f.read() or b"{}")
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}
+
+    def _take_over(self, dead: dict) -> bool:
+        """Write ourselves into a dead owner's lock; of several processes doing this at once,
+        exactly one wins (check-and-set under ``flock`` on the lock file itself)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.file, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                now = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:
+                now = {}
+            try:  # still the dead owner's, and still the lock file at that path
+                same = now == dead and os.fstat(fd).st_ino == os.stat(self.file).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                return False
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"host": socket.gethostname(),
+                                      "pid": os.getpid()}).encode(), 0)
+            return True
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def clear_stale(self) -> None:
+        """Remove the lock file if its owner process is gone."""
+        if self.file is not None:
+            owner = self._owner()
+            if owner is not None and self._dead(owner) and self._take_over(owner):
+                try:
+                    os.remove(self.file)
+                except FileNotFoundError:
+                    pass
+
+    def _dead(self, owner: dict) -> bool:
+        if owner:
+            return _gone(owner)
+        try:  # no owner written (killed between create and write, no-hard-link file systems)
+            return time.time() - os.path.getmtime(self.file) > 5.0
+        except FileNotFoundError:
+            return False
+
+    def __enter__(self):
         if self.file is None:
             self.held = True
-            return True
+            return self
         os.makedirs(os.path.dirname(self.file), exist_ok=True)
-        for _ in range(2):
-            try:
-                os.close(os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        deadline = time.monotonic() + self.wait_s
+        told = False
+        while True:
+            if self._try():
                 self.held = True
-                return True
-            except FileExistsError:
-                try:
-                    age = time.time() - os.path.getmtime(self.file)
-                except FileNotFoundError:
-                    continue
-                if age <= max(self.wait_s, 1.0):
-                    return False
-                os.remove(self.file)  # left by a creator that died
-        return False
+                return self
+            owner = self._owner()
+            if owner is None:  # released just now
+                continue
+            if self._dead(owner):  # its creator was killed: take the lock over
+                if self._take_over(owner):
+                    self.held = True
+                    return self
+                continue
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"{self.where} is still being created by process {owner.get('pid')} on "
+                    f"{owner.get('host')} after {self.wait_s:.0f} s; rerun when it has "
+                    f"finished, or delete {self.file} if that process no longer exists")
+            if not told:
+                self.notify(f"waiting for process {owner.get('pid')} on {owner.get('host')}, "
+                            f"which is creating {self.where} (lock {self.file})")
+                told = True
+            time.sleep(0.2)
 
     def __exit__(self, *exc):
         if self.held and self.file is not None:
@@ -394,19 +579,47 @@ class _CreationLock:
                 pass
 
 
-def _wait_complete(root, key, path, wait_s):
+def _wait_complete(root, key, wait_s):
     """Return the group once its creation has completed, or None if it stays half-made."""
     deadline = time.monotonic() + wait_s
     while True:
-        try:
-            g = root[key]
-        except (KeyError, ValueError):  # not there yet, or its metadata is being written
-            g = None
-        if g is not None and g.attrs.get("complete"):
+        g = _complete(root, key)
+        if g is not None:
             return g
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.2)
+
+
+def lock_file(store_path, key: str) -> str:
+    """Path of the creation lock of model group ``key`` of a local store."""
+    root = os.path.abspath(str(store_path)).rstrip(os.sep)
+    return os.path.join(os.path.dirname(root), f".{os.path.basename(root)}.{key}.creating")
+
+
+def lock_keys(store_path) -> list[str]:
+    """Model keys of a local store that a creation lock says are being created right now."""
+    root = os.path.abspath(str(store_path)).rstrip(os.sep)
+    head = f".{os.path.basename(root)}."
+    try:
+        names = os.listdir(os.path.dirname(root))
+    except OSError:
+        return []
+    return sorted(n[len(head):-len(".creating")] for n in names
+                  if n.startswith(head) and n.endswith(".creating"))
+
+
+def _gone(owner: dict) -> bool:
+    """Whether a lock's owner process no longer exists (only decidable on this host)."""
+    if owner.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, TypeError, ValueError):
+        return not isinstance(owner.get("pid"), int)
+    return False
 
 
 # ---------------------------------------------------------------------- checks
@@ -414,11 +627,9 @@ def _wait_complete(root, key, path, wait_s):
 def _check_root(root, path):
     v = root.attrs.get("schema_version")
     if v is None:
-        if len(list(root.keys())):
-            raise StoreError(f"{path} is a zarr group but not an activation store (no schema_version "
-                             f"attr); give a new or empty --store path")
-        root.attrs.update({"schema_version": S.SCHEMA_VERSION, "toolkit_version": S.toolkit_version()})
-    elif v != S.SCHEMA_VERSION:
+        raise StoreError(f"{path} is a zarr group but not an activation store (no schema_version "
+                         f"attr); give a new or empty --store path")
+    if v != S.SCHEMA_VERSION:
         raise StoreError(f"{path} has store schema version {v}, this toolkit writes version "
                          f"{S.SCHEMA_VERSION}; write to a new --store path (or re-extract)")
 

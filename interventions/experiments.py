@@ -152,9 +152,9 @@ def patch_to_dir(model: str, data: str, out: str, config, *,
                  progress: bool = True) -> dict:
     """``spatialbind patch``: :func:`patch` then ``.save(out)``
     (table, summary, config and plots). Returns the summary."""
-    from .results import prepare_out
+    from .results import check_out
 
-    prepare_out(out)  # a bad --out fails before the model loads
+    check_out(out)  # a bad --out fails before the model loads, and no empty folder is left
     res = patch(config, model=model, data=data, progress=progress)
     res.save(out)
     return res.summary
@@ -164,9 +164,9 @@ def ablate_to_dir(model: str, data: str, out: str, config, *,
                   progress: bool = True) -> dict:
     """``spatialbind ablate``: :func:`ablate` then ``.save(out)``
     (table, summary, config and plot). Returns the summary."""
-    from .results import prepare_out
+    from .results import check_out
 
-    prepare_out(out)  # a bad --out fails before the model loads
+    check_out(out)  # a bad --out fails before the model loads, and no empty folder is left
     res = ablate(config, model=model, data=data, progress=progress)
     res.save(out)
     return res.summary
@@ -180,7 +180,7 @@ def amplify_to_dir(model: str, data: str, out: str, config, *,
     ``direction`` is one or more direction directories (``probes`` export), or ``"mean-diff"``
     for the in-house mean-difference directions from the dataset's train split.
     """
-    from .results import prepare_out
+    from .results import check_out
 
     if not direction:
         raise InterventionError("--direction is required: a probe direction directory "
@@ -189,7 +189,7 @@ def amplify_to_dir(model: str, data: str, out: str, config, *,
     if str(data).startswith("whatsup:") and dirs == ["mean-diff"]:
         raise InterventionError("--direction mean-diff needs a generated dataset (masks); for "
                                 "What'sUp pass a probe direction directory")
-    prepare_out(out)  # a bad --out fails before the model loads
+    check_out(out)  # a bad --out fails before the model loads, and no empty folder is left
     res = amplify(config, model=model, data=str(data), directions=dirs, progress=progress)
     res.save(out)
     return res.summary

@@ -36,11 +36,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+def check_out(out: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output folder that is a file or cannot be written; creates
+    nothing (a run that fails validation leaves no empty folder behind)."""
+    from common.io import check_writable
+
+    return check_writable(out, what="--out", kind="dir", error=InterventionError)
+
+
 def prepare_out(out: str | os.PathLike) -> Path:
     """Create the output folder; refuse a path that is an existing file."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InterventionError(f"out={str(out)!r} is a file; give a folder")
+    out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -531,18 +531,21 @@ def load(path: str | Path):
     -------
     (model, processor, log)
     """
-    from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+    from vlms.registry import refuse_remote_code
 
     path = Path(path)
     _check((path / "config.json").exists(), f"{path}: no config.json; expected a directory "
            "written by 'spatialbind organism train'")
+    refuse_remote_code(path)
+    from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=False).eval()
     log = json.loads((path / "train_log.json").read_text()) if (path / "train_log.json").exists() else {}
     if type(model).__name__.startswith("Gemma3"):
         from transformers import AutoProcessor
         return model, AutoProcessor.from_pretrained(path, trust_remote_code=False), log
-    tok = AutoTokenizer.from_pretrained(path)
-    ip = Qwen2VLImageProcessorPil.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    ip = Qwen2VLImageProcessorPil.from_pretrained(path, trust_remote_code=False)
     tmpl = (path / "chat_template.jinja").read_text() if (path / "chat_template.jinja").exists() \
         else QWEN_TEMPLATE
     proc = image_only_processor_class()(image_processor=ip, tokenizer=tok, chat_template=tmpl)

@@ -135,6 +135,9 @@ def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_b
     from .sweep import add_baseline, sweep
     from .outputs import write_outputs
 
+    from common.io import check_writable
+
+    check_writable(out_dir, what="--out", error=ConfigError)  # before the sweep, not after
     store = _open(store_path)
     available = list(store.layers(model, site)) if hasattr(store, "layers") else None
     pconf = ProbeConfig(split=split, n_splits=n_splits, group_by=_csv(group_by), control=control,

@@ -407,10 +407,13 @@ def load_config_file(path) -> dict[str, Any]:
     import json
     from pathlib import Path
 
+    from common.io import boundary
+
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist; pass an existing YAML or JSON file")
-    text = p.read_text()
+    with boundary(p, fix="save it as UTF-8 YAML or JSON", error=ConfigError):
+        text = p.read_text(encoding="utf-8")
     try:
         if p.suffix.lower() == ".json":
             data = json.loads(text)

@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
+from common.io import boundary, test_point
+
 from .errors import DatasetError
 from .record import Rendered, Stimulus, dumps
 
@@ -155,6 +157,8 @@ def prepare_output(out: Path, config: dict[str, Any]) -> str:
     out = Path(out)
     h = config_hash(config)
     cfg_file = out / "config.json"
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"output {out} is a file; choose a new or empty directory for --out")
     if cfg_file.exists():
         try:
             old = json.loads(cfg_file.read_text())
@@ -171,17 +175,32 @@ def prepare_output(out: Path, config: dict[str, Any]) -> str:
                 "delete the old directory"
             )
         return h
-    if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+    if out.exists() and not _only_our_empty_subdirs(out):
         raise DatasetError(
             f"output directory {out} is not empty and holds no spatialbind dataset; "
             "choose an empty or new --out"
         )
     for sub in ("images", "masks", "parts"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    test_point("generate-dirs")
     meta = {"format_version": FORMAT_VERSION, "toolkit_version": _toolkit_version(),
             "hash": h, "config": config}
     _atomic_write(cfg_file, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return h
+
+
+def _only_our_empty_subdirs(out: Path) -> bool:
+    """True when ``out`` holds nothing but hidden temp files and the empty subfolders a killed
+    run makes before its config.json (so the same command may start there again)."""
+    for p in out.iterdir():
+        if p.name.startswith("."):
+            continue
+        if not (p.name in _SUBDIRS and p.is_dir() and not any(p.iterdir())):
+            return False
+    return True
+
+
+_SUBDIRS = ("images", "masks", "parts", "depth")
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> str:
@@ -221,9 +240,15 @@ def write_dataset(
     limit
         Stop after this many units in this call (for tests of resumption).
     """
+    out = Path(out)
+    with boundary(out, action="write", error=DatasetError):
+        return _write_dataset(gen, out, config=config, factory=factory, workers=workers,
+                              progress=progress, limit=limit)
+
+
+def _write_dataset(gen, out: Path, *, config, factory, workers, progress, limit) -> Path:
     from tqdm.auto import tqdm
 
-    out = Path(out)
     prepare_output(out, config)
     _remove_stale_temps(out)
     jobs: list[tuple[str, int | None]] = [("extras", None)] + [
@@ -240,6 +265,7 @@ def write_dataset(
             if workers <= 1 or len(todo) == 1:
                 for key, idx in todo:
                     _do_unit(out, gen, key, idx)
+                    test_point("generate-unit")
                     bar.update(1)
             else:
                 if factory is None:
@@ -367,13 +393,21 @@ class Dataset:
     def mask(self, stim: Stimulus | str) -> np.ndarray:
         """``(H, W)`` integer instance mask (0 = background)."""
         stim = self[stim] if isinstance(stim, str) else stim
-        return np.asarray(self._load(stim.mask_file_name, stim, "mask")).astype(np.int32)
+        m = np.asarray(self._load(stim.mask_file_name, stim, "mask")).astype(np.int32)
+        if m.shape[:2] != (stim.height, stim.width):
+            raise DatasetError(
+                f"mask of stimulus {stim.id} ({self.root / stim.mask_file_name}) is "
+                f"{m.shape[1]}x{m.shape[0]} but its image is {stim.width}x{stim.height} "
+                "(metadata.jsonl); regenerate the mask at the image's size")
+        return m
 
     def depth(self, stim: Stimulus | str) -> np.ndarray | None:
         stim = self[stim] if isinstance(stim, str) else stim
         if stim.depth_file_name is None:
             return None
-        return np.load(self.root / stim.depth_file_name, allow_pickle=False)
+        path = self.root / stim.depth_file_name
+        with boundary(path, fix="regenerate the dataset", error=DatasetError):
+            return np.load(path, allow_pickle=False)
 
 
 def read_dataset(path: str | os.PathLike) -> Dataset:
@@ -385,16 +419,40 @@ def read_dataset(path: str | os.PathLike) -> Dataset:
                 if (root / "parts").exists() else "")
         raise DatasetError(f"{root} is not a spatialbind dataset: {meta} is missing{hint}")
     stimuli = []
-    for n, line in enumerate(meta.read_text().splitlines(), 1):
+    with boundary(meta, fix="fix or regenerate it", error=DatasetError):
+        text = meta.read_text(encoding="utf-8")
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            stimuli.append(Stimulus.from_dict(json.loads(line)))
+            stim = Stimulus.from_dict(json.loads(line))
         except (ValueError, TypeError) as e:
             raise DatasetError(f"{meta}:{n}: malformed record ({e}); fix or regenerate it") from None
+        check_inside(root, stim, f"{meta}:{n}")
+        stimuli.append(stim)
     cfg: dict[str, Any] = {}
     h = ""
-    if (root / "config.json").exists():
-        c = json.loads((root / "config.json").read_text())
+    cfg_file = root / "config.json"
+    if cfg_file.exists():
+        with boundary(cfg_file, fix="regenerate the dataset (or restore its config.json)",
+                      error=DatasetError):
+            c = json.loads(cfg_file.read_text(encoding="utf-8"))
+        if not isinstance(c, dict):
+            raise DatasetError(f"{cfg_file} is not a spatialbind dataset config (a JSON object); "
+                               "regenerate the dataset (or restore its config.json)")
         cfg, h = c.get("config", {}), c.get("hash", "")
     return Dataset(root=root, stimuli=stimuli, config=cfg, config_hash=h)
+
+
+def check_inside(root: Path, stim: Stimulus, where: str) -> None:
+    """Refuse a record whose file paths are absolute or lead outside the dataset directory."""
+    for field in ("file_name", "mask_file_name", "depth_file_name"):
+        rel = getattr(stim, field)
+        if rel is None:
+            continue
+        p = Path(rel)
+        if p.is_absolute() or ".." in p.parts or p.drive:
+            raise DatasetError(
+                f"{where}: {field} {rel!r} of stimulus {stim.id} points outside the dataset "
+                f"directory {root} (absolute paths and '..' are refused); keep every file "
+                "inside the dataset directory and give its path relative to it")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.io import boundary, check_writable
+
 from .dataset import Dataset, read_dataset
 from .errors import DatasetError
 
@@ -64,9 +66,13 @@ def contact_sheet(path: str | os.PathLike, *, n: int = 8, out: str | os.PathLike
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise DatasetError(f"n={n!r}: must be a positive int")
-    ds = read_dataset(path)
-    rows = pick(ds, n)
     out = Path(out) if out is not None else Path(path) / "contact_sheet.png"
+    if out.is_dir():
+        raise DatasetError(f"--out {out} is a directory; give the PNG file to write, e.g. "
+                           f"{out / 'contact_sheet.png'}")
+    ds = read_dataset(path)
+    check_writable(out, kind="file", error=DatasetError)
+    rows = pick(ds, n)
     twin_lists = [ds.twins(s.id)[:3] if twins else [] for s in rows]
     n_twin = max((len(t) for t in twin_lists), default=0)
     ncol = 3 + n_twin
@@ -101,8 +107,9 @@ def contact_sheet(path: str | os.PathLike, *, n: int = 8, out: str | os.PathLike
         for j in range(2 + len(tw), ncol - 1):
             ax[j].axis("off")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    with boundary(out, action="write", error=DatasetError):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=90, format="png")
     plt.close(fig)
     return out
 

@@ -49,9 +49,12 @@ def save(name: str, directory: str, seed: int, dtype: str, force: bool) -> None:
     from .errors import VLMError
     from .registry import load_adapter
 
+    from common.io import check_writable
+
     out = Path(directory)
     if out.exists() and any(out.iterdir()) and not force:
         raise VLMError(f"{out} is not empty; choose an empty directory or pass --force")
+    check_writable(out, what="DIRECTORY", error=VLMError)
     ad = load_adapter(name, dtype=dtype, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     ad.save(out)

@@ -238,8 +238,9 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None 
     dict
         ``written`` (samples this call), ``done`` and ``total`` (samples in the store).
     """
-    from actstore import StoreWriter, estimate_bytes
+    from actstore import StoreWriter, check_target, estimate_bytes
     from scenegen import read_dataset
+    from common.io import check_writable, test_point
     from tqdm.auto import tqdm
 
     from .registry import load_adapter
@@ -248,6 +249,8 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None 
     stimuli = list(ds.stimuli)
     if not stimuli:
         raise ExtractError(f"{cfg.data} holds no stimuli; nothing to extract")
+    check_target(cfg.store)  # refuse a bad --store before the model loads
+    check_writable(cfg.store, what="--store", error=ExtractError)
     prompts = [choose_prompt(s, cfg.prompt_kind) for s in stimuli]
     ad = adapter or load_adapter(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
     plan = plan_sites(ad, cfg.sites, cfg.layers)
@@ -283,6 +286,7 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None 
             if pending is not None:
                 written += pending.result()
                 bar.update(n_pending)
+                test_point("extract-batch")
             pending, n_pending = pool.submit(w.write, idx, acts, tokens), len(idx)
         if pending is not None:
             written += pending.result()

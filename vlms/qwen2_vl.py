@@ -153,7 +153,7 @@ class Qwen2VLAdapter(VLMAdapter):
 
     @classmethod
     def load_processor(cls, source: str):
-        return image_only_processor_class().from_pretrained(source)
+        return image_only_processor_class().from_pretrained(source, trust_remote_code=False)
 
     # ------------------------------------------------------------------ tiny build
     @classmethod

@@ -113,6 +113,42 @@ def not_found(name: str, why: str = "") -> AdapterNotFoundError:
         "save_pretrained (see `spatialbind model list`)")
 
 
+def refuse_remote_code(path: Path) -> None:
+    """Refuse a model directory whose config asks for code shipped with the weights.
+
+    Every ``from_pretrained`` here passes ``trust_remote_code=False``; this says so in one line
+    up front instead of a transformers traceback: a config with an ``auto_map``, or a
+    ``model_type`` this transformers does not know, needs remote code.
+    """
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        return
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except ValueError:
+        raise AdapterNotFoundError(f"{cfg_file} is not valid JSON; re-save the model with "
+                                   "save_pretrained") from None
+    if not isinstance(cfg, dict):
+        raise AdapterNotFoundError(f"{cfg_file} is not a model config (a JSON object); re-save "
+                                   "the model with save_pretrained")
+    why = ""
+    if cfg.get("auto_map"):
+        why = f"auto_map {sorted(cfg['auto_map'])}"
+    else:
+        mt = cfg.get("model_type")
+        if mt:
+            try:
+                from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+            except ImportError:  # transformers missing: load_adapter says what to install
+                return
+            if mt not in CONFIG_MAPPING_NAMES:
+                why = f"model_type {mt!r}, which this transformers does not know"
+    if why:
+        raise AdapterNotFoundError(
+            f"{cfg_file} asks for remote code ({why}); remote code is refused (models load with "
+            "trust_remote_code=False): use a model whose architecture transformers ships")
+
+
 def _arch_of_dir(path: Path) -> str:
     cfg = path / "config.json"
     if not cfg.exists():
@@ -144,6 +180,7 @@ def resolve(name: str) -> tuple[type, str]:
         return ADAPTERS[name], f"tiny-{ADAPTERS[name].family}"
     p = Path(os.path.expanduser(name))
     if p.is_dir():
+        refuse_remote_code(p)
         arch = _arch_of_dir(p)
         if arch not in ADAPTERS:
             raise AdapterNotFoundError(
@@ -209,9 +246,9 @@ def load_adapter(name_or_path: str, *, dtype: Any = None, device: Any = None,
     AdapterNotFoundError
         Unknown name (with close-name suggestions) or an architecture without adapter.
     """
+    cls, source = resolve(name_or_path)  # name errors before the (slow) torch import
     import torch
 
-    cls, source = resolve(name_or_path)
     miss = unavailable(cls)
     if miss:
         raise AdapterNotFoundError(f"model {name_or_path!r} needs {', '.join(miss)}; install "
@@ -221,7 +258,16 @@ def load_adapter(name_or_path: str, *, dtype: Any = None, device: Any = None,
         ad = cls.tiny(seed=seed)
         ad.model.to(dtype=torch_dtype)
     else:
-        ad = cls.from_pretrained(source, dtype=torch_dtype)
+        try:
+            ad = cls.from_pretrained(source, dtype=torch_dtype)
+        except OSError as e:  # transformers: missing weights / processor files, unreachable hub
+            if e.filename is not None:
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise AdapterNotFoundError(
+                f"cannot load model {name_or_path!r}: {first.rstrip('.')}; give a directory "
+                "saved with save_pretrained (spatialbind model save) or a hub id in the local "
+                "cache") from None
     if device is not None:
         ad.model.to(device)
     ad.name = name_or_path
