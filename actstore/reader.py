@@ -49,16 +49,17 @@ def open_store(path, *, storage_options: dict | None = None, direct: bool = True
     """
     import zarr
 
-    try:
-        meta = f"{str(path).rstrip('/')}/zarr.json"
-        with boundary(meta, fix="it is not an activation store's: give the --store path that "
-                                "extraction wrote", error=StoreError):
+    meta = f"{str(path).rstrip('/')}/zarr.json"
+    with boundary(meta, fix="it is not an activation store's: give the --store path that "
+                            "extraction wrote", error=StoreError):
+        try:
             root = zarr.open_group(S.resolve_store(path, mode="r",
                                                    storage_options=storage_options),
                                    mode="r", zarr_format=3)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-        raise StoreError(f"no activation store at {path}: give the path of a store that "
-                         f"extraction wrote (a directory with zarr.json)") from None
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError,
+                zarr.errors.NodeTypeValidationError):
+            raise StoreError(f"no activation store at {path}: give the path of a store that "
+                             f"extraction wrote (a directory with zarr.json)") from None
     v = root.attrs.get("schema_version")
     if v is None:
         raise StoreError(f"{path} is a zarr group but not an activation store (no schema_version attr)")
