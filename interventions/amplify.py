@@ -89,8 +89,14 @@ class AmplifyConfig:
     """Rows (alpha x control) per batched forward."""
     seed: int = 0
     """Seed of the random-direction control."""
+    recipe: str | None = None
+    """``paper`` or ``robust`` (interventions/RECIPES.md); None: ``paper`` for the paper's
+    presets, else ``robust``."""
 
     def __post_init__(self):
+        if self.recipe is not None and self.recipe not in ("paper", "robust"):
+            raise InterventionError(f"The 'recipe' parameter of AmplifyConfig must be paper or "
+                                    f"robust. Got {self.recipe!r} instead.")
         al = parse_alphas(self.alphas)
         if 0.0 not in al:
             al = (0.0,) + al
@@ -433,10 +439,15 @@ def amplify_to_dir(model: str, data: str, out: str, config: AmplifyConfig, *,
         w = load_directions(dirs, adapter)
         source = ", ".join(map(str, dirs))
     table, summary = run_e7(adapter, ds, w, config, progress=progress)
+    from .recipes import resolve
+
+    recipe = resolve(config.recipe, None if whatsup else ds)
     summary["direction"] = source
+    summary["recipe"] = recipe
     cfg = {k: list(v) if isinstance(v, tuple) else v
            for k, v in dataclasses.asdict(config).items()}
     cfg["direction"] = source
+    cfg["recipe"] = recipe
     sel = pd.DataFrame(summary["selections"])
     write_results(out_dir, "e7", table, summary, config=cfg, model=model, data=data, flat=sel)
     pd.DataFrame(summary["dose_response"]).to_csv(out_dir / "e7_dose_response.csv", index=False)

@@ -16,10 +16,11 @@ from typing import Any
 
 import pandas as pd
 
-from .ablation import ablation_edits, blank_acts, references
+from .ablation import ablation_edits, blank_acts, references, vocab_top1, vocab_top1_answer
 from .errors import InterventionError
 from .hooks import Interchange, n_resid_sites
-from .layout import crisscross_map
+from .recipes import RECIPES, describe, get as get_recipe, resolve
+from .regions import RegionError, ablation_pairs, crisscross_pairs, pairs_frame, uses_layout
 from .stimuli import (base_items, option_ids, pick_prompt, prepare, slot_colors, twin)
 from .sweeps import Edit, ForwardCounter, SourceRun, option_probs, sweep
 
@@ -82,8 +83,14 @@ class PatchConfig:
     """Use the first N base stimuli (None: all)."""
     batch_size: int = 8
     """Patched rows per batched forward."""
+    recipe: str | None = None
+    """``paper`` or ``robust`` (interventions/RECIPES.md); None: ``paper`` for the paper's
+    presets, else ``robust``. ``paper`` takes the regions ``object`` and ``strip`` only."""
 
     def __post_init__(self):
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise InterventionError(f"The 'recipe' parameter of PatchConfig must be one of "
+                                    f"{RECIPES}. Got {self.recipe!r} instead.")
         if self.experiment not in EXPERIMENTS:
             raise InterventionError(f"The 'experiment' parameter of PatchConfig must be one of "
                                     f"{EXPERIMENTS}. Got {self.experiment!r} instead.")
@@ -110,15 +117,29 @@ def _bar(total: int, desc: str, progress: bool):
 
 
 # --------------------------------------------------------------------------- E4 / E6
-def _crisscross_rows(p, cf, layers, regions, ic, *, extra=()):
+PAPER_REGIONS = ("object", "strip")
+
+
+def _recipe_of(config, ds) -> str:
+    recipe = resolve(config.recipe, ds)
+    if recipe == "paper" and config.experiment == "e4":
+        bad = [r for r in config.regions if r not in PAPER_REGIONS]
+        if bad:
+            raise InterventionError(f"--recipe paper patches the regions object and strip only "
+                                    f"(the authors'); {bad} exist in --recipe robust")
+    return recipe
+
+
+def _crisscross_rows(p, cf, pairs, layers, ic, *, extra=()):
     rows, keys = [], []
-    for region in regions:
-        bpos, spos = crisscross_map(p.layout, cf.layout, region)
+    for pr in pairs:
+        bpos = p.layout.image_positions[pr.clean]
+        spos = cf.layout.image_positions[pr.source]
         for l in layers:
             rows.append(list(extra) + [Edit(site=f"lm.resid.{l}", intervention=ic,
                                             tokens=bpos.tolist(), source="cf",
                                             source_tokens=spos.tolist())])
-            keys.append((l, region))
+            keys.append((l, pr.region))
     return rows, keys
 
 
@@ -129,26 +150,32 @@ def _slot_probs(adapter, stim, res, keys, cf_answer, answer):
     base = option_probs(res.base_logits, ids)
     mass = option_probs(res.row_logits, ids).sum(-1)
     probs = option_probs(res.row_logits, ids, normalize=True)
-    for (l, region), pr, m in zip(keys, probs, mass):
+    for (l, region), pr, m, lg in zip(keys, probs, mass, res.row_logits):
         pred = colors[int(pr.argmax())]
         row = {"item": stim.id, "relation": stim.relation, "axis": stim.axis, "layer": l,
                "region": region, "answer": answer, "cf_answer": cf_answer, "pred": pred,
                "flip": pred == cf_answer, "p_answer": float(pr[colors.index(answer)]),
                "p_cf_answer": float(pr[colors.index(cf_answer)]),
-               "base_pred": colors[int(base.argmax())], "option_mass": float(m)}
+               "base_pred": colors[int(base.argmax())], "option_mass": float(m),
+               "top1": vocab_top1(adapter.tokenizer, lg)}
         row.update({f"p_slot{k}": float(v) for k, v in enumerate(pr)})
         out.append(row)
     return out
 
 
-def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True):
+def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True,
+           regions: list | None = None):
     """E4: criss-cross interchange (clean (c0,c1,c2) <- its ``crisscross`` twin) per layer/region.
+
+    The recipe decides the token pairs (:func:`interventions.regions.crisscross_pairs`);
+    ``regions`` (a list) collects each item's ``regions.parquet`` rows.
 
     Returns
     -------
     (table, summary)
         Rows per (item, layer, region): probability of each slot's colour, prediction, flip.
     """
+    recipe = _recipe_of(config, ds)
     layers = parse_layers(config.layers, n_resid_sites(adapter))
     items = base_items(ds, limit=config.limit)
     ic = Interchange()
@@ -161,66 +188,98 @@ def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True):
         p = prepare(adapter, ds, stim, prompt)
         cf = prepare(adapter, ds, cc, prompt)
         try:
-            rows, keys = _crisscross_rows(p, cf, layers, config.regions, ic)
-        except InterventionError as e:  # geometry: an entity too small for the token grid
+            lays = None if uses_layout(stim, recipe) else (p.layout, cf.layout)
+            pairs = [crisscross_pairs(ds, stim, cc, p.layout.grid, recipe, r, layouts=lays)
+                     for r in config.regions]
+        except RegionError as e:  # geometry: an entity too small for the token grid
             skipped.append({"item": stim.id, "reason": str(e)})
             bar.update(len(layers) * len(config.regions))
             continue
+        if regions is not None:
+            regions.append(pairs_frame(stim.id, pairs))
+        rows, keys = _crisscross_rows(p, cf, pairs, layers, ic)
         res = sweep(adapter, p.inputs, rows, sources={"cf": SourceRun(inputs=cf.inputs)},
                     batch_size=config.batch_size, progress=bar)
         counter.add(res.counter)
         out += _slot_probs(adapter, stim, res, keys, pick_prompt(cc, config.prompt).answer,
                            prompt.answer)
     bar.close()
-    return _finish(out, counter, config, "E4", skipped)
+    return _finish(out, counter, config, "E4", skipped, recipe)
 
 
-def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True):
+def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True,
+           regions: list | None = None):
     """E6: E5's ablation on both runs, then object-token criss-cross per layer.
 
     A flip at layer ``l`` means the LM's own (backup) ordering representation at that layer
-    decides the answer once the vision tokens carry no ordering.
+    decides the answer once the vision tokens carry no ordering. Under the ``paper`` recipe only
+    pairs the ablated model still answers right (top-1 = the clean answer on the clean run and
+    the counterfactual answer on the counterfactual run, as the authors' pool filter) enter the
+    flip statistics; the others are counted and listed (``dropped_ablated_wrong``).
     """
+    recipe = _recipe_of(config, ds)
+    rcp = get_recipe(recipe)
     layers = parse_layers(config.layers, n_resid_sites(adapter))
     items = base_items(ds, limit=config.limit)
     ic = Interchange()
     counter = ForwardCounter()
-    out, skipped = [], []
+    out, skipped, dropped = [], [], []
     blanks: dict = {}
     bar = _bar(len(items) * (len(layers) + 1), "E6 ablated criss-cross", progress)
     for stim in items:
         prompt = pick_prompt(stim, config.prompt)
-        n_blank = len(blanks)
-        blank = blank_acts(adapter, ds, prompt, stim, cache=blanks)
-        counter.forwards += len(blanks) - n_blank
         cc = twin(ds, stim, "crisscross")
         p = prepare(adapter, ds, stim, prompt)
         cf = prepare(adapter, ds, cc, prompt)
-        refs = references(adapter, ds, stim, prompt, blank)
-        base_edits, sources, _ = ablation_edits(p, refs)
-        cf_edits, cf_sources, _ = ablation_edits(cf, refs, base_stim=stim)
-        sources.update(cf_sources)
-        sources["cf"] = SourceRun(inputs=cf.inputs, edits=tuple(cf_edits))
+        grid = p.layout.grid
         try:
-            rows, keys = _crisscross_rows(p, cf, layers, ("object",), ic, extra=base_edits)
-        except InterventionError as e:  # geometry: an entity too small for the token grid
+            lays = None if uses_layout(stim, recipe) else (p.layout, cf.layout)
+            cross = crisscross_pairs(ds, stim, cc, grid, recipe, "object", layouts=lays)
+            abl = ablation_pairs(ds, stim, grid, recipe, region_prefix="ablation:",
+                                 layout=p.layout)
+            cf_abl = ablation_pairs(ds, cc, grid, recipe, base=stim,
+                                    region_prefix="cf-ablation:", run="counterfactual",
+                                    layout=cf.layout)
+        except RegionError as e:  # geometry: an entity too small for the token grid
             skipped.append({"item": stim.id, "reason": str(e)})
             bar.update(len(layers) + 1)
             continue
+        n_blank = len(blanks)
+        blank = blank_acts(adapter, ds, prompt, stim, cache=blanks)
+        counter.forwards += len(blanks) - n_blank
+        refs = references(adapter, ds, stim, prompt, blank)
+        base_edits, sources = ablation_edits(p, refs, abl)
+        cf_edits, cf_sources = ablation_edits(cf, refs, cf_abl)
+        sources.update(cf_sources)
+        sources["cf"] = SourceRun(inputs=cf.inputs, edits=tuple(cf_edits))
+        rows, keys = _crisscross_rows(p, cf, [cross], layers, ic, extra=base_edits)
         rows.append(list(base_edits))  # the ablated run without criss-cross (E5's prediction)
         keys.append((-1, "none"))
         res = sweep(adapter, p.inputs, rows, sources=sources, batch_size=config.batch_size,
                     progress=bar)
         counter.add(res.counter)
-        out += _slot_probs(adapter, stim, res, keys, pick_prompt(cc, config.prompt).answer,
-                           prompt.answer)
+        cf_answer = pick_prompt(cc, config.prompt).answer
+        if rcp.e6_keep == "ablated_correct":
+            tok = adapter.tokenizer
+            ok_clean = vocab_top1(tok, res.row_logits[-1]) == vocab_top1_answer(prompt.answer)
+            ok_cf = vocab_top1(tok, res.sources["cf"]) == vocab_top1_answer(cf_answer) \
+                if "cf" in res.sources else False
+            if not (ok_clean and ok_cf):
+                dropped.append({"item": stim.id, "clean_right": bool(ok_clean),
+                                "cf_right": bool(ok_cf)})
+                continue
+        if regions is not None:
+            regions.append(pairs_frame(stim.id, [cross, *abl, *cf_abl]))
+        out += _slot_probs(adapter, stim, res, keys, cf_answer, prompt.answer)
     bar.close()
-    return _finish(out, counter, config, "E6", skipped)
+    table, summary = _finish(out, counter, config, "E6", skipped, recipe, dropped=dropped)
+    return table, summary
 
 
-def _finish(rows, counter, config, name, skipped=()):
+def _finish(rows, counter, config, name, skipped=(), recipe="robust", dropped=()):
     if not rows:
-        why = skipped[0]["reason"] if skipped else "no items"
+        why = skipped[0]["reason"] if skipped else \
+            "no pair is answered right under the ablation" if dropped else "no items"
         raise InterventionError(f"{name}: every item was skipped; first reason: {why}")
     table = pd.DataFrame(rows)
     patched = table[table["layer"] >= 0]
@@ -228,17 +287,20 @@ def _finish(rows, counter, config, name, skipped=()):
         flip_rate=("flip", "mean"), p_answer=("p_answer", "mean"),
         p_cf_answer=("p_cf_answer", "mean"), n=("flip", "size")).reset_index()
     summary: dict[str, Any] = {
-        "experiment": name, "n_items": int(table["item"].nunique()),
+        "experiment": name, "recipe": recipe, "n_items": int(table["item"].nunique()),
         "by_layer": agg.to_dict(orient="records"),
         "flip_layers": {r: sorted(int(l) for l in g.loc[g["flip_rate"] > 0.5, "layer"])
                         for r, g in agg.groupby("region")},
         "forwards": counter.forwards, "rows": counter.rows,
-        "naive_forwards": counter.naive_forwards, "config": _cfg(config),
-        "skipped": list(skipped),
+        "naive_forwards": counter.naive_forwards,
+        "config": {**_cfg(config), "recipe": recipe}, "recipe_definition": describe(recipe),
+        "n_skipped": len(skipped), "skipped": list(skipped),
     }
     if name == "E6":
         ab = table[table["layer"] < 0]
         summary["ablated_accuracy"] = float((ab["pred"] == ab["answer"]).mean())
+        summary["n_dropped_ablated_wrong"] = len(dropped)
+        summary["dropped_ablated_wrong"] = list(dropped)
     return table, summary
 
 
@@ -277,6 +339,7 @@ def run_e2(adapter, ds, config: PatchConfig, *, progress: bool = True):
     at the slot the counterfactual answer occupies: ordering information) and the counterfactual
     answer colour (attribute information).
     """
+    recipe = resolve(config.recipe, ds)
     layers = parse_layers(config.layers, n_resid_sites(adapter))
     items = base_items(ds, limit=config.limit)
     pool = base_items(ds)
@@ -336,14 +399,20 @@ def run_e2(adapter, ds, config: PatchConfig, *, progress: bool = True):
                "skipped_no_partner": skipped, "by_layer": agg.to_dict("records"),
                "winners": {int(l): {k: int(v) for k, v in r.items()} for l, r in wins.iterrows()},
                "forwards": counter.forwards, "rows": counter.rows,
-               "naive_forwards": counter.naive_forwards, "config": _cfg(config)}
+               "naive_forwards": counter.naive_forwards,
+               "recipe": recipe, "config": {**_cfg(config), "recipe": recipe},
+               "recipe_definition": describe(recipe)}
     return table, summary
 
 
-def run_patch(adapter, ds, config: PatchConfig, *, progress: bool = True):
-    """Dispatch to :func:`run_e2`, :func:`run_e4` or :func:`run_e6` by ``config.experiment``."""
-    fn = {"e2": run_e2, "e4": run_e4, "e6": run_e6}[config.experiment]
-    return fn(adapter, ds, config, progress=progress)
+def run_patch(adapter, ds, config: PatchConfig, *, progress: bool = True,
+              regions: list | None = None):
+    """Dispatch to :func:`run_e2`, :func:`run_e4` or :func:`run_e6` by ``config.experiment``
+    (``regions`` collects E4/E6's token pairs; E2 patches no image token)."""
+    if config.experiment == "e2":
+        return run_e2(adapter, ds, config, progress=progress)
+    fn = {"e4": run_e4, "e6": run_e6}[config.experiment]
+    return fn(adapter, ds, config, progress=progress, regions=regions)
 
 
 def patch_to_dir(model: str, data: str, out: str, config: PatchConfig, *,
@@ -359,9 +428,11 @@ def patch_to_dir(model: str, data: str, out: str, config: PatchConfig, *,
     out_dir = prepare_out(out)
     ds = read_dataset(data)
     adapter = load_model(model)
-    table, summary = run_patch(adapter, ds, config, progress=progress)
+    regions: list | None = None if config.experiment == "e2" else []
+    table, summary = run_patch(adapter, ds, config, progress=progress, regions=regions)
     name = config.experiment
-    write_results(out_dir, name, table, summary, config=_cfg(config), model=model, data=data)
+    write_results(out_dir, name, table, summary, config=summary["config"], model=model,
+                  data=data, regions=regions)
     if name == "e2":
         plots.last_token_plot(table, out_dir / "e2_layers.png")
     else:

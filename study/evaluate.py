@@ -60,8 +60,14 @@ class EvalConfig:
     """COCO ``instances_val2017.json``: boxes and masks for What'sUp COCO subsets."""
     template: Literal["auto", "anchor", "direct"] = "auto"
     """Two-option wording: ``anchor`` (paper's Qwen2-VL prompt), ``direct`` (its Gemma-3 prompt)."""
+    recipe: str | None = None
+    """``paper`` or ``robust`` (interventions/RECIPES.md); None: ``paper`` for the paper's
+    presets, else ``robust``. Recorded in ``config.json`` and ``metrics.json``."""
 
     def __post_init__(self):
+        if self.recipe is not None and self.recipe not in ("paper", "robust"):
+            raise EvaluationError("The 'recipe' parameter of EvalConfig must be paper or robust. "
+                                  f"Got {self.recipe!r} instead.")
         if self.protocol not in ("auto",) + PROTOCOLS:
             raise EvaluationError(
                 f"The 'protocol' parameter of EvalConfig must be one of auto, "
@@ -279,9 +285,26 @@ def evaluate(config: EvalConfig, *, out: str | Path | None = None, adapter=None,
                             progress=progress)
     preds = report.prediction_table(items, queries, results, protocol)
     summary, extra = report.summarise(preds, items, protocol)
+    recipe = config.recipe or ("paper" if _paper_preset(config.data) else "robust")
+    extra = {**extra, "recipe": recipe}
     if out is not None:
-        resolved = {"protocol": protocol, "template": template, "n_items": len(items),
+        resolved = {"protocol": protocol, "template": template, "recipe": recipe,
+                    "n_items": len(items),
                     "n_queries": len(queries), "adapter": type(adapter).__name__}
         report.write_report(Path(out), preds, summary, extra, asdict(config), resolved)
     return EvalResult(predictions=preds, summary=summary,
                       out=None if out is None else Path(out), protocol=protocol, extra=extra)
+
+
+def _paper_preset(data: str) -> bool:
+    """Whether ``data`` is a dataset directory generated from one of the paper's presets."""
+    if str(data).startswith("whatsup:"):
+        return False
+    from scenegen import read_dataset
+
+    from interventions.recipes import is_paper_preset
+
+    try:
+        return is_paper_preset(read_dataset(data))
+    except Exception:  # noqa: BLE001 - not a dataset directory: load_items reports that
+        return False

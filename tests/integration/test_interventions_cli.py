@@ -108,3 +108,37 @@ def test_empty_alpha_range_and_bad_layers_are_one_line_errors(data, tmp_path):
     r = CliRunner().invoke(spatialbind, ["patch", "--model", MODEL, "--data", data, "--out",
                                          str(tmp_path / "z"), "--regions", "object,stripe"])
     assert r.exit_code == 1 and "regions" in r.output
+
+
+@pytest.mark.parametrize("recipe", ["paper", "robust"])
+def test_patch_and_ablate_write_regions_and_record_the_recipe(data, tmp_path, recipe):
+    from scenegen import read_dataset
+
+    from interventions.regions import regions_table
+
+    ds = read_dataset(data)
+    for cmd, exp in (("patch", "e4"), ("ablate", "e5")):
+        out = tmp_path / exp
+        args = [cmd, "--model", MODEL, "--data", data, "--out", str(out), "--limit", "2",
+                "--recipe", recipe, "--quiet"]
+        if cmd == "patch":
+            args += ["--experiment", "e4", "--layers", "0"]
+        r = _invoke(*args)
+        assert r.exit_code == 0, r.output
+        assert f"{recipe} recipe" in r.output
+        assert json.loads((out / "config.json").read_text())["recipe"] == recipe
+        s = json.loads((out / "summary.json").read_text())
+        assert s["recipe"] == recipe and s["n_skipped"] == 0
+        got = pd.read_parquet(out / "regions.parquet")
+        assert list(got.columns) == ["id", "region", "clean_token", "source_token", "source"]
+        want, _ = regions_table(ds, (12, 12), exp, recipe, limit=2)
+        key = list(got.columns)
+        assert got.sort_values(key).reset_index(drop=True).equals(
+            want.sort_values(key).reset_index(drop=True))
+
+
+def test_recipe_defaults_to_paper_on_a_paper_preset(data, tmp_path):
+    r = _invoke("ablate", "--model", MODEL, "--data", data, "--out", str(tmp_path / "e5"),
+                "--limit", "1", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "e5" / "summary.json").read_text())["recipe"] == "paper"
