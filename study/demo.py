@@ -191,14 +191,15 @@ def _study(model: str, cfg: DemoConfig, st: Stages, out: Path, data: Path, degra
     res["e4"] = st.run(f"{m}/e4", lambda: patch_to_dir(
         model, str(data), str(root / "e4"),
         PatchConfig(experiment="e4", layers="all", regions=("object", "strip", "band"),
-                    batch_size=cfg.batch_size),
+                    batch_size=cfg.batch_size, recipe="robust"),
         progress=progress))
     res["e5"] = st.run(f"{m}/e5", lambda: ablate_to_dir(
-        model, str(data), str(root / "e5"), AblateConfig(batch_size=cfg.batch_size),
+        model, str(data), str(root / "e5"), AblateConfig(batch_size=cfg.batch_size, recipe="robust"),
         progress=progress))
     res["e6"] = st.run(f"{m}/e6", lambda: patch_to_dir(
         model, str(data), str(root / "e6"),
-        PatchConfig(experiment="e6", layers="all", batch_size=cfg.batch_size),
+        PatchConfig(experiment="e6", layers="all", batch_size=cfg.batch_size,
+                    recipe="robust"),
         progress=progress))
     dirs = sorted(str(p) for p in (root / "e3" / "directions-e7").glob("*") if p.is_dir())
     if not dirs:

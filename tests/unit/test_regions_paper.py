@@ -110,3 +110,12 @@ def test_paper_regions_equal_the_authors_for_every_item(task, model):
     half = len(strip) // 2
     assert ((strip["source_token"].to_numpy()[:half] - strip["clean_token"].to_numpy()[:half])
             == shift * step).all()
+
+
+def test_strip_widths_follow_the_authors_table():
+    from interventions.regions import strip_widths
+
+    # the authors' _STRIP_LAYOUT: qwen2vl (4, 4, 4), gemma3 (5, 6, 5), pixtral (5, 5, 5)
+    assert strip_widths(12, 2, 2) == (4, 4, 4)
+    assert strip_widths(16, 3, 3) == (5, 6, 5)
+    assert strip_widths(15, 2, 2) == (5, 5, 5)
