@@ -303,6 +303,7 @@ def run_e7(adapter, data, directions, config: AmplifyConfig = AmplifyConfig(), *
         for c, a in keys:
             mods.setdefault((item.axis, c, a), Amplify(ctrl[c], a))
         ok = {k: True for k in keys}
+        margin = {k: 0.0 for k in keys}
         for q in item.questions:
             batch = adapter.prepare([q.image()], [q.prompt], system=q.system)
             img = np.asarray(batch.image_positions[0]).tolist()
@@ -313,11 +314,14 @@ def run_e7(adapter, data, directions, config: AmplifyConfig = AmplifyConfig(), *
             opts = list(q.options)
             # scored as `spatialbind evaluate` scores two-option questions (max over spellings)
             probs = option_scores(res.row_logits, option_ids(adapter.tokenizer, opts))
+            ans = opts.index(q.answer)
             for k, pr in zip(keys, probs):
                 ok[k] &= opts[int(pr.argmax())] == q.answer
+                margin[k] += float(pr[ans] - np.delete(pr, ans).max())
         for (c, a), v in ok.items():
             rows.append({"item": item.id, "split": item.split, "axis": item.axis,
-                         "control": c, "alpha": a, "correct": bool(v)})
+                         "control": c, "alpha": a, "correct": bool(v),
+                         "margin": margin[(c, a)] / len(item.questions)})
     table = pd.DataFrame(rows)
     summary = summarize_e7(table, config)
     summary.update(forwards=counter.forwards, naive_forwards=counter.naive_forwards)

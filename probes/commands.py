@@ -182,6 +182,8 @@ def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_b
         exp = None if export_dir is None else (export_dir if axis is None
                                                else str(Path(export_dir) / axis))
         t = sweep(store_path, sconf, pconf, where=w, export_dir=exp, data=data_dir)
+        if exp is not None and axis is not None:
+            tag_axis(exp, axis)
         if baseline_store is not None:
             bconf = dataclasses.replace(sconf, model=baseline_model or model)
             t = add_baseline(t, sweep(baseline_store, bconf, pconf, where=w, data=data_dir),
@@ -212,6 +214,25 @@ def paper_probe_config(seed: int = 0, *, group_by: tuple[str, ...] = ()):
     return ProbeConfig(classifier="torch_linear", epochs=200, lr=1e-3, weight_decay=1e-4,
                        split="group_shuffle", test_size=0.25, control=False, group_by=group_by,
                        random_state=seed)
+
+
+def tag_axis(export_dir, axis: str) -> None:
+    """Record ``axis`` in every direction an export wrote (``extra["axis"]``), so ``amplify``
+    applies each orientation's own direction to that orientation's items only."""
+    from .directions import load_direction, save_direction
+
+    root = Path(export_dir)
+    index = root / "index.json"
+    if not index.is_file():
+        return
+    import json
+
+    for entry in json.loads(index.read_text()):
+        import dataclasses as dc
+
+        d = load_direction(root / entry["path"])
+        save_direction(dc.replace(d, extra={**(d.extra or {}), "axis": axis}),
+                       root / entry["path"])
 
 
 def store_data_dir(store, model: str):

@@ -142,3 +142,41 @@ def test_recipe_defaults_to_paper_on_a_paper_preset(data, tmp_path):
                 "--limit", "1", "--quiet")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "e5" / "summary.json").read_text())["recipe"] == "paper"
+
+
+def test_amplify_cli_applies_each_axis_its_own_direction(data, tmp_path):
+    """Two planted directions tagged horizontal and vertical. Through the CLI, each item's
+    margins equal a run that applies only its own axis's direction to every item, and differ
+    from a run with the other axis's direction."""
+    from probes.directions import Direction, save_direction
+    from scenegen import read_dataset
+    from vlms.registry import load_adapter
+
+    from interventions.amplify import AmplifyConfig, run_e7
+
+    rng = np.random.default_rng(0)
+    ws = {"horizontal": rng.standard_normal((1, 128)), "vertical": rng.standard_normal((1, 128))}
+    dirs = []
+    for axis, weights in ws.items():
+        d = Direction(weights=weights, bias=np.zeros(1), components=("right_vs_left",),
+                      classes=("left", "right"), model=MODEL, site="projector", layer=0,
+                      extra={"axis": axis})
+        dirs.append(str(save_direction(d, tmp_path / axis)))
+    out = tmp_path / "e7"
+    r = _invoke("amplify", "--model", MODEL, "--data", data, "--out", str(out), "--alphas",
+                "0,50", "--direction", dirs[0], "--direction", dirs[1], "--quiet",
+                "--recipe", "robust")
+    assert r.exit_code == 0, r.output
+    got = pd.read_parquet(out / "e7.parquet")
+    got = got[(got["control"] == "probe") & (got["alpha"] == 50)].set_index("item")
+    assert set(got["axis"]) == {"horizontal", "vertical"}
+    ad, ds = load_adapter(MODEL), read_dataset(data)
+    cfg = AmplifyConfig(alphas=(0, 50))
+    only = {}
+    for axis, w in ws.items():
+        t, _ = run_e7(ad, ds, w.astype(np.float32), cfg, progress=False)
+        only[axis] = t[(t["control"] == "probe") & (t["alpha"] == 50)].set_index("item")
+    for item, row in got.iterrows():
+        own, other = row["axis"], ({"horizontal", "vertical"} - {row["axis"]}).pop()
+        assert row["margin"] == pytest.approx(only[own].loc[item, "margin"], abs=1e-5)
+        assert abs(row["margin"] - only[other].loc[item, "margin"]) > 1e-5
