@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
+import torch
 
 from .ablation import ablation_edits, blank_acts, references, vocab_top1, vocab_top1_answer
 from .errors import InterventionError
@@ -332,6 +333,187 @@ def find_partner(ds, stim, items, prompt_kind: str, partner: str):
     return max(cands, key=score)
 
 
+#: The authors' E2 colour pool (``last_token_exp``: their palette minus white): the preset's six
+#: colours plus orange (255, 165, 0).
+PAPER_E2_COLORS = ("red", "green", "blue", "black", "brown", "gray", "orange")
+PAPER_E2_PER_DIRECTION = 50
+PAPER_E2_MAX_ATTEMPTS = 2000
+OPPOSITE_OF = {"left": "right", "right": "left", "above": "below", "below": "above"}
+
+
+class _Memory:
+    """Rendered stimuli held in memory, with the two dataset methods :func:`prepare` uses."""
+
+    def __init__(self):
+        self.rendered: dict[str, Any] = {}
+
+    def add(self, r):
+        self.rendered[r.stimulus.id] = r
+        return r.stimulus
+
+    def image(self, stim):
+        return self.rendered[stim.id].image
+
+    def mask(self, stim):
+        return self.rendered[stim.id].mask
+
+
+def _paper_generator(ds):
+    """A flat generator with the dataset's geometry and the authors' E2 entity pool."""
+    import copy
+
+    from scenegen.config import GenerateConfig
+    from scenegen.flat import FlatGenerator
+
+    cfg = copy.deepcopy(getattr(ds, "config", None) or {})
+    if cfg.get("generator") != "flat":
+        raise InterventionError("--recipe paper E2 renders the authors' pairs with the flat "
+                                "generator; give a flat dataset (spatialbind generate --preset "
+                                "squares-qwen2-vl ...) or use --recipe robust")
+    flat = cfg["flat"]
+    if flat.get("task") == "squares":
+        flat["colors"] = list(PAPER_E2_COLORS)
+    flat["layout"] = "centred"
+    g = GenerateConfig.from_dict({**cfg, "n": None, "twins": [], "degradations": []})
+    return FlatGenerator(g.flat, seed=g.seed, twins=())
+
+
+def _render(gen, mem, sid, items, direction):
+    from scenegen.config import PALETTE
+    from scenegen.flat import AXIS_OF, Placed, centred_layout
+
+    g = gen.config.grid
+    layout = centred_layout(g.num_tokens, g.size, g.spacing, AXIS_OF[direction])
+    placed = []
+    for i, item in enumerate(items):
+        kind, color = gen._attrs(item)
+        placed.append(Placed(mask_id=i + 1, kind=kind, color=color,
+                             rgb=tuple(PALETTE[color]), origin=layout.origin(i),
+                             size=layout.size, ordinal=i))
+    r = gen._stimulus(sid, placed, task=gen.config.task, direction=direction, layout=layout,
+                      split="test", scene_id=sid, index=-1, choice_bits=(False, False),
+                      triple=tuple(items))
+    return mem.add(r)
+
+
+def _single_token(tokenizer, word: str) -> bool:
+    return all(len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1
+               for w in (word.lower(), word.capitalize()))
+
+
+def four_variant_ids(tokenizer, word: str) -> list[int]:
+    """First token ids of the authors' four spellings: lower, Capitalised, ' '+lower,
+    ' '+Capitalised (summed as the authors gather them: a repeated id counts twice)."""
+    out = []
+    for v in (word.lower(), word.capitalize(), " " + word.lower(), " " + word.capitalize()):
+        ids = tokenizer(v, add_special_tokens=False)["input_ids"]
+        if ids:
+            out.append(int(ids[0]))
+    return out
+
+
+def run_e2_paper(adapter, ds, config: PatchConfig, *, progress: bool = True,
+                 seed: int = 0, per_direction: int | None = None,
+                 max_attempts: int | None = None):
+    """E2 as the authors run it (``last_token_exp``): for each direction, random 5-tuples
+    (t0..t4) of the pool (Squares: 7 colours with orange; Shapes: the task's fixed shapes) make
+    a clean image (t0, t1, t2) asked ``direction`` (answer t0; right/below: (t2, t1, t0)) and a
+    counterfactual (t4, t1, t3) asked the opposite direction (answer t3; right/below:
+    (t3, t1, t4)); only pairs whose top-1 token is right on both runs are kept, up to
+    ``per_direction`` (default 50; ``--limit``) after at most ``max_attempts`` draws per
+    direction (default 40 per wanted pair, the authors' 2000 for 50). Each kept pair's last
+    token is patched from the counterfactual at every layer; the probability of each of the
+    five words is the softmax mass summed over its four spellings (not renormalised).
+    """
+    import random
+
+    recipe = "paper"
+    want = per_direction or config.limit or PAPER_E2_PER_DIRECTION
+    cap = max_attempts or min(PAPER_E2_MAX_ATTEMPTS, 40 * want)
+    layers = parse_layers(config.layers, n_resid_sites(adapter))
+    gen = _paper_generator(ds)
+    mem = _Memory()
+    tok = adapter.tokenizer
+    pool = [it for it in gen.items if _single_token(tok, gen._attrs(it)[1])]
+    if len(pool) < 5:
+        raise InterventionError(f"E2 (paper) needs 5 single-token answer words; the tokenizer "
+                                f"keeps {len(pool)} of {list(gen.items)}")
+    directions = [d for d in gen.config.directions]
+    rng = random.Random(seed)
+    ic = Interchange()
+    counter = ForwardCounter()
+    out, found = [], {}
+    bar = _bar(len(directions) * want * len(layers), "E2 last token (paper)", progress)
+    for direction in directions:
+        seen: set = set()
+        kept = attempts = 0
+        while kept < want and attempts < cap:
+            attempts += 1
+            tup = tuple(rng.sample(pool, 5))
+            if tup in seen:
+                continue
+            seen.add(tup)
+            t0, t1, t2, t3, t4 = tup
+            first = direction in ("left", "above")
+            clean_items = (t0, t1, t2) if first else (t2, t1, t0)
+            cf_items = (t4, t1, t3) if first else (t3, t1, t4)
+            sid = f"e2-{direction}-{attempts:04d}"
+            stim = _render(gen, mem, sid, clean_items, direction)
+            other = _render(gen, mem, sid + "-cf", cf_items, OPPOSITE_OF[direction])
+            prompt, oprompt = pick_prompt(stim, config.prompt), pick_prompt(other, config.prompt)
+            p = prepare(adapter, mem, stim, prompt)
+            cf = prepare(adapter, mem, other, oprompt)
+            rows = [[Edit(site=f"lm.resid.{l}", intervention=ic, tokens=[p.layout.last],
+                          source="cf", source_tokens=[cf.layout.last])] for l in layers]
+            res = sweep(adapter, p.inputs, rows, sources={"cf": SourceRun(inputs=cf.inputs)},
+                        batch_size=config.batch_size)
+            counter.add(res.counter)
+            ok = (vocab_top1(tok, res.base_logits) == vocab_top1_answer(prompt.answer)
+                  and vocab_top1(tok, res.sources["cf"]) == vocab_top1_answer(oprompt.answer))
+            if not ok:
+                continue
+            kept += 1
+            words = [gen._attrs(t)[1] for t in tup]
+            ids = [four_variant_ids(tok, w) for w in words]
+            probs = torch.softmax(res.row_logits.float(), -1)
+            mass = torch.stack([probs[:, i].sum(-1) for i in ids], -1).cpu().numpy()
+            ordinal = words[2]  # the clean colour at the slot the cf answer occupies
+            for l, pr in zip(layers, mass):
+                pred = words[int(pr.argmax())]
+                winner = ("clean" if pred == words[0] else "ordinal" if pred == ordinal
+                          else "counterfactual" if pred == words[3] else "other")
+                out.append({"item": sid, "partner": other.id, "relation": direction,
+                            "layer": l, "answer": words[0], "ordinal_answer": ordinal,
+                            "cf_answer": words[3], "pred": pred, "winner": winner,
+                            "p_answer": float(pr[0]), "p_ordinal": float(pr[2]),
+                            "p_cf_answer": float(pr[3]), "p_middle": float(pr[1]),
+                            "p_other": float(pr[4]), "colors": ",".join(words)})
+            bar.update(len(layers))
+        found[direction] = {"kept": kept, "attempts": attempts}
+    bar.close()
+    short = {d: v for d, v in found.items() if v["kept"] < want}
+    if not out:
+        raise InterventionError(f"E2 (paper): no pair was answered right on both runs in "
+                                f"{cap} draws per direction; the model does not solve the "
+                                "task (see --recipe robust, which keeps every pair)")
+    table = pd.DataFrame(out)
+    agg = table.groupby("layer").agg(p_answer=("p_answer", "mean"),
+                                     p_ordinal=("p_ordinal", "mean"),
+                                     p_cf_answer=("p_cf_answer", "mean")).reset_index()
+    wins = table.pivot_table(index="layer", columns="winner", values="item", aggfunc="count",
+                             fill_value=0)
+    summary = {"experiment": "E2", "recipe": recipe, "n_items": int(table["item"].nunique()),
+               "pairs_per_direction": found, "wanted_per_direction": want,
+               "n_directions_short": len(short), "directions_short": short,
+               "pool": [gen._attrs(t)[1] for t in pool],
+               "by_layer": agg.to_dict("records"),
+               "winners": {int(l): {k: int(v) for k, v in r.items()} for l, r in wins.iterrows()},
+               "forwards": counter.forwards, "rows": counter.rows,
+               "naive_forwards": counter.naive_forwards,
+               "config": {**_cfg(config), "recipe": recipe}, "recipe_definition": describe(recipe)}
+    return table, summary
+
+
 def run_e2(adapter, ds, config: PatchConfig, *, progress: bool = True):
     """E2: copy the final token's residual at layer ``l`` from the counterfactual run.
 
@@ -340,6 +522,8 @@ def run_e2(adapter, ds, config: PatchConfig, *, progress: bool = True):
     answer colour (attribute information).
     """
     recipe = resolve(config.recipe, ds)
+    if recipe == "paper" and config.partner == "opposite":
+        return run_e2_paper(adapter, ds, config, progress=progress)
     layers = parse_layers(config.layers, n_resid_sites(adapter))
     items = base_items(ds, limit=config.limit)
     pool = base_items(ds)

@@ -156,7 +156,8 @@ def test_e4_rows_equal_direct_patched_runs(setup, request):
 def test_e2_last_site_reproduces_counterfactual_run(qwen_setup):
     ad, ds = qwen_setup
     last = ad.n_lm_layers  # patching the final residual at the last token = the cf's logits
-    table, summary = run_e2(ad, ds, PatchConfig(experiment="e2", layers=f"0,{last}", limit=2),
+    table, summary = run_e2(ad, ds, PatchConfig(experiment="e2", layers=f"0,{last}", limit=2,
+                                                recipe="robust"),
                             progress=False)
     assert len(table) == 4 and set(table["layer"]) == {0, last}
     for _, r in table[table["layer"] == last].iterrows():
@@ -279,3 +280,56 @@ def test_e6_paper_keeps_only_pairs_right_under_ablation(qwen_setup):
     assert s6["n_items"] + s6["n_dropped_ablated_wrong"] == 3
     ab = t6[t6["layer"] == -1]
     assert (ab["top1"] == ab["answer"].str.lower()).all()
+
+
+def test_e2_paper_pairs_filter_and_four_variant_probability(qwen_setup, monkeypatch):
+    """The authors' E2: 5-tuples from the 7-colour pool (orange added), clean (t0,t1,t2) asked
+    the direction and counterfactual (t4,t1,t3) asked the opposite one (right/below reversed),
+    kept only when both runs are right; P(word) = softmax mass summed over the four spellings."""
+    import interventions.patching as patching
+    from interventions.errors import InterventionError
+
+    ad, ds = qwen_setup
+    last = ad.n_lm_layers
+    # a model that is always right (the tiny random model never is): both checks pass
+    monkeypatch.setattr(patching, "vocab_top1", lambda tok, logits: "x")
+    monkeypatch.setattr(patching, "vocab_top1_answer", lambda a: "x")
+    # the tiny tokenizer splits capitalised colours; the real ones keep them whole
+    monkeypatch.setattr(patching, "_single_token", lambda tok, w: True)
+    table, summary = patching.run_e2(ad, ds, PatchConfig(experiment="e2", layers=f"0,{last}",
+                                                         limit=2), progress=False)
+    assert summary["recipe"] == "paper" and "orange" in summary["pool"]
+    assert len(summary["pool"]) == 7
+    assert {d: v["kept"] for d, v in summary["pairs_per_direction"].items()} == \
+        {"left": 2, "right": 2, "above": 2, "below": 2}
+    row = table[table["layer"] == last].iloc[0]
+    words = row["colors"].split(",")
+    assert row["answer"] == words[0] and row["cf_answer"] == words[3]
+    # oracle: the counterfactual image rendered by hand from the published tuple algebra
+    from scenegen.config import PALETTE
+
+    ds_ = patching._paper_generator(ds)
+    mem = patching._Memory()
+    rel = row["relation"]
+    cf_items = (words[4], words[1], words[3]) if rel in ("left", "above") else \
+        (words[3], words[1], words[4])
+    other = patching._render(ds_, mem, "cf", cf_items, patching.OPPOSITE_OF[rel])
+    img = mem.image(other)
+    assert tuple(img[other.targets[0].box[1], other.targets[0].box[0]]) == \
+        tuple(PALETTE[cf_items[0]])
+    cf = prepare(ad, mem, other, pick_prompt(other))
+    probs = torch.softmax(run(ad, cf.inputs).logits[0, -1].float(), -1)
+    tok = ad.tokenizer
+    want = []
+    for w in (words[0], words[3]):
+        ids = [tok(v, add_special_tokens=False)["input_ids"][0]
+               for v in (w, w.capitalize(), " " + w, " " + w.capitalize())]
+        want.append(float(sum(probs[i] for i in ids)))
+    # patching the last residual at the last token reproduces the counterfactual's output
+    assert row["p_answer"] == pytest.approx(want[0], abs=1e-5)
+    assert row["p_cf_answer"] == pytest.approx(want[1], abs=1e-5)
+    # a model never right on the counterfactual: nothing is kept, and it says so
+    monkeypatch.setattr(patching, "vocab_top1_answer", lambda a: "never")
+    with pytest.raises(InterventionError, match="no pair was answered right"):
+        patching.run_e2(ad, ds, PatchConfig(experiment="e2", layers="0", limit=1),
+                        progress=False)
