@@ -304,6 +304,8 @@ def run_e7(adapter, data, directions, config: AmplifyConfig = AmplifyConfig(), *
             mods.setdefault((item.axis, c, a), Amplify(ctrl[c], a))
         ok = {k: True for k in keys}
         margin = {k: 0.0 for k in keys}
+        top_ok = {k: "" for k in keys}  # per order: 1 = top-1 token is the truth
+        in_axis = {k: True for k in keys}  # every order's top-1 token is one of the options
         for q in item.questions:
             batch = adapter.prepare([q.image()], [q.prompt], system=q.system)
             img = np.asarray(batch.image_positions[0]).tolist()
@@ -315,15 +317,21 @@ def run_e7(adapter, data, directions, config: AmplifyConfig = AmplifyConfig(), *
             # scored as `spatialbind evaluate` scores two-option questions (max over spellings)
             probs = option_scores(res.row_logits, option_ids(adapter.tokenizer, opts))
             ans = opts.index(q.answer)
-            for k, pr in zip(keys, probs):
+            norm_opts = {_norm(o) for o in opts}
+            for k, pr, lg in zip(keys, probs, res.row_logits):
                 ok[k] &= opts[int(pr.argmax())] == q.answer
                 margin[k] += float(pr[ans] - np.delete(pr, ans).max())
+                top = _norm(adapter.tokenizer.decode([int(lg.float().argmax())]))
+                top_ok[k] += "1" if top == _norm(q.answer) else "0"
+                in_axis[k] &= top in norm_opts
         for (c, a), v in ok.items():
             rows.append({"item": item.id, "split": item.split, "axis": item.axis,
                          "control": c, "alpha": a, "correct": bool(v),
-                         "margin": margin[(c, a)] / len(item.questions)})
+                         "margin": margin[(c, a)] / len(item.questions),
+                         "top1_orders": top_ok[(c, a)], "top1_in_axis": bool(in_axis[(c, a)])})
     table = pd.DataFrame(rows)
     summary = summarize_e7(table, config)
+    summary["paper"] = summarize_e7_paper(table)
     summary.update(forwards=counter.forwards, naive_forwards=counter.naive_forwards)
     return table, summary
 
@@ -397,6 +405,59 @@ def summarize_e7(table: pd.DataFrame, config: AmplifyConfig) -> dict[str, Any]:
     return out
 
 
+def _norm(text: str) -> str:
+    import re
+
+    return re.sub(r"[^0-9a-z]", "", str(text).lower())
+
+
+def summarize_e7_paper(table: pd.DataFrame) -> dict[str, Any]:
+    """E7 scored as the authors score it (``coco_amplification/src/common.py``): each order's
+    next-token argmax over the whole vocabulary, normalised, must be the truth; items whose
+    baseline top-1 is out of the axis in any order are dropped (the "clean" set); a failing item
+    is *fixed* at alpha when every order that failed at baseline now predicts the truth (orders
+    right at baseline are not re-checked). ``Probe``: the single alpha > 0 with most fixes,
+    chosen on the failing items themselves; ``Probe*``: fixed at any alpha > 0. Accuracy =
+    (golden + fixed) / clean items; fix rate = fixed / failing items."""
+    out: dict[str, Any] = {"selections": []}
+    for c in CONTROLS:
+        t = table[table["control"] == c]
+        base = t[t["alpha"] == 0].set_index("item")
+        clean = base[base["top1_in_axis"]]
+        n_dropped = int(len(base) - len(clean))
+        orders = clean["top1_orders"]
+        golden = orders[orders.map(lambda o: set(o) == {"1"})].index
+        fail = orders.index.difference(golden)
+        outcomes = {"golden": len(golden), "fail_both": 0, "fail_lr_only": 0, "fail_rl_only": 0}
+        for o in orders[fail]:
+            key = ("fail_both" if o.count("0") > 1 else
+                   "fail_lr_only" if o[:1] == "0" else "fail_rl_only")
+            outcomes[key] += 1
+        fixes: dict[float, set] = {}
+        for a, g in t[(t["alpha"] > 0) & t["item"].isin(fail)].groupby("alpha"):
+            now = g.set_index("item")["top1_orders"]
+            fixes[float(a)] = {i for i in fail if all(
+                n == "1" for b, n in zip(orders[i], now.get(i, "")) if b == "0")}
+        n_clean = len(clean)
+        common = {"control": c, "n": n_clean, "n_fail": len(fail), "n_golden": len(golden),
+                  "n_dropped_out_of_axis": n_dropped, "outcomes": outcomes,
+                  "base_accuracy": len(golden) / n_clean if n_clean else None}
+        a_best = sorted(fixes, key=lambda a: (-len(fixes[a]), a))[0] if fixes else None
+        k = len(fixes[a_best]) if fixes else 0
+        anyfix = set().union(*fixes.values()) if fixes else set()
+        note = None if n_clean else ("no item kept: every item's baseline top-1 token is out "
+                                     "of the axis in some order")
+        for name, alpha, n_fixed in (
+                ("Probe (the authors' best global alpha, in-sample)", a_best, k),
+                ("Probe* (the authors' per-item oracle)", None, len(anyfix))):
+            out["selections"].append({
+                **common, "selection": name, "alpha": alpha, "fixed": n_fixed,
+                "fix_rate": n_fixed / len(fail) if len(fail) else None,
+                "accuracy": (len(golden) + n_fixed) / n_clean if n_clean else None,
+                "note": note})
+    return out
+
+
 def _sel(name, control, alpha, r, b, note, **extra) -> dict[str, Any]:
     d = {"selection": name, "control": control, "alpha": alpha, "fixed": int(r["fixed"]),
          "broken": int(r["broken"]), "net": int(r["net"]), "n_fail": int(r["n_fail"]),
@@ -448,6 +509,10 @@ def amplify_to_dir(model: str, data: str, out: str, config: AmplifyConfig, *,
     recipe = resolve(config.recipe, None if whatsup else ds)
     summary["direction"] = source
     summary["recipe"] = recipe
+    if recipe == "paper":  # the headline selections are the authors' (robust ones stay beside)
+        summary["selections_robust"] = summary["selections"]
+        summary["selections"] = [
+            {**r, "broken": None, "net": r["fixed"]} for r in summary["paper"]["selections"]]
     cfg = {k: list(v) if isinstance(v, tuple) else v
            for k, v in dataclasses.asdict(config).items()}
     cfg["direction"] = source

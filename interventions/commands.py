@@ -99,6 +99,7 @@ def amplify(model, data, out, limit, batch_size, prompt, quiet, recipe, alphas, 
                         limit=limit, batch_size=batch_size, seed=seed, recipe=recipe)
     s = amplify_to_dir(model, data, out, cfg, direction=list(direction), progress=not quiet)
     for r in s["selections"]:
+        acc = "n/a" if r.get("accuracy") is None else f"{r['accuracy']:.3f}"
         click.echo(f"{r['control']:>6} | {r['selection']}: alpha={r['alpha']} fixed={r['fixed']} "
-                   f"broken={r['broken']} accuracy={r['accuracy']:.3f}")
+                   f"broken={r['broken']} accuracy={acc} ({s['recipe']} recipe)")
     click.echo(f"wrote {out}")

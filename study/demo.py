@@ -224,7 +224,7 @@ def _study(model: str, cfg: DemoConfig, st: Stages, out: Path, data: Path, degra
         model, str(degraded), str(root / "e7"),
         # the completion prompt: the one every model (organisms included) is asked in E1
         AmplifyConfig(alphas=cfg.alphas, prompt="completion", both_orders=False,
-                      batch_size=cfg.batch_size), direction=dirs,
+                      batch_size=cfg.batch_size, recipe="robust"), direction=dirs,
         progress=progress))
     return res
 

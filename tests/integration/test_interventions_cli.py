@@ -68,9 +68,16 @@ def test_amplify_with_probe_direction(data, tmp_path):
     d = _direction(tmp_path / "dir")
     out = tmp_path / "e7"
     r = _invoke("amplify", "--model", MODEL, "--data", data, "--out", str(out), "--alphas",
-                "0:10:5", "--direction", d, "--limit", "2", "--quiet")
+                "0:10:5", "--direction", d, "--limit", "2", "--quiet", "--recipe", "robust")
     assert r.exit_code == 0, r.output
     assert "held-out alpha" in r.output and "paper's Probe*" in r.output
+    # on a paper preset the default recipe reports the authors' selections
+    r = _invoke("amplify", "--model", MODEL, "--data", data, "--out", str(tmp_path / "p"),
+                "--alphas", "0:10:5", "--direction", d, "--limit", "2", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "Probe (the authors' best global alpha" in r.output and "(paper recipe)" in r.output
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert s["recipe"] == "paper" and s["selections_robust"]
     t = pd.read_parquet(out / "e7.parquet")
     assert sorted(set(t["alpha"])) == [0.0, 5.0, 10.0] and set(t["control"]) == {"probe",
                                                                                   "random"}
