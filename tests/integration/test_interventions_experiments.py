@@ -333,3 +333,23 @@ def test_e2_paper_pairs_filter_and_four_variant_probability(qwen_setup, monkeypa
     with pytest.raises(InterventionError, match="no pair was answered right"):
         patching.run_e2(ad, ds, PatchConfig(experiment="e2", layers="0", limit=1),
                         progress=False)
+
+
+def test_e5_paper_scores_whole_vocabulary_top1_robust_the_options(qwen_setup):
+    ad, ds = qwen_setup
+    tp, sp = run_e5(ad, ds, AblateConfig(limit=3, recipe="paper"), progress=False)
+    tr, sr = run_e5(ad, ds, AblateConfig(limit=3, recipe="robust"), progress=False)
+    assert (sp["recipe"], sp["metric"]) == ("paper", "vocab_top1")
+    assert (sr["recipe"], sr["metric"]) == ("robust", "options")
+    # the same runs (squares: layout cells = covered cells), scored two ways
+    assert list(tp["ablated_top1"]) == list(tr["ablated_top1"])
+    assert (tp["ablated_correct"] == (tp["ablated_top1"] == tp["answer"])).all()
+    assert (tr["ablated_correct"] == (tr["ablated_pred"] == tr["answer"])).all()
+    # oracle for the top-1 token: the model's own decoding of its base run
+    stim = base_items(ds)[0]
+    p = prepare(ad, ds, stim, pick_prompt(stim))
+    tok = int(run(ad, p.inputs).logits[0, -1].argmax())
+    import re
+
+    want = re.sub(r"[^0-9a-z]", "", ad.tokenizer.decode([tok]).lower())
+    assert tp.loc[0, "base_top1"] == want
