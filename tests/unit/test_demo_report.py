@@ -138,3 +138,6 @@ def test_stimulus_configs_build_and_degraded_set_has_no_twins():
 def test_demo_config_validates():
     with pytest.raises(InterventionError, match="'n' parameter"):
         DemoConfig(n=2)
+    with pytest.raises(InterventionError, match="'recipe' parameter"):
+        DemoConfig(recipe="authors")
+    assert DemoConfig().recipe == "both"
