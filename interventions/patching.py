@@ -119,6 +119,8 @@ def _bar(total: int, desc: str, progress: bool):
 
 # --------------------------------------------------------------------------- E4 / E6
 PAPER_REGIONS = ("object", "strip")
+#: The authors' pairs per direction (E4 and E6 ``cf_pairs``).
+PAPER_PAIRS_PER_DIRECTION = 50
 
 
 def _recipe_of(config, ds) -> str:
@@ -181,7 +183,8 @@ def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True,
     items = base_items(ds, limit=config.limit)
     ic = Interchange()
     counter = ForwardCounter()
-    out, skipped = [], []
+    out, skipped, dropped, beyond = [], [], [], []
+    kept: dict[str, int] = {}
     bar = _bar(len(items) * len(layers) * len(config.regions), "E4 criss-cross", progress)
     for stim in items:
         prompt = pick_prompt(stim, config.prompt)
@@ -196,16 +199,36 @@ def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True,
             skipped.append({"item": stim.id, "reason": str(e)})
             bar.update(len(layers) * len(config.regions))
             continue
-        if regions is not None:
-            regions.append(pairs_frame(stim.id, pairs))
+        if recipe == "paper" and kept.get(stim.relation, 0) >= PAPER_PAIRS_PER_DIRECTION:
+            beyond.append(stim.id)  # the authors use 50 pairs per direction
+            bar.update(len(layers) * len(config.regions))
+            continue
         rows, keys = _crisscross_rows(p, cf, pairs, layers, ic)
         res = sweep(adapter, p.inputs, rows, sources={"cf": SourceRun(inputs=cf.inputs)},
                     batch_size=config.batch_size, progress=bar)
         counter.add(res.counter)
-        out += _slot_probs(adapter, stim, res, keys, pick_prompt(cc, config.prompt).answer,
-                           prompt.answer)
+        cf_answer = pick_prompt(cc, config.prompt).answer
+        if recipe == "paper":  # the authors keep pairs answered right on both runs
+            tok = adapter.tokenizer
+            ok_clean = vocab_top1(tok, res.base_logits) == vocab_top1_answer(prompt.answer)
+            ok_cf = vocab_top1(tok, res.sources["cf"]) == vocab_top1_answer(cf_answer) \
+                if "cf" in res.sources else False
+            if not (ok_clean and ok_cf):
+                dropped.append({"item": stim.id, "clean_right": bool(ok_clean),
+                                "cf_right": bool(ok_cf)})
+                continue
+            kept[stim.relation] = kept.get(stim.relation, 0) + 1
+        if regions is not None:
+            regions.append(pairs_frame(stim.id, pairs))
+        out += _slot_probs(adapter, stim, res, keys, cf_answer, prompt.answer)
     bar.close()
-    return _finish(out, counter, config, "E4", skipped, recipe)
+    table, summary = _finish(out, counter, config, "E4", skipped, recipe, dropped=dropped)
+    if recipe == "paper":
+        summary["n_dropped_wrong"] = len(dropped)
+        summary["dropped_wrong"] = dropped
+        summary["n_beyond_50_per_direction"] = len(beyond)
+        summary["beyond_50_per_direction"] = beyond
+    return table, summary
 
 
 def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True,
@@ -224,7 +247,8 @@ def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True,
     items = base_items(ds, limit=config.limit)
     ic = Interchange()
     counter = ForwardCounter()
-    out, skipped, dropped = [], [], []
+    out, skipped, dropped, beyond6 = [], [], [], []
+    kept6: dict[str, int] = {}
     blanks: dict = {}
     bar = _bar(len(items) * (len(layers) + 1), "E6 ablated criss-cross", progress)
     for stim in items:
@@ -260,6 +284,10 @@ def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True,
                     progress=bar)
         counter.add(res.counter)
         cf_answer = pick_prompt(cc, config.prompt).answer
+        if rcp.e6_keep == "ablated_correct" and \
+                kept6.get(stim.relation, 0) >= PAPER_PAIRS_PER_DIRECTION:
+            beyond6.append(stim.id)
+            continue
         if rcp.e6_keep == "ablated_correct":
             tok = adapter.tokenizer
             ok_clean = vocab_top1(tok, res.row_logits[-1]) == vocab_top1_answer(prompt.answer)
@@ -269,18 +297,23 @@ def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True,
                 dropped.append({"item": stim.id, "clean_right": bool(ok_clean),
                                 "cf_right": bool(ok_cf)})
                 continue
+            kept6[stim.relation] = kept6.get(stim.relation, 0) + 1
         if regions is not None:
             regions.append(pairs_frame(stim.id, [cross, *abl, *cf_abl]))
         out += _slot_probs(adapter, stim, res, keys, cf_answer, prompt.answer)
     bar.close()
     table, summary = _finish(out, counter, config, "E6", skipped, recipe, dropped=dropped)
+    if rcp.e6_keep == "ablated_correct":
+        summary["n_beyond_50_per_direction"] = len(beyond6)
+        summary["beyond_50_per_direction"] = beyond6
     return table, summary
 
 
 def _finish(rows, counter, config, name, skipped=(), recipe="robust", dropped=()):
     if not rows:
         why = skipped[0]["reason"] if skipped else \
-            "no pair is answered right under the ablation" if dropped else "no items"
+            ("no pair is answered right under the ablation" if name == "E6" else
+             "no pair is answered right on both runs") if dropped else "no items"
         raise InterventionError(f"{name}: every item was skipped; first reason: {why}")
     table = pd.DataFrame(rows)
     patched = table[table["layer"] >= 0]

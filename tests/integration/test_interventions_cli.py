@@ -118,10 +118,16 @@ def test_empty_alpha_range_and_bad_layers_are_one_line_errors(data, tmp_path):
 
 
 @pytest.mark.parametrize("recipe", ["paper", "robust"])
-def test_patch_and_ablate_write_regions_and_record_the_recipe(data, tmp_path, recipe):
+def test_patch_and_ablate_write_regions_and_record_the_recipe(data, tmp_path, recipe,
+                                                               monkeypatch):
     from scenegen import read_dataset
 
+    import interventions.patching as patching
     from interventions.regions import regions_table
+
+    # paper E4 keeps pairs answered right on both runs: make the tiny model always right
+    monkeypatch.setattr(patching, "vocab_top1", lambda tok, logits: "x")
+    monkeypatch.setattr(patching, "vocab_top1_answer", lambda a: "x")
 
     ds = read_dataset(data)
     for cmd, exp in (("patch", "e4"), ("ablate", "e5")):

@@ -240,10 +240,18 @@ def test_e7_on_whatsup_alpha_zero_matches_evaluate(qwen_setup, tmp_path):
 
 
 @pytest.mark.parametrize("setup", ["qwen_setup", "gemma_setup"])
-def test_e4_paper_patches_exactly_its_regions_parquet(setup, request):
+def test_e4_paper_patches_exactly_its_regions_parquet(setup, request, monkeypatch):
     """The paper recipe is the default on a paper preset; the experiment records the token pairs
     that the model-free region computation gives, and patches exactly those."""
+    import interventions.patching as patching
+    from interventions.errors import InterventionError
+
     ad, ds = request.getfixturevalue(setup)
+    # the authors keep only pairs answered right on both runs: a random tiny model never is
+    with pytest.raises(InterventionError, match="answered right on both runs"):
+        run_e4(ad, ds, PatchConfig(experiment="e4", layers="0", limit=1), progress=False)
+    monkeypatch.setattr(patching, "vocab_top1", lambda tok, logits: "x")  # always right
+    monkeypatch.setattr(patching, "vocab_top1_answer", lambda a: "x")
     collected = []
     table, summary = run_e4(ad, ds, PatchConfig(experiment="e4", layers="0", limit=1),
                             progress=False, regions=collected)
@@ -353,3 +361,16 @@ def test_e5_paper_scores_whole_vocabulary_top1_robust_the_options(qwen_setup):
 
     want = re.sub(r"[^0-9a-z]", "", ad.tokenizer.decode([tok]).lower())
     assert tp.loc[0, "base_top1"] == want
+
+
+def test_e4_paper_caps_pairs_per_direction(qwen_setup, monkeypatch):
+    import interventions.patching as patching
+
+    ad, ds = qwen_setup
+    monkeypatch.setattr(patching, "vocab_top1", lambda tok, logits: "x")  # always right
+    monkeypatch.setattr(patching, "vocab_top1_answer", lambda a: "x")
+    monkeypatch.setattr(patching, "PAPER_PAIRS_PER_DIRECTION", 1)  # the authors' 50, scaled
+    items = base_items(ds, limit=6)
+    _, s = run_e4(ad, ds, PatchConfig(experiment="e4", layers="0", limit=6), progress=False)
+    n_rel = len({st.relation for st in items})
+    assert s["n_items"] == n_rel and s["n_beyond_50_per_direction"] == 6 - n_rel
