@@ -43,7 +43,7 @@ def _direction(path, *, model=MODEL, site="projector", width=128, axis=None):
 def test_patch_e4_writes_table_summary_and_heatmap(data, tmp_path):
     out = tmp_path / "e4"
     r = _invoke("patch", "--model", MODEL, "--data", data, "--out", str(out), "--experiment",
-                "e4", "--layers", "0,2", "--limit", "1", "--quiet")
+                "e4", "--layers", "0,2", "--limit", "1", "--quiet", "--recipe", "robust")
     assert r.exit_code == 0, r.output
     t = pd.read_parquet(out / "e4.parquet")
     assert sorted(set(t["layer"])) == [0, 2] and set(t["region"]) == {"object", "strip"}
@@ -53,6 +53,13 @@ def test_patch_e4_writes_table_summary_and_heatmap(data, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"] == MODEL and cfg["config"]["layers"] == "0,2"
     assert "torch" in cfg["versions"]
+    # the paper recipe (the default here) keeps only pairs answered right on both runs: the
+    # random tiny model has none, and the command says so in one line
+    r = CliRunner().invoke(spatialbind, ["patch", "--model", MODEL, "--data", data, "--out",
+                                         str(tmp_path / "p"), "--experiment", "e4", "--layers",
+                                         "0", "--limit", "1", "--quiet"])
+    assert r.exit_code == 1 and "answered right on both runs" in r.output
+    assert r.output.strip().count("\n") == 0
 
 
 def test_ablate_writes_accuracy_vs_chance(data, tmp_path):
