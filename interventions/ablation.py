@@ -21,7 +21,8 @@ import torch
 
 from .errors import InterventionError
 from .hooks import Ablate, run
-from .layout import map_region
+from .recipes import RECIPES, describe, get as get_recipe, resolve
+from .regions import RegionError, ablation_pairs, pairs_frame
 from .stimuli import (Prepared, base_items, blank_of, isolated_twins, option_ids, pick_prompt,
                       prepare, slot_colors)
 from .sweeps import Edit, ForwardCounter, SourceRun, option_probs, sweep
@@ -39,8 +40,14 @@ class AblateConfig:
     """Use the first N base stimuli (None: all)."""
     batch_size: int = 8
     """Rows per batched forward."""
+    recipe: str | None = None
+    """``paper`` or ``robust`` (interventions/RECIPES.md); None: ``paper`` for the paper's
+    presets, else ``robust``."""
 
     def __post_init__(self):
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise InterventionError(f"The 'recipe' parameter of AblateConfig must be one of "
+                                    f"{RECIPES}. Got {self.recipe!r} instead.")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise InterventionError(f"The 'limit' parameter of AblateConfig must be an int >= 1 "
                                     f"or None. Got {self.limit!r} instead.")
@@ -56,6 +63,10 @@ class References:
     iso: dict[int, Prepared]
     blank: Prepared
     blank_acts: dict[str, torch.Tensor]
+
+    @property
+    def by_id(self) -> dict[str, Prepared]:
+        return {r.stim.id: r for r in self.iso.values()}
 
 
 def blank_acts(adapter, ds, prompt, stim=None, *, cache: dict | None = None
@@ -78,106 +89,132 @@ def references(adapter, ds, stim, prompt, blank: tuple[Prepared, dict]) -> Refer
     return References(iso=iso, blank=blank[0], blank_acts=blank[1])
 
 
-def _entity_key(e) -> tuple:
-    return (e.kind, e.color, tuple(e.rgb))
-
-
-def ablation_edits(p: Prepared, refs: References, *, base_stim=None, tag: str = "",
-                   ablate: Ablate | None = None) -> tuple[list[Edit], dict[str, SourceRun],
-                                                          np.ndarray]:
-    """Edits that ablate ordering at the LM input of ``p``, and the sources they read.
-
-    ``base_stim`` is the stimulus whose isolated twins ``refs`` holds, when ``p`` is another
-    stimulus showing the same entities (E6's criss-cross partner): entities are matched by
-    (kind, colour, rgb).
-
-    Returns
-    -------
-    (edits, sources, entity_cells)
-        ``entity_cells`` are the image-token indices of ``p`` filled from isolated twins.
-    """
+def ablation_edits(p: Prepared, refs: References, pairs, *, ablate: Ablate | None = None
+                   ) -> tuple[list[Edit], dict[str, SourceRun]]:
+    """Edits that ablate ordering at the LM input of ``p`` following ``pairs`` (the
+    ``isolated`` / ``blank`` :class:`~interventions.regions.Pairs` of
+    :func:`interventions.regions.ablation_pairs`), and the sources they read."""
     ablate = ablate or Ablate()
-    base_stim = base_stim or p.stim
-    by_key = {_entity_key(e): e.mask_id for e in base_stim.entities}
-    edits, sources = [], {}
     lay = p.layout
-    filled = []
-    for e in p.stim.entities:
-        if e.role != "target" or e.ordinal is None:
+    by_id = refs.by_id
+    edits, sources = [], {}
+    for pr in pairs:
+        if pr.source_kind == "isolated":
+            ref = by_id[pr.source_id]
+            name = f"iso:{pr.source_id}"
+            sources[name] = SourceRun(inputs=ref.inputs)
+            src_lay = ref.layout
+        elif pr.source_kind == "blank":
+            if tuple(refs.blank.layout.grid) != tuple(lay.grid):
+                raise InterventionError(f"the blank canvas has a {refs.blank.layout.grid} token "
+                                        f"grid but {p.stim.id} has {lay.grid}; use one image size")
+            name = "blank"
+            sources[name] = SourceRun(acts=refs.blank_acts)
+            src_lay = refs.blank.layout
+        else:
             continue
-        mid = by_key.get(_entity_key(e))
-        if mid is None or mid not in refs.iso:
-            raise InterventionError(f"no isolated twin shows entity {e.name or e.color!r} of "
-                                    f"stimulus {p.stim.id}; regenerate with isolated twins")
-        ref = refs.iso[mid]
-        if len(lay.cells(f"object:{e.ordinal}")) == 0 or len(ref.layout.cells("object")) == 0:
-            continue  # too small to own a token here or there: its cells take the blank's
-        bc, sc = map_region(lay, f"object:{e.ordinal}", lay.anchor(e.ordinal),
-                            ref.layout, "object", ref.layout.rc(ref.layout.cells("object")).min(0))
-        if len(bc) == 0:
+        if len(pr.clean) == 0:
             continue
-        name = f"iso{tag}:{mid}"
-        sources[name] = SourceRun(inputs=ref.inputs)
-        edits.append(Edit(site=SITE, intervention=ablate, tokens=lay.image_positions[bc].tolist(),
-                          source=name, source_tokens=ref.layout.image_positions[sc].tolist()))
-        filled.append(bc)
-    filled_cells = np.unique(np.concatenate(filled)) if filled else np.zeros(0, int)
-    rest = np.setdiff1d(np.arange(lay.n_image), filled_cells)
-    if tuple(refs.blank.layout.grid) != tuple(lay.grid):
-        raise InterventionError(f"the blank canvas has a {refs.blank.layout.grid} token grid but "
-                                f"{p.stim.id} has {lay.grid}; use one image size")
-    sources["blank"] = SourceRun(acts=refs.blank_acts)
-    edits.append(Edit(site=SITE, intervention=ablate, tokens=lay.image_positions[rest].tolist(),
-                      source="blank",
-                      source_tokens=refs.blank.layout.image_positions[rest].tolist()))
-    return edits, sources, filled_cells
+        edits.append(Edit(site=SITE, intervention=ablate,
+                          tokens=lay.image_positions[pr.clean].tolist(), source=name,
+                          source_tokens=src_lay.image_positions[pr.source].tolist()))
+    return edits, sources
 
 
-def run_e5(adapter, ds, config: AblateConfig = AblateConfig(), *, progress: bool = True
-           ) -> tuple[pd.DataFrame, dict[str, Any]]:
+def vocab_top1(tokenizer, logits: torch.Tensor) -> str:
+    """The top-1 token over the whole vocabulary, decoded and normalised to lower-case
+    alphanumerics (the paper's E1 / E5 / E6 answer check)."""
+    import re
+
+    tok = int(torch.as_tensor(logits).float().argmax(-1))
+    return re.sub(r"[^0-9a-z]", "", tokenizer.decode([tok]).lower())
+
+
+def run_e5(adapter, ds, config: AblateConfig = AblateConfig(), *, progress: bool = True,
+           regions: list | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """E5: accuracy with the vision ordering ablated at the LM input, vs chance 1/3.
+
+    The recipe decides the regions (``paper``: layout cells; ``robust``: mask coverage, see
+    :mod:`interventions.regions`) and the score (``paper``: the top-1 token over the whole
+    vocabulary must be the answer; ``robust``: argmax over the answer options).
+
+    Parameters
+    ----------
+    regions
+        When a list, each item's ``regions.parquet`` rows (a DataFrame) are appended to it.
 
     Returns
     -------
     (table, summary)
         One row per stimulus (baseline and ablated prediction and probabilities); the summary
-        holds accuracies, chance and forward counts.
+        holds accuracies, chance, forward counts, the recipe and the items that could not run.
     """
     from tqdm.auto import tqdm
 
+    recipe = resolve(config.recipe, ds)
+    rcp = get_recipe(recipe)
     items = base_items(ds, limit=config.limit)
     counter = ForwardCounter()
     blanks: dict = {}
-    rows = []
+    rows, skipped = [], []
     for stim in tqdm(items, desc="E5 ablate", disable=not progress, dynamic_ncols=True):
         prompt = pick_prompt(stim, config.prompt)
+        p = prepare(adapter, ds, stim, prompt)
+        try:
+            pairs = ablation_pairs(ds, stim, p.layout.grid, recipe)
+        except RegionError as e:
+            skipped.append({"item": stim.id, "reason": str(e)})
+            continue
         n_blank = len(blanks)
         blank = blank_acts(adapter, ds, prompt, stim, cache=blanks)
         counter.forwards += len(blanks) - n_blank
-        p = prepare(adapter, ds, stim, prompt)
         refs = references(adapter, ds, stim, prompt, blank)
-        edits, sources, _ = ablation_edits(p, refs)
+        edits, sources = ablation_edits(p, refs, pairs)
         res = sweep(adapter, p.inputs, [edits], sources=sources, batch_size=config.batch_size)
         counter.add(res.counter)
+        if regions is not None:
+            regions.append(pairs_frame(stim.id, pairs))
         opts = list(prompt.options) or slot_colors(stim)
         ids = option_ids(adapter.tokenizer, opts)
         pb = option_probs(res.base_logits, ids, normalize=True)
         pa = option_probs(res.row_logits[0], ids, normalize=True)
         ans = opts.index(prompt.answer)
+        top_b = vocab_top1(adapter.tokenizer, res.base_logits)
+        top_a = vocab_top1(adapter.tokenizer, res.row_logits[0])
+        truth = vocab_top1_answer(prompt.answer)
+        if rcp.e5_metric == "vocab_top1":
+            base_ok, abl_ok = top_b == truth, top_a == truth
+        else:
+            base_ok, abl_ok = bool(pb.argmax() == ans), bool(pa.argmax() == ans)
         rows.append({"item": stim.id, "relation": stim.relation, "axis": stim.axis,
                      "task": stim.task, "answer": prompt.answer,
                      "base_pred": opts[int(pb.argmax())], "ablated_pred": opts[int(pa.argmax())],
+                     "base_top1": top_b, "ablated_top1": top_a,
                      "base_p_answer": float(pb[ans]), "ablated_p_answer": float(pa[ans]),
-                     "base_correct": bool(pb.argmax() == ans),
-                     "ablated_correct": bool(pa.argmax() == ans), "n_options": len(opts)})
+                     "base_correct": bool(base_ok), "ablated_correct": bool(abl_ok),
+                     "n_options": len(opts)})
+    if not rows:
+        why = skipped[0]["reason"] if skipped else "no items"
+        raise InterventionError(f"E5: no item could run under recipe {recipe!r}; first "
+                                f"reason: {why}")
     table = pd.DataFrame(rows)
     summary = {
-        "experiment": "E5", "n_items": len(table),
+        "experiment": "E5", "recipe": recipe, "metric": rcp.e5_metric,
+        "n_items": len(table),
         "base_accuracy": float(table["base_correct"].mean()),
         "ablated_accuracy": float(table["ablated_correct"].mean()),
         "chance": float((1.0 / table["n_options"]).mean()),
         "by_relation": table.groupby("relation")["ablated_correct"].mean().to_dict(),
         "forwards": counter.forwards, "naive_forwards": counter.naive_forwards,
-        "config": asdict(config),
+        "n_skipped": len(skipped), "skipped": skipped,
+        "config": {**asdict(config), "recipe": recipe}, "recipe_definition": describe(recipe),
     }
     return table, summary
+
+
+def vocab_top1_answer(answer: str) -> str:
+    """An answer normalised the way :func:`vocab_top1` normalises predictions."""
+    import re
+
+    return re.sub(r"[^0-9a-z]", "", str(answer).lower())
+

@@ -89,8 +89,14 @@ class AmplifyConfig:
     """Rows (alpha x control) per batched forward."""
     seed: int = 0
     """Seed of the random-direction control."""
+    recipe: str | None = None
+    """``paper`` or ``robust`` (interventions/RECIPES.md); None: ``paper`` for the paper's
+    presets, else ``robust``."""
 
     def __post_init__(self):
+        if self.recipe is not None and self.recipe not in ("paper", "robust"):
+            raise InterventionError(f"The 'recipe' parameter of AmplifyConfig must be paper or "
+                                    f"robust. Got {self.recipe!r} instead.")
         al = parse_alphas(self.alphas)
         if 0.0 not in al:
             al = (0.0,) + al
@@ -297,6 +303,9 @@ def run_e7(adapter, data, directions, config: AmplifyConfig = AmplifyConfig(), *
         for c, a in keys:
             mods.setdefault((item.axis, c, a), Amplify(ctrl[c], a))
         ok = {k: True for k in keys}
+        margin = {k: 0.0 for k in keys}
+        top_ok = {k: "" for k in keys}  # per order: 1 = top-1 token is the truth
+        in_axis = {k: True for k in keys}  # every order's top-1 token is one of the options
         for q in item.questions:
             batch = adapter.prepare([q.image()], [q.prompt], system=q.system)
             img = np.asarray(batch.image_positions[0]).tolist()
@@ -307,13 +316,22 @@ def run_e7(adapter, data, directions, config: AmplifyConfig = AmplifyConfig(), *
             opts = list(q.options)
             # scored as `spatialbind evaluate` scores two-option questions (max over spellings)
             probs = option_scores(res.row_logits, option_ids(adapter.tokenizer, opts))
-            for k, pr in zip(keys, probs):
+            ans = opts.index(q.answer)
+            norm_opts = {_norm(o) for o in opts}
+            for k, pr, lg in zip(keys, probs, res.row_logits):
                 ok[k] &= opts[int(pr.argmax())] == q.answer
+                margin[k] += float(pr[ans] - np.delete(pr, ans).max())
+                top = _norm(adapter.tokenizer.decode([int(lg.float().argmax())]))
+                top_ok[k] += "1" if top == _norm(q.answer) else "0"
+                in_axis[k] &= top in norm_opts
         for (c, a), v in ok.items():
             rows.append({"item": item.id, "split": item.split, "axis": item.axis,
-                         "control": c, "alpha": a, "correct": bool(v)})
+                         "control": c, "alpha": a, "correct": bool(v),
+                         "margin": margin[(c, a)] / len(item.questions),
+                         "top1_orders": top_ok[(c, a)], "top1_in_axis": bool(in_axis[(c, a)])})
     table = pd.DataFrame(rows)
     summary = summarize_e7(table, config)
+    summary["paper"] = summarize_e7_paper(table)
     summary.update(forwards=counter.forwards, naive_forwards=counter.naive_forwards)
     return table, summary
 
@@ -384,6 +402,59 @@ def summarize_e7(table: pd.DataFrame, config: AmplifyConfig) -> dict[str, Any]:
                 "base_accuracy": base_acc,
                 "accuracy": (int(base.sum()) + fixed) / len(base),
                 "note": "each failing item gets its own best alpha; broken items not counted"})
+    return out
+
+
+def _norm(text: str) -> str:
+    import re
+
+    return re.sub(r"[^0-9a-z]", "", str(text).lower())
+
+
+def summarize_e7_paper(table: pd.DataFrame) -> dict[str, Any]:
+    """E7 scored as the authors score it (``coco_amplification/src/common.py``): each order's
+    next-token argmax over the whole vocabulary, normalised, must be the truth; items whose
+    baseline top-1 is out of the axis in any order are dropped (the "clean" set); a failing item
+    is *fixed* at alpha when every order that failed at baseline now predicts the truth (orders
+    right at baseline are not re-checked). ``Probe``: the single alpha > 0 with most fixes,
+    chosen on the failing items themselves; ``Probe*``: fixed at any alpha > 0. Accuracy =
+    (golden + fixed) / clean items; fix rate = fixed / failing items."""
+    out: dict[str, Any] = {"selections": []}
+    for c in CONTROLS:
+        t = table[table["control"] == c]
+        base = t[t["alpha"] == 0].set_index("item")
+        clean = base[base["top1_in_axis"]]
+        n_dropped = int(len(base) - len(clean))
+        orders = clean["top1_orders"]
+        golden = orders[orders.map(lambda o: set(o) == {"1"})].index
+        fail = orders.index.difference(golden)
+        outcomes = {"golden": len(golden), "fail_both": 0, "fail_lr_only": 0, "fail_rl_only": 0}
+        for o in orders[fail]:
+            key = ("fail_both" if o.count("0") > 1 else
+                   "fail_lr_only" if o[:1] == "0" else "fail_rl_only")
+            outcomes[key] += 1
+        fixes: dict[float, set] = {}
+        for a, g in t[(t["alpha"] > 0) & t["item"].isin(fail)].groupby("alpha"):
+            now = g.set_index("item")["top1_orders"]
+            fixes[float(a)] = {i for i in fail if all(
+                n == "1" for b, n in zip(orders[i], now.get(i, "")) if b == "0")}
+        n_clean = len(clean)
+        common = {"control": c, "n": n_clean, "n_fail": len(fail), "n_golden": len(golden),
+                  "n_dropped_out_of_axis": n_dropped, "outcomes": outcomes,
+                  "base_accuracy": len(golden) / n_clean if n_clean else None}
+        a_best = sorted(fixes, key=lambda a: (-len(fixes[a]), a))[0] if fixes else None
+        k = len(fixes[a_best]) if fixes else 0
+        anyfix = set().union(*fixes.values()) if fixes else set()
+        note = None if n_clean else ("no item kept: every item's baseline top-1 token is out "
+                                     "of the axis in some order")
+        for name, alpha, n_fixed in (
+                ("Probe (the authors' best global alpha, in-sample)", a_best, k),
+                ("Probe* (the authors' per-item oracle)", None, len(anyfix))):
+            out["selections"].append({
+                **common, "selection": name, "alpha": alpha, "fixed": n_fixed,
+                "fix_rate": n_fixed / len(fail) if len(fail) else None,
+                "accuracy": (len(golden) + n_fixed) / n_clean if n_clean else None,
+                "note": note})
     return out
 
 

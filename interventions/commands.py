@@ -25,6 +25,9 @@ _COMMON = [
                  help="Prompt kind to ask (completion, choice, yesno); --prompt is an alias."),
     click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
     click.option("--quiet", is_flag=True, help="No progress bar (alias of --no-progress)."),
+    click.option("--recipe", type=click.Choice(["paper", "robust"]), default=None,
+                 help="paper: the authors' exact protocol; robust: spatialbind's own (see "
+                      "interventions/RECIPES.md). Default: paper for the paper's presets."),
 ]
 
 
@@ -49,7 +52,7 @@ def _common(f):
 @click.option("--partner", type=click.Choice(["opposite", "swap", "crisscross"]),
               default="opposite", show_default=True,
               help="E2 counterfactual: a stimulus asking the opposite direction (paper), or a twin.")
-def patch(model, data, out, limit, batch_size, prompt, progress, quiet, experiment, layers,
+def patch(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, experiment, layers,
           regions, partner):
     """Interchange patching: E2 last token, E4 criss-cross regions, E6 criss-cross under ablation."""
     from .experiments import patch_to_dir
@@ -58,22 +61,26 @@ def patch(model, data, out, limit, batch_size, prompt, progress, quiet, experime
     cfg = PatchConfig(experiment=experiment, layers=layers,
                       regions=tuple(r.strip() for r in regions.split(",") if r.strip()),
                       partner=partner, prompt=prompt or "completion", limit=limit,
-                      batch_size=batch_size)
+                      batch_size=batch_size, recipe=recipe)
     s = patch_to_dir(model, data, out, cfg, progress=progress and not quiet)
-    click.echo(f"{s['experiment']}: {s['n_items']} items, {s['forwards']} forwards "
+    skipped = len(s.get("skipped") or s.get("skipped_no_partner") or ())
+    click.echo(f"{s['experiment']} ({s['recipe']} recipe): {s['n_items']} items, "
+               f"{skipped} could not run, {s['forwards']} forwards "
                f"(naive {s['naive_forwards']}); wrote {out}")
 
 
 @click.command("ablate")
 @_common
-def ablate(model, data, out, limit, batch_size, prompt, progress, quiet):
+def ablate(model, data, out, limit, batch_size, prompt, progress, quiet, recipe):
     """E5: accuracy with the vision ordering ablated at the LM input (chance 1/3)."""
     from .ablation import AblateConfig
     from .experiments import ablate_to_dir
 
-    cfg = AblateConfig(prompt=prompt or "completion", limit=limit, batch_size=batch_size)
+    cfg = AblateConfig(prompt=prompt or "completion", limit=limit, batch_size=batch_size,
+                       recipe=recipe)
     s = ablate_to_dir(model, data, out, cfg, progress=progress and not quiet)
-    click.echo(f"E5: baseline {s['base_accuracy']:.3f}, ablated {s['ablated_accuracy']:.3f}, "
+    click.echo(f"E5 ({s['recipe']} recipe, {s['metric']}, {s['n_skipped']} could not run): "
+               f"baseline {s['base_accuracy']:.3f}, ablated {s['ablated_accuracy']:.3f}, "
                f"chance {s['chance']:.3f} ({s['n_items']} items); wrote {out}")
 
 
@@ -87,17 +94,18 @@ def ablate(model, data, out, limit, batch_size, prompt, progress, quiet):
               help="Split on which the held-out alpha is chosen (reported on the others).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random-direction control.")
-def amplify(model, data, out, limit, batch_size, prompt, progress, quiet, alphas, direction,
+def amplify(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, alphas, direction,
             select_split, seed):
     """E7: amplify the ordering component of every image token before LM layer 0 (alpha sweep)."""
     from .amplification import AmplifyConfig
     from .experiments import amplify_to_dir
 
     cfg = AmplifyConfig(alphas=alphas, prompt=prompt or "choice", select_split=select_split,
-                        limit=limit, batch_size=batch_size, seed=seed)
+                        limit=limit, batch_size=batch_size, seed=seed, recipe=recipe)
     s = amplify_to_dir(model, data, out, cfg, direction=list(direction),
                        progress=progress and not quiet)
     for r in s["selections"]:
+        acc = "n/a" if r.get("accuracy") is None else f"{r['accuracy']:.3f}"
         click.echo(f"{r['control']:>6} | {r['selection']}: alpha={r['alpha']} fixed={r['fixed']} "
-                   f"broken={r['broken']} accuracy={r['accuracy']:.3f}")
+                   f"broken={r['broken']} accuracy={acc} ({s['recipe']} recipe)")
     click.echo(f"wrote {out}")

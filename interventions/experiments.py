@@ -39,6 +39,9 @@ class ExperimentResult:
     data: str
     extra: dict[str, pd.DataFrame] = field(default_factory=dict)
     """More tables written next to the main one (E7: ``e7_dose_response``)."""
+    regions: pd.DataFrame | None = None
+    """The image-token pairs an E4/E5/E6 run patched (``regions.parquet``: ``id``, ``region``,
+    ``clean_token``, ``source_token``, ``source``); None for E2 and E7."""
 
     def save(self, out: str | os.PathLike) -> Path:
         """Write ``<exp>.parquet``/``.csv``, ``summary.json``/``.csv``, ``config.json`` and the
@@ -50,7 +53,7 @@ class ExperimentResult:
         name = self.experiment
         flat = pd.DataFrame(self.summary["selections"]) if name == "e7" else None
         write_results(out, name, self.table, self.summary, config=self.config, model=self.model,
-                      data=self.data, flat=flat)
+                      data=self.data, flat=flat, regions=self.regions)
         for key, df in self.extra.items():
             df.to_csv(out / f"{key}.csv", index=False)
         if name == "e2":
@@ -91,8 +94,11 @@ def patch(config, *, model, data, progress: bool = True) -> ExperimentResult:
 
     ds, where = _dataset(data)  # a bad dataset fails before the model loads
     adapter, name = _model(model)
-    table, summary = run_patch(adapter, ds, config, progress=progress)
-    return ExperimentResult(config.experiment, table, summary, _cfg(config), name, where)
+    regions: list | None = None if config.experiment == "e2" else []
+    table, summary = run_patch(adapter, ds, config, progress=progress, regions=regions)
+    return ExperimentResult(config.experiment, table, summary,
+                            summary.get("config", _cfg(config)), name, where,
+                            regions=_regions(regions))
 
 
 def ablate(config, *, model, data, progress: bool = True) -> ExperimentResult:
@@ -101,8 +107,19 @@ def ablate(config, *, model, data, progress: bool = True) -> ExperimentResult:
 
     ds, where = _dataset(data)
     adapter, name = _model(model)
-    table, summary = run_e5(adapter, ds, config, progress=progress)
-    return ExperimentResult("e5", table, summary, dataclasses.asdict(config), name, where)
+    regions: list = []
+    table, summary = run_e5(adapter, ds, config, progress=progress, regions=regions)
+    return ExperimentResult("e5", table, summary,
+                            summary.get("config", dataclasses.asdict(config)), name, where,
+                            regions=_regions(regions))
+
+
+def _regions(parts: list | None) -> pd.DataFrame | None:
+    if parts is None:
+        return None
+    from .regions import empty_frame
+
+    return pd.concat(parts, ignore_index=True) if parts else empty_frame()
 
 
 def amplify(config, *, model, data, directions, progress: bool = True) -> ExperimentResult:
@@ -139,10 +156,19 @@ def amplify(config, *, model, data, directions, progress: bool = True) -> Experi
     else:
         w, source = directions, "arrays given in Python"
     table, summary = run_e7(adapter, ds, w, config, progress=progress)
+    from .recipes import resolve
+
+    recipe = resolve(config.recipe, None if whatsup else ds)
     summary["direction"] = source
+    summary["recipe"] = recipe
+    if recipe == "paper":  # the headline selections are the authors' (robust ones stay beside)
+        summary["selections_robust"] = summary["selections"]
+        summary["selections"] = [
+            {**r, "broken": None, "net": r["fixed"]} for r in summary["paper"]["selections"]]
     cfg = {k: list(v) if isinstance(v, tuple) else v
            for k, v in dataclasses.asdict(config).items()}
     cfg["direction"] = source
+    cfg["recipe"] = recipe
     return ExperimentResult("e7", table, summary, cfg, name, where,
                             extra={"e7_dose_response": pd.DataFrame(summary["dose_response"])})
 

@@ -15,11 +15,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
+import torch
 
-from .ablation import ablation_edits, blank_acts, references
+from .ablation import ablation_edits, blank_acts, references, vocab_top1, vocab_top1_answer
 from .errors import InterventionError
 from .hooks import Interchange, n_resid_sites
-from .layout import crisscross_map
+from .recipes import RECIPES, describe, get as get_recipe, resolve
+from .regions import RegionError, ablation_pairs, crisscross_pairs, pairs_frame, uses_layout
 from .stimuli import (base_items, option_ids, pick_prompt, prepare, slot_colors, twin)
 from .sweeps import Edit, ForwardCounter, SourceRun, option_probs, sweep
 
@@ -65,8 +67,14 @@ class PatchConfig:
     """Use the first N base stimuli (None: all)."""
     batch_size: int = 8
     """Patched rows per batched forward."""
+    recipe: str | None = None
+    """``paper`` or ``robust`` (interventions/RECIPES.md); None: ``paper`` for the paper's
+    presets, else ``robust``. ``paper`` takes the regions ``object`` and ``strip`` only."""
 
     def __post_init__(self):
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise InterventionError(f"The 'recipe' parameter of PatchConfig must be one of "
+                                    f"{RECIPES}. Got {self.recipe!r} instead.")
         if self.experiment not in EXPERIMENTS:
             raise InterventionError(f"The 'experiment' parameter of PatchConfig must be one of "
                                     f"{EXPERIMENTS}. Got {self.experiment!r} instead.")
@@ -93,15 +101,31 @@ def _bar(total: int, desc: str, progress: bool):
 
 
 # --------------------------------------------------------------------------- E4 / E6
-def _crisscross_rows(p, cf, layers, regions, ic, *, extra=()):
+PAPER_REGIONS = ("object", "strip")
+#: The authors' pairs per direction (E4 and E6 ``cf_pairs``).
+PAPER_PAIRS_PER_DIRECTION = 50
+
+
+def _recipe_of(config, ds) -> str:
+    recipe = resolve(config.recipe, ds)
+    if recipe == "paper" and config.experiment == "e4":
+        bad = [r for r in config.regions if r not in PAPER_REGIONS]
+        if bad:
+            raise InterventionError(f"--recipe paper patches the regions object and strip only "
+                                    f"(the authors'); {bad} exist in --recipe robust")
+    return recipe
+
+
+def _crisscross_rows(p, cf, pairs, layers, ic, *, extra=()):
     rows, keys = [], []
-    for region in regions:
-        bpos, spos = crisscross_map(p.layout, cf.layout, region)
+    for pr in pairs:
+        bpos = p.layout.image_positions[pr.clean]
+        spos = cf.layout.image_positions[pr.source]
         for l in layers:
             rows.append(list(extra) + [Edit(site=f"lm.resid.{l}", intervention=ic,
                                             tokens=bpos.tolist(), source="cf",
                                             source_tokens=spos.tolist())])
-            keys.append((l, region))
+            keys.append((l, pr.region))
     return rows, keys
 
 
@@ -112,31 +136,38 @@ def _slot_probs(adapter, stim, res, keys, cf_answer, answer):
     base = option_probs(res.base_logits, ids)
     mass = option_probs(res.row_logits, ids).sum(-1)
     probs = option_probs(res.row_logits, ids, normalize=True)
-    for (l, region), pr, m in zip(keys, probs, mass):
+    for (l, region), pr, m, lg in zip(keys, probs, mass, res.row_logits):
         pred = colors[int(pr.argmax())]
         row = {"item": stim.id, "relation": stim.relation, "axis": stim.axis, "layer": l,
                "region": region, "answer": answer, "cf_answer": cf_answer, "pred": pred,
                "flip": pred == cf_answer, "p_answer": float(pr[colors.index(answer)]),
                "p_cf_answer": float(pr[colors.index(cf_answer)]),
-               "base_pred": colors[int(base.argmax())], "option_mass": float(m)}
+               "base_pred": colors[int(base.argmax())], "option_mass": float(m),
+               "top1": vocab_top1(adapter.tokenizer, lg)}
         row.update({f"p_slot{k}": float(v) for k, v in enumerate(pr)})
         out.append(row)
     return out
 
 
-def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True):
+def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True,
+           regions: list | None = None):
     """E4: criss-cross interchange (clean (c0,c1,c2) <- its ``crisscross`` twin) per layer/region.
+
+    The recipe decides the token pairs (:func:`interventions.regions.crisscross_pairs`);
+    ``regions`` (a list) collects each item's ``regions.parquet`` rows.
 
     Returns
     -------
     (table, summary)
         Rows per (item, layer, region): probability of each slot's colour, prediction, flip.
     """
+    recipe = _recipe_of(config, ds)
     layers = parse_layers(config.layers, n_resid_sites(adapter))
     items = base_items(ds, limit=config.limit)
     ic = Interchange()
     counter = ForwardCounter()
-    out, skipped = [], []
+    out, skipped, dropped, beyond = [], [], [], []
+    kept: dict[str, int] = {}
     bar = _bar(len(items) * len(layers) * len(config.regions), "E4 criss-cross", progress)
     for stim in items:
         prompt = pick_prompt(stim, config.prompt)
@@ -144,66 +175,128 @@ def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True):
         p = prepare(adapter, ds, stim, prompt)
         cf = prepare(adapter, ds, cc, prompt)
         try:
-            rows, keys = _crisscross_rows(p, cf, layers, config.regions, ic)
-        except InterventionError as e:  # geometry: an entity too small for the token grid
+            lays = None if uses_layout(stim, recipe) else (p.layout, cf.layout)
+            pairs = [crisscross_pairs(ds, stim, cc, p.layout.grid, recipe, r, layouts=lays)
+                     for r in config.regions]
+        except RegionError as e:  # geometry: an entity too small for the token grid
             skipped.append({"item": stim.id, "reason": str(e)})
             bar.update(len(layers) * len(config.regions))
             continue
+        if recipe == "paper" and kept.get(stim.relation, 0) >= PAPER_PAIRS_PER_DIRECTION:
+            beyond.append(stim.id)  # the authors use 50 pairs per direction
+            bar.update(len(layers) * len(config.regions))
+            continue
+        rows, keys = _crisscross_rows(p, cf, pairs, layers, ic)
         res = sweep(adapter, p.inputs, rows, sources={"cf": SourceRun(inputs=cf.inputs)},
                     batch_size=config.batch_size, progress=bar)
         counter.add(res.counter)
-        out += _slot_probs(adapter, stim, res, keys, pick_prompt(cc, config.prompt).answer,
-                           prompt.answer)
+        cf_answer = pick_prompt(cc, config.prompt).answer
+        if recipe == "paper":  # the authors keep pairs answered right on both runs
+            tok = adapter.tokenizer
+            ok_clean = vocab_top1(tok, res.base_logits) == vocab_top1_answer(prompt.answer)
+            ok_cf = vocab_top1(tok, res.sources["cf"]) == vocab_top1_answer(cf_answer) \
+                if "cf" in res.sources else False
+            if not (ok_clean and ok_cf):
+                dropped.append({"item": stim.id, "clean_right": bool(ok_clean),
+                                "cf_right": bool(ok_cf)})
+                continue
+            kept[stim.relation] = kept.get(stim.relation, 0) + 1
+        if regions is not None:
+            regions.append(pairs_frame(stim.id, pairs))
+        out += _slot_probs(adapter, stim, res, keys, cf_answer, prompt.answer)
     bar.close()
-    return _finish(out, counter, config, "E4", skipped)
+    table, summary = _finish(out, counter, config, "E4", skipped, recipe, dropped=dropped)
+    if recipe == "paper":
+        summary["n_dropped_wrong"] = len(dropped)
+        summary["dropped_wrong"] = dropped
+        summary["n_beyond_50_per_direction"] = len(beyond)
+        summary["beyond_50_per_direction"] = beyond
+    return table, summary
 
 
-def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True):
+def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True,
+           regions: list | None = None):
     """E6: E5's ablation on both runs, then object-token criss-cross per layer.
 
     A flip at layer ``l`` means the LM's own (backup) ordering representation at that layer
-    decides the answer once the vision tokens carry no ordering.
+    decides the answer once the vision tokens carry no ordering. Under the ``paper`` recipe only
+    pairs the ablated model still answers right (top-1 = the clean answer on the clean run and
+    the counterfactual answer on the counterfactual run, as the authors' pool filter) enter the
+    flip statistics; the others are counted and listed (``dropped_ablated_wrong``).
     """
+    recipe = _recipe_of(config, ds)
+    rcp = get_recipe(recipe)
     layers = parse_layers(config.layers, n_resid_sites(adapter))
     items = base_items(ds, limit=config.limit)
     ic = Interchange()
     counter = ForwardCounter()
-    out, skipped = [], []
+    out, skipped, dropped, beyond6 = [], [], [], []
+    kept6: dict[str, int] = {}
     blanks: dict = {}
     bar = _bar(len(items) * (len(layers) + 1), "E6 ablated criss-cross", progress)
     for stim in items:
         prompt = pick_prompt(stim, config.prompt)
-        n_blank = len(blanks)
-        blank = blank_acts(adapter, ds, prompt, stim, cache=blanks)
-        counter.forwards += len(blanks) - n_blank
         cc = twin(ds, stim, "crisscross")
         p = prepare(adapter, ds, stim, prompt)
         cf = prepare(adapter, ds, cc, prompt)
-        refs = references(adapter, ds, stim, prompt, blank)
-        base_edits, sources, _ = ablation_edits(p, refs)
-        cf_edits, cf_sources, _ = ablation_edits(cf, refs, base_stim=stim)
-        sources.update(cf_sources)
-        sources["cf"] = SourceRun(inputs=cf.inputs, edits=tuple(cf_edits))
+        grid = p.layout.grid
         try:
-            rows, keys = _crisscross_rows(p, cf, layers, ("object",), ic, extra=base_edits)
-        except InterventionError as e:  # geometry: an entity too small for the token grid
+            lays = None if uses_layout(stim, recipe) else (p.layout, cf.layout)
+            cross = crisscross_pairs(ds, stim, cc, grid, recipe, "object", layouts=lays)
+            abl = ablation_pairs(ds, stim, grid, recipe, region_prefix="ablation:",
+                                 layout=p.layout)
+            cf_abl = ablation_pairs(ds, cc, grid, recipe, base=stim,
+                                    region_prefix="cf-ablation:", run="counterfactual",
+                                    layout=cf.layout)
+        except RegionError as e:  # geometry: an entity too small for the token grid
             skipped.append({"item": stim.id, "reason": str(e)})
             bar.update(len(layers) + 1)
             continue
+        n_blank = len(blanks)
+        blank = blank_acts(adapter, ds, prompt, stim, cache=blanks)
+        counter.forwards += len(blanks) - n_blank
+        refs = references(adapter, ds, stim, prompt, blank)
+        base_edits, sources = ablation_edits(p, refs, abl)
+        cf_edits, cf_sources = ablation_edits(cf, refs, cf_abl)
+        sources.update(cf_sources)
+        sources["cf"] = SourceRun(inputs=cf.inputs, edits=tuple(cf_edits))
+        rows, keys = _crisscross_rows(p, cf, [cross], layers, ic, extra=base_edits)
         rows.append(list(base_edits))  # the ablated run without criss-cross (E5's prediction)
         keys.append((-1, "none"))
         res = sweep(adapter, p.inputs, rows, sources=sources, batch_size=config.batch_size,
                     progress=bar)
         counter.add(res.counter)
-        out += _slot_probs(adapter, stim, res, keys, pick_prompt(cc, config.prompt).answer,
-                           prompt.answer)
+        cf_answer = pick_prompt(cc, config.prompt).answer
+        if rcp.e6_keep == "ablated_correct" and \
+                kept6.get(stim.relation, 0) >= PAPER_PAIRS_PER_DIRECTION:
+            beyond6.append(stim.id)
+            continue
+        if rcp.e6_keep == "ablated_correct":
+            tok = adapter.tokenizer
+            ok_clean = vocab_top1(tok, res.row_logits[-1]) == vocab_top1_answer(prompt.answer)
+            ok_cf = vocab_top1(tok, res.sources["cf"]) == vocab_top1_answer(cf_answer) \
+                if "cf" in res.sources else False
+            if not (ok_clean and ok_cf):
+                dropped.append({"item": stim.id, "clean_right": bool(ok_clean),
+                                "cf_right": bool(ok_cf)})
+                continue
+            kept6[stim.relation] = kept6.get(stim.relation, 0) + 1
+        if regions is not None:
+            regions.append(pairs_frame(stim.id, [cross, *abl, *cf_abl]))
+        out += _slot_probs(adapter, stim, res, keys, cf_answer, prompt.answer)
     bar.close()
-    return _finish(out, counter, config, "E6", skipped)
+    table, summary = _finish(out, counter, config, "E6", skipped, recipe, dropped=dropped)
+    if rcp.e6_keep == "ablated_correct":
+        summary["n_beyond_50_per_direction"] = len(beyond6)
+        summary["beyond_50_per_direction"] = beyond6
+    return table, summary
 
 
-def _finish(rows, counter, config, name, skipped=()):
+def _finish(rows, counter, config, name, skipped=(), recipe="robust", dropped=()):
     if not rows:
-        why = skipped[0]["reason"] if skipped else "no items"
+        why = skipped[0]["reason"] if skipped else \
+            ("no pair is answered right under the ablation" if name == "E6" else
+             "no pair is answered right on both runs") if dropped else "no items"
         raise InterventionError(f"{name}: every item was skipped; first reason: {why}")
     table = pd.DataFrame(rows)
     patched = table[table["layer"] >= 0]
@@ -211,17 +304,20 @@ def _finish(rows, counter, config, name, skipped=()):
         flip_rate=("flip", "mean"), p_answer=("p_answer", "mean"),
         p_cf_answer=("p_cf_answer", "mean"), n=("flip", "size")).reset_index()
     summary: dict[str, Any] = {
-        "experiment": name, "n_items": int(table["item"].nunique()),
+        "experiment": name, "recipe": recipe, "n_items": int(table["item"].nunique()),
         "by_layer": agg.to_dict(orient="records"),
         "flip_layers": {r: sorted(int(l) for l in g.loc[g["flip_rate"] > 0.5, "layer"])
                         for r, g in agg.groupby("region")},
         "forwards": counter.forwards, "rows": counter.rows,
-        "naive_forwards": counter.naive_forwards, "config": _cfg(config),
-        "skipped": list(skipped),
+        "naive_forwards": counter.naive_forwards,
+        "config": {**_cfg(config), "recipe": recipe}, "recipe_definition": describe(recipe),
+        "n_skipped": len(skipped), "skipped": list(skipped),
     }
     if name == "E6":
         ab = table[table["layer"] < 0]
         summary["ablated_accuracy"] = float((ab["pred"] == ab["answer"]).mean())
+        summary["n_dropped_ablated_wrong"] = len(dropped)
+        summary["dropped_ablated_wrong"] = list(dropped)
     return table, summary
 
 
@@ -253,6 +349,187 @@ def find_partner(ds, stim, items, prompt_kind: str, partner: str):
     return max(cands, key=score)
 
 
+#: The authors' E2 colour pool (``last_token_exp``: their palette minus white): the preset's six
+#: colours plus orange (255, 165, 0).
+PAPER_E2_COLORS = ("red", "green", "blue", "black", "brown", "gray", "orange")
+PAPER_E2_PER_DIRECTION = 50
+PAPER_E2_MAX_ATTEMPTS = 2000
+OPPOSITE_OF = {"left": "right", "right": "left", "above": "below", "below": "above"}
+
+
+class _Memory:
+    """Rendered stimuli held in memory, with the two dataset methods :func:`prepare` uses."""
+
+    def __init__(self):
+        self.rendered: dict[str, Any] = {}
+
+    def add(self, r):
+        self.rendered[r.stimulus.id] = r
+        return r.stimulus
+
+    def image(self, stim):
+        return self.rendered[stim.id].image
+
+    def mask(self, stim):
+        return self.rendered[stim.id].mask
+
+
+def _paper_generator(ds):
+    """A flat generator with the dataset's geometry and the authors' E2 entity pool."""
+    import copy
+
+    from scenegen.config import GenerateConfig
+    from scenegen.flat import FlatGenerator
+
+    cfg = copy.deepcopy(getattr(ds, "config", None) or {})
+    if cfg.get("generator") != "flat":
+        raise InterventionError("--recipe paper E2 renders the authors' pairs with the flat "
+                                "generator; give a flat dataset (spatialbind generate --preset "
+                                "squares-qwen2-vl ...) or use --recipe robust")
+    flat = cfg["flat"]
+    if flat.get("task") == "squares":
+        flat["colors"] = list(PAPER_E2_COLORS)
+    flat["layout"] = "centred"
+    g = GenerateConfig.from_dict({**cfg, "n": None, "twins": [], "degradations": []})
+    return FlatGenerator(g.flat, seed=g.seed, twins=())
+
+
+def _render(gen, mem, sid, items, direction):
+    from scenegen.config import PALETTE
+    from scenegen.flat import AXIS_OF, Placed, centred_layout
+
+    g = gen.config.grid
+    layout = centred_layout(g.num_tokens, g.size, g.spacing, AXIS_OF[direction])
+    placed = []
+    for i, item in enumerate(items):
+        kind, color = gen._attrs(item)
+        placed.append(Placed(mask_id=i + 1, kind=kind, color=color,
+                             rgb=tuple(PALETTE[color]), origin=layout.origin(i),
+                             size=layout.size, ordinal=i))
+    r = gen._stimulus(sid, placed, task=gen.config.task, direction=direction, layout=layout,
+                      split="test", scene_id=sid, index=-1, choice_bits=(False, False),
+                      triple=tuple(items))
+    return mem.add(r)
+
+
+def _single_token(tokenizer, word: str) -> bool:
+    return all(len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1
+               for w in (word.lower(), word.capitalize()))
+
+
+def four_variant_ids(tokenizer, word: str) -> list[int]:
+    """First token ids of the authors' four spellings: lower, Capitalised, ' '+lower,
+    ' '+Capitalised (summed as the authors gather them: a repeated id counts twice)."""
+    out = []
+    for v in (word.lower(), word.capitalize(), " " + word.lower(), " " + word.capitalize()):
+        ids = tokenizer(v, add_special_tokens=False)["input_ids"]
+        if ids:
+            out.append(int(ids[0]))
+    return out
+
+
+def run_e2_paper(adapter, ds, config: PatchConfig, *, progress: bool = True,
+                 seed: int = 0, per_direction: int | None = None,
+                 max_attempts: int | None = None):
+    """E2 as the authors run it (``last_token_exp``): for each direction, random 5-tuples
+    (t0..t4) of the pool (Squares: 7 colours with orange; Shapes: the task's fixed shapes) make
+    a clean image (t0, t1, t2) asked ``direction`` (answer t0; right/below: (t2, t1, t0)) and a
+    counterfactual (t4, t1, t3) asked the opposite direction (answer t3; right/below:
+    (t3, t1, t4)); only pairs whose top-1 token is right on both runs are kept, up to
+    ``per_direction`` (default 50; ``--limit``) after at most ``max_attempts`` draws per
+    direction (default 40 per wanted pair, the authors' 2000 for 50). Each kept pair's last
+    token is patched from the counterfactual at every layer; the probability of each of the
+    five words is the softmax mass summed over its four spellings (not renormalised).
+    """
+    import random
+
+    recipe = "paper"
+    want = per_direction or config.limit or PAPER_E2_PER_DIRECTION
+    cap = max_attempts or min(PAPER_E2_MAX_ATTEMPTS, 40 * want)
+    layers = parse_layers(config.layers, n_resid_sites(adapter))
+    gen = _paper_generator(ds)
+    mem = _Memory()
+    tok = adapter.tokenizer
+    pool = [it for it in gen.items if _single_token(tok, gen._attrs(it)[1])]
+    if len(pool) < 5:
+        raise InterventionError(f"E2 (paper) needs 5 single-token answer words; the tokenizer "
+                                f"keeps {len(pool)} of {list(gen.items)}")
+    directions = [d for d in gen.config.directions]
+    rng = random.Random(seed)
+    ic = Interchange()
+    counter = ForwardCounter()
+    out, found = [], {}
+    bar = _bar(len(directions) * want * len(layers), "E2 last token (paper)", progress)
+    for direction in directions:
+        seen: set = set()
+        kept = attempts = 0
+        while kept < want and attempts < cap:
+            attempts += 1
+            tup = tuple(rng.sample(pool, 5))
+            if tup in seen:
+                continue
+            seen.add(tup)
+            t0, t1, t2, t3, t4 = tup
+            first = direction in ("left", "above")
+            clean_items = (t0, t1, t2) if first else (t2, t1, t0)
+            cf_items = (t4, t1, t3) if first else (t3, t1, t4)
+            sid = f"e2-{direction}-{attempts:04d}"
+            stim = _render(gen, mem, sid, clean_items, direction)
+            other = _render(gen, mem, sid + "-cf", cf_items, OPPOSITE_OF[direction])
+            prompt, oprompt = pick_prompt(stim, config.prompt), pick_prompt(other, config.prompt)
+            p = prepare(adapter, mem, stim, prompt)
+            cf = prepare(adapter, mem, other, oprompt)
+            rows = [[Edit(site=f"lm.resid.{l}", intervention=ic, tokens=[p.layout.last],
+                          source="cf", source_tokens=[cf.layout.last])] for l in layers]
+            res = sweep(adapter, p.inputs, rows, sources={"cf": SourceRun(inputs=cf.inputs)},
+                        batch_size=config.batch_size)
+            counter.add(res.counter)
+            ok = (vocab_top1(tok, res.base_logits) == vocab_top1_answer(prompt.answer)
+                  and vocab_top1(tok, res.sources["cf"]) == vocab_top1_answer(oprompt.answer))
+            if not ok:
+                continue
+            kept += 1
+            words = [gen._attrs(t)[1] for t in tup]
+            ids = [four_variant_ids(tok, w) for w in words]
+            probs = torch.softmax(res.row_logits.float(), -1)
+            mass = torch.stack([probs[:, i].sum(-1) for i in ids], -1).cpu().numpy()
+            ordinal = words[2]  # the clean colour at the slot the cf answer occupies
+            for l, pr in zip(layers, mass):
+                pred = words[int(pr.argmax())]
+                winner = ("clean" if pred == words[0] else "ordinal" if pred == ordinal
+                          else "counterfactual" if pred == words[3] else "other")
+                out.append({"item": sid, "partner": other.id, "relation": direction,
+                            "layer": l, "answer": words[0], "ordinal_answer": ordinal,
+                            "cf_answer": words[3], "pred": pred, "winner": winner,
+                            "p_answer": float(pr[0]), "p_ordinal": float(pr[2]),
+                            "p_cf_answer": float(pr[3]), "p_middle": float(pr[1]),
+                            "p_other": float(pr[4]), "colors": ",".join(words)})
+            bar.update(len(layers))
+        found[direction] = {"kept": kept, "attempts": attempts}
+    bar.close()
+    short = {d: v for d, v in found.items() if v["kept"] < want}
+    if not out:
+        raise InterventionError(f"E2 (paper): no pair was answered right on both runs in "
+                                f"{cap} draws per direction; the model does not solve the "
+                                "task (see --recipe robust, which keeps every pair)")
+    table = pd.DataFrame(out)
+    agg = table.groupby("layer").agg(p_answer=("p_answer", "mean"),
+                                     p_ordinal=("p_ordinal", "mean"),
+                                     p_cf_answer=("p_cf_answer", "mean")).reset_index()
+    wins = table.pivot_table(index="layer", columns="winner", values="item", aggfunc="count",
+                             fill_value=0)
+    summary = {"experiment": "E2", "recipe": recipe, "n_items": int(table["item"].nunique()),
+               "pairs_per_direction": found, "wanted_per_direction": want,
+               "n_directions_short": len(short), "directions_short": short,
+               "pool": [gen._attrs(t)[1] for t in pool],
+               "by_layer": agg.to_dict("records"),
+               "winners": {int(l): {k: int(v) for k, v in r.items()} for l, r in wins.iterrows()},
+               "forwards": counter.forwards, "rows": counter.rows,
+               "naive_forwards": counter.naive_forwards,
+               "config": {**_cfg(config), "recipe": recipe}, "recipe_definition": describe(recipe)}
+    return table, summary
+
+
 def run_e2(adapter, ds, config: PatchConfig, *, progress: bool = True):
     """E2: copy the final token's residual at layer ``l`` from the counterfactual run.
 
@@ -260,6 +537,9 @@ def run_e2(adapter, ds, config: PatchConfig, *, progress: bool = True):
     at the slot the counterfactual answer occupies: ordering information) and the counterfactual
     answer colour (attribute information).
     """
+    recipe = resolve(config.recipe, ds)
+    if recipe == "paper" and config.partner == "opposite":
+        return run_e2_paper(adapter, ds, config, progress=progress)
     layers = parse_layers(config.layers, n_resid_sites(adapter))
     items = base_items(ds, limit=config.limit)
     pool = base_items(ds)
@@ -319,11 +599,18 @@ def run_e2(adapter, ds, config: PatchConfig, *, progress: bool = True):
                "skipped_no_partner": skipped, "by_layer": agg.to_dict("records"),
                "winners": {int(l): {k: int(v) for k, v in r.items()} for l, r in wins.iterrows()},
                "forwards": counter.forwards, "rows": counter.rows,
-               "naive_forwards": counter.naive_forwards, "config": _cfg(config)}
+               "naive_forwards": counter.naive_forwards,
+               "recipe": recipe, "config": {**_cfg(config), "recipe": recipe},
+               "recipe_definition": describe(recipe)}
     return table, summary
 
 
-def run_patch(adapter, ds, config: PatchConfig, *, progress: bool = True):
-    """Dispatch to :func:`run_e2`, :func:`run_e4` or :func:`run_e6` by ``config.experiment``."""
-    fn = {"e2": run_e2, "e4": run_e4, "e6": run_e6}[config.experiment]
-    return fn(adapter, ds, config, progress=progress)
+def run_patch(adapter, ds, config: PatchConfig, *, progress: bool = True,
+              regions: list | None = None):
+    """Dispatch to :func:`run_e2`, :func:`run_e4` or :func:`run_e6` by ``config.experiment``
+    (``regions`` collects E4/E6's token pairs; E2 patches no image token)."""
+    if config.experiment == "e2":
+        return run_e2(adapter, ds, config, progress=progress)
+    fn = {"e4": run_e4, "e6": run_e6}[config.experiment]
+    return fn(adapter, ds, config, progress=progress, regions=regions)
+

@@ -53,8 +53,11 @@ def prepare_out(out: str | os.PathLike) -> Path:
 
 def write_results(out: str | os.PathLike, name: str, table: pd.DataFrame, summary: dict[str, Any],
                   *, config: dict[str, Any], model: str, data: str,
-                  flat: pd.DataFrame | None = None) -> dict[str, Path]:
-    """Write ``<name>.parquet``, ``<name>.csv``, ``summary.json``, ``summary.csv``, ``config.json``.
+                  flat: pd.DataFrame | None = None,
+                  regions: list[pd.DataFrame] | pd.DataFrame | None = None) -> dict[str, Path]:
+    """Write ``<name>.parquet``, ``<name>.csv``, ``summary.json``, ``summary.csv``, ``config.json``
+    and, for experiments that patch image tokens, ``regions.parquet`` (columns ``id``,
+    ``region``, ``clean_token``, ``source_token``, ``source``: every token pair used).
 
     Returns
     -------
@@ -71,8 +74,16 @@ def write_results(out: str | os.PathLike, name: str, table: pd.DataFrame, summar
     flat = flat if flat is not None else _flat_summary(summary)
     _atomic(paths["summary_csv"], lambda p: flat.to_csv(p, index=False))
     cfg = {"experiment": name, "model": model, "data": str(data), "config": config,
+           "recipe": (config or {}).get("recipe", summary.get("recipe")),
            "versions": versions()}
     _atomic(paths["config"], lambda p: p.write_text(json.dumps(cfg, indent=1, default=_plain)))
+    if regions is not None:
+        from .regions import COLUMNS, empty_frame
+
+        if isinstance(regions, list):
+            regions = pd.concat(regions, ignore_index=True) if regions else empty_frame()
+        paths["regions"] = out / "regions.parquet"
+        _atomic(paths["regions"], lambda p: regions[list(COLUMNS)].to_parquet(p, index=False))
     return paths
 
 

@@ -126,10 +126,15 @@ def _open(store_path: str):
 @click.option("--seed", default=0, show_default=True, help="Seed of splits, control labels, bootstrap.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory (results table, plots, maps, config).")
+@click.option("--recipe", type=click.Choice(["paper", "robust"]), default=None,
+              help="paper: the authors' E3 (base images only, one probe per orientation, split by "
+              "image 75/25, their torch linear probe, no control); robust: the options above. "
+              "Default: paper when the store was extracted from a paper preset. See "
+              "interventions/RECIPES.md.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_by, control,
-          token_type, split, n_splits, ci, where, scheduler, workers, map_samples, export_dir,
-          baseline_store, baseline_model, seed, out_dir, progress):
+          token_type, split, n_splits, ci, where, scheduler, workers, map_samples, export_dir, baseline_store,
+          baseline_model, seed, out_dir, recipe, progress):
     """Train linear probes for every (layer, role) of a store and plot where the label is decodable."""
     from .config import ProbeConfig, SweepConfig
     from .sweep import add_baseline, sweep
@@ -140,8 +145,12 @@ def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_b
     check_writable(out_dir, what="--out", error=ConfigError)  # before the sweep, not after
     store = _open(store_path)
     available = list(store.layers(model, site)) if hasattr(store, "layers") else None
+    data_dir = data_dir or store_data_dir(store, model)
+    recipe = recipe or ("paper" if _paper_preset(data_dir) else "robust")
     pconf = ProbeConfig(split=split, n_splits=n_splits, group_by=_csv(group_by), control=control,
                         token_type=_csv(token_type), ci=ci, random_state=seed)
+    if recipe == "paper":
+        pconf = paper_probe_config(seed, group_by=_csv(group_by))
     sconf = SweepConfig(model=model, site=site, layers=parse_layers(layers, available),
                         roles=_csv(roles), label=label, pool=pool,
                         baselines=("position",) if pool == "token" else (),
@@ -150,18 +159,99 @@ def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_b
     _check_names(store, model, sconf, pconf, data_dir)
     if baseline_store is not None:  # open it first: a bad baseline store fails before any work
         _open(baseline_store)
-    table = sweep(store_path, sconf, pconf, where=wh, export_dir=export_dir, data=data_dir,
+    if data_dir is None:
+        click.echo("warning: no --data and the store does not name an existing dataset: "
+                   "identical images (left/right questions share one) cannot be kept on one side "
+                   "of the split; pass --data DATASET_DIR", err=True)
+    # paper: one probe per orientation, base images only
+    runs = [(None, wh)] if recipe != "paper" else [
+        (axis, {**(wh or {}), "axis": [axis], "counterfactual_of": [""]})
+        for axis in ("horizontal", "vertical")]
+    tables = []
+    for axis, w in runs:
+        exp = None if export_dir is None else (export_dir if axis is None
+                                               else str(Path(export_dir) / axis))
+        t = sweep(store_path, sconf, pconf, where=w, export_dir=exp, data=data_dir,
                   progress=progress)
+        if exp is not None and axis is not None:
+            tag_axis(exp, axis)
+        if baseline_store is not None:
+            bconf = dataclasses.replace(sconf, model=baseline_model or model)
+            t = add_baseline(t, sweep(baseline_store, bconf, pconf, where=w, data=data_dir,
+                                        progress=progress),
+                             name="init")
+        tables.append(t if axis is None else t.assign(orientation=axis))
+    import pandas as pd
+
+    table = pd.concat(tables, ignore_index=True)
     if table["error"].notna().all():
         raise ConfigError(f"every (layer, role) cell failed; first error: {table['error'].iloc[0]}")
-    if baseline_store is not None:
-        bconf = dataclasses.replace(sconf, model=baseline_model or model)
-        table = add_baseline(table, sweep(baseline_store, bconf, pconf, where=wh, data=data_dir,
-                                          progress=progress), name="init")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_outputs(store, table, sconf, pconf, wh, map_samples, out, data_dir)
+    write_outputs(store, table, sconf, pconf, wh, map_samples, out, data_dir, recipe=recipe)
     ok = table.dropna(subset=["accuracy"])
     best = ok.loc[ok["accuracy"].idxmax()]
-    click.echo(f"{len(ok)}/{len(table)} cells probed; best accuracy {best['accuracy']:.3f} at "
-               f"layer {best['layer']} role {best['role']}; results in {out}")
+    click.echo(f"{len(ok)}/{len(table)} cells probed ({recipe} recipe); best accuracy "
+               f"{best['accuracy']:.3f} at layer {best['layer']} role {best['role']}"
+               + (f" ({best['orientation']})" if "orientation" in table else "")
+               + f"; results in {out}")
+
+
+def paper_probe_config(seed: int = 0, *, group_by: tuple[str, ...] = ()):
+    """The authors' E3 probe and split: their torch linear probe (AdamW lr 1e-3, wd 1e-4, 200
+    full-batch epochs, seed 0), one 75/25 split by image (90/30 of the 120 Squares images per
+    orientation; identical images share a group), no control task."""
+    from .config import ProbeConfig
+
+    return ProbeConfig(classifier="torch_linear", epochs=200, lr=1e-3, weight_decay=1e-4,
+                       split="group_shuffle", test_size=0.25, control=False, group_by=group_by,
+                       random_state=seed)
+
+
+def tag_axis(export_dir, axis: str) -> None:
+    """Record ``axis`` in every direction an export wrote (``extra["axis"]``), so ``amplify``
+    applies each orientation's own direction to that orientation's items only."""
+    from .directions import load_direction, save_direction
+
+    root = Path(export_dir)
+    index = root / "index.json"
+    if not index.is_file():
+        return
+    import json
+
+    for entry in json.loads(index.read_text()):
+        import dataclasses as dc
+
+        d = load_direction(root / entry["path"])
+        save_direction(dc.replace(d, extra={**(d.extra or {}), "axis": axis}),
+                       root / entry["path"])
+
+
+def store_data_dir(store, model: str):
+    """The dataset directory the store was extracted from, when it still exists (None else)."""
+    try:
+        d = (store.provenance(model).get("extract") or {}).get("data")
+    except Exception:  # noqa: BLE001 - test stores without provenance
+        return None
+    return d if d and (Path(d) / "metadata.jsonl").is_file() else None
+
+
+def _paper_preset(data_dir) -> bool:
+    """Whether the dataset (its ``config.json``, the scenegen file contract) is a paper preset."""
+    if data_dir is None:
+        return False
+    import json
+
+    from common.paper import is_paper_config
+
+    try:
+        doc = json.loads((Path(data_dir) / "config.json").read_text())
+        return is_paper_config(doc.get("config") if isinstance(doc, dict) else None)
+    except (OSError, ValueError):  # not a dataset: other checks report it
+        return False
+
+
+def _version() -> str:
+    from .directions import _version as v
+
+    return v()

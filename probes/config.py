@@ -16,6 +16,7 @@ from .errors import ConfigError, suggest
 POOLS = ("token", "entity")
 SPLITS = ("group_kfold", "group_shuffle")
 CI_METHODS = ("wilson", "bootstrap")
+CLASSIFIERS = ("logreg", "torch_linear")
 
 
 def _check(cond: bool, cls: str, name: str, what: str, got: Any) -> None:
@@ -72,9 +73,27 @@ class ProbeConfig(_FromDict):
     """Bootstrap resamples (``ci='bootstrap'``)."""
     random_state: int = 0
     """Seed of the split, the control labels and the bootstrap."""
+    classifier: Literal["logreg", "torch_linear"] = "logreg"
+    """``logreg``: standardised scikit-learn logistic regression (``C``, ``max_iter``);
+    ``torch_linear``: the authors' probe ``W h + b`` on raw features, cross-entropy, AdamW
+    (``lr``, ``weight_decay``), ``epochs`` full-batch steps, init N(0, 1/sqrt(D)), torch seed
+    ``random_state`` (the paper recipe's E3)."""
+    epochs: int = 200
+    """Full-batch AdamW steps of ``torch_linear``."""
+    lr: float = 1e-3
+    """AdamW learning rate of ``torch_linear``."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay of ``torch_linear``."""
 
     def __post_init__(self):
         n = "ProbeConfig"
+        _check(self.classifier in CLASSIFIERS, n, "classifier", f"one of {CLASSIFIERS}",
+               self.classifier)
+        _check(isinstance(self.epochs, int) and self.epochs >= 1, n, "epochs", "an int >= 1",
+               self.epochs)
+        _check(isinstance(self.lr, (int, float)) and self.lr > 0, n, "lr", "a float > 0", self.lr)
+        _check(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, n,
+               "weight_decay", "a float >= 0", self.weight_decay)
         _check(isinstance(self.C, (int, float)) and self.C > 0, n, "C", "a float > 0", self.C)
         _check(isinstance(self.max_iter, int) and self.max_iter >= 1, n, "max_iter", "an int >= 1",
                self.max_iter)

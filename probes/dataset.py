@@ -105,7 +105,7 @@ def scene_labels(data_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise DataError(f"{path} line {n}: not a stimulus record ({e}); "
                                 "regenerate or repair the dataset.") from None
-            row = {"sample_id": sid}
+            row = {"sample_id": sid, "image_hash": _file_hash(Path(data_dir), rec.get("file_name"))}
             for k, v in (rec.get("factors") or {}).items():
                 row[k] = json.dumps(v, sort_keys=True, separators=(",", ":")) \
                     if isinstance(v, (dict, list)) else v
@@ -115,6 +115,19 @@ def scene_labels(data_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
             ents.extend({"sample_id": sid, "entity": int(e["mask_id"]), "color": e.get("color"),
                          "kind": e.get("kind")} for e in rec.get("entities") or ())
     return pd.DataFrame(rows), pd.DataFrame(ents, columns=["sample_id", "entity", "color", "kind"])
+
+
+def _file_hash(root: Path, rel) -> str:
+    """sha256 of an image file's bytes ('' when missing): the flat generator writes identical
+    images byte-identically, so equal hashes = one image (left and right questions share one)."""
+    import hashlib
+
+    if not rel:
+        return ""
+    path = root / rel
+    if not path.is_file():
+        return ""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:20]
 
 
 def _join_scene_labels(frame: pd.DataFrame, data_dir) -> pd.DataFrame:
@@ -314,6 +327,12 @@ def from_arrays(X: np.ndarray, frame: pd.DataFrame, *, label: str = "ordinal",
     if "scene_id" not in frame:
         raise DataError(f"no scene_id for the rows of {context}: grouped splits need it; "
                         "store labels must carry scene_id per sample.")
+    n_iso = 0
+    if label in ("ordinal", *DERIVED_LABELS) and "counterfactual_kind" in frame:
+        # an isolated twin shows its entity alone at the centre: its base slot is no position
+        iso = (frame["counterfactual_kind"].astype(str) == "isolated").to_numpy()
+        n_iso = int((keep & iso).sum())
+        keep &= ~iso
     lab = frame[label]
     keep &= lab.notna().to_numpy()
     if lab.dtype.kind in "iuf":
@@ -329,7 +348,8 @@ def from_arrays(X: np.ndarray, frame: pd.DataFrame, *, label: str = "ordinal",
         raise DataError(f"label {label!r} has one class only ({classes[0]!r}) in {context}; "
                         "a probe needs at least two.")
     groups = frame["scene_id"].astype(str).to_numpy()
-    meta = {"label": label, "n": int(len(y)), "data_hash": data_hash(X, y, groups)}
+    meta = {"label": label, "n": int(len(y)), "data_hash": data_hash(X, y, groups),
+            "dropped_isolated_rows": n_iso}
     return ProbeData(X=X, y=y.astype(np.int64), groups=groups, frame=frame,
                      classes=tuple(c.item() if hasattr(c, "item") else c for c in classes), meta=meta)
 

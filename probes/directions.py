@@ -117,9 +117,10 @@ def direction_from_pipeline(pipeline, *, classes, model: str, site: str, layer: 
         With ``weights = coef / σ`` and ``bias = intercept - weights @ μ``.
     """
     scaler, lr = pipeline[0], pipeline[-1]
-    mean = np.asarray(scaler.mean_, np.float64)
-    scale = np.asarray(scaler.scale_, np.float64)
     coef = np.asarray(lr.coef_, np.float64)
+    d = coef.shape[1]  # an identity scaler (with_mean/with_std off) has no mean_ / scale_
+    mean = np.zeros(d) if scaler.mean_ is None else np.asarray(scaler.mean_, np.float64)
+    scale = np.ones(d) if scaler.scale_ is None else np.asarray(scaler.scale_, np.float64)
     weights = coef / scale
     bias = np.asarray(lr.intercept_, np.float64) - weights @ mean
     labels = [classes[int(c)] for c in lr.classes_]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
@@ -35,24 +36,84 @@ from .dataset import ProbeData
 from .errors import DataError
 
 
+class TorchLinearProbe(ClassifierMixin, BaseEstimator):
+    """The authors' E3 probe (``probing/src/probe.py`` of Nix07/spatial-variable-binding, written
+    anew): logits ``h W + b`` with ``W`` of shape ``D x n_classes``, cross-entropy, AdamW, full
+    batch; ``W`` and ``b`` start as N(0, 1) / sqrt(D), drawn after ``torch.manual_seed(seed)``.
+
+    Exposes ``coef_`` (``n_classes x D``), ``intercept_`` and ``classes_`` like scikit-learn's
+    linear classifiers, so direction export works unchanged.
+    """
+
+    def __init__(self, *, epochs: int = 200, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 seed: int = 0):
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.seed = seed
+
+    def fit(self, X, y):
+        import torch
+
+        self.classes_, yi = np.unique(np.asarray(y), return_inverse=True)
+        X = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        t = torch.as_tensor(yi, dtype=torch.long)
+        d, k = X.shape[1], len(self.classes_)
+        gen = torch.Generator().manual_seed(int(self.seed))
+        W = (torch.randn(d, k, generator=gen) / d ** 0.5).requires_grad_(True)
+        b = (torch.randn(k, generator=gen) / d ** 0.5).requires_grad_(True)
+        opt = torch.optim.AdamW([W, b], lr=self.lr, weight_decay=self.weight_decay)
+        for _ in range(self.epochs):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(X @ W + b, t)
+            loss.backward()
+            opt.step()
+        self.coef_ = W.detach().numpy().T.astype(np.float64)
+        self.intercept_ = b.detach().numpy().astype(np.float64)
+        self.loss_ = float(loss.detach())
+        return self
+
+    def decision_function(self, X):
+        return np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_
+
+    def predict_proba(self, X):
+        z = self.decision_function(X)
+        z = np.exp(z - z.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
+
+    def predict(self, X):
+        return self.classes_[self.decision_function(X).argmax(1)]
+
+
 def make_probe(config: ProbeConfig | None = None) -> Pipeline:
-    """The probe: ``Pipeline([('scale', StandardScaler()), ('logreg', LogisticRegression)])``."""
+    """The probe: ``Pipeline([('scale', StandardScaler()), ('logreg', LogisticRegression)])``,
+    or for ``classifier='torch_linear'`` the authors' raw-feature probe behind an identity
+    scaler (``Pipeline([('scale', StandardScaler(with_mean=False, with_std=False)),
+    ('linear', TorchLinearProbe)])``)."""
     config = config or ProbeConfig()
+    if config.classifier == "torch_linear":
+        return Pipeline([("scale", StandardScaler(with_mean=False, with_std=False)),
+                         ("linear", TorchLinearProbe(epochs=config.epochs, lr=config.lr,
+                                                     weight_decay=config.weight_decay,
+                                                     seed=config.random_state))])
     return Pipeline([("scale", StandardScaler()),
                      ("logreg", LogisticRegression(C=config.C, max_iter=config.max_iter,
                                                    random_state=config.random_state))])
 
 
 def split_groups(frame: pd.DataFrame, group_by: tuple[str, ...] = ()) -> np.ndarray:
-    """Group id per row: rows sharing a ``scene_id`` or (when ``group_by`` is given) the same value
-    of any ``group_by`` column are joined, transitively (connected components), so no scene and
-    no factor value can straddle train and test.
+    """Group id per row: rows sharing a ``scene_id``, an ``image_hash`` (when the frame has one:
+    left/right questions about one triple show one image) or (when ``group_by`` is given) the
+    same value of any ``group_by`` column are joined, transitively (connected components), so no
+    scene, no image and no factor value can straddle train and test.
 
     Returns
     -------
     ndarray of int, one group id per row.
     """
     keys = ["scene_id", *group_by]
+    if "image_hash" in frame and "image_hash" not in keys:
+        keys.append("image_hash")  # identical images never straddle train and test
     for k in keys:
         if k not in frame:
             raise DataError(f"--group-by: unknown label column {k!r}; known: "
@@ -68,6 +129,8 @@ def split_groups(frame: pd.DataFrame, group_by: tuple[str, ...] = ()) -> np.ndar
     for k in keys:
         first: dict = {}
         for i, v in enumerate(frame[k].astype(str).to_numpy()):
+            if k == "image_hash" and v in ("", "None", "nan"):
+                continue  # unknown image: its scene_id still groups it
             j = first.setdefault(v, i)
             if j != i:
                 a, b = find(i), find(j)

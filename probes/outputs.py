@@ -14,20 +14,27 @@ from pathlib import Path
 
 
 def write_outputs(store, table, sconf, pconf, where, map_samples, out: Path,
-                  data_dir=None) -> None:
-    """Write a probe sweep's outputs under ``out`` (see the module docstring for the files)."""
+                  data_dir=None, recipe: str = "robust") -> None:
+    """Write a probe sweep's outputs under ``out`` (see the module docstring for the files).
+
+    A table with an ``orientation`` column (the paper recipe: one probe per orientation) is
+    plotted with one row per (role, orientation); ``config.json`` records the ``recipe`` and
+    whether identical images were grouped (``image_groups``: a dataset was given)."""
     from .maps import heldout_probe_map, map_summary
     from .plots import plot_accuracy_heatmap, plot_accuracy_lines, plot_probe_maps
 
     table.to_parquet(out / "results.parquet", index=False)
     table.to_csv(out / "results.csv", index=False)
-    plot_accuracy_heatmap(table, out / "accuracy_heatmap.png")
-    plot_accuracy_lines(table, out / "accuracy_lines.png")
+    shown = table if "orientation" not in table else table.assign(
+        role=table["role"] + " (" + table["orientation"] + ")")  # one probe per orientation
+    plot_accuracy_heatmap(shown, out / "accuracy_heatmap.png")
+    plot_accuracy_lines(shown, out / "accuracy_lines.png")
     if pconf.control:
-        plot_accuracy_heatmap(table, out / "selectivity_heatmap.png", value="selectivity")
+        plot_accuracy_heatmap(shown, out / "selectivity_heatmap.png", value="selectivity")
     summaries = []
     map_role = "object" if "object" in sconf.roles else sconf.roles[0]
-    if map_samples > 0 and sconf.pool == "token" and sconf.label in ("ordinal", "side"):
+    if map_samples > 0 and sconf.pool == "token" and sconf.label in ("ordinal", "side") \
+            and "orientation" not in table:
         for layer in sconf.layers:
             cell = table[(table["layer"] == layer) & (table["role"] == map_role)]
             if cell.empty or cell["accuracy"].isna().all():
@@ -43,6 +50,7 @@ def write_outputs(store, table, sconf, pconf, where, map_samples, out: Path,
         pd.concat(summaries).to_csv(out / "maps" / "summary.csv", index=False)
     (out / "config.json").write_text(json.dumps(
         {"sweep": sconf.to_dict(), "probe": pconf.to_dict(), "where": where, "data": data_dir,
+         "recipe": recipe, "image_groups": data_dir is not None,
          "toolkit_version": _version()}, indent=1))
 
 

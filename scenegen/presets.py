@@ -11,12 +11,10 @@ from typing import Any
 
 from .config import GenerateConfig
 from .errors import unknown
+from common.paper import GEOMETRY as PAPER_GEOMETRY
 
 #: Paper Table 4 geometry (PAPER-NOTES 1.3).
-GEOMETRY: dict[str, dict[str, int]] = {
-    "qwen2-vl": {"num_tokens": 12, "token_px": 28, "size": 2, "spacing": 2},
-    "gemma-3": {"num_tokens": 16, "token_px": 56, "size": 3, "spacing": 3},
-}
+GEOMETRY: dict[str, dict[str, int]] = {k: dict(v) for k, v in PAPER_GEOMETRY.items()}
 
 
 def _flat(task: str, model: str) -> dict[str, Any]:

@@ -32,15 +32,20 @@ import click
                    "prompt); auto picks direct for Gemma models.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("--quiet", is_flag=True, help="No progress bar (alias of --no-progress).")
+@click.option("--recipe", type=click.Choice(["paper", "robust"]), default=None,
+              help="paper: the authors' exact protocol; robust: spatialbind's own (see "
+                   "interventions/RECIPES.md). Default: paper for the paper's presets.")
 def evaluate(model, data, out, protocol, batch_size, limit, coco_annotations, template, progress,
-             quiet):
+             quiet, recipe):
     """Behavioural accuracy of a VLM on a dataset or on What'sUp, with per-item predictions."""
     from .evaluate import EvalConfig, evaluate as run_evaluation
     from .evaluate_report import format_table
 
     cfg = EvalConfig(model=model, data=data, protocol=protocol or "auto", batch_size=batch_size,
-                     limit=limit, coco_annotations=coco_annotations, template=template)
+                     limit=limit, coco_annotations=coco_annotations, template=template,
+                     recipe=recipe)
     res = run_evaluation(cfg, out=out, progress=progress and not quiet)
     click.echo(format_table(res.summary))
-    click.echo(f"protocol {res.protocol}; wrote {res.out}/predictions.parquet, summary.csv, "
-               "summary.png, metrics.json, config.json")
+    click.echo(f"protocol {res.protocol}; recipe {res.extra.get('recipe')}; wrote "
+               f"{res.out}/predictions.parquet, summary.csv, summary.png, metrics.json, "
+               "config.json")

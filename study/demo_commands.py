@@ -23,13 +23,16 @@ import click
 @click.option("--scheduler", default="serial", show_default=True,
               help="Probe sweeps: serial, local (dask LocalCluster) or a scheduler address.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.option("--recipe", type=click.Choice(["both", "paper", "robust"]), default="both",
+              show_default=True,
+              help="Recipes E4-E6 run under: both side by side, or one (interventions/RECIPES.md).")
 def demo(out, models, whatsup, preset, n, n_degraded, alphas, seed, batch_size, scheduler,
-         progress):
+         progress, recipe):
     """Generate -> extract -> E1 -> E3 -> E4 -> E5/E6 -> E7 -> one HTML report."""
     from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=out, models=models, whatsup=whatsup, preset=preset, n=n,
                      n_degraded=n_degraded, alphas=alphas, seed=seed, batch_size=batch_size,
-                     scheduler=scheduler)
+                     scheduler=scheduler, recipe=recipe)
     path = run_demo(cfg, progress=progress, echo=click.echo)
     click.echo(f"open {path}")

@@ -60,8 +60,14 @@ class EvalConfig:
     """COCO ``instances_val2017.json``: boxes and masks for What'sUp COCO subsets."""
     template: Literal["auto", "anchor", "direct"] = "auto"
     """Two-option wording: ``anchor`` (paper's Qwen2-VL prompt), ``direct`` (its Gemma-3 prompt)."""
+    recipe: str | None = None
+    """``paper`` or ``robust`` (interventions/RECIPES.md); None: ``paper`` for the paper's
+    presets, else ``robust``. Recorded in ``config.json`` and ``metrics.json``."""
 
     def __post_init__(self):
+        if self.recipe is not None and self.recipe not in ("paper", "robust"):
+            raise EvaluationError("The 'recipe' parameter of EvalConfig must be paper or robust. "
+                                  f"Got {self.recipe!r} instead.")
         if self.protocol not in ("auto",) + PROTOCOLS:
             raise EvaluationError(
                 f"The 'protocol' parameter of EvalConfig must be one of auto, "
@@ -161,12 +167,19 @@ def distinct_option_ids(tokenizer, options: Sequence[str]) -> list[list[int]]:
 
 
 def score_queries(adapter, items: Sequence[EvalItem], queries: Sequence[Query], *,
-                  batch_size: int = 8, progress: bool = True) -> list[dict[str, Any]]:
+                  batch_size: int = 8, progress: bool = True,
+                  recipe: str = "robust") -> list[dict[str, Any]]:
     """Ask the model every query; one result dict per query, in query order.
 
     Each dict holds ``scores`` (per option, log-probs), ``prediction`` (an option, or the
-    normalised top-1 token for completion prompts), ``correct`` and ``p_answer`` (the answer's
-    probability among the options, NaN when there are none).
+    normalised top-1 token for completion prompts), ``correct``, ``p_answer`` (the answer's
+    probability among the options, NaN when there are none) and ``tie`` (the best score is
+    shared by several options: the argmax's first index decided).
+
+    Recipes (interventions/RECIPES.md): two-option questions under ``paper`` are right iff the
+    normalised top-1 token over the whole vocabulary is the answer (an off-option token is
+    wrong); under ``robust`` the argmax over the two options decides. Captions in both recipes:
+    right iff the argmax index is the answer's index (the original's ``argmax == 0``).
     """
     from tqdm.auto import tqdm
 
@@ -182,7 +195,8 @@ def score_queries(adapter, items: Sequence[EvalItem], queries: Sequence[Query], 
                 chunk = [queries[j] for j in idx[s:s + batch_size]]
                 images = [items[q.item].load_image() for q in chunk]
                 for j, r in zip(idx[s:s + batch_size],
-                                _score_chunk(adapter, kind, system, images, chunk)):
+                                _score_chunk(adapter, kind, system, images, chunk,
+                                             recipe=recipe)):
                     results[j] = r
                 bar.update(len(chunk))
     finally:
@@ -190,7 +204,8 @@ def score_queries(adapter, items: Sequence[EvalItem], queries: Sequence[Query], 
     return results  # type: ignore[return-value]
 
 
-def _score_chunk(adapter, kind: str, system, images, chunk: Sequence[Query]) -> list[dict]:
+def _score_chunk(adapter, kind: str, system, images, chunk: Sequence[Query], *,
+                 recipe: str = "robust") -> list[dict]:
     scores: list[np.ndarray | None] = [None] * len(chunk)
     if kind == "caption":
         prompts = [q.prompt for q in chunk]
@@ -214,17 +229,23 @@ def _score_chunk(adapter, kind: str, system, images, chunk: Sequence[Query]) -> 
                                   "options; the adapter's scoring is broken")
         p_ans = (float(softmax(sc)[q.options.index(q.answer)])
                  if sc is not None and q.answer in q.options else float("nan"))
+        tie = bool(sc is not None and len(sc) > 1 and int((sc == sc.max()).sum()) > 1)
         if kind == "completion":
             pred = normalise_token(top)
             correct = pred != "" and pred == normalise_token(q.answer)
+        elif recipe == "paper" and q.prompt_kind == "two-option" and top is not None:
+            # the authors: the decoded top-1 token must be the truth; off-option is wrong
+            pred = normalise_token(top)
+            correct = pred != "" and pred == normalise_token(q.answer)
         else:
-            pred = q.options[int(np.argmax(sc))]
-            correct = pred == q.answer
+            k = int(np.argmax(sc))  # first index on ties, as np.argmax in the original
+            pred = q.options[k]
+            correct = q.answer in q.options and k == list(q.options).index(q.answer)
         in_opts = (None if top is None or kind == "completion" else
                    normalise_token(top) in {normalise_token(o) for o in q.options})
         out.append({"scores": [] if sc is None else sc.tolist(), "prediction": pred,
                     "correct": bool(correct), "p_answer": p_ans, "top1": top,
-                    "top1_in_options": in_opts, "option_tokens": nt})
+                    "top1_in_options": in_opts, "option_tokens": nt, "tie": tie})
     return out
 
 
@@ -295,14 +316,31 @@ def evaluate(config: EvalConfig, *, out: str | Path | None = None, adapter=None,
         import vlms
 
         adapter = vlms.load_adapter(config.model)
+    recipe = config.recipe or ("paper" if _paper_preset(config.data) else "robust")
     results = score_queries(adapter, items, queries, batch_size=config.batch_size,
-                            progress=progress)
+                            progress=progress, recipe=recipe)
     preds = report.prediction_table(items, queries, results, protocol)
     summary, extra = report.summarise(preds, items, protocol)
-    resolved = {"protocol": protocol, "template": template, "n_items": len(items),
-                "n_queries": len(queries), "adapter": type(adapter).__name__}
+    extra = {**extra, "recipe": recipe}
+    resolved = {"protocol": protocol, "template": template, "recipe": recipe,
+                "n_items": len(items), "n_queries": len(queries),
+                "adapter": type(adapter).__name__}
     if out is not None:
         report.write_report(Path(out), preds, summary, extra, asdict(config), resolved)
     return EvalResult(predictions=preds, summary=summary,
                       out=None if out is None else Path(out), protocol=protocol, extra=extra,
                       config=config, resolved=resolved)
+
+
+def _paper_preset(data: str) -> bool:
+    """Whether ``data`` is a dataset directory generated from one of the paper's presets."""
+    if str(data).startswith("whatsup:"):
+        return False
+    from scenegen import read_dataset
+
+    from interventions.recipes import is_paper_preset
+
+    try:
+        return is_paper_preset(read_dataset(data))
+    except Exception:  # noqa: BLE001 - not a dataset directory: load_items reports that
+        return False

@@ -14,8 +14,9 @@ Outputs in ``--out``:
 ``summary.csv``
     Item accuracy with a 95% Wilson interval by ``all``, ``task``, ``relation``, ``axis``,
     ``prompt_kind`` and ``degradation`` (when they vary) and each low-cardinality scene
-    factor; ``macro`` (mean of the task accuracies, What'sUp's headline number) when several
-    tasks are present; What'sUp Controlled subsets add ``pair_acc`` and ``set_acc`` rows
+    factor; ``macro`` rows: What'sUp's Table 1 macro-averages, within Controlled A+B, COCO
+    one+two and GQA (VG) one+two, each when both of its subsets ran; ``task_mean``: the plain
+    mean over whatever subsets ran (not the original's headline); What'sUp Controlled subsets add ``pair_acc`` and ``set_acc`` rows
     (original definitions).
 ``summary.png``
     The same as bar charts. ``metrics.json``: protocol-specific numbers (pair/set counts,
@@ -38,6 +39,12 @@ import numpy as np
 from .whatsup_metrics import pair_set_accuracy, wilson_interval
 
 _SKIP_FACTORS = {"source", "original_file", "subject", "reference", "image_id", "coco", "subset"}
+#: What'sUp Table 1 macro-averages: within these subset pairs (``amitakamath/whatsup_vlms``).
+MACRO_FAMILIES = {
+    "Controlled (A+B)": ("Controlled_Images_A", "Controlled_Images_B"),
+    "COCO (one+two)": ("COCO_QA_one_obj", "COCO_QA_two_obj"),
+    "GQA (one+two)": ("VG_QA_one_obj", "VG_QA_two_obj"),
+}
 OUTPUT_FILES = ("predictions.parquet", "summary.csv", "summary.png", "metrics.json",
                 "config.json")
 
@@ -58,7 +65,8 @@ def prediction_table(items, queries, results, protocol: str):
                "prediction": r["prediction"], "answer": q.answer, "correct": r["correct"],
                "p_answer": r["p_answer"], "top1": r["top1"],
                "top1_in_options": r.get("top1_in_options"),
-               "option_tokens": r.get("option_tokens"), "scene_id": s.scene_id,
+               "option_tokens": r.get("option_tokens"), "tie": bool(r.get("tie", False)),
+               "scene_id": s.scene_id,
                "split": s.split, "source_path": items[q.item].source_path,
                "degradation": (s.degradation or {}).get("kind", "none"),
                "factors": json.dumps(f, sort_keys=True, default=str)}
@@ -89,9 +97,19 @@ def summarise(df, items: Sequence, protocol: str):
 
     rows = [_row("all", "all", df)]
     n_items = df["id"].nunique()
-    if df["task"].nunique() > 1:  # What'sUp reports the macro-average over subsets
-        by_task = df.drop_duplicates("id").groupby("task")["item_correct"].mean()
-        rows.append({"group": "macro", "value": "mean over tasks", "n_items": n_items,
+    by_task = df.drop_duplicates("id").groupby("task")["item_correct"].mean()
+    # What'sUp's Table 1 macro-averages within each pair of subsets; only those are "macro"
+    for name, pair in MACRO_FAMILIES.items():
+        if all(t in by_task.index for t in pair):
+            sub = df[df["task"].isin(pair)].drop_duplicates("id")
+            rows.append({"group": "macro", "value": name, "n_items": len(sub),
+                         "n_correct": int(sub["item_correct"].sum()),
+                         "accuracy": float(by_task[list(pair)].mean()),
+                         "ci_low": float("nan"), "ci_high": float("nan"),
+                         "query_accuracy": float("nan"), "mean_p_answer": float("nan")})
+    if df["task"].nunique() > 1:  # a plain mean over whatever subsets ran: not the headline
+        rows.append({"group": "task_mean", "value": "mean over the tasks that ran (not the "
+                     "original macro)", "n_items": n_items,
                      "n_correct": int(df.drop_duplicates("id")["item_correct"].sum()),
                      "accuracy": float(by_task.mean()), "ci_low": float("nan"),
                      "ci_high": float("nan"), "query_accuracy": float("nan"),
@@ -111,6 +129,10 @@ def summarise(df, items: Sequence, protocol: str):
             rows.append(_row(name, v, sub))
     extra: dict[str, Any] = {"protocol": protocol, "n_items": int(n_items),
                              "n_queries": int(len(df))}
+    if "tie" in df and protocol == "caption":  # decided by np.argmax's first index
+        ties = df[df["tie"].astype(bool)]
+        extra["n_exact_ties"] = int(len(ties))
+        extra["n_exact_ties_counted_right"] = int(ties["correct"].sum())
     per_item = df.drop_duplicates("id")
     for task, sub in per_item.groupby("task", sort=True):
         if task in ("Controlled_Images_A", "Controlled_Images_B"):

@@ -13,19 +13,123 @@ import json
 from pathlib import Path
 from typing import Any
 
-#: Paper numbers quoted in PAPER.md (Qwen2-VL-7B / Gemma-3-4b).
-PAPER = {
-    "E1": "Squares/Shapes: Qwen 1.00/1.00, Gemma 0.98/0.99; What'sUp-stitched: Qwen 0.73, Gemma 0.62",
-    "E3": "projector probe for ordinal slot ≈1.00 on synthetic stimuli (≈0.95 on What'sUp); the "
-          "probe map lights up the whole strip, background included",
-    "E4": "object-region criss-cross never flips the answer; strip-region criss-cross flips it from "
-          "the LM input on (Qwen recovers around layers 23–24)",
-    "E5": "accuracy after ablating vision ordering (chance 1/3): Qwen 0.60/0.62/0.43, Gemma "
-          "0.64/0.82/0.77 (full grid 0.57/0.64/0.54) for Squares/Shapes/Objects",
-    "E6": "under the ablation, object-token criss-cross flips the answer at layers ~11–20",
-    "E7": ">50% of previously incorrect items fixed (Gemma-3-4b), >30% (Qwen2-VL-7B), up to +5% "
-          "accuracy; alpha chosen in-sample",
+#: Paper numbers quoted in PAPER.md, each with what it was measured on: a number stands
+#: beside ours as comparable only when model, task, recipe and metric all match.
+PAPER_MODELS = ("Qwen2-VL-7B-Instruct", "gemma-3-4b-it")
+PAPER_NUMBERS: dict[str, list[dict[str, Any]]] = {
+    "E1": [
+        {"text": "Squares/Shapes: Qwen 1.00/1.00, Gemma 0.98/0.99", "ours": "e1",
+         "task": "Squares/Shapes (paper presets)", "recipe": "paper",
+         "metric": "top-1 next token over the whole vocabulary"},
+        {"text": "What'sUp-stitched: Qwen 0.73, Gemma 0.62", "ours": "e1_whatsup",
+         "task": "stitched What'sUp (controlled images, left/right)", "recipe": "paper",
+         "metric": "top-1 next token over the whole vocabulary"},
+    ],
+    "E3": [{"text": "projector probe for ordinal slot ≈1.00 on synthetic stimuli (≈0.95 on "
+                    "What'sUp); the probe map lights up the whole strip, background included",
+            "ours": "e3", "task": "Squares/Shapes (paper presets)", "recipe": "paper",
+            "metric": "held-out accuracy of the authors' torch probe, one per orientation"}],
+    "E4": [{"text": "object-region criss-cross never flips the answer; strip-region criss-cross "
+                    "flips it from the LM input on (Qwen recovers around layers 23–24)",
+            "ours": "e4", "task": "Squares/Shapes (paper presets)", "recipe": "paper",
+            "metric": "flip rate per layer over pairs right on both runs"}],
+    "E5": [{"text": "accuracy after ablating vision ordering (chance 1/3): Qwen 0.60/0.62/0.43, "
+                    "Gemma 0.64/0.82/0.77 (full grid 0.57/0.64/0.54) for Squares/Shapes/Objects",
+            "ours": "e5", "task": "Squares/Shapes (paper presets)", "recipe": "paper",
+            "metric": "top-1 next token over the whole vocabulary"}],
+    "E6": [{"text": "under the ablation, object-token criss-cross flips the answer at layers "
+                    "~11–20", "ours": "e6", "task": "Squares/Shapes (paper presets)",
+            "recipe": "paper", "metric": "flip layers over pairs right under the ablation"}],
+    "E7": [{"text": ">50% of previously incorrect items fixed (Gemma-3-4b), >30% (Qwen2-VL-7B), "
+                    "up to +5% accuracy; alpha chosen in-sample", "ours": "e7",
+            "task": "What'sUp COCO_QA_two_obj (natural images)", "recipe": "paper",
+            "metric": "strict two-option, whole-vocabulary argmax, in-sample alpha"}],
 }
+#: Back-compatible one-line texts.
+PAPER = {k: "; ".join(e["text"] for e in v) for k, v in PAPER_NUMBERS.items()}
+
+_METRIC = {  # what the demo measures per result key and recipe
+    "e1": "top-1 next token over the whole vocabulary",
+    "e1_whatsup": "caption log-likelihood argmax, micro-averaged over the original subsets",
+    "e3": "grouped-CV accuracy of a standardised logistic regression, orientations pooled",
+    "e4": {"robust": "flip rate per layer over every pair",
+           "paper": "flip rate per layer over pairs right on both runs"},
+    "e5": {"robust": "argmax over the colours in the image",
+           "paper": "top-1 next token over the whole vocabulary"},
+    "e6": {"robust": "flip layers over every pair",
+           "paper": "flip layers over pairs right under the ablation"},
+    "e7": "two-option argmax over the options on degraded stimuli, held-out alpha",
+}
+
+
+def ours_facts(model: str, key: str, recipe: str, task: str) -> dict[str, str]:
+    """What one of our numbers was measured on (model, task, recipe, metric)."""
+    metric = _METRIC.get(key, "")
+    if isinstance(metric, dict):
+        metric = metric.get(recipe, "")
+    if key == "e1_whatsup":
+        task = "What'sUp original subsets (caption scoring)"
+    if key == "e7":
+        task = f"degraded {task}"
+    if key == "e1" and recipe == "robust":
+        recipe = "paper"  # E1's completion scoring is the authors' in both recipes
+    return {"model": model, "task": task, "recipe": recipe, "metric": metric}
+
+
+def comparability(paper: dict[str, Any], ours: dict[str, str]) -> str:
+    """``comparable`` when model, task, recipe and metric match the paper number's, else
+    ``not comparable: <what differs>``."""
+    diffs = []
+    if not any(p.lower() in str(ours["model"]).lower() for p in PAPER_MODELS):
+        diffs.append(f"model ({ours['model']}; the paper: {' / '.join(PAPER_MODELS)})")
+    for k in ("task", "recipe", "metric"):
+        if ours.get(k) != paper.get(k):
+            diffs.append(f"{k} (ours: {ours.get(k) or 'not run'}; the paper: {paper.get(k)})")
+    return "comparable" if not diffs else "not comparable: " + "; ".join(diffs)
+
+
+def paper_block(exp: str, models, results, *, task: str) -> str:
+    """The paper's numbers for ``exp``, each marked comparable or saying why not, per model
+    and recipe run."""
+    rows = []
+    for entry in PAPER_NUMBERS.get(exp, []):
+        key = entry["ours"]
+        for m in models:
+            for k, recipe in ((key, "robust"), (f"{key}_paper", "paper")):
+                if k not in results[m] or results[m].get(k) is None:
+                    continue
+                rows.append({"paper": entry["text"], "ours": f"{m} · {recipe} recipe",
+                             "verdict": comparability(entry, ours_facts(m, key, recipe,
+                                                                        task))})
+        if not rows or rows[-1]["paper"] != entry["text"]:
+            rows.append({"paper": entry["text"], "ours": "–", "verdict": "not run here"})
+    return "<div class=paper><b>Paper</b>" + _table(rows) + "</div>"
+
+
+def recipes_side_by_side(models, results) -> list[dict[str, Any]]:
+    """E4-E6 under the robust and the paper recipe, one row per (model, number) that differs."""
+    rows = []
+    for m in models:
+        r = results[m]
+        pairs = [("E4 object flip @ input", _layer0(r.get("e4"), "object"),
+                  _layer0(r.get("e4_paper"), "object")),
+                 ("E4 strip flip @ input (robust: own columns; paper: tiled strips)",
+                  _layer0(r.get("e4"), "strip"), _layer0(r.get("e4_paper"), "strip")),
+                 ("E5 ablated accuracy", (r.get("e5") or {}).get("ablated_accuracy"),
+                  (r.get("e5_paper") or {}).get("ablated_accuracy")),
+                 ("E5 items that could not run", (r.get("e5") or {}).get("n_skipped"),
+                  (r.get("e5_paper") or {}).get("n_skipped")),
+                 ("E6 flip layers (object)", ((r.get("e6") or {}).get("flip_layers") or {})
+                  .get("object"), ((r.get("e6_paper") or {}).get("flip_layers") or {})
+                  .get("object")),
+                 ("E6 pairs kept", (r.get("e6") or {}).get("n_items"),
+                  (r.get("e6_paper") or {}).get("n_items"))]
+        for name, rob, pap in pairs:
+            err = (r.get("e6_paper") or {}).get("error") if name.startswith("E6") else None
+            rows.append({"model": m, "number": name, "robust": rob,
+                         "paper": pap if pap is not None or not err else f"not run: {err}",
+                         "differs": rob != pap})
+    return rows
 
 
 def _img(path: Path, width: int = 640) -> str:
@@ -129,6 +233,8 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
     from dataclasses import asdict
 
     out = Path(out)
+    task = ("Squares/Shapes (paper presets)" if getattr(cfg, "preset", None)
+            else "Squares on the organisms' 8x8-token canvas")
     h: list[str] = [f"<!doctype html><meta charset=utf-8><title>spatialbind demo</title>"
                     f"<style>{CSS}</style><h1>spatialbind: spatial binding study</h1>"]
     h.append("<h2>What was run</h2><p>Stimuli were generated (base items with swap, "
@@ -169,7 +275,7 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
                       "n": (results[m].get("e1") or {}).get("n"),
                       "What'sUp": (results[m].get("e1_whatsup") or {}).get("accuracy")}
                      for m in models]))
-    h.append(f"<p class=paper>Paper: {PAPER['E1']}</p>")
+    h.append(paper_block("E1", models, results, task=task))
     h.append(_cols(models, results, "e1", ["summary.png"]))
     h.append("<h2>E3 — linear probes for ordinal slot</h2><p>Logistic-regression probes on "
              "each token of the object and strip regions, split by scene; control task "
@@ -178,7 +284,7 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
              "held-out images.</p>")
     h.append(_table([{"model": m, **{k: v for k, v in (results[m].get("e3") or {}).items()
                                      if k not in ("maps_summary",)}} for m in models]))
-    h.append(f"<p class=paper>Paper: {PAPER['E3']}</p>")
+    h.append(paper_block("E3", models, results, task=task))
     h.append(_cols(models, results, "e3", ["projector/accuracy_heatmap.png",
                                             "lm.resid/accuracy_heatmap.png",
                                             "projector/maps/layer000.png"]))
@@ -195,7 +301,7 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
                       "object flip @ input": _layer0(results[m].get("e4"), "object"),
                       "flip layers": (results[m].get("e4") or {}).get("flip_layers")}
                      for m in models]))
-    h.append(f"<p class=paper>Paper: {PAPER['E4']}</p>")
+    h.append(paper_block("E4", models, results, task=task))
     h.append(_cols(models, results, "e4", ["e4_heatmap.png"]))
     h.append("<h2>E5 / E6 — ablating vision ordering, and the LM backup</h2><p>E5: at the LM "
              "input, entity tokens come from each entity's isolated image and every other token "
@@ -205,7 +311,12 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
                                      ("base_accuracy", "ablated_accuracy", "chance")},
                       "E6 flip layers": (results[m].get("e6") or {}).get("flip_layers")}
                      for m in models]))
-    h.append(f"<p class=paper>Paper: {PAPER['E5']}<br>{PAPER['E6']}</p>")
+    h.append(paper_block("E5", models, results, task=task))
+    h.append(paper_block("E6", models, results, task=task))
+    h.append("<h3>The two recipes side by side</h3><p>E4-E6 ran under both recipes "
+             "(interventions/RECIPES.md): <code>robust</code> (spatialbind's own) and "
+             "<code>paper</code> (the authors' regions, metrics and filters).</p>"
+             + _table(recipes_side_by_side(models, results)))
     h.append(_cols(models, results, "e5", ["e5_accuracy.png"]))
     h.append(_cols(models, results, "e6", ["e6_heatmap.png"]))
     h.append("<h2>E7 — amplifying the ordering direction</h2><p>h ← h + α·Σ_k (h·w_k/‖w_k‖²)"
@@ -218,7 +329,7 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
         h.append(f"<h3>{html.escape(m)}</h3>" + _table(
             sel, ["selection", "control", "alpha", "fixed", "broken", "net", "n_fail", "n",
                   "fix_rate", "base_accuracy", "accuracy"]))
-    h.append(f"<p class=paper>Paper: {PAPER['E7']}</p>")
+    h.append(paper_block("E7", models, results, task=task))
     h.append(_cols(models, results, "e7", ["e7_dose_response.png"]))
     path = out / "report.html"
     path.write_text("\n".join(h))

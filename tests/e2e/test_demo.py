@@ -46,6 +46,13 @@ def test_demo_tells_the_organisms_apart_on_small_samples(tmp_path):
     # them more than the lm organism's depends on sample size (see the report), so only the
     # measurement itself is checked here; the default-size run below checks the contrast.
     assert rows["E7"]["vision"] is not None and rows["E7"]["vision"] > 0.05
+    # both recipes ran, side by side, and every paper number says whether it is comparable
+    assert "The two recipes side by side" in html and "not comparable: model" in html
+    for name, _ in ORGANISMS:
+        assert results[name]["e5-paper"]["recipe"] == "paper"
+        assert results[name]["e5"]["recipe"] == "robust"
+        assert (tmp_path / "demo" / name.replace("/", "--") / "e4-paper"
+                / "regions.parquet").is_file()
     # rerunning the same command resumes: every stage is skipped and the report rewritten
     res = CliRunner().invoke(spatialbind, ["demo", "--out", str(tmp_path / "demo"), "--n", "16",
                                            "--n-degraded", "48", "--alphas", "0:8:2"])

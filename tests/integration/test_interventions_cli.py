@@ -43,7 +43,7 @@ def _direction(path, *, model=MODEL, site="projector", width=128, axis=None):
 def test_patch_e4_writes_table_summary_and_heatmap(data, tmp_path):
     out = tmp_path / "e4"
     r = _invoke("patch", "--model", MODEL, "--data", data, "--out", str(out), "--experiment",
-                "e4", "--layers", "0,2", "--limit", "1", "--quiet")
+                "e4", "--layers", "0,2", "--limit", "1", "--quiet", "--recipe", "robust")
     assert r.exit_code == 0, r.output
     t = pd.read_parquet(out / "e4.parquet")
     assert sorted(set(t["layer"])) == [0, 2] and set(t["region"]) == {"object", "strip"}
@@ -53,6 +53,13 @@ def test_patch_e4_writes_table_summary_and_heatmap(data, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"] == MODEL and cfg["config"]["layers"] == "0,2"
     assert "torch" in cfg["versions"]
+    # the paper recipe (the default here) keeps only pairs answered right on both runs: the
+    # random tiny model has none, and the command says so in one line
+    r = CliRunner().invoke(spatialbind, ["patch", "--model", MODEL, "--data", data, "--out",
+                                         str(tmp_path / "p"), "--experiment", "e4", "--layers",
+                                         "0", "--limit", "1", "--quiet"])
+    assert r.exit_code == 1 and "answered right on both runs" in r.output
+    assert r.output.strip().count("\n") == 0
 
 
 def test_ablate_writes_accuracy_vs_chance(data, tmp_path):
@@ -68,9 +75,16 @@ def test_amplify_with_probe_direction(data, tmp_path):
     d = _direction(tmp_path / "dir")
     out = tmp_path / "e7"
     r = _invoke("amplify", "--model", MODEL, "--data", data, "--out", str(out), "--alphas",
-                "0:10:5", "--direction", d, "--limit", "2", "--quiet")
+                "0:10:5", "--direction", d, "--limit", "2", "--quiet", "--recipe", "robust")
     assert r.exit_code == 0, r.output
     assert "held-out alpha" in r.output and "paper's Probe*" in r.output
+    # on a paper preset the default recipe reports the authors' selections
+    r = _invoke("amplify", "--model", MODEL, "--data", data, "--out", str(tmp_path / "p"),
+                "--alphas", "0:10:5", "--direction", d, "--limit", "2", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "Probe (the authors' best global alpha" in r.output and "(paper recipe)" in r.output
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert s["recipe"] == "paper" and s["selections_robust"]
     t = pd.read_parquet(out / "e7.parquet")
     assert sorted(set(t["alpha"])) == [0.0, 5.0, 10.0] and set(t["control"]) == {"probe",
                                                                                   "random"}
@@ -108,3 +122,81 @@ def test_empty_alpha_range_and_bad_layers_are_one_line_errors(data, tmp_path):
     r = CliRunner().invoke(spatialbind, ["patch", "--model", MODEL, "--data", data, "--out",
                                          str(tmp_path / "z"), "--regions", "object,stripe"])
     assert r.exit_code == 1 and "regions" in r.output
+
+
+@pytest.mark.parametrize("recipe", ["paper", "robust"])
+def test_patch_and_ablate_write_regions_and_record_the_recipe(data, tmp_path, recipe,
+                                                               monkeypatch):
+    from scenegen import read_dataset
+
+    import interventions.patching as patching
+    from interventions.regions import regions_table
+
+    # paper E4 keeps pairs answered right on both runs: make the tiny model always right
+    monkeypatch.setattr(patching, "vocab_top1", lambda tok, logits: "x")
+    monkeypatch.setattr(patching, "vocab_top1_answer", lambda a: "x")
+
+    ds = read_dataset(data)
+    for cmd, exp in (("patch", "e4"), ("ablate", "e5")):
+        out = tmp_path / exp
+        args = [cmd, "--model", MODEL, "--data", data, "--out", str(out), "--limit", "2",
+                "--recipe", recipe, "--quiet"]
+        if cmd == "patch":
+            args += ["--experiment", "e4", "--layers", "0"]
+        r = _invoke(*args)
+        assert r.exit_code == 0, r.output
+        assert f"{recipe} recipe" in r.output
+        assert json.loads((out / "config.json").read_text())["recipe"] == recipe
+        s = json.loads((out / "summary.json").read_text())
+        assert s["recipe"] == recipe and s["n_skipped"] == 0
+        got = pd.read_parquet(out / "regions.parquet")
+        assert list(got.columns) == ["id", "region", "clean_token", "source_token", "source"]
+        want, _ = regions_table(ds, (12, 12), exp, recipe, limit=2)
+        key = list(got.columns)
+        assert got.sort_values(key).reset_index(drop=True).equals(
+            want.sort_values(key).reset_index(drop=True))
+
+
+def test_recipe_defaults_to_paper_on_a_paper_preset(data, tmp_path):
+    r = _invoke("ablate", "--model", MODEL, "--data", data, "--out", str(tmp_path / "e5"),
+                "--limit", "1", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "e5" / "summary.json").read_text())["recipe"] == "paper"
+
+
+def test_amplify_cli_applies_each_axis_its_own_direction(data, tmp_path):
+    """Two planted directions tagged horizontal and vertical. Through the CLI, each item's
+    margins equal a run that applies only its own axis's direction to every item, and differ
+    from a run with the other axis's direction."""
+    from probes.directions import Direction, save_direction
+    from scenegen import read_dataset
+    from vlms.registry import load_adapter
+
+    from interventions.amplification import AmplifyConfig, run_e7
+
+    rng = np.random.default_rng(0)
+    ws = {"horizontal": rng.standard_normal((1, 128)), "vertical": rng.standard_normal((1, 128))}
+    dirs = []
+    for axis, weights in ws.items():
+        d = Direction(weights=weights, bias=np.zeros(1), components=("right_vs_left",),
+                      classes=("left", "right"), model=MODEL, site="projector", layer=0,
+                      extra={"axis": axis})
+        dirs.append(str(save_direction(d, tmp_path / axis)))
+    out = tmp_path / "e7"
+    r = _invoke("amplify", "--model", MODEL, "--data", data, "--out", str(out), "--alphas",
+                "0,50", "--direction", dirs[0], "--direction", dirs[1], "--quiet",
+                "--recipe", "robust")
+    assert r.exit_code == 0, r.output
+    got = pd.read_parquet(out / "e7.parquet")
+    got = got[(got["control"] == "probe") & (got["alpha"] == 50)].set_index("item")
+    assert set(got["axis"]) == {"horizontal", "vertical"}
+    ad, ds = load_adapter(MODEL), read_dataset(data)
+    cfg = AmplifyConfig(alphas=(0, 50))
+    only = {}
+    for axis, w in ws.items():
+        t, _ = run_e7(ad, ds, w.astype(np.float32), cfg, progress=False)
+        only[axis] = t[(t["control"] == "probe") & (t["alpha"] == 50)].set_index("item")
+    for item, row in got.iterrows():
+        own, other = row["axis"], ({"horizontal", "vertical"} - {row["axis"]}).pop()
+        assert row["margin"] == pytest.approx(only[own].loc[item, "margin"], abs=1e-5)
+        assert abs(row["margin"] - only[other].loc[item, "margin"]) > 1e-5

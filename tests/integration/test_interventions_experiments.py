@@ -8,6 +8,7 @@ import torch
 
 from interventions.ablation import (AblateConfig, SITE, ablation_edits, blank_acts, references,
                                     run_e5)
+from interventions.regions import ablation_pairs, regions_table
 from interventions.amplification import AmplifyConfig, run_e7
 from interventions.hooks import Interchange, Patch, pairs, run
 from interventions.layout import crisscross_map
@@ -43,19 +44,24 @@ def gemma_setup(tmp_path_factory):
     return load_adapter("tiny-gemma-3"), read_dataset(out)
 
 
-def _check_e5_inputs(ad, ds, exact: bool = True):
+def _check_e5_inputs(ad, ds, exact: bool = True, recipe: str = "robust"):
     stim = base_items(ds)[0]
     prompt = pick_prompt(stim)
     p = prepare(ad, ds, stim, prompt)
     blank = blank_acts(ad, ds, prompt, stim)
     refs = references(ad, ds, stim, prompt, blank)
-    edits, sources, filled = ablation_edits(p, refs)
+    prs = ablation_pairs(ds, stim, p.layout.grid, recipe)
+    edits, sources = ablation_edits(p, refs, prs)
+    filled = np.unique(np.concatenate([x.clean for x in prs if x.source_kind == "isolated"]))
     got = run_edits(ad, p.inputs, edits, sources=sources, capture=[SITE]).acts[SITE][0]
     # every image token was replaced, each exactly once
     touched = np.concatenate([e.tokens for e in edits])
     assert sorted(touched) == sorted(p.layout.image_positions.tolist())
     objects = np.concatenate([p.layout.cells(f"object:{o}") for o in p.layout.ordinals()])
-    assert set(filled.tolist()) <= set(objects.tolist())
+    if recipe == "robust":
+        assert set(filled.tolist()) <= set(objects.tolist())
+    else:  # paper: the layout blocks (squares fill them, so they equal the covered tokens)
+        assert sorted(filled.tolist()) == sorted(objects.tolist())
     if exact:  # flat stimuli: isolated twins show the same-size entity, every token pairs
         assert len(filled) == len(objects)
     # entity tokens equal the isolated twins' tokens at the mapped positions
@@ -75,12 +81,14 @@ def _check_e5_inputs(ad, ds, exact: bool = True):
                        blank[1][SITE][0][blank[0].layout.image_positions[bg]])
 
 
-def test_e5_ablated_inputs_equal_reference_tokens_qwen(qwen_setup):
-    _check_e5_inputs(*qwen_setup)
+@pytest.mark.parametrize("recipe", ["paper", "robust"])
+def test_e5_ablated_inputs_equal_reference_tokens_qwen(qwen_setup, recipe):
+    _check_e5_inputs(*qwen_setup, recipe=recipe)
 
 
-def test_e5_ablated_inputs_equal_reference_tokens_gemma(gemma_setup):
-    _check_e5_inputs(*gemma_setup)
+@pytest.mark.parametrize("recipe", ["paper", "robust"])
+def test_e5_ablated_inputs_equal_reference_tokens_gemma(gemma_setup, recipe):
+    _check_e5_inputs(*gemma_setup, recipe=recipe)
 
 
 @pytest.mark.gl
@@ -105,6 +113,7 @@ def test_scene3d_uses_each_scene_blank_and_runs_e4_e5(tmp_path):
     _check_e5_inputs(ad, ds, exact=False)
     table, summary = run_e4(ad, ds, PatchConfig(experiment="e4", layers="0", limit=2),
                             progress=False)
+    assert summary["recipe"] == "robust"  # not a paper preset: the default is robust
     assert summary["n_items"] + len(summary["skipped"]) == 2
 
 
@@ -124,7 +133,7 @@ def _direct_e4(ad, ds, stim, layer, region):
 def test_e4_rows_equal_direct_patched_runs(setup, request):
     ad, ds = request.getfixturevalue(setup)
     table, summary = run_e4(ad, ds, PatchConfig(experiment="e4", layers="0,2", limit=1,
-                                                batch_size=3,
+                                                batch_size=3, recipe="robust",
                                                 regions=("object", "strip", "band")),
                             progress=False)
     assert len(table) == 2 * 3  # layers x regions
@@ -147,7 +156,8 @@ def test_e4_rows_equal_direct_patched_runs(setup, request):
 def test_e2_last_site_reproduces_counterfactual_run(qwen_setup):
     ad, ds = qwen_setup
     last = ad.n_lm_layers  # patching the final residual at the last token = the cf's logits
-    table, summary = run_e2(ad, ds, PatchConfig(experiment="e2", layers=f"0,{last}", limit=2),
+    table, summary = run_e2(ad, ds, PatchConfig(experiment="e2", layers=f"0,{last}", limit=2,
+                                                recipe="robust"),
                             progress=False)
     assert len(table) == 4 and set(table["layer"]) == {0, last}
     for _, r in table[table["layer"] == last].iterrows():
@@ -166,8 +176,9 @@ def test_e2_last_site_reproduces_counterfactual_run(qwen_setup):
 
 def test_e6_unpatched_row_is_e5_and_layers_flip_bookkeeping(qwen_setup):
     ad, ds = qwen_setup
-    t6, s6 = run_e6(ad, ds, PatchConfig(experiment="e6", layers="0,1", limit=2), progress=False)
-    t5, s5 = run_e5(ad, ds, AblateConfig(limit=2), progress=False)
+    t6, s6 = run_e6(ad, ds, PatchConfig(experiment="e6", layers="0,1", limit=2,
+                                        recipe="robust"), progress=False)
+    t5, s5 = run_e5(ad, ds, AblateConfig(limit=2, recipe="robust"), progress=False)
     ab = t6[t6["layer"] == -1].set_index("item")
     for _, r in t5.iterrows():
         assert ab.loc[r["item"], "pred"] == r["ablated_pred"]
@@ -226,3 +237,140 @@ def test_e7_on_whatsup_alpha_zero_matches_evaluate(qwen_setup, tmp_path):
     base = table[(table["alpha"] == 0) & (table["control"] == "probe")].set_index("item")
     for item_id, ok in strict.items():
         assert bool(base.loc[item_id, "correct"]) == bool(ok)
+
+
+@pytest.mark.parametrize("setup", ["qwen_setup", "gemma_setup"])
+def test_e4_paper_patches_exactly_its_regions_parquet(setup, request, monkeypatch):
+    """The paper recipe is the default on a paper preset; the experiment records the token pairs
+    that the model-free region computation gives, and patches exactly those."""
+    import interventions.patching as patching
+    from interventions.errors import InterventionError
+
+    ad, ds = request.getfixturevalue(setup)
+    # the authors keep only pairs answered right on both runs: a random tiny model never is
+    with pytest.raises(InterventionError, match="answered right on both runs"):
+        run_e4(ad, ds, PatchConfig(experiment="e4", layers="0", limit=1), progress=False)
+    monkeypatch.setattr(patching, "vocab_top1", lambda tok, logits: "x")  # always right
+    monkeypatch.setattr(patching, "vocab_top1_answer", lambda a: "x")
+    collected = []
+    table, summary = run_e4(ad, ds, PatchConfig(experiment="e4", layers="0", limit=1),
+                            progress=False, regions=collected)
+    assert summary["recipe"] == "paper" and summary["n_skipped"] == 0
+    stim = base_items(ds)[0]
+    p = prepare(ad, ds, stim, pick_prompt(stim))
+    want, _ = regions_table(ds, p.layout.grid, "e4", "paper", limit=1)
+    got = collected[0]
+    assert got.sort_values(list(got.columns)).reset_index(drop=True).equals(
+        want.sort_values(list(want.columns)).reset_index(drop=True))
+    cf = prepare(ad, ds, twin(ds, stim, "crisscross"), pick_prompt(stim))
+    for region, g in got.groupby("region"):
+        bpos = p.layout.image_positions[g["clean_token"].to_numpy()]
+        spos = cf.layout.image_positions[g["source_token"].to_numpy()]
+        src = run(ad, cf.inputs, capture=["lm.resid.0"]).acts["lm.resid.0"][0, spos]
+        logits = run(ad, p.inputs, patches=[Patch(site="lm.resid.0", intervention=Interchange(),
+                                                  index=pairs(0, bpos), source=src)]).logits[0, -1]
+        want_p = option_probs(logits, option_ids(ad.tokenizer, slot_colors(stim)), normalize=True)
+        r = table[(table["region"] == region) & (table["layer"] == 0)].iloc[0]
+        np.testing.assert_allclose([r["p_slot0"], r["p_slot1"], r["p_slot2"]], want_p, atol=1e-5)
+
+
+def test_e6_paper_keeps_only_pairs_right_under_ablation(qwen_setup):
+    ad, ds = qwen_setup
+    from interventions.errors import InterventionError
+
+    try:
+        t6, s6 = run_e6(ad, ds, PatchConfig(experiment="e6", layers="0", limit=3),
+                        progress=False)
+    except InterventionError as e:  # a random tiny model is rarely right: all dropped
+        assert "answered right under the ablation" in str(e)
+        return
+    assert s6["recipe"] == "paper"
+    assert s6["n_items"] + s6["n_dropped_ablated_wrong"] == 3
+    ab = t6[t6["layer"] == -1]
+    assert (ab["top1"] == ab["answer"].str.lower()).all()
+
+
+def test_e2_paper_pairs_filter_and_four_variant_probability(qwen_setup, monkeypatch):
+    """The authors' E2: 5-tuples from the 7-colour pool (orange added), clean (t0,t1,t2) asked
+    the direction and counterfactual (t4,t1,t3) asked the opposite one (right/below reversed),
+    kept only when both runs are right; P(word) = softmax mass summed over the four spellings."""
+    import interventions.patching as patching
+    from interventions.errors import InterventionError
+
+    ad, ds = qwen_setup
+    last = ad.n_lm_layers
+    # a model that is always right (the tiny random model never is): both checks pass
+    monkeypatch.setattr(patching, "vocab_top1", lambda tok, logits: "x")
+    monkeypatch.setattr(patching, "vocab_top1_answer", lambda a: "x")
+    # the tiny tokenizer splits capitalised colours; the real ones keep them whole
+    monkeypatch.setattr(patching, "_single_token", lambda tok, w: True)
+    table, summary = patching.run_e2(ad, ds, PatchConfig(experiment="e2", layers=f"0,{last}",
+                                                         limit=2), progress=False)
+    assert summary["recipe"] == "paper" and "orange" in summary["pool"]
+    assert len(summary["pool"]) == 7
+    assert {d: v["kept"] for d, v in summary["pairs_per_direction"].items()} == \
+        {"left": 2, "right": 2, "above": 2, "below": 2}
+    row = table[table["layer"] == last].iloc[0]
+    words = row["colors"].split(",")
+    assert row["answer"] == words[0] and row["cf_answer"] == words[3]
+    # oracle: the counterfactual image rendered by hand from the published tuple algebra
+    from scenegen.config import PALETTE
+
+    ds_ = patching._paper_generator(ds)
+    mem = patching._Memory()
+    rel = row["relation"]
+    cf_items = (words[4], words[1], words[3]) if rel in ("left", "above") else \
+        (words[3], words[1], words[4])
+    other = patching._render(ds_, mem, "cf", cf_items, patching.OPPOSITE_OF[rel])
+    img = mem.image(other)
+    assert tuple(img[other.targets[0].box[1], other.targets[0].box[0]]) == \
+        tuple(PALETTE[cf_items[0]])
+    cf = prepare(ad, mem, other, pick_prompt(other))
+    probs = torch.softmax(run(ad, cf.inputs).logits[0, -1].float(), -1)
+    tok = ad.tokenizer
+    want = []
+    for w in (words[0], words[3]):
+        ids = [tok(v, add_special_tokens=False)["input_ids"][0]
+               for v in (w, w.capitalize(), " " + w, " " + w.capitalize())]
+        want.append(float(sum(probs[i] for i in ids)))
+    # patching the last residual at the last token reproduces the counterfactual's output
+    assert row["p_answer"] == pytest.approx(want[0], abs=1e-5)
+    assert row["p_cf_answer"] == pytest.approx(want[1], abs=1e-5)
+    # a model never right on the counterfactual: nothing is kept, and it says so
+    monkeypatch.setattr(patching, "vocab_top1_answer", lambda a: "never")
+    with pytest.raises(InterventionError, match="no pair was answered right"):
+        patching.run_e2(ad, ds, PatchConfig(experiment="e2", layers="0", limit=1),
+                        progress=False)
+
+
+def test_e5_paper_scores_whole_vocabulary_top1_robust_the_options(qwen_setup):
+    ad, ds = qwen_setup
+    tp, sp = run_e5(ad, ds, AblateConfig(limit=3, recipe="paper"), progress=False)
+    tr, sr = run_e5(ad, ds, AblateConfig(limit=3, recipe="robust"), progress=False)
+    assert (sp["recipe"], sp["metric"]) == ("paper", "vocab_top1")
+    assert (sr["recipe"], sr["metric"]) == ("robust", "options")
+    # the same runs (squares: layout cells = covered cells), scored two ways
+    assert list(tp["ablated_top1"]) == list(tr["ablated_top1"])
+    assert (tp["ablated_correct"] == (tp["ablated_top1"] == tp["answer"])).all()
+    assert (tr["ablated_correct"] == (tr["ablated_pred"] == tr["answer"])).all()
+    # oracle for the top-1 token: the model's own decoding of its base run
+    stim = base_items(ds)[0]
+    p = prepare(ad, ds, stim, pick_prompt(stim))
+    tok = int(run(ad, p.inputs).logits[0, -1].argmax())
+    import re
+
+    want = re.sub(r"[^0-9a-z]", "", ad.tokenizer.decode([tok]).lower())
+    assert tp.loc[0, "base_top1"] == want
+
+
+def test_e4_paper_caps_pairs_per_direction(qwen_setup, monkeypatch):
+    import interventions.patching as patching
+
+    ad, ds = qwen_setup
+    monkeypatch.setattr(patching, "vocab_top1", lambda tok, logits: "x")  # always right
+    monkeypatch.setattr(patching, "vocab_top1_answer", lambda a: "x")
+    monkeypatch.setattr(patching, "PAPER_PAIRS_PER_DIRECTION", 1)  # the authors' 50, scaled
+    items = base_items(ds, limit=6)
+    _, s = run_e4(ad, ds, PatchConfig(experiment="e4", layers="0", limit=6), progress=False)
+    n_rel = len({st.relation for st in items})
+    assert s["n_items"] == n_rel and s["n_beyond_50_per_direction"] == 6 - n_rel

@@ -98,3 +98,28 @@ def test_init_weight_baseline_store(store, tmp_path):
                                            "--scheduler", "serial", "--out", str(tmp_path / "o2")])
     assert bad.exit_code == 1 and "Traceback" not in bad.output
     assert not (tmp_path / "o2").exists()
+
+
+def test_probe_paper_recipe_one_probe_per_orientation(store, tmp_path):
+    out = tmp_path / "paper"
+    r = run("probe", "--store", store, "--model", "tiny", "--site", "lm.resid", "--layers", "0",
+            "--roles", "object", "--scheduler", "serial", "--map-samples", "0",
+            "--recipe", "paper", "--out", str(out), "--export-directions", str(tmp_path / "d"))
+    assert r.exit_code == 0, r.output
+    assert "(paper recipe)" in r.output
+    tagged = 0
+    for axis in ("horizontal", "vertical"):  # each orientation's directions carry their axis
+        index = tmp_path / "d" / axis / "index.json"
+        if index.is_file():
+            for e in json.loads(index.read_text()):
+                assert load_direction(tmp_path / "d" / axis / e["path"]).extra["axis"] == axis
+                tagged += 1
+    assert tagged >= 1
+    table = pd.read_parquet(out / "results.parquet")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["recipe"] == "paper"
+    assert cfg["probe"]["classifier"] == "torch_linear" and cfg["probe"]["epochs"] == 200
+    assert cfg["probe"]["split"] == "group_shuffle" and not cfg["probe"]["control"]
+    assert set(table["orientation"]) <= {"horizontal", "vertical"} and len(table) == 2
+    ok = table[table["error"].isna()]
+    assert len(ok) >= 1 and (ok["accuracy"] > 0.8).all()  # planted signal, the authors' probe

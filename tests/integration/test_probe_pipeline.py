@@ -28,7 +28,7 @@ def test_generate_extract_probe_and_load_direction(tmp_path):
          "--sites", "projector"])
     _ok(["probe", "--store", st, "--model", "tiny-qwen2-vl", "--roles", "object,strip",
          "--where", "counterfactual_kind=,swap", "--data", str(ds), "--group-by", "color_set",
-         "--n-splits", "2", "--scheduler", "serial",
+         "--n-splits", "2", "--scheduler", "serial", "--recipe", "robust",
          "--map-samples", "2", "--export-directions", str(tmp_path / "dirs"), "--out", str(out)])
     t = pd.read_parquet(out / "results.parquet")
     assert list(t["role"]) == ["object", "strip"] and t["error"].isna().all()

@@ -1,6 +1,7 @@
 """The demo's report logic: contrast verdicts come from the numbers, and resuming is guarded."""
 from __future__ import annotations
 
+import html
 import json
 
 import pytest
@@ -64,7 +65,46 @@ def test_report_is_self_contained_html(tmp_path):
                         results=res, stages={"generate": {"seconds": 1.0}}, mechanisms=MECH)
     text = path.read_text()
     assert "Validation contrasts" in text and "0.970" in text
-    assert "Paper:" in text and "src=\"http" not in text
+    assert "src=\"http" not in text
+    # every paper number is marked comparable or says why not (here: the models differ)
+    from study.report import PAPER_NUMBERS
+
+    for entries in PAPER_NUMBERS.values():
+        for e in entries:
+            assert text.count(html.escape(e["text"])) >= 1
+    # V ran E3, E4, E5 and E7 (one verdict each); E1 and E6 did not run: said so
+    assert text.count("not comparable: model (V;") == 4 and ">comparable<" not in text
+    assert text.count("not run here") == 3  # E1 (two numbers) and E6
+
+
+def test_a_paper_number_is_comparable_only_when_model_task_recipe_and_metric_match():
+    from study.report import PAPER_NUMBERS, comparability, ours_facts
+
+    e5 = PAPER_NUMBERS["E5"][0]
+    task = "Squares/Shapes (paper presets)"
+    assert comparability(e5, ours_facts("Qwen/Qwen2-VL-7B-Instruct", "e5", "paper", task)) \
+        == "comparable"
+    robust = comparability(e5, ours_facts("Qwen/Qwen2-VL-7B-Instruct", "e5", "robust", task))
+    assert robust.startswith("not comparable: recipe") and "metric (ours: argmax over" in robust
+    other = comparability(e5, ours_facts("google/gemma-3-4b-it", "e5", "paper",
+                                         "Squares on the organisms' 8x8-token canvas"))
+    assert other.startswith("not comparable: task")
+    # What'sUp caption accuracy never stands beside the stitched What'sUp number
+    wu = PAPER_NUMBERS["E1"][1]
+    v = comparability(wu, ours_facts("Qwen/Qwen2-VL-7B-Instruct", "e1_whatsup", "paper", task))
+    assert v.startswith("not comparable: task (ours: What'sUp original subsets")
+
+
+def test_report_shows_both_recipes_side_by_side():
+    from study.report import recipes_side_by_side
+
+    res = {"V": {"e5": {"ablated_accuracy": 0.5, "n_skipped": 0},
+                 "e5_paper": {"ablated_accuracy": 0.25, "n_skipped": 0},
+                 "e6_paper": {"error": "E6: every item was skipped"}}}
+    rows = {r["number"]: r for r in recipes_side_by_side(["V"], res)}
+    assert rows["E5 ablated accuracy"]["robust"] == 0.5
+    assert rows["E5 ablated accuracy"]["paper"] == 0.25 and rows["E5 ablated accuracy"]["differs"]
+    assert rows["E6 pairs kept"]["paper"].startswith("not run: E6")
 
 
 def test_stages_skip_finished_work_and_record_it(tmp_path):
@@ -98,3 +138,6 @@ def test_stimulus_configs_build_and_degraded_set_has_no_twins():
 def test_demo_config_validates():
     with pytest.raises(InterventionError, match="'n' parameter"):
         DemoConfig(n=2)
+    with pytest.raises(InterventionError, match="'recipe' parameter"):
+        DemoConfig(recipe="authors")
+    assert DemoConfig().recipe == "both"

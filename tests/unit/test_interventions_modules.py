@@ -250,3 +250,38 @@ def test_amplify_keeps_dtype_and_computes_in_float32():
     assert out.dtype == torch.bfloat16
     ref = Amplify(w, 3.0)(h.float())
     assert torch.allclose(out.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_e7_paper_scoring_follows_the_authors_definitions():
+    """Hand-made outcomes: top-1 per order ('1' = the truth), in-axis flags; the authors'
+    clean set, golden/fail split, 'fixed' (every failed order now right; orders right at
+    baseline not re-checked), Probe (best single alpha) and Probe* (any alpha)."""
+    import pandas as pd
+
+    from interventions.amplification import summarize_e7_paper
+
+    base = {  # item: (orders at alpha 0, in axis at alpha 0)
+        "golden": ("11", True), "lr": ("01", True), "rl": ("10", True), "both": ("00", True),
+        "off": ("00", False)}
+    at = {  # orders at alpha 1 and 2
+        1: {"golden": "00", "lr": "10", "rl": "10", "both": "11", "off": "11"},
+        2: {"golden": "11", "lr": "11", "rl": "01", "both": "01", "off": "11"}}
+    rows = []
+    for c in ("probe", "random"):
+        for item, (o, ax) in base.items():
+            rows.append({"item": item, "control": c, "alpha": 0.0, "top1_orders": o,
+                         "top1_in_axis": ax})
+            for a, d in at.items():
+                rows.append({"item": item, "control": c, "alpha": float(a),
+                             "top1_orders": d[item], "top1_in_axis": True})
+    s = summarize_e7_paper(pd.DataFrame(rows))
+    probe = [r for r in s["selections"] if r["control"] == "probe"]
+    best, oracle = probe
+    assert best["n"] == 4 and best["n_dropped_out_of_axis"] == 1 and best["n_fail"] == 3
+    assert best["outcomes"] == {"golden": 1, "fail_both": 1, "fail_lr_only": 1,
+                                "fail_rl_only": 1}
+    # alpha 1 fixes lr (its failed first order is now right, its right second order broke:
+    # not re-checked) and both; alpha 2 fixes lr and rl -> a tie at 2 fixes, smaller alpha wins
+    assert best["alpha"] == 1.0 and best["fixed"] == 2
+    assert best["accuracy"] == pytest.approx((1 + 2) / 4) and best["fix_rate"] == pytest.approx(2 / 3)
+    assert oracle["fixed"] == 3 and oracle["accuracy"] == pytest.approx(1.0)

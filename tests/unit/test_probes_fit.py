@@ -274,7 +274,7 @@ def test_scene_factors_and_entity_colours_from_the_dataset(strong, tmp_path):
 
     _write_metadata(tmp_path, strong)
     samples, ents = scene_labels(tmp_path)
-    assert set(samples.columns) == {"sample_id", "background", "layout", "color_set"}
+    assert set(samples.columns) == {"sample_id", "image_hash", "background", "layout", "color_set"}
     assert samples["layout"].iloc[0] == '{"cells":[1,2]}'
     d = dataset(strong, model="tiny", site="projector", layer=2, data=tmp_path)
     truth = strong._tokens.set_index(["sample_id", "row", "col"])["color"]
