@@ -116,7 +116,7 @@ def test_amplify_e7_with_probe_direction_alpha_zero_is_baseline(fam):
     orders) recomputed here; the probe's exported direction is what gets amplified."""
     import dataclasses
 
-    from interventions.evaluate import next_token
+    from study.evaluate import next_token
     from interventions.stimuli import base_items, pick_prompt
 
     name, ad, ds, root = fam
