@@ -289,6 +289,10 @@ def main() -> None:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--from-log", default=None,
+                    help="append the rows (JSON lines) printed by an earlier --no-append run "
+                         "instead of running; --note says under what load it ran")
+    ap.add_argument("--note", default="")
     a = ap.parse_args()
     if a.child:
         child(a.child, a.n, a.lm_layers, a.vision_layers, a.json)
@@ -296,7 +300,10 @@ def main() -> None:
     rows = []
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    for fam in a.families.split(","):
+    if a.from_log:
+        rows = [json.loads(x) for x in Path(a.from_log).read_text().splitlines()
+                if x.startswith("{")]
+    for fam in ([] if a.from_log else a.families.split(",")):
         out = Path(tempfile.mkdtemp()) / "r.json"
         cmd = [sys.executable, __file__, "--child", fam, "--n", str(a.n), "--lm-layers",
                str(a.lm_layers), "--vision-layers", str(a.vision_layers), "--json", str(out)]
@@ -318,8 +325,11 @@ def main() -> None:
                 f"({dt.date.today().isoformat()})\n\n"
                 f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared), "
                 f"torch {torch.__version__}, 1 thread, bfloat16 (the hub checkpoints' dtype), "
-                f"random weights. Load average {load0[0]:.1f} before, {load1[0]:.1f} after; "
-                f"{time.perf_counter() - t0:.0f} s in all. `python benchmarks/bench_families.py "
+                "random weights. "
+                + (a.note + " " if a.from_log else
+                   f"Load average {load0[0]:.1f} before, {load1[0]:.1f} after; "
+                   f"{time.perf_counter() - t0:.0f} s in all. ")
+                + f"`python benchmarks/bench_families.py "
                 f"--n {a.n} --lm-layers {a.lm_layers} --vision-layers {a.vision_layers}`. "
                 "Each family: the published config (width, heads, vocabulary, patch/merge/window, "
                 f"image geometry) with the LM cut to {a.lm_layers} and the vision tower to "

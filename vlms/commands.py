@@ -19,7 +19,7 @@ def model() -> None:
 @model.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
 def list_models(as_json: bool) -> None:
-    """Show the known model names, their architecture, adapter and source."""
+    """Show the known model names, their architecture, family (adapter) and source."""
     from .registry import known_models
 
     rows = known_models()
@@ -28,8 +28,10 @@ def list_models(as_json: bool) -> None:
         return
     w = max(len(r["name"]) for r in rows)
     a = max(len(r["architecture"]) for r in rows)
+    f = max(len(r["family"]) for r in rows)
     for r in rows:
-        click.echo(f"{r['name']:<{w}}  {r['architecture']:<{a}}  {r['source']}  [{r['status']}]")
+        click.echo(f"{r['name']:<{w}}  {r['architecture']:<{a}}  {r['family']:<{f}}  "
+                   f"{r['source']}  [{r['status']}]")
 
 
 @model.command("save")

@@ -122,18 +122,18 @@ def known_models() -> list[dict[str, Any]]:
         cls = ALIAS_CLASSES[alias]
         miss = unavailable(cls)
         rows.append({"name": alias, "architecture": arch, "adapter": cls.__name__,
-                     "source": target, "status": "ok" if not miss
+                     "family": cls.family, "source": target, "status": "ok" if not miss
                      else "unavailable (needs " + ", ".join(miss) + ")"})
     for alias, path in organism_aliases().items():
         try:
             cls, source = _resolve_organism(alias)
         except VLMError:
-            rows.append({"name": alias, "architecture": "-", "adapter": "-",
+            rows.append({"name": alias, "architecture": "-", "adapter": "-", "family": "-",
                          "source": str(path), "status": "not shipped"})
             continue
         miss = unavailable(cls)
         rows.append({"name": alias, "architecture": cls.architectures[0],
-                     "adapter": cls.__name__, "source": source, "status": "ok" if not miss
+                     "adapter": cls.__name__, "family": cls.family, "source": source, "status": "ok" if not miss
                      else "unavailable (needs " + ", ".join(miss) + ")"})
     return rows
 

@@ -88,6 +88,9 @@ def test_model_list_shows_aliases():
     rows = {r["name"]: r for r in vlms.known_models()}
     assert rows["pixtral-12b"]["adapter"] == "PixtralAdapter"
     assert rows["llava-1.5-7b"]["adapter"] == "LlavaAdapter"
+    assert (rows["pixtral-12b"]["family"], rows["llava-1.5-7b"]["family"]) == ("pixtral", "llava")
+    line = next(x for x in res.output.splitlines() if x.startswith("pixtral-12b "))
+    assert " pixtral " in line
     assert rows["pixtral-12b"]["architecture"] == rows["llava-1.5-7b"]["architecture"] \
         == "LlavaForConditionalGeneration"
 
