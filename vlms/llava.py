@@ -89,6 +89,20 @@ class LlavaAdapter(VLMAdapter):
         n = self.patches_per_side
         return n, n
 
+    def image_grid(self, inputs, row: int = 0) -> tuple[int, int]:
+        n = self.patches_per_side
+        return n, n
+
+    def site_tokens(self, site, tokens, grid):
+        """As :meth:`VLMAdapter.site_tokens`; hooks on ``vision.blocks`` see the raw tower
+        output, whose row 0 is CLIP's CLS token, so patch indices shift by it."""
+        from actstore.schema import parse_site
+
+        idx = super().site_tokens(site, tokens, grid)
+        if idx is not None and parse_site(site)[0] == "vision.blocks":
+            return idx + self.n_prefix
+        return idx
+
     def pool_vision(self, acts, grid):
         # one patch per LM token, already row-major (the CLS row is dropped by _split_vision)
         return acts

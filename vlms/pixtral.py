@@ -115,6 +115,11 @@ class PixtralAdapter(LlavaAdapter):
     def patch_token_index(self, grid):
         return np.arange(grid[0] * grid[1])
 
+    def image_grid(self, inputs, row: int = 0) -> tuple[int, int]:
+        h, w = (int(x) for x in inputs["image_sizes"][row])
+        p = int(self.config.vision_config.patch_size)
+        return h // p, w // p
+
     def _per_image(self, inputs) -> list[int]:
         p = int(self.config.vision_config.patch_size)
         return [int(h) // p * (int(w) // p) for h, w in inputs["image_sizes"].tolist()]

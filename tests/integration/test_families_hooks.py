@@ -46,3 +46,15 @@ def test_projector_interchange_in_a_batch_equals_the_source_run(name):
                                rtol=1e-5, atol=1e-5)
     pos = np.asarray(both.image_positions[0])
     assert len(pos) == n
+    assert ad.image_grid(both.inputs, 1) == both.grids[1]
+    # vision.blocks hooks see the raw tower output: LLaVA's row 0 is CLS, so token k's patch is
+    # row k+1; Pixtral row k; Qwen2.5-VL the 4 rows of token k's merge unit in window order
+    rows = ad.site_tokens("vision.blocks.0", [0, 5], both.grids[0])
+    if name == "tiny-llava":
+        assert rows.tolist() == [1, 6]
+    elif name == "tiny-pixtral":
+        assert rows.tolist() == [0, 5]
+    else:
+        win = list(ad.window_index(both.grids[0]))
+        assert rows.tolist() == [4 * win.index(0) + j for j in range(4)] + \
+            [4 * win.index(5) + j for j in range(4)]
