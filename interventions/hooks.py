@@ -313,7 +313,9 @@ def image_features_kwargs(model: nn.Module, inputs: dict[str, Any],
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     kw = {k: v for k, v in inputs.items() if k != "pixel_values"}
-    if "image_grid_thw" in inputs:  # Qwen2-VL style: a tuple of per-image (n_tok, hidden)
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    if "image_grid_thw" in inputs or model_type == "llava":
+        # Qwen2-VL style and LLaVA / Pixtral (torch.cat of pooler_output): per-image tuples
         pooled = tuple(features[b] for b in range(features.shape[0]))
     else:
         pooled = features

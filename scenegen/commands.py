@@ -10,7 +10,7 @@ import click
 @click.command("generate")
 @click.option("--preset", "preset_name", metavar="NAME",
               help="Named config: squares-qwen2-vl, squares-gemma-3, shapes-qwen2-vl, "
-                   "shapes-gemma-3, scene3d.")
+                   "shapes-gemma-3, squares-pixtral, shapes-pixtral, scene3d.")
 @click.option("--config", "config_file", metavar="FILE",
               help="YAML or JSON generate config (see scenegen/README.md).")
 @click.option("--n", "n", type=int, default=None,

@@ -13,13 +13,34 @@ from .config import GenerateConfig
 from .errors import unknown
 from common.paper import GEOMETRY as PAPER_GEOMETRY
 
-#: Paper Table 4 geometry (PAPER-NOTES 1.3).
+#: Paper Table 4 geometry (PAPER-NOTES 1.3), declared in common.paper. Pixtral: the authors'
+#: code's 15x15 tokens of 16 px (240 px), not Table 4's 16x16 of 15 px: Pixtral-12B cuts 16-px
+#: patches, so a 16x16 canvas of 15-px cells (240 px) is re-tokenised by the model into 15x15
+#: tokens of 16 px and the paper's cells would not line up with the model's tokens; the authors'
+#: repo uses 15x15 of 16 px and calls the Table 4 entry inconsistent.
 GEOMETRY: dict[str, dict[str, int]] = {k: dict(v) for k, v in PAPER_GEOMETRY.items()}
+
+#: The authors' E4 strip widths (left, middle, right) per model, in tokens (PROTOCOLS.md; the
+#: ``band`` region of ``spatialbind patch`` tiles at midpoints instead).
+STRIP_WIDTHS: dict[str, tuple[int, int, int]] = {
+    "qwen2-vl": (4, 4, 4), "gemma-3": (5, 6, 5), "pixtral": (5, 5, 5)}
+
+#: Palette substitutions per model: Pixtral sees Orange (255,165,0) in place of Brown.
+PALETTE_SWAPS: dict[str, dict[str, str]] = {"pixtral": {"brown": "orange"}}
 
 
 def _flat(task: str, model: str) -> dict[str, Any]:
-    return {"generator": "flat", "seed": 0, "n": None,
-            "flat": {"task": task, "grid": dict(GEOMETRY[model])}}
+    flat: dict[str, Any] = {"task": task, "grid": dict(GEOMETRY[model])}
+    swaps = PALETTE_SWAPS.get(model, {})
+    if swaps and task == "squares":
+        from .config import PAPER_COLORS
+
+        flat["colors"] = [swaps.get(c, c) for c in PAPER_COLORS]
+    elif swaps and task == "shapes":
+        from .config import PAPER_SHAPES
+
+        flat["shape_colors"] = {s: swaps[c] for s, c in PAPER_SHAPES if c in swaps}
+    return {"generator": "flat", "seed": 0, "n": None, "flat": flat}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -27,6 +48,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "squares-gemma-3": _flat("squares", "gemma-3"),
     "shapes-qwen2-vl": _flat("shapes", "qwen2-vl"),
     "shapes-gemma-3": _flat("shapes", "gemma-3"),
+    # Pixtral-12B: the authors' 15x15 tokens of 16 px (240 px), Orange for Brown
+    "squares-pixtral": _flat("squares", "pixtral"),
+    "shapes-pixtral": _flat("shapes", "pixtral"),
     # The 3D generator's own defaults (scenegen/scene3d.py); n=None = its default (100 scenes).
     "scene3d": {"generator": "scene3d", "seed": 0, "n": None, "scene3d": {}},
 }

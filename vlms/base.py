@@ -277,7 +277,8 @@ class VLMAdapter:
         return kind, i
 
     def site_module(self, site: str):
-        """``(module, hook kind)`` of a site; kind is ``"pre"`` or ``"post"``."""
+        """``(module, hook kind)`` of a site; kind is ``"pre"``, ``"post"`` or ``"pooler"``
+        (post hook on the module's ``pooler_output``)."""
         kind, i = self._parse(site)
         if kind == "projector":
             return self._resolve(self.projector_paths, "projector"), "post"
@@ -511,12 +512,18 @@ class VLMAdapter:
         raise NotImplementedError
 
     @classmethod
-    def from_pretrained(cls, source: str, *, dtype=None) -> "VLMAdapter":
-        """Load weights and processor from a hub id or a local directory."""
+    def from_pretrained(cls, source: str, *, dtype="auto", device_map=None) -> "VLMAdapter":
+        """Load weights and processor from a hub id or a local directory.
+
+        ``dtype="auto"`` keeps the checkpoint's dtype; ``device_map`` (``"cpu"``, ``"cuda"``,
+        ``"auto"`` for several GPUs, or an accelerate map) places the weights while they load,
+        so a model never has to fit in host RAM first.
+        """
         from transformers import AutoModelForImageTextToText
 
-        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype,
-                                                            trust_remote_code=False)
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, dtype="auto" if dtype is None else dtype, device_map=device_map,
+            trust_remote_code=False)
         return cls(model, cls.load_processor(source), name=source, source=source)
 
     @classmethod
@@ -538,7 +545,9 @@ def _shaped(fn: Callable, family: str, batch: int | None, seq_len: int | None) -
             return fn
 
         def image(act):
-            view = act.reshape(batch, -1, act.shape[-1]) if act.ndim == 2 else act
+            # flat (Qwen: rows, hidden) or packed (Pixtral: 1, batch*rows, hidden)
+            flat = act.ndim == 2 or act.shape[0] != batch
+            view = act.reshape(batch, -1, act.shape[-1]) if flat else act
             new = fn(view)
             if new is None or new is view:
                 return None
@@ -556,7 +565,19 @@ def _shaped(fn: Callable, family: str, batch: int | None, seq_len: int | None) -
 
 
 def _install(mod, kind: str, fn: Callable):
-    """Register a forward (post) or pre hook calling ``fn(tensor)``; handles tuple outputs."""
+    """Register a forward (post) or pre hook calling ``fn(tensor)``; handles tuple outputs.
+
+    ``kind="pooler"``: a post hook on a module returning a model output whose
+    ``pooler_output`` is the site's tensor (Qwen2.5-VL's vision model, whose merged tokens are
+    put back in row-major order after the merger module)."""
+    if kind == "pooler":
+        def pooled(module, args, out):
+            new = fn(out.pooler_output)
+            if new is not None:
+                out.pooler_output = new
+                return out
+            return None
+        return mod.register_forward_hook(pooled)
     if kind == "pre":
         def pre(module, args, kwargs):
             if args:

@@ -19,7 +19,7 @@ def model() -> None:
 @model.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
 def list_models(as_json: bool) -> None:
-    """Show the known model names, their architecture, adapter and source."""
+    """Show the known model names, their architecture, family (adapter) and source."""
     from .registry import known_models
 
     rows = known_models()
@@ -28,8 +28,10 @@ def list_models(as_json: bool) -> None:
         return
     w = max(len(r["name"]) for r in rows)
     a = max(len(r["architecture"]) for r in rows)
+    f = max(len(r["family"]) for r in rows)
     for r in rows:
-        click.echo(f"{r['name']:<{w}}  {r['architecture']:<{a}}  {r['source']}  [{r['status']}]")
+        click.echo(f"{r['name']:<{w}}  {r['architecture']:<{a}}  {r['family']:<{f}}  "
+                   f"{r['source']}  [{r['status']}]")
 
 
 @model.command("save")
@@ -37,8 +39,9 @@ def list_models(as_json: bool) -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Weight seed of tiny builds (same seed, same weights).")
-@click.option("--dtype", default="float32", show_default=True,
-              help="Weights dtype to save: float32, bfloat16 or float16.")
+@click.option("--dtype", default="auto", show_default=True,
+              help="Weights dtype to save: auto (the model's own; tiny builds are float32), "
+                   "float32, bfloat16 or float16.")
 @click.option("--force", is_flag=True, help="Write into a non-empty directory.")
 def save(name: str, directory: str, seed: int, dtype: str, force: bool) -> None:
     """Save model NAME (e.g. tiny-qwen2-vl) to DIRECTORY with save_pretrained.
@@ -78,15 +81,19 @@ def save(name: str, directory: str, seed: int, dtype: str, force: bool) -> None:
 @click.option("--shard", default=None, help="i/n: this process fills batches b with b % n == i.")
 @click.option("--pool-vision/--no-pool-vision", default=True, show_default=True,
               help="Mean-pool vision-block patches to the LM token grid (4x/16x smaller).")
-@click.option("--dtype", default="float32", show_default=True,
-              help="Model compute dtype: float32, bfloat16, float16.")
+@click.option("--dtype", default="auto", show_default=True,
+              help="Model compute dtype: auto (the checkpoint's own dtype, e.g. bf16 for "
+                   "Pixtral-12B), float32, bfloat16, float16. The paper ran Qwen2-VL and "
+                   "Gemma-3 in float32 and Pixtral in bfloat16.")
 @click.option("--store-dtype", default="float16", show_default=True,
               help="Stored activation dtype: float16 or float32.")
 @click.option("--object-fraction", type=float, default=0.5, show_default=True,
               help="Share of a token's cell an object must cover for the token to be 'object'.")
 @click.option("--prompt-kind", default="completion", show_default=True,
               help="Which prompt of each stimulus to run (completion, yesno, choice).")
-@click.option("--device", default=None, help="torch device (default cpu).")
+@click.option("--device", default=None,
+              help="cpu (default), cuda, cuda:<i>, or auto (spread over all GPUs); weights "
+                   "load straight onto it.")
 @click.option("--limit", type=int, default=None, hidden=True,
               help="Stop after this many batches (for resume tests).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")

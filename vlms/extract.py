@@ -50,8 +50,8 @@ class ExtractConfig:
     """``"i/n"``: fill only batches ``b`` with ``b % n == i``."""
     pool_vision: bool = True
     """Mean-pool vision-block patches to the LM token grid."""
-    dtype: str = "float32"
-    """Model compute dtype."""
+    dtype: str = "auto"
+    """Model compute dtype (``auto``: the checkpoint's own; the store records the resolved one)."""
     store_dtype: str = "float16"
     """Stored activation dtype (float16 or float32)."""
     object_fraction: float = 0.5
@@ -213,7 +213,8 @@ def provenance(adapter, cfg: ExtractConfig, ds) -> dict[str, Any]:
         (Path(ds.root) / "metadata.jsonl").read_bytes()).hexdigest()[:16]
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("shard", "device", "store")}
     return {"model_id": src, "revision": revision, "adapter": type(adapter).__name__,
-            "dtype": cfg.dtype, "data_hash": data_hash, "extract": keep}
+            "dtype": str(getattr(getattr(adapter, "model", None), "dtype", cfg.dtype)
+                         ).removeprefix("torch."), "data_hash": data_hash, "extract": keep}
 
 
 def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None = None,

@@ -15,7 +15,7 @@ import numpy as np
 
 from .base import VLMAdapter
 from .registry import register
-from .tiny import seeded_init, train_tokenizer
+from .tiny import route_overrides, seeded_init, train_tokenizer
 
 #: The Gemma-3-it chat template (as shipped with the hub checkpoints).
 GEMMA_CHAT_TEMPLATE = (
@@ -105,38 +105,71 @@ class Gemma3Adapter(VLMAdapter):
                                bos="<bos>", unk="<unk>", vocab_size=vocab_size, corpus=corpus)
 
     @classmethod
-    def tiny_processor(cls, tokenizer):
+    def tiny_processor(cls, tokenizer, *, image_seq_length: int = 256):
         """Processor with Gemma-3's real image geometry (896 px, 256 tokens) and chat template."""
         from transformers import Gemma3ImageProcessorPil, Gemma3Processor
 
         ip = Gemma3ImageProcessorPil(size={"height": 896, "width": 896})
         return Gemma3Processor(image_processor=ip, tokenizer=tokenizer,
-                               chat_template=GEMMA_CHAT_TEMPLATE, image_seq_length=256)
+                               chat_template=GEMMA_CHAT_TEMPLATE,
+                               image_seq_length=image_seq_length)
 
     @classmethod
     def tiny_config(cls, tokenizer, **overrides: Any):
-        """2 SigLIP layers (64 wide) at 896 px / 14-px patches, 2 LM layers (128 wide)."""
+        """2 SigLIP layers (64 wide) at 896 px / 14-px patches, 2 LM layers (128 wide).
+
+        Aligned with google/gemma-3-4b-it where size allows: real image geometry (896 px,
+        14-px patches, 256 tokens), ``query_pre_attn_scalar`` = ``head_dim`` (the real model
+        has 256 = its head_dim; here 32 = this head_dim), the real sliding window (1024, so
+        the ~300-token prompts are seen whole by every layer, as in the real model) and the
+        real RoPE (local layers theta 1e4; global layers theta 1e6 with linear scaling x8).
+        What differs, by design: width/depth (128 x 2 vs 2560 x 34; with fewer than 6 layers
+        every layer is a sliding one, the real 5:1 local:global pattern has no global layer
+        at this depth), heads (4/2 of 32 vs 8/4 of 256), the vocabulary (local BPE) and the
+        vision tower (64 x 2 vs 1152 x 27). Overrides route as in
+        :func:`vlms.tiny.route_overrides` (``mm_tokens_per_image`` goes to the top level).
+        """
         from transformers import Gemma3Config
 
         tid = tokenizer.convert_tokens_to_ids
         text = dict(vocab_size=max(512, len(tokenizer)), hidden_size=128, intermediate_size=256,
                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                    head_dim=32, query_pre_attn_scalar=32, sliding_window=64,
+                    head_dim=32, query_pre_attn_scalar=32, sliding_window=1024,
+                    rope_parameters={
+                        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                        "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0,
+                                           "factor": 8.0}},
                     pad_token_id=tid("<pad>"), bos_token_id=tid("<bos>"),
                     eos_token_id=tid("<eos>"))
         vision = dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128,
                       num_hidden_layers=2, num_attention_heads=2, image_size=896,
                       patch_size=14, vision_use_head=False)
-        for k, v in overrides.items():
-            (vision if k.startswith("vision_") else text)[k.removeprefix("vision_")] = v
-        return Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=256,
-                            boi_token_index=tid("<start_of_image>"),
-                            eoi_token_index=tid("<end_of_image>"),
-                            image_token_index=tid("<image_soft_token>"))
+        top = dict(mm_tokens_per_image=256, boi_token_index=tid("<start_of_image>"),
+                   eoi_token_index=tid("<end_of_image>"),
+                   image_token_index=tid("<image_soft_token>"))
+        route_overrides(overrides, text=text, vision=vision, top=top, config_cls=Gemma3Config,
+                        family=cls.family)
+        if "image_token_id" in top:  # attribute_map alias of image_token_index
+            top["image_token_index"] = top.pop("image_token_id")
+        return Gemma3Config(vision_config=vision, text_config=text, **top)
+
+    @staticmethod
+    def init_projector(model) -> None:
+        """Draw the projector weight with std ``1/sqrt(d_vision)``.
+
+        ``_init_weights`` zeroes it (every image would embed to 0). The projector is
+        RMSNorm(pooled patches) @ W, and RMSNorm outputs have unit RMS, so this std gives
+        image embeddings of std about 1 at any vision width (a fixed std of 0.5 gave about
+        17 at the real width 1152).
+        """
+        import torch
+
+        w = model.model.multi_modal_projector.mm_input_projection_weight
+        with torch.no_grad():
+            w.normal_(0.0, 1.0 / math.sqrt(w.shape[0]))
 
     @classmethod
     def tiny(cls, *, seed: int = 0, **overrides: Any) -> "Gemma3Adapter":
-        import torch
         from transformers import Gemma3ForConditionalGeneration
 
         tok = cls.tiny_tokenizer()
@@ -144,12 +177,9 @@ class Gemma3Adapter(VLMAdapter):
         cfg.architectures = list(cls.architectures)
         with seeded_init(seed):
             model = Gemma3ForConditionalGeneration(cfg)
-            # _init_weights zeroes the projector: every image would embed to 0
-            w = model.model.multi_modal_projector.mm_input_projection_weight
-            with torch.no_grad():
-                w.normal_(0.0, 0.5)
-        return cls(model.eval(), cls.tiny_processor(tok), name="tiny-gemma-3",
-                   source="tiny-gemma-3")
+            cls.init_projector(model)
+        return cls(model.eval(), cls.tiny_processor(tok, image_seq_length=cfg.mm_tokens_per_image),
+                   name="tiny-gemma-3", source="tiny-gemma-3")
 
 
 register(Gemma3Adapter)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .base import VLMAdapter
 from .registry import register
-from .tiny import seeded_init, train_tokenizer
+from .tiny import route_overrides, seeded_init, train_tokenizer
 
 #: The Qwen2-VL-Instruct chat template (as shipped with the hub checkpoints).
 QWEN_CHAT_TEMPLATE = (
@@ -41,14 +41,18 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start
                   "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
-def _image_only_processor_class():
-    from transformers import Qwen2VLProcessor
+def _image_only_processor_class(base: str = "Qwen2VLProcessor"):
+    import transformers
 
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        """``Qwen2VLProcessor`` without the video processor (which needs torchvision).
+    Base = getattr(transformers, base)
+    name = "ImageOnly" + base
 
-        Saves a directory whose ``processor_class`` is ``Qwen2VLProcessor``, so it also loads
-        with plain ``AutoProcessor`` wherever torchvision is installed.
+    class ImageOnlyProcessor(Base):
+        """``Qwen2VLProcessor`` (or ``Qwen2_5_VLProcessor``) without the video processor
+        (which needs torchvision).
+
+        Saves a directory whose ``processor_class`` is the plain transformers class, so it
+        also loads with plain ``AutoProcessor`` wherever torchvision is installed.
         """
 
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
@@ -60,13 +64,14 @@ def _image_only_processor_class():
             cfg = Path(save_directory) / "processor_config.json"
             if cfg.exists():
                 d = json.loads(cfg.read_text())
-                d["processor_class"] = "Qwen2VLProcessor"
+                d["processor_class"] = base
                 cfg.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
             return out
 
-    ImageOnlyQwen2VLProcessor.__module__ = __name__
-    ImageOnlyQwen2VLProcessor.__qualname__ = "ImageOnlyQwen2VLProcessor"
-    return ImageOnlyQwen2VLProcessor
+    ImageOnlyProcessor.__name__ = name
+    ImageOnlyProcessor.__module__ = __name__
+    ImageOnlyProcessor.__qualname__ = name
+    return ImageOnlyProcessor
 
 
 _CLS: dict[str, type] = {}
@@ -79,11 +84,12 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def image_only_processor_class() -> type:
-    """The :class:`ImageOnlyQwen2VLProcessor` class itself (for ``from_pretrained``)."""
-    if "cls" not in _CLS:
-        _CLS["cls"] = _image_only_processor_class()
-    return _CLS["cls"]
+def image_only_processor_class(base: str = "Qwen2VLProcessor") -> type:
+    """The image-only subclass of processor class ``base`` (``ImageOnlyQwen2VLProcessor``
+    by default; ``Qwen2_5_VLProcessor`` for Qwen2.5-VL)."""
+    if base not in _CLS:
+        _CLS[base] = _image_only_processor_class(base)
+    return _CLS[base]
 
 
 class Qwen2VLAdapter(VLMAdapter):
@@ -175,7 +181,12 @@ class Qwen2VLAdapter(VLMAdapter):
 
     @classmethod
     def tiny_config(cls, tokenizer, **overrides: Any):
-        """A ~0.6M-parameter config: 2 vision blocks (64 wide), 2 LM layers (128 wide)."""
+        """A ~0.6M-parameter config: 2 vision blocks (64 wide), 2 LM layers (128 wide).
+
+        ``overrides``: ``vision_<field>`` to the vision config, text-config fields as they are,
+        top-level fields (``image_token_id``, ...) to the top level; unknown keys are refused
+        (:func:`vlms.tiny.route_overrides`).
+        """
         from transformers import Qwen2VLConfig
 
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -187,15 +198,13 @@ class Qwen2VLAdapter(VLMAdapter):
                     pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False)
         vision = dict(depth=2, embed_dim=64, num_heads=2, hidden_size=128, mlp_ratio=4,
                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
-        for k, v in overrides.items():
-            (vision if k.startswith("vision_") else text)[k.removeprefix("vision_")] = v
+        top = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                   vision_start_token_id=ids["<|vision_start|>"],
+                   vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+        route_overrides(overrides, text=text, vision=vision, top=top, config_cls=Qwen2VLConfig,
+                        family=cls.family)
         vision["hidden_size"] = text["hidden_size"]  # merger output = LM width
-        return Qwen2VLConfig(vision_config=vision, text_config=text,
-                             image_token_id=ids["<|image_pad|>"],
-                             video_token_id=ids["<|video_pad|>"],
-                             vision_start_token_id=ids["<|vision_start|>"],
-                             vision_end_token_id=ids["<|vision_end|>"],
-                             tie_word_embeddings=False)
+        return Qwen2VLConfig(vision_config=vision, text_config=text, **top)
 
     @classmethod
     def tiny(cls, *, seed: int = 0, **overrides: Any) -> "Qwen2VLAdapter":

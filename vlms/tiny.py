@@ -120,6 +120,54 @@ def build_tiny(name: str, *, seed: int = 0, **overrides: Any):
     return cls.tiny(seed=seed, **overrides)
 
 
+def route_overrides(overrides: dict[str, Any], *, text: dict[str, Any], vision: dict[str, Any],
+                    top: dict[str, Any], config_cls: type, family: str) -> None:
+    """Send ``tiny_config(**overrides)`` keys to the sub-config they belong to (in place).
+
+    A top-level field goes to the top level (also ``vision_feature_layer``,
+    ``vision_start_token_id``, ...). Else ``vision_<key>`` goes to the vision config,
+    ``text_<key>`` to the text config; a bare key
+    goes to the text config when the family's text config has that field (``hidden_size``,
+    ``num_hidden_layers``, ...), else to the top-level config when that has it
+    (``image_token_id``, ``mm_tokens_per_image``, ``image_seq_length``, ...). Any other key
+    is refused with one line naming the close matches (it was silently dropped before).
+
+    Raises
+    ------
+    InputError
+        A key neither config has.
+    """
+    from .errors import InputError, suggest
+
+    ref = config_cls()
+    text_cfg = ref.text_config
+    text_keys = set(text_cfg.to_dict()) | {k for k in dir(text_cfg) if not k.startswith("_")}
+    top_keys = (set(ref.to_dict()) | set(getattr(ref, "attribute_map", {}))) - {
+        "text_config", "vision_config"}
+    vis_keys = set(ref.vision_config.to_dict()) if getattr(ref, "vision_config", None) else set()
+    for k, v in overrides.items():
+        if k in top or (k in top_keys and k not in text_keys):  # vision_feature_layer, ...
+            top[k] = v
+        elif k.startswith("vision_"):
+            key = k.removeprefix("vision_")
+            if vis_keys and key not in vis_keys and key not in vision:
+                raise InputError(
+                    f"tiny_config of {family}: the vision config has no field {key!r} (from "
+                    f"{k!r}).{suggest(key, sorted(vis_keys))} Prefix vision fields with 'vision_'")
+            vision[key] = v
+        elif k.startswith("text_") and k.removeprefix("text_") in text_keys:
+            text[k.removeprefix("text_")] = v
+        elif k in text_keys or k in text:
+            text[k] = v
+        elif k in top_keys or k in top:
+            top[k] = v
+        else:
+            raise InputError(
+                f"tiny_config of {family}: unknown override {k!r} (neither the text nor the "
+                f"top-level config has it).{suggest(k, sorted(text_keys | top_keys))} Use "
+                "'vision_<field>' for the vision config")
+
+
 def seeded_init(seed: int):
     """Context manager: fork torch's RNG and seed it (so building does not disturb callers)."""
     import torch

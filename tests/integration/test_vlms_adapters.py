@@ -1,6 +1,7 @@
-"""Adapter conformance on both tiny models: sites vs the model's own outputs, geometry, roles,
+"""Adapter conformance on every tiny family: sites vs the model's own outputs, geometry, roles,
 batching, scoring, save/load. Oracles are the model's own hidden states, direct module calls and
-hand computations (never the code under test)."""
+hand computations (never the code under test); geometry facts are the published ones, written
+here per family."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,33 @@ import vlms
 from tests.helpers_vlms import squares
 from vlms.roles import image_roles, sequence_roles
 
-FAMILIES = ["tiny-qwen2-vl", "tiny-gemma-3"]
+FAMILIES = ["tiny-qwen2-vl", "tiny-gemma-3", "tiny-pixtral", "tiny-llava", "tiny-qwen2.5-vl"]
+
+#: per family: a square test canvas (px) and token cell (px) whose grid is 16x16 (LLaVA-1.5:
+#: always 24x24), the LM image tokens and vision-block rows of it
+GEOM = {
+    "qwen2-vl": dict(size=448, cell=28, n_img=256, n_patch=1024),     # 14-px patches, 2x2 merge
+    "qwen2.5-vl": dict(size=448, cell=28, n_img=256, n_patch=1024),   # same, window-ordered
+    "gemma-3": dict(size=448, cell=28, n_img=256, n_patch=4096),      # 896 px, 64x64 -> 16x16
+    "pixtral": dict(size=256, cell=16, n_img=256, n_patch=256),       # 16-px patches, no merge
+    "llava": dict(size=336, cell=14, n_img=576, n_patch=576),         # 336 px, 14 px, CLS dropped
+}
+
+
+def expected_grid(family: str, w: int, h: int) -> tuple[int, int]:
+    """Published token geometry (hand-written, not the adapter's code)."""
+    if family in ("qwen2-vl", "qwen2.5-vl"):
+        return h // 28, w // 28            # smart_resize keeps multiples of 28
+    if family == "gemma-3":
+        return 16, 16                      # always squashed to 896 px
+    if family == "pixtral":
+        return -(-h // 16), -(-w // 16)    # own size (<= 1024), whole 16-px patches
+    return 24, 24                          # llava-1.5: 336 px crop, 14-px patches
+
+
+def sq(ad, idx=0, **kw):
+    g = GEOM[ad.family]
+    return squares(idx, size=g["size"], cell=g["cell"], **kw)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -21,18 +48,19 @@ def ad(request):
 
 
 def test_sites_resolve_and_fire_with_declared_shapes(ad):
-    r = squares(0)
+    r = sq(ad, 0)
     b = ad.prepare([r.image], [r.stimulus.prompts[0]])
-    for k in ad.mm_input_keys:  # image_grid_thw + mm_token_type_ids / token_type_ids
+    g = GEOM[ad.family]
+    n_img, n_patch = g["n_img"], g["n_patch"]
+    for k in ad.mm_input_keys:  # image_grid_thw + mm_token_type_ids / token_type_ids / sizes
         assert k in b.inputs
         if k.endswith("type_ids"):
             ids = b.inputs[k][0]
-            assert int(ids.sum()) == 256 and bool(ids[b.image_positions[0]].all())
+            assert int(ids.sum()) == n_img and bool(ids[b.image_positions[0]].all())
+    assert b.image_positions.shape == (1, n_img)
     sites = ad.sites()
     assert sites[0] == "vision.blocks.0" and sites[-1] == f"lm.resid.{ad.n_lm_layers}"
     _, acts = ad.capture(b, sites)
-    n_img = 256
-    n_patch = 1024 if ad.family == "qwen2-vl" else 4096
     for s in sites:
         a = acts[s]
         if s.startswith("vision."):
@@ -44,7 +72,7 @@ def test_sites_resolve_and_fire_with_declared_shapes(ad):
 
 
 def test_lm_resid_equals_output_hidden_states(ad):
-    r = squares(1, axis="vertical")
+    r = sq(ad, 1, axis="vertical")
     b = ad.prepare([r.image], [r.stimulus.prompts[0]])
     n = ad.n_lm_layers
     out, acts = ad.capture(b, [f"lm.resid.{i}" for i in range(n + 1)], output_hidden_states=True)
@@ -58,24 +86,37 @@ def test_lm_resid_equals_output_hidden_states(ad):
 
 
 def test_projector_and_vision_equal_direct_module_calls(ad):
-    r = squares(2)
+    r = sq(ad, 2)
     b = ad.prepare([r.image], [r.stimulus.prompts[0]])
     sites = ["projector"] + [f"vision.blocks.{i}" for i in range(ad.n_vision_blocks)]
     out, acts = ad.capture(b, sites, output_hidden_states=True)
     inner = ad.model.model
+    x = b.inputs["pixel_values"]
     with torch.no_grad():
-        if ad.family == "qwen2-vl":
-            feats = inner.get_image_features(b.inputs["pixel_values"], b.inputs["image_grid_thw"])
+        if ad.family in ("qwen2-vl", "qwen2.5-vl"):
+            feats = inner.get_image_features(x, b.inputs["image_grid_thw"])
             proj = torch.cat(list(feats.pooler_output))[None]
-            vis = inner.visual(b.inputs["pixel_values"], grid_thw=b.inputs["image_grid_thw"],
+            vis = inner.visual(x, grid_thw=b.inputs["image_grid_thw"],
                                output_hidden_states=True)
             blocks = [h[None] for h in vis.hidden_states[1:]]
-        else:
-            feats = inner.get_image_features(b.inputs["pixel_values"])
+        elif ad.family == "gemma-3":
+            feats = inner.get_image_features(x)
             proj = feats.pooler_output
-            vis = inner.vision_tower(pixel_values=b.inputs["pixel_values"],
-                                     output_hidden_states=True)
+            vis = inner.vision_tower(pixel_values=x, output_hidden_states=True)
             blocks = list(vis.hidden_states[1:])
+        elif ad.family == "pixtral":
+            sizes = b.inputs["image_sizes"]
+            feats = inner.get_image_features(x, image_sizes=sizes)
+            proj = torch.cat(list(feats.pooler_output))[None]
+            vis = inner.vision_tower(x, image_sizes=sizes, output_hidden_states=True)
+            blocks = list(vis.hidden_states[1:])
+        else:  # llava: CLIP hidden states carry the CLS row first; the sites drop it
+            feats = inner.get_image_features(x)
+            proj = torch.cat(list(feats.pooler_output))[None]
+            vis = inner.vision_tower(x, output_hidden_states=True)
+            blocks = [h[:, 1:] for h in vis.hidden_states[1:]]
+            assert vis.hidden_states[0].shape[1] == 577  # 24*24 patches + CLS
+    assert len(blocks) == ad.n_vision_blocks
     torch.testing.assert_close(acts["projector"], proj.reshape(acts["projector"].shape))
     for i, blk in enumerate(blocks):
         torch.testing.assert_close(acts[f"vision.blocks.{i}"], blk)
@@ -85,18 +126,26 @@ def test_projector_and_vision_equal_direct_module_calls(ad):
 
 
 def _patch_embed(ad, b):
-    """Per-patch embeddings (no position information) in the family's native patch order."""
+    """Per-patch embeddings (no position information) in the family's native patch order of
+    the vision blocks (Qwen2.5-VL: the window order, i.e. the input of block 0)."""
     got = {}
     inner = ad.model.model
-    mod = (inner.visual.patch_embed if ad.family == "qwen2-vl"
-           else inner.vision_tower.embeddings.patch_embedding)
-    h = mod.register_forward_hook(lambda m, a, o: got.__setitem__("x", o.detach()))
+    if ad.family == "qwen2.5-vl":
+        h = inner.visual.blocks[0].register_forward_pre_hook(
+            lambda m, a, k: got.__setitem__("x", (a[0] if a else k["hidden_states"]).detach()),
+            with_kwargs=True)
+    else:
+        mod = {"qwen2-vl": lambda: inner.visual.patch_embed,
+               "gemma-3": lambda: inner.vision_tower.embeddings.patch_embedding,
+               "llava": lambda: inner.vision_tower.embeddings.patch_embedding,
+               "pixtral": lambda: inner.vision_tower.patch_conv}[ad.family]()
+        h = mod.register_forward_hook(lambda m, a, o: got.__setitem__("x", o.detach()))
     try:
         ad.run(b)
     finally:
         h.remove()
     x = got["x"]
-    if ad.family == "qwen2-vl":
+    if x.ndim == 2:  # qwen: (patches, d), no batch dim
         return x.reshape(len(b), -1, x.shape[-1])
     return x.flatten(2).transpose(1, 2)
 
@@ -105,6 +154,12 @@ def _patch_embed(ad, b):
 def test_token_geometry_quadrants(ad, size):
     """Quadrants of four colours land on the tokens whose pixel boxes the geometry gives."""
     w, h = size
+    if ad.family == "pixtral" and h == 336:  # 21 rows of 16 px: the middle row would be split
+        h = 320
+    if ad.family == "llava" and w != h:  # centre crop would cut the sides: refused
+        with pytest.raises(vlms.InputError, match="centre-crops non-square images"):
+            ad.prepare([np.zeros((h, w, 3), np.uint8)], ["x"])
+        return
     cols = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
     img = np.zeros((h, w, 3), np.uint8)
     img[: h // 2, : w // 2], img[: h // 2, w // 2:] = cols[0], cols[1]
@@ -123,14 +178,11 @@ def test_token_geometry_quadrants(ad, size):
     expect = (cy >= h / 2).astype(int) * 2 + (cx >= w / 2).astype(int)
     assert len(expect) == grid[0] * grid[1] == tok.shape[0]
     np.testing.assert_array_equal(nearest, expect)
-    if ad.family == "qwen2-vl":
-        assert grid == (h // 28, w // 28)
-    else:
-        assert grid == (16, 16)
+    assert grid == expected_grid(ad.family, w, h)
 
 
 def test_roles_partition_and_objects_inside_masks(ad):
-    r = squares(3)
+    r = sq(ad, 3)
     stim = r.stimulus
     b = ad.prepare([r.image], [stim.prompts[0]])
     ir = image_roles(stim, r.mask, b.grids[0], object_fraction=0.5)
@@ -139,7 +191,8 @@ def test_roles_partition_and_objects_inside_masks(ad):
     counts = {k: int((seq == k).sum()) for k in set(seq)}
     assert sum(counts.values()) == b.seq_len
     assert counts["object"] == 12 and counts["distractor"] == 1  # three 2x2 squares, one 1x1
-    assert counts["strip"] == 3 * 2 * 16 - 12  # the targets' columns, all rows, minus objects
+    rows = b.grids[0][0]
+    assert counts["strip"] == 3 * 2 * rows - 12  # the targets' columns, all rows, minus objects
     assert counts["last"] == 1 and seq[-1] == "last"
     pos = np.asarray(b.image_positions[0])
     assert set(seq[pos]) <= {"object", "strip", "distractor", "background"}
@@ -158,7 +211,7 @@ def test_roles_partition_and_objects_inside_masks(ad):
 
 
 def test_batching_with_padding_equals_single_items(ad):
-    a, c = squares(4), squares(5, axis="vertical", colours=("blue", "red", "yellow"))
+    a, c = sq(ad, 4), sq(ad, 5, axis="vertical", colours=("blue", "red", "yellow"))
     prompts = [a.stimulus.prompts[0], "Is the blue square above or below the red one? Answer "
                "with one word, please, as briefly as you can."]
     sites = ["projector", "lm.resid.1", f"lm.resid.{ad.n_lm_layers}"]
@@ -177,7 +230,7 @@ def test_batching_with_padding_equals_single_items(ad):
 
 
 def test_score_options_matches_manual_softmax(ad):
-    r = squares(6)
+    r = sq(ad, 6)
     p = r.stimulus.prompts[0]
     got = ad.score_options([r.image, r.image], [p, p.text], [["red", "Green"], ["blue"]])
     b = ad.prepare([r.image], [p])
@@ -194,7 +247,7 @@ def test_score_options_matches_manual_softmax(ad):
 
 
 def test_caption_logprob_matches_manual_sum(ad):
-    r = squares(7)
+    r = sq(ad, 7)
     caps = ["The red square is left of the green square.", "A blue cube."]
     got = ad.caption_logprob([r.image], [caps])
     assert got[0].shape == (2,)

@@ -26,7 +26,29 @@ def data(tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module", params=["tiny-qwen2-vl", "tiny-gemma-3"])
+FAMILIES = ["tiny-qwen2-vl", "tiny-gemma-3", "tiny-pixtral", "tiny-llava", "tiny-qwen2.5-vl"]
+
+
+def pooled_by_hand(ad, v: np.ndarray, grid) -> np.ndarray:
+    """Vision-block rows -> token grid, from each family's published patch order."""
+    rows, cols = grid
+    if ad.family == "qwen2-vl":  # 2x2 merge blocks, row-major over the merged grid
+        return v.reshape(rows * cols, 4, -1).mean(1)
+    if ad.family == "qwen2.5-vl":  # merge units in window order: the model's own window index
+        import torch
+        from transformers.vision_utils import get_vision_window_index
+
+        idx, _ = get_vision_window_index(torch.tensor([[1, 2 * rows, 2 * cols]]), 2, 112, 14)
+        units = v.reshape(rows * cols, 4, -1).mean(1)
+        out = np.empty_like(units)
+        out[idx.numpy()] = units
+        return out
+    if ad.family == "gemma-3":  # 64x64 row-major patches, 4x4 average
+        return v.reshape(16, 4, 16, 4, -1).mean((1, 3)).reshape(256, -1)
+    return v  # pixtral, llava: one patch per token, row-major
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
 def extracted(request, data, tmp_path_factory):
     torch.set_num_threads(1)
     ad = vlms.build_tiny(request.param)
@@ -68,10 +90,7 @@ def test_stored_arrays_equal_model_outputs(extracted, data):
         np.testing.assert_array_equal(pj["position"][i], pos)
         # pooling oracle by hand: token k = mean of its patches
         v = acts["vision.blocks.1"][0].numpy()
-        if ad.family == "qwen2-vl":
-            pooled = v.reshape(256, 4, -1).mean(1)
-        else:
-            pooled = v.reshape(16, 4, 16, 4, -1).mean((1, 3)).reshape(256, -1)
+        pooled = pooled_by_hand(ad, v, b.grids[0])
         np.testing.assert_allclose(vb["acts"][i, 0], pooled, rtol=1e-4, atol=1e-4)
         # labels: image roles from the mask, text roles in the LM family
         ir = image_roles(stim, ds.mask(stim), b.grids[0], object_fraction=0.5)
@@ -80,7 +99,8 @@ def test_stored_arrays_equal_model_outputs(extracted, data):
         np.testing.assert_array_equal(pj["role"][i], [ROLE_CODES[r] for r in ir.role])
         np.testing.assert_array_equal(lm["role"][i, pos], pj["role"][i])
         np.testing.assert_array_equal(pj["ordinal"][i], ir.slot)
-        np.testing.assert_array_equal(pj["row"][i] * 16 + pj["col"][i], np.arange(256))
+        rows, cols = b.grids[0]
+        np.testing.assert_array_equal(pj["row"][i] * cols + pj["col"][i], np.arange(rows * cols))
         assert lm["role"][i, n - 1] == ROLE_CODES["last"]
         assert (lm["role"][i, :n] == ROLE_CODES["relation"]).sum() >= 1
 

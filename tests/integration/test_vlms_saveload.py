@@ -16,7 +16,15 @@ from tests.helpers_vlms import squares
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-gemma-3"])
+#: square test canvas per family (a 16x16 token grid; LLaVA-1.5: its 24x24)
+SIZES = {"tiny-qwen2-vl": (448, 28), "tiny-gemma-3": (448, 28), "tiny-pixtral": (256, 16),
+         "tiny-llava": (336, 14), "tiny-qwen2.5-vl": (448, 28)}
+#: families whose plain AutoProcessor loads without torchvision (Qwen's video processor and
+#: transformers' PixtralProcessor module need it)
+NO_TORCHVISION_OK = {"tiny-gemma-3", "tiny-llava"}
+
+
+@pytest.mark.parametrize("name", list(SIZES))
 def test_model_save_cli_round_trip_identical_logits(tmp_path, name):
     torch.set_num_threads(1)
     d = tmp_path / name
@@ -26,7 +34,8 @@ def test_model_save_cli_round_trip_identical_logits(tmp_path, name):
     assert (d / "tokenizer.json").exists() and (d / "chat_template.jinja").exists()
 
     ref = vlms.build_tiny(name, seed=0)
-    r = squares(0)
+    size, cell = SIZES[name]
+    r = squares(0, size=size, cell=cell)
     b = ref.prepare([r.image], [r.stimulus.prompts[0]])
     want = ref.run(b).logits
 
@@ -43,7 +52,7 @@ def test_model_save_cli_round_trip_identical_logits(tmp_path, name):
     plain = AutoModelForImageTextToText.from_pretrained(str(d), trust_remote_code=False).eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(**b.inputs).logits, want, rtol=0, atol=0)
-    if name == "tiny-gemma-3" or HAS_TORCHVISION:
+    if name in NO_TORCHVISION_OK or HAS_TORCHVISION:
         from transformers import AutoProcessor
 
         proc = AutoProcessor.from_pretrained(str(d))
@@ -68,9 +77,22 @@ def test_model_save_refuses_non_empty_dir(tmp_path):
 def test_model_list_shows_aliases():
     res = CliRunner().invoke(spatialbind, ["model", "list"])
     assert res.exit_code == 0, res.output
-    for name in ("qwen2-vl-7b", "qwen2-vl-2b", "gemma-3-4b", "tiny-qwen2-vl", "tiny-gemma-3"):
+    for name in ("qwen2-vl-7b", "qwen2-vl-2b", "gemma-3-4b", "tiny-qwen2-vl", "tiny-gemma-3",
+                 "pixtral-12b", "llava-1.5-7b", "qwen2.5-vl-7b", "tiny-pixtral", "tiny-llava",
+                 "tiny-qwen2.5-vl"):
         assert name in res.output
     assert "google/gemma-3-4b-it" in res.output and "Qwen/Qwen2-VL-7B-Instruct" in res.output
+    assert "mistral-community/pixtral-12b" in res.output
+    assert "llava-hf/llava-1.5-7b-hf" in res.output
+    assert "Qwen/Qwen2.5-VL-7B-Instruct" in res.output
+    rows = {r["name"]: r for r in vlms.known_models()}
+    assert rows["pixtral-12b"]["adapter"] == "PixtralAdapter"
+    assert rows["llava-1.5-7b"]["adapter"] == "LlavaAdapter"
+    assert (rows["pixtral-12b"]["family"], rows["llava-1.5-7b"]["family"]) == ("pixtral", "llava")
+    line = next(x for x in res.output.splitlines() if x.startswith("pixtral-12b "))
+    assert " pixtral " in line
+    assert rows["pixtral-12b"]["architecture"] == rows["llava-1.5-7b"]["architecture"] \
+        == "LlavaForConditionalGeneration"
 
 
 def test_unknown_model_suggests_close_names(tmp_path):
@@ -81,8 +103,8 @@ def test_unknown_model_suggests_close_names(tmp_path):
     assert "unknown model 'tiny-gema-3'" in res.output and "tiny-gemma-3" in res.output
     assert len(res.output.strip().splitlines()) == 1
     # a directory whose architecture has no adapter
-    d = tmp_path / "llava"
+    d = tmp_path / "paligemma"
     d.mkdir()
-    (d / "config.json").write_text('{"architectures": ["LlavaForConditionalGeneration"]}')
+    (d / "config.json").write_text('{"architectures": ["PaliGemmaForConditionalGeneration"]}')
     with pytest.raises(vlms.AdapterNotFoundError, match="has no adapter"):
         vlms.load_adapter(str(d))

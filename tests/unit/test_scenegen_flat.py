@@ -79,7 +79,8 @@ def test_gemma_presets_labels_subset(name):
 
 
 @pytest.mark.parametrize("name,tok,px,size", [("squares-qwen2-vl", 12, 28, 2),
-                                              ("squares-gemma-3", 16, 56, 3)])
+                                              ("squares-gemma-3", 16, 56, 3),
+                                              ("squares-pixtral", 15, 16, 2)])
 def test_square_boxes_fall_exactly_on_token_cells(name, tok, px, size):
     gen = gen_of(name, n=40)
     for i in range(len(gen)):
@@ -306,3 +307,22 @@ def test_splits_keep_mirror_pairs_together_with_exact_fractions():
         s = g2.unit(i)[0].stimulus
         sets[frozenset(s.factors["triple"])].add(s.split)
     assert all(len(v) == 1 for v in sets.values())
+
+
+@pytest.mark.parametrize("name", ["squares-pixtral", "shapes-pixtral"])
+def test_pixtral_presets_orange_for_brown(name):
+    """The authors' Pixtral stimuli: 240 px, Orange (255,165,0) wherever the paper has Brown."""
+    gen = gen_of(name, n=480 if name.startswith("squares") else 24)
+    colours = set()
+    for i in range(len(gen)):
+        r = gen.unit(i)[0]
+        assert r.image.shape == (240, 240, 3)
+        for e in r.stimulus.entities:
+            colours.add(e.color)
+            if e.color == "orange":
+                assert tuple(e.rgb) == (255, 165, 0)
+    assert "brown" not in colours
+    if name.startswith("squares"):
+        assert colours == {"red", "green", "blue", "black", "orange", "gray"}
+    else:
+        assert "orange" in colours
