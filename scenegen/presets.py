@@ -2,7 +2,7 @@
 
 ``spatialbind generate --preset NAME`` resolves NAME here. Flat presets without ``--n`` give the
 paper's full enumeration (120 ordered triples x 4 directions = 480 base stimuli, each with its
-swap / criss-cross / isolated twins, plus one blank canvas).
+swap / criss-cross / isolated twins, plus one blank canvas; Objects: P(8,3) x 4 = 1344).
 """
 from __future__ import annotations
 
@@ -22,11 +22,24 @@ def _flat(task: str, model: str) -> dict[str, Any]:
             "flat": {"task": task, "grid": dict(GEOMETRY[model])}}
 
 
+def _stitched(size: int, tokenizer: str) -> dict[str, Any]:
+    return {"generator": "whatsup_stitched", "seed": 0, "n": None, "twins": [],
+            "whatsup_stitched": {"size": size, "tokenizer": tokenizer}}
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "squares-qwen2-vl": _flat("squares", "qwen2-vl"),
     "squares-gemma-3": _flat("squares", "gemma-3"),
     "shapes-qwen2-vl": _flat("shapes", "qwen2-vl"),
     "shapes-gemma-3": _flat("shapes", "gemma-3"),
+    # Objects (paper Table 1): the shipped 8 sprites (scenegen/data/objects), P(8,3) x 4 = 1344
+    "objects-qwen2-vl": _flat("objects", "qwen2-vl"),
+    "objects-gemma-3": _flat("objects", "gemma-3"),
+    # Stitched What'sUp (paper Table 1): needs --whatsup ROOT; side objects are filtered with the
+    # model's tokenizer (--tokenizer overrides the hub id below, e.g. with a local directory)
+    "whatsup-stitched-qwen2-vl": _stitched(336, "Qwen/Qwen2-VL-7B-Instruct"),
+    "whatsup-stitched-gemma-3": _stitched(896, "google/gemma-3-4b-it"),
+    "whatsup-stitched-pixtral": _stitched(512, "mistral-community/pixtral-12b"),
     # The 3D generator's own defaults (scenegen/scene3d.py); n=None = its default (100 scenes).
     "scene3d": {"generator": "scene3d", "seed": 0, "n": None, "scene3d": {}},
 }
