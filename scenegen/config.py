@@ -51,7 +51,7 @@ TWIN_KINDS: tuple[str, ...] = ("swap", "crisscross", "isolated", "blank")
 DEGRADATION_KINDS: tuple[str, ...] = ("blur", "noise", "contrast", "occluder")
 SPLIT_BY: tuple[str, ...] = ("mirror", "colorset", "triple", "layout", "scene")
 GENERATORS: tuple[str, ...] = ("flat", "scene3d", "whatsup_stitched")
-LAYOUTS: tuple[str, ...] = ("centred", "random")
+LAYOUTS: tuple[str, ...] = ("centred", "random", "grid")
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -195,7 +195,10 @@ class FlatConfig(_Base):
     prompts: tuple[str, ...] = PROMPT_KINDS
     """Prompt variants per stimulus: ``completion`` (the paper's), ``yesno``, ``choice``."""
     layout: str = "centred"
-    """``centred`` (the paper's slots) or ``random`` (random size, spacing, row/column, offset)."""
+    """``centred`` (the paper's slots), ``random`` (random size, spacing, row/column, offset) or
+    ``grid`` (paper App. C.6: a ``grid_k x grid_k`` grid of random entities for grid probes)."""
+    grid_k: int = 3
+    """Grid layouts: entities per side (2: 2x2 grids, 2 classes; 3: 3x3 grids, 3 classes)."""
     sizes: tuple[int, ...] = ()
     """Random layouts: entity sizes (tokens) to draw from; empty = ``grid.size`` only."""
     spacings: tuple[int, ...] = ()
@@ -253,6 +256,15 @@ class FlatConfig(_Base):
                     "the answer is a colour, so give every shape its own colour in shape_colors")
         _check_choice(c, "layout", self.layout, LAYOUTS)
         _check_int(c, "jitter", self.jitter, 0, 127)
+        _check_int(c, "grid_k", self.grid_k, 2, 16)
+        if self.layout == "grid":
+            g = self.grid
+            need = self.grid_k * g.size + (self.grid_k - 1) * g.spacing
+            if need > g.num_tokens:
+                raise ConfigError(
+                    f"impossible grid in FlatConfig: {self.grid_k}x{self.grid_k} entities of "
+                    f"{g.size} tokens with spacing {g.spacing} need {need} tokens per side but "
+                    f"the grid has {g.num_tokens}; lower grid_k, size or spacing")
         for s in self.sizes:
             _check_int(c, "sizes", s, 1, self.grid.num_tokens)
         for s in self.spacings:

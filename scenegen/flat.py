@@ -366,7 +366,9 @@ class FlatGenerator:
             self.n_random = total if n is None else n
         g = config.grid
         axes = sorted({AXIS_OF[d] for d in config.directions})
-        if self.splits.by == "layout":
+        if config.layout == "grid":  # every grid is its own group (random contents)
+            keys = [f"{i:09d}" for i in range(len(self))]
+        elif self.splits.by == "layout":
             if config.layout == "centred":
                 lay = [centred_layout(g.num_tokens, g.size, g.spacing, a) for a in axes]
             else:
@@ -412,6 +414,8 @@ class FlatGenerator:
         """Base stimulus ``index`` and its twins, from ``default_rng([seed, index])`` alone."""
         if not 0 <= index < len(self):
             raise IndexError(f"unit {index} out of range [0, {len(self)})")
+        if self.config.layout == "grid":
+            return [self._grid_unit(index)]
         cfg, g = self.config, self.config.grid
         rng = np.random.default_rng([self.seed, index])
         triple, direction, layout = self._spec(index, rng)
@@ -491,11 +495,73 @@ class FlatGenerator:
             isolates=isolates, scene_id=scene_id, index=index, split=split, factors=factors)
         return Rendered(stimulus=stim, image=image, mask=mask)
 
+    def _grid_unit(self, index: int) -> Rendered:
+        """One ``k x k`` grid (paper App. C.6, the authors' ``probing/src/grids.py``): every cell
+        an entity drawn uniformly (with replacement) from the task's items, cells of ``size``
+        tokens ``spacing`` apart, centred. The stimulus axis (from a direction drawn per grid)
+        says what ``ordinal`` means: the column (horizontal) or the row (vertical), so a probe of
+        ``ordinal`` has ``k`` classes. No twins."""
+        cfg, g = self.config, self.config.grid
+        k, S, sp = cfg.grid_k, g.size, g.spacing
+        rng = np.random.default_rng([self.seed, index])
+        picks = [self.items[int(i)] for i in rng.integers(len(self.items), size=k * k)]
+        direction = cfg.directions[int(rng.integers(len(cfg.directions)))]
+        axis = AXIS_OF[direction]
+        first = (g.num_tokens - (k * S + (k - 1) * sp)) // 2
+        offs = [first + i * (S + sp) for i in range(k)]
+        placed = []
+        for cell, item in enumerate(picks):
+            r, c = divmod(cell, k)
+            kind, color = self._attrs(item)
+            rgb = (mean_rgb_of(self.objects, kind) if self.objects is not None
+                   else tuple(PALETTE[color]))
+            placed.append(Placed(mask_id=cell + 1, kind=kind, color=color, rgb=rgb,
+                                 origin=(offs[c], offs[r]), size=S,
+                                 ordinal=c if axis == "horizontal" else r))
+        image, mask = draw(g, placed, fill=cfg.task == "squares", objects=self.objects)
+        entities = tuple(
+            _measure(mask, p, g.token_px, role="target", ordinal=p.ordinal, kind=p.kind,
+                     color=p.color, rgb=p.rgb, size=float(p.size),
+                     name=self._name(p.kind, p.color))
+            for p in placed)
+        corner = placed[0]
+        noun = {"squares": "square", "objects": "object"}.get(cfg.task, "shape")
+        text = f"The {noun} in the top left corner is " if cfg.task == "objects" else \
+            f"The color of the {noun} in the top left corner is "
+        answer = corner.kind if cfg.task == "objects" else corner.color
+        prompt = Prompt(kind="completion", text=text, answer=answer,
+                        options=tuple(dict.fromkeys(self._name(p.kind, p.color) if
+                                                    cfg.task == "objects" else p.color
+                                                    for p in placed)),
+                        system=SYSTEM,
+                        spans=prompt_spans(text, {"subject": noun}, ("subject",)))
+        sid = f"grid{k}-{index:06d}"
+        factors = {
+            "task": cfg.task, "direction": direction,
+            "grid": {"num_tokens": g.num_tokens, "token_px": g.token_px},
+            "layout": {"mode": "grid", "k": k, "axis": axis, "size": S, "spacing": sp,
+                       "cells": [[p.origin[0], p.origin[1], p.origin[0] + S, p.origin[1] + S]
+                                 for p in placed]},
+            "items": list(picks),
+        }
+        stim = Stimulus(
+            id=sid, file_name=f"images/{sid}.png", mask_file_name=f"masks/{sid}.png",
+            width=g.canvas_px, height=g.canvas_px, generator="flat", task=cfg.task,
+            relation=direction, axis=axis, entities=entities, prompts=(prompt,), scene_id=sid,
+            index=index, split=self.split_of[f"{index:09d}"], factors=factors)
+        return Rendered(stimulus=stim, image=image, mask=mask)
+
     def extras(self) -> list[Rendered]:
         """The dataset-wide white canvas (``blank``), if requested."""
         if "blank" not in self.twins:
             return []
         return [blank(self.config.grid, task=self.config.task)]
+
+
+def mean_rgb_of(objects, name: str) -> tuple[int, int, int]:
+    from .objects import mean_rgb
+
+    return mean_rgb(objects, name)
 
 
 def _measure(mask: np.ndarray, p: Placed, token_px: int, **attrs) -> Entity:

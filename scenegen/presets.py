@@ -22,6 +22,13 @@ def _flat(task: str, model: str) -> dict[str, Any]:
             "flat": {"task": task, "grid": dict(GEOMETRY[model])}}
 
 
+def _grid(k: int, model: str) -> dict[str, Any]:
+    return {"generator": "flat", "seed": 0, "n": 120, "twins": [],
+            "splits": {"by": "scene", "train": 0.75, "val": 0.0, "test": 0.25},
+            "flat": {"task": "shapes", "layout": "grid", "grid_k": k,
+                     "prompts": ["completion"], "grid": dict(GEOMETRY[model])}}
+
+
 def _stitched(size: int, tokenizer: str) -> dict[str, Any]:
     return {"generator": "whatsup_stitched", "seed": 0, "n": None, "twins": [],
             "whatsup_stitched": {"size": size, "tokenizer": tokenizer}}
@@ -35,6 +42,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Objects (paper Table 1): the shipped 8 sprites (scenegen/data/objects), P(8,3) x 4 = 1344
     "objects-qwen2-vl": _flat("objects", "qwen2-vl"),
     "objects-gemma-3": _flat("objects", "gemma-3"),
+    # Grid probes (paper App. C.6): random 2x2 (2 classes) and 3x3 (3 classes) grids of the
+    # paper's shapes, 120 grids each (the authors use 90: 75/25 by image)
+    "grid2-qwen2-vl": _grid(2, "qwen2-vl"),
+    "grid3-qwen2-vl": _grid(3, "qwen2-vl"),
+    "grid2-gemma-3": _grid(2, "gemma-3"),
+    "grid3-gemma-3": _grid(3, "gemma-3"),
     # Stitched What'sUp (paper Table 1): needs --whatsup ROOT; side objects are filtered with the
     # model's tokenizer (--tokenizer overrides the hub id below, e.g. with a local directory)
     "whatsup-stitched-qwen2-vl": _stitched(336, "Qwen/Qwen2-VL-7B-Instruct"),
