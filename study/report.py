@@ -288,6 +288,9 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
     h.append(_cols(models, results, "e3", ["projector/accuracy_heatmap.png",
                                             "lm.resid/accuracy_heatmap.png",
                                             "projector/maps/layer000.png"]))
+    from .tasks import controls_table, report_section
+
+    h.append(report_section(models, results))
     h.append("<h2>E4 — criss-cross interchange, object vs strip</h2><p>Clean (c0,c1,c2) and "
              "its criss-cross twin (c2,c1,c0); at the LM input and each layer, the clean run's "
              "left region takes the source's right region and vice versa. Regions: "
@@ -328,7 +331,7 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
         sel = (results[m].get("e7") or {}).get("selections", [])
         h.append(f"<h3>{html.escape(m)}</h3>" + _table(
             sel, ["selection", "control", "alpha", "fixed", "broken", "net", "n_fail", "n",
-                  "fix_rate", "base_accuracy", "accuracy"]))
+                  "fix_rate", "base_accuracy", "accuracy"]) + controls_table(results[m]))
     h.append(paper_block("E7", models, results, task=task))
     h.append(_cols(models, results, "e7", ["e7_dose_response.png"]))
     path = out / "report.html"
