@@ -37,7 +37,8 @@ def build_generator(config: GenerateConfig | dict[str, Any]):
         from .importers.whatsup_stitched import StitchedConfig, StitchedGenerator
 
         gen = StitchedGenerator(StitchedConfig.from_dict(config.whatsup_stitched),
-                                seed=config.seed, n=config.n, splits=config.splits)
+                                seed=config.seed, n=config.n, splits=config.splits,
+                                twins=config.twins)
     else:
         gen = _scene3d(config)
     if config.degradations:

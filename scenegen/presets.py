@@ -30,7 +30,7 @@ def _grid(k: int, model: str) -> dict[str, Any]:
 
 
 def _stitched(size: int, tokenizer: str) -> dict[str, Any]:
-    return {"generator": "whatsup_stitched", "seed": 0, "n": None, "twins": [],
+    return {"generator": "whatsup_stitched", "seed": 0, "n": None, "twins": ["crisscross"],
             "whatsup_stitched": {"size": size, "tokenizer": tokenizer}}
 
 

@@ -19,7 +19,8 @@ armchair):
   2148 for Gemma-3. Names whose two photos are missing under ROOT are dropped and listed too.
 
 Item order is the authors': middles in order, ``itertools.permutations(kept, 2)``, then
-``left``, ``right``.
+``left``, ``right``. Each item may carry a ``crisscross`` twin (``<id>-cc``: the two side objects
+exchanged, same question), the counterfactual E4 patches from.
 
 Regions (what E3/E4 use as each entity's tokens): entity 1 is the left side object (ordinal 0),
 2 the middle reference (ordinal 1), 3 the right side object (ordinal 2). By default (``regions:
@@ -308,12 +309,13 @@ class StitchedGenerator:
     """
 
     def __init__(self, config: StitchedConfig, *, seed: int = 0, n: int | None = None,
-                 splits=None):
+                 splits=None, twins=("crisscross",)):
         from ..config import SplitConfig
         from ..flat import assign_splits
 
         self.config = config
         self.seed = int(seed)
+        self.twins = tuple(t for t in twins if t == "crisscross")
         if config.sides is None:
             raise ConfigError("whatsup_stitched.sides is not resolved; generate through "
                               "`spatialbind generate --preset whatsup-stitched-<model> --whatsup "
@@ -367,10 +369,21 @@ class StitchedGenerator:
         cfg = self.config
         middle, target, distractor, direction = self.enumeration[self.chosen[index]]
         left, right = (target, distractor) if direction == "left" else (distractor, target)
-        S = cfg.size
-        image = stitch(self.dir, left, middle, right, S)
         sid = f"whatsup-stitched-{index:06d}"
-        boxes, kind = self._boxes(sid, middle)
+        split = self.split_of[self._group(middle, target, distractor)]
+        out = [self._item(sid, sid, index, split, middle, left, right, direction, twin=None)]
+        if "crisscross" in self.twins:
+            # the paper's criss-cross partner: the side objects exchanged (the same question)
+            out.append(self._item(f"{sid}-cc", sid, index, split, middle, right, left, direction,
+                                  twin="crisscross"))
+        return out
+
+    def _item(self, sid, scene_id, index, split, middle, left, right, direction, *, twin):
+        cfg = self.config
+        S = cfg.size
+        target, distractor = (left, right) if direction == "left" else (right, left)
+        image = stitch(self.dir, left, middle, right, S)
+        boxes, kind = self._boxes(scene_id, middle)
         mask = np.zeros((S, S), np.uint8)
         for k in (2, 1, 3):  # sides drawn over the middle where boxes overlap
             if k in boxes:
@@ -403,9 +416,10 @@ class StitchedGenerator:
         stim = Stimulus(
             id=sid, file_name=f"images/{sid}.png", mask_file_name=f"masks/{sid}.png", width=S,
             height=S, generator="whatsup_stitched", task="whatsup-stitched", relation=direction,
-            axis="horizontal", entities=tuple(ents), prompts=(prompt,), scene_id=sid, index=index,
-            split=self.split_of[self._group(middle, target, distractor)], factors=factors)
-        return [Rendered(stimulus=stim, image=image, mask=mask)]
+            axis="horizontal", entities=tuple(ents), prompts=(prompt,), scene_id=scene_id,
+            index=index, split=split, factors=factors,
+            counterfactual_of=None if twin is None else scene_id, counterfactual_kind=twin)
+        return Rendered(stimulus=stim, image=image, mask=mask)
 
     def _boxes(self, sid: str, middle: str) -> tuple[dict[int, tuple[int, int, int, int]], str]:
         S = self.config.size

@@ -160,7 +160,7 @@ def test_cli_end_to_end_with_saved_tokenizer(tmp_path):
     assert r.exit_code == 0, r.output
     assert f"items: {n_rule} (rule: {n_rule};" in r.output
     ds = read_dataset(out)
-    assert len(ds) == n_rule and ds.base()[0].width == 896
+    assert len(ds.base()) == n_rule and len(ds) == 2 * n_rule and ds.base()[0].width == 896
     names = json.loads((out / "names.json").read_text())
     assert names["kept"] == kept and names["items_rule"] == n_rule
     assert "cap" in names["dropped"]["chair"]
@@ -173,3 +173,38 @@ def test_cli_end_to_end_with_saved_tokenizer(tmp_path):
                                          "--whatsup", str(tmp_path / "nowhere"), "--tokenizer",
                                          str(tmp_path / "tok"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "no such directory" in r.output
+
+
+def test_crisscross_twin_is_the_exchanged_pair_and_e4_runs(tmp_path):
+    """The twin shows the side objects exchanged (pixel-equal to the opposite-direction item of the
+    same pair), and E4 criss-cross patching runs on the stitched records with the paper's boxes."""
+    make_release(tmp_path)
+    gen, _ = stitched_gen(tmp_path, regions=str(paper_regions_file()))
+    base, cc = gen.unit(0)
+    assert cc.stimulus.counterfactual_of == base.stimulus.id
+    assert cc.stimulus.counterfactual_kind == "crisscross"
+    other = gen.unit(1)[0]  # same (target, distractor), direction right: stitch(d, m, t)
+    assert other.stimulus.factors["direction"] == "right"
+    assert np.array_equal(cc.image, other.image)
+    names = lambda r: [e.name for e in r.stimulus.targets]  # noqa: E731
+    assert names(cc) == names(base)[::-1]
+    assert cc.stimulus.prompts[0].text == base.stimulus.prompts[0].text
+    assert cc.stimulus.prompts[0].answer == base.stimulus.factors["distractor"]
+
+    import torch
+
+    from interventions.patching import PatchConfig, run_e4
+    from scenegen import generate as gen_ds
+    from vlms.registry import load_adapter
+
+    torch.set_num_threads(1)
+    d = apply_task_options(preset("whatsup-stitched-qwen2-vl"), whatsup=str(tmp_path),
+                           regions=str(paper_regions_file()), tokenizer=Tok(),
+                           tokenizer_name="test-tok")
+    d["n"] = 2
+    out = gen_ds(GenerateConfig.from_dict(d), tmp_path / "ds", progress=False)
+    ds = read_dataset(out)
+    table, summary = run_e4(load_adapter("tiny-qwen2-vl"), ds,
+                            PatchConfig(experiment="e4", layers="0", regions=("object",),
+                                        limit=1), progress=False)
+    assert len(table) == 1 and table["region"].tolist() == ["object"]
