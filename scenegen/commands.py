@@ -64,7 +64,7 @@ def generate(preset_name, config_file, n, seed, workers, out, progress, objects_
                                       and not (d.get("whatsup_stitched") or {}).get("sides")):
         name = tokenizer_name or (d.get("whatsup_stitched") or {}).get("tokenizer")
         if name is not None and (tokenizer_name is not None or not is_objects):
-            from vlms.registry import load_tokenizer
+            from .objects import load_tokenizer
 
             tok = load_tokenizer(name)
             tokenizer_name = name

@@ -209,3 +209,27 @@ def token_report(tokenizer: Any, names: Iterable[str]) -> dict[str, list[str]]:
 def is_single_token(tokenizer: Any, name: str) -> bool:
     """The authors' filter: one token both lower-case and capitalised."""
     return len(tokenizer.tokenize(name)) == 1 and len(tokenizer.tokenize(name.capitalize())) == 1
+
+
+def load_tokenizer(name_or_dir: str) -> Any:
+    """A Hugging Face tokenizer from a local directory or a hub id (``--tokenizer``), without
+    remote code. Tiny builds: save one first (``spatialbind model save tiny-qwen2-vl DIR``).
+
+    Raises
+    ------
+    ConfigError
+        One line naming the tokenizer and the fix (e.g. a local directory when offline).
+    """
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise ConfigError("--tokenizer needs transformers; install spatialbind[models]") from None
+    try:
+        return AutoTokenizer.from_pretrained(str(Path(name_or_dir).expanduser())
+                                             if Path(name_or_dir).expanduser().is_dir()
+                                             else name_or_dir, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - offline hub, missing files, bad directory
+        first = (str(e).splitlines() or [e.__class__.__name__])[0][:160]
+        raise ConfigError(f"--tokenizer {name_or_dir}: cannot load it ({first}); pass a local "
+                          "directory holding the model or its tokenizer files (save_pretrained; "
+                          "for a tiny build: spatialbind model save tiny-qwen2-vl DIR)") from None
