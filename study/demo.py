@@ -155,7 +155,9 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True,
         progress=progress)))
     from .tasks import task_data, task_stages
 
-    extra = st.run("generate-tasks", lambda: task_data(cfg, out, progress=progress))
+    grid = dict((stimulus_config(cfg, degraded=False).get("flat") or {}).get("grid") or
+                {"num_tokens": 12, "token_px": 28, "size": 2, "spacing": 2})
+    extra = st.run("generate-tasks", lambda: task_data(cfg, out, grid, progress=progress))
     store = out / "store.zarr"
     results: dict[str, dict[str, Any]] = {}
     for model in models:
@@ -164,7 +166,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True,
         results[model]["tasks"] = task_stages(
             model, cfg, st, out, Path(results[model]["dir"]), results[model].pop("_adapter"),
             extra or {},
-            degraded, progress=progress, echo=echo)
+            degraded, grid, progress=progress, echo=echo)
     from .report import write_report
 
     path = write_report(out, cfg=cfg, models=models, results=results, stages=st.log,
