@@ -206,5 +206,5 @@ def test_crisscross_twin_is_the_exchanged_pair_and_e4_runs(tmp_path):
     ds = read_dataset(out)
     table, summary = run_e4(load_adapter("tiny-qwen2-vl"), ds,
                             PatchConfig(experiment="e4", layers="0", regions=("object",),
-                                        limit=1), progress=False)
+                                        limit=1, recipe="robust"), progress=False)
     assert len(table) == 1 and table["region"].tolist() == ["object"]
