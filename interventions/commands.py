@@ -94,18 +94,27 @@ def ablate(model, data, out, limit, batch_size, prompt, progress, quiet, recipe)
               help="Split on which the held-out alpha is chosen (reported on the others).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random-direction control.")
-def amplify(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, alphas, direction,
-            select_split, seed):
+@click.option("--controls/--no-controls", default=False, show_default=True,
+              help="Also run the authors' sanity controls (shuffled images, swapped objects; "
+                   "no amplification): controls.json beside the probe / random rows.")
+@click.option("--controls-n", type=int, default=60, show_default=True,
+              help="Items per axis for the sanity controls (the authors' 60).")
+def amplify(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, alphas,
+            direction, select_split, seed, controls, controls_n):
     """E7: amplify the ordering component of every image token before LM layer 0 (alpha sweep)."""
     from .amplification import AmplifyConfig
+    from .controls import ControlsConfig, control_lines
     from .experiments import amplify_to_dir
 
     cfg = AmplifyConfig(alphas=alphas, prompt=prompt or "choice", select_split=select_split,
                         limit=limit, batch_size=batch_size, seed=seed, recipe=recipe)
+    ctl = ControlsConfig(n_per_axis=controls_n, seed=seed, limit=limit) if controls else None
     s = amplify_to_dir(model, data, out, cfg, direction=list(direction),
-                       progress=progress and not quiet)
+                       progress=progress and not quiet, controls=ctl)
     for r in s["selections"]:
         acc = "n/a" if r.get("accuracy") is None else f"{r['accuracy']:.3f}"
         click.echo(f"{r['control']:>6} | {r['selection']}: alpha={r['alpha']} fixed={r['fixed']} "
                    f"broken={r['broken']} accuracy={acc} ({s['recipe']} recipe)")
+    for line in control_lines(s.get("sanity_controls")):
+        click.echo(line)
     click.echo(f"wrote {out}")

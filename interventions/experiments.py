@@ -199,7 +199,7 @@ def ablate_to_dir(model: str, data: str, out: str, config, *,
 
 
 def amplify_to_dir(model: str, data: str, out: str, config, *,
-                   direction=None, progress: bool = True) -> dict:
+                   direction=None, progress: bool = True, controls=None) -> dict:
     """``spatialbind amplify``: :func:`amplify` then ``.save(out)``
     (table, summary, config, dose-response table and plot). Returns the summary.
 
@@ -216,6 +216,13 @@ def amplify_to_dir(model: str, data: str, out: str, config, *,
         raise InterventionError("--direction mean-diff needs a generated dataset (masks); for "
                                 "What'sUp pass a probe direction directory")
     check_out(out)  # a bad --out fails before the model loads, and no empty folder is left
-    res = amplify(config, model=model, data=str(data), directions=dirs, progress=progress)
+    adapter, name = _model(model)
+    res = amplify(config, model=adapter, data=str(data), directions=dirs, progress=progress)
+    res.model = name
+    if controls is not None:  # the authors' COCO sanity controls (interventions/controls.py)
+        from .controls import controls_to_dir
+
+        res.summary["sanity_controls"] = controls_to_dir(adapter, str(data), out, controls,
+                                                         progress=progress)
     res.save(out)
     return res.summary

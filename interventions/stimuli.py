@@ -139,6 +139,13 @@ def option_ids(tokenizer, words: Sequence[str]) -> list[list[int]]:
     return out
 
 
+#: Tasks whose answer is the object's name, not its colour (Objects, stitched What'sUp).
+NAME_ANSWER_TASKS = ("objects", "whatsup-stitched")
+
+
 def slot_colors(stim) -> list[str]:
-    """Target colours in slot order (0 = leftmost / topmost)."""
+    """Answer words of the targets in slot order (0 = leftmost / topmost): their colours, or
+    their names for tasks that ask for the object (:data:`NAME_ANSWER_TASKS`)."""
+    if getattr(stim, "task", None) in NAME_ANSWER_TASKS:
+        return [e.name or e.kind for e in stim.targets]
     return [e.color for e in stim.targets]

@@ -45,13 +45,13 @@ PAPER_SHAPES: tuple[tuple[str, str], ...] = (
     ("star", "black"), ("cross", "brown"), ("heart", "gray"),
 )
 DIRECTIONS: tuple[str, ...] = ("left", "right", "above", "below")
-TASKS: tuple[str, ...] = ("squares", "shapes")
+TASKS: tuple[str, ...] = ("squares", "shapes", "objects")
 PROMPT_KINDS: tuple[str, ...] = ("completion", "yesno", "choice")
 TWIN_KINDS: tuple[str, ...] = ("swap", "crisscross", "isolated", "blank")
 DEGRADATION_KINDS: tuple[str, ...] = ("blur", "noise", "contrast", "occluder")
 SPLIT_BY: tuple[str, ...] = ("mirror", "colorset", "triple", "layout", "scene")
-GENERATORS: tuple[str, ...] = ("flat", "scene3d")
-LAYOUTS: tuple[str, ...] = ("centred", "random")
+GENERATORS: tuple[str, ...] = ("flat", "scene3d", "whatsup_stitched")
+LAYOUTS: tuple[str, ...] = ("centred", "random", "grid")
 
 
 # --------------------------------------------------------------------------- validation helpers
@@ -173,7 +173,8 @@ class FlatConfig(_Base):
     """The paper's flat stimuli: three same-size entities in a row or column on white."""
 
     task: str = "squares"
-    """``squares`` (coloured squares filling their token cells) or ``shapes`` (PIL-drawn shapes)."""
+    """``squares`` (coloured squares filling their token cells), ``shapes`` (PIL-drawn shapes) or
+    ``objects`` (RGBA object sprites, see :mod:`scenegen.objects`)."""
     grid: GridConfig = field(default_factory=GridConfig)
     colors: tuple[str, ...] = PAPER_COLORS
     """Squares: the palette colours to enumerate triples from (at least 3)."""
@@ -181,12 +182,23 @@ class FlatConfig(_Base):
     """Shapes: the shapes to use; each keeps its paper colour (square=red, circle=green, ...)."""
     shape_colors: dict[str, str] = field(default_factory=dict)
     """Shapes: override a shape's colour, e.g. ``{"cross": "orange"}`` (Pixtral)."""
+    objects: tuple[str, ...] = ()
+    """Objects: the sprite names to use, in enumeration order; empty = the shipped set's order
+    (``objects_dir`` unset) or every sprite of ``objects_dir`` in file-name order."""
+    objects_dir: str | None = None
+    """Objects: folder of RGBA sprites (``--objects DIR``); None = the shipped default set."""
+    objects_sha256: str | None = None
+    """Objects: digest of the sprites used (filled in when a generation starts; a resumed run
+    whose sprite files changed is refused)."""
     directions: tuple[str, ...] = DIRECTIONS
     """Relations to ask about; left/right lay entities out in a row, above/below in a column."""
     prompts: tuple[str, ...] = PROMPT_KINDS
     """Prompt variants per stimulus: ``completion`` (the paper's), ``yesno``, ``choice``."""
     layout: str = "centred"
-    """``centred`` (the paper's slots) or ``random`` (random size, spacing, row/column, offset)."""
+    """``centred`` (the paper's slots), ``random`` (random size, spacing, row/column, offset) or
+    ``grid`` (paper App. C.6: a ``grid_k x grid_k`` grid of random entities for grid probes)."""
+    grid_k: int = 3
+    """Grid layouts: entities per side (2: 2x2 grids, 2 classes; 3: 3x3 grids, 3 classes)."""
     sizes: tuple[int, ...] = ()
     """Random layouts: entity sizes (tokens) to draw from; empty = ``grid.size`` only."""
     spacings: tuple[int, ...] = ()
@@ -199,7 +211,8 @@ class FlatConfig(_Base):
         _check_choice(c, "task", self.task, TASKS)
         if not isinstance(self.grid, GridConfig):
             raise _param_error(c, "grid", "a GridConfig", self.grid)
-        for name in ("colors", "shapes", "directions", "prompts", "sizes", "spacings"):
+        for name in ("colors", "shapes", "objects", "directions", "prompts", "sizes",
+                     "spacings"):
             v = getattr(self, name)
             if isinstance(v, list):
                 object.__setattr__(self, name, tuple(v))
@@ -208,6 +221,21 @@ class FlatConfig(_Base):
         _check_names(c, "colors", self.colors, tuple(PALETTE), what="colour")
         _check_names(c, "shapes", self.shapes, SHAPES, what="shape")
         _check_names(c, "directions", self.directions, DIRECTIONS, what="direction")
+        import re
+
+        for o in self.objects:
+            if not isinstance(o, str) or not re.match(r"^[a-z][a-z0-9-]*$", o):
+                raise _param_error(c, "objects", "a list of lower-case object names "
+                                   "(sprite file names without extension)", list(self.objects))
+        if len(set(self.objects)) != len(self.objects):
+            raise _param_error(c, "objects", "a list without repeated names", list(self.objects))
+        if self.objects and len(self.objects) < 3:
+            raise _param_error(c, "objects", "a list of at least 3 objects", list(self.objects))
+        if self.objects_dir is not None and not isinstance(self.objects_dir, str):
+            raise _param_error(c, "objects_dir", "a folder path (str) or null", self.objects_dir)
+        if self.task != "objects" and (self.objects or self.objects_dir):
+            raise ConfigError("FlatConfig objects / objects_dir are options of task 'objects'; "
+                              f"remove them or set task: objects (task is {self.task!r})")
         _check_names(c, "prompts", self.prompts, PROMPT_KINDS, what="prompt kind")
         if not isinstance(self.shape_colors, dict):
             raise _param_error(c, "shape_colors", "a mapping shape -> colour", self.shape_colors)
@@ -228,6 +256,15 @@ class FlatConfig(_Base):
                     "the answer is a colour, so give every shape its own colour in shape_colors")
         _check_choice(c, "layout", self.layout, LAYOUTS)
         _check_int(c, "jitter", self.jitter, 0, 127)
+        _check_int(c, "grid_k", self.grid_k, 2, 16)
+        if self.layout == "grid":
+            g = self.grid
+            need = self.grid_k * g.size + (self.grid_k - 1) * g.spacing
+            if need > g.num_tokens:
+                raise ConfigError(
+                    f"impossible grid in FlatConfig: {self.grid_k}x{self.grid_k} entities of "
+                    f"{g.size} tokens with spacing {g.spacing} need {need} tokens per side but "
+                    f"the grid has {g.num_tokens}; lower grid_k, size or spacing")
         for s in self.sizes:
             _check_int(c, "sizes", s, 1, self.grid.num_tokens)
         for s in self.spacings:
@@ -344,6 +381,9 @@ class GenerateConfig(_Base):
     """Options of the flat generator (defaults when ``generator`` is flat and this is None)."""
     scene3d: dict[str, Any] | None = None
     """Options of the 3D generator, validated by ``scenegen.scene3d.Scene3DConfig.from_dict``."""
+    whatsup_stitched: dict[str, Any] | None = None
+    """Options of the stitched What'sUp task, validated by
+    ``scenegen.importers.whatsup_stitched.StitchedConfig.from_dict``."""
 
     def __post_init__(self):
         c = "GenerateConfig"
@@ -372,10 +412,23 @@ class GenerateConfig(_Base):
                 object.__setattr__(self, "flat", FlatConfig())
             if not isinstance(self.flat, FlatConfig):
                 raise _param_error(c, "flat", "a FlatConfig", self.flat)
-            if self.scene3d is not None:
-                raise ConfigError("GenerateConfig has a 'scene3d' section but generator is "
-                                  "'flat'; remove the section or set generator: scene3d")
+            if self.scene3d is not None or self.whatsup_stitched is not None:
+                raise ConfigError("GenerateConfig has a 'scene3d' or 'whatsup_stitched' section "
+                                  "but generator is 'flat'; remove the section or set generator")
+        elif self.generator == "whatsup_stitched":
+            for other in ("flat", "scene3d"):
+                if getattr(self, other) is not None:
+                    raise ConfigError(f"GenerateConfig has a {other!r} section but generator is "
+                                      f"'whatsup_stitched'; remove the section")
+            if self.whatsup_stitched is None:
+                object.__setattr__(self, "whatsup_stitched", {})
+            if not isinstance(self.whatsup_stitched, dict):
+                raise _param_error(c, "whatsup_stitched", "a mapping of options",
+                                   self.whatsup_stitched)
         else:
+            if self.whatsup_stitched is not None:
+                raise ConfigError("GenerateConfig has a 'whatsup_stitched' section but generator "
+                                  "is 'scene3d'; remove the section")
             if self.flat is not None:
                 raise ConfigError("GenerateConfig has a 'flat' section but generator is "
                                   "'scene3d'; remove the section or set generator: flat")

@@ -1,4 +1,4 @@
-"""The ``flat`` generator: the paper's grid-aligned canvases (Squares and Shapes tasks).
+"""The ``flat`` generator: the paper's grid-aligned canvases (Squares, Shapes, Objects tasks).
 
 A canvas is ``num_tokens x num_tokens`` cells of ``token_px`` pixels, white, so every cell is one
 image token of the model. Three same-size entities (``size x size`` tokens, ``spacing`` tokens
@@ -11,7 +11,8 @@ Pixels are drawn without anti-aliasing, with the same geometry into the RGB imag
 instance mask, so ``mask == k`` holds exactly where the RGB shows entity ``k``'s colour (every
 other pixel is white). Squares fill their ``size x size`` token cells; shapes are drawn inside
 those cells as in the paper's code (square 0.8x, circle 0.9x, triangle, 10-point star, cross with
-arm width side//3, parametric heart).
+arm width side//3, parametric heart). Objects are RGBA sprites (:mod:`scenegen.objects`) resized
+to their cells and pasted where their alpha is >= 128, so the mask again equals the drawn pixels.
 
 Each unit is one base stimulus plus its twins (``<id>-swap``, ``<id>-cc``, ``<id>-iso<k>``);
 :meth:`FlatGenerator.extras` gives the dataset-wide ``blank`` canvas.
@@ -170,8 +171,13 @@ class Placed:
     ordinal: int | None
 
 
-def draw(grid: GridConfig, placed, *, fill: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Render entities onto a white canvas; return ``(rgb uint8 HxWx3, mask uint8 HxW)``."""
+def draw(grid: GridConfig, placed, *, fill: bool,
+         objects=None) -> tuple[np.ndarray, np.ndarray]:
+    """Render entities onto a white canvas; return ``(rgb uint8 HxWx3, mask uint8 HxW)``.
+
+    With ``objects`` (a :class:`scenegen.objects.ObjectSet`), each entity's ``kind`` names a
+    sprite that is drawn instead of a shape.
+    """
     px = grid.canvas_px
     image = np.full((px, px, 3), 255, dtype=np.uint8)
     mask = np.zeros((px, px), dtype=np.uint8)
@@ -179,8 +185,14 @@ def draw(grid: GridConfig, placed, *, fill: bool) -> tuple[np.ndarray, np.ndarra
     for p in placed:
         side = p.size * t
         x0, y0 = p.origin[0] * t, p.origin[1] * t
-        fp = sprite(p.kind, side, fill)
-        image[y0:y0 + side, x0:x0 + side][fp] = p.rgb
+        if objects is not None:
+            from .objects import sprite_pixels
+
+            fp, rgb = sprite_pixels(objects, p.kind, side)
+            image[y0:y0 + side, x0:x0 + side][fp] = rgb[fp]
+        else:
+            fp = sprite(p.kind, side, fill)
+            image[y0:y0 + side, x0:x0 + side][fp] = p.rgb
         mask[y0:y0 + side, x0:x0 + side][fp] = p.mask_id
     return image, mask
 
@@ -193,10 +205,12 @@ def make_prompts(kinds, *, task: str, direction: str, names: list[str], colors: 
 
     ``rng_choice`` = (ask yes/no about the true target?, put the answer first in ``choice``?).
     """
-    noun = "square" if task == "squares" else "shape"
+    noun = {"squares": "square", "objects": "object"}.get(task, "shape")
     tgt = 0 if direction in ("left", "above") else 2
     other = 2 - tgt
     prep, ref = PREPOSITION[direction], names[1]
+    if task == "objects":
+        return _object_prompts(kinds, direction=direction, names=names, rng_choice=rng_choice)
     out = []
     for kind in kinds:
         if kind == "completion":
@@ -223,6 +237,41 @@ def make_prompts(kinds, *, task: str, direction: str, names: list[str], colors: 
                               spans=prompt_spans(text, {"subject": noun, "relation": prep,
                                                   "reference": ref},
                                            ("subject", "relation", "reference"))))
+    return tuple(out)
+
+
+def _object_prompts(kinds, *, direction: str, names: list[str],
+                    rng_choice: tuple[bool, bool]) -> tuple[Prompt, ...]:
+    """Objects task: the answer is the object's name (the paper's ``"The object {prep} the
+    {middle} is a(n) "``, ``behavioral_analysis/src/tasks/objects.py``)."""
+    tgt = 0 if direction in ("left", "above") else 2
+    other = 2 - tgt
+    prep, ref = PREPOSITION[direction], names[1]
+    out = []
+    for kind in kinds:
+        if kind == "completion":
+            text = f"The object {prep} the {ref} is a(n) "
+            out.append(Prompt(kind="completion", text=text, answer=names[tgt],
+                              options=tuple(names), system=SYSTEM,
+                              spans=prompt_spans(text, {"subject": "object", "relation": prep,
+                                                        "reference": ref},
+                                                 ("subject", "relation", "reference"))))
+        elif kind == "yesno":
+            asked = tgt if rng_choice[0] else other
+            text = f"Is the {names[asked]} {prep} the {ref}? Answer yes or no."
+            out.append(Prompt(kind="yesno", text=text, answer="yes" if asked == tgt else "no",
+                              options=("yes", "no"), system=SYSTEM,
+                              spans=prompt_spans(text, {"subject": names[asked], "relation": prep,
+                                                        "reference": ref},
+                                                 ("subject", "relation", "reference"))))
+        elif kind == "choice":
+            a, b = (names[tgt], names[other]) if rng_choice[1] else (names[other], names[tgt])
+            text = f"Which object is {prep} the {ref}: {a} or {b}? Answer with one word."
+            out.append(Prompt(kind="choice", text=text, answer=names[tgt], options=(a, b),
+                              system=SYSTEM,
+                              spans=prompt_spans(text, {"subject": "object", "relation": prep,
+                                                        "reference": ref},
+                                                 ("subject", "relation", "reference"))))
     return tuple(out)
 
 
@@ -286,8 +335,15 @@ class FlatGenerator:
         self.twins = tuple(twins)
         self.splits = splits or SplitConfig()
         task = config.task
+        self.objects = None
         if task == "squares":
             self.items = tuple(config.colors)
+        elif task == "objects":
+            from .objects import load_objects
+
+            self.objects = load_objects(config.objects_dir, config.objects,
+                                        config.objects_sha256)
+            self.items = self.objects.names
         else:
             self.items = tuple(config.shapes)
         self.enumeration = [(t, d) for t in itertools.permutations(self.items, 3)
@@ -299,7 +355,7 @@ class FlatGenerator:
             elif n > total:
                 raise ConfigError(
                     f"n={n} exceeds the {total} distinct {task} items of this config "
-                    f"({len(self.items)} {'colours' if task == 'squares' else 'shapes'}, "
+                    f"({len(self.items)} {dict(squares='colours').get(task, task)}, "
                     f"{len(config.directions)} directions, centred layout); lower --n to at "
                     f"most {total} or set flat.layout: random")
             else:
@@ -310,7 +366,9 @@ class FlatGenerator:
             self.n_random = total if n is None else n
         g = config.grid
         axes = sorted({AXIS_OF[d] for d in config.directions})
-        if self.splits.by == "layout":
+        if config.layout == "grid":  # every grid is its own group (random contents)
+            keys = [f"{i:09d}" for i in range(len(self))]
+        elif self.splits.by == "layout":
             if config.layout == "centred":
                 lay = [centred_layout(g.num_tokens, g.size, g.spacing, a) for a in axes]
             else:
@@ -333,10 +391,12 @@ class FlatGenerator:
         """(kind, colour) of one enumeration item."""
         if self.config.task == "squares":
             return "square", item
+        if self.config.task == "objects":
+            return item, ""
         return item, self.config.shape_color(item)
 
     def _name(self, kind: str, color: str) -> str:
-        return f"{color} {kind}"
+        return kind if self.config.task == "objects" else f"{color} {kind}"
 
     def _spec(self, index: int, rng):
         cfg, g = self.config, self.config.grid
@@ -354,12 +414,19 @@ class FlatGenerator:
         """Base stimulus ``index`` and its twins, from ``default_rng([seed, index])`` alone."""
         if not 0 <= index < len(self):
             raise IndexError(f"unit {index} out of range [0, {len(self)})")
+        if self.config.layout == "grid":
+            return [self._grid_unit(index)]
         cfg, g = self.config, self.config.grid
         rng = np.random.default_rng([self.seed, index])
         triple, direction, layout = self._spec(index, rng)
         kinds_colors = [self._attrs(x) for x in triple]
         rgbs = []
-        for _, c in kinds_colors:
+        for k, c in kinds_colors:
+            if self.objects is not None:
+                from .objects import mean_rgb
+
+                rgbs.append(mean_rgb(self.objects, k))
+                continue
             base = np.array(PALETTE[c], dtype=int)
             if cfg.jitter:
                 base = np.clip(base + rng.integers(-cfg.jitter, cfg.jitter + 1, 3), 0, 255)
@@ -395,7 +462,7 @@ class FlatGenerator:
     def _stimulus(self, sid, placed, *, task, direction, layout, split, scene_id, index,
                   choice_bits, triple, twin=None, isolates=None, names_from=None) -> Rendered:
         g = self.config.grid
-        image, mask = draw(g, placed, fill=task == "squares")
+        image, mask = draw(g, placed, fill=task == "squares", objects=self.objects)
         entities = tuple(
             _measure(mask, p, g.token_px, role="target", ordinal=p.ordinal, kind=p.kind,
                      color=p.color, rgb=p.rgb, size=float(p.size),
@@ -411,11 +478,15 @@ class FlatGenerator:
             "task": task, "direction": direction,
             "grid": {"num_tokens": g.num_tokens, "token_px": g.token_px},
             "triple": list(triple),
-            "colors": colors,
             "layout": layout.to_dict(self.config.layout),
         }
+        if task != "objects":
+            factors["colors"] = colors
         if task == "shapes":
             factors["shapes"] = [p.kind for p in slots]
+        if task == "objects":
+            factors["objects"] = [p.kind for p in slots]
+            factors["objects_sha256"] = self.objects.sha256
         stim = Stimulus(
             id=sid, file_name=f"images/{sid}.png", mask_file_name=f"masks/{sid}.png",
             width=g.canvas_px, height=g.canvas_px, generator="flat", task=task,
@@ -424,11 +495,73 @@ class FlatGenerator:
             isolates=isolates, scene_id=scene_id, index=index, split=split, factors=factors)
         return Rendered(stimulus=stim, image=image, mask=mask)
 
+    def _grid_unit(self, index: int) -> Rendered:
+        """One ``k x k`` grid (paper App. C.6, the authors' ``probing/src/grids.py``): every cell
+        an entity drawn uniformly (with replacement) from the task's items, cells of ``size``
+        tokens ``spacing`` apart, centred. The stimulus axis (from a direction drawn per grid)
+        says what ``ordinal`` means: the column (horizontal) or the row (vertical), so a probe of
+        ``ordinal`` has ``k`` classes. No twins."""
+        cfg, g = self.config, self.config.grid
+        k, S, sp = cfg.grid_k, g.size, g.spacing
+        rng = np.random.default_rng([self.seed, index])
+        picks = [self.items[int(i)] for i in rng.integers(len(self.items), size=k * k)]
+        direction = cfg.directions[int(rng.integers(len(cfg.directions)))]
+        axis = AXIS_OF[direction]
+        first = (g.num_tokens - (k * S + (k - 1) * sp)) // 2
+        offs = [first + i * (S + sp) for i in range(k)]
+        placed = []
+        for cell, item in enumerate(picks):
+            r, c = divmod(cell, k)
+            kind, color = self._attrs(item)
+            rgb = (mean_rgb_of(self.objects, kind) if self.objects is not None
+                   else tuple(PALETTE[color]))
+            placed.append(Placed(mask_id=cell + 1, kind=kind, color=color, rgb=rgb,
+                                 origin=(offs[c], offs[r]), size=S,
+                                 ordinal=c if axis == "horizontal" else r))
+        image, mask = draw(g, placed, fill=cfg.task == "squares", objects=self.objects)
+        entities = tuple(
+            _measure(mask, p, g.token_px, role="target", ordinal=p.ordinal, kind=p.kind,
+                     color=p.color, rgb=p.rgb, size=float(p.size),
+                     name=self._name(p.kind, p.color))
+            for p in placed)
+        corner = placed[0]
+        noun = {"squares": "square", "objects": "object"}.get(cfg.task, "shape")
+        text = f"The {noun} in the top left corner is " if cfg.task == "objects" else \
+            f"The color of the {noun} in the top left corner is "
+        answer = corner.kind if cfg.task == "objects" else corner.color
+        prompt = Prompt(kind="completion", text=text, answer=answer,
+                        options=tuple(dict.fromkeys(self._name(p.kind, p.color) if
+                                                    cfg.task == "objects" else p.color
+                                                    for p in placed)),
+                        system=SYSTEM,
+                        spans=prompt_spans(text, {"subject": noun}, ("subject",)))
+        sid = f"grid{k}-{index:06d}"
+        factors = {
+            "task": cfg.task, "direction": direction,
+            "grid": {"num_tokens": g.num_tokens, "token_px": g.token_px},
+            "layout": {"mode": "grid", "k": k, "axis": axis, "size": S, "spacing": sp,
+                       "cells": [[p.origin[0], p.origin[1], p.origin[0] + S, p.origin[1] + S]
+                                 for p in placed]},
+            "items": list(picks),
+        }
+        stim = Stimulus(
+            id=sid, file_name=f"images/{sid}.png", mask_file_name=f"masks/{sid}.png",
+            width=g.canvas_px, height=g.canvas_px, generator="flat", task=cfg.task,
+            relation=direction, axis=axis, entities=entities, prompts=(prompt,), scene_id=sid,
+            index=index, split=self.split_of[f"{index:09d}"], factors=factors)
+        return Rendered(stimulus=stim, image=image, mask=mask)
+
     def extras(self) -> list[Rendered]:
         """The dataset-wide white canvas (``blank``), if requested."""
         if "blank" not in self.twins:
             return []
         return [blank(self.config.grid, task=self.config.task)]
+
+
+def mean_rgb_of(objects, name: str) -> tuple[int, int, int]:
+    from .objects import mean_rgb
+
+    return mean_rgb(objects, name)
 
 
 def _measure(mask: np.ndarray, p: Placed, token_px: int, **attrs) -> Entity:

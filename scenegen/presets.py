@@ -2,7 +2,7 @@
 
 ``spatialbind generate --preset NAME`` resolves NAME here. Flat presets without ``--n`` give the
 paper's full enumeration (120 ordered triples x 4 directions = 480 base stimuli, each with its
-swap / criss-cross / isolated twins, plus one blank canvas).
+swap / criss-cross / isolated twins, plus one blank canvas; Objects: P(8,3) x 4 = 1344).
 """
 from __future__ import annotations
 
@@ -43,6 +43,18 @@ def _flat(task: str, model: str) -> dict[str, Any]:
     return {"generator": "flat", "seed": 0, "n": None, "flat": flat}
 
 
+def _grid(k: int, model: str) -> dict[str, Any]:
+    return {"generator": "flat", "seed": 0, "n": 120, "twins": [],
+            "splits": {"by": "scene", "train": 0.75, "val": 0.0, "test": 0.25},
+            "flat": {"task": "shapes", "layout": "grid", "grid_k": k,
+                     "prompts": ["completion"], "grid": dict(GEOMETRY[model])}}
+
+
+def _stitched(size: int, tokenizer: str) -> dict[str, Any]:
+    return {"generator": "whatsup_stitched", "seed": 0, "n": None, "twins": ["crisscross"],
+            "whatsup_stitched": {"size": size, "tokenizer": tokenizer}}
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "squares-qwen2-vl": _flat("squares", "qwen2-vl"),
     "squares-gemma-3": _flat("squares", "gemma-3"),
@@ -51,6 +63,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Pixtral-12B: the authors' 15x15 tokens of 16 px (240 px), Orange for Brown
     "squares-pixtral": _flat("squares", "pixtral"),
     "shapes-pixtral": _flat("shapes", "pixtral"),
+    # Objects (paper Table 1): the shipped 8 sprites (scenegen/data/objects), P(8,3) x 4 = 1344
+    "objects-qwen2-vl": _flat("objects", "qwen2-vl"),
+    "objects-gemma-3": _flat("objects", "gemma-3"),
+    # Grid probes (paper App. C.6): random 2x2 (2 classes) and 3x3 (3 classes) grids of the
+    # paper's shapes, 120 grids each (the authors use 90: 75/25 by image)
+    "grid2-qwen2-vl": _grid(2, "qwen2-vl"),
+    "grid3-qwen2-vl": _grid(3, "qwen2-vl"),
+    "grid2-gemma-3": _grid(2, "gemma-3"),
+    "grid3-gemma-3": _grid(3, "gemma-3"),
+    # Stitched What'sUp (paper Table 1): needs --whatsup ROOT; side objects are filtered with the
+    # model's tokenizer (--tokenizer overrides the hub id below, e.g. with a local directory)
+    "whatsup-stitched-qwen2-vl": _stitched(336, "Qwen/Qwen2-VL-7B-Instruct"),
+    "whatsup-stitched-gemma-3": _stitched(896, "google/gemma-3-4b-it"),
+    "whatsup-stitched-pixtral": _stitched(512, "mistral-community/pixtral-12b"),
     # The 3D generator's own defaults (scenegen/scene3d.py); n=None = its default (100 scenes).
     "scene3d": {"generator": "scene3d", "seed": 0, "n": None, "scene3d": {}},
 }

@@ -220,6 +220,14 @@ def unit_trimesh(shape: str, height: float = 1.0):
     elif shape == "torus":
         m = c.torus(major_radius=0.5 - height / 2, minor_radius=height / 2,
                     major_sections=40, minor_sections=16)
+    elif shape == "pyramid":  # square pyramid (sprites of the Objects task only)
+        m = c.cone(radius=0.5 * np.sqrt(2), height=1.0, sections=4)
+        m.apply_translation((0, 0, -0.5))
+        m.apply_transform(trimesh_rotation_z(np.pi / 4))
+        m.apply_scale((1 / m.extents[0], 1 / m.extents[1], 1.0))
+    elif shape == "prism":  # triangular prism (sprites of the Objects task only)
+        m = c.cylinder(radius=0.5, height=1.0, sections=3)
+        m.apply_scale((1 / m.extents[0], 1 / m.extents[1], 1.0))
     elif shape == "capsule":
         m = c.capsule(height=0.4, radius=0.3, count=(16, 16))
         m.apply_scale(1.0 / float(m.extents[2]))  # 1 tall, 0.6 wide whatever trimesh's convention
@@ -231,6 +239,12 @@ def unit_trimesh(shape: str, height: float = 1.0):
     lo, hi = m.bounds
     m.apply_translation(-(lo + hi) / 2)
     return m
+
+
+def trimesh_rotation_z(angle: float) -> np.ndarray:
+    """4x4 rotation about z by ``angle`` radians."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
 
 
 _MESHES: dict[tuple, Any] = {}

@@ -55,6 +55,9 @@ class DemoConfig:
     """Recipes E4-E6 run under (interventions/RECIPES.md): ``both`` (side by side in the
     report), ``paper`` or ``robust``. E1, E3 and E7 run as the organism contrasts need them
     (robust; E1's scoring is the authors')."""
+    tasks: tuple[str, ...] = ("objects", "grids", "controls", "whatsup-stitched")
+    """The paper's other tasks to add (:mod:`study.tasks`): ``objects`` (E1), ``grids`` (App.
+    C.6 probes), ``controls`` (E7 sanity controls), ``whatsup-stitched`` (E1, with whatsup)."""
 
     def __post_init__(self):
         if self.recipe not in ("both", "paper", "robust"):
@@ -67,6 +70,12 @@ class DemoConfig:
             raise InterventionError(f"The 'n_degraded' parameter of DemoConfig must be an int "
                                     f">= 4. Got {self.n_degraded!r} instead.")
         object.__setattr__(self, "models", tuple(self.models))
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        from .tasks import TASKS
+
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad:
+            raise InterventionError(f"unknown demo task(s) {bad}; choose from {list(TASKS)}")
 
 
 def stimulus_config(cfg: DemoConfig, *, degraded: bool) -> dict[str, Any]:
@@ -144,11 +153,20 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True,
     st.run("generate-degraded", lambda: str(generate(
         GenerateConfig.from_dict(stimulus_config(cfg, degraded=True)), degraded,
         progress=progress)))
+    from .tasks import task_data, task_stages
+
+    grid = dict((stimulus_config(cfg, degraded=False).get("flat") or {}).get("grid") or
+                {"num_tokens": 12, "token_px": 28, "size": 2, "spacing": 2})
+    extra = st.run("generate-tasks", lambda: task_data(cfg, out, grid, progress=progress))
     store = out / "store.zarr"
     results: dict[str, dict[str, Any]] = {}
     for model in models:
         results[model] = _study(model, cfg, st, out, data, degraded, store, progress=progress,
                                 echo=echo)
+        results[model]["tasks"] = task_stages(
+            model, cfg, st, out, Path(results[model]["dir"]), results[model].pop("_adapter"),
+            extra or {},
+            degraded, grid, progress=progress, echo=echo)
     from .report import write_report
 
     path = write_report(out, cfg=cfg, models=models, results=results, stages=st.log,
@@ -178,6 +196,7 @@ def _study(model: str, cfg: DemoConfig, st: Stages, out: Path, data: Path, degra
     res: dict[str, Any] = {"dir": str(root)}
     adapter = load_adapter(model)
     res["organism"] = _training_record(adapter.source)
+    res["_adapter"] = adapter  # reused by study.tasks; popped before the report
     res["extract"] = st.run(f"{m}/extract", lambda: run_extract(ExtractConfig(
         model=model, data=str(data), store=str(store), sites=("projector", "lm.resid"),
         batch_size=cfg.batch_size), progress=progress, echo=echo, adapter=adapter))

@@ -26,13 +26,19 @@ import click
 @click.option("--recipe", type=click.Choice(["both", "paper", "robust"]), default="both",
               show_default=True,
               help="Recipes E4-E6 run under: both side by side, or one (interventions/RECIPES.md).")
+@click.option("--tasks", default="objects,grids,controls,whatsup-stitched", show_default=True,
+              help="The paper's other tasks to add: objects (E1), grids (App. C.6 probes), "
+                   "controls (E7 sanity controls), whatsup-stitched (E1; needs --whatsup); "
+                   "comma-separated, or 'none'.")
 def demo(out, models, whatsup, preset, n, n_degraded, alphas, seed, batch_size, scheduler,
-         progress, recipe):
+         progress, recipe, tasks):
     """Generate -> extract -> E1 -> E3 -> E4 -> E5/E6 -> E7 -> one HTML report."""
     from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=out, models=models, whatsup=whatsup, preset=preset, n=n,
                      n_degraded=n_degraded, alphas=alphas, seed=seed, batch_size=batch_size,
-                     scheduler=scheduler, recipe=recipe)
+                     scheduler=scheduler, recipe=recipe,
+                     tasks=() if tasks.strip() == "none" else
+                     tuple(t.strip() for t in tasks.split(",") if t.strip()))
     path = run_demo(cfg, progress=progress, echo=click.echo)
     click.echo(f"open {path}")

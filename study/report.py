@@ -288,6 +288,7 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
     h.append(_cols(models, results, "e3", ["projector/accuracy_heatmap.png",
                                             "lm.resid/accuracy_heatmap.png",
                                             "projector/maps/layer000.png"]))
+    h.append(tasks_section(models, results))
     h.append("<h2>E4 — criss-cross interchange, object vs strip</h2><p>Clean (c0,c1,c2) and "
              "its criss-cross twin (c2,c1,c0); at the LM input and each layer, the clean run's "
              "left region takes the source's right region and vice versa. Regions: "
@@ -328,7 +329,7 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
         sel = (results[m].get("e7") or {}).get("selections", [])
         h.append(f"<h3>{html.escape(m)}</h3>" + _table(
             sel, ["selection", "control", "alpha", "fixed", "broken", "net", "n_fail", "n",
-                  "fix_rate", "base_accuracy", "accuracy"]))
+                  "fix_rate", "base_accuracy", "accuracy"]) + controls_table(results[m]))
     h.append(paper_block("E7", models, results, task=task))
     h.append(_cols(models, results, "e7", ["e7_dose_response.png"]))
     path = out / "report.html"
@@ -343,3 +344,58 @@ def _cols(models, results, stage: str, figs: list[str]) -> str:
         parts.append(f"<div><h4>{html.escape(m)}</h4>" + "".join(_img(root / f, 480)
                                                                for f in figs) + "</div>")
     return "<div class=cols>" + "".join(parts) + "</div>"
+
+
+# ----------------------------------------------------- the paper's other tasks (study.tasks)
+def _v(x):
+    if x is None:
+        return None
+    if isinstance(x, float):
+        return round(x, 3)
+    return x
+
+
+def tasks_section(models, results: dict[str, dict]) -> str:
+    """HTML: the paper's other tasks, one row per model."""
+    rows = []
+    for m in models:
+        r = results[m].get("tasks") or {}
+        ws = r.get("whatsup_stitched") or {}
+        rows.append({
+            "model": m,
+            "Objects E1 accuracy": _v((r.get("objects") or {}).get("accuracy")),
+            "Objects n": (r.get("objects") or {}).get("n"),
+            "stitched What'sUp E1": _v(ws.get("accuracy")) if "accuracy" in ws
+            else ws.get("skipped"),
+            "stitched What'sUp n": ws.get("n"),
+            "grid 2x2 probe (chance 0.5)": _v((r.get("grid2") or {}).get("accuracy"))
+            if "accuracy" in (r.get("grid2") or {}) else (r.get("grid2") or {}).get("skipped"),
+            "grid 3x3 probe (chance 0.333)": _v((r.get("grid3") or {}).get("accuracy"))
+            if "accuracy" in (r.get("grid3") or {}) else (r.get("grid3") or {}).get("skipped"),
+        })
+    if not any(len([v for k, v in x.items() if k != "model" and v is not None]) for x in rows):
+        return ""
+    return ("<h2>The paper's other tasks: Objects, stitched What'sUp, grid probes</h2><p>"
+            "Objects: three object sprites on the model's token cells (our own renders of the "
+            "scene3d shapes; the authors' stickpng photos cannot be downloaded here), the "
+            "paper's prompt <code>The object {prep} the {middle} is a(n)</code>, top-1 next "
+            "token. Stitched What'sUp: the paper's Table 1 variant (left half of one "
+            "controlled photo + right half of another), side objects kept when one token for "
+            "this model's tokenizer. Grid probes (App. C.6): random k×k grids of the paper's "
+            "shapes, a linear probe of the column (horizontal) or row (vertical) on projector "
+            "object tokens, split by image. These numbers are on this demo's models and "
+            "stimuli, not the paper's, so no paper number stands beside them.</p>"
+            + _table(rows))
+
+
+def controls_table(result: dict[str, Any]) -> str:
+    """HTML rows of E7's sanity controls for one model (beside its probe / random rows)."""
+    s = (result.get("tasks") or {}).get("controls")
+    if not s:
+        return ""
+    rows = [{k: _v(r.get(k)) for k in ("control", "axis", "measures", "hit", "valid", "n",
+                                       "rate", "two_option_rate", "expected")}
+            for r in s.get("rows", []) if r.get("axis") == "all"]
+    return ("<p>Sanity controls (the authors' COCO checks, no amplification; two-option "
+            "question, top-1 over the vocabulary, invalid answers left out of the rate):</p>"
+            + _table(rows))

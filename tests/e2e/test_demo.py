@@ -53,6 +53,16 @@ def test_demo_tells_the_organisms_apart_on_small_samples(tmp_path):
         assert results[name]["e5"]["recipe"] == "robust"
         assert (tmp_path / "demo" / name.replace("/", "--") / "e4-paper"
                 / "regions.parquet").is_file()
+    # the paper's other tasks ran through the same records and appear in the report
+    assert "The paper's other tasks" in html and "Sanity controls" in html
+    for name, _ in ORGANISMS:
+        r = results[name]
+        assert r["e1-objects"]["n"] == 16 and 0.0 <= r["e1-objects"]["accuracy"] <= 1.0
+        assert r["e3-grid2"]["n_classes"] == 2 and r["e3-grid3"]["n_classes"] == 3
+        assert r["e3-grid2"]["n_images"] == 16
+        assert r["e1-whatsup-stitched"] == {"skipped": "no --whatsup ROOT given"}
+        ctl = {(x["control"], x["axis"]): x for x in r["e7-controls"]["rows"]}
+        assert ctl[("shuffled images", "all")]["n"] == ctl[("swapped objects", "all")]["n"] > 0
     # rerunning the same command resumes: every stage is skipped and the report rewritten
     res = CliRunner().invoke(spatialbind, ["demo", "--out", str(tmp_path / "demo"), "--n", "16",
                                            "--n-degraded", "48", "--alphas", "0:8:2"])
