@@ -1,6 +1,8 @@
 """common: the few helpers every package shares, defined once (imports nothing of ours, so every
 package, ``scenegen`` and ``actstore`` included, may import it).
 
+- :mod:`common.io`: the input/output boundary (OS and decoding errors on files as one line with
+  the path and the fix; output locations checked before work; the kill/resume test hooks);
 - :func:`suggest`: the " Did you mean 'x'?" tail of an unknown-name error;
 - :func:`parse_layers`: one grammar of layer selections for every command and config
   (``'all'``, ``'0,4,8'``, inclusive ranges ``'0-3'`` or ``'0:3'``, with a step ``'0:12:4'``).

@@ -237,6 +237,9 @@ def check_output(out: Path, config) -> None:
 
     if out.exists() and not out.is_dir():
         raise EvaluationError(f"out={str(out)!r} is a file; pass a folder")
+    from common.io import check_writable
+
+    check_writable(out, what="--out", error=EvaluationError)  # read-only: before the model loads
     if not out.exists() or not any(out.iterdir()):
         return
     cfg = out / "config.json"

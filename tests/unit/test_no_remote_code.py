@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("scenegen", "vlms", "actstore", "probes", "interventions", "study", "organisms")
+PACKAGES = ("common", "scenegen", "vlms", "actstore", "probes", "interventions", "study",
+            "organisms")
 
 
 def _calls():
