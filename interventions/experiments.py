@@ -175,13 +175,20 @@ def amplify(config, *, model, data, directions, progress: bool = True) -> Experi
 
 # --------------------------------------------------------------------------- CLI wrappers
 def patch_to_dir(model: str, data: str, out: str, config, *,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, scheduler: str | None = None) -> dict:
     """``spatialbind patch``: :func:`patch` then ``.save(out)``
-    (table, summary, config and plots). Returns the summary."""
+    (table, summary, config and plots). Returns the summary. ``scheduler`` (``local:N`` or an
+    address) runs the grid's chunks on a dask cluster (:mod:`interventions.cluster`)."""
     from .results import check_out
 
     check_out(out)  # a bad --out fails before the model loads, and no empty folder is left
-    res = patch(config, model=model, data=data, progress=progress)
+    if scheduler is not None:
+        from .cluster import patch_cluster
+
+        res = patch_cluster(config, model=model, data=data, scheduler=scheduler,
+                            progress=progress)
+    else:
+        res = patch(config, model=model, data=data, progress=progress)
     res.save(out)
     return res.summary
 
@@ -199,7 +206,7 @@ def ablate_to_dir(model: str, data: str, out: str, config, *,
 
 
 def amplify_to_dir(model: str, data: str, out: str, config, *,
-                   direction=None, progress: bool = True) -> dict:
+                   direction=None, progress: bool = True, scheduler: str | None = None) -> dict:
     """``spatialbind amplify``: :func:`amplify` then ``.save(out)``
     (table, summary, config, dose-response table and plot). Returns the summary.
 
@@ -216,6 +223,12 @@ def amplify_to_dir(model: str, data: str, out: str, config, *,
         raise InterventionError("--direction mean-diff needs a generated dataset (masks); for "
                                 "What'sUp pass a probe direction directory")
     check_out(out)  # a bad --out fails before the model loads, and no empty folder is left
-    res = amplify(config, model=model, data=str(data), directions=dirs, progress=progress)
+    if scheduler is not None:  # chunks of the alpha sweep on a dask cluster
+        from .cluster import amplify_cluster
+
+        res = amplify_cluster(config, model=model, data=str(data), directions=dirs,
+                              scheduler=scheduler, progress=progress)
+    else:
+        res = amplify(config, model=model, data=str(data), directions=dirs, progress=progress)
     res.save(out)
     return res.summary
