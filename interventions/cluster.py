@@ -66,6 +66,16 @@ def _e7_task(model: str, data: str, config, directions: list[str]):
     return res.table, res.summary
 
 
+def _robust_only(config) -> None:
+    from .errors import InterventionError
+
+    recipe = getattr(config, "recipe", "robust")
+    if recipe != "robust":
+        raise InterventionError(f"scheduler= runs recipe='robust' sweeps only (got recipe="
+                                f"{recipe!r}: the paper protocols' summaries are not split into "
+                                "chunks yet); add --recipe robust or drop --scheduler")
+
+
 def map_tasks(fn, arg_list: list[tuple], scheduler: str, *, desc: str, progress: bool = True,
               retries: int = 2) -> list:
     """Run ``fn(*args)`` for every ``args`` on the cluster (``local:N`` or an address); results in
@@ -126,6 +136,7 @@ def patch_cluster(config, *, model: str, data: str, scheduler: str, progress: bo
     from .experiments import ExperimentResult
     from .patching import _cfg
 
+    _robust_only(config)
     table, summary = run_patch_cluster(str(model), str(data), config, scheduler,
                                        progress=progress)
     return ExperimentResult(config.experiment, table, summary, _cfg(config), str(model), str(data))
@@ -136,6 +147,7 @@ def amplify_cluster(config, *, model: str, data: str, directions: list[str], sch
     """:func:`interventions.experiments.amplify` with the alphas on a cluster."""
     from .experiments import ExperimentResult
 
+    _robust_only(config)
     table, summary = run_e7_cluster(str(model), str(data), config, list(directions), scheduler,
                                     progress=progress)
     source = ("mean-diff (in-house: slot-mean differences on the train split)"

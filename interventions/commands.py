@@ -59,8 +59,8 @@ _SCHEDULER = click.option("--scheduler", default=None,
 @click.option("--partner", type=click.Choice(["opposite", "swap", "crisscross"]),
               default="opposite", show_default=True,
               help="E2 counterfactual: a stimulus asking the opposite direction (paper), or a twin.")
-def patch(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, scheduler, experiment,
-          layers, regions, partner):
+def patch(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, scheduler,
+          experiment, layers, regions, partner):
     """Interchange patching: E2 last token, E4 criss-cross regions, E6 criss-cross under ablation."""
     from .experiments import patch_to_dir
     from .patching import PatchConfig
@@ -102,8 +102,8 @@ def ablate(model, data, out, limit, batch_size, prompt, progress, quiet, recipe)
               help="Split on which the held-out alpha is chosen (reported on the others).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random-direction control.")
-def amplify(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, scheduler, alphas,
-            direction, select_split, seed):
+def amplify(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, scheduler,
+            alphas, direction, select_split, seed):
     """E7: amplify the ordering component of every image token before LM layer 0 (alpha sweep)."""
     from .amplification import AmplifyConfig
     from .experiments import amplify_to_dir

@@ -57,7 +57,7 @@ def test_sweeps_on_a_local_cluster_equal_serial_runs(data, tmp_path, name):
     runs["e7"] = ["amplify", "--alphas", "0:10:5", "--direction", dpath, "--limit", "2"]
     for name, args in [(name, runs[name])]:
         serial, dist = tmp_path / f"{name}_s", tmp_path / f"{name}_d"
-        common = ["--model", MODEL, "--data", data, "--quiet"]
+        common = ["--model", MODEL, "--data", data, "--quiet", "--recipe", "robust"]
         _run(*args, *common, "--out", str(serial))
         _run(*args, *common, "--out", str(dist), "--scheduler", "local:2")
         ts, td = pd.read_parquet(serial / f"{name}.parquet"), pd.read_parquet(dist / f"{name}.parquet")
