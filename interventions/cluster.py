@@ -52,18 +52,22 @@ def _layers_task(model: str, spec) -> list[int]:
 
 
 def _patch_task(model: str, data: str, config):
-    from .experiments import patch
+    from .patching import run_patch
 
-    res = patch(config, model=_adapter(model), data=_dataset(data), progress=False)
-    return res.table, res.summary
+    return run_patch(_adapter(model), _dataset(data), config, progress=False)
 
 
 def _e7_task(model: str, data: str, config, directions: list[str]):
-    from .experiments import amplify
+    from .amplification import load_directions, mean_diff_directions, run_e7, whatsup_items
 
-    ds = data if str(data).startswith("whatsup:") else _dataset(data)
-    res = amplify(config, model=_adapter(model), data=ds, directions=directions, progress=False)
-    return res.table, res.summary
+    adapter = _adapter(model)
+    if str(data).startswith("whatsup:"):
+        ds = whatsup_items(str(data), config, model_name=model)
+    else:
+        ds = _dataset(data)
+    w = mean_diff_directions(adapter, ds) if list(directions) == ["mean-diff"] \
+        else load_directions(list(directions), adapter)
+    return run_e7(adapter, ds, w, config, progress=False)
 
 
 def _robust_only(config) -> None:
@@ -131,22 +135,20 @@ def _counter(summaries):
 
 
 def patch_cluster(config, *, model: str, data: str, scheduler: str, progress: bool = True):
-    """:func:`interventions.experiments.patch` with the grid on a cluster; returns its
-    :class:`~interventions.experiments.ExperimentResult`."""
-    from .experiments import ExperimentResult
+    """:func:`interventions.experiments.patch` with the grid on a cluster; returns
+    ``(table, summary, config dict)`` for its ``ExperimentResult``."""
     from .patching import _cfg
 
     _robust_only(config)
     table, summary = run_patch_cluster(str(model), str(data), config, scheduler,
                                        progress=progress)
-    return ExperimentResult(config.experiment, table, summary, _cfg(config), str(model), str(data))
+    return table, summary, _cfg(config)
 
 
 def amplify_cluster(config, *, model: str, data: str, directions: list[str], scheduler: str,
                     progress: bool = True):
-    """:func:`interventions.experiments.amplify` with the alphas on a cluster."""
-    from .experiments import ExperimentResult
-
+    """:func:`interventions.experiments.amplify` with the alphas on a cluster; returns
+    ``(table, summary, config dict, extra tables)``."""
     _robust_only(config)
     table, summary = run_e7_cluster(str(model), str(data), config, list(directions), scheduler,
                                     progress=progress)
@@ -156,8 +158,7 @@ def amplify_cluster(config, *, model: str, data: str, directions: list[str], sch
     cfg = {k: list(v) if isinstance(v, tuple) else v
            for k, v in dataclasses.asdict(config).items()}
     cfg["direction"] = source
-    return ExperimentResult("e7", table, summary, cfg, str(model), str(data),
-                            extra={"e7_dose_response": pd.DataFrame(summary["dose_response"])})
+    return table, summary, cfg, {"e7_dose_response": pd.DataFrame(summary["dose_response"])}
 
 
 def run_patch_cluster(model: str, data: str, config, scheduler: str, *,

@@ -185,8 +185,9 @@ def patch_to_dir(model: str, data: str, out: str, config, *,
     if scheduler is not None:
         from .cluster import patch_cluster
 
-        res = patch_cluster(config, model=model, data=data, scheduler=scheduler,
-                            progress=progress)
+        t, s, c = patch_cluster(config, model=model, data=data, scheduler=scheduler,
+                                progress=progress)
+        res = ExperimentResult(config.experiment, t, s, c, str(model), str(data))
     else:
         res = patch(config, model=model, data=data, progress=progress)
     res.save(out)
@@ -226,8 +227,9 @@ def amplify_to_dir(model: str, data: str, out: str, config, *,
     if scheduler is not None:  # chunks of the alpha sweep on a dask cluster
         from .cluster import amplify_cluster
 
-        res = amplify_cluster(config, model=model, data=str(data), directions=dirs,
-                              scheduler=scheduler, progress=progress)
+        t, s, c, extra = amplify_cluster(config, model=model, data=str(data), directions=dirs,
+                                         scheduler=scheduler, progress=progress)
+        res = ExperimentResult("e7", t, s, c, str(model), str(data), extra=extra)
     else:
         res = amplify(config, model=model, data=str(data), directions=dirs, progress=progress)
     res.save(out)

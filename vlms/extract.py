@@ -242,7 +242,7 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None 
     from common.io import check_writable
     from tqdm.auto import tqdm
 
-    from .launch import launcher_device, launcher_shard
+    from .launchvars import launcher_device, launcher_shard
     from .registry import load_adapter
 
     if cfg.shard is None:  # an explicit --shard wins over launcher variables
