@@ -48,7 +48,7 @@ class StoreWriter:
                        sites: list[S.SiteSpec], params: Mapping | None = None,
                        batch_size: int = 16, inner_samples: int = 1,
                        storage_options: dict | None = None, wait_s: float = 600.0,
-                       notify=None) -> "StoreWriter":
+                       notify=None, creator: bool | None = None) -> "StoreWriter":
         """Open the model group of a store for writing, creating and pre-allocating it if needed.
 
         Parameters
@@ -76,6 +76,11 @@ class StoreWriter:
             whose process is gone is taken over at once).
         notify : callable, optional
             Gets one line when this call waits for another process (default: stderr).
+        creator : bool, optional
+            None (default): any process may create the store (on a local disk processes started
+            together elect one through the creation lock). False: never create; wait up to
+            ``max(wait_s, 600)`` s for the process that does (e.g. shard 0 of several on an object
+            store, which has no atomic create). True: may create.
 
         Returns
         -------
@@ -101,6 +106,10 @@ class StoreWriter:
         check_target(path)
         make = dict(model=model, prov=prov, frame=frame, specs=specs, params=params,
                     batch_size=batch_size, inner_samples=inner_samples)
+        if creator is False:
+            with boundary(path, action="write", error=StoreError):
+                store = S.resolve_store(path, mode="a", storage_options=storage_options)
+                return cls._wait_for_creator(path, store, key, make, max(wait_s, 600.0))
         with boundary(path, action="write", error=StoreError):
             store = S.resolve_store(path, mode="a", storage_options=storage_options)
             root = _open_root(store, path)
@@ -115,6 +124,31 @@ class StoreWriter:
         _check_compatible(group, path, key, prov=prov, frame=frame, specs=specs, params=params)
         return cls(path=str(path), root=root, group=group, specs=specs,
                    n_samples=len(frame), batch_size=int(group.attrs["batch_size"]))
+
+    @classmethod
+    def _wait_for_creator(cls, path, store, key, make, wait_s) -> "StoreWriter":
+        import zarr
+
+        deadline = time.monotonic() + wait_s
+        group = None
+        while group is None:
+            try:
+                root = zarr.open_group(store, mode="r+", zarr_format=3)
+                if root.attrs.get("schema_version") is not None and key in root:
+                    g = root[key]
+                    group = g if g.attrs.get("complete") else None
+            except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
+                group = None
+            if group is None:
+                if time.monotonic() >= deadline:
+                    raise StoreError(f"{path}/{key} was not created within {wait_s:.0f} s by the "
+                                     f"creating process (shard 0); start it, or run it once alone "
+                                     f"to create the store, then rerun this one")
+                time.sleep(0.5)
+        _check_compatible(group, path, key, prov=make["prov"], frame=make["frame"],
+                          specs=make["specs"], params=make["params"])
+        return cls(path=str(path), root=root, group=group, specs=make["specs"],
+                   n_samples=len(make["frame"]), batch_size=int(group.attrs["batch_size"]))
 
     # ------------------------------------------------------------------ resume
     def done(self) -> np.ndarray:

@@ -37,8 +37,15 @@ def _common(f):
     return f
 
 
+_SCHEDULER = click.option("--scheduler", default=None,
+                          help="Run the sweep's independent chunks (E4/E6: layer x region cells; "
+                               "E7: alphas) on a dask cluster: local:N or a scheduler address. "
+                               "Results equal a serial run.")
+
+
 @click.command("patch")
 @_common
+@_SCHEDULER
 @click.option("--experiment", type=click.Choice(["e2", "e4", "e6"]), default="e4",
               show_default=True,
               help="e2: last-token patching per layer; e4: criss-cross of object vs strip regions "
@@ -52,8 +59,8 @@ def _common(f):
 @click.option("--partner", type=click.Choice(["opposite", "swap", "crisscross"]),
               default="opposite", show_default=True,
               help="E2 counterfactual: a stimulus asking the opposite direction (paper), or a twin.")
-def patch(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, experiment, layers,
-          regions, partner):
+def patch(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, scheduler,
+          experiment, layers, regions, partner):
     """Interchange patching: E2 last token, E4 criss-cross regions, E6 criss-cross under ablation."""
     from .experiments import patch_to_dir
     from .patching import PatchConfig
@@ -62,7 +69,7 @@ def patch(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, 
                       regions=tuple(r.strip() for r in regions.split(",") if r.strip()),
                       partner=partner, prompt=prompt or "completion", limit=limit,
                       batch_size=batch_size, recipe=recipe)
-    s = patch_to_dir(model, data, out, cfg, progress=progress and not quiet)
+    s = patch_to_dir(model, data, out, cfg, progress=progress and not quiet, scheduler=scheduler)
     skipped = len(s.get("skipped") or s.get("skipped_no_partner") or ())
     click.echo(f"{s['experiment']} ({s['recipe']} recipe): {s['n_items']} items, "
                f"{skipped} could not run, {s['forwards']} forwards "
@@ -86,6 +93,7 @@ def ablate(model, data, out, limit, batch_size, prompt, progress, quiet, recipe)
 
 @click.command("amplify")
 @_common
+@_SCHEDULER
 @click.option("--alphas", default="0:15:1", show_default=True,
               help="Amplification strengths: start:stop:step (inclusive) or a list 0,2,4.")
 @click.option("--direction", multiple=True,
@@ -99,8 +107,8 @@ def ablate(model, data, out, limit, batch_size, prompt, progress, quiet, recipe)
                    "no amplification): controls.json beside the probe / random rows.")
 @click.option("--controls-n", type=int, default=60, show_default=True,
               help="Items per axis for the sanity controls (the authors' 60).")
-def amplify(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, alphas,
-            direction, select_split, seed, controls, controls_n):
+def amplify(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, scheduler,
+            alphas, direction, select_split, seed, controls, controls_n):
     """E7: amplify the ordering component of every image token before LM layer 0 (alpha sweep)."""
     from .amplification import AmplifyConfig
     from .controls import ControlsConfig, control_lines
@@ -110,7 +118,7 @@ def amplify(model, data, out, limit, batch_size, prompt, progress, quiet, recipe
                         limit=limit, batch_size=batch_size, seed=seed, recipe=recipe)
     ctl = ControlsConfig(n_per_axis=controls_n, seed=seed, limit=limit) if controls else None
     s = amplify_to_dir(model, data, out, cfg, direction=list(direction),
-                       progress=progress and not quiet, controls=ctl)
+                       progress=progress and not quiet, scheduler=scheduler, controls=ctl)
     for r in s["selections"]:
         acc = "n/a" if r.get("accuracy") is None else f"{r['accuracy']:.3f}"
         click.echo(f"{r['control']:>6} | {r['selection']}: alpha={r['alpha']} fixed={r['fixed']} "

@@ -175,13 +175,21 @@ def amplify(config, *, model, data, directions, progress: bool = True) -> Experi
 
 # --------------------------------------------------------------------------- CLI wrappers
 def patch_to_dir(model: str, data: str, out: str, config, *,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, scheduler: str | None = None) -> dict:
     """``spatialbind patch``: :func:`patch` then ``.save(out)``
-    (table, summary, config and plots). Returns the summary."""
+    (table, summary, config and plots). Returns the summary. ``scheduler`` (``local:N`` or an
+    address) runs the grid's chunks on a dask cluster (:mod:`interventions.cluster`)."""
     from .results import check_out
 
     check_out(out)  # a bad --out fails before the model loads, and no empty folder is left
-    res = patch(config, model=model, data=data, progress=progress)
+    if scheduler is not None:
+        from .cluster import patch_cluster
+
+        t, s, c = patch_cluster(config, model=model, data=data, scheduler=scheduler,
+                                progress=progress)
+        res = ExperimentResult(config.experiment, t, s, c, str(model), str(data))
+    else:
+        res = patch(config, model=model, data=data, progress=progress)
     res.save(out)
     return res.summary
 
@@ -199,7 +207,8 @@ def ablate_to_dir(model: str, data: str, out: str, config, *,
 
 
 def amplify_to_dir(model: str, data: str, out: str, config, *,
-                   direction=None, progress: bool = True, controls=None) -> dict:
+                   direction=None, progress: bool = True, scheduler: str | None = None,
+                   controls=None) -> dict:
     """``spatialbind amplify``: :func:`amplify` then ``.save(out)``
     (table, summary, config, dose-response table and plot). Returns the summary.
 
@@ -216,12 +225,22 @@ def amplify_to_dir(model: str, data: str, out: str, config, *,
         raise InterventionError("--direction mean-diff needs a generated dataset (masks); for "
                                 "What'sUp pass a probe direction directory")
     check_out(out)  # a bad --out fails before the model loads, and no empty folder is left
-    adapter, name = _model(model)
-    res = amplify(config, model=adapter, data=str(data), directions=dirs, progress=progress)
-    res.model = name
+    adapter = None
+    if scheduler is not None:  # chunks of the alpha sweep on a dask cluster
+        from .cluster import amplify_cluster
+
+        t, s, c, extra = amplify_cluster(config, model=model, data=str(data), directions=dirs,
+                                         scheduler=scheduler, progress=progress)
+        res = ExperimentResult("e7", t, s, c, str(model), str(data), extra=extra)
+    else:
+        adapter, name = _model(model)
+        res = amplify(config, model=adapter, data=str(data), directions=dirs, progress=progress)
+        res.model = name
     if controls is not None:  # the authors' COCO sanity controls (interventions/controls.py)
         from .controls import controls_to_dir
 
+        if adapter is None:
+            adapter, _ = _model(model)
         res.summary["sanity_controls"] = controls_to_dir(adapter, str(data), out, controls,
                                                          progress=progress)
     res.save(out)

@@ -114,6 +114,14 @@ def _open(store_path: str):
 @click.option("--scheduler", default="local", show_default=True,
               help="'local' (LocalCluster), 'serial' (no dask), or a scheduler address.")
 @click.option("--workers", default=2, show_default=True, help="Workers of the local cluster.")
+@click.option("--engine", type=click.Choice(["sklearn", "torch"]), default="sklearn",
+              show_default=True, help="sklearn: one probe per cell; torch: every fold, the control "
+              "task and the refit of a block of layers as one batched model (fast at full width).")
+@click.option("--layers-per-block", default=1, show_default=True,
+              help="torch engine: layers fitted together (memory: that many layers' rows).")
+@click.option("--device", default=None, help="torch engine: torch device (cpu, cuda).")
+@click.option("--threads", default=None, type=int, help="BLAS/torch threads, set once "
+              "(serial: default all cores; dask workers: default 1).")
 @click.option("--map-samples", default=4, show_default=True,
               help="Held-out images per probe map (0 = no maps).")
 @click.option("--export-directions", "export_dir", default=None, type=click.Path(file_okay=False),
@@ -133,8 +141,9 @@ def _open(store_path: str):
               "interventions/RECIPES.md.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_by, control,
-          token_type, split, n_splits, ci, where, scheduler, workers, map_samples, export_dir, baseline_store,
-          baseline_model, seed, out_dir, recipe, progress):
+          token_type, split, n_splits, ci, where, scheduler, workers, engine, layers_per_block,
+          device, threads, map_samples, export_dir, baseline_store, baseline_model, seed, out_dir,
+          recipe, progress):
     """Train linear probes for every (layer, role) of a store and plot where the label is decodable."""
     from .config import ProbeConfig, SweepConfig
     from .sweep import add_baseline, sweep
@@ -154,7 +163,8 @@ def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_b
     sconf = SweepConfig(model=model, site=site, layers=parse_layers(layers, available),
                         roles=_csv(roles), label=label, pool=pool,
                         baselines=("position",) if pool == "token" else (),
-                        scheduler=scheduler, n_workers=workers)
+                        scheduler=scheduler, n_workers=workers, engine=engine,
+                        layers_per_block=layers_per_block, device=device, threads=threads)
     wh = _where(where) or None
     _check_names(store, model, sconf, pconf, data_dir)
     if baseline_store is not None:  # open it first: a bad baseline store fails before any work

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from .errors import ConfigError, suggest
 
 POOLS = ("token", "entity")
+ENGINES = ("sklearn", "torch")
 SPLITS = ("group_kfold", "group_shuffle")
 CI_METHODS = ("wilson", "bootstrap")
 CLASSIFIERS = ("logreg", "torch_linear")
@@ -139,6 +140,19 @@ class SweepConfig(_FromDict):
     """Workers of the local cluster."""
     processes: bool = True
     """Local cluster workers are processes (True) or threads of this process (False)."""
+    engine: Literal["sklearn", "torch"] = "sklearn"
+    """``sklearn``: one scikit-learn probe per (layer, role, fold, task); ``torch``: all folds, the
+    control task and the refit of ``layers_per_block`` layers of a role as one batched logistic
+    regression (:mod:`probes.batched`; same accuracy, minutes instead of hours at 3584 wide)."""
+    layers_per_block: int = 1
+    """torch engine: layers fitted together (memory: this many layers' rows of one role)."""
+    device: str | None = None
+    """torch engine: torch device (``cpu``, ``cuda``); None = CPU."""
+    threads: int | None = None
+    """BLAS / torch threads, set once for the whole sweep (serial) or per worker (dask: 1 when
+    None). None in a serial sweep = the number of cores."""
+    max_iter: int = 100
+    """torch engine: L-BFGS iterations per batched fit."""
 
     def __post_init__(self):
         n = "SweepConfig"
@@ -155,3 +169,10 @@ class SweepConfig(_FromDict):
                "a tuple drawn from ('position',)", self.baselines)
         _check(isinstance(self.n_workers, int) and self.n_workers >= 1, n, "n_workers",
                "an int >= 1", self.n_workers)
+        _check(self.engine in ENGINES, n, "engine", f"one of {ENGINES}", self.engine)
+        _check(isinstance(self.layers_per_block, int) and self.layers_per_block >= 1, n,
+               "layers_per_block", "an int >= 1", self.layers_per_block)
+        _check(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1), n,
+               "threads", "None or an int >= 1", self.threads)
+        _check(isinstance(self.max_iter, int) and self.max_iter >= 1, n, "max_iter",
+               "an int >= 1", self.max_iter)

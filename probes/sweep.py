@@ -4,7 +4,11 @@ Each (layer, role) cell is one independent task (:func:`run_cell`): query the st
 probe (:func:`probes.fit.fit_probe`), optionally extract its direction. :func:`sweep` runs the cells
 serially, on a ``distributed.LocalCluster`` (default, 2 workers) or on a running scheduler given by
 address, and returns one results row per cell, sorted by (layer, role) so the table does not depend
-on where or in which order cells ran. A store given by path is opened inside each worker; an
+on where or in which order cells ran. With ``SweepConfig(engine="torch")`` the unit of work is a
+block of ``layers_per_block`` layers of one role (:func:`run_block`): every fold, the control task
+and the refit of those layers are one batched torch fit (:mod:`probes.batched`), the store is read
+one block at a time, and BLAS/torch threads are set once for the sweep (or per dask worker).
+A store given by path is opened inside each worker; an
 in-memory store object is shipped to the workers once. Cells that have no usable data (e.g. the
 ``background`` role with an ``ordinal`` label) get a row with an ``error`` message instead of
 stopping the sweep.
@@ -14,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -63,6 +69,64 @@ def run_cell(store, *, model: str, site: str, layer: int, role: str, label: str,
     return {"row": row, "direction": direction_from_result(res) if export else None}
 
 
+def run_block(store, *, model: str, site: str, layers, role: str, label: str, pool: str,
+              probe_config: ProbeConfig, baselines: tuple[str, ...] = ("position",),
+              where: dict | None = None, items=None, export: bool = False,
+              threads: int | None = None, device: str | None = None, max_iter: int = 100,
+              layers_per_block: int = 1, data=None, on_layer=None) -> list[dict[str, Any]]:
+    """Fit and score the probes of the ``layers`` of one role with the batched torch engine.
+
+    The layers are taken ``layers_per_block`` at a time (memory: that many layers' rows, read
+    from the store when their turn comes); each group is one
+    :func:`probes.batched.fit_probes_batched` call, started from the previous group's weights.
+    ``threads`` caps BLAS and torch threads (None leaves them as set); ``on_layer(n)`` is called
+    after each group (progress). Returns one ``{"row", "direction"}`` per layer, as
+    :func:`run_cell`; a layer without usable data gets an ``error`` row.
+    """
+    import dask
+
+    from .batched import fit_probes_batched
+
+    out: list[dict[str, Any]] = []
+    state: dict = {}
+    bl = baselines if pool == "token" else ()
+    layers = list(layers)
+    with dask.config.set(scheduler="synchronous"), _threads(threads):
+        for i in range(0, len(layers), layers_per_block):
+            t0 = time.perf_counter()
+            datas, ok = [], []
+            for layer in layers[i:i + layers_per_block]:
+                base = {"model": model, "site": site, "layer": int(layer), "role": role,
+                        "label": label, "pool": pool}
+                try:
+                    datas.append(dataset(open_store(store), model=model, site=site, layer=layer,
+                                         role=role, label=label, pool=pool, where=where,
+                                         items=items, data=data))
+                    ok.append(base)
+                except DataError as e:
+                    out.append({"row": {**base, "error": str(e), "seconds": 0.0},
+                                "direction": None})
+            if datas:
+                first = datas[0]
+                same = all(len(d) == len(first) and np.array_equal(d.y, first.y) for d in datas)
+                results = []
+                for grp in ([datas] if same else [[d] for d in datas]):
+                    if len(grp[0]) != len(state.get("rows", grp[0].y)):
+                        state = {}  # other rows than the previous group: no warm start
+                    state["rows"] = grp[0].y
+                    results += fit_probes_batched(grp, probe_config, baselines=bl, refit=export,
+                                                  max_iter=max_iter, device=device, state=state)
+                dt = (time.perf_counter() - t0) / len(datas)
+                for base, res in zip(ok, results):
+                    row = {**base, **res.to_row(), "error": None, "seconds": dt}
+                    out.append({"row": row,
+                                "direction": direction_from_result(res) if export else None})
+            del datas
+            if on_layer is not None:
+                on_layer(len(layers[i:i + layers_per_block]))
+    return out
+
+
 def sweep(store, config: SweepConfig, probe_config: ProbeConfig | None = None, *,
           where: dict | None = None, items=None, export_dir=None, data=None,
           progress: bool = True) -> pd.DataFrame:
@@ -101,11 +165,27 @@ def sweep(store, config: SweepConfig, probe_config: ProbeConfig | None = None, *
               export=export_dir is not None, data=None if data is None else str(data))
     bar = tqdm(total=len(cells), desc=f"probe sweep {config.site}", unit="cell",
                disable=not progress)
-    if config.scheduler == "serial":
+    if config.engine == "torch":
+        kw = {k: v for k, v in kw.items()}
+        kw.update(device=config.device, max_iter=config.max_iter,
+                  layers_per_block=config.layers_per_block)
+        lpb = config.layers_per_block
+        if config.scheduler == "serial":
+            outs = []
+            with _threads(config.threads or os.cpu_count() or 1):  # set once for the sweep
+                for role in config.roles:  # layers in order: each fit starts from the last one
+                    outs.extend(run_block(store, layers=config.layers, role=role,
+                                          on_layer=bar.update, **kw))
+        else:
+            blocks = [(tuple(config.layers[i:i + lpb]), role) for role in config.roles
+                      for i in range(0, len(config.layers), lpb)]
+            outs = _run_dask(store, blocks, kw, config, bar, fn=run_block)
+    elif config.scheduler == "serial":
         outs = []
-        for layer, role in cells:
-            outs.append(run_cell(store, layer=layer, role=role, **kw))
-            bar.update()
+        with _threads(config.threads):
+            for layer, role in cells:
+                outs.append(run_cell(store, layer=layer, role=role, **kw))
+                bar.update()
     else:
         outs = _run_dask(store, cells, kw, config, bar)
     bar.close()
@@ -134,7 +214,32 @@ def _blas_threads(n: int | None):
     return threadpool_limits(limits=n)
 
 
-def _run_dask(store, cells, kw, config: SweepConfig, bar) -> list[dict]:
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """BLAS (threadpoolctl) and torch intra-op threads capped at ``n`` (None: unchanged)."""
+    if n is None:
+        yield
+        return
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+    before = torch.get_num_threads() if torch is not None else None
+    with _blas_threads(n):
+        if torch is not None:
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            if torch is not None:
+                torch.set_num_threads(before)
+
+
+def _run_dask(store, cells, kw, config: SweepConfig, bar, fn=None) -> list[dict]:
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -148,13 +253,23 @@ def _run_dask(store, cells, kw, config: SweepConfig, bar) -> list[dict]:
     try:
         ref = store if isinstance(store, (str, bytes)) or hasattr(store, "__fspath__") \
             else client.scatter(store, broadcast=True)
-        futures = [client.submit(run_cell, ref, layer=layer, role=role, pure=False,
-                                 blas_threads=1, **kw)
-                   for layer, role in cells]
+        if fn is None:
+            futures = [client.submit(run_cell, ref, layer=layer, role=role, pure=False,
+                                     blas_threads=config.threads or 1, **kw)
+                       for layer, role in cells]
+        else:
+            futures = [client.submit(fn, ref, layers=layers, role=role, pure=False,
+                                     threads=config.threads or 1, **kw)
+                       for layers, role in cells]
         outs = []
         for fut in as_completed(futures):
-            outs.append(fut.result())
-            bar.update()
+            res = fut.result()
+            if isinstance(res, list):
+                outs.extend(res)
+                bar.update(len(res))
+            else:
+                outs.append(res)
+                bar.update()
         return outs
     finally:
         client.close()

@@ -42,8 +42,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     pipq --no-deps -r requirements.lock
     rm -f .venv/.spatialbind-torch-override
   fi
+  # a sync, not only an install: remove what the lock no longer lists
+  extra=$(.venv/bin/python scripts/lock_check.py --extraneous)
+  if [ -n "$extra" ]; then .venv/bin/python -m pip uninstall -q -y $extra; fi
   # the project itself, editable, built by the locked hatchling (no isolated unpinned build env)
   pipq --no-deps --no-build-isolation -e .
   .venv/bin/python -c "import cli, scenegen, torch, transformers, zarr, pyrender"
+  .venv/bin/python scripts/lock_check.py
   echo "$want" > "$stamp"
 fi

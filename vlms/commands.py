@@ -78,7 +78,16 @@ def save(name: str, directory: str, seed: int, dtype: str, force: bool) -> None:
                    "(default: all).")
 @click.option("--batch-size", type=int, default=8, show_default=True,
               help="Samples per forward = store shard along samples.")
-@click.option("--shard", default=None, help="i/n: this process fills batches b with b % n == i.")
+@click.option("--shard", default=None, help="i/n: this process fills batches b with b % n == i "
+              "(default: from launcher variables RANK/WORLD_SIZE, SLURM_ARRAY_TASK_ID/"
+              "SLURM_ARRAY_TASK_COUNT, SLURM_PROCID/SLURM_NTASKS, when set).")
+@click.option("--scheduler", default=None, help="Run on a dask.distributed cluster: a scheduler "
+              "address (tcp://host:8786) or local:N (N local worker processes); one task per "
+              "block of store shards, failed blocks retried.")
+@click.option("--block-batches", type=int, default=None,
+              help="--scheduler: write batches (store shards) per task (default: ~4 tasks per worker).")
+@click.option("--retries", type=int, default=2, show_default=True,
+              help="--scheduler: times a failed block is retried.")
 @click.option("--pool-vision/--no-pool-vision", default=True, show_default=True,
               help="Mean-pool vision-block patches to the LM token grid (4x/16x smaller).")
 @click.option("--dtype", default="auto", show_default=True,
@@ -97,13 +106,16 @@ def save(name: str, directory: str, seed: int, dtype: str, force: bool) -> None:
 @click.option("--limit", type=int, default=None, hidden=True,
               help="Stop after this many batches (for resume tests).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def extract(model_name, data, store, sites, layers, batch_size, shard, pool_vision, dtype,
-            store_dtype, object_fraction, prompt_kind, device, limit, progress) -> None:
+def extract(model_name, data, store, sites, layers, batch_size, shard, scheduler, block_batches,
+            retries, pool_vision, dtype, store_dtype, object_fraction, prompt_kind, device, limit,
+            progress) -> None:
     """Run a model over a dataset with hooks and write activations + token roles to a store.
 
     Resumable and idempotent: rerun the same command after an interruption; a finished store
-    is left untouched. Several processes can share one store with --shard i/n.
+    is left untouched. Several processes can share one store with --shard i/n, or with no flag
+    under torchrun / Slurm arrays / srun / mpirun; --scheduler runs it on a dask cluster.
     """
+    from .errors import ExtractError
     from .extract import ExtractConfig, run_extract
 
     cfg = ExtractConfig(model=model_name, data=data, store=store,
@@ -112,5 +124,14 @@ def extract(model_name, data, store, sites, layers, batch_size, shard, pool_visi
                         pool_vision=pool_vision, dtype=dtype, store_dtype=store_dtype,
                         object_fraction=object_fraction, prompt_kind=prompt_kind,
                         device=device)
-    res = run_extract(cfg, progress=progress, limit=limit, echo=click.echo)
+    if scheduler is not None:
+        from .launch import run_extract_cluster
+
+        if shard is not None:
+            raise ExtractError("--shard and --scheduler exclude each other: the cluster's blocks "
+                               "cover every pending batch; drop one of them")
+        res = run_extract_cluster(cfg, scheduler, progress=progress, echo=click.echo,
+                                  retries=retries, block_batches=block_batches)
+    else:
+        res = run_extract(cfg, progress=progress, limit=limit, echo=click.echo)
     click.echo(f"wrote {res['written']} samples ({res['done']}/{res['total']} done) to {store}")

@@ -239,21 +239,72 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None 
     dict
         ``written`` (samples this call), ``done`` and ``total`` (samples in the store).
     """
-    from actstore import StoreWriter, check_target, estimate_bytes
-    from scenegen import read_dataset
-    from common.io import check_writable, test_point
+    from actstore import check_target, estimate_bytes
+    from common.io import check_writable
     from tqdm.auto import tqdm
 
+    from .launchvars import launcher_device, launcher_shard
     from .registry import load_adapter
+
+    if cfg.shard is None:  # an explicit --shard wins over launcher variables
+        shard, var = launcher_shard()
+        if shard is not None:
+            cfg = _replace(cfg, shard=shard)
+            echo(f"shard {shard[0]}/{shard[1]} from {var}")
+    if cfg.device is None and (dev := launcher_device()) is not None:
+        cfg = _replace(cfg, device=dev)
+        echo(f"device {dev} from LOCAL_RANK")
+    _read_stimuli(cfg)  # a bad --data fails before the model loads
+    check_target(cfg.store)  # refuse a bad --store before the model loads
+    check_writable(cfg.store, what="--store", error=ExtractError)
+    ad = adapter or load_adapter(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+    w, ctx = open_writer(cfg, ad)
+    todo = list(w.batches(cfg.shard))
+    n_todo = int(sum(len(b) for b in todo))
+    total = len(ctx["stimuli"])
+    specs = ctx["specs"]
+    est = estimate_bytes(specs, total)
+    echo(f"store estimate: {est / 2**20:.1f} MiB for {total} samples "
+         f"({', '.join(f'{s.name}{list(s.layers)}x{s.n_tokens}x{s.hidden}' for s in specs)}, "
+         f"{cfg.store_dtype}); {n_todo} samples to extract")
+    if limit is not None:
+        todo = todo[:limit]
+    bar = tqdm(total=n_todo, desc="extract", unit="sample", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        written = _write_batches(cfg, ad, w, ctx, todo, on_batch=bar.update)
+    finally:
+        bar.close()
+        w.close()
+    return {"written": written, "done": int(w.done().sum()), "total": total}
+
+
+def _replace(cfg: ExtractConfig, **kw) -> ExtractConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def _read_stimuli(cfg: ExtractConfig):
+    from scenegen import read_dataset
 
     ds = read_dataset(cfg.data)
     stimuli = list(ds.stimuli)
     if not stimuli:
         raise ExtractError(f"{cfg.data} holds no stimuli; nothing to extract")
-    check_target(cfg.store)  # refuse a bad --store before the model loads
-    check_writable(cfg.store, what="--store", error=ExtractError)
+    return ds, stimuli
+
+
+def open_writer(cfg: ExtractConfig, ad):
+    """Create (or reopen) the store for ``cfg`` with the loaded adapter ``ad``.
+
+    Returns ``(writer, ctx)``; ``ctx`` holds the dataset, stimuli, prompts and site specs that
+    :func:`extract_batches` needs. Every process computes the same layout from the metadata.
+    """
+    from actstore import StoreWriter
+
+    ds, stimuli = _read_stimuli(cfg)
     prompts = [choose_prompt(s, cfg.prompt_kind) for s in stimuli]
-    ad = adapter or load_adapter(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
     plan = plan_sites(ad, cfg.sites, cfg.layers)
     specs = site_specs(ad, plan, stimuli, prompts, pool_vision=cfg.pool_vision,
                        store_dtype=cfg.store_dtype)
@@ -261,45 +312,63 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None 
               "prompt_kind": cfg.prompt_kind}
     w = StoreWriter.open_or_create(cfg.store, model=cfg.model, provenance=provenance(ad, cfg, ds),
                                    samples=samples_frame(stimuli, prompts), sites=specs,
-                                   params=params, batch_size=cfg.batch_size)
-    todo = list(w.batches(cfg.shard))
-    n_todo = int(sum(len(b) for b in todo))
-    total = len(stimuli)
-    est = estimate_bytes(specs, total)
-    echo(f"store estimate: {est / 2**20:.1f} MiB for {total} samples "
-         f"({', '.join(f'{s.name}{list(s.layers)}x{s.n_tokens}x{s.hidden}' for s in specs)}, "
-         f"{cfg.store_dtype}); {n_todo} samples to extract")
+                                   params=params, batch_size=cfg.batch_size,
+                                   creator=_creator(cfg))
+    return w, {"ds": ds, "stimuli": stimuli, "prompts": prompts, "specs": specs}
+
+
+def _creator(cfg: ExtractConfig) -> bool | None:
+    """On an object store (no atomic create) only shard 0 of several creates the store; on a
+    local disk the writer's creation lock elects a creator among processes started together."""
+    url = str(cfg.store)
+    remote = "://" in url and not url.startswith("file://")
+    return None if cfg.shard is None or not remote else cfg.shard[0] == 0
+
+
+def extract_batches(cfg: ExtractConfig, ad, batches) -> int:
+    """Extract and write the given batches (lists of sample indices, each one store shard) of an
+    existing store; batches already done are skipped. Returns samples written."""
+    w, ctx = open_writer(cfg, ad)
+    try:
+        done = w.done()
+        todo = [np.asarray(b, np.int64) for b in batches]
+        todo = [b[~done[b]] for b in todo]
+        return _write_batches(cfg, ad, w, ctx, [b for b in todo if len(b)])
+    finally:
+        w.close()
+
+
+def _write_batches(cfg: ExtractConfig, ad, w, ctx, todo, on_batch=None) -> int:
+    from common.io import test_point
+
+    ds, stimuli, prompts, specs = ctx["ds"], ctx["stimuli"], ctx["prompts"], ctx["specs"]
     written = 0
-    bar = tqdm(total=n_todo, desc="extract", unit="sample", disable=not progress,
-               dynamic_ncols=True)
     # the store write of batch k overlaps the forward of batch k+1 (one write in flight, so
     # memory holds at most two batches); a batch is marked done only after its data are written
     pool = ThreadPoolExecutor(max_workers=1)
     pending = None
     try:
-        for bi, idx in enumerate(todo):
-            if limit is not None and bi >= limit:
-                break
+        for idx in todo:
             acts, tokens = extract_batch(ad, ds, [stimuli[i] for i in idx],
                                          [prompts[i] for i in idx], specs=specs,
                                          pool_vision=cfg.pool_vision,
                                          object_fraction=cfg.object_fraction)
             if pending is not None:
                 written += pending.result()
-                bar.update(n_pending)
+                if on_batch is not None:
+                    on_batch(n_pending)
                 test_point("extract-batch")
             pending, n_pending = pool.submit(w.write, idx, acts, tokens), len(idx)
         if pending is not None:
             written += pending.result()
-            bar.update(n_pending)
+            if on_batch is not None:
+                on_batch(n_pending)
             pending = None
     finally:
         if pending is not None:  # an error elsewhere: let the write in flight finish cleanly
             pending.exception()
         pool.shutdown(wait=True)
-        bar.close()
-        w.close()
-    return {"written": written, "done": int(w.done().sum()), "total": total}
+    return written
 
 
 def extract_batch(ad, ds, stims, prompts, *, specs, pool_vision: bool,

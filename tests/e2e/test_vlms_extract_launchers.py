@@ -1,0 +1,143 @@
+"""``spatialbind extract`` under launchers: rank/world-size variables (torchrun-style, several
+processes at once) and ``--scheduler local:2`` (a dask cluster) each fill a store equal, byte for
+byte in every array, to a single-process run; the launcher variables are read as documented."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from cli import spatialbind
+from tests.helpers_vlms import write_squares
+from vlms.errors import ExtractError
+from vlms.launch import block_plan, launcher_shard, parse_scheduler
+
+ROOT = Path(__file__).resolve().parents[2]
+N = 8
+
+
+def _args(data, store, *extra):
+    return ["extract", "--model", "tiny-qwen2-vl", "--data", str(data), "--store", str(store),
+            "--sites", "projector,lm.resid.0,lm.resid.2", "--batch-size", "2", "--no-progress",
+            *extra]
+
+
+def _arrays(store):
+    out = {}
+    root = zarr.open_group(str(store), mode="r")
+
+    def walk(g, prefix):
+        for name, a in g.arrays():
+            out[f"{prefix}{name}"] = a[:]
+        for name, sub in g.groups():
+            walk(sub, f"{prefix}{name}/")
+    walk(root, "")
+    return out
+
+
+def _assert_same(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        assert a[k].tobytes() == b[k].tobytes(), k  # byte for byte (NaN payloads included)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("launch")
+    data = tmp / "ds"
+    write_squares(data, n=N)
+    ref = tmp / "one.zarr"
+    env_clean = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("RANK", "WORLD_SIZE", "SLURM_", "OMPI_", "PMI_", "LOCAL_RANK"))}
+    res = subprocess.run([sys.executable, "-m", "cli", *_args(data, ref)], cwd=ROOT,
+                         env={**env_clean, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return data, _arrays(ref), env_clean
+
+
+def test_torchrun_style_processes_shard_themselves(reference, tmp_path):
+    data, ref, env = reference
+    store = tmp_path / "ranks.zarr"
+    procs = [subprocess.Popen([sys.executable, "-m", "cli", *_args(data, store)], cwd=ROOT,
+                              env={**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                                   "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]  # started together: they race to create the store
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    for r, (out, _) in enumerate(outs):
+        assert f"shard {r}/2 from RANK/WORLD_SIZE (torchrun)" in out
+        assert "wrote 4 samples" in out  # 8 samples in 4 batches, 2 batches each
+    _assert_same(_arrays(store), ref)
+
+
+def test_explicit_shard_wins_over_launcher_variables(reference, tmp_path, monkeypatch):
+    data, _, _ = reference
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    res = CliRunner().invoke(spatialbind, _args(data, tmp_path / "s.zarr", "--shard", "0/2"))
+    assert res.exit_code == 0, res.output
+    assert "from RANK" not in res.output and "wrote 4 samples" in res.output
+
+
+def test_dask_cluster_extraction_equals_one_process(reference, tmp_path):
+    data, ref, _ = reference
+    store = tmp_path / "dask.zarr"
+    res = CliRunner().invoke(spatialbind, _args(data, store, "--scheduler", "local:2",
+                                                "--block-batches", "1"))
+    assert res.exit_code == 0, res.output
+    assert "in 4 blocks on 2 workers" in res.output and "(8/8 done)" in res.output
+    _assert_same(_arrays(store), ref)
+    # a rerun finds nothing to do and changes nothing
+    res = CliRunner().invoke(spatialbind, _args(data, store, "--scheduler", "local:2"))
+    assert res.exit_code == 0 and "wrote 0 samples" in res.output, res.output
+    _assert_same(_arrays(store), ref)
+
+
+@pytest.mark.parametrize("env,want", [
+    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, ((3, 4), "RANK/WORLD_SIZE")),
+    ({"SLURM_ARRAY_TASK_ID": "12", "SLURM_ARRAY_TASK_COUNT": "5", "SLURM_ARRAY_TASK_MIN": "10"},
+     ((2, 5), "SLURM_ARRAY_TASK_ID")),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, ((1, 2), "SLURM_PROCID")),
+    # an array of 3 tasks, each an srun step of 2: 6 shards
+    ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_PROCID": "1",
+      "SLURM_NTASKS": "2"}, ((5, 6), "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT x")),
+    # torchrun inside a Slurm job: torchrun's variables win
+    ({"RANK": "0", "WORLD_SIZE": "2", "SLURM_PROCID": "1", "SLURM_NTASKS": "4"},
+     ((0, 2), "RANK/WORLD_SIZE")),
+    ({"RANK": "0", "WORLD_SIZE": "1"}, (None, None)),
+    ({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "3"}, ((1, 3), "OMPI")),
+    ({}, (None, None)),
+])
+def test_launcher_variables(env, want):
+    shard, name = launcher_shard(env)
+    assert shard == want[0]
+    assert (name is None) if want[1] is None else name.startswith(want[1])
+
+
+@pytest.mark.parametrize("env,msg", [({"RANK": "4", "WORLD_SIZE": "4"}, "outside 0 <= i < n"),
+                                     ({"RANK": "x", "WORLD_SIZE": "4"}, "RANK='x' is not an integer")])
+def test_bad_launcher_variables_are_one_clear_line(env, msg):
+    with pytest.raises(ExtractError, match=msg):
+        launcher_shard(env)
+
+
+def test_scheduler_spec_and_block_plan():
+    assert parse_scheduler("local:3") == ("local", 3)
+    assert parse_scheduler("tcp://10.0.0.1:8786") == ("tcp://10.0.0.1:8786", None)
+    with pytest.raises(ExtractError, match="local:N"):
+        parse_scheduler("local:zero")
+    batches = [[2 * i, 2 * i + 1] for i in range(10)]
+    blocks = block_plan(batches, n_workers=2)
+    assert [b for blk in blocks for b in blk] == batches  # every batch once, in order
+    assert len(blocks) == 5 and all(len(blk) == 2 for blk in blocks)
+    assert block_plan(batches, 2, block_batches=4)[-1] == batches[8:]
