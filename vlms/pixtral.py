@@ -139,7 +139,7 @@ class PixtralAdapter(LlavaAdapter):
 
     @classmethod
     def load_processor(cls, source: str):
-        return pixtral_processor_class().from_pretrained(source)
+        return pixtral_processor_class().from_pretrained(source, trust_remote_code=False)
 
     # ------------------------------------------------------------------ tiny build
     @classmethod

@@ -78,7 +78,8 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
 
     @classmethod
     def load_processor(cls, source: str):
-        return image_only_processor_class("Qwen2_5_VLProcessor").from_pretrained(source)
+        return image_only_processor_class("Qwen2_5_VLProcessor").from_pretrained(
+            source, trust_remote_code=False)
 
     # ------------------------------------------------------------------ tiny build
     @classmethod
