@@ -21,7 +21,8 @@ def organism() -> None:
                    "plus a weaker LM positional backup (3 low rotary frequencies per axis).")
 @click.option("--task", type=click.Choice(["squares", "shapes"]), default="squares",
               show_default=True, help="Stimulus task.")
-@click.option("--steps", type=int, default=None, help="Optimiser steps (default: 1000 qwen2-vl vision, else 1500).")
+@click.option("--steps", type=int, default=None,
+              help="Optimiser steps (default: 1000 qwen2-vl vision, 250 dual, else 1500).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--vision-depth", type=int, default=None, help="Vision blocks (default 2 lm, 3 vision).")
@@ -33,18 +34,18 @@ def organism() -> None:
 @click.option("--warmup", type=int, default=100, show_default=True, help="Warm-up steps.")
 @click.option("--aux-slot-weight", type=float, default=None,
               help="Auxiliary ordinal-slot loss on the projector output (plants the vision-side "
-                   "code faster; default 2 for a qwen2-vl vision organism, else 0 = task loss).")
+                   "code faster; default 2 for qwen2-vl vision and dual organisms, else 0 = task loss).")
 @click.option("--aux-region", type=click.Choice(["object", "strip", "band"]), default=None,
-              help="Tokens the auxiliary slot loss covers (default band for vision/dual, the "
-                   "paper's strips, background included).")
+              help="Tokens the auxiliary slot loss covers (default object for vision, band for "
+                   "dual: the paper's strips, background included).")
 @click.option("--aux-colour/--no-aux-colour", default=None,
               help="Also ask each aux-region token the colour of its square (default on for "
-                   "vision/dual).")
+                   "dual).")
 @click.option("--p-shuffle", type=float, default=None,
               help="Share of items whose image tokens are shuffled at the LM input in training "
-                   "(default 1 vision, 0.5 dual, 0 lm).")
+                   "(default 1 vision, 0.3 dual, 0 lm).")
 @click.option("--p-ablate", type=float, default=None,
-              help="Share of items trained on the E5 ablation (default 0.25 dual, else 0).")
+              help="Share of items trained on the E5 ablation (default 0.4 dual, else 0).")
 @click.option("--init", "init_from", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue training this saved organism (same arch and sizes; another "
                    "mechanism starts a curriculum stage from its weights, e.g. vision -> dual).")
@@ -91,9 +92,13 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
 @organism.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--images", type=int, default=200, show_default=True, help="Probe images per split.")
+@click.option("--items", type=int, default=128, show_default=True,
+              help="Held-out items for the ablation and criss-cross tests.")
 @click.option("--threads", type=int, default=1, show_default=True)
-def check(path, images, threads):
-    """Which mechanism emerged? Slot probe on the projector output + shuffle test, for PATH."""
+def check(path, images, items, threads):
+    """Which mechanism does PATH have? Slot probe on the projector output (object and strip
+    tokens), shuffle test, E5 ablation and object/strip criss-cross at the LM input, classified
+    with the thresholds of organisms.criteria (vision, dual, lm or unclear)."""
     import torch
 
     from . import trainer as org
@@ -103,5 +108,10 @@ def check(path, images, threads):
     model, proc, log = org.load(path)
     cfg = org.OrganismConfig(**{k: v for k, v in log["config"].items() if k != "resolved"}) \
         if log.get("config") else org.OrganismConfig()
-    rep = mechanism_report(model, proc, cfg=cfg, n_images=images)
+    rep = mechanism_report(model, proc, cfg=cfg, n_images=images, n_items=items)
     click.echo(json.dumps(rep["summary"], indent=1))
+    s = rep["summary"]
+    click.echo(f"mechanism: {s['mechanism']} (projector probe object {s['probe_projector_slot']:.2f}"
+               f" / strip {s['probe_projector_slot_strip']:.2f}; accuracy {s['accuracy_base']:.2f}"
+               f" -> {s['accuracy_ablated_vision_ordering']:.2f} with vision ordering ablated; "
+               f"criss-cross flips object {s['flip_object']:.2f} / band {s['flip_band']:.2f})")

@@ -227,7 +227,7 @@ def crisscross_test(model, batcher, splits, *, n: int = 128,
     return out
 
 
-def mechanism_report(model, processor, *, cfg, n_images: int = 200) -> dict:
+def mechanism_report(model, processor, *, cfg, n_images: int = 200, n_items: int = 128) -> dict:
     """Slot probe (with init-weight and position-only controls) and shuffle test for an organism.
 
     Returns
@@ -249,9 +249,9 @@ def mechanism_report(model, processor, *, cfg, n_images: int = 200) -> dict:
     probe = slot_probe(model, batcher, splits, n_images=n_images, init_model=init_model)
     # band tokens: 8-24 per image (object tokens: 1-4), so a quarter of the images suffices
     strip = slot_probe(model, batcher, splits, n_images=max(4, n_images // 4), region="band")
-    shuf = shuffle_test(model, batcher, splits)
-    abl = ablation_test(model, batcher, splits)
-    cc = crisscross_test(model, batcher, splits)
+    shuf = shuffle_test(model, batcher, splits, n=2 * n_items)
+    abl = ablation_test(model, batcher, splits, n=n_items)
+    cc = crisscross_test(model, batcher, splits, n=n_items)
     t = probe["mean_test"]["trained"]
     emerged = "yes" if t >= 0.9 else ("no" if t <= CHANCE + 0.15 else "partial")
     summary = {"probe_projector_slot": t, "probe_init_control": probe["mean_test"].get("init"),

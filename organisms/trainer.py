@@ -19,6 +19,17 @@ behaves the same when loaded with plain ``AutoModelForImageTextToText.from_pretr
     form within a CPU budget; the task loss alone left a 3 x 64 ViT at the 0.5 plateau). After
     training the hook is removed; :func:`organisms.probe.shuffle_test` measures that shuffling
     at test time does not change accuracy (i.e. the LM does not count tokens causally).
+    The shipped ``vision`` organism adds a second stage (``--init``) whose auxiliary loss covers
+    the paper's strips (``aux_region="band"``: every image token, labelled with the slot and the
+    colour of the nearest square along the axis), so the slot code spreads into the background.
+``dual``
+    The paper's two mechanisms at once: the vision tokens carry the ordering (the band auxiliary
+    loss; a share ``p_shuffle`` of training items has its image tokens shuffled, so only content
+    can tell), and the LM keeps a weaker positional backup: rotary base 20 with only the 3
+    lowest-frequency pairs per axis on (h, w) (``mrope_section=[10, 3, 3]``), and a share
+    ``p_ablate`` of items is trained on E5's ablation (object tokens from the square alone and
+    centred, the rest from a blank canvas), where only positions can tell. Trained as a
+    curriculum stage from a ``vision`` organism (``--init``).
 
 The chat template saved with the processor reproduces the exact training token sequence when
 the toolkit formats the paper's prompt (the system message is ignored).
@@ -740,11 +751,14 @@ def shipped(name: str) -> Path:
 def mechanism_defaults(mechanism: str, arch: str = "qwen2-vl") -> dict:
     """Default steps and vision depth of the shipped recipe for each mechanism."""
     if mechanism == "vision" and arch == "qwen2-vl":
+        # stage 1 of the shipped recipe (stage 2: --init it with --aux-region band --aux-colour;
+        # a fresh 400-step band run did not learn the task, see vlms/organisms/README.md)
         return {"steps": 1000, "vision_depth": 3, "vision_dim": 128, "aux_slot_weight": 2.0,
-                "aux_region": "band", "aux_colour": True, "p_ablate": 0.0}
+                "aux_region": "object", "aux_colour": False, "p_ablate": 0.0}
     if mechanism == "dual":
-        return {"steps": 1000, "vision_depth": 3, "vision_dim": 128, "aux_slot_weight": 2.0,
-                "aux_region": "band", "aux_colour": True, "p_shuffle": 0.5, "p_ablate": 0.25}
+        # a curriculum stage from a vision organism (--init): see vlms/organisms/README.md
+        return {"steps": 250, "vision_depth": 3, "vision_dim": 128, "aux_slot_weight": 2.0,
+                "aux_region": "band", "aux_colour": True, "p_shuffle": 0.3, "p_ablate": 0.4}
     return {"steps": 1500, "vision_depth": 2, "vision_dim": 64, "aux_slot_weight": 0.0,
             "aux_region": "object", "aux_colour": False, "p_ablate": 0.0}
 

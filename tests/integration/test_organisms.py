@@ -331,7 +331,7 @@ def test_training_smoke_and_roundtrip(tmp_path):
 
 # ----------------------------------------------------------------------------- shipped organisms
 
-SHIPPED = {"lm": "qwen2-vl-lm", "vision": "qwen2-vl-vision"}
+SHIPPED = {"lm": "qwen2-vl-lm", "vision": "qwen2-vl-vision", "dual": "qwen2-vl-dual"}
 
 
 def _shipped(mech):
@@ -341,8 +341,9 @@ def _shipped(mech):
     return org.load(p)
 
 
-@pytest.mark.parametrize("mech", ["lm", "vision"])
+@pytest.mark.parametrize("mech", ["lm", "vision", "dual"])
 def test_shipped_loads_with_plain_transformers_and_answers(mech, splits):
+    """64 held-out items (held-out colour triples, held-out layouts) with plain transformers."""
     from transformers import AutoModelForImageTextToText
 
     _, proc, log = _shipped(mech)
@@ -351,35 +352,73 @@ def test_shipped_loads_with_plain_transformers_and_answers(mech, splits):
     acc = org.accuracy(model, org.Batcher(proc, 8), items)
     recorded = log["final"]["heldout"]
     assert acc >= min(0.9, recorded - 0.1), (acc, recorded)
+    assert log["config"]["mechanism"] == mech
 
 
 @pytest.fixture(scope="module")
 def shipped_checks(splits):
-    from organisms.probe import shuffle_test, slot_probe
+    from organisms.probe import ablation_test, crisscross_test, shuffle_test, slot_probe
 
     out = {}
-    for mech in ("lm", "vision"):
+    for mech in SHIPPED:
+        if not (org.SHIPPED / SHIPPED[mech] / "model.safetensors").exists():
+            continue
         model, proc, _ = _shipped(mech)
         b = org.Batcher(proc, 8)
         out[mech] = {"probe": slot_probe(model, b, splits, n_images=60)["mean_test"],
-                     "shuffle": shuffle_test(model, b, splits, n=64, seeds=(5,))}
+                     "probe_band": slot_probe(model, b, splits, n_images=16,
+                                              region="band")["mean_test"],
+                     "shuffle": shuffle_test(model, b, splits, n=64, seeds=(5,)),
+                     "ablation": ablation_test(model, b, splits, n=48),
+                     "crisscross": crisscross_test(model, b, splits, n=48,
+                                                   regions=("object", "band"))}
     return out
+
+
+def _need(checks, *mechs):
+    for m in mechs:
+        if m not in checks:
+            pytest.skip(f"{SHIPPED[m]} not shipped")
 
 
 def test_shipped_shuffle_contrast(shipped_checks):
     """Shuffling image tokens at the LM input breaks the lm organism (it reads positions) and
     leaves the vision organism unchanged (all image tokens share one rotary phase and it was
     trained order-invariant)."""
+    _need(shipped_checks, "lm", "vision")
     assert shipped_checks["lm"]["shuffle"]["drop"] >= 0.2
     assert abs(shipped_checks["vision"]["shuffle"]["drop"]) <= 0.1
 
 
 def test_shipped_lm_has_no_projector_slot_code(shipped_checks):
+    _need(shipped_checks, "lm")
     p = shipped_checks["lm"]["probe"]
     assert p["trained"] <= 0.5          # chance 1/3; the ordering is computed in the LM
     assert p["position_only"] >= 0.75   # the control shows position alone would decode slot
 
 
 def test_shipped_vision_has_projector_slot_code(shipped_checks):
+    _need(shipped_checks, "lm", "vision")
     v, l_ = shipped_checks["vision"]["probe"], shipped_checks["lm"]["probe"]
     assert v["trained"] >= 0.85 and v["trained"] - l_["trained"] >= 0.3
+
+
+#: Criteria (organisms.criteria) that a small sample resolves, per mechanism, on the
+#: organism's own held-out items: 48 items for E4/E5, 60/16 images for the probes.
+SMALL_CRITERIA = {"vision": (1, 2, 3), "dual": (1, 2, 3), "lm": (1, 2, 3)}
+
+
+@pytest.mark.parametrize("mech", ["vision", "dual", "lm"])
+def test_shipped_criteria_on_a_small_sample(mech, shipped_checks):
+    """Criteria 1-3 of issue 11 (thresholds from organisms.criteria, fixed before measuring)
+    on held-out items; criterion 4 (E7) and E6 need the demo (slow test in tests/e2e)."""
+    from organisms import criteria as C
+
+    _need(shipped_checks, mech)
+    ch = shipped_checks[mech]
+    got = {1: C.criterion_probe(mech, ch["probe"]["trained"], ch["probe_band"]["trained"]),
+           2: C.criterion_crisscross(mech, ch["crisscross"]["object"], ch["crisscross"]["band"]),
+           3: C.criterion_ablation(mech, ch["ablation"]["base"], ch["ablation"]["ablated"],
+                                   [0] if mech == "dual" else None)}  # E6 is the demo's
+    for c in SMALL_CRITERIA[mech]:
+        assert got[c]["holds"], got[c]
