@@ -46,6 +46,9 @@ def organism() -> None:
                    "(default 1 vision, 0.3 dual, 0 lm).")
 @click.option("--p-ablate", type=float, default=None,
               help="Share of items trained on the E5 ablation (default 0.4 dual, else 0).")
+@click.option("--p-ablate-object", type=float, default=0.0, show_default=True,
+              help="Share of items whose object tokens only are ablated (the square alone and "
+                   "centred; background kept): the LM learns to read ordering from the strips.")
 @click.option("--init", "init_from", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue training this saved organism (same arch and sizes; another "
                    "mechanism starts a curriculum stage from its weights, e.g. vision -> dual).")
@@ -56,8 +59,8 @@ def organism() -> None:
               help="Run the 'which mechanism emerged?' slot probe at the end.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
-          lr, warmup, aux_slot_weight, aux_region, aux_colour, p_shuffle, p_ablate, init_from,
-          eval_every, out, probe, progress):
+          lr, warmup, aux_slot_weight, aux_region, aux_colour, p_shuffle, p_ablate,
+          p_ablate_object, init_from, eval_every, out, probe, progress):
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import trainer as org
 
@@ -74,6 +77,7 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         aux_colour=aux_colour if aux_colour is not None else defaults["aux_colour"],
         p_shuffle=p_shuffle if p_shuffle is not None else defaults.get("p_shuffle"),
         p_ablate=p_ablate if p_ablate is not None else defaults["p_ablate"],
+        p_ablate_object=p_ablate_object,
         init_from=init_from, eval_every=eval_every, eval_items=64)
     res = org.train(cfg, out=out, final_eval_items=384, progress=progress)
     if probe:

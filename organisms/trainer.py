@@ -126,6 +126,10 @@ class OrganismConfig:
     """Per-item probability of training on the E5 ablation of the item (object tokens <- the
     projector output of the square alone and centred, every other token <- a blank canvas's):
     the LM must then find the answer from image-token positions (the ``dual`` backup)."""
+    p_ablate_object: float = 0.0
+    """Per-item probability of ablating only the object tokens (the square alone and centred;
+    the background keeps its own tokens): the ordering is then only in the strips' background,
+    where the paper finds it, so the LM learns to read it there."""
     init_from: str | None = None
     """Continue training a saved organism (same arch, mechanism and sizes) instead of a fresh
     build; its history is kept and the step count continues from it."""
@@ -150,11 +154,12 @@ class OrganismConfig:
                f"Got {self.aux_slot_weight!r}.")
         _check(self.aux_region in od.REGIONS, f"'aux_region' must be one of {od.REGIONS}. "
                f"Got {self.aux_region!r} instead.")
-        for name in ("p_shuffle", "p_ablate"):
+        for name in ("p_shuffle", "p_ablate", "p_ablate_object"):
             v = getattr(self, name)
             _check(v is None or 0 <= v <= 1, f"'{name}' must be in [0, 1]. Got {v!r} instead.")
-        _check((self.p_shuffle or 0) + self.p_ablate <= 1,
-               "'p_shuffle' + 'p_ablate' must be <= 1 (they are shares of each batch)")
+        _check((self.p_shuffle or 0) + self.p_ablate + self.p_ablate_object <= 1,
+               "'p_shuffle' + 'p_ablate' + 'p_ablate_object' must be <= 1 (they are shares of "
+               "each batch)")
         _check(self.arch == "qwen2-vl" or (self.mechanism != "dual" and self.p_ablate == 0),
                "the 'dual' mechanism and 'p_ablate' are implemented for arch 'qwen2-vl' only")
         _check(self.lm_dim % self.lm_heads == 0 and self.vision_dim % self.vision_heads == 0,
@@ -305,7 +310,9 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     aux = _AuxSlot(model, cfg) if cfg.aux_slot_weight > 0 else None
     if aux is not None:
         opt.add_param_group({"params": list(aux.parameters()), "weight_decay": 0.0})
-    cur = _Curriculum(model, cfg) if (cfg.resolved_p_shuffle() > 0 or cfg.p_ablate > 0) else None
+    cur = (_Curriculum(model, cfg)
+           if (cfg.resolved_p_shuffle() > 0 or cfg.p_ablate > 0 or cfg.p_ablate_object > 0)
+           else None)
     log = {"config": cfg.to_json(), "history": [], "n_params": sum(p.numel() for p in model.parameters()),
            "splits": {"heldout_triples": [list(t) for t in splits.heldout_triples],
                       "heldout_layouts": [asdict(lay) for lay in splits.heldout_layouts]}}
@@ -445,19 +452,29 @@ class _Curriculum:
         import torch
         u = rng.random(len(items))
         ps, pa = self.cfg.resolved_p_shuffle(), self.cfg.p_ablate
+        po = self.cfg.p_ablate_object
         shuffle = torch.as_tensor(u < ps)
         ablate = torch.as_tensor((u >= ps) & (u < ps + pa))
-        abl = None
-        if bool(ablate.any()):
-            abl = ablation_tokens(self.model, [it for it, a in zip(items, ablate) if a],
-                                  self.cfg.grid, hook=self)
-        self.plan = (shuffle, ablate, abl)
+        obj = torch.as_tensor((u >= ps + pa) & (u < ps + pa + po))
+        edit = ablate | obj
+        abl = keep = None
+        if bool(edit.any()):
+            chosen = [it for it, a in zip(items, edit) if a]
+            abl = ablation_tokens(self.model, chosen, self.cfg.grid, hook=self)
+            # per edited item and token: keep the item's own token (object-only ablation's
+            # background) or take the ablated one
+            g = self.cfg.grid
+            keep = torch.zeros(len(chosen), g * g, dtype=torch.bool)
+            for j, (it, o) in enumerate(zip(chosen, obj[edit].tolist())):
+                if o:
+                    keep[j] = torch.as_tensor(od.region_slots(it.layout, g, "object") < 0)
+        self.plan = (shuffle, edit, abl, keep)
 
     def __call__(self, module, args, out):
         import torch
         if not self.active or self.plan is None:
             return None
-        shuffle, ablate, abl = self.plan
+        shuffle, ablate, abl, keep = self.plan
         self.plan = None
         b = len(shuffle)
         idx = torch.arange(b * self.n).reshape(b, self.n)
@@ -466,7 +483,7 @@ class _Curriculum:
         x = out[idx.reshape(-1)]
         if abl is not None:
             x = x.reshape(b, self.n, -1).clone()
-            x[ablate] = abl
+            x[ablate] = torch.where(keep[..., None], x[ablate], abl)
             x = x.reshape(b * self.n, -1)
         return x
 
@@ -575,6 +592,8 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append(f"--p-shuffle {cfg['p_shuffle']:g}")
     if cfg.get("p_ablate", 0.0) or cfg["mechanism"] == "dual":
         parts.append(f"--p-ablate {cfg.get('p_ablate', 0.0):g}")
+    if cfg.get("p_ablate_object", 0.0):
+        parts.append(f"--p-ablate-object {cfg['p_ablate_object']:g}")
     if cfg.get("warmup", 100) != 100:
         parts.append(f"--warmup {cfg['warmup']}")
     if init is not None:
@@ -619,7 +638,8 @@ def write_readme(out: str | Path, log: dict) -> None:
              f"tokens = {28 * c['grid']} px canvas, squares of 1-2 tokens, gaps of 1-2 tokens).", "",
              f"- LM rotary: {_rope_text(c)}; share of items with image tokens shuffled at the LM "
              f"input during training: {r.get('p_shuffle', float(r['shuffle_image_tokens'])):g}; "
-             f"share trained on the E5 ablation: {c.get('p_ablate', 0.0):g}.",
+             f"share trained on the E5 ablation: {c.get('p_ablate', 0.0):g}; on the "
+             f"object-only ablation: {c.get('p_ablate_object', 0.0):g}.",
              f"- Auxiliary slot loss: weight {c.get('aux_slot_weight', 0):g}"
              + (f" over `{c.get('aux_region', 'object')}` tokens"
                 + (" (slot and the colour of the token's square)" if c.get("aux_colour") else

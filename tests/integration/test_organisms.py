@@ -139,6 +139,16 @@ def test_curriculum_feeds_the_lm_ablated_or_shuffled_tokens():
         for b in range(3):  # each image's own tokens, permuted
             key = lambda x: sorted(map(tuple, x.tolist()))  # noqa: E731
             assert key(got[b]) == key(plain[b])
+        # object-only ablation: object tokens from the isolated squares, background kept
+        cur.cfg = _tiny("vision", p_shuffle=0.0, p_ablate_object=1.0)
+        cur.prepare(items, np.random.default_rng(0))
+        with torch.no_grad():
+            got = image_tokens(model, inp)
+        abl = org.ablation_tokens(model, items, 8)
+        for b, it in enumerate(items):
+            objm = torch.as_tensor(od.region_slots(it.layout, 8, "object") >= 0)
+            assert torch.allclose(got[b, objm], abl[b, objm], atol=1e-5)
+            assert torch.equal(got[b, ~objm], plain[b, ~objm])
         cur.active = False
         with torch.no_grad():
             assert torch.equal(image_tokens(model, inp), plain)
