@@ -413,22 +413,31 @@ def test_shipped_vision_has_projector_slot_code(shipped_checks):
     assert v["trained"] >= 0.85 and v["trained"] - l_["trained"] >= 0.3
 
 
-#: Criteria (organisms.criteria) that a small sample resolves, per mechanism, on the
-#: organism's own held-out items: 48 items for E4/E5, 60/16 images for the probes.
-SMALL_CRITERIA = {"vision": (1, 2, 3), "dual": (1, 2, 3), "lm": (1, 2, 3)}
+#: Criteria (organisms.criteria) that a small sample (48 items for E4/E5, 60/16 images for the
+#: probes) resolves, per mechanism, on the organism's own held-out items. The dual ablation
+#: interval is left to the default-size check: at 128 items it measured 0.51 against a lower
+#: bound of 0.48, closer than a 48-item sample resolves.
+SMALL_CRITERIA = {"vision": (1, 2, 3), "dual": (1, 2), "lm": (1, 2, 3)}
+#: Criteria measured to fail (reported as found, issue 11): the object-only criss-cross flips
+#: the answer of both vision-side organisms (0.99 vision, 0.95 dual at 128 items), because their
+#: LMs read the slot code of the object tokens although the code is also in the background.
+KNOWN_FAILURES = {("vision", 2), ("dual", 2)}
 
 
-@pytest.mark.parametrize("mech", ["vision", "dual", "lm"])
-def test_shipped_criteria_on_a_small_sample(mech, shipped_checks):
-    """Criteria 1-3 of issue 11 (thresholds from organisms.criteria, fixed before measuring)
-    on held-out items; criterion 4 (E7) and E6 need the demo (slow test in tests/e2e)."""
+@pytest.mark.parametrize("mech,crit", [(m, c) for m, cs in SMALL_CRITERIA.items() for c in cs])
+def test_shipped_criteria_on_a_small_sample(mech, crit, shipped_checks, request):
+    """Criteria of issue 11 (thresholds from organisms.criteria, fixed before measuring) on
+    held-out items; criterion 4 (E7) and E6 need the demo (tests/e2e/test_demo.py)."""
     from organisms import criteria as C
 
+    if (mech, crit) in KNOWN_FAILURES:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="measured to fail; see "
+                                              "vlms/organisms/README.md"))
     _need(shipped_checks, mech)
     ch = shipped_checks[mech]
-    got = {1: C.criterion_probe(mech, ch["probe"]["trained"], ch["probe_band"]["trained"]),
-           2: C.criterion_crisscross(mech, ch["crisscross"]["object"], ch["crisscross"]["band"]),
-           3: C.criterion_ablation(mech, ch["ablation"]["base"], ch["ablation"]["ablated"],
-                                   [0] if mech == "dual" else None)}  # E6 is the demo's
-    for c in SMALL_CRITERIA[mech]:
-        assert got[c]["holds"], got[c]
+    got = {1: lambda: C.criterion_probe(mech, ch["probe"]["trained"], ch["probe_band"]["trained"]),
+           2: lambda: C.criterion_crisscross(mech, ch["crisscross"]["object"],
+                                             ch["crisscross"]["band"]),
+           3: lambda: C.criterion_ablation(mech, ch["ablation"]["base"], ch["ablation"]["ablated"])}
+    r = got[crit]()
+    assert r["holds"], r
