@@ -53,7 +53,7 @@ THRESHOLDS: dict[str, float] = {
 EFFECTS = {
     1: "E3 slot code in the vision tokens, background of the strip included",
     2: "E4 ordering lives in the whole strip (object-only patch does not flip, strip does)",
-    3: "E5/E6 vision ordering dominant, weaker LM backup",
+    3: "E5/E6 vision ordering dominant (dual: a weaker LM backup above chance)",
     4: "E7 amplifying the ordering direction fixes errors",
 }
 
