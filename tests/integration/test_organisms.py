@@ -416,8 +416,10 @@ def test_shipped_vision_has_projector_slot_code(shipped_checks):
 #: Criteria (organisms.criteria) that a small sample (48 items for E4/E5, 60/16 images for the
 #: probes) resolves, per mechanism, on the organism's own held-out items. The dual ablation
 #: interval is left to the default-size check: at 128 items it measured 0.51 against a lower
-#: bound of 0.48, closer than a 48-item sample resolves.
-SMALL_CRITERIA = {"vision": (1, 2, 3), "dual": (1, 2), "lm": (1, 2, 3)}
+#: bound of 0.48, closer than a 48-item sample resolves. The vision organism's strip probe is
+#: close to its 0.9 threshold too (0.916 at 50 images per axis in its check, 0.908 in the
+#: 16-item demo, 0.859 at 16 images here), so its criterion 1 is left to the full check.
+SMALL_CRITERIA = {"vision": (2, 3), "dual": (1, 2), "lm": (1, 2, 3)}
 #: Criteria measured to fail (reported as found, issue 11): the object-only criss-cross flips
 #: the answer of both vision-side organisms (0.99 vision, 0.95 dual at 128 items), because their
 #: LMs read the slot code of the object tokens although the code is also in the background.
