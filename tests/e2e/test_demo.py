@@ -35,7 +35,8 @@ def _run(out, *args):
 #: is lm's strip criss-cross (2). Measured 2026-11-29 at this size: vision 2 fails (object flip
 #: 1.00), dual 2 and 3 fail (object flip 1.00; E5 0.75 in range but E6 flips 0.25 < 0.5 at every
 #: layer), E7 (4) fails for both (4 of 48 degraded items wrong, none fixed, held-out alpha 0).
-SMALL = {"vision": (1, 3), "lm": (1, 2, 3), "dual": (1,)}
+#: The vision organism's strip probe measured 0.908 here, too close to 0.9 for this size.
+SMALL = {"vision": (3,), "lm": (1, 2, 3), "dual": (1,)}
 
 
 def test_demo_validation_on_small_samples(tmp_path):
