@@ -5,7 +5,8 @@ The shipped checkpoints are data and stay in ``vlms/organisms/<name>/`` (they lo
 ``--model organism-<name>`` through :mod:`vlms.registry`). Modules: :mod:`organisms.trainer`
 (config, training loop, save/load), :mod:`organisms.model` (model construction, batching, the
 image-token shuffle hook), :mod:`organisms.data` (on-the-fly Squares stimuli and splits),
-:mod:`organisms.probe` (slot probe and shuffle test), :mod:`organisms.commands`
+:mod:`organisms.probe` (slot probe, shuffle, ablation and criss-cross tests),
+:mod:`organisms.criteria` (the paper's effects as validation thresholds), :mod:`organisms.commands`
 (``spatialbind organism``).
 
 Public API (imported lazily, so ``import organisms`` does not load torch)::
@@ -24,10 +25,12 @@ _EXPORTS = {
     "train": "trainer", "load": "trainer", "save": "trainer", "shipped": "trainer",
     "SHIPPED": "trainer",
     "accuracy": "trainer", "evaluate": "trainer", "mechanism_defaults": "trainer",
+    "ablation_tokens": "trainer", "THRESHOLDS": "criteria", "classify": "criteria",
     "ARCHS": "trainer", "MECHANISMS": "trainer", "TASKS": "trainer",
     "build": "model", "Batcher": "model", "ShuffleImageTokens": "model",
     "make_splits": "data", "eval_items": "data", "render": "data",
     "slot_probe": "probe", "shuffle_test": "probe", "mechanism_report": "probe",
+    "ablation_test": "probe", "crisscross_test": "probe", "region_slots": "data",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -15,12 +15,14 @@ def organism() -> None:
 @organism.command()
 @click.option("--arch", type=click.Choice(["qwen2-vl", "gemma-3"]), default="qwen2-vl",
               show_default=True, help="Model family (real transformers class).")
-@click.option("--mechanism", type=click.Choice(["lm", "vision"]), required=True,
+@click.option("--mechanism", type=click.Choice(["lm", "vision", "dual"]), required=True,
               help="lm: image tokens keep rotary positions; vision: they do not, so ordering "
-                   "must be written into vision-token content.")
+                   "must be written into vision-token content; dual: vision-token ordering "
+                   "plus a weaker LM positional backup (3 low rotary frequencies per axis).")
 @click.option("--task", type=click.Choice(["squares", "shapes"]), default="squares",
               show_default=True, help="Stimulus task.")
-@click.option("--steps", type=int, default=None, help="Optimiser steps (default: 1000 qwen2-vl vision, else 1500).")
+@click.option("--steps", type=int, default=None,
+              help="Optimiser steps (default: 1000 qwen2-vl vision, 250 dual, else 1500).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--vision-depth", type=int, default=None, help="Vision blocks (default 2 lm, 3 vision).")
@@ -32,9 +34,24 @@ def organism() -> None:
 @click.option("--warmup", type=int, default=100, show_default=True, help="Warm-up steps.")
 @click.option("--aux-slot-weight", type=float, default=None,
               help="Auxiliary ordinal-slot loss on the projector output (plants the vision-side "
-                   "code faster; default 2 for a qwen2-vl vision organism, else 0 = task loss).")
+                   "code faster; default 2 for qwen2-vl vision and dual organisms, else 0 = task loss).")
+@click.option("--aux-region", type=click.Choice(["object", "strip", "band"]), default=None,
+              help="Tokens the auxiliary slot loss covers (default object for vision, band for "
+                   "dual: the paper's strips, background included).")
+@click.option("--aux-colour/--no-aux-colour", default=None,
+              help="Also ask each aux-region token the colour of its square (default on for "
+                   "dual).")
+@click.option("--p-shuffle", type=float, default=None,
+              help="Share of items whose image tokens are shuffled at the LM input in training "
+                   "(default 1 vision, 0.3 dual, 0 lm).")
+@click.option("--p-ablate", type=float, default=None,
+              help="Share of items trained on the E5 ablation (default 0.4 dual, else 0).")
+@click.option("--p-ablate-object", type=float, default=0.0, show_default=True,
+              help="Share of items whose object tokens only are ablated (the square alone and "
+                   "centred; background kept): the LM learns to read ordering from the strips.")
 @click.option("--init", "init_from", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Continue training this saved organism (same arch/mechanism/sizes).")
+              help="Continue training this saved organism (same arch and sizes; another "
+                   "mechanism starts a curriculum stage from its weights, e.g. vision -> dual).")
 @click.option("--eval-every", type=int, default=100, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output directory (save_pretrained model + processor, train_log.json, curve.png).")
@@ -42,7 +59,8 @@ def organism() -> None:
               help="Run the 'which mechanism emerged?' slot probe at the end.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
-          lr, warmup, aux_slot_weight, init_from, eval_every, out, probe, progress):
+          lr, warmup, aux_slot_weight, aux_region, aux_colour, p_shuffle, p_ablate,
+          p_ablate_object, init_from, eval_every, out, probe, progress):
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import trainer as org
 
@@ -55,6 +73,11 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         vision_heads=vision_heads, batch=batch, lr=lr, warmup=warmup,
         aux_slot_weight=(aux_slot_weight if aux_slot_weight is not None
                          else defaults["aux_slot_weight"]),
+        aux_region=aux_region if aux_region is not None else defaults["aux_region"],
+        aux_colour=aux_colour if aux_colour is not None else defaults["aux_colour"],
+        p_shuffle=p_shuffle if p_shuffle is not None else defaults.get("p_shuffle"),
+        p_ablate=p_ablate if p_ablate is not None else defaults["p_ablate"],
+        p_ablate_object=p_ablate_object,
         init_from=init_from, eval_every=eval_every, eval_items=64)
     res = org.train(cfg, out=out, final_eval_items=384, progress=progress)
     if probe:
@@ -73,9 +96,13 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
 @organism.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--images", type=int, default=200, show_default=True, help="Probe images per split.")
+@click.option("--items", type=int, default=128, show_default=True,
+              help="Held-out items for the ablation and criss-cross tests.")
 @click.option("--threads", type=int, default=1, show_default=True)
-def check(path, images, threads):
-    """Which mechanism emerged? Slot probe on the projector output + shuffle test, for PATH."""
+def check(path, images, items, threads):
+    """Which mechanism does PATH have? Slot probe on the projector output (object and strip
+    tokens), shuffle test, E5 ablation and object/strip criss-cross at the LM input, classified
+    with the thresholds of organisms.criteria (vision, dual, lm or unclear)."""
     import torch
 
     from . import trainer as org
@@ -85,5 +112,10 @@ def check(path, images, threads):
     model, proc, log = org.load(path)
     cfg = org.OrganismConfig(**{k: v for k, v in log["config"].items() if k != "resolved"}) \
         if log.get("config") else org.OrganismConfig()
-    rep = mechanism_report(model, proc, cfg=cfg, n_images=images)
+    rep = mechanism_report(model, proc, cfg=cfg, n_images=images, n_items=items)
     click.echo(json.dumps(rep["summary"], indent=1))
+    s = rep["summary"]
+    click.echo(f"mechanism: {s['mechanism']} (projector probe object {s['probe_projector_slot']:.2f}"
+               f" / strip {s['probe_projector_slot_strip']:.2f}; accuracy {s['accuracy_base']:.2f}"
+               f" -> {s['accuracy_ablated_vision_ordering']:.2f} with vision ordering ablated; "
+               f"criss-cross flips object {s['flip_object']:.2f} / band {s['flip_band']:.2f})")

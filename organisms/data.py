@@ -86,6 +86,68 @@ class Layout:
         return out
 
 
+REGIONS = ("object", "strip", "band")
+
+
+def region_slots(layout: Layout, n: int, region: str) -> np.ndarray:
+    """Ordinal slot of every image token (row-major ``n x n``) in ``region``, -1 elsewhere.
+
+    ``object``: the square's own tokens. ``strip``: the rows (vertical layouts) or columns
+    (horizontal ones) the square spans, background included (the store's ``strip`` role).
+    ``band``: the paper's strips, the whole grid tiled along the axis at the midpoints between
+    neighbouring squares (every token belongs to the nearest square along the axis; a token
+    exactly halfway between two squares belongs to neither).
+    """
+    if region not in REGIONS:
+        raise ValueError(f"region must be one of {REGIONS}; got {region!r}")
+    out = np.full((n, n), -1, dtype=np.int64)
+    if region == "object":
+        for slot in range(3):
+            for r, c in layout.cells(slot):
+                out[r, c] = slot
+        return out.reshape(-1)
+    starts = [layout.offset + k * (layout.size + layout.gap) for k in range(3)]
+    along = np.full(n, -1, dtype=np.int64)
+    if region == "strip":
+        for k, s0 in enumerate(starts):
+            along[s0:s0 + layout.size] = k
+    else:
+        centres = np.array([s0 + (layout.size - 1) / 2 for s0 in starts])
+        for i in range(n):
+            d = np.abs(centres - i)
+            best = np.flatnonzero(d == d.min())
+            if len(best) == 1:
+                along[i] = best[0]
+    if layout.axis == "h":      # columns carry the slot, every row
+        out[:, :] = along[None, :]
+    else:
+        out[:, :] = along[:, None]
+    return out.reshape(-1)
+
+
+def render_single(colours: list[str], size: int, *, n: int = 8, token_px: int = 28,
+                  normalise: tuple | None = None) -> torch.Tensor:
+    """One square per image, alone and centred (cell ``((n - size) // 2,) * 2``), as the
+    ``isolated`` twins of the stimulus generator draw it; a ``None`` colour gives a blank canvas."""
+    c = (n - size) // 2
+    lay = Layout("h", size, 1, c, c)
+    side = n * token_px
+    if normalise is None:
+        img = torch.full((len(colours), 3, side, side), 255, dtype=torch.uint8)
+    else:
+        lut = _lut(*normalise)
+        img = torch.empty((len(colours), 3, side, side), dtype=torch.float32)
+        img[:] = lut[:, 255][None, :, None, None]
+    for b, name in enumerate(colours):
+        if name is None:
+            continue
+        rgb = torch.as_tensor(ALL_COLOURS[name])
+        val = rgb.to(torch.uint8) if normalise is None else lut[torch.arange(3), rgb]
+        r0 = lay.line * token_px
+        img[b, :, r0:r0 + size * token_px, r0:r0 + size * token_px] = val[:, None, None]
+    return img
+
+
 def layouts(n: int, sizes=(1, 2), gaps=(1, 2)) -> list[Layout]:
     """Every layout of three ``S x S``-token squares with gap ``sp`` on an ``n x n`` token grid."""
     out = []

@@ -19,12 +19,13 @@ from __future__ import annotations
 import numpy as np
 
 from . import data as od
+from .criteria import CHANCE, classify
 
-CHANCE = 1 / 3
 
-
-def projector_tokens(model, batcher, items) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Projector output at every object token of ``items``.
+def projector_tokens(model, batcher, items, region: str = "object"
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Projector output at every token of ``region`` (``organisms.data.region_slots``:
+    ``object``, ``strip`` or ``band``) of ``items``.
 
     Returns
     -------
@@ -43,11 +44,11 @@ def projector_tokens(model, batcher, items) -> tuple[np.ndarray, np.ndarray, np.
             chunk = items[i:i + 64]
             z = image_tokens(model, batcher(chunk)).numpy()
             for b, it in enumerate(chunk):
-                for slot in range(3):
-                    for r, c in it.layout.cells(slot):
-                        feats.append(z[b, r * g + c])
-                        slots.append(slot)
-                        pos.append((r, c))
+                lab = od.region_slots(it.layout, g, region)
+                for k in np.flatnonzero(lab >= 0):
+                    feats.append(z[b, k])
+                    slots.append(int(lab[k]))
+                    pos.append((k // g, k % g))
     return np.asarray(feats, np.float32), np.asarray(slots), np.asarray(pos)
 
 
@@ -68,8 +69,8 @@ def _onehot(pos: np.ndarray, g: int) -> np.ndarray:
     return out
 
 
-def slot_probe(model, batcher, splits, *, n_images: int = 300, init_model=None, seed: int = 0
-               ) -> dict:
+def slot_probe(model, batcher, splits, *, n_images: int = 300, init_model=None, seed: int = 0,
+               region: str = "object") -> dict:
     """Ordinal-slot probe on the projector output, per axis, with controls.
 
     Parameters
@@ -108,8 +109,8 @@ def slot_probe(model, batcher, splits, *, n_images: int = 300, init_model=None, 
         row = {}
         models = [("trained", model)] + ([("init", init_model)] if init_model is not None else [])
         for name, m in models:
-            xtr, ytr, ptr = projector_tokens(m, batcher, tr_items)
-            xte, yte, pte = projector_tokens(m, batcher, te_items)
+            xtr, ytr, ptr = projector_tokens(m, batcher, tr_items, region)
+            xte, yte, pte = projector_tokens(m, batcher, te_items, region)
             a_tr, a_te = _fit_score(xtr, ytr, xte, yte, seed)
             row[name] = {"train": a_tr, "test": a_te, "n_train_tokens": len(ytr),
                          "n_test_tokens": len(yte)}
@@ -135,7 +136,98 @@ def shuffle_test(model, batcher, splits, *, n: int = 256, seeds=(11, 12)) -> dic
             "drop": plain - float(np.mean(shuffled))}
 
 
-def mechanism_report(model, processor, *, cfg, n_images: int = 200) -> dict:
+def _check_items(splits, n: int, seed: int = 4):
+    """Held-out items for the check: held-out triples on training layouts and on held-out ones."""
+    return od.eval_items(splits, "ht_rand", n=n // 2, seed=seed) + \
+        od.eval_items(splits, "ht_hl", n=n - n // 2, seed=seed)
+
+
+def _predict_with_tokens(model, batcher, items, tokens):
+    """Next-token predictions when the LM receives ``tokens`` (``(B, n, d)``) as image tokens."""
+    import torch
+
+    from .model import last_logits, projector_module
+
+    flat = tokens.reshape(-1, tokens.shape[-1])
+    h = projector_module(model).register_forward_hook(lambda m, a, o: flat.to(o.dtype))
+    try:
+        with torch.no_grad():
+            return last_logits(model, batcher(items)).argmax(-1)
+    finally:
+        h.remove()
+
+
+def ablation_test(model, batcher, splits, *, n: int = 128) -> dict:
+    """E5 on the organism's own stimuli: accuracy before and after ablating vision ordering at
+    the LM input (object tokens <- the square alone and centred, the rest <- a blank canvas)."""
+    import torch
+
+    from .model import last_logits
+    from .trainer import ablation_tokens
+
+    items = _check_items(splits, n)
+    base = abl = 0
+    for i in range(0, len(items), 64):
+        chunk = items[i:i + 64]
+        gold = batcher.answer_ids(chunk)
+        with torch.no_grad():
+            base += int((last_logits(model, batcher(chunk)).argmax(-1) == gold).sum())
+        a = ablation_tokens(model, chunk, batcher.grid)
+        abl += int((_predict_with_tokens(model, batcher, chunk, a) == gold).sum())
+    return {"items": len(items), "base": base / len(items), "ablated": abl / len(items),
+            "chance": CHANCE}
+
+
+def _translate(layout, slot_to, slot_from, g, region):
+    """Cell pairs (to, from): region of ``slot_to`` <- region of ``slot_from`` translated by the
+    anchors' offset (the criss-cross map of ``interventions.layout.map_region``)."""
+    lab = od.region_slots(layout, g, region)
+    a_to = np.array(min(layout.cells(slot_to)))
+    a_from = np.array(min(layout.cells(slot_from)))
+    d = a_from - a_to
+    to, frm = [], []
+    for k in np.flatnonzero(lab == slot_to):
+        r, c = k // g + d[0], k % g + d[1]
+        if 0 <= r < g and 0 <= c < g and lab[r * g + c] == slot_from:
+            to.append(int(k))
+            frm.append(int(r * g + c))
+    return to, frm
+
+
+def crisscross_test(model, batcher, splits, *, n: int = 128,
+                    regions=("object", "strip", "band")) -> dict:
+    """E4 at the LM input on the organism's own stimuli: the clean image (c0, c1, c2) takes, in
+    its first square's region, the criss-cross source (c2, c1, c0)'s last-square region and vice
+    versa; flip rate = share of items whose answer becomes the source's answer."""
+    import torch
+
+    from .model import image_tokens
+
+    items = _check_items(splits, n)
+    g = batcher.grid
+    out = {}
+    flips = {r: 0 for r in regions}
+    for i in range(0, len(items), 64):
+        chunk = items[i:i + 64]
+        src = [od.Item(it.colours[::-1], it.layout, it.direction) for it in chunk]
+        with torch.no_grad():
+            zc = image_tokens(model, batcher(chunk))
+            zs = image_tokens(model, batcher(src))
+        target = batcher.answer_ids(src)
+        for region in regions:
+            z = zc.clone()
+            for b, it in enumerate(chunk):
+                for a, c in ((0, 2), (2, 0)):
+                    to, frm = _translate(it.layout, a, c, g, region)
+                    z[b, to] = zs[b, frm]
+            flips[region] += int((_predict_with_tokens(model, batcher, chunk, z) == target).sum())
+    for r in regions:
+        out[r] = flips[r] / len(items)
+    out["items"] = len(items)
+    return out
+
+
+def mechanism_report(model, processor, *, cfg, n_images: int = 200, n_items: int = 128) -> dict:
     """Slot probe (with init-weight and position-only controls) and shuffle test for an organism.
 
     Returns
@@ -155,11 +247,20 @@ def mechanism_report(model, processor, *, cfg, n_images: int = 200) -> dict:
     init_model, _ = build(cfg)
     init_model.eval()
     probe = slot_probe(model, batcher, splits, n_images=n_images, init_model=init_model)
-    shuf = shuffle_test(model, batcher, splits)
+    # band tokens: 8-24 per image (object tokens: 1-4), so a quarter of the images suffices
+    strip = slot_probe(model, batcher, splits, n_images=max(4, n_images // 4), region="band")
+    shuf = shuffle_test(model, batcher, splits, n=2 * n_items)
+    abl = ablation_test(model, batcher, splits, n=n_items)
+    cc = crisscross_test(model, batcher, splits, n=n_items)
     t = probe["mean_test"]["trained"]
     emerged = "yes" if t >= 0.9 else ("no" if t <= CHANCE + 0.15 else "partial")
     summary = {"probe_projector_slot": t, "probe_init_control": probe["mean_test"].get("init"),
                "probe_position_only": probe["mean_test"]["position_only"],
+               "probe_projector_slot_strip": strip["mean_test"]["trained"],
                "accuracy_raster": shuf["raster"], "accuracy_shuffled_tokens": shuf["shuffled"],
-               "vision_ordering": emerged}
-    return {"probe": probe, "shuffle": shuf, "summary": summary}
+               "accuracy_base": abl["base"], "accuracy_ablated_vision_ordering": abl["ablated"],
+               "flip_object": cc["object"], "flip_strip": cc["strip"], "flip_band": cc["band"],
+               "vision_ordering": emerged,
+               "mechanism": classify(t, abl["ablated"], abl["base"])}
+    return {"probe": probe, "probe_strip": strip, "shuffle": shuf, "ablation": abl,
+            "crisscross": cc, "summary": summary}

@@ -19,6 +19,17 @@ behaves the same when loaded with plain ``AutoModelForImageTextToText.from_pretr
     form within a CPU budget; the task loss alone left a 3 x 64 ViT at the 0.5 plateau). After
     training the hook is removed; :func:`organisms.probe.shuffle_test` measures that shuffling
     at test time does not change accuracy (i.e. the LM does not count tokens causally).
+    The shipped ``vision`` organism adds a second stage (``--init``) whose auxiliary loss covers
+    the paper's strips (``aux_region="band"``: every image token, labelled with the slot and the
+    colour of the nearest square along the axis), so the slot code spreads into the background.
+``dual``
+    The paper's two mechanisms at once: the vision tokens carry the ordering (the band auxiliary
+    loss; a share ``p_shuffle`` of training items has its image tokens shuffled, so only content
+    can tell), and the LM keeps a weaker positional backup: rotary base 20 with only the 3
+    lowest-frequency pairs per axis on (h, w) (``mrope_section=[10, 3, 3]``), and a share
+    ``p_ablate`` of items is trained on E5's ablation (object tokens from the square alone and
+    centred, the rest from a blank canvas), where only positions can tell. Trained as a
+    curriculum stage from a ``vision`` organism (``--init``).
 
 The chat template saved with the processor reproduces the exact training token sequence when
 the toolkit formats the paper's prompt (the system message is ignored).
@@ -43,7 +54,7 @@ class OrganismError(VLMError):
 
 
 ARCHS = ("qwen2-vl", "gemma-3")
-MECHANISMS = ("lm", "vision")
+MECHANISMS = ("lm", "vision", "dual")
 TASKS = ("squares",)
 
 
@@ -58,8 +69,9 @@ class OrganismConfig:
 
     arch: Literal["qwen2-vl", "gemma-3"] = "qwen2-vl"
     """Model family (real transformers class)."""
-    mechanism: Literal["lm", "vision"] = "lm"
-    """Where ordering must be computed: LM rotary positions (``lm``) or vision-token content."""
+    mechanism: Literal["lm", "vision", "dual"] = "lm"
+    """Where ordering must be computed: LM rotary positions (``lm``), vision-token content
+    (``vision``), or vision-token content with a weaker LM positional backup (``dual``)."""
     task: str = "squares"
     """Stimulus task; only ``squares`` is implemented."""
     steps: int = 2000
@@ -98,7 +110,26 @@ class OrganismConfig:
     """Shuffle image tokens at the LM input during training; default on for ``vision``."""
     aux_slot_weight: float = 0.0
     """Weight of an auxiliary ordinal-slot loss (a linear head, not saved) on the projector
-    output at object tokens: plants the vision-side code faster. 0 = task loss only."""
+    output at the tokens of ``aux_region``: plants the vision-side code faster. 0 = task loss
+    only."""
+    aux_region: str = "object"
+    """Tokens the auxiliary loss is applied to (``organisms.data.region_slots``): ``object``
+    (the square's tokens), ``strip`` (its rows/columns) or ``band`` (the paper's strips: every
+    token belongs to the nearest square along the axis)."""
+    aux_colour: bool = False
+    """The auxiliary loss also asks each token of the region for the colour of its square (so
+    that background tokens carry the object's identity with its slot, as in the paper)."""
+    p_shuffle: float | None = None
+    """Per-item probability of shuffling the image tokens at the LM input during training;
+    default 1 when ``shuffle_image_tokens`` resolves on, else 0."""
+    p_ablate: float = 0.0
+    """Per-item probability of training on the E5 ablation of the item (object tokens <- the
+    projector output of the square alone and centred, every other token <- a blank canvas's):
+    the LM must then find the answer from image-token positions (the ``dual`` backup)."""
+    p_ablate_object: float = 0.0
+    """Per-item probability of ablating only the object tokens (the square alone and centred;
+    the background keeps its own tokens): the ordering is then only in the strips' background,
+    where the paper finds it, so the LM learns to read it there."""
     init_from: str | None = None
     """Continue training a saved organism (same arch, mechanism and sizes) instead of a fresh
     build; its history is kept and the step count continues from it."""
@@ -121,6 +152,16 @@ class OrganismConfig:
         _check(0 <= self.p_extra <= 1, f"'p_extra' must be in [0, 1]. Got {self.p_extra!r}.")
         _check(self.aux_slot_weight >= 0, f"'aux_slot_weight' must be >= 0. "
                f"Got {self.aux_slot_weight!r}.")
+        _check(self.aux_region in od.REGIONS, f"'aux_region' must be one of {od.REGIONS}. "
+               f"Got {self.aux_region!r} instead.")
+        for name in ("p_shuffle", "p_ablate", "p_ablate_object"):
+            v = getattr(self, name)
+            _check(v is None or 0 <= v <= 1, f"'{name}' must be in [0, 1]. Got {v!r} instead.")
+        _check((self.p_shuffle or 0) + self.p_ablate + self.p_ablate_object <= 1,
+               "'p_shuffle' + 'p_ablate' + 'p_ablate_object' must be <= 1 (they are shares of "
+               "each batch)")
+        _check(self.arch == "qwen2-vl" or (self.mechanism != "dual" and self.p_ablate == 0),
+               "the 'dual' mechanism and 'p_ablate' are implemented for arch 'qwen2-vl' only")
         _check(self.lm_dim % self.lm_heads == 0 and self.vision_dim % self.vision_heads == 0,
                "'lm_dim'/'vision_dim' must be divisible by 'lm_heads'/'vision_heads'.")
         sec = self.resolved_mrope_section()
@@ -133,7 +174,7 @@ class OrganismConfig:
     def resolved_rope_theta(self) -> float:
         if self.rope_theta is not None:
             return float(self.rope_theta)
-        return 20.0 if (self.mechanism == "lm" and self.arch == "qwen2-vl") else 1e4
+        return 20.0 if (self.mechanism in ("lm", "dual") and self.arch == "qwen2-vl") else 1e4
 
     def resolved_mrope_section(self) -> tuple[int, int, int]:
         if self.mrope_section is not None:
@@ -141,6 +182,8 @@ class OrganismConfig:
         half = self.lm_dim // self.lm_heads // 2
         if self.mechanism == "vision":
             return (half, 0, 0)
+        if self.mechanism == "dual":  # the 3 lowest frequency pairs per axis: a weak backup
+            return (half - 2 * (3 * half // 16), 3 * half // 16, 3 * half // 16)
         return (half - 2 * (7 * half // 16), 7 * half // 16, 7 * half // 16)
 
     def resolved_shuffle(self) -> bool:
@@ -149,11 +192,17 @@ class OrganismConfig:
         # Gemma-3 image tokens attend bidirectionally: their order cannot leak causally
         return self.mechanism == "vision" and self.arch == "qwen2-vl"
 
+    def resolved_p_shuffle(self) -> float:
+        if self.p_shuffle is not None:
+            return float(self.p_shuffle)
+        return 1.0 if self.resolved_shuffle() else 0.0
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["resolved"] = {"rope_theta": self.resolved_rope_theta(),
                          "mrope_section": list(self.resolved_mrope_section()),
-                         "shuffle_image_tokens": self.resolved_shuffle()}
+                         "shuffle_image_tokens": self.resolved_shuffle(),
+                         "p_shuffle": self.resolved_p_shuffle()}
         return d
 
 
@@ -260,9 +309,10 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
                             lr=cfg.lr, betas=(0.9, 0.98))
     aux = _AuxSlot(model, cfg) if cfg.aux_slot_weight > 0 else None
     if aux is not None:
-        opt.add_param_group({"params": list(aux.head.parameters()), "weight_decay": 0.0})
-    handle = (ShuffleImageTokens(cfg.grid ** 2, cfg.seed).attach(model)
-              if cfg.resolved_shuffle() else None)
+        opt.add_param_group({"params": list(aux.parameters()), "weight_decay": 0.0})
+    cur = (_Curriculum(model, cfg)
+           if (cfg.resolved_p_shuffle() > 0 or cfg.p_ablate > 0 or cfg.p_ablate_object > 0)
+           else None)
     log = {"config": cfg.to_json(), "history": [], "n_params": sum(p.numel() for p in model.parameters()),
            "splits": {"heldout_triples": [list(t) for t in splits.heldout_triples],
                       "heldout_layouts": [asdict(lay) for lay in splits.heldout_layouts]}}
@@ -275,14 +325,17 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
         log["previous_train_time_s"] = sum(st.get("train_time_s", 0) for st in log["stages"])
     t0 = time.time()
     train_time = 0.0
+    cpu_time = 0.0
     bar = tqdm(range(cfg.steps), disable=not progress, desc=f"{cfg.arch}-{cfg.mechanism}")
     run_loss = None
     for step in bar:
-        ts = time.time()
+        ts, cs = time.time(), time.process_time()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         items = od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
         inputs = batcher(items, jitter=cfg.jitter, rng=rng)
+        if cur is not None:
+            cur.prepare(items, rng)
         loss = torch.nn.functional.cross_entropy(last_logits(model, inputs), batcher.answer_ids(items))
         if aux is not None:
             loss = loss + cfg.aux_slot_weight * aux.loss(items)
@@ -291,36 +344,41 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         train_time += time.time() - ts
+        cpu_time += time.process_time() - cs
         loss = loss.detach()
         run_loss = float(loss) if run_loss is None else 0.9 * run_loss + 0.1 * float(loss)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             model.eval()
-            if handle is not None:
-                handle.remove()
+            if cur is not None:
+                cur.active = False
             acc = evaluate(model, batcher, splits, n=cfg.eval_items)
-            if handle is not None:
-                handle = ShuffleImageTokens(cfg.grid ** 2, cfg.seed + step).attach(model)
+            if cur is not None:
+                cur.active = True
             model.train()
             log["history"].append({"step": offset + step + 1, "loss": run_loss, "train_time_s": train_time,
-                                   "wall_s": time.time() - t0, **acc})
+                                   "cpu_time_s": cpu_time, "wall_s": time.time() - t0, **acc})
             bar.set_postfix(loss=f"{run_loss:.3f}", heldout=f"{acc['heldout']:.3f}",
                             hl=f"{acc['hl']:.3f}")
             if out is not None:
                 _write_json(out / "train_log.json", log)
         else:
             bar.set_postfix(loss=f"{run_loss:.3f}")
-    if handle is not None:
-        handle.remove()
+    if cur is not None:
+        cur.remove()
     if aux is not None:
         aux.remove()
     model.eval()
     log["train_time_s"] = train_time
+    log["cpu_time_s"] = cpu_time
     if prev is not None:
         log["stages"].append({"config": cfg.to_json(), "train_time_s": train_time})
         log["total_train_time_s"] = log["previous_train_time_s"] + train_time
+        log["total_cpu_time_s"] = sum(st.get("cpu_time_s", st.get("train_time_s", 0))
+                                      for st in log["stages"][:-1]) + cpu_time
+        log["stages"][-1]["cpu_time_s"] = cpu_time
     log["final"] = evaluate(model, batcher, splits, n=final_eval_items, seed=2)
     log["final_eval_items"] = final_eval_items
-    if cfg.mechanism == "vision" or cfg.resolved_shuffle():
+    if cfg.mechanism in ("vision", "dual") or cfg.resolved_p_shuffle() > 0:
         log["final_shuffled"] = evaluate(model, batcher, splits, n=final_eval_items, seed=2,
                                          shuffle_seed=123)
     log["wall_s"] = time.time() - t0
@@ -330,44 +388,166 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
 
 
 class _AuxSlot:
-    """Auxiliary ordinal-slot loss on the projector output (captured before any shuffle)."""
+    """Auxiliary ordinal-slot loss on the projector output (captured before any shuffle or
+    ablation), over the tokens of ``cfg.aux_region``; with ``cfg.aux_colour`` each of those
+    tokens is also asked the colour of its square."""
 
     def __init__(self, model, cfg: OrganismConfig):
         import torch
+        self.cfg = cfg
         self.grid = cfg.grid
         self.head = torch.nn.Linear(cfg.lm_dim, 3)
+        self.colour = torch.nn.Linear(cfg.lm_dim, len(od.COLOUR_NAMES)) if cfg.aux_colour else None
         self.z = None
         self.h = projector_module(model).register_forward_hook(self._grab)
+        self._cache: dict = {}
+
+    def parameters(self):
+        yield from self.head.parameters()
+        if self.colour is not None:
+            yield from self.colour.parameters()
 
     def _grab(self, module, args, out):
-        self.z = out
+        self.z = out  # the last projector call before loss() is the training batch
+
+    def _slots(self, layout):
+        if layout not in self._cache:
+            self._cache[layout] = od.region_slots(layout, self.grid, self.cfg.aux_region)
+        return self._cache[layout]
 
     def loss(self, items):
         import torch
         g = self.grid
         z = self.z.reshape(len(items), g * g, -1)
-        b_idx, t_idx, lab = [], [], []
-        for b, it in enumerate(items):
-            for slot in range(3):
-                for r, c in it.layout.cells(slot):
-                    b_idx.append(b)
-                    t_idx.append(r * g + c)
-                    lab.append(slot)
-        feats = z[torch.tensor(b_idx), torch.tensor(t_idx)]
-        return torch.nn.functional.cross_entropy(self.head(feats), torch.tensor(lab))
+        slots = torch.as_tensor(np.stack([self._slots(it.layout) for it in items]))
+        sel = slots >= 0
+        feats = z[sel]
+        lab = slots[sel]
+        loss = torch.nn.functional.cross_entropy(self.head(feats), lab)
+        if self.colour is not None:
+            cidx = torch.tensor([[od.COLOUR_NAMES.index(c) for c in it.colours] for it in items])
+            col = torch.gather(cidx, 1, slots.clamp(min=0))[sel]
+            loss = loss + torch.nn.functional.cross_entropy(self.colour(feats), col)
+        return loss
 
     def remove(self):
         self.h.remove()
+
+
+class _Curriculum:
+    """Training-time edits of the image tokens at the LM input (a projector forward hook), per
+    item: shuffled (share ``p_shuffle``: only the tokens' content can carry ordering), E5-ablated
+    (share ``p_ablate``: only the LM's positions can), or left alone."""
+
+    def __init__(self, model, cfg: OrganismConfig):
+        import torch
+        self.model, self.cfg, self.n = model, cfg, cfg.grid ** 2
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.active = True
+        self.plan = None
+        self.h = projector_module(model).register_forward_hook(self)
+
+    def prepare(self, items, rng) -> None:
+        """Draw each item's mode and compute the ablated tokens (no gradient) for this step."""
+        import torch
+        u = rng.random(len(items))
+        ps, pa = self.cfg.resolved_p_shuffle(), self.cfg.p_ablate
+        po = self.cfg.p_ablate_object
+        shuffle = torch.as_tensor(u < ps)
+        ablate = torch.as_tensor((u >= ps) & (u < ps + pa))
+        obj = torch.as_tensor((u >= ps + pa) & (u < ps + pa + po))
+        edit = ablate | obj
+        abl = keep = None
+        if bool(edit.any()):
+            chosen = [it for it, a in zip(items, edit) if a]
+            abl = ablation_tokens(self.model, chosen, self.cfg.grid, hook=self)
+            # per edited item and token: keep the item's own token (object-only ablation's
+            # background) or take the ablated one
+            g = self.cfg.grid
+            keep = torch.zeros(len(chosen), g * g, dtype=torch.bool)
+            for j, (it, o) in enumerate(zip(chosen, obj[edit].tolist())):
+                if o:
+                    keep[j] = torch.as_tensor(od.region_slots(it.layout, g, "object") < 0)
+        self.plan = (shuffle, edit, abl, keep)
+
+    def __call__(self, module, args, out):
+        import torch
+        if not self.active or self.plan is None:
+            return None
+        shuffle, ablate, abl, keep = self.plan
+        self.plan = None
+        b = len(shuffle)
+        idx = torch.arange(b * self.n).reshape(b, self.n)
+        for i in torch.nonzero(shuffle).flatten().tolist():
+            idx[i] = idx[i][torch.randperm(self.n, generator=self.gen)]
+        x = out[idx.reshape(-1)]
+        if abl is not None:
+            x = x.reshape(b, self.n, -1).clone()
+            x[ablate] = torch.where(keep[..., None], x[ablate], abl)
+            x = x.reshape(b * self.n, -1)
+        return x
+
+    def remove(self):
+        self.h.remove()
+
+
+def ablation_tokens(model, items, grid: int, *, hook=None):
+    """E5's ablation of ``items`` at the LM input, built from the organism's own projector:
+    each square's tokens <- the same square rendered alone and centred, every other token <- a
+    blank canvas (``interventions.ablation`` does the same from a stimulus set's twins).
+
+    Returns ``(len(items), grid*grid, d)`` (no gradient).
+    """
+    import torch
+    colours = [c for it in items for c in it.colours] + [None]
+    sizes = sorted({it.layout.size for it in items})
+    toks = {}
+    was = getattr(hook, "active", None)
+    if hook is not None:
+        hook.active = False
+    try:
+        with torch.no_grad():
+            for s in sizes:
+                img = od.render_single(colours, s, n=grid, normalise=od.QWEN_NORM)
+                pv, thw = od.qwen_pixels(img)
+                toks[s] = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
+    finally:
+        if hook is not None:
+            hook.active = was
+    out = []
+    c = lambda s: (grid - s) // 2  # noqa: E731  (the centred cell of render_single)
+    for i, it in enumerate(items):
+        t = toks[it.layout.size]
+        x = t[-1].clone()  # blank canvas everywhere
+        for slot in range(3):
+            iso = t[3 * i + slot]
+            cells = it.layout.cells(slot)
+            r0 = min(r for r, _ in cells)
+            c0 = min(q for _, q in cells)
+            for r, q in cells:
+                rr, qq = r - r0 + c(it.layout.size), q - c0 + c(it.layout.size)
+                x[r * grid + q] = iso[rr * grid + qq]
+        out.append(x)
+    return torch.stack(out)
 
 
 def _continue_from(cfg: OrganismConfig):
     """Load the organism to continue from and check that it matches ``cfg``."""
     model, proc, prev = load(cfg.init_from)
     pc = prev.get("config", {})
-    for k in ("arch", "mechanism", "grid", "vision_depth", "vision_dim", "lm_layers", "lm_dim"):
-        _check(pc.get(k) == getattr(cfg, k), f"init_from={str(cfg.init_from)!r}: its {k} is "
-               f"{pc.get(k)!r} "
-               f"but this run asks for {getattr(cfg, k)!r}; pass matching options")
+    for k in ("arch", "grid", "vision_depth", "vision_dim", "vision_heads", "lm_layers",
+              "lm_dim", "lm_heads"):
+        _check(pc.get(k, getattr(cfg, k)) == getattr(cfg, k), f"init_from={str(cfg.init_from)!r}: "
+               f"its {k} is {pc.get(k)!r} but this run asks for {getattr(cfg, k)!r}; pass matching options")
+    mine = (cfg.resolved_rope_theta(), list(cfg.resolved_mrope_section()))
+    if pc.get("mechanism") != cfg.mechanism or mine != (pc["resolved"]["rope_theta"],
+                                                       pc["resolved"]["mrope_section"]):
+        # a curriculum stage with another mechanism: the same weights under this run's rotary
+        # config (rotary settings hold no weights), e.g. a vision organism's weights -> dual
+        fresh, proc = build(cfg)
+        missing = fresh.load_state_dict(model.state_dict(), strict=True)
+        del missing
+        model = fresh
     model.train()
     return model, proc, prev
 
@@ -406,6 +586,14 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append(f"--lr {cfg['lr']:g}")
     if cfg.get("aux_slot_weight", 0.0):
         parts.append(f"--aux-slot-weight {cfg['aux_slot_weight']:g}")
+        parts.append(f"--aux-region {cfg.get('aux_region', 'object')}")
+        parts.append("--aux-colour" if cfg.get("aux_colour") else "--no-aux-colour")
+    if cfg.get("p_shuffle") is not None:
+        parts.append(f"--p-shuffle {cfg['p_shuffle']:g}")
+    if cfg.get("p_ablate", 0.0) or cfg["mechanism"] == "dual":
+        parts.append(f"--p-ablate {cfg.get('p_ablate', 0.0):g}")
+    if cfg.get("p_ablate_object", 0.0):
+        parts.append(f"--p-ablate-object {cfg['p_ablate_object']:g}")
     if cfg.get("warmup", 100) != 100:
         parts.append(f"--warmup {cfg['warmup']}")
     if init is not None:
@@ -448,15 +636,23 @@ def write_readme(out: str | Path, log: dict) -> None:
              "scratch on the paper's Squares task by `spatialbind organism train` "
              f"({log.get('n_params', 0) / 1e6:.2f} M parameters; {c['grid']}x{c['grid']} image "
              f"tokens = {28 * c['grid']} px canvas, squares of 1-2 tokens, gaps of 1-2 tokens).", "",
-             f"- LM rotary: {_rope_text(c)}; image tokens shuffled at the LM input during "
-             f"training: {r['shuffle_image_tokens']}.",
+             f"- LM rotary: {_rope_text(c)}; share of items with image tokens shuffled at the LM "
+             f"input during training: {r.get('p_shuffle', float(r['shuffle_image_tokens'])):g}; "
+             f"share trained on the E5 ablation: {c.get('p_ablate', 0.0):g}; on the "
+             f"object-only ablation: {c.get('p_ablate_object', 0.0):g}.",
+             f"- Auxiliary slot loss: weight {c.get('aux_slot_weight', 0):g}"
+             + (f" over `{c.get('aux_region', 'object')}` tokens"
+                + (" (slot and the colour of the token's square)" if c.get("aux_colour") else
+                   " (slot)") if c.get("aux_slot_weight") else "") + ".",
              "- Load: `AutoModelForImageTextToText.from_pretrained(DIR)` (model) and "
              "`organisms.load(DIR)` (model, image-only processor, log).", "",
              "## Reproduce", "", "```", *reproduce_commands(log, f"vlms/organisms/{out.name}"),
              "```", "",
              f"Training: {sum(st['config']['steps'] for st in log.get('stages', [])) or c['steps']}"
              f" steps, {log.get('total_train_time_s', log.get('train_time_s', 0)) / 60:.1f} min "
-             "of training "
+             "of training"
+             + (f" ({log.get('total_cpu_time_s', log['cpu_time_s']) / 60:.1f} CPU-minutes)"
+                if "cpu_time_s" in log else "") + " "
              f"(last stage {log.get('wall_s', 0) / 60:.1f} min wall) on a shared 2-core CPU, "
              f"{c['threads']} torch thread(s). Curve: `curve.png`; full history: `train_log.json`.",
              "", "## Held-out accuracy (top-1 next token, exact paper colours)", "",
@@ -486,6 +682,15 @@ def write_readme(out: str | Path, log: dict) -> None:
                   f"- accuracy with raster-order image tokens {s['accuracy_raster']:.3f}, with "
                   f"shuffled image tokens {s['accuracy_shuffled_tokens']:.3f}",
                   f"- vision-side ordering: **{s['vision_ordering']}**"]
+        if "mechanism" in s:
+            lines += [f"- projector probe on the paper's strips (band tokens, background "
+                      f"included): {s['probe_projector_slot_strip']:.3f}",
+                      f"- ablating vision ordering at the LM input (E5 on held-out items): "
+                      f"{s['accuracy_base']:.3f} -> {s['accuracy_ablated_vision_ordering']:.3f}"
+                      " (chance 0.333)",
+                      f"- criss-cross at the LM input, flip rate: object {s['flip_object']:.3f}, "
+                      f"strip {s['flip_strip']:.3f}, band {s['flip_band']:.3f}",
+                      f"- mechanism (thresholds of `organisms.criteria`): **{s['mechanism']}**"]
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
@@ -566,8 +771,16 @@ def shipped(name: str) -> Path:
 def mechanism_defaults(mechanism: str, arch: str = "qwen2-vl") -> dict:
     """Default steps and vision depth of the shipped recipe for each mechanism."""
     if mechanism == "vision" and arch == "qwen2-vl":
-        return {"steps": 1000, "vision_depth": 3, "vision_dim": 128, "aux_slot_weight": 2.0}
-    return {"steps": 1500, "vision_depth": 2, "vision_dim": 64, "aux_slot_weight": 0.0}
+        # stage 1 of the shipped recipe (stage 2: --init it with --aux-region band --aux-colour;
+        # a fresh 400-step band run did not learn the task, see vlms/organisms/README.md)
+        return {"steps": 1000, "vision_depth": 3, "vision_dim": 128, "aux_slot_weight": 2.0,
+                "aux_region": "object", "aux_colour": False, "p_ablate": 0.0}
+    if mechanism == "dual":
+        # a curriculum stage from a vision organism (--init): see vlms/organisms/README.md
+        return {"steps": 250, "vision_depth": 3, "vision_dim": 128, "aux_slot_weight": 2.0,
+                "aux_region": "band", "aux_colour": True, "p_shuffle": 0.3, "p_ablate": 0.4}
+    return {"steps": 1500, "vision_depth": 2, "vision_dim": 64, "aux_slot_weight": 0.0,
+            "aux_region": "object", "aux_colour": False, "p_ablate": 0.0}
 
 
 def save_log(out: str | Path, log: dict) -> None:

@@ -23,7 +23,16 @@ from typing import Any, Callable
 from interventions.errors import InterventionError
 
 #: Shipped organisms, in report order: (alias, mechanism planted).
-ORGANISMS = (("organism-qwen2-vl-vision", "vision"), ("organism-qwen2-vl-lm", "lm"))
+ORGANISMS = (("organism-qwen2-vl-vision", "vision"), ("organism-qwen2-vl-dual", "dual"),
+             ("organism-qwen2-vl-lm", "lm"))
+
+
+def shipped_organisms() -> tuple[tuple[str, str], ...]:
+    """The entries of :data:`ORGANISMS` whose checkpoint is in this checkout."""
+    from vlms.registry import ORGANISM_PREFIX, SHIPPED
+
+    return tuple((a, m) for a, m in ORGANISMS
+                 if (SHIPPED / a.removeprefix(ORGANISM_PREFIX) / "config.json").is_file())
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -144,7 +153,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True,
         raise InterventionError(f"out={str(out)!r} holds a demo run with other options "
                                 f"({', '.join(diff)}); choose a new folder or delete it")
     cfg_path.write_text(json.dumps(mine, indent=1))
-    models = cfg.models or tuple(name for name, _ in ORGANISMS)
+    models = cfg.models or tuple(name for name, _ in shipped_organisms())
     st = Stages(out, echo)
     data, degraded = out / "data" / "clean", out / "data" / "degraded"
     st.run("generate", lambda: str(generate(
@@ -169,8 +178,14 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True,
             degraded, grid, progress=progress, echo=echo)
     from .report import write_report
 
+    # the mechanism each organism was trained with (its training record), else the default list's
+    mechanisms = dict(ORGANISMS)
+    for m in models:
+        mech = (results[m].get("organism") or {}).get("mechanism")
+        if mech:
+            mechanisms[m] = mech
     path = write_report(out, cfg=cfg, models=models, results=results, stages=st.log,
-                        mechanisms=dict(ORGANISMS))
+                        mechanisms=mechanisms)
     echo(f"[demo] report: {path}")
     return path
 
@@ -275,8 +290,12 @@ def _training_record(source: str | None) -> dict[str, Any] | None:
         return None
     d = json.loads(log.read_text())
     summary = (d.get("mechanism_check") or {}).get("summary") or {}
-    return {"final": d.get("final"), "n_items": d.get("final_eval_items"),
-            "train_minutes": round(float(d.get("train_time_s", 0)) / 60, 1),
+    return {"mechanism": (d.get("config") or {}).get("mechanism"),
+            "final": d.get("final"), "n_items": d.get("final_eval_items"),
+            "train_minutes": round(float(d.get("total_train_time_s", d.get("train_time_s", 0)))
+                                   / 60, 1),
+            "cpu_minutes": (round(float(d.get("total_cpu_time_s", d["cpu_time_s"])) / 60, 1)
+                            if "cpu_time_s" in d else None),
             "steps": (d.get("history") or [{}])[-1].get("step"),
             "probe_projector_slot": summary.get("probe_projector_slot"),
             "accuracy_shuffled_tokens": summary.get("accuracy_shuffled_tokens")}
@@ -356,4 +375,4 @@ def _f(x):
     return None if x != x else x
 
 
-__all__ = ["DemoConfig", "ORGANISMS", "run_demo", "stimulus_config"]
+__all__ = ["DemoConfig", "ORGANISMS", "run_demo", "shipped_organisms", "stimulus_config"]

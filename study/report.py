@@ -1,9 +1,9 @@
 """One self-contained HTML report of a demo run (figures embedded), read top to bottom.
 
 Sections: what was run; E1 behaviour; E3 probes and probe maps; E4 object vs strip criss-cross;
-E5 ablation and E6 LM backup; E7 amplification; and, for model organisms, the four validation
-contrasts (does the toolkit tell the planted mechanisms apart?), each verdict computed from the
-measured numbers, never tuned. The paper's numbers (PAPER.md) sit beside ours.
+E5 ablation and E6 LM backup; E7 amplification; and, for model organisms, the validation
+criteria (the paper's effects with thresholds fixed in ``organisms.criteria``), each verdict
+computed from the measured numbers, never tuned. The paper's numbers (PAPER.md) sit beside ours.
 """
 from __future__ import annotations
 
@@ -174,50 +174,69 @@ def _heldout(summary: dict | None, control: str = "probe") -> dict | None:
     return None
 
 
-def _sensitivity(summary: dict | None, control: str = "probe"):
-    """Mean |accuracy(alpha) - accuracy(0)| over the swept alphas > 0 (None without a sweep).
+def _strip_region(summary: dict | None) -> str:
+    """The region that stands for the paper's strip in an E4 summary: ``band`` (the grid tiled
+    along the axis, as the authors' code does) when measured, else ``strip``."""
+    regions = {r.get("region") for r in (summary or {}).get("by_layer", [])}
+    return "band" if "band" in regions else "strip"
 
-    Read off the whole dose-response curve rather than one selected alpha: a held-out alpha
-    chosen on a small split is noisy, and the contrast asks whether the model's answers depend
-    on the amplified direction at all, in either direction.
-    """
-    rows = [r for r in (summary or {}).get("dose_response", []) if r.get("control") == control]
-    base = [r["accuracy"] for r in rows if r["alpha"] == 0]
-    deltas = [abs(r["accuracy"] - base[0]) for r in rows if r["alpha"] > 0] if base else []
-    return sum(deltas) / len(deltas) if deltas else None
+
+def validation(results: dict[str, dict], mechanisms: dict[str, str]) -> list[dict[str, Any]]:
+    """The paper's effects as validation criteria, per organism (issue 11): one row per
+    (organism, criterion) with the measured values, the threshold fixed in
+    :data:`organisms.criteria.THRESHOLDS`, and the verdict as found (None = not measured)."""
+    from organisms import criteria as C
+
+    rows = []
+    for m, r in results.items():
+        mech = mechanisms.get(m)
+        if mech not in ("vision", "dual", "lm"):
+            continue
+        e3, e4, e5, e6 = (r.get(k) or {} for k in ("e3", "e4", "e5", "e6"))
+        strip = _strip_region(e4)
+        e6_layers = (e6.get("flip_layers") or {}).get("object") if e6 else None
+        got = [C.criterion_probe(mech, e3.get("projector_object_accuracy"),
+                                 e3.get("projector_strip_accuracy")),
+               C.criterion_crisscross(mech, _layer0(e4, "object"), _layer0(e4, strip)),
+               C.criterion_ablation(mech, e5.get("base_accuracy"), e5.get("ablated_accuracy"),
+                                    e6_layers, chance=e5.get("chance", C.CHANCE)),
+               C.criterion_amplify(mech, r.get("e7"))]
+        for c in got:
+            meas = dict(c["measured"])
+            if c["criterion"] == 2:
+                meas["strip_region"] = strip
+            rows.append({"model": m, "mechanism": mech, "criterion": c["criterion"],
+                         "paper effect": C.EFFECTS[c["criterion"]],
+                         "measured": ", ".join(f"{k} {_fmt(v)}" for k, v in meas.items()),
+                         "expected": c["expected"], "holds": c["holds"]})
+    return rows
+
+
+def effects_shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per organism: which of the paper's effects it shows (criteria that hold for a vision-side
+    organism; an ``lm`` organism is the control, whose criteria say the effects are absent)."""
+    out = []
+    for m in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == m]
+        mech = mine[0]["mechanism"]
+        ok = [f"{r['criterion']}" for r in mine if r["holds"]]
+        bad = [f"{r['criterion']}" for r in mine if r["holds"] is False]
+        na = [f"{r['criterion']}" for r in mine if r["holds"] is None]
+        if mech == "lm":
+            shows = "control: " + ("behaves as an LM-side organism (criteria " + ", ".join(ok)
+                                   + ")" if ok else "–")
+        else:
+            shows = "; ".join(r["paper effect"] for r in mine if r["holds"]) or "none"
+        out.append({"model": m, "mechanism": mech, "criteria met": ", ".join(ok) or "–",
+                    "criteria failed": ", ".join(bad) or "–", "not measured": ", ".join(na) or "–",
+                    "paper effects shown": shows})
+    return out
 
 
 def contrasts(results: dict[str, dict], mechanisms: dict[str, str]) -> list[dict[str, Any]]:
-    """The four validation contrasts of the organism pair (issue 5), with verdicts as found."""
-    vis = next((m for m in results if mechanisms.get(m) == "vision"), None)
-    lm = next((m for m in results if mechanisms.get(m) == "lm"), None)
-    if vis is None or lm is None:
-        return []
-    V, L = results[vis], results[lm]
-    rows = []
-    pv = (V.get("e3") or {}).get("projector_object_accuracy")
-    pl = (L.get("e3") or {}).get("projector_object_accuracy")
-    rows.append({"experiment": "E3 projector slot probe (object tokens; chance 0.33)",
-                 "expected": "vision ≥ 0.9, lm near chance", "vision": pv, "lm": pl,
-                 "holds": None if pv is None or pl is None else bool(pv >= 0.9 and pl < 0.6)})
-    fv, fl = _layer0(V.get("e4"), "band"), _layer0(L.get("e4"), "band")
-    rows.append({"experiment": "E4 strip (the paper's band) criss-cross at the LM input: flip rate",
-                 "expected": "vision flips (> 0.5), lm does not (< 0.5)", "vision": fv, "lm": fl,
-                 "holds": None if fv is None or fl is None else bool(fv > 0.5 and fl < 0.5)})
-    e5v, e5l = V.get("e5") or {}, L.get("e5") or {}
-    av, al = e5v.get("ablated_accuracy"), e5l.get("ablated_accuracy")
-    ch, bl = e5v.get("chance", 1 / 3), e5l.get("base_accuracy")
-    rows.append({"experiment": "E5 accuracy with vision ordering ablated",
-                 "expected": "vision → chance, lm stays near its accuracy",
-                 "vision": av, "lm": al,
-                 "holds": None if av is None or al is None or bl is None
-                 else bool(av <= ch + 0.15 and al >= bl - 0.1)})
-    dv, dl = _sensitivity(V.get("e7")), _sensitivity(L.get("e7"))
-    rows.append({"experiment": "E7 sensitivity to amplification on degraded stimuli: mean "
-                               "|accuracy change| over the alpha sweep (probe direction)",
-                 "expected": "vision changes more than lm", "vision": dv, "lm": dl,
-                 "holds": None if dv is None or dl is None else bool(dv > dl)})
-    return rows
+    """Validation rows keyed for quick reading: one per (organism, criterion); see
+    :func:`validation` (kept under its old name for callers of the issue-5 table)."""
+    return validation(results, mechanisms)
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}
@@ -248,14 +267,18 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
         h.append("<p>The default models are <b>model organisms</b>: tiny Qwen2-VL models of the "
                  "real transformers class trained from scratch on Squares with a planted "
                  "mechanism. In <code>vision</code> the LM cannot read image-token positions, so "
-                 "ordering must be written into the vision tokens; in <code>lm</code> image tokens "
-                 "keep informative rotary positions and the LM can pick the square by position. "
-                 "Each experiment should tell them apart.</p>")
+                 "ordering must be written into the vision tokens (spread over each square's "
+                 "strip); in <code>dual</code> the vision tokens carry it and the LM keeps a "
+                 "weaker positional backup (three low rotary frequencies per axis), as the paper "
+                 "found; in <code>lm</code> image tokens keep informative rotary positions and "
+                 "the LM picks the square by position. Each experiment should tell them "
+                 "apart.</p>")
         org = [{"model": m, "mechanism": mechanisms.get(m, ""), **(results[m]["organism"]["final"]
                                                                    or {}),
                 "items per set": results[m]["organism"]["n_items"],
                 "steps": results[m]["organism"]["steps"],
-                "CPU minutes": results[m]["organism"]["train_minutes"]}
+                "training minutes": results[m]["organism"]["train_minutes"],
+                "CPU minutes": results[m]["organism"].get("cpu_minutes")}
                for m in models if (results[m].get("organism") or {}).get("final")]
         if org:
             h.append("<h3>The organisms' held-out accuracy (from their training)</h3><p>Top-1 "
@@ -264,10 +287,19 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
                      "held-out layouts; <code>hl</code>: training triples on held-out layouts; "
                      "<code>heldout</code>: held-out triples pooled. Goal: ≥ 0.95.</p>"
                      + _table(org))
-        rows = contrasts(results, mechanisms)
+        rows = validation(results, mechanisms)
         if rows:
-            h.append("<h2>Validation contrasts</h2><p>Verdicts are computed from the numbers "
-                     "below; a 'False' is reported as found, not hidden.</p>" + _table(rows))
+            from organisms.criteria import THRESHOLDS
+
+            h.append("<h2>Validation: the paper's effects</h2><p>Each criterion is one of the "
+                     "paper's effects with a threshold fixed before measuring "
+                     "(<code>organisms.criteria.THRESHOLDS</code>), on the demo's stimuli, "
+                     "which no organism was trained on; E7's alpha is chosen on one split and "
+                     "reported on the other. Verdicts are computed from the numbers; a 'False' "
+                     "is reported as found, not hidden.</p>"
+                     + _table(effects_shown(rows)) + _table(rows)
+                     + "<p>Thresholds: " + html.escape(", ".join(
+                         f"{k} = {v:g}" for k, v in THRESHOLDS.items())) + "</p>")
     h.append("<h2>E1 — behaviour</h2><p>Top-1 next-token accuracy on the paper's completion "
              "prompt.</p>")
     h.append(_table([{"model": m, "mechanism": mechanisms.get(m, ""),

@@ -1,7 +1,8 @@
-"""`spatialbind demo` on the shipped organisms: the report tells the planted mechanisms apart.
+"""`spatialbind demo` on the shipped organisms: the report's validation table holds the paper's
+effects as criteria with thresholds fixed in ``organisms.criteria`` (issue 11).
 
-Small samples here (about 30 s); the default-size run is the slow test below. Verdicts are the
-report's own (``study.report.contrasts``), computed from measured numbers.
+Small samples here; the default-size run is the slow test below. Verdicts are the report's own
+(``study.report.validation``), computed from measured numbers.
 """
 from __future__ import annotations
 
@@ -11,51 +12,60 @@ import pytest
 from click.testing import CliRunner
 
 from cli import spatialbind
-from study.demo import ORGANISMS
-from study.report import contrasts
-from vlms.registry import SHIPPED
+from organisms.criteria import THRESHOLDS
+from study.demo import shipped_organisms
+from study.report import effects_shown, validation
 
-pytestmark = pytest.mark.skipif(
-    not all((SHIPPED / name.removeprefix("organism-") / "config.json").exists()
-            for name, _ in ORGANISMS), reason="organisms not shipped")
+pytestmark = pytest.mark.skipif(not shipped_organisms(), reason="organisms not shipped")
 
 
 def _run(out, *args):
     res = CliRunner().invoke(spatialbind, ["demo", "--out", str(out), *args])
     assert res.exit_code == 0, res.output
     log = json.loads((out / "stages.json").read_text())
+    orgs = dict(shipped_organisms())
     results = {m: {k.split("/", 1)[1]: v["result"] for k, v in log.items()
-                   if k.startswith(m + "/")} for m, _ in ORGANISMS}
-    return {r["experiment"].split()[0]: r for r in contrasts(results, dict(ORGANISMS))}, results
+                   if k.startswith(m + "/")} for m in orgs}
+    rows = validation(results, orgs)
+    return {(r["model"], r["criterion"]): r for r in rows}, results, rows
 
 
-def test_demo_tells_the_organisms_apart_on_small_samples(tmp_path):
-    rows, results = _run(tmp_path / "demo", "--n", "16", "--n-degraded", "48", "--alphas",
-                         "0:8:2")
+#: Criteria a small sample (16 items, 48 degraded) resolves for each mechanism: the probe
+#: (criterion 1) and the ablation of the vision-only and lm organisms (3) are large effects, as
+#: is lm's strip criss-cross (2). Measured 2026-11-29 at this size: vision 2 fails (object flip
+#: 1.00), dual 2 and 3 fail (object flip 1.00; E5 0.75 in range but E6 flips 0.25 < 0.5 at every
+#: layer), E7 (4) fails for both (4 of 48 degraded items wrong, none fixed, held-out alpha 0).
+#: The vision organism's strip probe measured 0.908 here, too close to 0.9 for this size.
+SMALL = {"vision": (3,), "lm": (1, 2, 3), "dual": (1,)}
+
+
+def test_demo_validation_on_small_samples(tmp_path):
+    rows, results, flat = _run(tmp_path / "demo", "--n", "16", "--n-degraded", "48",
+                               "--alphas", "0:8:2")
     html = (tmp_path / "demo" / "report.html").read_text()
-    assert "Validation contrasts" in html and "data:image/png;base64," in html
+    assert "Validation: the paper's effects" in html and "data:image/png;base64," in html
     assert "held-out accuracy (from their training)" in html
-    vision = next(n for n, mech in ORGANISMS if mech == "vision")
-    assert results[vision]["extract"]["total"] > 0
-    for name, _ in ORGANISMS:
-        assert results[name]["e1"]["accuracy"] >= 0.9          # both organisms solve the task
-    assert rows["E3"]["holds"], rows["E3"]                     # slot code at the projector
-    assert rows["E4"]["holds"], rows["E4"]                     # band criss-cross flips vision only
-    assert rows["E5"]["holds"], rows["E5"]                     # ablation hurts vision only
-    # E7: amplifying the slot direction moves the vision organism's answers. Whether it moves
-    # them more than the lm organism's depends on sample size (see the report), so only the
-    # measurement itself is checked here; the default-size run below checks the contrast.
-    assert rows["E7"]["vision"] is not None and rows["E7"]["vision"] > 0.05
+    assert f"probe_min = {THRESHOLDS['probe_min']:g}" in html
+    orgs = dict(shipped_organisms())
+    assert {m for m, _ in rows} == set(orgs)
+    assert {c for _, c in rows} == {1, 2, 3, 4}
+    for name, mech in orgs.items():
+        assert results[name]["extract"]["total"] > 0
+        assert results[name]["e1"]["accuracy"] >= 0.9          # every organism solves the task
+        for c in SMALL[mech]:
+            assert rows[(name, c)]["holds"], rows[(name, c)]
+    shown = {r["model"]: r for r in effects_shown(flat)}
+    assert set(shown) == set(orgs)
     # both recipes ran, side by side, and every paper number says whether it is comparable
     assert "The two recipes side by side" in html and "not comparable: model" in html
-    for name, _ in ORGANISMS:
+    for name in orgs:
         assert results[name]["e5-paper"]["recipe"] == "paper"
         assert results[name]["e5"]["recipe"] == "robust"
         assert (tmp_path / "demo" / name.replace("/", "--") / "e4-paper"
                 / "regions.parquet").is_file()
     # the paper's other tasks ran through the same records and appear in the report
     assert "The paper's other tasks" in html and "Sanity controls" in html
-    for name, _ in ORGANISMS:
+    for name in orgs:
         r = results[name]
         assert r["e1-objects"]["n"] == 16 and 0.0 <= r["e1-objects"]["accuracy"] <= 1.0
         assert r["e3-grid2"]["n_classes"] == 2 and r["e3-grid3"]["n_classes"] == 3
@@ -79,6 +89,10 @@ def test_demo_refuses_other_options_in_the_same_out(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_demo_all_four_contrasts(tmp_path):
-    rows, _ = _run(tmp_path / "demo")
-    assert all(r["holds"] for r in rows.values()), rows
+def test_default_demo_criteria_1_to_4(tmp_path):
+    """Criteria 1-4 for every shipped organism at the default size (lm: 1-3; 4 is n/a)."""
+    rows, _, _ = _run(tmp_path / "demo")
+    orgs = dict(shipped_organisms())
+    failed = {k: r for k, r in rows.items()
+              if r["holds"] is not (None if (orgs[k[0]] == "lm" and k[1] == 4) else True)}
+    assert not failed, failed

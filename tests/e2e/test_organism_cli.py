@@ -44,10 +44,18 @@ def test_check_on_a_saved_organism(tmp_path):
                              lm_layers=1, lm_dim=64, lm_heads=2, steps=2, batch=4, eval_every=2,
                              eval_items=4)
     org.train(cfg, out=tmp_path / "o", progress=False, final_eval_items=4)
-    r = CliRunner().invoke(spatialbind, ["organism", "check", str(tmp_path / "o"), "--images", "12"])
+    r = CliRunner().invoke(spatialbind, ["organism", "check", str(tmp_path / "o"), "--images", "12",
+                                         "--items", "16"])
     assert r.exit_code == 0, r.output
-    summary = json.loads(r.stdout[r.stdout.index("{"):])
-    assert set(summary) >= {"probe_projector_slot", "probe_init_control", "accuracy_shuffled_tokens"}
+    summary = json.loads(r.stdout[r.stdout.index("{"):r.stdout.rindex("}") + 1])
+    assert f"mechanism: {summary['mechanism']}" in r.stdout
+    assert set(summary) >= {"probe_projector_slot", "probe_init_control", "accuracy_shuffled_tokens",
+                            "probe_projector_slot_strip", "accuracy_ablated_vision_ordering",
+                            "flip_object", "flip_band", "mechanism"}
     assert 0 <= summary["probe_projector_slot"] <= 1
+    assert 0 <= summary["flip_object"] <= 1 and 0 <= summary["accuracy_ablated_vision_ordering"] <= 1
+    # a 2-step model has no slot code and answers near chance: the check does not call it
+    # vision or dual (those need a projector probe >= 0.9)
+    assert summary["mechanism"] in ("lm", "unclear")
     # absolute position decodes slot well above chance on these layouts (the control's point)
     assert summary["probe_position_only"] > 0.6

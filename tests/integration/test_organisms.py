@@ -69,6 +69,93 @@ def test_splits_hold_out_mirror_pairs_and_layouts(splits):
         assert all(0 <= r < 8 and 0 <= c < 8 for s in range(3) for r, c in lay.cells(s))
 
 
+def test_region_slots_by_hand():
+    # canonical horizontal layout: 1-token squares at columns 0, 3, 6 of row 3
+    lay = od.canonical(8, "h")
+    assert (lay.line, lay.offset, lay.size, lay.gap) == (3, 0, 1, 2)
+    obj = od.region_slots(lay, 8, "object").reshape(8, 8)
+    assert {(r, c): int(obj[r, c]) for r, c in zip(*np.nonzero(obj >= 0))} == \
+        {(3, 0): 0, (3, 3): 1, (3, 6): 2}
+    strip = od.region_slots(lay, 8, "strip").reshape(8, 8)
+    assert (strip[:, 0] == 0).all() and (strip[:, 3] == 1).all() and (strip[:, 6] == 2).all()
+    assert (strip[:, [1, 2, 4, 5, 7]] == -1).all()
+    band = od.region_slots(lay, 8, "band").reshape(8, 8)     # midpoints at 1.5 and 4.5
+    assert band[0].tolist() == [0, 0, 1, 1, 1, 2, 2, 2] and (band == band[0]).all()
+    # vertical, gap 1: squares at rows 0, 2, 4 -> rows 1 and 3 are halfway (no band)
+    v = od.region_slots(od.Layout("v", 1, 1, 5, 0), 8, "band").reshape(8, 8)
+    assert v[:, 0].tolist() == [0, -1, 1, -1, 2, 2, 2, 2] and (v.T == v[:, 0]).all()
+    # 2-token squares: the strip is two columns wide
+    s2 = od.region_slots(od.Layout("h", 2, 1, 0, 0), 8, "strip").reshape(8, 8)
+    assert s2[5].tolist() == [0, 0, -1, 1, 1, -1, 2, 2]
+
+
+def test_ablation_tokens_erase_position_and_keep_identity():
+    """E5's ablation built from the organism's projector: a square's tokens do not depend on
+    where the square was, the rest is the blank canvas's tokens."""
+    from organisms.model import image_tokens
+
+    cfg = _tiny("dual")
+    model, proc = org.build(cfg)
+    model.eval()
+    cols = ("red", "green", "blue")
+    a = od.Item(cols, od.Layout("h", 1, 2, 3, 0), "left")
+    b = od.Item(cols, od.Layout("h", 1, 1, 6, 2), "right")
+    abl = org.ablation_tokens(model, [a, b], 8)
+    assert abl.shape == (2, 64, cfg.lm_dim)
+    for slot in range(3):
+        (ra, ca), = a.layout.cells(slot)
+        (rb, cb), = b.layout.cells(slot)
+        assert torch.equal(abl[0, ra * 8 + ca], abl[1, rb * 8 + cb])
+    pv, thw = od.qwen_pixels(od.render_single([None, "green"], 1, normalise=od.QWEN_NORM))
+    with torch.no_grad():
+        ref = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
+    assert torch.allclose(abl[0, 3 * 8 + 3], ref[1, 3 * 8 + 3], atol=1e-5)  # green, centred
+    objects = {r * 8 + c for s in range(3) for r, c in a.layout.cells(s)}
+    rest = [k for k in range(64) if k not in objects]
+    assert torch.allclose(abl[0, rest], ref[0, rest], atol=1e-5)          # blank canvas
+
+
+def test_curriculum_feeds_the_lm_ablated_or_shuffled_tokens():
+    from organisms.model import image_tokens
+
+    cfg = _tiny("dual", p_shuffle=0.0, p_ablate=1.0)
+    model, proc = org.build(cfg)
+    model.eval()
+    items = od.eval_items(od.make_splits(8), "hl", n=3)
+    inp = org.Batcher(proc, 8)(items)
+    with torch.no_grad():
+        plain = image_tokens(model, inp)
+    cur = org._Curriculum(model, cfg)
+    try:
+        cur.prepare(items, np.random.default_rng(0))
+        with torch.no_grad():
+            got = image_tokens(model, inp)
+        assert torch.allclose(got, org.ablation_tokens(model, items, 8), atol=1e-5)
+        cur.cfg = _tiny("vision", p_shuffle=1.0)
+        cur.prepare(items, np.random.default_rng(0))
+        with torch.no_grad():
+            got = image_tokens(model, inp)
+        assert not torch.equal(got, plain)
+        for b in range(3):  # each image's own tokens, permuted
+            key = lambda x: sorted(map(tuple, x.tolist()))  # noqa: E731
+            assert key(got[b]) == key(plain[b])
+        # object-only ablation: object tokens from the isolated squares, background kept
+        cur.cfg = _tiny("vision", p_shuffle=0.0, p_ablate_object=1.0)
+        cur.prepare(items, np.random.default_rng(0))
+        with torch.no_grad():
+            got = image_tokens(model, inp)
+        abl = org.ablation_tokens(model, items, 8)
+        for b, it in enumerate(items):
+            objm = torch.as_tensor(od.region_slots(it.layout, 8, "object") >= 0)
+            assert torch.allclose(got[b, objm], abl[b, objm], atol=1e-5)
+            assert torch.equal(got[b, ~objm], plain[b, ~objm])
+        cur.active = False
+        with torch.no_grad():
+            assert torch.equal(image_tokens(model, inp), plain)
+    finally:
+        cur.remove()
+
+
 def test_tokenizer_is_word_level_and_case_insensitive():
     tok = od.word_tokenizer("qwen2-vl")
     a = tok("The color of the square to the left of the Red square is ").input_ids
@@ -164,9 +251,34 @@ def test_gemma_training_smoke_and_roundtrip(tmp_path):
     assert torch.equal(enc["pixel_values"], mine["pixel_values"])
 
 
+def test_dual_rotary_is_a_weak_positional_backup():
+    """dual: image tokens keep (row, column) rotary phases, but only on the 3 lowest frequency
+    pairs per axis (lm: 7 each, from higher frequencies)."""
+    d, lm = org.OrganismConfig(mechanism="dual"), org.OrganismConfig(mechanism="lm")
+    assert d.resolved_mrope_section() == (10, 3, 3) and d.resolved_rope_theta() == 20.0
+    assert lm.resolved_mrope_section() == (2, 7, 7)
+    inv = 20.0 ** (-np.arange(16) / 16)  # rad per position of each frequency pair
+    assert inv[10:].max() < inv[2:].max() / 3       # backup frequencies are much slower
+    model, proc = org.build(_tiny("dual", lm_dim=128, lm_heads=4))
+    inp = org.Batcher(proc, 8)([od.Item(("red", "green", "blue"), od.canonical(8, "h"), "left")])
+    pos, _ = model.model.get_rope_index(inp["input_ids"], mm_token_type_ids=inp["mm_token_type_ids"],
+                                        image_grid_thw=inp["image_grid_thw"],
+                                        attention_mask=inp["attention_mask"])
+    cos, _ = model.model.language_model.rotary_emb(torch.zeros(1, 1, 1), pos)
+    img = inp["input_ids"][0] == proc.image_token_id
+    c = cos[0, img]
+    assert len({tuple(r.tolist()) for r in c}) == 64      # every image token has its own phase
+
+
 def test_config_validation_errors():
     with pytest.raises(org.OrganismError, match="task"):
         org.OrganismConfig(task="shapes")
+    with pytest.raises(org.OrganismError, match="aux_region"):
+        org.OrganismConfig(aux_region="edges")
+    with pytest.raises(org.OrganismError, match="p_shuffle"):
+        org.OrganismConfig(p_shuffle=0.8, p_ablate=0.5)
+    with pytest.raises(org.OrganismError, match="qwen2-vl.* only"):
+        org.OrganismConfig(arch="gemma-3", mechanism="dual")
     with pytest.raises(org.OrganismError, match="mrope_section"):
         org.OrganismConfig(mrope_section=(4, 4, 4))
     with pytest.raises(ValueError, match="steps"):
@@ -229,7 +341,7 @@ def test_training_smoke_and_roundtrip(tmp_path):
 
 # ----------------------------------------------------------------------------- shipped organisms
 
-SHIPPED = {"lm": "qwen2-vl-lm", "vision": "qwen2-vl-vision"}
+SHIPPED = {"lm": "qwen2-vl-lm", "vision": "qwen2-vl-vision", "dual": "qwen2-vl-dual"}
 
 
 def _shipped(mech):
@@ -239,8 +351,9 @@ def _shipped(mech):
     return org.load(p)
 
 
-@pytest.mark.parametrize("mech", ["lm", "vision"])
+@pytest.mark.parametrize("mech", ["lm", "vision", "dual"])
 def test_shipped_loads_with_plain_transformers_and_answers(mech, splits):
+    """64 held-out items (held-out colour triples, held-out layouts) with plain transformers."""
     from transformers import AutoModelForImageTextToText
 
     _, proc, log = _shipped(mech)
@@ -249,35 +362,84 @@ def test_shipped_loads_with_plain_transformers_and_answers(mech, splits):
     acc = org.accuracy(model, org.Batcher(proc, 8), items)
     recorded = log["final"]["heldout"]
     assert acc >= min(0.9, recorded - 0.1), (acc, recorded)
+    assert log["config"]["mechanism"] == mech
 
 
 @pytest.fixture(scope="module")
 def shipped_checks(splits):
-    from organisms.probe import shuffle_test, slot_probe
+    from organisms.probe import ablation_test, crisscross_test, shuffle_test, slot_probe
 
     out = {}
-    for mech in ("lm", "vision"):
+    for mech in SHIPPED:
+        if not (org.SHIPPED / SHIPPED[mech] / "model.safetensors").exists():
+            continue
         model, proc, _ = _shipped(mech)
         b = org.Batcher(proc, 8)
         out[mech] = {"probe": slot_probe(model, b, splits, n_images=60)["mean_test"],
-                     "shuffle": shuffle_test(model, b, splits, n=64, seeds=(5,))}
+                     "probe_band": slot_probe(model, b, splits, n_images=16,
+                                              region="band")["mean_test"],
+                     "shuffle": shuffle_test(model, b, splits, n=64, seeds=(5,)),
+                     "ablation": ablation_test(model, b, splits, n=48),
+                     "crisscross": crisscross_test(model, b, splits, n=48,
+                                                   regions=("object", "band"))}
     return out
+
+
+def _need(checks, *mechs):
+    for m in mechs:
+        if m not in checks:
+            pytest.skip(f"{SHIPPED[m]} not shipped")
 
 
 def test_shipped_shuffle_contrast(shipped_checks):
     """Shuffling image tokens at the LM input breaks the lm organism (it reads positions) and
     leaves the vision organism unchanged (all image tokens share one rotary phase and it was
     trained order-invariant)."""
+    _need(shipped_checks, "lm", "vision")
     assert shipped_checks["lm"]["shuffle"]["drop"] >= 0.2
     assert abs(shipped_checks["vision"]["shuffle"]["drop"]) <= 0.1
 
 
 def test_shipped_lm_has_no_projector_slot_code(shipped_checks):
+    _need(shipped_checks, "lm")
     p = shipped_checks["lm"]["probe"]
     assert p["trained"] <= 0.5          # chance 1/3; the ordering is computed in the LM
     assert p["position_only"] >= 0.75   # the control shows position alone would decode slot
 
 
 def test_shipped_vision_has_projector_slot_code(shipped_checks):
+    _need(shipped_checks, "lm", "vision")
     v, l_ = shipped_checks["vision"]["probe"], shipped_checks["lm"]["probe"]
     assert v["trained"] >= 0.85 and v["trained"] - l_["trained"] >= 0.3
+
+
+#: Criteria (organisms.criteria) that a small sample (48 items for E4/E5, 60/16 images for the
+#: probes) resolves, per mechanism, on the organism's own held-out items. The dual ablation
+#: interval is left to the default-size check: at 128 items it measured 0.51 against a lower
+#: bound of 0.48, closer than a 48-item sample resolves. The vision organism's strip probe is
+#: close to its 0.9 threshold too (0.916 at 50 images per axis in its check, 0.908 in the
+#: 16-item demo, 0.859 at 16 images here), so its criterion 1 is left to the full check.
+SMALL_CRITERIA = {"vision": (2, 3), "dual": (1, 2), "lm": (1, 2, 3)}
+#: Criteria measured to fail (reported as found, issue 11): the object-only criss-cross flips
+#: the answer of both vision-side organisms (0.99 vision, 0.95 dual at 128 items), because their
+#: LMs read the slot code of the object tokens although the code is also in the background.
+KNOWN_FAILURES = {("vision", 2), ("dual", 2)}
+
+
+@pytest.mark.parametrize("mech,crit", [(m, c) for m, cs in SMALL_CRITERIA.items() for c in cs])
+def test_shipped_criteria_on_a_small_sample(mech, crit, shipped_checks, request):
+    """Criteria of issue 11 (thresholds from organisms.criteria, fixed before measuring) on
+    held-out items; criterion 4 (E7) and E6 need the demo (tests/e2e/test_demo.py)."""
+    from organisms import criteria as C
+
+    if (mech, crit) in KNOWN_FAILURES:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="measured to fail; see "
+                                              "vlms/organisms/README.md"))
+    _need(shipped_checks, mech)
+    ch = shipped_checks[mech]
+    got = {1: lambda: C.criterion_probe(mech, ch["probe"]["trained"], ch["probe_band"]["trained"]),
+           2: lambda: C.criterion_crisscross(mech, ch["crisscross"]["object"],
+                                             ch["crisscross"]["band"]),
+           3: lambda: C.criterion_ablation(mech, ch["ablation"]["base"], ch["ablation"]["ablated"])}
+    r = got[crit]()
+    assert r["holds"], r

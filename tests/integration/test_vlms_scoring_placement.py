@@ -180,7 +180,7 @@ def test_cuda_model_runs_prepared_inputs():
 
 
 # ----------------------------------------------------------------- organism aliases
-@pytest.mark.parametrize("name", ["qwen2-vl-lm", "qwen2-vl-vision"])
+@pytest.mark.parametrize("name", ["qwen2-vl-lm", "qwen2-vl-vision", "qwen2-vl-dual"])
 def test_shipped_organism_alias_resolves_to_its_directory(name):
     d = registry.SHIPPED / name
     if not (d / "config.json").is_file():

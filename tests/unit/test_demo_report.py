@@ -13,58 +13,54 @@ from study.report import contrasts, write_report
 MECH = {"V": "vision", "L": "lm"}
 
 
-def _results(*, pv, pl, fv, fl, av, al, base_l, e7v, e7l):
-    def e4(f):
-        return {"by_layer": [{"region": "band", "layer": 0, "flip_rate": f},
+def _results(*, pv, sv, fo, fs, av, fixed, broken, rand_changed):
+    def e4(obj, strip):
+        return {"by_layer": [{"region": "object", "layer": 0, "flip_rate": obj},
+                             {"region": "band", "layer": 0, "flip_rate": strip},
                              {"region": "band", "layer": 1, "flip_rate": 0.0}]}
 
-    def e7(acc):
-        # dose response: the probe direction moves accuracy from 0.5 to ``acc`` at alpha 2;
-        # the random control moves it a lot, and must not be read as the probe
-        return {"dose_response": [
-            {"control": "probe", "alpha": 0.0, "accuracy": 0.5},
-            {"control": "probe", "alpha": 1.0, "accuracy": 0.5},
-            {"control": "probe", "alpha": 2.0, "accuracy": acc},
-            {"control": "random", "alpha": 0.0, "accuracy": 0.5},
-            {"control": "random", "alpha": 2.0, "accuracy": 0.95}]}
-
-    return {"V": {"e3": {"projector_object_accuracy": pv}, "e4": e4(fv),
-                  "e5": {"ablated_accuracy": av, "chance": 1 / 3, "base_accuracy": 1.0},
-                  "e7": e7(e7v)},
-            "L": {"e3": {"projector_object_accuracy": pl}, "e4": e4(fl),
-                  "e5": {"ablated_accuracy": al, "chance": 1 / 3, "base_accuracy": base_l},
-                  "e7": e7(e7l)}}
+    n = 40
+    e7 = {"selections": [{"selection": "held-out alpha", "control": "probe", "alpha": 2.0,
+                          "fixed": fixed, "broken": broken, "net": fixed - broken,
+                          "n_fail": 10, "n": n, "fix_rate": fixed / 10}],
+          "dose_response": [{"control": "random", "alpha": 2.0, "fixed": rand_changed,
+                             "broken": 0, "n": n}]}
+    return {"V": {"e3": {"projector_object_accuracy": pv, "projector_strip_accuracy": sv},
+                  "e4": e4(fo, fs), "e5": {"ablated_accuracy": av, "chance": 1 / 3,
+                                           "base_accuracy": 1.0}, "e7": e7},
+            "L": {"e3": {"projector_object_accuracy": 0.36, "projector_strip_accuracy": 0.3},
+                  "e4": e4(0.0, 0.05), "e5": {"ablated_accuracy": 0.95, "chance": 1 / 3,
+                                              "base_accuracy": 0.98}}}
 
 
-def test_contrasts_hold_when_the_numbers_say_so():
-    rows = contrasts(_results(pv=0.97, pl=0.36, fv=0.9, fl=0.1, av=0.35, al=0.95, base_l=0.98,
-                              e7v=0.70, e7l=0.52), MECH)
-    assert [r["holds"] for r in rows] == [True, True, True, True]
-    # mean |delta| over alpha 1 and 2: (0 + 0.2) / 2 and (0 + 0.02) / 2
-    assert rows[3]["vision"] == pytest.approx(0.10) and rows[3]["lm"] == pytest.approx(0.01)
+def test_validation_holds_when_the_numbers_say_so():
+    rows = {(r["model"], r["criterion"]): r for r in contrasts(
+        _results(pv=0.97, sv=0.95, fo=0.1, fs=0.9, av=0.35, fixed=4, broken=1, rand_changed=1),
+        MECH)}
+    assert [rows[("V", c)]["holds"] for c in (1, 2, 3, 4)] == [True, True, True, True]
+    assert [rows[("L", c)]["holds"] for c in (1, 2, 3, 4)] == [True, True, True, None]
 
 
-def test_contrasts_report_failures_as_found():
-    rows = contrasts(_results(pv=0.5, pl=0.36, fv=0.2, fl=0.1, av=0.9, al=0.95, base_l=0.98,
-                              e7v=0.50, e7l=0.60), MECH)
-    assert [r["holds"] for r in rows] == [False, False, False, False]
-    # the random-direction control row must not be read as the probe direction
-    assert rows[3]["vision"] == pytest.approx(0.0)
+def test_validation_reports_failures_as_found():
+    # object-only criss-cross flips (1.0 >= 0.2); E7 fix rate 0.2 < 0.3; random changes 10 %
+    rows = {(r["model"], r["criterion"]): r for r in contrasts(
+        _results(pv=0.97, sv=0.85, fo=1.0, fs=1.0, av=0.6, fixed=2, broken=1, rand_changed=4),
+        MECH)}
+    assert [rows[("V", c)]["holds"] for c in (1, 2, 3, 4)] == [False, False, False, False]
 
 
-def test_contrasts_need_both_mechanisms():
-    assert contrasts({"V": {}}, MECH) == []
+def test_validation_skips_models_without_a_mechanism():
+    assert contrasts({"X": {}}, MECH) == []
 
 
 def test_report_is_self_contained_html(tmp_path):
-    res = _results(pv=0.97, pl=0.36, fv=0.9, fl=0.1, av=0.35, al=0.95, base_l=0.98,
-                   e7v=0.7, e7l=0.52)
+    res = _results(pv=0.97, sv=0.95, fo=0.1, fs=0.9, av=0.35, fixed=4, broken=1, rand_changed=1)
     for m in res:
         res[m]["dir"] = str(tmp_path / m)
     path = write_report(tmp_path, cfg=DemoConfig(out=str(tmp_path)), models=("V", "L"),
                         results=res, stages={"generate": {"seconds": 1.0}}, mechanisms=MECH)
     text = path.read_text()
-    assert "Validation contrasts" in text and "0.970" in text
+    assert "Validation: the paper's effects" in text and "0.970" in text
     assert "src=\"http" not in text
     # every paper number is marked comparable or says why not (here: the models differ)
     from study.report import PAPER_NUMBERS
