@@ -231,15 +231,41 @@ def load_direction(path, *, expect_model: str | None = None, expect_site: str | 
         extra=meta.get("extra", {}))
 
 
+PAPER_TEST_SIZE = 0.05
+"""E7 paper recipe: the authors' 95/5 train/test split by item."""
+
+
+def paper_direction_config(seed: int = 0):
+    """The authors' E7 probe: their torch linear probe (AdamW lr 1e-3, wd 1e-4, 200 full-batch
+    epochs, init N(0, 1/sqrt(D)), seed 0), one 95/5 split by item (an item and its twins share a
+    group), no control task."""
+    from .config import ProbeConfig
+
+    return ProbeConfig(classifier="torch_linear", epochs=200, lr=1e-3, weight_decay=1e-4,
+                       split="group_shuffle", test_size=PAPER_TEST_SIZE, control=False,
+                       random_state=seed)
+
+
 def axis_directions(store, *, model: str, site: str = "projector", layer: int = 0,
                     role: str = "object", items=None, axes=("horizontal", "vertical"),
-                    config=None, data=None) -> dict[str, Direction]:
+                    config=None, data=None, recipe: str = "robust",
+                    seed: int = 0) -> dict[str, Direction]:
     """E7's directions: per axis, a 2-class ``side`` probe on entity-pooled activations.
 
     For each axis, rows are the entities of samples with that ``axis`` label, each the mean of its
-    ``role`` tokens (``pool='entity'``), labelled 0 = first slot (left / top), 1 = last slot
-    (right / bottom); ``items`` keeps only the samples the model already answers correctly;
-    ``data`` (the dataset directory) adds scene factors for ``config.group_by``.
+    ``role`` tokens (``pool='entity'``: for flat stimuli an entity's layout cells), labelled
+    0 = first slot (left / top), 1 = last slot (right / bottom); ``items`` keeps only the samples
+    the model already answers correctly (the golden items); ``data`` (the dataset directory) adds
+    scene factors for ``config.group_by``.
+
+    ``recipe='robust'`` (default): one standardised logistic-regression direction (rank 1), scored
+    by grouped CV and refitted on all rows. ``recipe='paper'``: the authors' direction, both
+    columns of a 2-class softmax probe ``W`` (hidden x 2, rank 2) trained by
+    :func:`paper_direction_config` on the 95 % train side of one split by item; the exported
+    direction is that train-side probe, ``cv_accuracy`` its accuracy on the 5 % test side, and
+    ``extra`` records ``recipe``, ``rank``, ``axis``, ``golden_only`` and the ``split`` (item ids
+    of each side). Without ``items`` the paper direction is not golden-only: a warning says so and
+    ``extra["golden_only"]`` is False.
 
     Returns
     -------
@@ -248,8 +274,22 @@ def axis_directions(store, *, model: str, site: str = "projector", layer: int = 
     """
     from .config import ProbeConfig
     from .dataset import dataset
-    from .fit import fit_probe
+    from .errors import ConfigError
+    from .fit import fit_probe, make_splits, split_groups
 
+    if recipe not in ("paper", "robust"):
+        raise ConfigError(f"axis_directions: recipe={recipe!r} is not 'paper' or 'robust'.")
+    if recipe == "paper":
+        if config is not None:
+            raise ConfigError("axis_directions: recipe='paper' fixes the probe and split; "
+                              "pass config only with recipe='robust'.")
+        config = paper_direction_config(seed)
+        if items is None:
+            import warnings
+
+            warnings.warn("axis_directions(recipe='paper'): no items given, so the directions "
+                          "are trained on every item, not on golden items only; pass items= the "
+                          "ids the model answers right.", UserWarning, stacklevel=2)
     config = config or ProbeConfig(control=False)
     out = {}
     for axis in axes:
@@ -258,8 +298,23 @@ def axis_directions(store, *, model: str, site: str = "projector", layer: int = 
         if items is not None:
             data_.meta["n_items_filter"] = int(data_.frame["sample_id"].nunique())
         res = fit_probe(data_, config, baselines=())
-        d = direction_from_result(res)
-        out[axis] = dataclasses.replace(d, extra={**d.extra, "axis": axis})
+        if recipe == "paper":
+            # the authors' direction is the probe trained on the train side, scored on the rest
+            (tr, te), = make_splits(split_groups(data_.frame, config.group_by), config)
+            ids = data_.frame["sample_id"].astype(str).to_numpy()
+            res.pipeline = res.heldout_pipeline
+            d = direction_from_result(res)
+            split = {"kind": "group_shuffle", "by": "item (scene_id: an item and its twins)",
+                     "test_size": PAPER_TEST_SIZE, "seed": int(seed),
+                     "train_items": sorted(set(ids[tr])), "test_items": sorted(set(ids[te]))}
+            extra = {**d.extra, "axis": axis, "recipe": "paper", "rank": int(d.weights.shape[0]),
+                     "golden_only": items is not None, "split": split}
+            out[axis] = dataclasses.replace(d, n_samples=int(len(tr)), extra=extra)
+        else:
+            d = direction_from_result(res)
+            out[axis] = dataclasses.replace(d, extra={**d.extra, "axis": axis, "recipe": "robust",
+                                                      "rank": int(d.weights.shape[0]),
+                                                      "golden_only": items is not None})
     return out
 
 

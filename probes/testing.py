@@ -52,25 +52,32 @@ class PlantedStore:
         Names the store answers to.
     seed : int
         Seed of everything.
+    direction : array, optional
+        The planted direction (normalised); default a random Gaussian one.
+    nuisance : float
+        Scale of the colour and grid-position signals (0: none).
     """
 
     def __init__(self, *, n_scenes: int = 24, grid: int = 6, hidden: int = 16, n_targets: int = 3,
                  layers: int = 3, strength: dict | None = None, noise: float = 1.0,
                  axes: tuple[str, ...] = ("horizontal",), model: str = "tiny",
-                 sites: tuple[str, ...] = ("projector",), seed: int = 0):
+                 sites: tuple[str, ...] = ("projector",), seed: int = 0, direction=None,
+                 nuisance: float = 1.0):
         self.model, self.sites_, self.grid, self.hidden = model, tuple(sites), grid, hidden
         self.n_layers, self.n_targets, self.noise, self.seed = layers, n_targets, noise, seed
         self.strength = {"object": 3.0, "strip": 1.5, "background": 0.0, **(strength or {})}
         rng = np.random.default_rng(seed)
         d = rng.normal(size=hidden)
+        if direction is not None:  # drawn anyway, so the other draws do not depend on it
+            d = np.asarray(direction, np.float64).reshape(hidden)
         self.direction = d / np.linalg.norm(d)
         """The planted unit direction, shape ``(hidden,)``."""
 
         def orth(v):
             return v - np.outer(v @ self.direction, self.direction)
 
-        self._color_vec = orth(rng.normal(size=(len(COLORS), hidden)))
-        self._pos_vec = 0.5 * orth(rng.normal(size=(grid * grid, hidden)))
+        self._color_vec = nuisance * orth(rng.normal(size=(len(COLORS), hidden)))
+        self._pos_vec = nuisance * 0.5 * orth(rng.normal(size=(grid * grid, hidden)))
         self._build_layout(rng, n_scenes, axes)
 
     # -- layout -----------------------------------------------------------------------------
