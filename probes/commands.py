@@ -139,11 +139,15 @@ def _open(store_path: str):
               "image 75/25, their torch linear probe, no control); robust: the options above. "
               "Default: paper when the store was extracted from a paper preset. See "
               "interventions/RECIPES.md.")
+@click.option("--golden", "golden_path", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="With --recipe paper --label side --export-directions: a text file of the "
+              "item ids the model answers right (one per line); E7's directions are trained on "
+              "these golden items only, as the authors do.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_by, control,
           token_type, split, n_splits, ci, where, scheduler, workers, engine, layers_per_block,
           device, threads, map_samples, export_dir, baseline_store, baseline_model, seed, out_dir,
-          recipe, progress):
+          recipe, golden_path, progress):
     """Train linear probes for every (layer, role) of a store and plot where the label is decodable."""
     from .config import ProbeConfig, SweepConfig
     from .sweep import add_baseline, sweep
@@ -177,10 +181,13 @@ def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_b
     runs = [(None, wh)] if recipe != "paper" else [
         (axis, {**(wh or {}), "axis": [axis], "counterfactual_of": [""]})
         for axis in ("horizontal", "vertical")]
+    # paper + side: the exported directions are E7's (rank-2 probes on golden items, 95/5 split)
+    e7_export = recipe == "paper" and label == "side" and export_dir is not None
+    golden = _read_golden(golden_path) if golden_path else None
     tables = []
     for axis, w in runs:
-        exp = None if export_dir is None else (export_dir if axis is None
-                                               else str(Path(export_dir) / axis))
+        exp = None if export_dir is None or e7_export else (
+            export_dir if axis is None else str(Path(export_dir) / axis))
         t = sweep(store_path, sconf, pconf, where=w, export_dir=exp, data=data_dir,
                   progress=progress)
         if exp is not None and axis is not None:
@@ -191,6 +198,14 @@ def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_b
                                         progress=progress),
                              name="init")
         tables.append(t if axis is None else t.assign(orientation=axis))
+    if e7_export:
+        if golden is None:
+            click.echo("warning: --recipe paper exports E7 directions from golden items only; "
+                       "without --golden every item is used (recorded as golden_only=false)",
+                       err=True)
+        export_paper_axis_directions(store, export_dir, model=model, site=site,
+                                     layers=sconf.layers, roles=sconf.roles, items=golden,
+                                     data=data_dir, seed=seed)
     import pandas as pd
 
     table = pd.concat(tables, ignore_index=True)
@@ -216,6 +231,46 @@ def paper_probe_config(seed: int = 0, *, group_by: tuple[str, ...] = ()):
     return ProbeConfig(classifier="torch_linear", epochs=200, lr=1e-3, weight_decay=1e-4,
                        split="group_shuffle", test_size=0.25, control=False, group_by=group_by,
                        random_state=seed)
+
+
+def _read_golden(path) -> list[str]:
+    ids = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    if not ids:
+        raise ConfigError(f"--golden {path}: no item ids in the file; write one id per line.")
+    return ids
+
+
+def export_paper_axis_directions(store, export_dir, *, model: str, site: str, layers, roles,
+                                 items=None, data=None, seed: int = 0) -> None:
+    """E7's paper directions for every (layer, role): per axis, both columns of the authors'
+    2-class probe (:func:`probes.directions.axis_directions` with ``recipe='paper'``), written to
+    ``export_dir/<axis>/<site>__<role>__layer<NNN>/`` with an ``index.json`` per axis, each
+    direction tagged with its axis (what ``amplify`` reads)."""
+    import json
+    import warnings
+
+    from .directions import axis_directions, save_direction
+
+    root = Path(export_dir)
+    index: dict[str, list] = {}
+    for layer in layers:
+        for role in roles:
+            with warnings.catch_warnings():  # the CLI has already said when items is None
+                warnings.simplefilter("ignore", UserWarning)
+                dirs = axis_directions(store, model=model, site=site, layer=layer, role=role,
+                                       items=items, data=data, recipe="paper", seed=seed)
+            for axis, d in dirs.items():
+                family = d.site.rsplit(".", 1)[0] if d.site.rsplit(".", 1)[-1].isdigit() \
+                    else d.site
+                name = f"{family}__{d.role}__layer{d.layer:03d}"
+                save_direction(d, root / axis / name)
+                index.setdefault(axis, []).append(
+                    {"path": name, "model": d.model, "site": d.site, "layer": d.layer,
+                     "role": d.role, "label": d.label, "cv_accuracy": d.cv_accuracy,
+                     "components": list(d.components), "width": d.width, "axis": axis,
+                     "recipe": "paper", "rank": d.extra["rank"]})
+    for axis, entries in index.items():
+        (root / axis / "index.json").write_text(json.dumps(entries, indent=1))
 
 
 def tag_axis(export_dir, axis: str) -> None:

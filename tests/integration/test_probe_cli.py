@@ -123,3 +123,26 @@ def test_probe_paper_recipe_one_probe_per_orientation(store, tmp_path):
     assert set(table["orientation"]) <= {"horizontal", "vertical"} and len(table) == 2
     ok = table[table["error"].isna()]
     assert len(ok) >= 1 and (ok["accuracy"] > 0.8).all()  # planted signal, the authors' probe
+
+
+def test_probe_paper_side_exports_e7_rank_two_directions_from_golden_items(store, tmp_path):
+    from probes.dataset import open_store
+
+    ids = sorted(map(str, open_store(store).labels("tiny")["sample_id"]))
+    golden = ids[::2] + ids[1:6:2]  # a stand-in "answered right" set: not every item
+    (tmp_path / "golden.txt").write_text("\n".join(golden) + "\n")
+    d = tmp_path / "d"
+    r = run("probe", "--store", store, "--model", "tiny", "--site", "projector", "--layers", "0",
+            "--roles", "object", "--label", "side", "--scheduler", "serial", "--map-samples", "0",
+            "--recipe", "paper", "--golden", str(tmp_path / "golden.txt"),
+            "--out", str(tmp_path / "out"), "--export-directions", str(d))
+    assert r.exit_code == 0, r.output
+    for axis in ("horizontal", "vertical"):
+        (entry,) = json.loads((d / axis / "index.json").read_text())
+        e = load_direction(d / axis / entry["path"], expect_model="tiny", expect_site="projector")
+        assert e.weights.shape == (2, 8) and entry["rank"] == 2
+        x = e.extra
+        assert (x["recipe"], x["rank"], x["axis"], x["golden_only"]) == ("paper", 2, axis, True)
+        tr, te = set(x["split"]["train_items"]), set(x["split"]["test_items"])
+        assert te and not tr & te and (tr | te) <= set(golden)
+        assert e.probe_config["classifier"] == "torch_linear" and e.pool == "entity"
