@@ -136,7 +136,9 @@ def _open(store_path: str):
               help="Output directory (results table, plots, maps, config).")
 @click.option("--recipe", type=click.Choice(["paper", "robust"]), default=None,
               help="paper: the authors' E3 (base images only, one probe per orientation, split by "
-              "image 75/25, their torch linear probe, no control); robust: the options above. "
+              "image 75/25, their torch linear probe, no control; with --label side the exported "
+              "directions are E7's: rank-2 per axis, golden items, 95/5 split by item); robust: "
+              "the options above. "
               "Default: paper when the store was extracted from a paper preset. See "
               "interventions/RECIPES.md.")
 @click.option("--golden", "golden_path", default=None, type=click.Path(dir_okay=False, exists=True),
