@@ -383,7 +383,9 @@ def check_target(path) -> None:
     if not os.path.isdir(d):
         raise StoreError(f"--store {path} is a file, not an activation store; give a new or "
                          f"empty directory (or an existing store)")
-    names = [n for n in os.listdir(d) if not n.startswith(".")]
+    # zarr writes a file as <name>.<uuid>.partial, then renames it: a store another process is
+    # creating this instant may hold only those
+    names = [n for n in os.listdir(d) if not n.startswith(".") and not n.endswith(".partial")]
     if names and "zarr.json" not in names:
         raise StoreError(f"--store {path} is not an activation store (it holds "
                          f"{', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''}); "

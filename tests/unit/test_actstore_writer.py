@@ -199,3 +199,17 @@ def test_bfloat16_like_torch_tensors_are_cast(tmp_path):
     w.write(np.arange(4), {"projector": bf}, {"projector": truth.tokens["projector"]})
     got = open_store(tmp_path / "s").select(site="projector").values
     np.testing.assert_array_equal(got, bf.float().numpy().astype("float16")[:, 0])
+
+
+def test_a_store_being_created_by_another_process_is_not_called_foreign(tmp_path):
+    # zarr writes zarr.json as zarr.<uuid>.partial and renames it: a second writer that lists the
+    # folder in between must not refuse it as "not an activation store" (seen under load)
+    from actstore.writer import check_target
+
+    d = tmp_path / "store"
+    d.mkdir()
+    (d / "zarr.87f6a7f709ff4bfdb82308a351751a30.partial").write_text("{")
+    check_target(d)  # no error: being created
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not an activation store"):
+        check_target(d)
