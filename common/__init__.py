@@ -16,7 +16,7 @@ import difflib
 import re
 from typing import Iterable, Sequence
 
-__all__ = ["parse_layers", "suggest"]
+__all__ = ["lazy_exports", "parse_layers", "suggest"]
 
 
 def suggest(name, choices: Iterable, *, n: int = 1, cutoff: float = 0.5) -> str:
@@ -99,3 +99,27 @@ def parse_layers(spec, available: Sequence[int] | None = None, *, param: str = "
             raise error(f"{param}={spec!r}: layer(s) {bad} not in {where} (out of range; "
                         f"available: {shown})")
     return tuple(sorted(out))
+
+
+def lazy_exports(package: str, exports: dict[str, str], *, eager: Iterable[str] = ()):
+    """A package's lazy public API: ``__getattr__, __dir__, __all__ = lazy_exports(__name__, ...)``.
+
+    ``exports`` maps a public name to the submodule that defines it (imported on first use, so
+    ``import package`` stays light); ``eager`` names are defined in the package itself and only
+    listed in ``__all__``.
+    """
+    import importlib
+
+    names = sorted({*exports, *eager})
+
+    def __getattr__(name: str):
+        mod = exports.get(name)
+        if mod is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{mod}"), name)
+
+    def __dir__():
+        return names
+
+    return __getattr__, __dir__, names
+

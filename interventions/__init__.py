@@ -20,7 +20,7 @@ See ``interventions/README.md``.
 """
 from __future__ import annotations
 
-import importlib
+from common import lazy_exports
 
 _EXPORTS = {
     # experiments
@@ -45,15 +45,5 @@ _EXPORTS = {
     # errors
     "InterventionError": "errors", "EvaluationError": "errors",
 }
-__all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'interventions' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -18,7 +18,7 @@ Public API (imported lazily, so ``import organisms`` does not load torch)::
 """
 from __future__ import annotations
 
-import importlib
+from common import lazy_exports
 
 _EXPORTS = {
     "OrganismConfig": "trainer", "OrganismError": "trainer", "TrainResult": "trainer",
@@ -32,15 +32,5 @@ _EXPORTS = {
     "slot_probe": "probe", "shuffle_test": "probe", "mechanism_report": "probe",
     "ablation_test": "probe", "crisscross_test": "probe", "region_slots": "data",
 }
-__all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'organisms' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -12,7 +12,7 @@ See ``probes/README.md``.
 """
 from __future__ import annotations
 
-import importlib
+from common import lazy_exports
 
 # ``probes.dataset`` is the function (the module of the same name is imported here first, so the
 # package attribute stays bound to the function; use ``from probes.dataset import ...`` for the rest).
@@ -33,15 +33,6 @@ _EXPORTS = {
     "ProbeError": "errors", "ConfigError": "errors", "DataError": "errors",
     "DirectionError": "errors",
 }
-__all__ = sorted([*_EXPORTS, "ProbeData", "dataset"])
 
-
-def __getattr__(name: str):
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'probes' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__, _EXPORTS, eager=("ProbeData", "dataset"))

@@ -11,7 +11,7 @@ Public API (imported lazily)::
 """
 from __future__ import annotations
 
-import importlib
+from common import lazy_exports
 
 # ``study.evaluate`` is the function: the module of the same name is imported here first (it is
 # light: no torch), so the package attribute stays bound to the function; use
@@ -23,15 +23,6 @@ _EXPORTS = {
     "pair_set_accuracy": "whatsup_metrics", "wilson_interval": "whatsup_metrics",
     "DemoConfig": "demo", "run_demo": "demo", "write_report": "report",
 }
-__all__ = sorted([*_EXPORTS, "EvalConfig", "EvalResult", "PROTOCOLS", "evaluate"])
 
-
-def __getattr__(name: str):
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'study' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__, _EXPORTS, eager=("EvalConfig", "EvalResult", "PROTOCOLS", "evaluate"))
