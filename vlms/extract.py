@@ -397,16 +397,16 @@ def extract_batch(ad, ds, stims, prompts, *, specs, pool_vision: bool,
     tokens: dict[str, dict[str, np.ndarray]] = {}
     per_item = [image_roles(s, masks[b], batch.grids[b], object_fraction=object_fraction)
                 for b, s in enumerate(stims)]
+    for b in range(B):
+        if batch.seq_len - batch.n_pad[b] > spec.get("lm.resid", _Inf()).n_tokens:
+            raise ExtractError(f"stimulus {stims[b].id}: sequence longer than the store's token "
+                               "axis; the length estimate is wrong for this model (report it)")
     for fam, sp in spec.items():
         if fam == "lm.resid":
             acts[fam], tokens[fam] = _lm_family(ad, batch, got, sp, per_item, code)
         else:
             acts[fam], tokens[fam] = _image_family(ad, batch, got, fam, sp, per_item, code,
                                                    pool_vision)
-    for b in range(B):
-        if batch.seq_len - batch.n_pad[b] > spec.get("lm.resid", _Inf()).n_tokens:
-            raise ExtractError(f"stimulus {stims[b].id}: sequence longer than the store's token "
-                               "axis; the length estimate is wrong for this model (report it)")
     return acts, tokens
 
 
@@ -417,7 +417,7 @@ class _Inf:
 def _image_family(ad, batch, got, fam, sp, per_item, code, pool_vision):
     B = len(batch)
     T = sp.n_tokens
-    out = np.zeros((B, len(sp.layers), T, sp.hidden), np.float32)
+    out, tdt = _stored_buffer(B, sp)
     lab = {k: np.full((B, T), v, dt) for k, (dt, v) in _LABELS.items()}
     for li, layer in enumerate(sp.layers):
         site = fam if fam == "projector" else f"{fam}.{layer}"
@@ -426,7 +426,7 @@ def _image_family(ad, batch, got, fam, sp, per_item, code, pool_vision):
             x = a[b][None].float()
             if fam == "vision.blocks" and pool_vision:
                 x = ad.pool_vision(x, batch.grids[b])
-            x = x[0].cpu().numpy()
+            x = x[0].to(tdt).cpu().numpy()
             out[b, li, : len(x)] = x
     for b in range(B):
         ir = per_item[b]
@@ -445,6 +445,15 @@ def _image_family(ad, batch, got, fam, sp, per_item, code, pool_vision):
     return out, lab
 
 
+def _stored_buffer(B: int, sp):
+    """A zeroed ``(B, L, n_tokens, hidden)`` host buffer in the store's dtype (padding = 0, as the
+    writer pads) and the matching torch dtype for the device-side cast."""
+    import torch
+
+    out = np.zeros((B, len(sp.layers), sp.n_tokens, sp.hidden), np.dtype(sp.dtype))
+    return out, getattr(torch, str(sp.dtype))
+
+
 _LABELS = {"role": (np.int8, 0), "ordinal": (np.int8, -1), "entity": (np.int16, 0),
            "row": (np.int16, -1), "col": (np.int16, -1), "position": (np.int32, -1)}
 
@@ -453,11 +462,14 @@ def _lm_family(ad, batch, got, sp, per_item, code):
     from .roles import sequence_roles
 
     B = len(batch)
-    T = max(batch.seq_len - p for p in batch.n_pad)
-    out = np.zeros((B, len(sp.layers), T, sp.hidden), np.float32)
+    T = sp.n_tokens  # extract_batch checked that every sequence fits
+    out, tdt = _stored_buffer(B, sp)
     lab = {k: np.full((B, T), v, dt) for k, (dt, v) in _LABELS.items()}
     for li, layer in enumerate(sp.layers):
-        a = got[f"lm.resid.{layer}"].float().cpu().numpy()
+        # cast on the model's device (float32 first, as the store's own cast would): the host
+        # receives the stored dtype, already at the store's token width, so the writer copies
+        # nothing more
+        a = got[f"lm.resid.{layer}"].float().to(tdt).cpu().numpy()
         for b in range(B):
             p = batch.n_pad[b]
             out[b, li, : a.shape[1] - p] = a[b, p:]
