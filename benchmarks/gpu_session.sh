@@ -4,6 +4,11 @@
 # in another version) go to /tmp/site; then bench_gpu_extract.py (Qwen2-VL-7B architecture,
 # random weights, projector + all LM layers into one store vs a bare forward loop) and
 # bench_probe_sweep.py on the GPU (28,800 x 3584 x 29 layers). JSON and logs land in $OUT.
+# Make .whl first (its folder is git-ignored locally via .git/info/exclude), for the machine's
+# CPython 3.12: for each of transformers huggingface-hub httpx2 httpcore2 truststore tokenizers
+# zarr numcodecs donfig google-crc32c dask partd locket xarray pandas click at the versions in
+# requirements.lock:  python -m pip download --no-deps --only-binary=:all: --python-version 3.12
+#   --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d .whl NAME==VER
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
