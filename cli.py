@@ -46,6 +46,27 @@ class LazyGroup(click.Group):
         mod, attr = target.split(":")
         return getattr(importlib.import_module(mod), attr)
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """As click's, except that a usage error (unknown option, bad value, missing argument)
+        is one line on stderr naming the command and where to look, still with exit status 2."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else (prog_name or self.name)
+            click.echo(f"Error: {where}: {e.format_message()} (see '{where} --help')", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        # non-standalone click returns an Exit's code (--help, --version: 0) or the command's
+        # return value (our commands return None)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx):
         argv = [*getattr(ctx, "_protected_args", []), *ctx.args]  # before click consumes them
         try:

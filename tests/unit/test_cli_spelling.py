@@ -111,3 +111,27 @@ def test_library_speaks_parameters_and_the_cli_prints_the_flag(tmp_path):
                                              "--direction", "mean-diff"])
     assert r.exit_code == 1
     assert r.output.strip().startswith("Error: --alphas '5:1:1' is an empty range"), r.output
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["patch", "--bogus"], ["spatialbind patch", "No such option '--bogus'",
+                            "'spatialbind patch --help'"]),
+    (["nocmd"], ["No such command 'nocmd'", "'spatialbind --help'"]),
+])
+def test_usage_errors_are_one_line_with_exit_2(argv, words, capsys):
+    with pytest.raises(SystemExit) as ex:
+        cli.spatialbind.main(args=argv, prog_name="spatialbind")
+    assert ex.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and "Usage:" not in err, err
+    for w in words:
+        assert w in lines[0]
+
+
+def test_help_and_version_still_exit_0(capsys):
+    for argv in (["--help"], ["--version"], ["probe", "--help"]):
+        with pytest.raises(SystemExit) as ex:
+            cli.spatialbind.main(args=argv, prog_name="spatialbind")
+        assert ex.value.code == 0, argv
+    assert "probe" in capsys.readouterr().out
