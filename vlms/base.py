@@ -508,8 +508,35 @@ class VLMAdapter:
     # ------------------------------------------------------------------ building / saving
     @classmethod
     def tiny(cls, *, seed: int = 0, **overrides) -> "VLMAdapter":
-        """A tiny random-weight build with the real geometry (see :mod:`vlms.tiny`)."""
-        raise NotImplementedError
+        """A tiny random-weight build with the real geometry (see :mod:`vlms.tiny`).
+
+        The family's :meth:`tiny_tokenizer`, :meth:`tiny_config` (``overrides`` routed there),
+        its transformers class ``architectures[0]`` with weights seeded by ``seed``, then
+        :meth:`init_tiny_weights`, and :meth:`tiny_processor_for` the config.
+        """
+        import transformers
+
+        from .tiny import seeded_init
+
+        tok = cls.tiny_tokenizer()
+        cfg = cls.tiny_config(tok, **overrides)
+        cfg.architectures = list(cls.architectures)
+        model_cls = getattr(transformers, cls.architectures[0])
+        with seeded_init(seed):
+            model = model_cls(cfg)
+            cls.init_tiny_weights(model)
+        return cls(model.eval(), cls.tiny_processor_for(tok, cfg), name=f"tiny-{cls.family}",
+                   source=f"tiny-{cls.family}")
+
+    @classmethod
+    def tiny_processor_for(cls, tokenizer, config):
+        """The tiny processor matching a tiny ``config`` (default: :meth:`tiny_processor`'s own
+        defaults)."""
+        return cls.tiny_processor(tokenizer)
+
+    @classmethod
+    def init_tiny_weights(cls, model) -> None:
+        """Family-specific re-initialisation of a freshly built tiny model (default: none)."""
 
     @classmethod
     def from_pretrained(cls, source: str, *, dtype="auto", device_map=None) -> "VLMAdapter":

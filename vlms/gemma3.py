@@ -15,7 +15,7 @@ import numpy as np
 
 from .base import VLMAdapter
 from .registry import register
-from .tiny import route_overrides, seeded_init, train_tokenizer
+from .tiny import route_overrides, train_tokenizer
 
 #: The Gemma-3-it chat template (as shipped with the hub checkpoints).
 GEMMA_CHAT_TEMPLATE = (
@@ -169,17 +169,12 @@ class Gemma3Adapter(VLMAdapter):
             w.normal_(0.0, 1.0 / math.sqrt(w.shape[0]))
 
     @classmethod
-    def tiny(cls, *, seed: int = 0, **overrides: Any) -> "Gemma3Adapter":
-        from transformers import Gemma3ForConditionalGeneration
+    def init_tiny_weights(cls, model) -> None:
+        cls.init_projector(model)
 
-        tok = cls.tiny_tokenizer()
-        cfg = cls.tiny_config(tok, **overrides)
-        cfg.architectures = list(cls.architectures)
-        with seeded_init(seed):
-            model = Gemma3ForConditionalGeneration(cfg)
-            cls.init_projector(model)
-        return cls(model.eval(), cls.tiny_processor(tok, image_seq_length=cfg.mm_tokens_per_image),
-                   name="tiny-gemma-3", source="tiny-gemma-3")
+    @classmethod
+    def tiny_processor_for(cls, tokenizer, config):
+        return cls.tiny_processor(tokenizer, image_seq_length=config.mm_tokens_per_image)
 
 
 register(Gemma3Adapter)

@@ -29,7 +29,7 @@ import numpy as np
 from .base import VLMAdapter
 from .errors import InputError
 from .registry import register
-from .tiny import route_overrides, seeded_init, train_tokenizer
+from .tiny import route_overrides, train_tokenizer
 
 #: The llava-1.5-hf chat template ("USER: <image>\n{text} ASSISTANT:"), as shipped with
 #: llava-hf/llava-1.5-7b-hf (system turns are dropped by it).
@@ -160,18 +160,10 @@ class LlavaAdapter(VLMAdapter):
         return LlavaConfig(vision_config=vision, text_config=text, **top)
 
     @classmethod
-    def tiny(cls, *, seed: int = 0, **overrides: Any) -> "LlavaAdapter":
-        from transformers import LlavaForConditionalGeneration
-
-        tok = cls.tiny_tokenizer()
-        cfg = cls.tiny_config(tok, **overrides)
-        cfg.architectures = list(cls.architectures)
-        with seeded_init(seed):
-            model = LlavaForConditionalGeneration(cfg)
-        vc = cfg.vision_config
-        proc = cls.tiny_processor(tok, image_size=int(vc.image_size),
+    def tiny_processor_for(cls, tokenizer, config):
+        vc = config.vision_config
+        return cls.tiny_processor(tokenizer, image_size=int(vc.image_size),
                                   patch_size=int(vc.patch_size))
-        return cls(model.eval(), proc, name=f"tiny-{cls.family}", source=f"tiny-{cls.family}")
 
 
 register(LlavaAdapter)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .llava import LlavaAdapter
 from .registry import register
-from .tiny import route_overrides, seeded_init, train_tokenizer
+from .tiny import route_overrides, train_tokenizer
 
 #: The Pixtral-12B chat template (mistral-community/pixtral-12b): ``<s>[INST]{system}\n\n[IMG]
 #: {text}[/INST]``.
@@ -185,17 +185,9 @@ class PixtralAdapter(LlavaAdapter):
         return LlavaConfig(vision_config=vision, text_config=text, **top)
 
     @classmethod
-    def tiny(cls, *, seed: int = 0, **overrides: Any) -> "PixtralAdapter":
-        from transformers import LlavaForConditionalGeneration
-
-        tok = cls.tiny_tokenizer()
-        cfg = cls.tiny_config(tok, **overrides)
-        cfg.architectures = list(cls.architectures)
-        with seeded_init(seed):
-            model = LlavaForConditionalGeneration(cfg)
-        proc = cls.tiny_processor(tok, longest_edge=int(cfg.vision_config.image_size),
-                                  patch_size=int(cfg.vision_config.patch_size))
-        return cls(model.eval(), proc, name="tiny-pixtral", source="tiny-pixtral")
+    def tiny_processor_for(cls, tokenizer, config):
+        return cls.tiny_processor(tokenizer, longest_edge=int(config.vision_config.image_size),
+                                  patch_size=int(config.vision_config.patch_size))
 
 
 register(PixtralAdapter)

@@ -28,7 +28,7 @@ import numpy as np
 
 from .qwen2_vl import QWEN_CHAT_TEMPLATE, SPECIAL_TOKENS, Qwen2VLAdapter, image_only_processor_class
 from .registry import register
-from .tiny import route_overrides, seeded_init
+from .tiny import route_overrides
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
@@ -117,17 +117,6 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
         vision["out_hidden_size"] = text["hidden_size"]  # merger output = LM width
         return Qwen2_5_VLConfig(vision_config=vision, text_config=text, **top)
 
-    @classmethod
-    def tiny(cls, *, seed: int = 0, **overrides: Any) -> "Qwen2_5_VLAdapter":
-        from transformers import Qwen2_5_VLForConditionalGeneration
-
-        tok = cls.tiny_tokenizer()
-        cfg = cls.tiny_config(tok, **overrides)
-        cfg.architectures = list(cls.architectures)
-        with seeded_init(seed):
-            model = Qwen2_5_VLForConditionalGeneration(cfg)
-        return cls(model.eval(), cls.tiny_processor(tok), name="tiny-qwen2.5-vl",
-                   source="tiny-qwen2.5-vl")
 
 
 register(Qwen2_5_VLAdapter)

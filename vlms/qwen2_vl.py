@@ -18,7 +18,7 @@ import numpy as np
 
 from .base import VLMAdapter
 from .registry import register
-from .tiny import route_overrides, seeded_init, train_tokenizer
+from .tiny import route_overrides, train_tokenizer
 
 #: The Qwen2-VL-Instruct chat template (as shipped with the hub checkpoints).
 QWEN_CHAT_TEMPLATE = (
@@ -206,17 +206,6 @@ class Qwen2VLAdapter(VLMAdapter):
         vision["hidden_size"] = text["hidden_size"]  # merger output = LM width
         return Qwen2VLConfig(vision_config=vision, text_config=text, **top)
 
-    @classmethod
-    def tiny(cls, *, seed: int = 0, **overrides: Any) -> "Qwen2VLAdapter":
-        from transformers import Qwen2VLForConditionalGeneration
-
-        tok = cls.tiny_tokenizer()
-        cfg = cls.tiny_config(tok, **overrides)
-        cfg.architectures = list(cls.architectures)
-        with seeded_init(seed):
-            model = Qwen2VLForConditionalGeneration(cfg)
-        return cls(model.eval(), cls.tiny_processor(tok), name="tiny-qwen2-vl",
-                   source="tiny-qwen2-vl")
 
 
 register(Qwen2VLAdapter)
