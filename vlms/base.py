@@ -514,15 +514,15 @@ class VLMAdapter:
         its transformers class ``architectures[0]`` with weights seeded by ``seed``, then
         :meth:`init_tiny_weights`, and :meth:`tiny_processor_for` the config.
         """
+        import torch
         import transformers
-
-        from .tiny import seeded_init
 
         tok = cls.tiny_tokenizer()
         cfg = cls.tiny_config(tok, **overrides)
         cfg.architectures = list(cls.architectures)
         model_cls = getattr(transformers, cls.architectures[0])
-        with seeded_init(seed):
+        with torch.random.fork_rng(devices=[]):  # as vlms.tiny.seeded_init (not imported:
+            torch.manual_seed(seed)              # vlms.tiny imports the registry, hence base)
             model = model_cls(cfg)
             cls.init_tiny_weights(model)
         return cls(model.eval(), cls.tiny_processor_for(tok, cfg), name=f"tiny-{cls.family}",
