@@ -112,6 +112,11 @@ class OrganismConfig:
     """Weight of an auxiliary ordinal-slot loss (a linear head, not saved) on the projector
     output at the tokens of ``aux_region``: plants the vision-side code faster. 0 = task loss
     only."""
+    aux_colour_weight: float = 0.0
+    """Weight of an auxiliary colour-only loss (a linear head, not saved) on the projector output
+    at the tokens of ``aux_region``: each token is asked the colour of its square, with no slot
+    head, so colour read-out generalises to unseen combinations without planting a slot code
+    (used by the ``lm`` organism). 0 = off."""
     aux_region: str = "object"
     """Tokens the auxiliary loss is applied to (``organisms.data.region_slots``): ``object``
     (the square's tokens), ``strip`` (its rows/columns) or ``band`` (the paper's strips: every
@@ -130,6 +135,9 @@ class OrganismConfig:
     """Per-item probability of ablating only the object tokens (the square alone and centred;
     the background keeps its own tokens): the ordering is then only in the strips' background,
     where the paper finds it, so the LM learns to read it there."""
+    shuffle_object_ablated: bool = False
+    """Also shuffle the image tokens of the object-ablated items (after the ablation), so that
+    neither the object tokens nor the tokens' order can tell: only the background's content."""
     init_from: str | None = None
     """Continue training a saved organism (same arch, mechanism and sizes) instead of a fresh
     build; its history is kept and the step count continues from it."""
@@ -152,6 +160,8 @@ class OrganismConfig:
         _check(0 <= self.p_extra <= 1, f"'p_extra' must be in [0, 1]. Got {self.p_extra!r}.")
         _check(self.aux_slot_weight >= 0, f"'aux_slot_weight' must be >= 0. "
                f"Got {self.aux_slot_weight!r}.")
+        _check(self.aux_colour_weight >= 0, f"'aux_colour_weight' must be >= 0. "
+               f"Got {self.aux_colour_weight!r}.")
         _check(self.aux_region in od.REGIONS, f"'aux_region' must be one of {od.REGIONS}. "
                f"Got {self.aux_region!r} instead.")
         for name in ("p_shuffle", "p_ablate", "p_ablate_object"):
@@ -307,7 +317,7 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.98))
-    aux = _AuxSlot(model, cfg) if cfg.aux_slot_weight > 0 else None
+    aux = _AuxSlot(model, cfg) if (cfg.aux_slot_weight > 0 or cfg.aux_colour_weight > 0) else None
     if aux is not None:
         opt.add_param_group({"params": list(aux.parameters()), "weight_decay": 0.0})
     cur = (_Curriculum(model, cfg)
@@ -338,7 +348,7 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
             cur.prepare(items, rng)
         loss = torch.nn.functional.cross_entropy(last_logits(model, inputs), batcher.answer_ids(items))
         if aux is not None:
-            loss = loss + cfg.aux_slot_weight * aux.loss(items)
+            loss = loss + aux.loss(items)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -397,7 +407,8 @@ class _AuxSlot:
         self.cfg = cfg
         self.grid = cfg.grid
         self.head = torch.nn.Linear(cfg.lm_dim, 3)
-        self.colour = torch.nn.Linear(cfg.lm_dim, len(od.COLOUR_NAMES)) if cfg.aux_colour else None
+        self.colour = (torch.nn.Linear(cfg.lm_dim, len(od.COLOUR_NAMES))
+                       if (cfg.aux_colour or cfg.aux_colour_weight > 0) else None)
         self.z = None
         self.h = projector_module(model).register_forward_hook(self._grab)
         self._cache: dict = {}
@@ -423,11 +434,18 @@ class _AuxSlot:
         sel = slots >= 0
         feats = z[sel]
         lab = slots[sel]
-        loss = torch.nn.functional.cross_entropy(self.head(feats), lab)
+        cfg = self.cfg
+        loss = feats.new_zeros(())
         if self.colour is not None:
             cidx = torch.tensor([[od.COLOUR_NAMES.index(c) for c in it.colours] for it in items])
             col = torch.gather(cidx, 1, slots.clamp(min=0))[sel]
-            loss = loss + torch.nn.functional.cross_entropy(self.colour(feats), col)
+            colour_loss = torch.nn.functional.cross_entropy(self.colour(feats), col)
+            loss = loss + cfg.aux_colour_weight * colour_loss
+        if cfg.aux_slot_weight > 0:
+            slot_loss = torch.nn.functional.cross_entropy(self.head(feats), lab)
+            if cfg.aux_colour:
+                slot_loss = slot_loss + colour_loss
+            loss = loss + cfg.aux_slot_weight * slot_loss
         return loss
 
     def remove(self):
@@ -457,6 +475,8 @@ class _Curriculum:
         ablate = torch.as_tensor((u >= ps) & (u < ps + pa))
         obj = torch.as_tensor((u >= ps + pa) & (u < ps + pa + po))
         edit = ablate | obj
+        if self.cfg.shuffle_object_ablated:
+            shuffle = shuffle | obj
         abl = keep = None
         if bool(edit.any()):
             chosen = [it for it, a in zip(items, edit) if a]
@@ -477,15 +497,15 @@ class _Curriculum:
         shuffle, ablate, abl, keep = self.plan
         self.plan = None
         b = len(shuffle)
-        idx = torch.arange(b * self.n).reshape(b, self.n)
-        for i in torch.nonzero(shuffle).flatten().tolist():
-            idx[i] = idx[i][torch.randperm(self.n, generator=self.gen)]
-        x = out[idx.reshape(-1)]
-        if abl is not None:
+        x = out
+        if abl is not None:  # ablate first (keep/abl are in raster order), then shuffle
             x = x.reshape(b, self.n, -1).clone()
             x[ablate] = torch.where(keep[..., None], x[ablate], abl)
             x = x.reshape(b * self.n, -1)
-        return x
+        idx = torch.arange(b * self.n).reshape(b, self.n)
+        for i in torch.nonzero(shuffle).flatten().tolist():
+            idx[i] = idx[i][torch.randperm(self.n, generator=self.gen)]
+        return x[idx.reshape(-1)]
 
     def remove(self):
         self.h.remove()
@@ -499,28 +519,34 @@ def ablation_tokens(model, items, grid: int, *, hook=None):
     Returns ``(len(items), grid*grid, d)`` (no gradient).
     """
     import torch
-    colours = [c for it in items for c in it.colours] + [None]
+    # one render per distinct (size, colour) and one blank canvas: the tokens of a square alone
+    # and centred depend on nothing else
     sizes = sorted({it.layout.size for it in items})
-    toks = {}
+    names = {s: sorted({c for it in items if it.layout.size == s for c in it.colours})
+             for s in sizes}
+    toks: dict = {}
     was = getattr(hook, "active", None)
     if hook is not None:
         hook.active = False
     try:
         with torch.no_grad():
             for s in sizes:
-                img = od.render_single(colours, s, n=grid, normalise=od.QWEN_NORM)
+                cols = names[s] + ([None] if s == sizes[0] else [])
+                img = od.render_single(cols, s, n=grid, normalise=od.QWEN_NORM)
                 pv, thw = od.qwen_pixels(img)
-                toks[s] = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
+                t = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
+                for k, name in enumerate(cols):
+                    toks[(s, name)] = t[k]
     finally:
         if hook is not None:
             hook.active = was
     out = []
     c = lambda s: (grid - s) // 2  # noqa: E731  (the centred cell of render_single)
-    for i, it in enumerate(items):
-        t = toks[it.layout.size]
-        x = t[-1].clone()  # blank canvas everywhere
+    blank = toks[(sizes[0], None)]
+    for it in items:
+        x = blank.clone()  # blank canvas everywhere
         for slot in range(3):
-            iso = t[3 * i + slot]
+            iso = toks[(it.layout.size, it.colours[slot])]
             cells = it.layout.cells(slot)
             r0 = min(r for r, _ in cells)
             c0 = min(q for _, q in cells)
@@ -588,12 +614,18 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append(f"--aux-slot-weight {cfg['aux_slot_weight']:g}")
         parts.append(f"--aux-region {cfg.get('aux_region', 'object')}")
         parts.append("--aux-colour" if cfg.get("aux_colour") else "--no-aux-colour")
+    if cfg.get("aux_colour_weight", 0.0):
+        parts.append(f"--aux-colour-weight {cfg['aux_colour_weight']:g}")
+        if not cfg.get("aux_slot_weight", 0.0):
+            parts.append(f"--aux-region {cfg.get('aux_region', 'object')}")
     if cfg.get("p_shuffle") is not None:
         parts.append(f"--p-shuffle {cfg['p_shuffle']:g}")
     if cfg.get("p_ablate", 0.0) or cfg["mechanism"] == "dual":
         parts.append(f"--p-ablate {cfg.get('p_ablate', 0.0):g}")
     if cfg.get("p_ablate_object", 0.0):
         parts.append(f"--p-ablate-object {cfg['p_ablate_object']:g}")
+    if cfg.get("shuffle_object_ablated", False):
+        parts.append("--shuffle-object-ablated")
     if cfg.get("warmup", 100) != 100:
         parts.append(f"--warmup {cfg['warmup']}")
     if init is not None:
