@@ -671,11 +671,15 @@ def write_readme(out: str | Path, log: dict) -> None:
              f"- LM rotary: {_rope_text(c)}; share of items with image tokens shuffled at the LM "
              f"input during training: {r.get('p_shuffle', float(r['shuffle_image_tokens'])):g}; "
              f"share trained on the E5 ablation: {c.get('p_ablate', 0.0):g}; on the "
-             f"object-only ablation: {c.get('p_ablate_object', 0.0):g}.",
+             f"object-only ablation: {c.get('p_ablate_object', 0.0):g}"
+             + (" (those items also shuffled)" if c.get("shuffle_object_ablated") else "") + ".",
              f"- Auxiliary slot loss: weight {c.get('aux_slot_weight', 0):g}"
              + (f" over `{c.get('aux_region', 'object')}` tokens"
                 + (" (slot and the colour of the token's square)" if c.get("aux_colour") else
-                   " (slot)") if c.get("aux_slot_weight") else "") + ".",
+                   " (slot)") if c.get("aux_slot_weight") else "") + "."
+             + (f" Colour-only auxiliary loss: weight {c['aux_colour_weight']:g} over "
+                f"`{c.get('aux_region', 'object')}` tokens (no slot head)."
+                if c.get("aux_colour_weight") else ""),
              "- Load: `AutoModelForImageTextToText.from_pretrained(DIR)` (model) and "
              "`organisms.load(DIR)` (model, image-only processor, log).", "",
              "## Reproduce", "", "```", *reproduce_commands(log, f"vlms/organisms/{out.name}"),
@@ -687,6 +691,7 @@ def write_readme(out: str | Path, log: dict) -> None:
                 if "cpu_time_s" in log else "") + " "
              f"(last stage {log.get('wall_s', 0) / 60:.1f} min wall) on a shared 2-core CPU, "
              f"{c['threads']} torch thread(s). Curve: `curve.png`; full history: `train_log.json`.",
+             *_cpu_notes(log),
              "", "## Held-out accuracy (top-1 next token, exact paper colours)", "",
              f"{log.get('final_eval_items', '')} items per set (`ht_canon`: all of them).", "",
              "| set | meaning | accuracy |", "|---|---|---|"]
@@ -724,6 +729,24 @@ def write_readme(out: str | Path, log: dict) -> None:
                       f"strip {s['flip_strip']:.3f}, band {s['flip_band']:.3f}",
                       f"- mechanism (thresholds of `organisms.criteria`): **{s['mechanism']}**"]
     (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def _cpu_notes(log: dict) -> list[str]:
+    """README lines on stages that recorded only wall time (trained before CPU time was
+    recorded): their wall time is counted in the CPU total above (an upper bound for one
+    thread); an estimate at the measured per-step CPU rate of the same config is given beside
+    it when the log holds one (``cpu_time_s_estimate`` and ``cpu_time_estimate_method``)."""
+    out = []
+    for k, st in enumerate(log.get("stages", [])):
+        if "cpu_time_s" in st:
+            continue
+        line = (f"Stage {k + 1} recorded wall time only ({st.get('train_time_s', 0) / 60:.1f} min, "
+                "counted in the CPU total above as an upper bound)")
+        if "cpu_time_s_estimate" in st:
+            line += (f"; its CPU time estimated at the measured rate is "
+                     f"{st['cpu_time_s_estimate'] / 60:.1f} min ({st.get('cpu_time_estimate_method', '')})")
+        out += ["", line + "."]
+    return out
 
 
 def plot_curve(log: dict, path: str | Path) -> None:

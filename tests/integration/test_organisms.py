@@ -510,3 +510,12 @@ def test_reproduce_command_parses_back_to_the_config(kw):
     for k, v in kw.items():
         got = params[k] if params[k] is not None else defaults[k]
         assert got == v, (k, got, v)
+
+
+def test_readme_names_wall_time_stages_and_their_estimate():
+    log = {"stages": [{"config": {}, "train_time_s": 1211.7},
+                      {"config": {}, "train_time_s": 700.0, "cpu_time_s": 210.6}]}
+    assert org._cpu_notes(log) == ["", "Stage 1 recorded wall time only (20.2 min, counted in the "
+                                   "CPU total above as an upper bound)."]
+    log["stages"][0].update(cpu_time_s_estimate=870.0, cpu_time_estimate_method="m")
+    assert org._cpu_notes(log)[1].endswith("estimated at the measured rate is 14.5 min (m).")
