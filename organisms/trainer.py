@@ -135,9 +135,16 @@ class OrganismConfig:
     """Per-item probability of ablating only the object tokens (the square alone and centred;
     the background keeps its own tokens): the ordering is then only in the strips' background,
     where the paper finds it, so the LM learns to read it there."""
+    p_scramble_object: float = 0.0
+    """Per-item probability of scrambling the slot code of the object tokens: each square's
+    tokens <- the same-coloured square's tokens from a render of the item with its colours in a
+    random order (same layout), so every object token keeps its colour but carries a random
+    slot, while the background keeps the item's own tokens and the answer is unchanged. The LM
+    learns that the object tokens' slot code is unreliable and reads the ordering from the
+    strips' background, where the paper finds it (object-only criss-cross then does not flip)."""
     shuffle_object_ablated: bool = False
-    """Also shuffle the image tokens of the object-ablated items (after the ablation), so that
-    neither the object tokens nor the tokens' order can tell: only the background's content."""
+    """Also shuffle the image tokens of the object-ablated and object-scrambled items (after the
+    edit), so that the tokens' order cannot tell either: only their content."""
     init_from: str | None = None
     """Continue training a saved organism (same arch, mechanism and sizes) instead of a fresh
     build; its history is kept and the step count continues from it."""
@@ -164,12 +171,13 @@ class OrganismConfig:
                f"Got {self.aux_colour_weight!r}.")
         _check(self.aux_region in od.REGIONS, f"'aux_region' must be one of {od.REGIONS}. "
                f"Got {self.aux_region!r} instead.")
-        for name in ("p_shuffle", "p_ablate", "p_ablate_object"):
+        for name in ("p_shuffle", "p_ablate", "p_ablate_object", "p_scramble_object"):
             v = getattr(self, name)
             _check(v is None or 0 <= v <= 1, f"'{name}' must be in [0, 1]. Got {v!r} instead.")
-        _check((self.p_shuffle or 0) + self.p_ablate + self.p_ablate_object <= 1,
-               "'p_shuffle' + 'p_ablate' + 'p_ablate_object' must be <= 1 (they are shares of "
-               "each batch)")
+        _check((self.p_shuffle or 0) + self.p_ablate + self.p_ablate_object
+               + self.p_scramble_object <= 1 + 1e-9,
+               "'p_shuffle' + 'p_ablate' + 'p_ablate_object' + 'p_scramble_object' must be <= 1 "
+               "(they are shares of each batch)")
         _check(self.arch == "qwen2-vl" or (self.mechanism != "dual" and self.p_ablate == 0),
                "the 'dual' mechanism and 'p_ablate' are implemented for arch 'qwen2-vl' only")
         _check(self.lm_dim % self.lm_heads == 0 and self.vision_dim % self.vision_heads == 0,
@@ -321,7 +329,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     if aux is not None:
         opt.add_param_group({"params": list(aux.parameters()), "weight_decay": 0.0})
     cur = (_Curriculum(model, cfg)
-           if (cfg.resolved_p_shuffle() > 0 or cfg.p_ablate > 0 or cfg.p_ablate_object > 0)
+           if (cfg.resolved_p_shuffle() > 0 or cfg.p_ablate > 0 or cfg.p_ablate_object > 0
+               or cfg.p_scramble_object > 0)
            else None)
     log = {"config": cfg.to_json(), "history": [], "n_params": sum(p.numel() for p in model.parameters()),
            "splits": {"heldout_triples": [list(t) for t in splits.heldout_triples],
@@ -474,9 +483,16 @@ class _Curriculum:
         shuffle = torch.as_tensor(u < ps)
         ablate = torch.as_tensor((u >= ps) & (u < ps + pa))
         obj = torch.as_tensor((u >= ps + pa) & (u < ps + pa + po))
+        psc = self.cfg.p_scramble_object
+        scr = torch.as_tensor((u >= ps + pa + po) & (u < ps + pa + po + psc))
         edit = ablate | obj
         if self.cfg.shuffle_object_ablated:
-            shuffle = shuffle | obj
+            shuffle = shuffle | obj | scr
+        scramble = None
+        if bool(scr.any()):
+            scramble = (scr, *scramble_tokens(
+                self.model, [it for it, a in zip(items, scr) if a], self.cfg.grid, rng,
+                hook=self))
         abl = keep = None
         if bool(edit.any()):
             chosen = [it for it, a in zip(items, edit) if a]
@@ -488,19 +504,26 @@ class _Curriculum:
             for j, (it, o) in enumerate(zip(chosen, obj[edit].tolist())):
                 if o:
                     keep[j] = torch.as_tensor(od.region_slots(it.layout, g, "object") < 0)
-        self.plan = (shuffle, edit, abl, keep)
+        self.plan = (shuffle, edit, abl, keep, scramble)
 
     def __call__(self, module, args, out):
         import torch
         if not self.active or self.plan is None:
             return None
-        shuffle, ablate, abl, keep = self.plan
+        shuffle, ablate, abl, keep, scramble = self.plan
         self.plan = None
         b = len(shuffle)
         x = out
-        if abl is not None:  # ablate first (keep/abl are in raster order), then shuffle
+        if abl is not None:  # edit first (keep/abl are in raster order), then shuffle
             x = x.reshape(b, self.n, -1).clone()
             x[ablate] = torch.where(keep[..., None], x[ablate], abl)
+            x = x.reshape(b * self.n, -1)
+        if scramble is not None:
+            scr, src, maps = scramble
+            x = x.reshape(b, self.n, -1).clone()
+            for j, i in enumerate(torch.nonzero(scr).flatten().tolist()):
+                to, frm = maps[j]
+                x[i, to] = src[j, frm].to(x.dtype)
             x = x.reshape(b * self.n, -1)
         idx = torch.arange(b * self.n).reshape(b, self.n)
         for i in torch.nonzero(shuffle).flatten().tolist():
@@ -509,6 +532,41 @@ class _Curriculum:
 
     def remove(self):
         self.h.remove()
+
+
+def scramble_tokens(model, items, grid: int, rng, *, hook=None):
+    """The object-slot scramble of ``items`` (``p_scramble_object``): for each item a random
+    order of its colours (``rng.permutation(3)``), the projector tokens of that re-coloured
+    item (same layout, exact colours, no gradient), and the cell map that moves each square's
+    tokens from where its colour sits in the re-coloured item to where it sits in the item.
+
+    Returns ``(tokens (len(items), grid*grid, d), [(to_cells, from_cells), ...])``: writing
+    ``x[i, to] = tokens[i, from]`` gives every object token its own colour and a random slot.
+    """
+    import torch
+    perms = [rng.permutation(3) for _ in items]
+    src = [od.Item(tuple(it.colours[k] for k in p), it.layout, it.direction)
+           for it, p in zip(items, perms)]
+    was = getattr(hook, "active", None)
+    if hook is not None:
+        hook.active = False
+    try:
+        with torch.no_grad():
+            pv, thw = od.qwen_pixels(od.render(src, n=grid, normalise=od.QWEN_NORM))
+            toks = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
+    finally:
+        if hook is not None:
+            hook.active = was
+    maps = []
+    for it, p in zip(items, perms):
+        to, frm = [], []
+        for slot in range(3):
+            j = int(list(p).index(slot))  # where this square's colour sits in the re-coloured item
+            for a, c in zip(it.layout.cells(slot), it.layout.cells(j)):
+                to.append(a[0] * grid + a[1])
+                frm.append(c[0] * grid + c[1])
+        maps.append((to, frm))
+    return toks.reshape(len(items), grid * grid, -1), maps
 
 
 def ablation_tokens(model, items, grid: int, *, hook=None):
@@ -624,6 +682,8 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append(f"--p-ablate {cfg.get('p_ablate', 0.0):g}")
     if cfg.get("p_ablate_object", 0.0):
         parts.append(f"--p-ablate-object {cfg['p_ablate_object']:g}")
+    if cfg.get("p_scramble_object", 0.0):
+        parts.append(f"--p-scramble-object {cfg['p_scramble_object']:g}")
     if cfg.get("shuffle_object_ablated", False):
         parts.append("--shuffle-object-ablated")
     if cfg.get("warmup", 100) != 100:
@@ -672,7 +732,10 @@ def write_readme(out: str | Path, log: dict) -> None:
              f"input during training: {r.get('p_shuffle', float(r['shuffle_image_tokens'])):g}; "
              f"share trained on the E5 ablation: {c.get('p_ablate', 0.0):g}; on the "
              f"object-only ablation: {c.get('p_ablate_object', 0.0):g}"
-             + (" (those items also shuffled)" if c.get("shuffle_object_ablated") else "") + ".",
+             + (f"; on the object-slot scramble: {c['p_scramble_object']:g}"
+                if c.get("p_scramble_object") else "")
+             + (" (object-edited items also shuffled)" if c.get("shuffle_object_ablated")
+                else "") + ".",
              f"- Auxiliary slot loss: weight {c.get('aux_slot_weight', 0):g}"
              + (f" over `{c.get('aux_region', 'object')}` tokens"
                 + (" (slot and the colour of the token's square)" if c.get("aux_colour") else

@@ -519,3 +519,42 @@ def test_readme_names_wall_time_stages_and_their_estimate():
                                    "CPU total above as an upper bound)."]
     log["stages"][0].update(cpu_time_s_estimate=870.0, cpu_time_estimate_method="m")
     assert org._cpu_notes(log)[1].endswith("estimated at the measured rate is 14.5 min (m).")
+
+
+def test_object_scramble_gives_each_square_its_colour_with_another_slot():
+    """--p-scramble-object: every object token <- the token at the same place of the
+    same-coloured square in a render of the item with its colours in a random order (found here
+    by colour, independently of the code's index map); background tokens and order kept."""
+    from organisms.model import image_tokens
+
+    cfg = _tiny("vision", p_shuffle=0.0, p_scramble_object=1.0)
+    model, proc = org.build(cfg)
+    model.eval()
+    items = od.eval_items(od.make_splits(8), "hl", n=6)
+    b = org.Batcher(proc, 8)
+    inp = b(items)
+    with torch.no_grad():
+        plain = image_tokens(model, inp)
+    cur = org._Curriculum(model, cfg)
+    try:
+        cur.prepare(items, np.random.default_rng(3))
+        with torch.no_grad():
+            got = image_tokens(model, inp)
+    finally:
+        cur.remove()
+    rng = np.random.default_rng(3)
+    rng.random(len(items))  # the curriculum's draw of modes comes first
+    moved = 0
+    for i, it in enumerate(items):
+        p = rng.permutation(3)
+        src = od.Item(tuple(it.colours[k] for k in p), it.layout, it.direction)
+        with torch.no_grad():
+            zs = image_tokens(model, b([src]))[0]
+        objm = od.region_slots(it.layout, 8, "object")
+        assert torch.equal(got[i, torch.as_tensor(objm < 0)], plain[i, torch.as_tensor(objm < 0)])
+        for slot in range(3):
+            j = src.colours.index(it.colours[slot])
+            for a, c in zip(it.layout.cells(slot), it.layout.cells(j)):
+                assert torch.allclose(got[i, a[0] * 8 + a[1]], zs[c[0] * 8 + c[1]], atol=1e-5)
+            moved += j != slot
+    assert moved > 0
