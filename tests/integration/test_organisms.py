@@ -399,7 +399,8 @@ def _shipped(mech):
 
 @pytest.mark.parametrize("mech", ["lm", "vision", "dual"])
 def test_shipped_loads_with_plain_transformers_and_answers(mech, splits):
-    """64 held-out items (held-out colour triples, held-out layouts) with plain transformers."""
+    """64 held-out items (held-out colour triples, held-out layouts) with plain transformers:
+    issue 11 asks >= 0.95 on both."""
     from transformers import AutoModelForImageTextToText
 
     _, proc, log = _shipped(mech)
@@ -407,7 +408,8 @@ def test_shipped_loads_with_plain_transformers_and_answers(mech, splits):
     items = od.eval_items(splits, "ht_rand", n=32, seed=7) + od.eval_items(splits, "hl", n=32, seed=7)
     acc = org.accuracy(model, org.Batcher(proc, 8), items)
     recorded = log["final"]["heldout"]
-    assert acc >= min(0.9, recorded - 0.1), (acc, recorded)
+    assert acc >= 0.95, (acc, recorded)
+    assert log["final"]["heldout"] >= 0.95 and log["final"]["hl"] >= 0.95, log["final"]
     assert log["config"]["mechanism"] == mech
 
 
