@@ -35,6 +35,9 @@ def organism() -> None:
 @click.option("--aux-slot-weight", type=float, default=None,
               help="Auxiliary ordinal-slot loss on the projector output (plants the vision-side "
                    "code faster; default 2 for qwen2-vl vision and dual organisms, else 0 = task loss).")
+@click.option("--aux-colour-weight", type=float, default=0.0, show_default=True,
+              help="Auxiliary colour-only loss on the projector output at the aux-region "
+                   "tokens (no slot head: colour read-out without a slot code; for lm).")
 @click.option("--aux-region", type=click.Choice(["object", "strip", "band"]), default=None,
               help="Tokens the auxiliary slot loss covers (default object for vision, band for "
                    "dual: the paper's strips, background included).")
@@ -49,6 +52,14 @@ def organism() -> None:
 @click.option("--p-ablate-object", type=float, default=0.0, show_default=True,
               help="Share of items whose object tokens only are ablated (the square alone and "
                    "centred; background kept): the LM learns to read ordering from the strips.")
+@click.option("--p-scramble-object", type=float, default=0.0, show_default=True,
+              help="Share of items whose object tokens get a random slot code (each square's "
+                   "tokens from a render with the colours in a random order; background and "
+                   "answer kept): the LM learns to read ordering from the strips' background.")
+@click.option("--shuffle-object-ablated/--no-shuffle-object-ablated", default=False,
+              show_default=True,
+              help="Also shuffle the image tokens of the object-ablated and object-scrambled "
+                   "items, so only the tokens' content carries the ordering.")
 @click.option("--init", "init_from", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue training this saved organism (same arch and sizes; another "
                    "mechanism starts a curriculum stage from its weights, e.g. vision -> dual).")
@@ -59,8 +70,9 @@ def organism() -> None:
               help="Run the 'which mechanism emerged?' slot probe at the end.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
-          lr, warmup, aux_slot_weight, aux_region, aux_colour, p_shuffle, p_ablate,
-          p_ablate_object, init_from, eval_every, out, probe, progress):
+          lr, warmup, aux_slot_weight, aux_colour_weight, aux_region, aux_colour, p_shuffle, p_ablate,
+          p_ablate_object, p_scramble_object, shuffle_object_ablated, init_from, eval_every, out,
+          probe, progress):
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import trainer as org
 
@@ -73,11 +85,13 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         vision_heads=vision_heads, batch=batch, lr=lr, warmup=warmup,
         aux_slot_weight=(aux_slot_weight if aux_slot_weight is not None
                          else defaults["aux_slot_weight"]),
+        aux_colour_weight=aux_colour_weight,
         aux_region=aux_region if aux_region is not None else defaults["aux_region"],
         aux_colour=aux_colour if aux_colour is not None else defaults["aux_colour"],
         p_shuffle=p_shuffle if p_shuffle is not None else defaults.get("p_shuffle"),
         p_ablate=p_ablate if p_ablate is not None else defaults["p_ablate"],
-        p_ablate_object=p_ablate_object,
+        p_ablate_object=p_ablate_object, p_scramble_object=p_scramble_object,
+        shuffle_object_ablated=shuffle_object_ablated,
         init_from=init_from, eval_every=eval_every, eval_items=64)
     res = org.train(cfg, out=out, final_eval_items=384, progress=progress)
     if probe:

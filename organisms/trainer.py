@@ -112,6 +112,11 @@ class OrganismConfig:
     """Weight of an auxiliary ordinal-slot loss (a linear head, not saved) on the projector
     output at the tokens of ``aux_region``: plants the vision-side code faster. 0 = task loss
     only."""
+    aux_colour_weight: float = 0.0
+    """Weight of an auxiliary colour-only loss (a linear head, not saved) on the projector output
+    at the tokens of ``aux_region``: each token is asked the colour of its square, with no slot
+    head, so colour read-out generalises to unseen combinations without planting a slot code
+    (used by the ``lm`` organism). 0 = off."""
     aux_region: str = "object"
     """Tokens the auxiliary loss is applied to (``organisms.data.region_slots``): ``object``
     (the square's tokens), ``strip`` (its rows/columns) or ``band`` (the paper's strips: every
@@ -130,6 +135,16 @@ class OrganismConfig:
     """Per-item probability of ablating only the object tokens (the square alone and centred;
     the background keeps its own tokens): the ordering is then only in the strips' background,
     where the paper finds it, so the LM learns to read it there."""
+    p_scramble_object: float = 0.0
+    """Per-item probability of scrambling the slot code of the object tokens: each square's
+    tokens <- the same-coloured square's tokens from a render of the item with its colours in a
+    random order (same layout), so every object token keeps its colour but carries a random
+    slot, while the background keeps the item's own tokens and the answer is unchanged. The LM
+    learns that the object tokens' slot code is unreliable and reads the ordering from the
+    strips' background, where the paper finds it (object-only criss-cross then does not flip)."""
+    shuffle_object_ablated: bool = False
+    """Also shuffle the image tokens of the object-ablated and object-scrambled items (after the
+    edit), so that the tokens' order cannot tell either: only their content."""
     init_from: str | None = None
     """Continue training a saved organism (same arch, mechanism and sizes) instead of a fresh
     build; its history is kept and the step count continues from it."""
@@ -152,14 +167,17 @@ class OrganismConfig:
         _check(0 <= self.p_extra <= 1, f"'p_extra' must be in [0, 1]. Got {self.p_extra!r}.")
         _check(self.aux_slot_weight >= 0, f"'aux_slot_weight' must be >= 0. "
                f"Got {self.aux_slot_weight!r}.")
+        _check(self.aux_colour_weight >= 0, f"'aux_colour_weight' must be >= 0. "
+               f"Got {self.aux_colour_weight!r}.")
         _check(self.aux_region in od.REGIONS, f"'aux_region' must be one of {od.REGIONS}. "
                f"Got {self.aux_region!r} instead.")
-        for name in ("p_shuffle", "p_ablate", "p_ablate_object"):
+        for name in ("p_shuffle", "p_ablate", "p_ablate_object", "p_scramble_object"):
             v = getattr(self, name)
             _check(v is None or 0 <= v <= 1, f"'{name}' must be in [0, 1]. Got {v!r} instead.")
-        _check((self.p_shuffle or 0) + self.p_ablate + self.p_ablate_object <= 1,
-               "'p_shuffle' + 'p_ablate' + 'p_ablate_object' must be <= 1 (they are shares of "
-               "each batch)")
+        _check((self.p_shuffle or 0) + self.p_ablate + self.p_ablate_object
+               + self.p_scramble_object <= 1 + 1e-9,
+               "'p_shuffle' + 'p_ablate' + 'p_ablate_object' + 'p_scramble_object' must be <= 1 "
+               "(they are shares of each batch)")
         _check(self.arch == "qwen2-vl" or (self.mechanism != "dual" and self.p_ablate == 0),
                "the 'dual' mechanism and 'p_ablate' are implemented for arch 'qwen2-vl' only")
         _check(self.lm_dim % self.lm_heads == 0 and self.vision_dim % self.vision_heads == 0,
@@ -307,11 +325,12 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.98))
-    aux = _AuxSlot(model, cfg) if cfg.aux_slot_weight > 0 else None
+    aux = _AuxSlot(model, cfg) if (cfg.aux_slot_weight > 0 or cfg.aux_colour_weight > 0) else None
     if aux is not None:
         opt.add_param_group({"params": list(aux.parameters()), "weight_decay": 0.0})
     cur = (_Curriculum(model, cfg)
-           if (cfg.resolved_p_shuffle() > 0 or cfg.p_ablate > 0 or cfg.p_ablate_object > 0)
+           if (cfg.resolved_p_shuffle() > 0 or cfg.p_ablate > 0 or cfg.p_ablate_object > 0
+               or cfg.p_scramble_object > 0)
            else None)
     log = {"config": cfg.to_json(), "history": [], "n_params": sum(p.numel() for p in model.parameters()),
            "splits": {"heldout_triples": [list(t) for t in splits.heldout_triples],
@@ -338,7 +357,7 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
             cur.prepare(items, rng)
         loss = torch.nn.functional.cross_entropy(last_logits(model, inputs), batcher.answer_ids(items))
         if aux is not None:
-            loss = loss + cfg.aux_slot_weight * aux.loss(items)
+            loss = loss + aux.loss(items)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -397,7 +416,8 @@ class _AuxSlot:
         self.cfg = cfg
         self.grid = cfg.grid
         self.head = torch.nn.Linear(cfg.lm_dim, 3)
-        self.colour = torch.nn.Linear(cfg.lm_dim, len(od.COLOUR_NAMES)) if cfg.aux_colour else None
+        self.colour = (torch.nn.Linear(cfg.lm_dim, len(od.COLOUR_NAMES))
+                       if (cfg.aux_colour or cfg.aux_colour_weight > 0) else None)
         self.z = None
         self.h = projector_module(model).register_forward_hook(self._grab)
         self._cache: dict = {}
@@ -423,11 +443,18 @@ class _AuxSlot:
         sel = slots >= 0
         feats = z[sel]
         lab = slots[sel]
-        loss = torch.nn.functional.cross_entropy(self.head(feats), lab)
+        cfg = self.cfg
+        loss = feats.new_zeros(())
         if self.colour is not None:
             cidx = torch.tensor([[od.COLOUR_NAMES.index(c) for c in it.colours] for it in items])
             col = torch.gather(cidx, 1, slots.clamp(min=0))[sel]
-            loss = loss + torch.nn.functional.cross_entropy(self.colour(feats), col)
+            colour_loss = torch.nn.functional.cross_entropy(self.colour(feats), col)
+            loss = loss + cfg.aux_colour_weight * colour_loss
+        if cfg.aux_slot_weight > 0:
+            slot_loss = torch.nn.functional.cross_entropy(self.head(feats), lab)
+            if cfg.aux_colour:
+                slot_loss = slot_loss + colour_loss
+            loss = loss + cfg.aux_slot_weight * slot_loss
         return loss
 
     def remove(self):
@@ -456,7 +483,16 @@ class _Curriculum:
         shuffle = torch.as_tensor(u < ps)
         ablate = torch.as_tensor((u >= ps) & (u < ps + pa))
         obj = torch.as_tensor((u >= ps + pa) & (u < ps + pa + po))
+        psc = self.cfg.p_scramble_object
+        scr = torch.as_tensor((u >= ps + pa + po) & (u < ps + pa + po + psc))
         edit = ablate | obj
+        if self.cfg.shuffle_object_ablated:
+            shuffle = shuffle | obj | scr
+        scramble = None
+        if bool(scr.any()):
+            scramble = (scr, *scramble_tokens(
+                self.model, [it for it, a in zip(items, scr) if a], self.cfg.grid, rng,
+                hook=self))
         abl = keep = None
         if bool(edit.any()):
             chosen = [it for it, a in zip(items, edit) if a]
@@ -468,27 +504,69 @@ class _Curriculum:
             for j, (it, o) in enumerate(zip(chosen, obj[edit].tolist())):
                 if o:
                     keep[j] = torch.as_tensor(od.region_slots(it.layout, g, "object") < 0)
-        self.plan = (shuffle, edit, abl, keep)
+        self.plan = (shuffle, edit, abl, keep, scramble)
 
     def __call__(self, module, args, out):
         import torch
         if not self.active or self.plan is None:
             return None
-        shuffle, ablate, abl, keep = self.plan
+        shuffle, ablate, abl, keep, scramble = self.plan
         self.plan = None
         b = len(shuffle)
-        idx = torch.arange(b * self.n).reshape(b, self.n)
-        for i in torch.nonzero(shuffle).flatten().tolist():
-            idx[i] = idx[i][torch.randperm(self.n, generator=self.gen)]
-        x = out[idx.reshape(-1)]
-        if abl is not None:
+        x = out
+        if abl is not None:  # edit first (keep/abl are in raster order), then shuffle
             x = x.reshape(b, self.n, -1).clone()
             x[ablate] = torch.where(keep[..., None], x[ablate], abl)
             x = x.reshape(b * self.n, -1)
-        return x
+        if scramble is not None:
+            scr, src, maps = scramble
+            x = x.reshape(b, self.n, -1).clone()
+            for j, i in enumerate(torch.nonzero(scr).flatten().tolist()):
+                to, frm = maps[j]
+                x[i, to] = src[j, frm].to(x.dtype)
+            x = x.reshape(b * self.n, -1)
+        idx = torch.arange(b * self.n).reshape(b, self.n)
+        for i in torch.nonzero(shuffle).flatten().tolist():
+            idx[i] = idx[i][torch.randperm(self.n, generator=self.gen)]
+        return x[idx.reshape(-1)]
 
     def remove(self):
         self.h.remove()
+
+
+def scramble_tokens(model, items, grid: int, rng, *, hook=None):
+    """The object-slot scramble of ``items`` (``p_scramble_object``): for each item a random
+    order of its colours (``rng.permutation(3)``), the projector tokens of that re-coloured
+    item (same layout, exact colours, no gradient), and the cell map that moves each square's
+    tokens from where its colour sits in the re-coloured item to where it sits in the item.
+
+    Returns ``(tokens (len(items), grid*grid, d), [(to_cells, from_cells), ...])``: writing
+    ``x[i, to] = tokens[i, from]`` gives every object token its own colour and a random slot.
+    """
+    import torch
+    perms = [rng.permutation(3) for _ in items]
+    src = [od.Item(tuple(it.colours[k] for k in p), it.layout, it.direction)
+           for it, p in zip(items, perms)]
+    was = getattr(hook, "active", None)
+    if hook is not None:
+        hook.active = False
+    try:
+        with torch.no_grad():
+            pv, thw = od.qwen_pixels(od.render(src, n=grid, normalise=od.QWEN_NORM))
+            toks = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
+    finally:
+        if hook is not None:
+            hook.active = was
+    maps = []
+    for it, p in zip(items, perms):
+        to, frm = [], []
+        for slot in range(3):
+            j = int(list(p).index(slot))  # where this square's colour sits in the re-coloured item
+            for a, c in zip(it.layout.cells(slot), it.layout.cells(j)):
+                to.append(a[0] * grid + a[1])
+                frm.append(c[0] * grid + c[1])
+        maps.append((to, frm))
+    return toks.reshape(len(items), grid * grid, -1), maps
 
 
 def ablation_tokens(model, items, grid: int, *, hook=None):
@@ -499,28 +577,34 @@ def ablation_tokens(model, items, grid: int, *, hook=None):
     Returns ``(len(items), grid*grid, d)`` (no gradient).
     """
     import torch
-    colours = [c for it in items for c in it.colours] + [None]
+    # one render per distinct (size, colour) and one blank canvas: the tokens of a square alone
+    # and centred depend on nothing else
     sizes = sorted({it.layout.size for it in items})
-    toks = {}
+    names = {s: sorted({c for it in items if it.layout.size == s for c in it.colours})
+             for s in sizes}
+    toks: dict = {}
     was = getattr(hook, "active", None)
     if hook is not None:
         hook.active = False
     try:
         with torch.no_grad():
             for s in sizes:
-                img = od.render_single(colours, s, n=grid, normalise=od.QWEN_NORM)
+                cols = names[s] + ([None] if s == sizes[0] else [])
+                img = od.render_single(cols, s, n=grid, normalise=od.QWEN_NORM)
                 pv, thw = od.qwen_pixels(img)
-                toks[s] = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
+                t = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
+                for k, name in enumerate(cols):
+                    toks[(s, name)] = t[k]
     finally:
         if hook is not None:
             hook.active = was
     out = []
     c = lambda s: (grid - s) // 2  # noqa: E731  (the centred cell of render_single)
-    for i, it in enumerate(items):
-        t = toks[it.layout.size]
-        x = t[-1].clone()  # blank canvas everywhere
+    blank = toks[(sizes[0], None)]
+    for it in items:
+        x = blank.clone()  # blank canvas everywhere
         for slot in range(3):
-            iso = t[3 * i + slot]
+            iso = toks[(it.layout.size, it.colours[slot])]
             cells = it.layout.cells(slot)
             r0 = min(r for r, _ in cells)
             c0 = min(q for _, q in cells)
@@ -588,12 +672,20 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append(f"--aux-slot-weight {cfg['aux_slot_weight']:g}")
         parts.append(f"--aux-region {cfg.get('aux_region', 'object')}")
         parts.append("--aux-colour" if cfg.get("aux_colour") else "--no-aux-colour")
+    if cfg.get("aux_colour_weight", 0.0):
+        parts.append(f"--aux-colour-weight {cfg['aux_colour_weight']:g}")
+        if not cfg.get("aux_slot_weight", 0.0):
+            parts.append(f"--aux-region {cfg.get('aux_region', 'object')}")
     if cfg.get("p_shuffle") is not None:
         parts.append(f"--p-shuffle {cfg['p_shuffle']:g}")
     if cfg.get("p_ablate", 0.0) or cfg["mechanism"] == "dual":
         parts.append(f"--p-ablate {cfg.get('p_ablate', 0.0):g}")
     if cfg.get("p_ablate_object", 0.0):
         parts.append(f"--p-ablate-object {cfg['p_ablate_object']:g}")
+    if cfg.get("p_scramble_object", 0.0):
+        parts.append(f"--p-scramble-object {cfg['p_scramble_object']:g}")
+    if cfg.get("shuffle_object_ablated", False):
+        parts.append("--shuffle-object-ablated")
     if cfg.get("warmup", 100) != 100:
         parts.append(f"--warmup {cfg['warmup']}")
     if init is not None:
@@ -639,11 +731,18 @@ def write_readme(out: str | Path, log: dict) -> None:
              f"- LM rotary: {_rope_text(c)}; share of items with image tokens shuffled at the LM "
              f"input during training: {r.get('p_shuffle', float(r['shuffle_image_tokens'])):g}; "
              f"share trained on the E5 ablation: {c.get('p_ablate', 0.0):g}; on the "
-             f"object-only ablation: {c.get('p_ablate_object', 0.0):g}.",
+             f"object-only ablation: {c.get('p_ablate_object', 0.0):g}"
+             + (f"; on the object-slot scramble: {c['p_scramble_object']:g}"
+                if c.get("p_scramble_object") else "")
+             + (" (object-edited items also shuffled)" if c.get("shuffle_object_ablated")
+                else "") + ".",
              f"- Auxiliary slot loss: weight {c.get('aux_slot_weight', 0):g}"
              + (f" over `{c.get('aux_region', 'object')}` tokens"
                 + (" (slot and the colour of the token's square)" if c.get("aux_colour") else
-                   " (slot)") if c.get("aux_slot_weight") else "") + ".",
+                   " (slot)") if c.get("aux_slot_weight") else "") + "."
+             + (f" Colour-only auxiliary loss: weight {c['aux_colour_weight']:g} over "
+                f"`{c.get('aux_region', 'object')}` tokens (no slot head)."
+                if c.get("aux_colour_weight") else ""),
              "- Load: `AutoModelForImageTextToText.from_pretrained(DIR)` (model) and "
              "`organisms.load(DIR)` (model, image-only processor, log).", "",
              "## Reproduce", "", "```", *reproduce_commands(log, f"vlms/organisms/{out.name}"),
@@ -655,6 +754,7 @@ def write_readme(out: str | Path, log: dict) -> None:
                 if "cpu_time_s" in log else "") + " "
              f"(last stage {log.get('wall_s', 0) / 60:.1f} min wall) on a shared 2-core CPU, "
              f"{c['threads']} torch thread(s). Curve: `curve.png`; full history: `train_log.json`.",
+             *_cpu_notes(log),
              "", "## Held-out accuracy (top-1 next token, exact paper colours)", "",
              f"{log.get('final_eval_items', '')} items per set (`ht_canon`: all of them).", "",
              "| set | meaning | accuracy |", "|---|---|---|"]
@@ -692,6 +792,24 @@ def write_readme(out: str | Path, log: dict) -> None:
                       f"strip {s['flip_strip']:.3f}, band {s['flip_band']:.3f}",
                       f"- mechanism (thresholds of `organisms.criteria`): **{s['mechanism']}**"]
     (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def _cpu_notes(log: dict) -> list[str]:
+    """README lines on stages that recorded only wall time (trained before CPU time was
+    recorded): their wall time is counted in the CPU total above (an upper bound for one
+    thread); an estimate at the measured per-step CPU rate of the same config is given beside
+    it when the log holds one (``cpu_time_s_estimate`` and ``cpu_time_estimate_method``)."""
+    out = []
+    for k, st in enumerate(log.get("stages", [])):
+        if "cpu_time_s" in st:
+            continue
+        line = (f"Stage {k + 1} recorded wall time only ({st.get('train_time_s', 0) / 60:.1f} min, "
+                "counted in the CPU total above as an upper bound)")
+        if "cpu_time_s_estimate" in st:
+            line += (f"; its CPU time estimated at the measured rate is "
+                     f"{st['cpu_time_s_estimate'] / 60:.1f} min ({st.get('cpu_time_estimate_method', '')})")
+        out += ["", line + "."]
+    return out
 
 
 def plot_curve(log: dict, path: str | Path) -> None:

@@ -17,6 +17,11 @@ import click
                    "the organisms' 8x8-token Squares canvas.")
 @click.option("--n", default=96, show_default=True, help="Base stimuli (each with twins).")
 @click.option("--n-degraded", default=96, show_default=True, help="Degraded stimuli for E7.")
+@click.option("--degraded", type=click.Choice(["hard", "mild"]), default="hard",
+              show_default=True,
+              help="Degradation preset of the E7 set: hard (noise 0.8-1, occluder 0.6-1, contrast "
+                   "0.5-0.7: the organisms err on a substantial share) or mild (blur, noise, "
+                   "contrast at 0.3-0.7).")
 @click.option("--alphas", default="0:8:1", show_default=True, help="E7 alpha range a:b:step.")
 @click.option("--seed", default=0, show_default=True, help="Stimulus seed.")
 @click.option("--batch-size", default=16, show_default=True, help="Items per forward pass.")
@@ -30,13 +35,14 @@ import click
               help="The paper's other tasks to add: objects (E1), grids (App. C.6 probes), "
                    "controls (E7 sanity controls), whatsup-stitched (E1; needs --whatsup); "
                    "comma-separated, or 'none'.")
-def demo(out, models, whatsup, preset, n, n_degraded, alphas, seed, batch_size, scheduler,
+def demo(out, models, whatsup, preset, n, n_degraded, degraded, alphas, seed, batch_size, scheduler,
          progress, recipe, tasks):
     """Generate -> extract -> E1 -> E3 -> E4 -> E5/E6 -> E7 -> one HTML report."""
     from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=out, models=models, whatsup=whatsup, preset=preset, n=n,
-                     n_degraded=n_degraded, alphas=alphas, seed=seed, batch_size=batch_size,
+                     n_degraded=n_degraded, degraded=degraded, alphas=alphas, seed=seed,
+                     batch_size=batch_size,
                      scheduler=scheduler, recipe=recipe,
                      tasks=() if tasks.strip() == "none" else
                      tuple(t.strip() for t in tasks.split(",") if t.strip()))

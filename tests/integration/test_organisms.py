@@ -149,11 +149,57 @@ def test_curriculum_feeds_the_lm_ablated_or_shuffled_tokens():
             objm = torch.as_tensor(od.region_slots(it.layout, 8, "object") >= 0)
             assert torch.allclose(got[b, objm], abl[b, objm], atol=1e-5)
             assert torch.equal(got[b, ~objm], plain[b, ~objm])
+        # shuffled object-only ablation: the same tokens as above, each image's permuted
+        cur.cfg = _tiny("vision", p_shuffle=0.0, p_ablate_object=1.0,
+                        shuffle_object_ablated=True)
+        cur.prepare(items, np.random.default_rng(0))
+        with torch.no_grad():
+            shuf = image_tokens(model, inp)
+        for b in range(3):
+            key = lambda x: sorted(map(tuple, x.round(decimals=4).tolist()))  # noqa: E731
+            assert key(shuf[b]) == key(got[b])
+            assert not torch.allclose(shuf[b], got[b], atol=1e-5)
         cur.active = False
         with torch.no_grad():
             assert torch.equal(image_tokens(model, inp), plain)
     finally:
         cur.remove()
+
+
+def test_colour_only_aux_loss_equals_a_hand_computation():
+    """--aux-colour-weight: cross-entropy of a colour head over the aux-region tokens, times
+    the weight, with no slot term; with a slot weight too the old loss is unchanged."""
+    from organisms.model import image_tokens
+
+    cfg = _tiny("lm", aux_colour_weight=0.7)
+    model, proc = org.build(cfg)
+    items = od.eval_items(od.make_splits(8), "hl", n=4)
+    aux = org._AuxSlot(model, cfg)
+    try:
+        with torch.no_grad():
+            z = image_tokens(model, org.Batcher(proc, 8)(items))
+            got = aux.loss(items)
+            rows, labels = [], []
+            for b, it in enumerate(items):
+                slots = od.region_slots(it.layout, 8, "object")
+                for k in np.flatnonzero(slots >= 0):
+                    rows.append(z[b, k])
+                    labels.append(od.COLOUR_NAMES.index(it.colours[slots[k]]))
+            want = 0.7 * torch.nn.functional.cross_entropy(aux.colour(torch.stack(rows)),
+                                                           torch.tensor(labels))
+        assert torch.allclose(got, want, atol=1e-6)
+        aux.cfg = _tiny("lm", aux_colour_weight=0.0, aux_slot_weight=2.0, aux_colour=True)
+        with torch.no_grad():
+            image_tokens(model, org.Batcher(proc, 8)(items))
+            both = aux.loss(items)
+            slot = torch.nn.functional.cross_entropy(
+                aux.head(torch.stack(rows)),
+                torch.tensor([int(od.region_slots(it.layout, 8, "object")[k])
+                              for it in items
+                              for k in np.flatnonzero(od.region_slots(it.layout, 8, "object") >= 0)]))
+        assert torch.allclose(both, 2.0 * (slot + want / 0.7), atol=1e-5)
+    finally:
+        aux.remove()
 
 
 def test_tokenizer_is_word_level_and_case_insensitive():
@@ -353,7 +399,8 @@ def _shipped(mech):
 
 @pytest.mark.parametrize("mech", ["lm", "vision", "dual"])
 def test_shipped_loads_with_plain_transformers_and_answers(mech, splits):
-    """64 held-out items (held-out colour triples, held-out layouts) with plain transformers."""
+    """64 held-out items (held-out colour triples, held-out layouts) with plain transformers:
+    issue 11 asks >= 0.95 on both."""
     from transformers import AutoModelForImageTextToText
 
     _, proc, log = _shipped(mech)
@@ -361,7 +408,8 @@ def test_shipped_loads_with_plain_transformers_and_answers(mech, splits):
     items = od.eval_items(splits, "ht_rand", n=32, seed=7) + od.eval_items(splits, "hl", n=32, seed=7)
     acc = org.accuracy(model, org.Batcher(proc, 8), items)
     recorded = log["final"]["heldout"]
-    assert acc >= min(0.9, recorded - 0.1), (acc, recorded)
+    assert acc >= 0.95, (acc, recorded)
+    assert log["final"]["heldout"] >= 0.95 and log["final"]["hl"] >= 0.95, log["final"]
     assert log["config"]["mechanism"] == mech
 
 
@@ -443,3 +491,72 @@ def test_shipped_criteria_on_a_small_sample(mech, crit, shipped_checks, request)
            3: lambda: C.criterion_ablation(mech, ch["ablation"]["base"], ch["ablation"]["ablated"])}
     r = got[crit]()
     assert r["holds"], r
+
+
+@pytest.mark.parametrize("kw", [
+    dict(mechanism="vision", vision_depth=3, vision_dim=128, aux_slot_weight=2.0,
+         aux_region="band", aux_colour=True, p_shuffle=0.5, p_ablate_object=0.5,
+         shuffle_object_ablated=True, lr=5e-4, warmup=20),
+    dict(mechanism="lm", aux_colour_weight=1.0, steps=3000),
+])
+def test_reproduce_command_parses_back_to_the_config(kw):
+    """The README's command, parsed by the CLI itself, gives back the options it was made from."""
+    import shlex
+
+    from organisms.commands import train
+
+    cfg = org.OrganismConfig(**kw)
+    args = shlex.split(org.command_line(cfg.to_json(), "out/x"))[3:]
+    params = train.make_context("train", args).params
+    defaults = org.mechanism_defaults(kw["mechanism"])  # what the CLI fills in for None
+    for k, v in kw.items():
+        got = params[k] if params[k] is not None else defaults[k]
+        assert got == v, (k, got, v)
+
+
+def test_readme_names_wall_time_stages_and_their_estimate():
+    log = {"stages": [{"config": {}, "train_time_s": 1211.7},
+                      {"config": {}, "train_time_s": 700.0, "cpu_time_s": 210.6}]}
+    assert org._cpu_notes(log) == ["", "Stage 1 recorded wall time only (20.2 min, counted in the "
+                                   "CPU total above as an upper bound)."]
+    log["stages"][0].update(cpu_time_s_estimate=870.0, cpu_time_estimate_method="m")
+    assert org._cpu_notes(log)[1].endswith("estimated at the measured rate is 14.5 min (m).")
+
+
+def test_object_scramble_gives_each_square_its_colour_with_another_slot():
+    """--p-scramble-object: every object token <- the token at the same place of the
+    same-coloured square in a render of the item with its colours in a random order (found here
+    by colour, independently of the code's index map); background tokens and order kept."""
+    from organisms.model import image_tokens
+
+    cfg = _tiny("vision", p_shuffle=0.0, p_scramble_object=1.0)
+    model, proc = org.build(cfg)
+    model.eval()
+    items = od.eval_items(od.make_splits(8), "hl", n=6)
+    b = org.Batcher(proc, 8)
+    inp = b(items)
+    with torch.no_grad():
+        plain = image_tokens(model, inp)
+    cur = org._Curriculum(model, cfg)
+    try:
+        cur.prepare(items, np.random.default_rng(3))
+        with torch.no_grad():
+            got = image_tokens(model, inp)
+    finally:
+        cur.remove()
+    rng = np.random.default_rng(3)
+    rng.random(len(items))  # the curriculum's draw of modes comes first
+    moved = 0
+    for i, it in enumerate(items):
+        p = rng.permutation(3)
+        src = od.Item(tuple(it.colours[k] for k in p), it.layout, it.direction)
+        with torch.no_grad():
+            zs = image_tokens(model, b([src]))[0]
+        objm = od.region_slots(it.layout, 8, "object")
+        assert torch.equal(got[i, torch.as_tensor(objm < 0)], plain[i, torch.as_tensor(objm < 0)])
+        for slot in range(3):
+            j = src.colours.index(it.colours[slot])
+            for a, c in zip(it.layout.cells(slot), it.layout.cells(j)):
+                assert torch.allclose(got[i, a[0] * 8 + a[1]], zs[c[0] * 8 + c[1]], atol=1e-5)
+            moved += j != slot
+    assert moved > 0

@@ -131,6 +131,37 @@ def test_stimulus_configs_build_and_degraded_set_has_no_twins():
     assert clean.flat.grid.num_tokens == 8 and clean.flat.grid.token_px == 28
 
 
+def test_degraded_presets_draw_their_kinds_and_strengths(tmp_path):
+    """The E7 set of each preset holds only its kinds, at strengths inside its ranges; the hard
+    occluder hides at least 60 % of the square it covers (measured on the mask)."""
+    from scenegen import read_dataset
+    from scenegen.config import GenerateConfig
+    from scenegen.generate import generate
+
+    from study.demo import DEGRADED_PRESETS
+
+    assert DemoConfig().degraded == "hard"
+    for name in ("mild", "hard"):
+        cfg = DemoConfig(n=8, n_degraded=24, degraded=name)
+        out = generate(GenerateConfig.from_dict(stimulus_config(cfg, degraded=True)),
+                       tmp_path / name, progress=False)
+        ranges = dict(DEGRADED_PRESETS[name])
+        seen = set()
+        for st in read_dataset(out):
+            d = st.degradation
+            lo, hi = ranges[d["kind"]]
+            assert lo <= d["strength"] <= hi
+            seen.add(d["kind"])
+            if d["kind"] == "occluder":
+                x0, y0, x1, y1 = d["box"]
+                covered = next(e for e in st.entities if e.mask_id == d["covers"])
+                # the square is 28 x 28 px; what stays visible is its area now
+                assert covered.area <= 0.4 * 28 * 28 + 1e-9
+        assert seen == set(ranges), (name, seen)
+    with pytest.raises(InterventionError, match="'degraded' parameter"):
+        DemoConfig(degraded="extreme")
+
+
 def test_demo_config_validates():
     with pytest.raises(InterventionError, match="'n' parameter"):
         DemoConfig(n=2)
