@@ -301,7 +301,9 @@ def run_e7(adapter, data, directions, config: AmplifyConfig = AmplifyConfig(), *
                                     f"{adapter.d_lm}")
         ctrl = {"probe": w, "random": random_control(w, config.seed)}
         for c, a in keys:
-            mods.setdefault((item.axis, c, a), Amplify(ctrl[c], a))
+            # paper: the authors' hook arithmetic (model dtype, + 1e-8); see Amplify
+            mods.setdefault((item.axis, c, a), Amplify(ctrl[c], a,
+                                                       exact=config.recipe == "paper"))
         ok = {k: True for k in keys}
         margin = {k: 0.0 for k in keys}
         top_ok = {k: "" for k in keys}  # per order: 1 = top-1 token is the truth
