@@ -143,8 +143,9 @@ def _open(store_path: str):
               "interventions/RECIPES.md.")
 @click.option("--golden", "golden_path", default=None, type=click.Path(dir_okay=False, exists=True),
               help="With --recipe paper --label side --export-directions: a text file of the "
-              "item ids the model answers right (one per line); E7's directions are trained on "
-              "these golden items only, as the authors do.")
+              "item ids the model answers right (one per line: the golden.txt that "
+              "`spatialbind evaluate` writes); E7's directions are trained on these golden items "
+              "only, as the authors do.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_by, control,
           token_type, split, n_splits, ci, where, scheduler, workers, engine, layers_per_block,
