@@ -151,3 +151,22 @@ def test_layout_needs_the_dataset(shapes_store):
     store, *_ = shapes_store
     with pytest.raises(DataError, match="layout cells from the dataset"):
         dataset(str(store), model="m", site="projector", layer=0, region="layout")
+
+
+def test_paper_axis_directions_default_to_layout_cells(shapes_store):
+    """``axis_directions(recipe='paper', data=...)`` pools layout cells by default: every training
+    item gives its two outer entities (2 rows), the star included; ``extra['region']`` says so."""
+    import warnings
+
+    from probes.directions import axis_directions
+
+    store, data, _, stims, covered = shapes_store
+    ids = [s.id for s in _base(stims)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dirs = axis_directions(str(store), model="m", site="projector", layer=0, items=ids,
+                               data=str(data), recipe="paper")
+    for axis, d in dirs.items():
+        train = d.extra["split"]["train_items"]
+        assert d.extra["region"] == "layout" and d.n_samples == 2 * len(train), axis
+        assert set(train) <= set(ids)
