@@ -302,6 +302,11 @@ def layout_rows(store, *, model: str, site: str, layer: int, where=None, data,
     ordn = np.full((n_s, n_t), -1, np.int64)
     obj_code = "object" if role.dtype.kind in "OUS" else S.role_code("object")
     fallback, skipped, n_layout = [], [], 0
+    missing = [sid for sid in sids if sid not in records]
+    if missing:
+        raise DataError(f"sample {missing[0]!r} (and {len(missing) - 1} more) of the store is not "
+                        f"in the dataset {str(data)!r}: pass the dataset the store was extracted "
+                        "from (probe --data DIR).")
     for i, sid in enumerate(sids):
         rec = records.get(sid)
         img = (row[i] >= 0) & (col[i] >= 0) & ~pad[i]

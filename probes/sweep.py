@@ -67,8 +67,19 @@ def run_cell(store, *, model: str, site: str, layer: int, role: str, label: str,
         except DataError as e:
             return {"row": {**base, "error": str(e), "seconds": time.perf_counter() - t0},
                     "direction": None}
-    row = {**base, **res.to_row(), "error": None, "seconds": time.perf_counter() - t0}
+    row = {**base, **res.to_row(), **_layout_counts(data), "error": None,
+           "seconds": time.perf_counter() - t0}
     return {"row": row, "direction": direction_from_result(res) if export else None}
+
+
+def _layout_counts(data) -> dict[str, Any]:
+    """Result-table columns of a ``region='layout'`` cell: samples that had no layout cells (the
+    store's object tokens were used) and entities whose box fits no block (left out)."""
+    lay = data.meta.get("layout")
+    if not lay:
+        return {}
+    return {"region": "layout", "n_role_fallback": lay["n_role_fallback"],
+            "n_skipped_entities": lay["n_skipped_entities"]}
 
 
 def run_block(store, *, model: str, site: str, layers, role: str, label: str, pool: str,
@@ -120,8 +131,9 @@ def run_block(store, *, model: str, site: str, layers, role: str, label: str, po
                     results += fit_probes_batched(grp, probe_config, baselines=bl, refit=export,
                                                   max_iter=max_iter, device=device, state=state)
                 dt = (time.perf_counter() - t0) / len(datas)
-                for base, res in zip(ok, results):
-                    row = {**base, **res.to_row(), "error": None, "seconds": dt}
+                for base, res, d in zip(ok, results, datas):
+                    row = {**base, **res.to_row(), **_layout_counts(d), "error": None,
+                           "seconds": dt}
                     out.append({"row": row,
                                 "direction": direction_from_result(res) if export else None})
             del datas

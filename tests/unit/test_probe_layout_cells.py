@@ -170,3 +170,32 @@ def test_paper_axis_directions_default_to_layout_cells(shapes_store):
         train = d.extra["split"]["train_items"]
         assert d.extra["region"] == "layout" and d.n_samples == 2 * len(train), axis
         assert set(train) <= set(ids)
+
+
+def test_layout_refuses_a_dataset_the_store_was_not_extracted_from(shapes_store, tmp_path):
+    from probes.dataset import dataset
+    from probes.errors import DataError
+    from scenegen.generate import generate
+    from scenegen.presets import preset_config
+
+    store, *_ = shapes_store
+    other = tmp_path / "squares"
+    generate(preset_config("squares-qwen2-vl", n=2, twins=[]), other, progress=False)
+    with pytest.raises(DataError, match="is not in the dataset"):
+        dataset(str(store), model="m", site="projector", layer=0, data=str(other),
+                region="layout")
+
+
+def test_sweep_rows_count_layout_fallbacks(shapes_store):
+    from probes.commands import paper_probe_config
+    from probes.config import SweepConfig
+    from probes.sweep import sweep
+
+    store, data, *_ = shapes_store
+    t = sweep(str(store), SweepConfig(model="m", roles=("object",), scheduler="serial",
+                                      region="layout", baselines=()),
+              paper_probe_config(0), where={"axis": ["vertical"], "counterfactual_of": [""]},
+              data=str(data), progress=False)
+    assert t["error"].isna().all(), t["error"].tolist()
+    assert (t["region"] == "layout").all() and (t["n_role_fallback"] == 0).all()
+    assert (t["n_skipped_entities"] == 0).all()
