@@ -109,15 +109,19 @@ class AmplifyConfig:
                                     f">= 1. Got {self.batch_size!r} instead.")
 
 
-def random_control(w: np.ndarray, seed: int) -> np.ndarray:
-    """Gaussian directions with the same count and the same per-direction norms as ``w``."""
+def random_control(w: np.ndarray, seed: int, *, unit: bool = False) -> np.ndarray:
+    """Gaussian directions with the same count and the same per-direction norms as ``w``
+    (``unit=True``: unit norms, as the authors' ``make_random_W`` draws them)."""
     w = np.atleast_2d(np.asarray(w, dtype=np.float64))
     r = np.random.default_rng(seed).standard_normal(w.shape)
-    r *= (np.linalg.norm(w, axis=1) / np.linalg.norm(r, axis=1))[:, None]
+    norms = np.ones(len(w)) if unit else np.linalg.norm(w, axis=1)
+    r *= (norms / np.linalg.norm(r, axis=1))[:, None]
     return r.astype(np.float32)
 
 
 ENTRY_SITES = ("projector", "lm.resid.0")
+#: Axis order of the paper recipe's per-axis random draws (the authors' ``AXES``).
+AXES_ORDER = ("horizontal", "vertical")
 
 
 def load_directions(paths, adapter) -> np.ndarray | dict[str, np.ndarray]:
@@ -299,9 +303,17 @@ def run_e7(adapter, data, directions, config: AmplifyConfig = AmplifyConfig(), *
         if w.shape[1] != adapter.d_lm:
             raise InterventionError(f"direction width {w.shape[1]} != model hidden size "
                                     f"{adapter.d_lm}")
-        ctrl = {"probe": w, "random": random_control(w, config.seed)}
+        if config.recipe == "paper":  # the authors' make_random_W: a fresh draw per axis,
+            # unit-norm columns (seeded here: theirs is not)
+            rnd = random_control(w, config.seed + AXES_ORDER.index(item.axis)
+                                 if item.axis in AXES_ORDER else config.seed, unit=True)
+        else:
+            rnd = random_control(w, config.seed)
+        ctrl = {"probe": w, "random": rnd}
         for c, a in keys:
-            mods.setdefault((item.axis, c, a), Amplify(ctrl[c], a))
+            # paper: the authors' hook arithmetic (model dtype, + 1e-8); see Amplify
+            mods.setdefault((item.axis, c, a), Amplify(ctrl[c], a,
+                                                       exact=config.recipe == "paper"))
         ok = {k: True for k in keys}
         margin = {k: 0.0 for k in keys}
         top_ok = {k: "" for k in keys}  # per order: 1 = top-1 token is the truth

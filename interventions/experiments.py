@@ -155,10 +155,11 @@ def amplify(config, *, model, data, directions, progress: bool = True) -> Experi
             source = ", ".join(map(str, dirs))
     else:
         w, source = directions, "arrays given in Python"
-    table, summary = run_e7(adapter, ds, w, config, progress=progress)
     from .recipes import resolve
 
     recipe = resolve(config.recipe, None if whatsup else ds)
+    table, summary = run_e7(adapter, ds, w, dataclasses.replace(config, recipe=recipe),
+                            progress=progress)
     summary["direction"] = source
     summary["recipe"] = recipe
     if recipe == "paper":  # the headline selections are the authors' (robust ones stay beside)

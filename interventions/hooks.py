@@ -124,22 +124,39 @@ class AddDirection(Intervention):
 class Amplify(Intervention):
     """Scale each vector's component in the span of the directions (the paper's E7 formula).
 
-    ``h <- h + alpha * sum_k (h . w_k / ||w_k||^2) w_k``; with orthogonal ``w_k`` this multiplies
-    the projection on their span by ``1 + alpha``. ``alpha = 0`` returns ``h`` unchanged.
+    ``h <- h + alpha * sum_k (h . w_k / (||w_k||^2 + eps)) w_k``, summed over the rows ``w_k``
+    as they are (no orthogonalisation: the authors' hook does the same); with orthogonal
+    ``w_k`` this multiplies the projection on their span by ``1 + alpha``. ``alpha = 0``
+    returns ``h`` unchanged.
+
+    ``exact=False`` (default): computed in float32 whatever the model's dtype (the projection
+    coefficients lose precision in bf16), ``eps = 0``. ``exact=True`` is the authors' hook
+    (``coco_amplification/src/qwen.py`` and ``gemma.py``, ``predict_with_amp``): the directions
+    cast to the hidden states' dtype, the arithmetic in that dtype, ``eps = 1e-8``
+    (:data:`AMPLIFY_EPS`).
     """
 
-    def __init__(self, directions, alpha: float):
+    def __init__(self, directions, alpha: float, *, exact: bool = False):
         super().__init__()
         self.register_buffer("w", _as_directions(directions))
         self.alpha = float(alpha)
+        self.exact = bool(exact)
 
     def edit(self, h, source):
         if self.alpha == 0.0:
             return h
+        if self.exact:  # the authors' arithmetic: in h's dtype, + 1e-8 in the denominator
+            w = self.w.to(h.device, h.dtype)
+            coeff = (h @ w.T) / ((w * w).sum(1) + AMPLIFY_EPS)
+            return h + self.alpha * (coeff @ w)
         # in float32 even for bf16/fp16 models: the projection coefficients lose precision
         hf, w = h.float(), self.w.to(h.device, torch.float32)
         coeff = (hf @ w.T) / (w * w).sum(1)
         return (hf + self.alpha * (coeff @ w)).to(h.dtype)
+
+
+#: The authors' denominator guard in E7's amplification, ``(W ** 2).sum(dim=0) + 1e-8``.
+AMPLIFY_EPS = 1e-8
 
 
 INTERVENTIONS: dict[str, type[Intervention]] = {

@@ -109,21 +109,19 @@ def layout_cells(stim, entity, grid: tuple[int, int]) -> np.ndarray:
     if stim.width % cols or stim.height % rows:
         raise RegionError(f"{stim.id}: a {stim.width}x{stim.height} image does not split into "
                           f"the model's {rows}x{cols} token grid")
-    px, py = stim.width // cols, stim.height // rows
     ng = int((stim.factors.get("grid") or {}).get("num_tokens", cols))
     if (ng, ng) != (rows, cols):
         raise RegionError(f"{stim.id} was generated on a {ng}x{ng} token grid but the model "
                           f"has {rows}x{cols}; generate with the model's preset")
-    size = int(round(entity.size))
     if entity.centroid is None:
         raise RegionError(f"{stim.id}: entity {entity.mask_id} is not visible")
-    x0, y0, x1, y1 = entity.box
-    c0, r0 = x0 // px, y0 // py
-    if x1 > (c0 + size) * px or y1 > (r0 + size) * py or c0 + size > cols or r0 + size > rows:
-        raise RegionError(f"{stim.id}: entity {entity.mask_id} (box {list(entity.box)}) does not "
-                          f"fit one {size}x{size} block of the token grid")
-    r, c = np.meshgrid(np.arange(r0, r0 + size), np.arange(c0, c0 + size), indexing="ij")
-    return np.sort((r * cols + c).ravel())
+    from common.paper import layout_block
+
+    try:
+        return np.asarray(layout_block(entity.box, entity.size, (stim.width, stim.height),
+                                       (rows, cols)), dtype=int)
+    except ValueError as e:
+        raise RegionError(f"{stim.id}: entity {entity.mask_id}: {e}") from None
 
 
 def mask_layout(ds, stim, grid: tuple[int, int], *, mask: np.ndarray | None = None

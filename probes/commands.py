@@ -143,8 +143,9 @@ def _open(store_path: str):
               "interventions/RECIPES.md.")
 @click.option("--golden", "golden_path", default=None, type=click.Path(dir_okay=False, exists=True),
               help="With --recipe paper --label side --export-directions: a text file of the "
-              "item ids the model answers right (one per line); E7's directions are trained on "
-              "these golden items only, as the authors do.")
+              "item ids the model answers right (one per line: the golden.txt that "
+              "`spatialbind evaluate` writes); E7's directions are trained on these golden items "
+              "only, as the authors do.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_by, control,
           token_type, split, n_splits, ci, where, scheduler, workers, engine, layers_per_block,
@@ -170,7 +171,9 @@ def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_b
                         roles=_csv(roles), label=label, pool=pool,
                         baselines=("position",) if pool == "token" else (),
                         scheduler=scheduler, n_workers=workers, engine=engine,
-                        layers_per_block=layers_per_block, device=device, threads=threads)
+                        layers_per_block=layers_per_block, device=device, threads=threads,
+                        # paper: an entity's tokens are its layout cells (flat stimuli)
+                        region="layout" if recipe == "paper" and data_dir is not None else "role")
     wh = _where(where) or None
     _check_names(store, model, sconf, pconf, data_dir)
     if baseline_store is not None:  # open it first: a bad baseline store fails before any work
@@ -178,7 +181,10 @@ def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_b
     if data_dir is None:
         click.echo("warning: no --data and the store does not name an existing dataset: "
                    "identical images (left/right questions share one) cannot be kept on one side "
-                   "of the split; pass --data DATASET_DIR", err=True)
+                   "of the split"
+                   + (" and object tokens are the store's coverage role, not the authors' "
+                      "layout cells" if recipe == "paper" else "")
+                   + "; pass --data DATASET_DIR", err=True)
     # paper: one probe per orientation, base images only
     runs = [(None, wh)] if recipe != "paper" else [
         (axis, {**(wh or {}), "axis": [axis], "counterfactual_of": [""]})
@@ -200,24 +206,55 @@ def probe(store_path, model, site, layers, roles, label, pool, data_dir, group_b
                                         progress=progress),
                              name="init")
         tables.append(t if axis is None else t.assign(orientation=axis))
+    import pandas as pd
+
+    table = pd.concat(tables, ignore_index=True)
+    if table["error"].notna().all():
+        first = table.iloc[0]
+        where_ = f"layer {first['layer']} role {first['role']}" + (
+            f" ({first['orientation']})" if "orientation" in table else "")
+        raise ConfigError(f"every (layer, role) cell failed ({len(table)} of {len(table)}, "
+                          f"nothing written); first: {where_}: {first['error']}"
+                          + (" (the paper recipe splits each orientation's images 75/25: it "
+                             "needs at least two distinct images per orientation; add items or "
+                             "use --recipe robust)" if recipe == "paper" else ""))
+    e7_report = None
     if e7_export:
         if golden is None:
             click.echo("warning: --recipe paper exports E7 directions from golden items only; "
                        "without --golden every item is used (recorded as golden_only=false)",
                        err=True)
-        export_paper_axis_directions(store, export_dir, model=model, site=site,
-                                     layers=sconf.layers, roles=sconf.roles, items=golden,
-                                     data=data_dir, seed=seed)
-    import pandas as pd
-
-    table = pd.concat(tables, ignore_index=True)
-    if table["error"].notna().all():
-        raise ConfigError(f"every (layer, role) cell failed; first error: {table['error'].iloc[0]}")
+        e7_report = export_paper_axis_directions(store, export_dir, model=model, site=site,
+                                                 layers=sconf.layers, roles=sconf.roles,
+                                                 items=golden, data=data_dir, seed=seed)
+        if e7_report["n_exported"] == 0:
+            first = e7_report["not_exported"][0]
+            raise ConfigError(
+                f"--export-directions {export_dir}: no E7 direction could be trained "
+                f"({e7_report['n_not_exported']} of {e7_report['n_not_exported']} (layer, role, "
+                f"axis) failed; first: {first['axis']} layer {first['layer']} {first['role']}: "
+                f"{first['reason']}); the paper recipe needs, per axis, at least two distinct "
+                "images with both sides among the "
+                + ("--golden items" if golden is not None else "items")
+                + ": add items (a larger dataset or golden file) or use --recipe robust")
+        click.echo(e7_export_message(e7_report, export_dir),
+                   err=e7_report["n_not_exported"] > 0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_outputs(store, table, sconf, pconf, wh, map_samples, out, data_dir, recipe=recipe)
+    write_outputs(store, table, sconf, pconf, wh, map_samples, out, data_dir, recipe=recipe,
+                  e7_directions=e7_report)
     ok = table.dropna(subset=["accuracy"])
     best = ok.loc[ok["accuracy"].idxmax()]
+    from .outputs import failed_cells
+
+    bad = failed_cells(table)
+    if bad:
+        click.echo(f"warning: {len(bad)} of {len(table)} cells could not be fitted (listed in "
+                   f"{out / 'config.json'} failed_cells): " + "; ".join(
+                       f"layer {b['layer']} {b['role']}"
+                       + (f" ({b['orientation']})" if b['orientation'] else "")
+                       + f": {b['error']}" for b in bad[:3]) + ("; ..." if len(bad) > 3 else ""),
+                   err=True)
     click.echo(f"{len(ok)}/{len(table)} cells probed ({recipe} recipe); best accuracy "
                f"{best['accuracy']:.3f} at layer {best['layer']} role {best['role']}"
                + (f" ({best['orientation']})" if "orientation" in table else "")
@@ -243,36 +280,79 @@ def _read_golden(path) -> list[str]:
 
 
 def export_paper_axis_directions(store, export_dir, *, model: str, site: str, layers, roles,
-                                 items=None, data=None, seed: int = 0) -> None:
+                                 items=None, data=None, seed: int = 0,
+                                 region: str | None = None) -> dict:
     """E7's paper directions for every (layer, role): per axis, both columns of the authors'
     2-class probe (:func:`probes.directions.axis_directions` with ``recipe='paper'``), written to
     ``export_dir/<axis>/<site>__<role>__layer<NNN>/`` with an ``index.json`` per axis, each
-    direction tagged with its axis (what ``amplify`` reads)."""
+    direction tagged with its axis (what ``amplify`` reads).
+
+    A (layer, role, axis) that cannot be trained (too few items or images on that axis, one
+    side only, ...) is not written; it is counted and listed, never skipped silently.
+
+    Returns
+    -------
+    dict
+        ``n_exported``, ``exported`` (``{axis, layer, role, path}``), ``n_not_exported`` and
+        ``not_exported`` (``{axis, layer, role, reason}``), ``golden_only``, ``region``; also
+        written to ``export_dir/export.json``.
+    """
     import json
     import warnings
 
     from .directions import axis_directions, save_direction
+    from .errors import DataError
 
     root = Path(export_dir)
     index: dict[str, list] = {}
+    exported, failed = [], []
+    used_region = region
     for layer in layers:
         for role in roles:
-            with warnings.catch_warnings():  # the CLI has already said when items is None
-                warnings.simplefilter("ignore", UserWarning)
-                dirs = axis_directions(store, model=model, site=site, layer=layer, role=role,
-                                       items=items, data=data, recipe="paper", seed=seed)
-            for axis, d in dirs.items():
+            for axis in ("horizontal", "vertical"):
+                try:
+                    with warnings.catch_warnings():  # the CLI has already said when items is None
+                        warnings.simplefilter("ignore", UserWarning)
+                        d = axis_directions(store, model=model, site=site, layer=layer,
+                                            role=role, items=items, data=data, recipe="paper",
+                                            seed=seed, axes=(axis,), region=region)[axis]
+                except (DataError, ConfigError) as e:
+                    failed.append({"axis": axis, "layer": int(layer), "role": role,
+                                   "reason": str(e)})
+                    continue
+                used_region = d.extra.get("region", used_region)
                 family = d.site.rsplit(".", 1)[0] if d.site.rsplit(".", 1)[-1].isdigit() \
                     else d.site
                 name = f"{family}__{d.role}__layer{d.layer:03d}"
                 save_direction(d, root / axis / name)
+                exported.append({"axis": axis, "layer": int(layer), "role": role,
+                                 "path": f"{axis}/{name}"})
                 index.setdefault(axis, []).append(
                     {"path": name, "model": d.model, "site": d.site, "layer": d.layer,
                      "role": d.role, "label": d.label, "cv_accuracy": d.cv_accuracy,
                      "components": list(d.components), "width": d.width, "axis": axis,
-                     "recipe": "paper", "rank": d.extra["rank"]})
+                     "recipe": "paper", "rank": d.extra["rank"],
+                     "region": d.extra.get("region")})
     for axis, entries in index.items():
         (root / axis / "index.json").write_text(json.dumps(entries, indent=1))
+    report = {"n_exported": len(exported), "exported": exported,
+              "n_not_exported": len(failed), "not_exported": failed,
+              "golden_only": items is not None, "n_golden": None if items is None else len(items),
+              "region": used_region}
+    if exported:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "export.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def e7_export_message(report: dict, export_dir) -> str:
+    """One line on what the paper E7 export did and did not write."""
+    miss = "; ".join(f"{f['axis']} layer {f['layer']} {f['role']}: {f['reason']}"
+                     for f in report["not_exported"])
+    head = (f"E7 directions: {report['n_exported']} of "
+            f"{report['n_exported'] + report['n_not_exported']} (layer, role, axis) exported "
+            f"to {export_dir}")
+    return head + (f"; not exported: {miss}" if miss else "")
 
 
 def tag_axis(export_dir, axis: str) -> None:

@@ -153,6 +153,10 @@ class SweepConfig(_FromDict):
     None). None in a serial sweep = the number of cores."""
     max_iter: int = 100
     """torch engine: L-BFGS iterations per batched fit."""
+    region: Literal["role", "layout"] = "role"
+    """Which tokens are an entity's ``object`` tokens (:func:`probes.dataset.dataset`):
+    ``role`` (the store's mask-coverage role) or ``layout`` (the paper recipe: a flat
+    stimulus's layout cells, read from the dataset; needs ``data``)."""
 
     def __post_init__(self):
         n = "SweepConfig"
@@ -176,3 +180,5 @@ class SweepConfig(_FromDict):
                "threads", "None or an int >= 1", self.threads)
         _check(isinstance(self.max_iter, int) and self.max_iter >= 1, n, "max_iter",
                "an int >= 1", self.max_iter)
+        _check(self.region in ("role", "layout"), n, "region", "'role' or 'layout'",
+               self.region)

@@ -146,7 +146,7 @@ def _join_scene_labels(frame: pd.DataFrame, data_dir) -> pd.DataFrame:
 def dataset(store, *, model: str, site: str, layer: int, role: str = "object",
             label: str = "ordinal", pool: str = "token", where: dict | None = None,
             items: Iterable[str] | Callable[[pd.DataFrame], Any] | None = None,
-            data=None) -> ProbeData:
+            data=None, region: str = "role") -> ProbeData:
     """Build probe data from one (model, site, layer, role) query of the store.
 
     Parameters
@@ -171,6 +171,14 @@ def dataset(store, *, model: str, site: str, layer: int, role: str = "object",
         The dataset directory the store was extracted from: its scene factors (``color_set``,
         ``layout``, ...) and entity colours (``color``) are joined onto the rows
         (:func:`scene_labels`).
+    region : {'role', 'layout'}
+        Which tokens are an entity's ``object`` tokens. ``role``: the store's role (mask
+        coverage at extraction, >= 50% of the cell). ``layout`` (the paper recipe): for flat
+        stimuli, each target's layout cells, the ``size x size`` token block it was drawn in
+        (:func:`common.paper.layout_block`), whatever the drawn shape covers, read from the
+        dataset ``data`` (required); samples without layout cells (3D scenes, photos) keep the
+        store's ``object`` tokens and are counted in ``meta["layout"]``. Other roles are the
+        store's either way.
 
     Returns
     -------
@@ -184,13 +192,25 @@ def dataset(store, *, model: str, site: str, layer: int, role: str = "object",
     """
     if pool not in ("token", "entity"):
         raise DataError(f"pool must be 'token' or 'entity', got {pool!r}.")
+    if region not in ("role", "layout"):
+        raise DataError(f"region must be 'role' or 'layout', got {region!r}.")
     store = open_store(store)
-    if pool == "token":
+    layout_meta = None
+    if region == "layout" and role == "object":
+        if data is None:
+            raise DataError("region='layout' reads each entity's layout cells from the dataset: "
+                            "pass data= the dataset directory the store was extracted from "
+                            "(probe --data DIR).")
+        X, frame, layout_meta = layout_rows(store, model=model, site=site, layer=layer,
+                                            where=where, data=data, pool=pool)
+    elif pool == "token":
         da = store.select(model=model, site=site, layer=layer, role=role, where=where)
     else:
         da = store.pooled(model=model, site=site, layer=layer, role=role, by="entity",
                           where=where)
-    X, frame = flatten(da, role=role if pool == "token" else None, role_names=role_names(store))
+    if layout_meta is None:
+        X, frame = flatten(da, role=role if pool == "token" else None,
+                           role_names=role_names(store))
     if pool == "token" and role != "object" and label in ("ordinal", *DERIVED_LABELS):
         frame = _fill_band_ordinals(store, frame, model=model, site=site, layer=layer, where=where)
     labels = store.labels(model) if hasattr(store, "labels") else None
@@ -201,8 +221,155 @@ def dataset(store, *, model: str, site: str, layer: int, role: str = "object",
     # the store applied ``where`` already (with its own typing of numeric labels)
     out = from_arrays(X, frame, label=label, labels=labels, items=items, context=where_s)
     out.meta.update(model=model, site=site, layer=int(layer), role=role, pool=pool,
-                    where=dict(where or {}))
+                    where=dict(where or {}), region=region if layout_meta else "role")
+    if layout_meta is not None:
+        out.meta["layout"] = layout_meta
     return out
+
+
+def layout_records(data_dir) -> dict[str, dict]:
+    """Per sample id: the image size, token grid and targets (``mask_id``, ``ordinal``, pixel
+    ``box``, block ``size``) of every flat-generator record of a dataset's ``metadata.jsonl``
+    (read as plain JSON, the scenegen file contract); other records map to ``None``."""
+    path = Path(data_dir) / "metadata.jsonl"
+    key = (str(path.resolve()), path.stat().st_mtime_ns if path.is_file() else 0)
+    if key in _LAYOUT_CACHE:
+        return _LAYOUT_CACHE[key]
+    if not path.is_file():
+        raise DataError(f"data={str(data_dir)!r}: no metadata.jsonl there; give the dataset "
+                        "directory that `spatialbind generate` wrote.")
+    out: dict[str, dict | None] = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                sid = rec["id"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f"{path} line {n}: not a stimulus record ({e}); "
+                                "regenerate or repair the dataset.") from None
+            grid = ((rec.get("factors") or {}).get("grid") or {})
+            if rec.get("generator") != "flat" or "num_tokens" not in grid:
+                out[sid] = None
+                continue
+            out[sid] = {"width": int(rec["width"]), "height": int(rec["height"]),
+                        "num_tokens": int(grid["num_tokens"]),
+                        "targets": [(int(e["mask_id"]), int(e["ordinal"]), e.get("box"),
+                                     e.get("size"), e.get("centroid") is not None)
+                                    for e in rec.get("entities") or ()
+                                    if e.get("role") == "target" and e.get("ordinal") is not None]}
+    _LAYOUT_CACHE.clear()  # one dataset at a time is plenty
+    _LAYOUT_CACHE[key] = out
+    return out
+
+
+_LAYOUT_CACHE: dict = {}
+
+
+def layout_rows(store, *, model: str, site: str, layer: int, where=None, data,
+                pool: str = "token") -> tuple[np.ndarray, pd.DataFrame, dict]:
+    """Rows of the targets' layout cells (the paper recipe's entity region) from one store query.
+
+    Every image token of a flat sample that lies in a target's ``size x size`` layout block
+    (:func:`common.paper.layout_block`, from the dataset record's pixel box) becomes an
+    ``object`` row of that entity (``entity`` = its mask id, ``ordinal`` = its slot), whatever
+    the drawn shape covers; ``pool='entity'`` averages each entity's block. Samples that are not
+    flat (no layout cells) keep the store's ``object`` tokens; entities whose box fits no block
+    are left out. Both are counted and listed in the returned ``meta``.
+
+    Returns
+    -------
+    X, frame, meta
+        As :func:`flatten` (token rows) or like ``store.pooled`` (entity rows: ``mask_id``,
+        ``ordinal``, ``n_pooled`` and the sample labels); ``meta``: ``n_layout_samples``,
+        ``n_role_fallback`` / ``role_fallback`` (sample ids without layout cells, first 20),
+        ``n_skipped_entities`` / ``skipped`` ({``item``, ``entity``, ``reason``}, first 20).
+    """
+    from actstore import schema as S
+
+    from common.paper import layout_block
+
+    records = layout_records(data)
+    da = store.select(model=model, site=site, layer=layer, role=None, where=where)
+    sids = np.asarray(da.coords["sample_id"].values).astype(str)
+    row = np.asarray(da.coords["row"].values).astype(np.int64)
+    col = np.asarray(da.coords["col"].values).astype(np.int64)
+    role = np.asarray(da.coords["role"].values)
+    pad = np.asarray(da.coords["pad"].values).astype(bool)
+    n_s, n_t = row.shape
+    ent = np.zeros((n_s, n_t), np.int64)
+    ordn = np.full((n_s, n_t), -1, np.int64)
+    obj_code = "object" if role.dtype.kind in "OUS" else S.role_code("object")
+    fallback, skipped, n_layout = [], [], 0
+    missing = [sid for sid in sids if sid not in records]
+    if missing:
+        raise DataError(f"sample {missing[0]!r} (and {len(missing) - 1} more) of the store is not "
+                        f"in the dataset {str(data)!r}: pass the dataset the store was extracted "
+                        "from (probe --data DIR).")
+    for i, sid in enumerate(sids):
+        rec = records.get(sid)
+        img = (row[i] >= 0) & (col[i] >= 0) & ~pad[i]
+        if rec is None or not img.any():
+            m = (role[i] == obj_code) & ~pad[i]  # no layout cells: the store's object tokens
+            ent[i, m] = np.asarray(da.coords["entity"].values[i])[m]
+            ordn[i, m] = np.asarray(da.coords["ordinal"].values[i])[m]
+            fallback.append(sid)
+            continue
+        rows_n, cols_n = int(row[i][img].max()) + 1, int(col[i][img].max()) + 1
+        if rec["num_tokens"] != cols_n or rec["num_tokens"] != rows_n:
+            raise DataError(f"sample {sid} was generated on a {rec['num_tokens']}x"
+                            f"{rec['num_tokens']} token grid but the store's model has "
+                            f"{rows_n}x{cols_n}; generate with the model's preset or use "
+                            "--recipe robust.")
+        cell = np.where(img, row[i] * cols_n + col[i], -1)
+        n_layout += 1
+        for mask_id, ordinal, box, size, visible in rec["targets"]:
+            try:
+                if not visible or box is None or size is None:
+                    raise ValueError("not visible (no box)")
+                cells = layout_block(box, size, (rec["width"], rec["height"]), (rows_n, cols_n))
+            except ValueError as e:
+                skipped.append({"item": sid, "entity": mask_id, "reason": str(e)})
+                continue
+            m = np.isin(cell, cells)
+            ent[i, m] = mask_id
+            ordn[i, m] = ordinal
+    s_idx, t_idx = np.nonzero(ent > 0)
+    hidden = da.sizes[da.dims[-1]]
+    if len(s_idx):
+        vals = np.asarray(da.data.vindex[s_idx, t_idx].compute() if hasattr(da.data, "vindex")
+                          else np.asarray(da.values)[s_idx, t_idx], dtype=np.float32)
+    else:
+        vals = np.zeros((0, hidden), np.float32)
+    sample_cols = {str(k): np.asarray(c.values) for k, c in da.coords.items()
+                   if c.dims == (da.dims[0],)}
+    if pool == "token":
+        tok_cols = {k: np.asarray(da.coords[k].values)[s_idx, t_idx]
+                    for k in ("row", "col", "position") if k in da.coords}
+        frame = pd.DataFrame({**{k: v[s_idx] for k, v in sample_cols.items()}, **tok_cols,
+                              "role": "object", "entity": ent[s_idx, t_idx],
+                              "ordinal": ordn[s_idx, t_idx], "token": t_idx})
+        X = vals
+    else:
+        key = pd.DataFrame({"s": s_idx, "e": ent[s_idx, t_idx]})
+        grp = key.groupby(["s", "e"], sort=True)
+        codes = grp.ngroup().to_numpy()
+        n_items = int(codes.max()) + 1 if len(codes) else 0
+        X = np.zeros((n_items, hidden), np.float64)
+        np.add.at(X, codes, vals.astype(np.float64))
+        counts = np.bincount(codes, minlength=n_items)
+        X = (X / np.maximum(counts, 1)[:, None]).astype(np.float32)
+        first = grp.head(1).sort_values(["s", "e"])
+        s_first, t_first = first["s"].to_numpy(), t_idx[first.index.to_numpy()]
+        frame = pd.DataFrame({**{k: v[s_first] for k, v in sample_cols.items()},
+                              "mask_id": first["e"].to_numpy(),
+                              "ordinal": ordn[s_first, t_first], "n_pooled": counts})
+    frame = frame.drop(columns=[c for c in ("done",) if c in frame.columns])
+    meta = {"region": "layout", "n_layout_samples": n_layout,
+            "n_role_fallback": len(fallback), "role_fallback": fallback[:20],
+            "n_skipped_entities": len(skipped), "skipped": skipped[:20]}
+    return X, frame, meta
 
 
 def _fill_band_ordinals(store, frame, *, model, site, layer, where) -> pd.DataFrame:

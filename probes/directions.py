@@ -249,7 +249,7 @@ def paper_direction_config(seed: int = 0):
 def axis_directions(store, *, model: str, site: str = "projector", layer: int = 0,
                     role: str = "object", items=None, axes=("horizontal", "vertical"),
                     config=None, data=None, recipe: str = "robust",
-                    seed: int = 0) -> dict[str, Direction]:
+                    seed: int = 0, region: str | None = None) -> dict[str, Direction]:
     """E7's directions: per axis, a 2-class ``side`` probe on entity-pooled activations.
 
     For each axis, rows are the entities of samples with that ``axis`` label, each the mean of its
@@ -266,6 +266,11 @@ def axis_directions(store, *, model: str, site: str = "projector", layer: int = 
     ``extra`` records ``recipe``, ``rank``, ``axis``, ``golden_only`` and the ``split`` (item ids
     of each side). Without ``items`` the paper direction is not golden-only: a warning says so and
     ``extra["golden_only"]`` is False.
+
+    ``region`` says which tokens are pooled (:func:`probes.dataset.dataset`): ``layout`` (each
+    entity's layout cells, the authors' "every token touching the box"; flat stimuli, needs
+    ``data``) or ``role`` (the store's ``object`` role, mask coverage). Default: ``layout`` for
+    ``recipe='paper'`` with ``data``, else ``role``; ``extra["region"]`` records it.
 
     Returns
     -------
@@ -291,10 +296,13 @@ def axis_directions(store, *, model: str, site: str = "projector", layer: int = 
                           "are trained on every item, not on golden items only; pass items= the "
                           "ids the model answers right.", UserWarning, stacklevel=2)
     config = config or ProbeConfig(control=False)
+    if region is None:
+        region = "layout" if recipe == "paper" and data is not None else "role"
     out = {}
     for axis in axes:
         data_ = dataset(store, model=model, site=site, layer=layer, role=role, label="side",
-                        pool="entity", where={"axis": axis}, items=items, data=data)
+                        pool="entity", where={"axis": axis}, items=items, data=data,
+                        region=region)
         if items is not None:
             data_.meta["n_items_filter"] = int(data_.frame["sample_id"].nunique())
         res = fit_probe(data_, config, baselines=())
@@ -308,13 +316,14 @@ def axis_directions(store, *, model: str, site: str = "projector", layer: int = 
                      "test_size": PAPER_TEST_SIZE, "seed": int(seed),
                      "train_items": sorted(set(ids[tr])), "test_items": sorted(set(ids[te]))}
             extra = {**d.extra, "axis": axis, "recipe": "paper", "rank": int(d.weights.shape[0]),
-                     "golden_only": items is not None, "split": split}
+                     "golden_only": items is not None, "split": split, "region": region}
             out[axis] = dataclasses.replace(d, n_samples=int(len(tr)), extra=extra)
         else:
             d = direction_from_result(res)
             out[axis] = dataclasses.replace(d, extra={**d.extra, "axis": axis, "recipe": "robust",
                                                       "rank": int(d.weights.shape[0]),
-                                                      "golden_only": items is not None})
+                                                      "golden_only": items is not None,
+                                                      "region": region})
     return out
 
 

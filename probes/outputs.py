@@ -14,12 +14,16 @@ from pathlib import Path
 
 
 def write_outputs(store, table, sconf, pconf, where, map_samples, out: Path,
-                  data_dir=None, recipe: str = "robust") -> None:
+                  data_dir=None, recipe: str = "robust", e7_directions: dict | None = None
+                  ) -> None:
     """Write a probe sweep's outputs under ``out`` (see the module docstring for the files).
 
     A table with an ``orientation`` column (the paper recipe: one probe per orientation) is
     plotted with one row per (role, orientation); ``config.json`` records the ``recipe`` and
-    whether identical images were grouped (``image_groups``: a dataset was given)."""
+    whether identical images were grouped (``image_groups``: a dataset was given), which tokens
+    were an entity's (``region``: ``layout`` cells or the store's ``role``), the cells that
+    failed (``failed_cells``: layer, role, orientation, error) and, for the paper recipe's E7
+    export, what was and was not exported (``e7_directions``)."""
     from .maps import heldout_probe_map, map_summary
     from .plots import plot_accuracy_heatmap, plot_accuracy_lines, plot_probe_maps
 
@@ -50,8 +54,19 @@ def write_outputs(store, table, sconf, pconf, where, map_samples, out: Path,
         pd.concat(summaries).to_csv(out / "maps" / "summary.csv", index=False)
     (out / "config.json").write_text(json.dumps(
         {"sweep": sconf.to_dict(), "probe": pconf.to_dict(), "where": where, "data": data_dir,
-         "recipe": recipe, "image_groups": data_dir is not None,
-         "toolkit_version": _version()}, indent=1))
+         "recipe": recipe, "image_groups": data_dir is not None, "region": sconf.region,
+         "failed_cells": failed_cells(table), "e7_directions": e7_directions,
+         "toolkit_version": _version()}, indent=1, default=str))
+
+
+def failed_cells(table) -> list[dict]:
+    """``{layer, role, orientation, error}`` of every cell of ``table`` that could not be fitted."""
+    if "error" not in table:
+        return []
+    bad = table[table["error"].notna()]
+    return [{"layer": int(r["layer"]), "role": r["role"],
+             "orientation": r.get("orientation") if "orientation" in bad else None,
+             "error": r["error"]} for _, r in bad.iterrows()]
 
 
 def _version() -> str:

@@ -37,7 +37,8 @@ from .fit import fit_probe
 def run_cell(store, *, model: str, site: str, layer: int, role: str, label: str, pool: str,
              probe_config: ProbeConfig, baselines: tuple[str, ...] = ("position",),
              where: dict | None = None, items=None, export: bool = False,
-             blas_threads: int | None = None, data=None) -> dict[str, Any]:
+             blas_threads: int | None = None, data=None, region: str = "role"
+             ) -> dict[str, Any]:
     """Fit and score the probe of one (layer, role) cell.
 
     ``data`` is the dataset directory whose scene factors and entity colours are joined on (see
@@ -60,20 +61,33 @@ def run_cell(store, *, model: str, site: str, layer: int, role: str, label: str,
     with dask.config.set(scheduler="synchronous"), _blas_threads(blas_threads):
         try:
             data = dataset(open_store(store), model=model, site=site, layer=layer, role=role,
-                           label=label, pool=pool, where=where, items=items, data=data)
+                           label=label, pool=pool, where=where, items=items, data=data,
+                           region=region)
             res = fit_probe(data, probe_config, baselines=baselines if pool == "token" else ())
         except DataError as e:
             return {"row": {**base, "error": str(e), "seconds": time.perf_counter() - t0},
                     "direction": None}
-    row = {**base, **res.to_row(), "error": None, "seconds": time.perf_counter() - t0}
+    row = {**base, **res.to_row(), **_layout_counts(data), "error": None,
+           "seconds": time.perf_counter() - t0}
     return {"row": row, "direction": direction_from_result(res) if export else None}
+
+
+def _layout_counts(data) -> dict[str, Any]:
+    """Result-table columns of a ``region='layout'`` cell: samples that had no layout cells (the
+    store's object tokens were used) and entities whose box fits no block (left out)."""
+    lay = data.meta.get("layout")
+    if not lay:
+        return {}
+    return {"region": "layout", "n_role_fallback": lay["n_role_fallback"],
+            "n_skipped_entities": lay["n_skipped_entities"]}
 
 
 def run_block(store, *, model: str, site: str, layers, role: str, label: str, pool: str,
               probe_config: ProbeConfig, baselines: tuple[str, ...] = ("position",),
               where: dict | None = None, items=None, export: bool = False,
               threads: int | None = None, device: str | None = None, max_iter: int = 100,
-              layers_per_block: int = 1, data=None, on_layer=None) -> list[dict[str, Any]]:
+              layers_per_block: int = 1, data=None, on_layer=None, region: str = "role"
+              ) -> list[dict[str, Any]]:
     """Fit and score the probes of the ``layers`` of one role with the batched torch engine.
 
     The layers are taken ``layers_per_block`` at a time (memory: that many layers' rows, read
@@ -101,7 +115,7 @@ def run_block(store, *, model: str, site: str, layers, role: str, label: str, po
                 try:
                     datas.append(dataset(open_store(store), model=model, site=site, layer=layer,
                                          role=role, label=label, pool=pool, where=where,
-                                         items=items, data=data))
+                                         items=items, data=data, region=region))
                     ok.append(base)
                 except DataError as e:
                     out.append({"row": {**base, "error": str(e), "seconds": 0.0},
@@ -117,8 +131,9 @@ def run_block(store, *, model: str, site: str, layers, role: str, label: str, po
                     results += fit_probes_batched(grp, probe_config, baselines=bl, refit=export,
                                                   max_iter=max_iter, device=device, state=state)
                 dt = (time.perf_counter() - t0) / len(datas)
-                for base, res in zip(ok, results):
-                    row = {**base, **res.to_row(), "error": None, "seconds": dt}
+                for base, res, d in zip(ok, results, datas):
+                    row = {**base, **res.to_row(), **_layout_counts(d), "error": None,
+                           "seconds": dt}
                     out.append({"row": row,
                                 "direction": direction_from_result(res) if export else None})
             del datas
@@ -162,7 +177,8 @@ def sweep(store, config: SweepConfig, probe_config: ProbeConfig | None = None, *
     cells = [(layer, role) for layer in config.layers for role in config.roles]
     kw = dict(model=config.model, site=config.site, label=config.label, pool=config.pool,
               probe_config=probe_config, baselines=config.baselines, where=where, items=items,
-              export=export_dir is not None, data=None if data is None else str(data))
+              export=export_dir is not None, data=None if data is None else str(data),
+              region=config.region)
     bar = tqdm(total=len(cells), desc=f"probe sweep {config.site}", unit="cell",
                disable=not progress)
     if config.engine == "torch":

@@ -77,9 +77,10 @@ class DemoConfig:
     scheduler: str = "serial"
     """Probe sweep scheduler: ``serial``, ``local`` (dask LocalCluster) or an address."""
     recipe: str = "both"
-    """Recipes E4-E6 run under (interventions/RECIPES.md): ``both`` (side by side in the
-    report), ``paper`` or ``robust``. E1, E3 and E7 run as the organism contrasts need them
-    (robust; E1's scoring is the authors')."""
+    """Recipes E1 and E3-E7 run under (interventions/RECIPES.md): ``both`` (side by side in
+    the report), ``paper`` or ``robust``. The robust E1, E3 and E7 always run (the organism
+    contrasts read them); ``both``/``paper`` add the paper ones (:mod:`study.demo_paper`: E7
+    with the paper directions, trained on E1's golden items)."""
     tasks: tuple[str, ...] = ("objects", "grids", "controls", "whatsup-stitched")
     """The paper's other tasks to add (:mod:`study.tasks`): ``objects`` (E1), ``grids`` (App.
     C.6 probes), ``controls`` (E7 sanity controls), ``whatsup-stitched`` (E1, with whatsup)."""
@@ -281,6 +282,10 @@ def _study(model: str, cfg: DemoConfig, st: Stages, out: Path, data: Path, degra
             model, str(data), str(root / "e6-paper"),
             PatchConfig(experiment="e6", layers="all", batch_size=cfg.batch_size, recipe="paper"),
             progress=progress)))
+        from .demo_paper import paper_stages  # E1, E3 and E7 under the paper recipe
+
+        res.update(paper_stages(model, cfg, st, m, root, store, data, degraded, adapter,
+                                progress=progress))
     dirs = sorted(str(p) for p in (root / "e3" / "directions-e7").glob("*") if p.is_dir())
     if not dirs:
         raise InterventionError(f"E3 wrote no E7 directions under {root / 'e3'}; delete "

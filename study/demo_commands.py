@@ -30,7 +30,8 @@ import click
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @click.option("--recipe", type=click.Choice(["both", "paper", "robust"]), default="both",
               show_default=True,
-              help="Recipes E4-E6 run under: both side by side, or one (interventions/RECIPES.md).")
+              help="Recipes E1 and E3-E7 run under: both side by side, or one (the robust E1, E3 "
+              "and E7 always run: the organism criteria read them; interventions/RECIPES.md).")
 @click.option("--tasks", default="objects,grids,controls,whatsup-stitched", show_default=True,
               help="The paper's other tasks to add: objects (E1), grids (App. C.6 probes), "
                    "controls (E7 sanity controls), whatsup-stitched (E1; needs --whatsup); "

@@ -25,6 +25,12 @@ Outputs in ``--out``:
     caption: accuracy with length-normalised (per-token) log-likelihoods, a diagnostic of the
     summed score's preference for short captions).
     ``config.json``: the resolved run config (written last).
+``golden.txt``
+    The golden items: the ids of the items answered right (``item_correct``: every query of the
+    item right, so both orders for two-option), sorted, one per line, nothing else (empty when
+    no item is right). The paper trains E7's directions on these items only; the file is what
+    ``spatialbind probe --recipe paper --label side --export-directions DIR --golden FILE``
+    takes as is.
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ MACRO_FAMILIES = {
     "GQA (one+two)": ("VG_QA_one_obj", "VG_QA_two_obj"),
 }
 OUTPUT_FILES = ("predictions.parquet", "summary.csv", "summary.png", "metrics.json",
-                "config.json")
+                "golden.txt", "config.json")
 
 
 def prediction_table(items, queries, results, protocol: str):
@@ -274,10 +280,25 @@ def write_report(out: Path, preds, summary, extra: dict, run: dict, resolved: di
     _atomic(out / "predictions.parquet", buf.getvalue())
     _atomic(out / "summary.csv", summary.to_csv(index=False).encode())
     _atomic(out / "metrics.json", (json.dumps(extra, indent=2, default=float) + "\n").encode())
+    _atomic(out / "golden.txt", golden_text(preds).encode())
     plot_summary(summary, out / "summary.png",
                  f"{run.get('model')} · {resolved.get('protocol')} · {run.get('data')}")
     meta = {"run": run, "resolved": resolved, "toolkit_version": _version()}
     _atomic(out / "config.json", (json.dumps(meta, indent=2, default=str) + "\n").encode())
+
+
+def golden_ids(preds) -> list[str]:
+    """Sorted ids of the items answered right (``item_correct``), the paper's golden items."""
+    if len(preds) == 0 or "item_correct" not in preds:
+        return []
+    right = preds.loc[preds["item_correct"].astype(bool), "id"]
+    return sorted(set(map(str, right)))
+
+
+def golden_text(preds) -> str:
+    """``golden.txt``: :func:`golden_ids`, one per line."""
+    ids = golden_ids(preds)
+    return "".join(f"{i}\n" for i in ids)
 
 
 def _version() -> str:

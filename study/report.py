@@ -51,14 +51,17 @@ PAPER = {k: "; ".join(e["text"] for e in v) for k, v in PAPER_NUMBERS.items()}
 _METRIC = {  # what the demo measures per result key and recipe
     "e1": "top-1 next token over the whole vocabulary",
     "e1_whatsup": "caption log-likelihood argmax, micro-averaged over the original subsets",
-    "e3": "grouped-CV accuracy of a standardised logistic regression, orientations pooled",
+    "e3": {"robust": "grouped-CV accuracy of a standardised logistic regression, orientations "
+                     "pooled",
+           "paper": "held-out accuracy of the authors' torch probe, one per orientation"},
     "e4": {"robust": "flip rate per layer over every pair",
            "paper": "flip rate per layer over pairs right on both runs"},
     "e5": {"robust": "argmax over the colours in the image",
            "paper": "top-1 next token over the whole vocabulary"},
     "e6": {"robust": "flip layers over every pair",
            "paper": "flip layers over pairs right under the ablation"},
-    "e7": "two-option argmax over the options on degraded stimuli, held-out alpha",
+    "e7": {"robust": "two-option argmax over the options on degraded stimuli, held-out alpha",
+           "paper": "whole-vocabulary top-1 on the completion prompt, in-sample alpha"},
 }
 
 
@@ -107,7 +110,8 @@ def paper_block(exp: str, models, results, *, task: str) -> str:
 
 
 def recipes_side_by_side(models, results) -> list[dict[str, Any]]:
-    """E4-E6 under the robust and the paper recipe, one row per (model, number) that differs."""
+    """E1 and E3-E7 under the robust and the paper recipe, one row per (model, number), with
+    ``differs`` saying whether the two recipes gave different values."""
     rows = []
     for m in models:
         r = results[m]
@@ -124,12 +128,40 @@ def recipes_side_by_side(models, results) -> list[dict[str, Any]]:
                   .get("object")),
                  ("E6 pairs kept", (r.get("e6") or {}).get("n_items"),
                   (r.get("e6_paper") or {}).get("n_items"))]
+        e3p = r.get("e3_paper") or {}
+        e7d = e3p.get("e7_directions") or {}
+        pairs += [("E1 accuracy (the completion prompt is scored the authors' way in both)",
+                   (r.get("e1") or {}).get("accuracy"), (r.get("e1_paper") or {}).get("accuracy")),
+                  ("E3 projector object probe (robust: grouped CV, orientations pooled, "
+                   "coverage tokens; paper: the authors' probe per orientation, mean, layout "
+                   "cells)", (r.get("e3") or {}).get("projector_object_accuracy"),
+                   e3p.get("projector_object_accuracy", e3p.get("error"))),
+                  ("E7 directions (robust: rank-1 logreg per axis; paper: rank-2 authors' "
+                   "probe on golden items, exported / not)",
+                   len((r.get("e3") or {}).get("directions_cv_accuracy") or {}) or None,
+                   f"{e7d.get('n_exported')} / {e7d.get('n_not_exported')}" if e7d else None),
+                  ("E7 fix rate (robust: held-out alpha; paper: Probe, in-sample alpha)",
+                   (_heldout(r.get("e7")) or {}).get("fix_rate"),
+                   _paper_probe(r.get("e7_paper"), "fix_rate")),
+                  ("E7 accuracy (same selections)", (_heldout(r.get("e7")) or {}).get("accuracy"),
+                   _paper_probe(r.get("e7_paper"), "accuracy"))]
         for name, rob, pap in pairs:
-            err = (r.get("e6_paper") or {}).get("error") if name.startswith("E6") else None
+            err = ((r.get("e6_paper") or {}).get("error") if name.startswith("E6") else
+                   (r.get("e7_paper") or {}).get("error") if name.startswith("E7 f")
+                   or name.startswith("E7 a") else None)
             rows.append({"model": m, "number": name, "robust": rob,
                          "paper": pap if pap is not None or not err else f"not run: {err}",
                          "differs": rob != pap})
     return rows
+
+
+def _paper_probe(summary: dict | None, key: str):
+    """``key`` of the paper recipe's E7 ``Probe`` selection (the authors' in-sample best alpha,
+    probe direction) in an E7 summary."""
+    for sel in (summary or {}).get("selections", []):
+        if str(sel.get("selection", "")).startswith("Probe (") and sel.get("control") == "probe":
+            return sel.get(key)
+    return None
 
 
 def _img(path: Path, width: int = 640) -> str:
@@ -346,7 +378,7 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
                      for m in models]))
     h.append(paper_block("E5", models, results, task=task))
     h.append(paper_block("E6", models, results, task=task))
-    h.append("<h3>The two recipes side by side</h3><p>E4-E6 ran under both recipes "
+    h.append("<h3>The two recipes side by side</h3><p>E1 and E3-E7 ran under both recipes "
              "(interventions/RECIPES.md): <code>robust</code> (spatialbind's own) and "
              "<code>paper</code> (the authors' regions, metrics and filters).</p>"
              + _table(recipes_side_by_side(models, results)))
@@ -362,6 +394,15 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
         h.append(f"<h3>{html.escape(m)}</h3>" + _table(
             sel, ["selection", "control", "alpha", "fixed", "broken", "net", "n_fail", "n",
                   "fix_rate", "base_accuracy", "accuracy"]) + controls_table(results[m]))
+        pap = results[m].get("e7_paper")
+        if pap:  # the paper recipe: its directions (E3, golden items) and its scoring
+            h.append("<p>Paper recipe (rank-2 directions of the authors' probe on E1's golden "
+                     "items, layout cells; whole-vocabulary top-1; in-sample alpha):</p>"
+                     + (_table(pap.get("selections", []),
+                               ["selection", "control", "alpha", "fixed", "n_fail", "n",
+                                "fix_rate", "base_accuracy", "accuracy"])
+                        if "selections" in pap else
+                        f"<p class=missing>not run: {html.escape(str(pap.get('error')))}</p>"))
     h.append(paper_block("E7", models, results, task=task))
     h.append(_cols(models, results, "e7", ["e7_dose_response.png"]))
     path = out / "report.html"

@@ -64,6 +64,26 @@ def test_demo_validation_on_small_samples(tmp_path):
         assert results[name]["e5"]["recipe"] == "robust"
         assert (tmp_path / "demo" / name.replace("/", "--") / "e4-paper"
                 / "regions.parquet").is_file()
+    # E1, E3 and E7 under the paper recipe too: E7's paper directions are trained on the
+    # golden items E1 wrote (golden.txt), pooled over layout cells, and used by e7-paper
+    assert "E7 fix rate (robust: held-out alpha; paper: Probe" in html
+    for name in orgs:
+        r, slug = results[name], name.replace("/", "--")
+        golden = (tmp_path / "demo" / slug / "e1-paper" / "golden.txt").read_text().split()
+        assert r["e1-paper"]["recipe"] == "paper" and r["e1-paper"]["n_golden"] == len(golden)
+        assert len(golden) >= 0.9 * r["e1-paper"]["n"]  # every organism solves the task
+        e3p = r["e3-paper"]
+        assert e3p["region"] == "layout" and e3p["e7_directions"]["n_exported"] == 2, e3p
+        assert set(e3p["projector_object_accuracy_by_orientation"]) == {"horizontal",
+                                                                        "vertical"}
+        for e in e3p["e7_directions"]["exported"]:
+            d = json.loads((tmp_path / "demo" / slug / "e3-paper" / "directions-e7" / e["path"]
+                            / "direction.json").read_text())
+            x = d["extra"]
+            assert (x["recipe"], x["rank"], x["golden_only"], x["region"]) == (
+                "paper", 2, True, "layout")
+            assert set(x["split"]["train_items"]) | set(x["split"]["test_items"]) <= set(golden)
+        assert r["e7-paper"]["recipe"] == "paper" and "e3-paper" in r["e7-paper"]["direction"]
     # the paper's other tasks ran through the same records and appear in the report
     assert "The paper's other tasks" in html and "Sanity controls" in html
     for name in orgs:

@@ -137,6 +137,9 @@ def test_completion_protocol_on_generated_flat_dataset(tmp_path, adapter):
         assert df.loc[k, "p_answer"] == pytest.approx(
             (e / e.sum())[list(p.options).index(p.answer)], rel=1e-5)
     assert set(res.summary["group"]) >= {"all", "task", "relation", "axis"}
+    # golden.txt: the ids answered right (one completion query per item), one per line
+    golden = (tmp_path / "ev3" / "golden.txt").read_text().splitlines()
+    assert golden == sorted(df.loc[df["correct"].astype(bool), "id"])
     # the caption protocol on the same data scores each choice / yes-no option as the answer
     cap = evaluate(EvalConfig(model="tiny-qwen2-vl", data=str(data), protocol="caption"),
                    adapter=adapter, progress=False).predictions

@@ -54,3 +54,33 @@ def test_rank_two_amplification_equals_the_formula_by_hand(exported):
     keep = np.ones((2, 5), bool)
     keep[:, [1, 3]] = False
     np.testing.assert_array_equal(out[keep], hn[keep])  # other tokens untouched
+
+
+def test_paper_amplify_is_the_authors_hook_arithmetic_without_orthogonalising():
+    """``Amplify(exact=True)`` (the paper recipe) is the authors' pre-hook as published
+    (coco_amplification/src/qwen.py and gemma.py, predict_with_amp): W cast to the hidden
+    states' dtype, coeff = (h W) / (sum_d W**2 + 1e-8), h + alpha * coeff W^T, in that dtype.
+    Their two columns are summed as they are, not orthogonalised first: with non-orthogonal
+    columns the edit is not (1 + alpha) x the projection on their span."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(2, 16, generator=g)
+    w[1] = 0.8 * w[0] + 0.6 * w[1]  # strongly non-orthogonal columns
+    alpha = 3.0
+    for dtype in (torch.float32, torch.bfloat16):
+        h = torch.randn(1, 6, 16, generator=g).to(dtype)
+        out = Amplify(w, alpha, exact=True)(h.clone(), None, pairs([0], [2, 4]))
+        W = w.T.to(dtype)  # the authors' (D, 2) layout
+        x = h[:, [2, 4], :]
+        coeff = torch.einsum("btd,dk->btk", x, W) / ((W ** 2).sum(dim=0) + 1e-8)
+        want = x + alpha * torch.einsum("btk,dk->btd", coeff, W)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out[:, [2, 4], :], want)  # dtype-aware tolerances
+        torch.testing.assert_close(out[:, [0, 1, 3, 5], :], h[:, [0, 1, 3, 5], :],
+                                   rtol=0, atol=0)
+    # no orthogonalisation: the span projection scaled by (1 + alpha) is something else
+    h = torch.randn(1, 3, 16, generator=g)
+    out = Amplify(w, alpha, exact=True)(h.clone(), None, pairs([0], [1]))[0, 1].double()
+    q, _ = torch.linalg.qr(w.T.double())
+    x = h[0, 1].double()
+    span = x + alpha * (q @ (q.T @ x))
+    assert not torch.allclose(out, span, atol=1e-3)

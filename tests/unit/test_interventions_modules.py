@@ -201,6 +201,13 @@ def test_random_control_matches_count_and_norms():
     assert r.shape == w.shape
     np.testing.assert_allclose(np.linalg.norm(r, axis=1), np.linalg.norm(w, axis=1), rtol=1e-5)
     assert abs(np.dot(r[0], w[0]) / (np.linalg.norm(r[0]) * np.linalg.norm(w[0]))) < 0.99
+    # the paper recipe's control is the authors' make_random_W: unit-norm columns, one draw
+    # per axis (seeds differ by axis)
+    u0, u1 = random_control(w, seed=0, unit=True), random_control(w, seed=1, unit=True)
+    np.testing.assert_allclose(np.linalg.norm(u0, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(u0 / np.linalg.norm(u0, axis=1, keepdims=True),
+                               r / np.linalg.norm(r, axis=1, keepdims=True), rtol=1e-5)
+    assert not np.allclose(u0, u1)
 
 
 def test_summarize_e7_hand_counts():
