@@ -85,7 +85,7 @@ def test_two_writers_one_killed_and_resumed_equal_a_local_store(s3, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     logs = [tmp_path / f"keys{i}.txt" for i in range(3)]
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, url, endpoint, str(i), str(logs[i]),
-                               "3.0" if i == 0 else "0.05"], env=env, cwd=ROOT,
+                               "6.0" if i == 0 else "0.05"], env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for i in (0, 1)]
     seen_partial = []
