@@ -93,7 +93,7 @@ def run_block(store, *, model: str, site: str, layers, role: str, label: str, po
     layers = list(layers)
     with dask.config.set(scheduler="synchronous"), _threads(threads):
         for i in range(0, len(layers), layers_per_block):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             datas, ok = [], []
             for layer in layers[i:i + layers_per_block]:
                 base = {"model": model, "site": site, "layer": int(layer), "role": role,
@@ -117,8 +117,12 @@ def run_block(store, *, model: str, site: str, layers, role: str, label: str, po
                     results += fit_probes_batched(grp, probe_config, baselines=bl, refit=export,
                                                   max_iter=max_iter, device=device, state=state)
                 dt = (time.perf_counter() - t0) / len(datas)
+                dc = (time.process_time() - c0) / len(datas)
                 for base, res in zip(ok, results):
-                    row = {**base, **res.to_row(), "error": None, "seconds": dt}
+                    row = {**base, **res.to_row(), "error": None, "seconds": dt,
+                           "cpu_seconds": dc, "n_iter": res.meta.get("n_iter"),
+                           "n_eval": res.meta.get("n_eval"),
+                           "converged": res.meta.get("converged")}
                     out.append({"row": row,
                                 "direction": direction_from_result(res) if export else None})
             del datas
