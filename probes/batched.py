@@ -11,17 +11,19 @@ fitted together:
   ``(G, n, d)`` tensor (``layers_per_block``; default 1, so memory is bounded by one layer's rows,
   read from the store one layer at a time);
 - per layer, the ``m`` models (k folds x {task, control}, plus the all-rows refit when directions
-  are exported) are one weight tensor ``(G, d, m*K)``: a fold's model sees its training rows
-  through a 0/1 row weight, so one GEMM ``X @ W`` gives every model's logits and one more its
-  gradient;
+  are exported) are one ``(m*K, d)`` weight block: a fold's model sees its training rows
+  through a 0/1 row weight, so one GEMM ``W X^T`` gives every model's logits and one more,
+  ``R^T X``, every gradient;
 - each model's standardisation (mean and scale of its training rows, as ``StandardScaler``) is
   folded into its weights, so ``X`` is never copied per fold.
 
 The objective of each model is scikit-learn's ``LogisticRegression`` (lbfgs, multinomial, L2 on
 the coefficients but not the intercept) divided by its number of training rows:
-``mean CE + ||W||^2 / (2 C n_train)``; the sum over models is minimised with
-``torch.optim.LBFGS`` (strong Wolfe line search); models are independent, so the sum's minimiser
-is each model's minimiser. A fitted model is handed back as a scikit-learn ``Pipeline`` with the
+``mean CE + ||W||^2 / (2 C n_train)``. Each model is minimised by its own L-BFGS (history 10,
+backtracking Armijo line search, stop when its largest gradient entry is <= ``tol`` = 1e-4, as
+scikit-learn's lbfgs ``gtol``), but all models take their steps in the same passes over the rows,
+so a layer costs about (iterations + backtracks) GEMM pairs for all its models together. A
+fitted model is handed back as a scikit-learn ``Pipeline`` with the
 same ``predict`` / ``decision_function`` (:func:`to_pipeline`), so directions and probe maps work
 unchanged.
 """
