@@ -153,6 +153,12 @@ class SweepConfig(_FromDict):
     None). None in a serial sweep = the number of cores."""
     max_iter: int = 100
     """torch engine: L-BFGS iterations per batched fit."""
+    warm_start: bool = True
+    """torch engine: each block of layers starts from the previous block's weights (fewer
+    iterations). The objective is flat near its minimum at model width (C=1, thousands of
+    features), so where a fit stops under the gtol 1e-4 rule depends a little on where it
+    started: measured at 3584 wide, held-out accuracy moved by up to ~0.01 between a warm and a
+    cold start. False starts every block from zero, as scikit-learn does."""
 
     def __post_init__(self):
         n = "SweepConfig"
@@ -176,3 +182,5 @@ class SweepConfig(_FromDict):
                "threads", "None or an int >= 1", self.threads)
         _check(isinstance(self.max_iter, int) and self.max_iter >= 1, n, "max_iter",
                "an int >= 1", self.max_iter)
+        _check(isinstance(self.warm_start, bool), n, "warm_start", "True or False",
+               self.warm_start)

@@ -73,7 +73,8 @@ def run_block(store, *, model: str, site: str, layers, role: str, label: str, po
               probe_config: ProbeConfig, baselines: tuple[str, ...] = ("position",),
               where: dict | None = None, items=None, export: bool = False,
               threads: int | None = None, device: str | None = None, max_iter: int = 100,
-              layers_per_block: int = 1, data=None, on_layer=None) -> list[dict[str, Any]]:
+              layers_per_block: int = 1, data=None, on_layer=None,
+              warm_start: bool = True) -> list[dict[str, Any]]:
     """Fit and score the probes of the ``layers`` of one role with the batched torch engine.
 
     The layers are taken ``layers_per_block`` at a time (memory: that many layers' rows, read
@@ -111,8 +112,8 @@ def run_block(store, *, model: str, site: str, layers, role: str, label: str, po
                 same = all(len(d) == len(first) and np.array_equal(d.y, first.y) for d in datas)
                 results = []
                 for grp in ([datas] if same else [[d] for d in datas]):
-                    if len(grp[0]) != len(state.get("rows", grp[0].y)):
-                        state = {}  # other rows than the previous group: no warm start
+                    if not warm_start or len(grp[0]) != len(state.get("rows", grp[0].y)):
+                        state = {}  # cold start, or other rows than the previous group
                     state["rows"] = grp[0].y
                     results += fit_probes_batched(grp, probe_config, baselines=bl, refit=export,
                                                   max_iter=max_iter, device=device, state=state)
@@ -172,7 +173,7 @@ def sweep(store, config: SweepConfig, probe_config: ProbeConfig | None = None, *
     if config.engine == "torch":
         kw = {k: v for k, v in kw.items()}
         kw.update(device=config.device, max_iter=config.max_iter,
-                  layers_per_block=config.layers_per_block)
+                  layers_per_block=config.layers_per_block, warm_start=config.warm_start)
         lpb = config.layers_per_block
         if config.scheduler == "serial":
             outs = []

@@ -160,3 +160,19 @@ def test_reaches_sklearns_objective_and_decisions(C):
         assert abs(ours - theirs) <= 1e-5, (j, ours, theirs)
         assert abs(fit.loss[0, j] - ours) <= 1e-5     # the loss it reports is the objective
         assert (pred[0, j] == lr.predict(sc.transform(X))).mean() >= 0.99
+
+
+def test_cold_start_sweep_fits_each_layer_from_zero(planted):
+    """warm_start=False: every layer's fit equals a fresh fit of that layer alone."""
+    cfg = SweepConfig(model="tiny", site="projector", layers=(0, 1, 2), roles=("object",),
+                      scheduler="serial", engine="torch", warm_start=False)
+    cold = sweep(planted, cfg, ProbeConfig(n_splits=3), progress=False)
+    for layer in (1, 2):
+        one = sweep(planted, dataclasses.replace(cfg, layers=(layer,)), ProbeConfig(n_splits=3),
+                    progress=False)
+        r = cold.set_index("layer").loc[layer]
+        assert r["accuracy"] == one["accuracy"].iloc[0]
+        assert r["control_accuracy"] == one["control_accuracy"].iloc[0]
+        assert r["n_iter"] == one["n_iter"].iloc[0]
+    with pytest.raises(ConfigError, match="warm_start"):
+        SweepConfig(model="m", warm_start="no")
