@@ -74,12 +74,13 @@ def run_block(store, *, model: str, site: str, layers, role: str, label: str, po
               where: dict | None = None, items=None, export: bool = False,
               threads: int | None = None, device: str | None = None, max_iter: int = 100,
               layers_per_block: int = 1, data=None, on_layer=None,
-              warm_start: bool = True) -> list[dict[str, Any]]:
+              warm_start: bool = False) -> list[dict[str, Any]]:
     """Fit and score the probes of the ``layers`` of one role with the batched torch engine.
 
     The layers are taken ``layers_per_block`` at a time (memory: that many layers' rows, read
     from the store when their turn comes); each group is one
-    :func:`probes.batched.fit_probes_batched` call, started from the previous group's weights.
+    :func:`probes.batched.fit_probes_batched` call, started from zero (as scikit-learn) or, with
+    ``warm_start``, from the previous group's weights.
     ``threads`` caps BLAS and torch threads (None leaves them as set); ``on_layer(n)`` is called
     after each group (progress). Returns one ``{"row", "direction"}`` per layer, as
     :func:`run_cell`; a layer without usable data gets an ``error`` row.

@@ -163,9 +163,11 @@ def test_reaches_sklearns_objective_and_decisions(C):
 
 
 def test_cold_start_sweep_fits_each_layer_from_zero(planted):
-    """warm_start=False: every layer's fit equals a fresh fit of that layer alone."""
+    """warm_start=False (the default): every layer's fit equals a fresh fit of that layer alone;
+    warm_start=True starts from the previous layer and so takes other steps."""
     cfg = SweepConfig(model="tiny", site="projector", layers=(0, 1, 2), roles=("object",),
-                      scheduler="serial", engine="torch", warm_start=False)
+                      scheduler="serial", engine="torch")
+    assert cfg.warm_start is False
     cold = sweep(planted, cfg, ProbeConfig(n_splits=3), progress=False)
     for layer in (1, 2):
         one = sweep(planted, dataclasses.replace(cfg, layers=(layer,)), ProbeConfig(n_splits=3),
@@ -174,5 +176,8 @@ def test_cold_start_sweep_fits_each_layer_from_zero(planted):
         assert r["accuracy"] == one["accuracy"].iloc[0]
         assert r["control_accuracy"] == one["control_accuracy"].iloc[0]
         assert r["n_iter"] == one["n_iter"].iloc[0]
+    warm = sweep(planted, dataclasses.replace(cfg, warm_start=True), ProbeConfig(n_splits=3),
+                 progress=False)
+    assert list(warm["n_iter"])[1:] != list(cold["n_iter"])[1:]
     with pytest.raises(ConfigError, match="warm_start"):
         SweepConfig(model="m", warm_start="no")
