@@ -9,6 +9,7 @@ codec — makes :func:`layout` return None, so the reader falls back to xarray/d
 """
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 
@@ -65,10 +66,9 @@ def gather(lay: Layout, layer_pos: int, samples: np.ndarray, tokens: np.ndarray)
 
     ``tokens`` entries < 0 are padding and come back as NaN; samples whose shard or inner chunk was
     never written come back as the fill value (NaN). Samples are grouped by shard with one sort
-    (none when they are already in store order); of each shard file only the byte range from its
-    first to its last wanted sample is read (``preadv`` into one reused buffer: no memory map to
-    fault in and tear down per shard), and the rows of a run of consecutive outputs are copied
-    straight into place.
+    (none when they are already in store order); each shard file is memory-mapped once, its rows
+    gathered through one small reused buffer (no allocation per shard) and a run of consecutive
+    outputs copied into place as one slice.
     """
     n, K = tokens.shape
     H = lay.shard[3]
@@ -88,7 +88,7 @@ def gather(lay: Layout, layer_pos: int, samples: np.ndarray, tokens: np.ndarray)
     n_inner = Bs // Bi
     cb = Bi * per_sample * lay.dtype.itemsize              # bytes of one inner chunk
     in_order = np.arange(n_inner, dtype=np.uint64) * np.uint64(cb)
-    buf = np.empty(Bs * per_sample, lay.dtype)             # one shard's rows, reused
+    buf = np.empty(Bi * per_sample, lay.dtype)             # one inner chunk, reused
     tmp = np.empty(Bs * K * H, lay.dtype)                  # one shard's gathered rows, reused
     for a, e in zip(starts.tolist(), ends.tolist()):
         sel = np.arange(a, e) if order is None else order[a:e]
@@ -103,10 +103,12 @@ def gather(lay: Layout, layer_pos: int, samples: np.ndarray, tokens: np.ndarray)
             within = samples[sel] % Bs
             if np.array_equal(index[:, 0], in_order):
                 # a whole-shard write: inner chunks lie in order, so the shard is one (Bs, T, H)
-                # array; read the samples lo..hi-1 it needs
+                # array; memory-mapped, so only the pages of the wanted rows are touched (this
+                # measured less CPU than reading the samples' byte range with preadv)
                 lo, hi = int(within.min()), int(within.max()) + 1
-                data = buf[:(hi - lo) * per_sample]
-                _pread_into(fd, data, lo * per_sample * lay.dtype.itemsize, path)
+                mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                data = np.frombuffer(mm, dtype=lay.dtype, count=(hi - lo) * per_sample,
+                                     offset=lo * per_sample * lay.dtype.itemsize)
                 data = data.reshape((hi - lo) * T, H)
                 rows = (within - lo)[:, None] * T + tok[sel]
                 # gathered into one small reused buffer (no allocation per shard), then copied
@@ -116,6 +118,8 @@ def gather(lay: Layout, layer_pos: int, samples: np.ndarray, tokens: np.ndarray)
                     tmp = np.empty(rows.size * H, lay.dtype)
                 part = tmp[:rows.size * H].reshape(*rows.shape, H)
                 np.take(data, rows, axis=0, out=part, mode="clip")
+                del data
+                mm.close()
                 if sel[-1] - sel[0] + 1 == len(sel):  # consecutive outputs: a slice, no index
                     out[sel[0]:sel[-1] + 1] = part
                 else:
