@@ -9,6 +9,7 @@ means, the table ``probes`` trains on. Only samples whose ``done`` flag is set a
 """
 from __future__ import annotations
 
+import functools
 import os
 from functools import cached_property
 from typing import Mapping
@@ -23,6 +24,9 @@ from .errors import StoreError, unknown
 
 TARGET_CHUNK_BYTES = 64 * 2**20
 """Dask chunks along ``sample`` hold about this many bytes (rounded to whole shards)."""
+
+LABEL_BLOCK_SAMPLES = 8192
+"""Token label arrays are read this many samples at a time when a role's index is built."""
 
 
 def open_store(path, *, storage_options: dict | None = None, direct: bool = True) -> "Store":
@@ -196,6 +200,70 @@ class Store:
             self._cache[key] = {name: np.asarray(fg[name][:]) for name in S.TOKEN_LABELS}
         return self._cache[key]
 
+    def _label_blocks(self, g, fam: str, names):
+        """The token label arrays ``names`` of a site family, ``LABEL_BLOCK_SAMPLES`` samples at a
+        time (whole zarr chunks): ``(start, {name: (b, T) array})``, so no (N, T) array is held."""
+        fg = g[fam]
+        N = fg["role"].shape[0]
+        c = fg["role"].chunks[0]
+        step = max(c, LABEL_BLOCK_SAMPLES // c * c)
+        for a in range(0, N, step):
+            yield a, {name: np.asarray(fg[name][a:a + step]) for name in names}
+
+    def _role_index(self, g, fam: str, code: int):
+        """Where role ``code`` sits in every stored sample, and the token labels there (cached).
+
+        Returns ``(counts (N,), idx (N, K), labels)``: ``idx[i, k]`` the token index of sample
+        ``i``'s k-th token of that role (-1 past its ``counts[i]``), K the largest count, and
+        ``labels[name]`` the ``(N, K)`` token label there (the label's "none" value in padding).
+        Built block by block from the label arrays (memory: O(N K), not O(N T)); the arrays are
+        read-only, so a query can hand out views of them.
+        """
+        key = ("role-index", g.path, fam, int(code))
+        if key in self._cache:
+            return self._cache[key]
+        fg = g[fam]
+        N, T = fg["role"].shape
+        idt = np.int16 if T < 2**15 else np.int32
+        counts = np.zeros(N, np.int32)  # pass 1: how many tokens of the role each sample has
+        for a, blk in self._label_blocks(g, fam, ["role"]):
+            counts[a:a + len(blk["role"])] = (blk["role"] == code).sum(1)
+        K = int(counts.max()) if N else 0
+        idx = np.full((N, K), -1, idt)  # pass 2: where they are, and their labels
+        labels = {k: np.full((N, K), none, dt) for k, (dt, none) in S.TOKEN_LABELS.items()}
+        for a, blk in self._label_blocks(g, fam, list(S.TOKEN_LABELS)):
+            ix, pad = _kth_indices(blk["role"] == code)
+            b, k = ix.shape
+            idx[a:a + b, :k] = np.where(pad, -1, ix)
+            for name, v in blk.items():
+                labels[name][a:a + b, :k] = np.where(pad, S.TOKEN_LABELS[name][1],
+                                                     np.take_along_axis(v, ix, axis=1))
+            del blk
+        counts = (idx >= 0).sum(1)
+        for v in (idx, counts, *labels.values()):
+            v.flags.writeable = False
+        self._cache[key] = (counts, idx, labels)
+        return self._cache[key]
+
+    def _sample_arrays(self, g) -> dict[str, np.ndarray]:
+        """Per-sample label columns as read-only numpy arrays (strings as fixed-width unicode,
+        which xarray takes as they are; object arrays it converts on every query), cached."""
+        key = ("sample-arrays", g.path)
+        if key not in self._cache:
+            df = self.labels(g.attrs["model"])
+            out = {}
+            for c in df.columns:
+                if c == "done":
+                    continue
+                v = df[c].to_numpy()
+                if v.dtype == object and all(isinstance(x, str) for x in v):
+                    v = v.astype(str)
+                v = np.array(v, copy=True)
+                v.flags.writeable = False
+                out[c] = v
+            self._cache[key] = out
+        return self._cache[key]
+
     def _sample_index(self, g, where, include_pending) -> np.ndarray:
         df = self.labels(g.attrs["model"])
         keep = np.ones(len(df), bool) if include_pending else df["done"].to_numpy().copy()
@@ -262,20 +330,22 @@ class Store:
         lay = _direct.layout(arr, self.root.store) if self.direct and n and K else None
         if lay is not None:
             per = max(K * spec.hidden * np.dtype(spec.dtype).itemsize, 1)
-            c = max(1, 4 * TARGET_CHUNK_BYTES // per)  # gathered blocks: few and large (no concat copy)
+            c = max(1, TARGET_CHUNK_BYTES // per)  # gathered blocks of bounded size (streaming)
             s_d = da.from_array(np.asarray(samples, np.int64)[:, None], chunks=(c, 1))
-            t_d = da.from_array(np.asarray(tokens, np.int64), chunks=(c, K))
+            t_d = da.from_array(np.asarray(tokens), chunks=(c, K))
             data = da.map_blocks(lambda s_, t_: _direct.gather(lay, layer_pos, s_[:, 0], t_),
                                  s_d, t_d, dtype=np.dtype(spec.dtype), new_axis=2,
                                  chunks=(t_d.chunks[0], (K,), (spec.hidden,)),
                                  name=f"actstore-gather-{tokenize(self.path, arr.path, layer_pos, samples, tokens)}")
+            data = _gathered_array_type()(data.dask, data.name, data.chunks, meta=data._meta)
+            data._whole = lambda: _direct.gather(lay, layer_pos, samples, tokens)
             return xr.DataArray(data, dims=(*dims, S.HIDDEN))
         x = self._acts(g, spec).isel(layer=layer_pos)
         if n == 0 or K == 0:  # nothing to gather: an empty (n, K, H) array
             return xr.DataArray(da.zeros((n, K, spec.hidden), dtype=spec.dtype), dims=(*dims, S.HIDDEN))
         s_ix = np.broadcast_to(np.asarray(samples, np.int64)[:, None], tokens.shape)
         x = x.isel(sample=xr.DataArray(s_ix, dims=dims),
-                   token=xr.DataArray(np.maximum(tokens, 0), dims=dims))
+                   token=xr.DataArray(np.maximum(tokens, 0).astype(np.int64), dims=dims))
         x = x.drop_vars([c for c in x.coords])
         pad = tokens < 0
         return x.where(xr.DataArray(~pad, dims=dims)) if pad.any() else x
@@ -310,8 +380,8 @@ class Store:
 
         g, spec, lay = self._resolve(model, site, layer)
         sidx = self._sample_index(g, where, include_pending)
-        tok = {k: v[sidx] for k, v in self._tokens(g, spec.name).items()}
         if role is None:
+            tok = {k: v[sidx] for k, v in self._tokens(g, spec.name).items()}
             x = self._acts(g, spec)
             if lay is not None:
                 x = x.isel(layer=list(spec.layers).index(lay))
@@ -320,12 +390,17 @@ class Store:
             coords = dict(tok)
             x = x.assign_coords(token=np.arange(spec.n_tokens))
         else:
-            code = S.role_code(role)
-            idx, pad = _kth_indices(tok["role"] == code)
-            coords = {k: np.where(pad, S.TOKEN_LABELS[k][1], np.take_along_axis(v, idx, axis=1))
-                      for k, v in tok.items()}
+            counts, idx_all, lab_all = self._role_index(g, spec.name, S.role_code(role))
+            K = int(counts[sidx].max()) if len(sidx) else 0
+            if len(sidx) == len(counts) and (len(sidx) == 0 or sidx[-1] == len(sidx) - 1):
+                pick = lambda v: v[:, :K]  # every sample, in store order: views, no copies  # noqa: E731
+            else:
+                pick = lambda v: v[sidx, :K]  # noqa: E731
+            idx = pick(idx_all)
+            pad = idx < 0
+            coords = {k: pick(v) for k, v in lab_all.items()}
             layer_pos = [list(spec.layers).index(lay)] if lay is not None else range(len(spec.layers))
-            parts = [self._gather(g, spec, li, sidx, np.where(pad, -1, idx)) for li in layer_pos]
+            parts = [self._gather(g, spec, li, sidx, idx) for li in layer_pos]
             if lay is not None:
                 x = parts[0].assign_coords({S.LAYER: lay})
             else:
@@ -369,12 +444,14 @@ class Store:
             raise StoreError(f"pooled needs one layer of site {spec.name!r}: give layer= "
                              f"(one of {list(spec.layers)}) or site='{spec.name}.<layer>'")
         sidx = self._sample_index(g, where, include_pending)
-        tok = {k: v[sidx] for k, v in self._tokens(g, spec.name).items()}
-        m = tok["role"] == S.role_code(role)
-        s_loc, t = np.nonzero(m)  # row-major: sorted by sample, then token
-        ent = tok["entity"][s_loc, t] if by == "entity" else np.zeros(len(t), np.int16)
+        _, idx_all, lab_all = self._role_index(g, spec.name, S.role_code(role))
+        ix = idx_all[sidx]
+        s_loc, kk = np.nonzero(ix >= 0)  # row-major: sorted by sample, then token
+        t = ix[s_loc, kk].astype(np.int64)
+        tok = {"ordinal": lab_all["ordinal"][sidx]}
+        ent = lab_all["entity"][sidx][s_loc, kk] if by == "entity" else np.zeros(len(t), np.int16)
         order = np.lexsort((t, ent, s_loc))
-        s_loc, t, ent = s_loc[order], t[order], ent[order]
+        s_loc, t, ent, kk = s_loc[order], t[order], ent[order], kk[order]
         keys = np.stack([s_loc, ent.astype(np.int64)], axis=1)
         uniq, start, counts = np.unique(keys, axis=0, return_index=True, return_counts=True)
         n_items, width = len(uniq), int(counts.max()) if len(counts) else 0
@@ -391,7 +468,7 @@ class Store:
         else:
             out = xr.DataArray(np.zeros((0, spec.hidden), "float32"), dims=(S.ITEM, S.HIDDEN))
         items_s = uniq[:, 0] if n_items else np.zeros(0, np.int64)
-        first_ord = tok["ordinal"][s_loc[start], t[start]] if n_items else np.zeros(0, np.int8)
+        first_ord = tok["ordinal"][s_loc[start], kk[start]] if n_items else np.zeros(0, np.int8)
         out = out.assign_coords({
             S.SAMPLE: (S.ITEM, sidx[items_s]),
             "mask_id": (S.ITEM, uniq[:, 1].astype(np.int16) if n_items else np.zeros(0, np.int16)),
@@ -406,9 +483,11 @@ class Store:
         return out
 
     def _sample_coords(self, g, sidx) -> dict:
-        df = self.labels(g.attrs["model"]).iloc[sidx]
+        arrays = self._sample_arrays(g)
+        every = len(sidx) == len(self.labels(g.attrs["model"])) and \
+            (len(sidx) == 0 or sidx[-1] == len(sidx) - 1)
         out = {S.SAMPLE: (S.SAMPLE, sidx)}
-        out.update({c: (S.SAMPLE, df[c].to_numpy()) for c in df.columns if c != "done"})
+        out.update({c: (S.SAMPLE, v if every else v[sidx]) for c, v in arrays.items()})
         return out
 
     def _attrs(self, g, spec, lay, role) -> dict:
@@ -430,8 +509,11 @@ class Store:
             m = {"provenance": dict(g.attrs["provenance"]), "params": dict(g.attrs.get("params", {})),
                  "n_samples": len(df), "done": int(done.sum()), "sites": {}}
             for spec in (S.SiteSpec.from_dict(d) for d in g.attrs["sites"]):
-                role = self._tokens(g, spec.name)["role"][done]
-                counts = np.bincount(role.ravel(), minlength=len(S.ROLE_NAMES))
+                counts = np.zeros(len(S.ROLE_NAMES), np.int64)
+                for a, blk in self._label_blocks(g, spec.name, ["role"]):  # streamed
+                    role = blk["role"][done[a:a + len(blk["role"])]]
+                    counts += np.bincount(role.ravel().astype(np.int64),
+                                          minlength=len(S.ROLE_NAMES))[:len(S.ROLE_NAMES)]
                 m["sites"][spec.name] = {
                     "layers": list(spec.layers), "n_tokens": spec.n_tokens, "hidden": spec.hidden,
                     "dtype": spec.dtype,
@@ -454,6 +536,25 @@ class Store:
         for dirpath, _, files in os.walk(str(store.root)):
             total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
         return total
+
+
+@functools.cache
+def _gathered_array_type():
+    """A dask array of a direct gather whose ``numpy.asarray`` (what ``DataArray.values`` calls)
+    gathers the whole selection straight into one array: the same values as computing the dask
+    blocks, without one array per block and the concatenation copy dask makes of them. Anything
+    derived from it (``.blocks``, ``isel``, arithmetic, pickling) is a plain dask array, so
+    streaming block by block is unchanged."""
+    import dask.array as da
+
+    class GatheredArray(da.Array):
+        def __array__(self, dtype=None, copy=None, **kwargs):
+            whole = self.__dict__.get("_whole")
+            if whole is None or kwargs:
+                return super().__array__(dtype=dtype, copy=copy, **kwargs)
+            return np.asarray(whole(), dtype=dtype)
+
+    return GatheredArray
 
 
 def _kth_indices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -123,19 +123,30 @@ def _site_problems(where, fg, spec, n, done, check_values) -> list[str]:
         out.append(f"{where}/acts: dtype {fg['acts'].dtype}, expected {spec.dtype}")
     if "layer" in fg and list(fg["layer"][:]) != list(spec.layers):
         out.append(f"{where}/layer: {list(fg['layer'][:])}, expected {list(spec.layers)}")
-    if "role" in fg:
-        role = np.asarray(fg["role"][:])
-        bad = (role < 0) | (role >= len(S.ROLE_NAMES))
-        if bad.any():
-            out.append(f"{where}/role: {int(bad.sum())} codes outside 0..{len(S.ROLE_NAMES) - 1} "
-                       f"(e.g. {int(role[bad][0])})")
-        if "n_tokens" in fg and role.shape[0] == fg["n_tokens"].shape[0]:
-            mism = (role != S.PAD).sum(1) != np.asarray(fg["n_tokens"][:])
-            if done is not None and len(done) == len(mism):
-                mism &= done
-            if mism.any():
-                out.append(f"{where}/n_tokens: {int(mism.sum())} done samples whose n_tokens differs "
-                           f"from their count of non-pad roles")
+    if "role" in fg:  # read in blocks of samples: memory does not grow with the store
+        ra = fg["role"]
+        nt = np.asarray(fg["n_tokens"][:]) if "n_tokens" in fg and \
+            ra.shape[0] == fg["n_tokens"].shape[0] else None
+        n_bad, first_bad, n_mism = 0, None, 0
+        c = max(1, ra.chunks[0])
+        step = max(c, 8192 // c * c)
+        for a in range(0, ra.shape[0], step):
+            role = np.asarray(ra[a:a + step])
+            bad = (role < 0) | (role >= len(S.ROLE_NAMES))
+            if bad.any():
+                n_bad += int(bad.sum())
+                first_bad = int(role[bad][0]) if first_bad is None else first_bad
+            if nt is not None:
+                mism = (role != S.PAD).sum(1) != nt[a:a + step]
+                if done is not None and len(done) == len(nt):
+                    mism &= done[a:a + step]
+                n_mism += int(mism.sum())
+        if n_bad:
+            out.append(f"{where}/role: {n_bad} codes outside 0..{len(S.ROLE_NAMES) - 1} "
+                       f"(e.g. {first_bad})")
+        if n_mism:
+            out.append(f"{where}/n_tokens: {n_mism} done samples whose n_tokens differs "
+                       f"from their count of non-pad roles")
     if check_values and done is not None and "acts" in fg and fg["acts"].shape[0] == len(done):
         bad = _nan_samples(fg["acts"], done)
         if len(bad):

@@ -99,6 +99,8 @@ def main(argv=None) -> None:
     ap.add_argument("--layers-per-block", type=int, default=1)
     ap.add_argument("--max-iter", type=int, default=100)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--warm", action="store_true",
+                    help="start each layer from the previous layer's weights (default: from zero)")
     ap.add_argument("--sklearn-layers", type=int, default=0,
                     help="also fit this many layers (the last ones) with the sklearn engine")
     a = ap.parse_args(argv)
@@ -112,21 +114,26 @@ def main(argv=None) -> None:
     cfg = SweepConfig(model="synthetic", site="lm.resid", layers=run,
                       roles=("object",), scheduler="serial", engine="torch",
                       layers_per_block=a.layers_per_block, threads=a.threads,
-                      max_iter=a.max_iter, device=a.device)
-    t0 = time.perf_counter()
+                      max_iter=a.max_iter, device=a.device, warm_start=a.warm)
+    t0, c0 = time.perf_counter(), time.process_time()
     table = sweep(site, cfg, ProbeConfig(), progress=True)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
           f"{os.cpu_count()} cores, threads={a.threads}, load avg before {load0}, after {_load()}")
     print(f"shape: {site.n_samples * site.T} rows x {a.hidden} x {a.layers} layers, 3 classes, "
           f"5 grouped folds, control task + position baseline; torch engine, "
-          f"layers_per_block={a.layers_per_block}, max_iter={a.max_iter}")
-    print(f"wall {wall:.1f} s ({wall / len(run):.1f} s/layer over {len(run)} layers), peak RSS {rss:.0f} MiB")
-    print("| layer | accuracy | control | selectivity | position | seconds |\n|---|---|---|---|---|---|")
+          f"layers_per_block={a.layers_per_block}, max_iter={a.max_iter}, "
+          f"warm start={'yes' if a.warm else 'no'}")
+    print(f"wall {wall:.1f} s ({wall / len(run):.1f} s/layer over {len(run)} layers), CPU "
+          f"{cpu:.1f} s ({cpu / len(run):.1f} s/layer), peak RSS {rss:.0f} MiB")
+    print("| layer | accuracy | control | selectivity | position | L-BFGS iterations (max over "
+          "models) | passes over rows | all converged | wall s | CPU s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     for _, r in table.iterrows():
         print(f"| {r['layer']} | {r['accuracy']:.3f} | {r['control_accuracy']:.3f} | "
-              f"{r['selectivity']:.3f} | {r['position_accuracy']:.3f} | {r['seconds']:.1f} |")
+              f"{r['selectivity']:.3f} | {r['position_accuracy']:.3f} | {r['n_iter']} | "
+              f"{r['n_eval']} | {r['converged']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} |")
     if a.sklearn_layers:
         import dataclasses
 

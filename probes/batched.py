@@ -11,17 +11,19 @@ fitted together:
   ``(G, n, d)`` tensor (``layers_per_block``; default 1, so memory is bounded by one layer's rows,
   read from the store one layer at a time);
 - per layer, the ``m`` models (k folds x {task, control}, plus the all-rows refit when directions
-  are exported) are one weight tensor ``(G, d, m*K)``: a fold's model sees its training rows
-  through a 0/1 row weight, so one GEMM ``X @ W`` gives every model's logits and one more its
-  gradient;
+  are exported) are one ``(m*K, d)`` weight block: a fold's model sees its training rows
+  through a 0/1 row weight, so one GEMM ``W X^T`` gives every model's logits and one more,
+  ``R^T X``, every gradient;
 - each model's standardisation (mean and scale of its training rows, as ``StandardScaler``) is
   folded into its weights, so ``X`` is never copied per fold.
 
 The objective of each model is scikit-learn's ``LogisticRegression`` (lbfgs, multinomial, L2 on
 the coefficients but not the intercept) divided by its number of training rows:
-``mean CE + ||W||^2 / (2 C n_train)``; the sum over models is minimised with
-``torch.optim.LBFGS`` (strong Wolfe line search); models are independent, so the sum's minimiser
-is each model's minimiser. A fitted model is handed back as a scikit-learn ``Pipeline`` with the
+``mean CE + ||W||^2 / (2 C n_train)``. Each model is minimised by its own L-BFGS (history 10,
+backtracking Armijo line search, stop when its largest gradient entry is <= ``tol`` = 1e-4, as
+scikit-learn's lbfgs ``gtol``), but all models take their steps in the same passes over the rows,
+so a layer costs about (iterations + backtracks) GEMM pairs for all its models together. A
+fitted model is handed back as a scikit-learn ``Pipeline`` with the
 same ``predict`` / ``decision_function`` (:func:`to_pipeline`), so directions and probe maps work
 unchanged.
 """
@@ -35,13 +37,19 @@ import numpy as np
 @dataclass(frozen=True, eq=False)
 class BatchedFit:
     """Fitted batched models: ``coef (G, m, d, K)`` and ``intercept (G, m, K)`` in standardised
-    space, ``mean`` / ``scale (G, m, d)`` of each model's training rows, ``n_iter`` L-BFGS steps."""
+    space, ``mean`` / ``scale (G, m, d)`` of each model's training rows; ``n_iter`` the most
+    L-BFGS iterations any model took, ``n_eval`` the passes over the rows (each one GEMM pair
+    for every model still running), ``converged (G, m)`` whether each model reached ``tol``."""
 
     coef: np.ndarray
     intercept: np.ndarray
     mean: np.ndarray
     scale: np.ndarray
     n_iter: int
+    n_eval: int = 0
+    converged: np.ndarray | None = None
+    loss: np.ndarray | None = None
+    """``(G, m)`` objective reached: mean cross-entropy + ``||W||^2 / (2 C n_train)``."""
 
     def decision(self, X, g: int, j: int) -> np.ndarray:
         """Logits ``(n, K)`` of model ``j`` of layer ``g`` on raw rows ``X``."""
@@ -51,13 +59,13 @@ class BatchedFit:
 
 def fit_batched(X, Y: np.ndarray, train: np.ndarray, *, n_classes: int, C: float = 1.0,
                 max_iter: int = 100, tol: float = 1e-4, device: str | None = None,
-                init: BatchedFit | None = None) -> tuple[BatchedFit, np.ndarray]:
+                init: BatchedFit | None = None, history: int = 10) -> tuple[BatchedFit, np.ndarray]:
     """Fit ``m`` multinomial logistic regressions per layer on shared rows, and predict all rows.
 
     Parameters
     ----------
     X : array or torch tensor, shape (G, n, d) or (n, d)
-        Rows of ``G`` layers (float32).
+        Rows of ``G`` layers (float32; used in place when already float32 and C-contiguous).
     Y : int array, shape (m, n)
         Class code of each row for each model (task labels, control labels ...), in ``0..K-1``.
     train : bool array, shape (m, n)
@@ -67,31 +75,46 @@ def fit_batched(X, Y: np.ndarray, train: np.ndarray, *, n_classes: int, C: float
     C : float
         Inverse L2 strength, as scikit-learn's ``C``.
     max_iter : int
-        L-BFGS iterations.
+        L-BFGS iterations per model (scikit-learn's ``max_iter``).
     tol : float
-        Stop when the largest gradient entry of the (per-row normalised) objective is below this
-        (scikit-learn's lbfgs ``tol`` on its per-row loss is 1e-4).
+        A model stops when the largest entry of its gradient (of the per-row normalised
+        objective, as scikit-learn's lbfgs ``gtol``) is at most this.
     device : str, optional
         torch device (default: ``X``'s, else CPU).
     init : BatchedFit, optional
         Start from these standardised-space weights (e.g. the previous layer's fit of the same
         models: neighbouring layers' probes are close, so a sweep converges in fewer steps); its
         last layer seeds every layer of this fit.
+    history : int
+        L-BFGS memory (scikit-learn / scipy: 10).
 
     Returns
     -------
     fit : BatchedFit
     pred : int array, shape (G, m, n)
         Each model's predicted class for every row (train rows included).
+
+    Notes
+    -----
+    Every model is its own L-BFGS (own curvature history, own backtracking Armijo line search,
+    own stopping test), but all models take their step in the same pass over ``X``: per pass,
+    the logits of every running model are one GEMM ``W^T X^T`` (``W`` of all models as one
+    ``(m K, d)`` block) and their gradients one GEMM ``R^T X``. Models that stop leave the
+    block, so later passes are narrower. The objective is convex, so Armijo backtracking keeps
+    the curvature pairs positive (a pair with ``s.y <= 0`` is skipped).
     """
+    import warnings
+
     import torch
 
-    X = torch.as_tensor(X)
+    with warnings.catch_warnings():  # a read-only array (a memory map) is fine: X is never written
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        X = torch.as_tensor(X)
     if device is not None:
         X = X.to(device)
     if X.ndim == 2:
         X = X[None]
-    X = X.float()
+    X = X.float().contiguous()
     G, n, d = X.shape
     Y = np.asarray(Y, np.int64)
     train = np.asarray(train, bool)
@@ -101,52 +124,175 @@ def fit_batched(X, Y: np.ndarray, train: np.ndarray, *, n_classes: int, C: float
     dev = X.device
     Wt = torch.as_tensor(train, dtype=torch.float32, device=dev)          # (m, n)
     n_tr = Wt.sum(1).clamp_min(1.0)                                        # (m,)
-    # StandardScaler of each model's training rows (population std, zero-variance -> 1)
-    mean = torch.einsum("mn,gnd->gmd", Wt, X) / n_tr[None, :, None]        # (G, m, d)
-    sq = torch.einsum("mn,gnd->gmd", Wt, X * X) / n_tr[None, :, None]
+    # StandardScaler of each model's training rows (population std, zero-variance -> 1);
+    # sums of squares in row blocks, so no (n, d) temporary
+    mean = torch.empty(G, m, d, device=dev)
+    sq = torch.zeros(G, m, d, device=dev)
+    for g in range(G):
+        torch.matmul(Wt, X[g], out=mean[g])
+        for a in range(0, n, 4096):
+            xb = X[g, a:a + 4096]
+            sq[g] += Wt[:, a:a + 4096] @ (xb * xb)
+    mean /= n_tr[None, :, None]
+    sq /= n_tr[None, :, None]
     var = (sq - mean * mean).clamp_min(0.0)
+    del sq
     scale = var.sqrt()
     scale = torch.where(scale > 1e-7 * (mean.abs() + 1.0), scale, torch.ones_like(scale))
-    onehot = torch.zeros(m, n, K, device=dev)
-    onehot.scatter_(2, torch.as_tensor(Y, device=dev)[..., None], 1.0)
-    rw = (Wt / n_tr[:, None])                                              # row weight, sums to 1
-    lam = 1.0 / (2.0 * C * n_tr)                                           # (m,)
-
-    coef = torch.zeros(G, m, d, K, device=dev)
-    bias = torch.zeros(G, m, K, device=dev)
-    if init is not None and init.coef.shape[1:] == (m, d, K):
-        coef[:] = torch.as_tensor(init.coef[-1], dtype=torch.float32, device=dev)
-        bias[:] = torch.as_tensor(init.intercept[-1], dtype=torch.float32, device=dev)
-    coef.requires_grad_(True)
-    bias.requires_grad_(True)
     inv = 1.0 / scale                                                      # (G, m, d)
+    B = G * m
+    P = (d + 1) * K
+    Yt = torch.as_tensor(Y, device=dev)                                   # (m, n)
+    onehot = torch.zeros(m, K, n, device=dev)
+    onehot.scatter_(1, Yt[:, None, :], 1.0)
+    rw = Wt / n_tr[:, None]                                                # (m, n), sums to 1
+    lam = (1.0 / (2.0 * C * n_tr)).double()                                # (m,)
+    lam_b = lam.repeat(G).float()                                          # (B,)
 
-    def logits():
-        A = coef * inv[..., None]                                          # (G, m, d, K)
-        b = bias - torch.einsum("gmd,gmdk->gmk", mean * inv, coef)         # (G, m, K)
-        Z = torch.bmm(X, A.permute(0, 2, 1, 3).reshape(G, d, m * K))       # (G, n, m*K)
-        return Z.view(G, n, m, K) + b[:, None]
+    # theta[b] = [coef (d, K); bias (1, K)] of model b = (g, j), in standardised space
+    theta = torch.zeros(B, d + 1, K, device=dev)
+    if init is not None and init.coef.shape[1:] == (m, d, K):
+        theta[:, :d] = torch.as_tensor(init.coef[-1], dtype=torch.float32, device=dev).repeat(G, 1, 1)
+        theta[:, d] = torch.as_tensor(init.intercept[-1], dtype=torch.float32, device=dev).repeat(G, 1)
+    inv_b, mi_b = inv.reshape(B, d), (mean * inv).reshape(B, d)
+    g_of = torch.arange(B, device=dev) // m
+    j_of = torch.arange(B, device=dev) % m
 
-    opt = torch.optim.LBFGS([coef, bias], lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=tol, tolerance_change=1e-12,
-                            line_search_fn="strong_wolfe")
+    def evaluate(th: torch.Tensor, act: torch.Tensor):
+        """Objective and gradient of models ``act`` at ``th[act]``: one GEMM pair per layer."""
+        a = len(act)
+        f = torch.zeros(a, dtype=torch.float64, device=dev)
+        grad = torch.empty(a, d + 1, K, device=dev)
+        for g in range(G):
+            sel = torch.nonzero(g_of[act] == g).flatten()
+            if not len(sel):
+                continue
+            b = act[sel]
+            j = j_of[b]
+            coef = th[b, :d]                                               # (s, d, K)
+            A = (coef * inv_b[b][..., None]).transpose(1, 2).reshape(-1, d)  # (s K, d)
+            bias = th[b, d] - torch.einsum("sd,sdk->sk", mi_b[b], coef)    # (s, K)
+            Z = (A @ X[g].T).view(len(b), K, n) + bias[..., None]          # (s, K, n)
+            lse = torch.logsumexp(Z, 1)                                    # (s, n)
+            oh = onehot[j]
+            ce = lse - (Z * oh).sum(1)
+            w = rw[j]
+            f[sel] = (ce.double() * w.double()).sum(1) + lam[j] * (coef.double() ** 2).sum((1, 2))
+            R = (torch.exp(Z - lse[:, None]) - oh) * w[:, None]            # (s, K, n)
+            gb = R.sum(2)                                                  # (s, K)
+            gA = (R.reshape(-1, n) @ X[g]).view(len(b), K, d).transpose(1, 2)  # (s, d, K)
+            grad[sel, :d] = gA * inv_b[b][..., None] - mi_b[b][..., None] * gb[:, None] \
+                + 2.0 * lam_b[b][:, None, None] * coef
+            grad[sel, d] = gb
+        return f, grad
 
-    def closure():
-        opt.zero_grad()
-        Z = logits()                                                       # (G, n, m, K)
-        ce = torch.logsumexp(Z, -1) - (Z * onehot.permute(1, 0, 2)[None]).sum(-1)  # (G, n, m)
-        loss = (ce * rw.T[None]).sum() + (lam[None, :, None, None] * coef * coef).sum()
-        loss.backward()
-        return loss
+    all_b = torch.arange(B, device=dev)
+    f, grad = evaluate(theta, all_b)
+    S = torch.zeros(history, B, P, device=dev)
+    Yh = torch.zeros(history, B, P, device=dev)
+    rho = torch.zeros(history, B, device=dev)
+    n_hist = torch.zeros(B, dtype=torch.long, device=dev)
+    head = torch.zeros(B, dtype=torch.long, device=dev)                    # next slot to write
+    gamma = torch.ones(B, device=dev)
+    it = torch.zeros(B, dtype=torch.long, device=dev)
+    gmax = grad.abs().flatten(1).amax(1)
+    done = gmax <= tol
+    converged = done.clone()
+    n_eval = 1
 
-    opt.step(closure)
-    n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
+    def direction(b):
+        """L-BFGS two-loop recursion for models ``b`` (each with its own history)."""
+        q = -grad[b].flatten(1)                                            # (s, P)
+        ar = torch.arange(len(b), device=dev)
+        alphas = []
+        for k in range(history):                                           # newest first
+            slot = (head[b] - 1 - k) % history
+            valid = (k < n_hist[b]).float()
+            s_k, y_k = S[slot, b], Yh[slot, b]
+            al = rho[slot, b] * (s_k * q).sum(1) * valid
+            q = q - al[:, None] * y_k
+            alphas.append((slot, valid, al))
+        q = q * gamma[b][:, None]
+        for slot, valid, al in reversed(alphas):
+            be = rho[slot, b] * (Yh[slot, b] * q).sum(1) * valid
+            q = q + S[slot, b] * (al - be)[:, None]
+        del ar
+        return q.view(len(b), d + 1, K)
+
+    act = torch.nonzero(~done).flatten()
+    p = torch.zeros_like(theta)
+    t = torch.zeros(B, device=dev)
+    if len(act):
+        p[act] = direction(act)
+        gn = grad[act].abs().flatten(1).sum(1)
+        t[act] = torch.clamp(1.0 / gn, max=1.0)                            # first step: |step|_1 <= 1
+    gp = (grad * p).flatten(1).sum(1).double()
+    n_back = torch.zeros(B, dtype=torch.long, device=dev)
+    while len(act) and n_eval < 2 * max_iter + 20:
+        trial = theta[act] + t[act][:, None, None] * p[act]
+        full = theta.clone()
+        full[act] = trial
+        f_t, g_t = evaluate(full, act)
+        n_eval += 1
+        ok = f_t <= f[act] + 1e-4 * t[act].double() * gp[act]
+        acc, rej = act[ok], act[~ok]
+        if len(acc):
+            s_new = (trial[ok] - theta[acc]).flatten(1)
+            y_new = (g_t[ok] - grad[acc]).flatten(1)
+            sy = (s_new * y_new).sum(1)
+            yy = (y_new * y_new).sum(1)
+            good = sy > 1e-10 * (s_new * s_new).sum(1).sqrt() * yy.sqrt()
+            bg = acc[good]
+            slot = head[bg]
+            S[slot, bg] = s_new[good]
+            Yh[slot, bg] = y_new[good]
+            rho[slot, bg] = 1.0 / sy[good]
+            gamma[bg] = sy[good] / yy[good]
+            head[bg] = (head[bg] + 1) % history
+            n_hist[bg] = torch.clamp(n_hist[bg] + 1, max=history)
+            theta[acc] = trial[ok]
+            f[acc], grad[acc] = f_t[ok], g_t[ok]
+            it[acc] += 1
+            n_back[acc] = 0
+            gm = grad[acc].abs().flatten(1).amax(1)
+            conv = gm <= tol
+            converged[acc[conv]] = True
+            done[acc[conv | (it[acc] >= max_iter)]] = True
+        if len(rej):                                                       # backtrack (quadratic fit)
+            tr = t[rej].double()
+            curv = f_t[~ok] - f[rej] - tr * gp[rej]
+            tq = (-gp[rej] * tr * tr / (2.0 * curv.clamp_min(1e-300))).float()
+            t[rej] = torch.minimum(torch.maximum(tq, 0.1 * t[rej]), 0.5 * t[rej])
+            n_back[rej] += 1
+            done[rej[n_back[rej] > 30]] = True                             # line search failed: stop
+        nxt = acc[~done[acc]] if len(acc) else acc
+        if len(nxt):
+            p[nxt] = direction(nxt)
+            t[nxt] = 1.0
+            gp[nxt] = (grad[nxt] * p[nxt]).flatten(1).sum(1).double()
+            bad = gp[nxt] >= 0                                             # not a descent direction
+            if bad.any():
+                rb = nxt[bad]
+                n_hist[rb] = 0
+                p[rb] = -grad[rb]
+                t[rb] = torch.clamp(1.0 / grad[rb].abs().flatten(1).sum(1), max=1.0)
+                gp[rb] = (grad[rb] * p[rb]).flatten(1).sum(1).double()
+        act = torch.nonzero(~done).flatten()
+    # predictions of the final models on every row
+    pred = np.empty((G, m, n), np.int64)
+    coef = theta[:, :d].view(G, m, d, K)
+    bias = theta[:, d].view(G, m, K)
     with torch.no_grad():
-        pred = logits().argmax(-1).permute(0, 2, 1).cpu().numpy()          # (G, m, n)
-    fit = BatchedFit(coef=coef.detach().double().cpu().numpy(),
-                     intercept=bias.detach().double().cpu().numpy(),
+        for g in range(G):
+            A = (coef[g] * inv[g][..., None]).transpose(1, 2).reshape(m * K, d)
+            b = bias[g] - torch.einsum("md,mdk->mk", mean[g] * inv[g], coef[g])
+            Z = (A @ X[g].T).view(m, K, n) + b[..., None]
+            pred[g] = Z.argmax(1).cpu().numpy()
+    fit = BatchedFit(coef=coef.double().cpu().numpy(), intercept=bias.double().cpu().numpy(),
                      mean=mean.double().cpu().numpy(), scale=scale.double().cpu().numpy(),
-                     n_iter=n_iter)
+                     n_iter=int(it.max()) if B else 0, n_eval=n_eval,
+                     converged=converged.view(G, m).cpu().numpy(),
+                     loss=f.view(G, m).cpu().numpy())
     return fit, pred
 
 
@@ -231,7 +377,10 @@ def fit_probes_batched(datas, config=None, *, baselines: tuple[str, ...] = ("pos
             Ys.append(lab), masks.append(m), kinds.append((name, f))
     if refit:
         Ys.append(y), masks.append(np.ones(n, bool)), kinds.append(("refit", -1))
-    X = np.stack([np.asarray(dt.X, np.float32) for dt in datas])
+    if len(datas) == 1:  # no copy of one layer's rows
+        X = np.ascontiguousarray(datas[0].X, np.float32)[None]
+    else:
+        X = np.stack([np.asarray(dt.X, np.float32) for dt in datas])
     fit, pred = fit_batched(X, np.stack(Ys), np.stack(masks), n_classes=K, C=config.C,
                             max_iter=max_iter, device=device,
                             init=None if state is None else state.get("init"))
@@ -263,7 +412,8 @@ def fit_probes_batched(datas, config=None, *, baselines: tuple[str, ...] = ("pos
             pipeline=to_pipeline(fit, g, j_refit, np.asarray(dt.classes), config.C),
             heldout_pipeline=to_pipeline(fit, g, j_first, np.asarray(dt.classes), config.C),
             heldout_scenes=tuple(sorted(set(dt.groups[splits[0][1]]))), config=config,
-            meta={**dt.meta, "engine": "torch", "n_iter": fit.n_iter})
+            meta={**dt.meta, "engine": "torch", "n_iter": fit.n_iter, "n_eval": fit.n_eval,
+                  "converged": bool(fit.converged[g].all())})
         if control_note:
             res.meta["control_skipped"] = control_note
         if yc is not None:

@@ -86,13 +86,14 @@ def run_block(store, *, model: str, site: str, layers, role: str, label: str, po
               probe_config: ProbeConfig, baselines: tuple[str, ...] = ("position",),
               where: dict | None = None, items=None, export: bool = False,
               threads: int | None = None, device: str | None = None, max_iter: int = 100,
-              layers_per_block: int = 1, data=None, on_layer=None, region: str = "role"
-              ) -> list[dict[str, Any]]:
+              layers_per_block: int = 1, data=None, on_layer=None, region: str = "role",
+              warm_start: bool = False) -> list[dict[str, Any]]:
     """Fit and score the probes of the ``layers`` of one role with the batched torch engine.
 
     The layers are taken ``layers_per_block`` at a time (memory: that many layers' rows, read
     from the store when their turn comes); each group is one
-    :func:`probes.batched.fit_probes_batched` call, started from the previous group's weights.
+    :func:`probes.batched.fit_probes_batched` call, started from zero (as scikit-learn) or, with
+    ``warm_start``, from the previous group's weights.
     ``threads`` caps BLAS and torch threads (None leaves them as set); ``on_layer(n)`` is called
     after each group (progress). Returns one ``{"row", "direction"}`` per layer, as
     :func:`run_cell`; a layer without usable data gets an ``error`` row.
@@ -107,7 +108,7 @@ def run_block(store, *, model: str, site: str, layers, role: str, label: str, po
     layers = list(layers)
     with dask.config.set(scheduler="synchronous"), _threads(threads):
         for i in range(0, len(layers), layers_per_block):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             datas, ok = [], []
             for layer in layers[i:i + layers_per_block]:
                 base = {"model": model, "site": site, "layer": int(layer), "role": role,
@@ -125,15 +126,18 @@ def run_block(store, *, model: str, site: str, layers, role: str, label: str, po
                 same = all(len(d) == len(first) and np.array_equal(d.y, first.y) for d in datas)
                 results = []
                 for grp in ([datas] if same else [[d] for d in datas]):
-                    if len(grp[0]) != len(state.get("rows", grp[0].y)):
-                        state = {}  # other rows than the previous group: no warm start
+                    if not warm_start or len(grp[0]) != len(state.get("rows", grp[0].y)):
+                        state = {}  # cold start, or other rows than the previous group
                     state["rows"] = grp[0].y
                     results += fit_probes_batched(grp, probe_config, baselines=bl, refit=export,
                                                   max_iter=max_iter, device=device, state=state)
                 dt = (time.perf_counter() - t0) / len(datas)
+                dc = (time.process_time() - c0) / len(datas)
                 for base, res, d in zip(ok, results, datas):
                     row = {**base, **res.to_row(), **_layout_counts(d), "error": None,
-                           "seconds": dt}
+                           "seconds": dt, "cpu_seconds": dc, "n_iter": res.meta.get("n_iter"),
+                           "n_eval": res.meta.get("n_eval"),
+                           "converged": res.meta.get("converged")}
                     out.append({"row": row,
                                 "direction": direction_from_result(res) if export else None})
             del datas
@@ -184,7 +188,7 @@ def sweep(store, config: SweepConfig, probe_config: ProbeConfig | None = None, *
     if config.engine == "torch":
         kw = {k: v for k, v in kw.items()}
         kw.update(device=config.device, max_iter=config.max_iter,
-                  layers_per_block=config.layers_per_block)
+                  layers_per_block=config.layers_per_block, warm_start=config.warm_start)
         lpb = config.layers_per_block
         if config.scheduler == "serial":
             outs = []

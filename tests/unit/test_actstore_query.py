@@ -197,3 +197,35 @@ def test_pooled_by_sample_and_errors(synth):
         s.pooled(site="lm.resid", role="object")
     with pytest.raises(StoreError, match="by must be"):
         s.pooled(site="projector", by="token")
+
+
+@pytest.mark.parametrize("where", [None, {"split": "train"}])
+def test_whole_selection_values_equal_streamed_blocks_and_zarr(synth, monkeypatch, where):
+    """``.values`` of a direct role query gathers the whole selection at once; it must equal the
+    dask blocks computed one by one (the streaming path, here forced into several small blocks)
+    and the zarr path, and the labels must equal a numpy oracle over the stored role array."""
+    import actstore.reader as R
+
+    monkeypatch.setattr(R, "TARGET_CHUNK_BYTES", 1)  # one sample per dask block
+    a, z = open_store(synth.path), open_store(synth.path, direct=False)
+    x = a.select(site="lm.resid.1", role="object", where=where)
+    assert x.data.numblocks[0] == x.sizes["sample"] > 1
+    whole = x.values
+    streamed = np.concatenate([np.asarray(b.compute()) for b in x.data.blocks])
+    np.testing.assert_array_equal(whole, streamed)
+    np.testing.assert_array_equal(whole, z.select(site="lm.resid.1", role="object",
+                                                  where=where).values)
+    # oracle: the k-th object token of each selected sample, from the stored role labels
+    g = a.group()
+    role = np.asarray(g["lm.resid"]["role"][:])[x["sample"].values]
+    for i, s in enumerate(role):
+        toks = np.flatnonzero(s == ROLE_CODES["object"])
+        assert (~x["pad"].values[i]).sum() == len(toks)
+        assert x["role"].values[i, :len(toks)].tolist() == [ROLE_CODES["object"]] * len(toks)
+        assert (x["position"].values[i, :len(toks)] ==
+                np.asarray(g["lm.resid"]["position"][:])[x["sample"].values[i], toks]).all()
+    # every sample: the query hands out views of the cached index, which cannot be written
+    # (a filtered query hands out copies)
+    if where is None:
+        with pytest.raises(ValueError):
+            x["entity"].values[0, 0] = 5

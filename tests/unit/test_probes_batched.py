@@ -123,3 +123,61 @@ def test_sweep_engine_torch_matches_sklearn_serial_and_on_a_cluster(planted):
 def test_bad_engine_is_a_clear_error():
     with pytest.raises(ConfigError, match="'engine' parameter of SweepConfig"):
         SweepConfig(model="m", engine="jax")
+
+
+def _objective(X, y, mean, scale, coef, intercept, C):
+    """scikit-learn's lbfgs objective per row, in float64 from the fitted weights (hand-written)."""
+    Z = (np.asarray(X, np.float64) - mean) / scale
+    L = Z @ coef + intercept
+    L = L - L.max(1, keepdims=True)
+    logp = L - np.log(np.exp(L).sum(1, keepdims=True))
+    return -logp[np.arange(len(y)), y].mean() + (coef ** 2).sum() / (2 * C * len(y))
+
+
+@pytest.mark.parametrize("C", [1.0, 0.1])
+def test_reaches_sklearns_objective_and_decisions(C):
+    """Each batched model (own rows, own labels) stops where scikit-learn's lbfgs stops: the
+    objective within 1e-5 of scikit-learn's and the same predictions on >= 99% of rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(4)
+    n, d, K, m = 900, 60, 3, 4
+    X = (rng.normal(size=(n, d)) * rng.uniform(0.2, 5, d) + rng.normal(size=d) * 3).astype(np.float32)
+    Y = rng.integers(0, K, size=(m, n))
+    X[:, :3] += 0.8 * Y[0][:, None]              # model 0 has signal; the others fit noise
+    X[:, 3:5] -= 0.5 * Y[1][:, None]
+    train = rng.random((m, n)) < 0.8
+    fit, pred = fit_batched(X, Y, train, n_classes=K, C=C)
+    assert fit.converged.all()
+    for j in range(m):
+        tr = train[j]
+        sc = StandardScaler().fit(X[tr])
+        lr = LogisticRegression(C=C, max_iter=1000).fit(sc.transform(X[tr]), Y[j][tr])
+        ours = _objective(X[tr], Y[j][tr], fit.mean[0, j], fit.scale[0, j], fit.coef[0, j],
+                          fit.intercept[0, j], C)
+        theirs = _objective(X[tr], Y[j][tr], sc.mean_, sc.scale_, lr.coef_.T, lr.intercept_, C)
+        assert abs(ours - theirs) <= 1e-5, (j, ours, theirs)
+        assert abs(fit.loss[0, j] - ours) <= 1e-5     # the loss it reports is the objective
+        assert (pred[0, j] == lr.predict(sc.transform(X))).mean() >= 0.99
+
+
+def test_cold_start_sweep_fits_each_layer_from_zero(planted):
+    """warm_start=False (the default): every layer's fit equals a fresh fit of that layer alone;
+    warm_start=True starts from the previous layer and so takes other steps."""
+    cfg = SweepConfig(model="tiny", site="projector", layers=(0, 1, 2), roles=("object",),
+                      scheduler="serial", engine="torch")
+    assert cfg.warm_start is False
+    cold = sweep(planted, cfg, ProbeConfig(n_splits=3), progress=False)
+    for layer in (1, 2):
+        one = sweep(planted, dataclasses.replace(cfg, layers=(layer,)), ProbeConfig(n_splits=3),
+                    progress=False)
+        r = cold.set_index("layer").loc[layer]
+        assert r["accuracy"] == one["accuracy"].iloc[0]
+        assert r["control_accuracy"] == one["control_accuracy"].iloc[0]
+        assert r["n_iter"] == one["n_iter"].iloc[0]
+    warm = sweep(planted, dataclasses.replace(cfg, warm_start=True), ProbeConfig(n_splits=3),
+                 progress=False)
+    assert list(warm["n_iter"])[1:] != list(cold["n_iter"])[1:]
+    with pytest.raises(ConfigError, match="warm_start"):
+        SweepConfig(model="m", warm_start="no")
