@@ -248,6 +248,10 @@ def _e6_item(adapter, ds, stim, config, recipe, layers, ic, blanks: dict, *,
 
 def _use_authors(config, ds, recipe: str) -> bool:
     """Whether E4/E6 run on the authors' generated pairs (see :class:`PatchConfig`.pairs)."""
+    if config.pairs == "authors" and recipe != "paper":
+        raise InterventionError("pairs='authors' belongs to the paper recipe (the authors keep "
+                                "the pairs their model answers right); add --recipe paper or "
+                                "drop --pairs")
     if config.pairs == "dataset" or recipe != "paper":
         return False
     flat = (getattr(ds, "config", None) or {}).get("generator") == "flat"

@@ -200,3 +200,12 @@ def test_pairs_dataset_keeps_the_dataset_items(data, monkeypatch):
                                                        pairs="dataset"), progress=False)
     assert s["pairs_source"] == "dataset" and "pairs" not in s
     assert list(dict.fromkeys(t["item"])) == [x.id for x in base_items(ds)]
+
+
+def test_bad_pairs_options_are_one_line_errors(data, tmp_path):
+    for extra, words in ((["--pairs", "authors", "--recipe", "robust"], "paper recipe"),
+                         (["--pairs", "nope"], "nope")):
+        r = CliRunner().invoke(spatialbind, ["patch", "--model", MODEL, "--data", data, "--out",
+                                             str(tmp_path / "x"), "--experiment", "e4", *extra])
+        assert r.exit_code != 0 and words in r.output
+        assert not (tmp_path / "x").exists()
