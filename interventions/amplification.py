@@ -348,6 +348,17 @@ def run_e7(adapter, data, directions, config: AmplifyConfig = AmplifyConfig(), *
     return table, summary
 
 
+def apply_recipe(summary: dict[str, Any], recipe: str) -> dict[str, Any]:
+    """Record ``recipe`` in an E7 summary; under ``paper`` the headline ``selections`` become the
+    authors' (``summary["paper"]``) and the robust ones move to ``selections_robust``."""
+    summary["recipe"] = recipe
+    if recipe == "paper":
+        summary["selections_robust"] = summary["selections"]
+        summary["selections"] = [
+            {**r, "broken": None, "net": r["fixed"]} for r in summary["paper"]["selections"]]
+    return summary
+
+
 def _effects(t: pd.DataFrame) -> pd.DataFrame:
     """Per (control, alpha): accuracy, fixed, broken, net vs alpha = 0, over the items in ``t``."""
     base = t[t["alpha"] == 0].set_index(["control", "item"])["correct"]

@@ -4,10 +4,17 @@ The grids are split into independent chunks, each chunk is the serial runner
 (:func:`interventions.patching.run_patch`, :func:`interventions.amplification.run_e7`) with a narrowed
 config, run as one cluster task, and the chunk tables are put back in the serial order:
 
-- E4: one chunk per (layer, region) cell of the grid;
+- E4: one chunk per (layer, region) cell of the grid (each chunk computes every region's token
+  pairs, so an item that cannot run in one region is skipped in every cell, as serially);
 - E6: one chunk per layer (each chunk also computes the ablated-only row; the first chunk's is kept);
 - E7: one chunk per alpha (every chunk also runs alpha = 0, the reference of fixed/broken; the
   first chunk's is kept).
+
+Both recipes run. Under ``paper`` every chunk makes the same item choices as the serial run (the
+authors' pairs are drawn with a fixed seed and kept by the clean / counterfactual runs, which no
+layer or region changes), so the chunk's recipe fields (pairs, dropped and skipped items) are
+taken from the first chunk, and so is ``regions.parquet`` (every chunk lists every region's
+pairs).
 
 The summary is recomputed from the merged table by the serial code's own summariser, so the
 results equal a serial run; ``forwards`` / ``naive_forwards`` add up the chunks' counts (each chunk
@@ -51,10 +58,16 @@ def _layers_task(model: str, spec) -> list[int]:
     return parse_layers(spec, n_resid_sites(_adapter(model)))
 
 
-def _patch_task(model: str, data: str, config):
+def _patch_task(model: str, data: str, config, patch_regions=None):
     from .patching import run_patch
+    from .regions import empty_frame
 
-    return run_patch(_adapter(model), _dataset(data), config, progress=False)
+    regions: list | None = None if config.experiment == "e2" else []
+    t, s = run_patch(_adapter(model), _dataset(data), config, progress=False, regions=regions,
+                     patch_regions=patch_regions)
+    if regions is None:
+        return t, s, None
+    return t, s, pd.concat(regions, ignore_index=True) if regions else empty_frame()
 
 
 def _e7_task(model: str, data: str, config, directions: list[str]):
@@ -68,16 +81,6 @@ def _e7_task(model: str, data: str, config, directions: list[str]):
     w = mean_diff_directions(adapter, ds) if list(directions) == ["mean-diff"] \
         else load_directions(list(directions), adapter)
     return run_e7(adapter, ds, w, config, progress=False)
-
-
-def _robust_only(config) -> None:
-    from .errors import InterventionError
-
-    recipe = getattr(config, "recipe", "robust")
-    if recipe != "robust":
-        raise InterventionError(f"scheduler= runs recipe='robust' sweeps only (got recipe="
-                                f"{recipe!r}: the paper protocols' summaries are not split into "
-                                "chunks yet); add --recipe robust or drop --scheduler")
 
 
 def map_tasks(fn, arg_list: list[tuple], scheduler: str, *, desc: str, progress: bool = True,
@@ -136,50 +139,60 @@ def _counter(summaries):
 
 def patch_cluster(config, *, model: str, data: str, scheduler: str, progress: bool = True):
     """:func:`interventions.experiments.patch` with the grid on a cluster; returns
-    ``(table, summary, config dict)`` for its ``ExperimentResult``."""
+    ``(table, summary, config dict, regions)`` for its ``ExperimentResult``."""
     from .patching import _cfg
 
-    _robust_only(config)
-    table, summary = run_patch_cluster(str(model), str(data), config, scheduler,
-                                       progress=progress)
-    return table, summary, _cfg(config)
+    table, summary, regions = run_patch_cluster(str(model), str(data), config, scheduler,
+                                                progress=progress, with_regions=True)
+    return table, summary, summary.get("config", _cfg(config)), regions
 
 
 def amplify_cluster(config, *, model: str, data: str, directions: list[str], scheduler: str,
                     progress: bool = True):
     """:func:`interventions.experiments.amplify` with the alphas on a cluster; returns
     ``(table, summary, config dict, extra tables)``."""
-    _robust_only(config)
-    table, summary = run_e7_cluster(str(model), str(data), config, list(directions), scheduler,
-                                    progress=progress)
+    from .amplification import apply_recipe
+    from .recipes import resolve
+
+    whatsup = str(data).startswith("whatsup:")
+    recipe = resolve(config.recipe, None if whatsup else _dataset(str(data)))
+    # the chunks run the resolved recipe (paper: the authors' amplification and random draws)
+    table, summary = run_e7_cluster(str(model), str(data),
+                                    dataclasses.replace(config, recipe=recipe),
+                                    list(directions), scheduler, progress=progress)
     source = ("mean-diff (in-house: slot-mean differences on the train split)"
               if list(directions) == ["mean-diff"] else ", ".join(map(str, directions)))
     summary["direction"] = source
+    apply_recipe(summary, recipe)
     cfg = {k: list(v) if isinstance(v, tuple) else v
            for k, v in dataclasses.asdict(config).items()}
     cfg["direction"] = source
+    cfg["recipe"] = recipe
     return table, summary, cfg, {"e7_dose_response": pd.DataFrame(summary["dose_response"])}
 
 
 def run_patch_cluster(model: str, data: str, config, scheduler: str, *,
-                      progress: bool = True) -> tuple[pd.DataFrame, dict]:
-    """E4 / E6 (``config.experiment``) on a cluster; returns ``(table, summary)`` as
-    :func:`~interventions.patching.run_patch` does. E2 runs as one task."""
+                      progress: bool = True, with_regions: bool = False):
+    """E2 / E4 / E6 (``config.experiment``) on a cluster; returns ``(table, summary)`` as
+    :func:`~interventions.patching.run_patch` does (``with_regions``: also the
+    ``regions.parquet`` table, None for E2). E2 runs as one task."""
     from .patching import _finish
 
     if config.experiment == "e2":
-        return map_tasks(_patch_task, [(model, str(data), config)], scheduler, desc="E2",
-                         progress=progress)[0]
+        t, s, _ = map_tasks(_patch_task, [(model, str(data), config)], scheduler, desc="E2",
+                            progress=progress)[0]
+        return (t, s, None) if with_regions else (t, s)
     layers = map_tasks(_layers_task, [(model, config.layers)], scheduler, desc="layers",
                        progress=False)[0]
     if config.experiment == "e4":
         cells = [(l, r) for r in config.regions for l in layers]
-        chunks = [dataclasses.replace(config, layers=str(l), regions=(r,)) for l, r in cells]
+        args = [(model, str(data), dataclasses.replace(config, layers=str(l)), (r,))
+                for l, r in cells]
     else:
-        chunks = [dataclasses.replace(config, layers=str(l)) for l in layers]
-    res = map_tasks(_patch_task, [(model, str(data), c) for c in chunks], scheduler,
+        args = [(model, str(data), dataclasses.replace(config, layers=str(l))) for l in layers]
+    res = map_tasks(_patch_task, args, scheduler,
                     desc=f"{config.experiment.upper()} chunks", progress=progress)
-    tables = [t for t, _ in res]
+    tables = [t for t, _, _ in res]
     if config.experiment == "e6":  # the ablated-only row (layer -1) once per item
         tables = [tables[0]] + [t[t["layer"] >= 0] for t in tables[1:]]
     table = pd.concat(tables, ignore_index=True)
@@ -191,17 +204,24 @@ def run_patch_cluster(model: str, data: str, config, scheduler: str, *,
     else:
         order += [("layer", [*layers, -1])]
     table = _order(table, order)
-    skipped = list({s["item"]: s for _, summ in res for s in summ.get("skipped", [])}.values())
-    _, summary = _finish(table.to_dict(orient="records"), _counter(s for _, s in res), config,
-                         config.experiment.upper(), skipped)
-    return table, summary
+    first = res[0][1]  # the recipe's item choices: the same in every chunk
+    skipped = list({s["item"]: s for _, summ, _ in res for s in summ.get("skipped", [])}.values())
+    dropped = first.get("dropped_wrong") or first.get("dropped_ablated_wrong") or ()
+    _, summary = _finish(table.to_dict(orient="records"), _counter(s for _, s, _ in res), config,
+                         config.experiment.upper(), skipped, first.get("recipe", "robust"),
+                         dropped=dropped)
+    for k, v in first.items():  # pairs, dropped / beyond-the-cap items, pool ...
+        summary.setdefault(k, v)
+    if not with_regions:
+        return table, summary
+    return table, summary, res[0][2]  # every chunk lists every region's pairs
 
 
 def run_e7_cluster(model: str, data: str, config, direction: list[str], scheduler: str, *,
                    progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """E7's alpha sweep on a cluster, one chunk per alpha; returns ``(table, summary)`` as
     :func:`~interventions.amplification.run_e7` does."""
-    from .amplification import CONTROLS, summarize_e7
+    from .amplification import CONTROLS, summarize_e7, summarize_e7_paper
 
     alphas = list(config.alphas)
     chunks = [dataclasses.replace(config, alphas=tuple(dict.fromkeys((0.0, float(a)))))
@@ -219,6 +239,7 @@ def run_e7_cluster(model: str, data: str, config, direction: list[str], schedule
     table = _order(table, [("item", items), ("control", list(CONTROLS)),
                            ("alpha", [float(a) for a in alphas])])
     summary = summarize_e7(table, config)
+    summary["paper"] = summarize_e7_paper(table)
     c = _counter(s for _, s in res)
     summary.update(forwards=c.forwards, naive_forwards=c.naive_forwards)
     return table, summary

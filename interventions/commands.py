@@ -59,8 +59,16 @@ _SCHEDULER = click.option("--scheduler", default=None,
 @click.option("--partner", type=click.Choice(["opposite", "swap", "crisscross"]),
               default="opposite", show_default=True,
               help="E2 counterfactual: a stimulus asking the opposite direction (paper), or a twin.")
+@click.option("--pairs", type=click.Choice(["authors", "dataset"]), default=None,
+              help="E4/E6 items. authors: the authors' pairs (random triples from their pool, "
+                   "their seed and draw rule, rendered at the dataset's geometry, kept when the "
+                   "model answers right; --limit = pairs wanted per direction, default 50); "
+                   "dataset: the dataset's own items (--limit = first N). Default: authors "
+                   "with --recipe paper on a flat dataset, else dataset.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=None,
+              help="--pairs authors: draws per direction at most (default: the authors' 2000).")
 def patch(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, scheduler,
-          experiment, layers, regions, partner):
+          experiment, layers, regions, partner, pairs, max_attempts):
     """Interchange patching: E2 last token, E4 criss-cross regions, E6 criss-cross under ablation."""
     from .experiments import patch_to_dir
     from .patching import PatchConfig
@@ -68,7 +76,8 @@ def patch(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, 
     cfg = PatchConfig(experiment=experiment, layers=layers,
                       regions=tuple(r.strip() for r in regions.split(",") if r.strip()),
                       partner=partner, prompt=prompt or "completion", limit=limit,
-                      batch_size=batch_size, recipe=recipe)
+                      batch_size=batch_size, recipe=recipe, pairs=pairs,
+                      max_attempts=max_attempts)
     s = patch_to_dir(model, data, out, cfg, progress=progress and not quiet, scheduler=scheduler)
     skipped = len(s.get("skipped") or s.get("skipped_no_partner") or ())
     click.echo(f"{s['experiment']} ({s['recipe']} recipe): {s['n_items']} items, "

@@ -155,17 +155,14 @@ def amplify(config, *, model, data, directions, progress: bool = True) -> Experi
             source = ", ".join(map(str, dirs))
     else:
         w, source = directions, "arrays given in Python"
+    from .amplification import apply_recipe
     from .recipes import resolve
 
     recipe = resolve(config.recipe, None if whatsup else ds)
     table, summary = run_e7(adapter, ds, w, dataclasses.replace(config, recipe=recipe),
                             progress=progress)
     summary["direction"] = source
-    summary["recipe"] = recipe
-    if recipe == "paper":  # the headline selections are the authors' (robust ones stay beside)
-        summary["selections_robust"] = summary["selections"]
-        summary["selections"] = [
-            {**r, "broken": None, "net": r["fixed"]} for r in summary["paper"]["selections"]]
+    apply_recipe(summary, recipe)  # paper: the headline selections are the authors'
     cfg = {k: list(v) if isinstance(v, tuple) else v
            for k, v in dataclasses.asdict(config).items()}
     cfg["direction"] = source
@@ -186,9 +183,10 @@ def patch_to_dir(model: str, data: str, out: str, config, *,
     if scheduler is not None:
         from .cluster import patch_cluster
 
-        t, s, c = patch_cluster(config, model=model, data=data, scheduler=scheduler,
-                                progress=progress)
-        res = ExperimentResult(config.experiment, t, s, c, str(model), str(data))
+        t, s, c, regions = patch_cluster(config, model=model, data=data, scheduler=scheduler,
+                                         progress=progress)
+        res = ExperimentResult(config.experiment, t, s, c, str(model), str(data),
+                               regions=regions)
     else:
         res = patch(config, model=model, data=data, progress=progress)
     res.save(out)

@@ -29,6 +29,7 @@ EXPERIMENTS = ("e2", "e4", "e6")
 REGIONS = ("object", "strip", "band")
 DEFAULT_REGIONS = ("object", "strip")
 PARTNERS = ("opposite", "swap", "crisscross")
+PAIRS = ("authors", "dataset")
 
 
 def parse_layers(spec: str | None, n_sites: int) -> list[int]:
@@ -70,11 +71,28 @@ class PatchConfig:
     recipe: str | None = None
     """``paper`` or ``robust`` (interventions/RECIPES.md); None: ``paper`` for the paper's
     presets, else ``robust``. ``paper`` takes the regions ``object`` and ``strip`` only."""
+    pairs: str | None = None
+    """E4/E6 items: ``authors`` (the authors' pairs: random triples from their pool, drawn
+    with their seed and rule and rendered at the dataset's geometry, kept when the model answers
+    them right, see :mod:`interventions.authors_pairs`; ``limit`` is then the pairs wanted per
+    direction, default 50) or ``dataset`` (the dataset's own base items, first ``limit``).
+    None: ``authors`` under the ``paper`` recipe on a flat dataset, else ``dataset``."""
+    max_attempts: int | None = None
+    """``pairs='authors'``: draws per direction at most (the authors'
+    ``--max-attempts-per-direction``; None: their 2000). A smaller cap bounds the work on a
+    model that answers few candidates right, and changes which triples later directions draw."""
 
     def __post_init__(self):
         if self.recipe is not None and self.recipe not in RECIPES:
             raise InterventionError(f"The 'recipe' parameter of PatchConfig must be one of "
                                     f"{RECIPES}. Got {self.recipe!r} instead.")
+        if self.max_attempts is not None and (not isinstance(self.max_attempts, int)
+                                              or self.max_attempts < 1):
+            raise InterventionError(f"The 'max_attempts' parameter of PatchConfig must be an "
+                                    f"int >= 1 or None. Got {self.max_attempts!r} instead.")
+        if self.pairs is not None and self.pairs not in PAIRS:
+            raise InterventionError(f"The 'pairs' parameter of PatchConfig must be one of "
+                                    f"{PAIRS} or None. Got {self.pairs!r} instead.")
         if self.experiment not in EXPERIMENTS:
             raise InterventionError(f"The 'experiment' parameter of PatchConfig must be one of "
                                     f"{EXPERIMENTS}. Got {self.experiment!r} instead.")
@@ -149,12 +167,186 @@ def _slot_probs(adapter, stim, res, keys, cf_answer, answer):
     return out
 
 
+@dataclass
+class _ItemRun:
+    """One E4/E6 item run: its token pairs, the sweep result and the correctness check."""
+
+    stim: Any
+    pairs: list
+    keys: list
+    res: Any
+    answer: str
+    cf_answer: str
+    clean_right: bool
+    cf_right: bool
+    blank_forwards: int = 0
+
+    @property
+    def right(self) -> bool:
+        return self.clean_right and self.cf_right
+
+
+def _e4_item(adapter, ds, stim, config, recipe, layers, ic, *, patch: bool = True,
+             bar=None, patch_regions=None) -> _ItemRun:
+    """E4 on one item: clean <- its criss-cross twin in each region and layer (``patch=False``:
+    only the clean and counterfactual runs, for the correctness check; ``patch_regions``: patch
+    only these of ``config.regions``, while every region's pairs decide whether the item can
+    run). Raises RegionError."""
+    prompt = pick_prompt(stim, config.prompt)
+    cc = twin(ds, stim, "crisscross")
+    p = prepare(adapter, ds, stim, prompt)
+    cf = prepare(adapter, ds, cc, prompt)
+    lays = None if uses_layout(stim, recipe) else (p.layout, cf.layout)
+    pairs = [crisscross_pairs(ds, stim, cc, p.layout.grid, recipe, r, layouts=lays)
+             for r in config.regions]
+    todo = [pr for pr in pairs if patch_regions is None or pr.region in patch_regions]
+    rows, keys = _crisscross_rows(p, cf, todo, layers, ic) if patch else ([], [])
+    res = sweep(adapter, p.inputs, rows, sources={"cf": SourceRun(inputs=cf.inputs)},
+                batch_size=config.batch_size, progress=bar)
+    cf_answer = pick_prompt(cc, config.prompt).answer
+    tok = adapter.tokenizer
+    return _ItemRun(stim, pairs, keys, res, prompt.answer, cf_answer,
+                    vocab_top1(tok, res.base_logits) == vocab_top1_answer(prompt.answer),
+                    vocab_top1(tok, res.sources["cf"]) == vocab_top1_answer(cf_answer))
+
+
+def _e6_item(adapter, ds, stim, config, recipe, layers, ic, blanks: dict, *,
+             patch: bool = True, bar=None) -> _ItemRun:
+    """E6 on one item: E5's ablation on both runs, then the object criss-cross per layer, plus
+    the ablated run without criss-cross (layer -1); ``patch=False`` runs only the ablated runs
+    (the correctness check). Raises RegionError."""
+    prompt = pick_prompt(stim, config.prompt)
+    cc = twin(ds, stim, "crisscross")
+    p = prepare(adapter, ds, stim, prompt)
+    cf = prepare(adapter, ds, cc, prompt)
+    grid = p.layout.grid
+    lays = None if uses_layout(stim, recipe) else (p.layout, cf.layout)
+    cross = crisscross_pairs(ds, stim, cc, grid, recipe, "object", layouts=lays)
+    abl = ablation_pairs(ds, stim, grid, recipe, region_prefix="ablation:", layout=p.layout)
+    cf_abl = ablation_pairs(ds, cc, grid, recipe, base=stim, region_prefix="cf-ablation:",
+                            run="counterfactual", layout=cf.layout)
+    n_blank = len(blanks)
+    blank = blank_acts(adapter, ds, prompt, stim, cache=blanks)
+    refs = references(adapter, ds, stim, prompt, blank)
+    base_edits, sources = ablation_edits(p, refs, abl)
+    cf_edits, cf_sources = ablation_edits(cf, refs, cf_abl)
+    sources.update(cf_sources)
+    sources["cf"] = SourceRun(inputs=cf.inputs, edits=tuple(cf_edits))
+    rows, keys = _crisscross_rows(p, cf, [cross], layers, ic, extra=base_edits) \
+        if patch else ([], [])
+    rows.append(list(base_edits))  # the ablated run without criss-cross (E5's prediction)
+    keys.append((-1, "none"))
+    res = sweep(adapter, p.inputs, rows, sources=sources, batch_size=config.batch_size,
+                progress=bar)
+    cf_answer = pick_prompt(cc, config.prompt).answer
+    tok = adapter.tokenizer
+    return _ItemRun(stim, [cross, *abl, *cf_abl], keys, res, prompt.answer, cf_answer,
+                    vocab_top1(tok, res.row_logits[-1]) == vocab_top1_answer(prompt.answer),
+                    vocab_top1(tok, res.sources["cf"]) == vocab_top1_answer(cf_answer),
+                    blank_forwards=len(blanks) - n_blank)
+
+
+def _use_authors(config, ds, recipe: str) -> bool:
+    """Whether E4/E6 run on the authors' generated pairs (see :class:`PatchConfig`.pairs)."""
+    if config.pairs == "authors" and recipe != "paper":
+        raise InterventionError("pairs='authors' belongs to the paper recipe (the authors keep "
+                                "the pairs their model answers right); add --recipe paper or "
+                                "drop --pairs")
+    if config.pairs == "dataset" or recipe != "paper":
+        return False
+    flat = (getattr(ds, "config", None) or {}).get("generator") == "flat"
+    if config.pairs == "authors" and not flat:
+        raise InterventionError("pairs='authors' renders the authors' triples with the flat "
+                                "generator; this dataset is not flat: use --pairs dataset")
+    return flat
+
+
+def _run_authors(adapter, ds, config, recipe, layers, *, name: str, progress: bool,
+                 regions: list | None, patch_regions=None):
+    """E4/E6 on the authors' pairs (:mod:`interventions.authors_pairs`): draw candidates with
+    the authors' rule, check each (E4: both runs right; E6: both ablated runs right), patch the
+    kept ones. ``--limit`` is the authors' ``--target`` (pairs wanted per direction, 50)."""
+    from .authors_pairs import AUTHORS_MAX_ATTEMPTS, AUTHORS_SEED, AUTHORS_TARGET, AuthorsData, \
+        collect
+
+    data = AuthorsData(ds, adapter.tokenizer, isolated=name == "E6")
+    target = config.limit or AUTHORS_TARGET
+    ic = Interchange()
+    counter = ForwardCounter()
+    blanks: dict = {}
+    out, skipped, dropped = [], [], []
+    n_reg = len(patch_regions if patch_regions is not None else config.regions)
+    per_row = (len(layers) * n_reg) if name == "E4" else len(layers) + 1
+    bar = _bar(len(data.directions) * target * per_row,
+               f"{name} criss-cross (the authors' pairs)", progress)
+
+    def run_item(stim, patch):
+        if name == "E4":
+            return _e4_item(adapter, data, stim, config, recipe, layers, ic, patch=patch,
+                            bar=bar if patch else None, patch_regions=patch_regions)
+        r = _e6_item(adapter, data, stim, config, recipe, layers, ic, blanks, patch=patch,
+                     bar=bar if patch else None)
+        counter.forwards += r.blank_forwards
+        return r
+
+    def keep(direction, attempt, triple) -> bool:
+        stim = data.render(direction, attempt, triple)
+        entry = {"item": stim.id, "direction": direction, "attempt": attempt,
+                 "triple": [data.name(t) for t in triple]}
+        try:
+            try:
+                chk = run_item(stim, False)
+            except RegionError as e:  # geometry: an entity too small for the token grid
+                skipped.append({**entry, "reason": str(e)})
+                return False
+            counter.add(chk.res.counter)
+            if not chk.right:
+                dropped.append({**entry, "clean_right": bool(chk.clean_right),
+                                "cf_right": bool(chk.cf_right)})
+                return False
+            r = run_item(stim, True)
+            counter.add(r.res.counter)
+            if regions is not None:
+                regions.append(pairs_frame(stim.id, r.pairs))
+            out.extend(_slot_probs(adapter, stim, r.res, r.keys, r.cf_answer, r.answer))
+            return True
+        finally:
+            data.forget(stim)
+
+    max_attempts = config.max_attempts or AUTHORS_MAX_ATTEMPTS
+    found = collect(data.pool, data.directions, keep, target=target,
+                    max_attempts=max_attempts, seed=AUTHORS_SEED)
+    bar.close()
+    table, summary = _finish(out, counter, config, name, skipped, recipe, dropped=dropped)
+    short = {d: {"kept": len(v["kept"]), "attempts": v["attempts"]}
+             for d, v in found.items() if len(v["kept"]) < target}
+    summary.update({
+        "pairs_source": "authors",
+        "pool": [data.name(t) for t in data.pool],
+        "wanted_per_direction": target, "max_attempts_per_direction": max_attempts,
+        "seed": AUTHORS_SEED,
+        "pairs_per_direction": {d: {"kept": len(v["kept"]), "attempts": v["attempts"]}
+                                for d, v in found.items()},
+        "n_directions_short": len(short), "directions_short": short,
+        # the authors' cf_pairs JSON format: {direction: [[t0, t1, t2], ...]}
+        "pairs": {d: [[data.name(t) for t in tr] for tr in v["kept"]]
+                  for d, v in found.items()},
+    })
+    if name == "E4":
+        summary["n_dropped_wrong"] = len(dropped)
+        summary["dropped_wrong"] = dropped
+    return table, summary
+
+
 def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True,
-           regions: list | None = None):
+           regions: list | None = None, patch_regions=None):
     """E4: criss-cross interchange (clean (c0,c1,c2) <- its ``crisscross`` twin) per layer/region.
 
     The recipe decides the token pairs (:func:`interventions.regions.crisscross_pairs`);
-    ``regions`` (a list) collects each item's ``regions.parquet`` rows.
+    ``regions`` (a list) collects each item's ``regions.parquet`` rows (every region's, also
+    with ``patch_regions``: patch only those regions, the cluster's cells). Under ``paper`` on a flat
+    dataset the items are the authors' generated pairs (:func:`_run_authors`), else the
+    dataset's base items.
 
     Returns
     -------
@@ -163,50 +355,42 @@ def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True,
     """
     recipe = _recipe_of(config, ds)
     layers = parse_layers(config.layers, n_resid_sites(adapter))
+    if _use_authors(config, ds, recipe):
+        return _run_authors(adapter, ds, config, recipe, layers, name="E4", progress=progress,
+                            regions=regions, patch_regions=patch_regions)
     items = base_items(ds, limit=config.limit)
     ic = Interchange()
     counter = ForwardCounter()
     out, skipped, dropped, beyond = [], [], [], []
     kept: dict[str, int] = {}
-    bar = _bar(len(items) * len(layers) * len(config.regions), "E4 criss-cross", progress)
+    n_reg = len(patch_regions if patch_regions is not None else config.regions)
+    bar = _bar(len(items) * len(layers) * n_reg, "E4 criss-cross", progress)
     for stim in items:
-        prompt = pick_prompt(stim, config.prompt)
-        cc = twin(ds, stim, "crisscross")
-        p = prepare(adapter, ds, stim, prompt)
-        cf = prepare(adapter, ds, cc, prompt)
-        try:
-            lays = None if uses_layout(stim, recipe) else (p.layout, cf.layout)
-            pairs = [crisscross_pairs(ds, stim, cc, p.layout.grid, recipe, r, layouts=lays)
-                     for r in config.regions]
-        except RegionError as e:  # geometry: an entity too small for the token grid
-            skipped.append({"item": stim.id, "reason": str(e)})
-            bar.update(len(layers) * len(config.regions))
-            continue
         if recipe == "paper" and kept.get(stim.relation, 0) >= PAPER_PAIRS_PER_DIRECTION:
             beyond.append(stim.id)  # the authors use 50 pairs per direction
-            bar.update(len(layers) * len(config.regions))
+            bar.update(len(layers) * n_reg)
             continue
-        rows, keys = _crisscross_rows(p, cf, pairs, layers, ic)
-        res = sweep(adapter, p.inputs, rows, sources={"cf": SourceRun(inputs=cf.inputs)},
-                    batch_size=config.batch_size, progress=bar)
-        counter.add(res.counter)
-        cf_answer = pick_prompt(cc, config.prompt).answer
+        try:
+            r = _e4_item(adapter, ds, stim, config, recipe, layers, ic, bar=bar,
+                         patch_regions=patch_regions)
+        except RegionError as e:  # geometry: an entity too small for the token grid
+            skipped.append({"item": stim.id, "reason": str(e)})
+            bar.update(len(layers) * n_reg)
+            continue
+        counter.add(r.res.counter)
         if recipe == "paper":  # the authors keep pairs answered right on both runs
-            tok = adapter.tokenizer
-            ok_clean = vocab_top1(tok, res.base_logits) == vocab_top1_answer(prompt.answer)
-            ok_cf = vocab_top1(tok, res.sources["cf"]) == vocab_top1_answer(cf_answer) \
-                if "cf" in res.sources else False
-            if not (ok_clean and ok_cf):
-                dropped.append({"item": stim.id, "clean_right": bool(ok_clean),
-                                "cf_right": bool(ok_cf)})
+            if not r.right:
+                dropped.append({"item": stim.id, "clean_right": bool(r.clean_right),
+                                "cf_right": bool(r.cf_right)})
                 continue
             kept[stim.relation] = kept.get(stim.relation, 0) + 1
         if regions is not None:
-            regions.append(pairs_frame(stim.id, pairs))
-        out += _slot_probs(adapter, stim, res, keys, cf_answer, prompt.answer)
+            regions.append(pairs_frame(stim.id, r.pairs))
+        out += _slot_probs(adapter, stim, r.res, r.keys, r.cf_answer, r.answer)
     bar.close()
     table, summary = _finish(out, counter, config, "E4", skipped, recipe, dropped=dropped)
     if recipe == "paper":
+        summary["pairs_source"] = "dataset"
         summary["n_dropped_wrong"] = len(dropped)
         summary["dropped_wrong"] = dropped
         summary["n_beyond_50_per_direction"] = len(beyond)
@@ -222,11 +406,16 @@ def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True,
     decides the answer once the vision tokens carry no ordering. Under the ``paper`` recipe only
     pairs the ablated model still answers right (top-1 = the clean answer on the clean run and
     the counterfactual answer on the counterfactual run, as the authors' pool filter) enter the
-    flip statistics; the others are counted and listed (``dropped_ablated_wrong``).
+    flip statistics; the others are counted and listed (``dropped_ablated_wrong``). Under
+    ``paper`` on a flat dataset the items are the authors' generated pairs
+    (:func:`_run_authors`), else the dataset's base items.
     """
     recipe = _recipe_of(config, ds)
     rcp = get_recipe(recipe)
     layers = parse_layers(config.layers, n_resid_sites(adapter))
+    if _use_authors(config, ds, recipe):
+        return _run_authors(adapter, ds, config, recipe, layers, name="E6", progress=progress,
+                            regions=regions)
     items = base_items(ds, limit=config.limit)
     ic = Interchange()
     counter = ForwardCounter()
@@ -235,58 +424,31 @@ def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True,
     blanks: dict = {}
     bar = _bar(len(items) * (len(layers) + 1), "E6 ablated criss-cross", progress)
     for stim in items:
-        prompt = pick_prompt(stim, config.prompt)
-        cc = twin(ds, stim, "crisscross")
-        p = prepare(adapter, ds, stim, prompt)
-        cf = prepare(adapter, ds, cc, prompt)
-        grid = p.layout.grid
         try:
-            lays = None if uses_layout(stim, recipe) else (p.layout, cf.layout)
-            cross = crisscross_pairs(ds, stim, cc, grid, recipe, "object", layouts=lays)
-            abl = ablation_pairs(ds, stim, grid, recipe, region_prefix="ablation:",
-                                 layout=p.layout)
-            cf_abl = ablation_pairs(ds, cc, grid, recipe, base=stim,
-                                    region_prefix="cf-ablation:", run="counterfactual",
-                                    layout=cf.layout)
+            r = _e6_item(adapter, ds, stim, config, recipe, layers, ic, blanks, bar=bar)
         except RegionError as e:  # geometry: an entity too small for the token grid
             skipped.append({"item": stim.id, "reason": str(e)})
             bar.update(len(layers) + 1)
             continue
-        n_blank = len(blanks)
-        blank = blank_acts(adapter, ds, prompt, stim, cache=blanks)
-        counter.forwards += len(blanks) - n_blank
-        refs = references(adapter, ds, stim, prompt, blank)
-        base_edits, sources = ablation_edits(p, refs, abl)
-        cf_edits, cf_sources = ablation_edits(cf, refs, cf_abl)
-        sources.update(cf_sources)
-        sources["cf"] = SourceRun(inputs=cf.inputs, edits=tuple(cf_edits))
-        rows, keys = _crisscross_rows(p, cf, [cross], layers, ic, extra=base_edits)
-        rows.append(list(base_edits))  # the ablated run without criss-cross (E5's prediction)
-        keys.append((-1, "none"))
-        res = sweep(adapter, p.inputs, rows, sources=sources, batch_size=config.batch_size,
-                    progress=bar)
-        counter.add(res.counter)
-        cf_answer = pick_prompt(cc, config.prompt).answer
+        counter.forwards += r.blank_forwards
+        counter.add(r.res.counter)
         if rcp.e6_keep == "ablated_correct" and \
                 kept6.get(stim.relation, 0) >= PAPER_PAIRS_PER_DIRECTION:
             beyond6.append(stim.id)
             continue
         if rcp.e6_keep == "ablated_correct":
-            tok = adapter.tokenizer
-            ok_clean = vocab_top1(tok, res.row_logits[-1]) == vocab_top1_answer(prompt.answer)
-            ok_cf = vocab_top1(tok, res.sources["cf"]) == vocab_top1_answer(cf_answer) \
-                if "cf" in res.sources else False
-            if not (ok_clean and ok_cf):
-                dropped.append({"item": stim.id, "clean_right": bool(ok_clean),
-                                "cf_right": bool(ok_cf)})
+            if not r.right:
+                dropped.append({"item": stim.id, "clean_right": bool(r.clean_right),
+                                "cf_right": bool(r.cf_right)})
                 continue
             kept6[stim.relation] = kept6.get(stim.relation, 0) + 1
         if regions is not None:
-            regions.append(pairs_frame(stim.id, [cross, *abl, *cf_abl]))
-        out += _slot_probs(adapter, stim, res, keys, cf_answer, prompt.answer)
+            regions.append(pairs_frame(stim.id, r.pairs))
+        out += _slot_probs(adapter, stim, r.res, r.keys, r.cf_answer, r.answer)
     bar.close()
     table, summary = _finish(out, counter, config, "E6", skipped, recipe, dropped=dropped)
     if rcp.e6_keep == "ablated_correct":
+        summary["pairs_source"] = "dataset"
         summary["n_beyond_50_per_direction"] = len(beyond6)
         summary["beyond_50_per_direction"] = beyond6
     return table, summary
@@ -606,11 +768,14 @@ def run_e2(adapter, ds, config: PatchConfig, *, progress: bool = True):
 
 
 def run_patch(adapter, ds, config: PatchConfig, *, progress: bool = True,
-              regions: list | None = None):
+              regions: list | None = None, patch_regions=None):
     """Dispatch to :func:`run_e2`, :func:`run_e4` or :func:`run_e6` by ``config.experiment``
-    (``regions`` collects E4/E6's token pairs; E2 patches no image token)."""
+    (``regions`` collects E4/E6's token pairs; E2 patches no image token; ``patch_regions``:
+    E4 patches only these regions, see :func:`run_e4`)."""
     if config.experiment == "e2":
         return run_e2(adapter, ds, config, progress=progress)
-    fn = {"e4": run_e4, "e6": run_e6}[config.experiment]
-    return fn(adapter, ds, config, progress=progress, regions=regions)
+    if config.experiment == "e4":
+        return run_e4(adapter, ds, config, progress=progress, regions=regions,
+                      patch_regions=patch_regions)
+    return run_e6(adapter, ds, config, progress=progress, regions=regions)
 

@@ -112,7 +112,8 @@ def _open(store_path: str):
 @click.option("--where", "where", multiple=True, help="Sample filter key=value[,value] (repeatable); "
               "an empty value matches unset labels, e.g. counterfactual_kind=,swap.")
 @click.option("--scheduler", default="local", show_default=True,
-              help="'local' (LocalCluster), 'serial' (no dask), or a scheduler address.")
+              help="'local' (LocalCluster of --workers), 'local:N' (of N workers), 'serial' (no "
+                   "dask), or a scheduler address. Both recipes run on a cluster.")
 @click.option("--workers", default=2, show_default=True, help="Workers of the local cluster.")
 @click.option("--engine", type=click.Choice(["sklearn", "torch"]), default="sklearn",
               show_default=True, help="sklearn: one probe per cell; torch: every fold, the control "

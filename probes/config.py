@@ -134,8 +134,10 @@ class SweepConfig(_FromDict):
     """Built-in baselines also scored per cell: ``position`` (one-hot row/col of the token; skipped
     when ``pool='entity'``, whose rows have no single grid cell)."""
     scheduler: str | None = "local"
-    """``local``: a ``distributed.LocalCluster``; ``serial``: in-process, no dask; otherwise a dask
-    scheduler address (``tcp://host:8786``)."""
+    """``local``: a ``distributed.LocalCluster`` of ``n_workers``; ``local:N``: one of N workers
+    (the spelling ``extract``, ``patch`` and ``amplify`` use; stored as ``local`` with
+    ``n_workers=N``); ``serial``: in-process, no dask; otherwise a dask scheduler address
+    (``tcp://host:8786``)."""
     n_workers: int = 2
     """Workers of the local cluster."""
     processes: bool = True
@@ -167,6 +169,13 @@ class SweepConfig(_FromDict):
 
     def __post_init__(self):
         n = "SweepConfig"
+        if isinstance(self.scheduler, str) and self.scheduler.startswith("local:"):
+            k = self.scheduler[len("local:"):]
+            _check(k.isdigit() and int(k) >= 1, n, "scheduler",
+                   "'local', 'local:N' with N >= 1 workers, 'serial' or an address",
+                   self.scheduler)
+            object.__setattr__(self, "scheduler", "local")
+            object.__setattr__(self, "n_workers", int(k))
         _check(isinstance(self.model, str) and self.model != "", n, "model", "a non-empty str",
                self.model)
         _check(isinstance(self.layers, tuple) and len(self.layers) >= 1

@@ -270,17 +270,21 @@ def _study(model: str, cfg: DemoConfig, st: Stages, out: Path, data: Path, degra
                         recipe="robust"),
             progress=progress))
     if cfg.recipe in ("both", "paper"):
+        # the authors' pairs, at most n/4 draws per direction: as many forwards as n items
+        per_dir = max(1, cfg.n // 4)
+        authors = {"pairs": "authors", "limit": per_dir, "max_attempts": per_dir}
         res["e4_paper"] = st.run(f"{m}/e4-paper", lambda: _or_error(lambda: patch_to_dir(
             model, str(data), str(root / "e4-paper"),
             PatchConfig(experiment="e4", layers="all", regions=("object", "strip"),
-                        batch_size=cfg.batch_size, recipe="paper"),
+                        batch_size=cfg.batch_size, recipe="paper", **authors),
             progress=progress)))
         res["e5_paper"] = st.run(f"{m}/e5-paper", lambda: _or_error(lambda: ablate_to_dir(
             model, str(data), str(root / "e5-paper"),
             AblateConfig(batch_size=cfg.batch_size, recipe="paper"), progress=progress)))
         res["e6_paper"] = st.run(f"{m}/e6-paper", lambda: _or_error(lambda: patch_to_dir(
             model, str(data), str(root / "e6-paper"),
-            PatchConfig(experiment="e6", layers="all", batch_size=cfg.batch_size, recipe="paper"),
+            PatchConfig(experiment="e6", layers="all", batch_size=cfg.batch_size, recipe="paper",
+                        **authors),
             progress=progress)))
         from .demo_paper import paper_stages  # E1, E3 and E7 under the paper recipe
 

@@ -57,7 +57,7 @@ def test_patch_e4_writes_table_summary_and_heatmap(data, tmp_path):
     # random tiny model has none, and the command says so in one line
     r = CliRunner().invoke(spatialbind, ["patch", "--model", MODEL, "--data", data, "--out",
                                          str(tmp_path / "p"), "--experiment", "e4", "--layers",
-                                         "0", "--limit", "1", "--quiet"])
+                                         "0", "--limit", "1", "--max-attempts", "2", "--quiet"])
     assert r.exit_code == 1 and "answered right on both runs" in r.output
     assert r.output.strip().count("\n") == 0
 
@@ -141,8 +141,8 @@ def test_patch_and_ablate_write_regions_and_record_the_recipe(data, tmp_path, re
         out = tmp_path / exp
         args = [cmd, "--model", MODEL, "--data", data, "--out", str(out), "--limit", "2",
                 "--recipe", recipe, "--quiet"]
-        if cmd == "patch":
-            args += ["--experiment", "e4", "--layers", "0"]
+        if cmd == "patch":  # the dataset's items (the authors' pairs: test_authors_pairs.py)
+            args += ["--experiment", "e4", "--layers", "0", "--pairs", "dataset"]
         r = _invoke(*args)
         assert r.exit_code == 0, r.output
         assert f"{recipe} recipe" in r.output

@@ -43,6 +43,48 @@ def _same(a: pd.DataFrame, b: pd.DataFrame):
             assert a[c].tolist() == b[c].tolist(), c
 
 
+@pytest.fixture(scope="module")
+def organism_data(tmp_path_factory):
+    """The shipped organisms' geometry (8x8 tokens): they answer the paper's pairs right, so the
+    paper recipe's correctness filters keep pairs without planting verdicts in the workers."""
+    from scenegen.config import GenerateConfig
+    from scenegen.generate import generate
+
+    out = tmp_path_factory.mktemp("clo") / "squares"
+    generate(GenerateConfig.from_dict({
+        "generator": "flat", "seed": 0, "n": 2,
+        "flat": {"task": "squares", "grid": {"num_tokens": 8, "token_px": 28, "size": 1,
+                                             "spacing": 2}}}), out, progress=False)
+    return str(out)
+
+
+@pytest.mark.parametrize("name,organism", [
+    ("e4", "organism-qwen2-vl-vision"),
+    pytest.param("e6", "organism-qwen2-vl-lm", marks=pytest.mark.slow)])
+def test_paper_sweeps_on_a_local_cluster_equal_serial_runs(organism_data, tmp_path, name,
+                                                            organism):
+    """The paper recipe on a cluster: the authors' pairs (drawn, checked and kept in every
+    chunk alike), the table, the summary's recipe fields and regions.parquet equal a serial run."""
+    # E4: one layer x two regions = two chunks; E6: two layers = two chunks
+    args = ["patch", "--experiment", name, "--layers", "0" if name == "e4" else "0,1",
+            "--limit", "1",
+            "--max-attempts", "3", "--model", organism, "--data", organism_data, "--quiet",
+            "--recipe", "paper"]
+    serial, dist = tmp_path / "s", tmp_path / "d"
+    _run(*args, "--out", str(serial))
+    _run(*args, "--out", str(dist), "--scheduler", "local:2")
+    _same(pd.read_parquet(serial / f"{name}.parquet"), pd.read_parquet(dist / f"{name}.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(serial / "regions.parquet"),
+                                  pd.read_parquet(dist / "regions.parquet"))
+    ss = json.loads((serial / "summary.json").read_text())
+    sd = json.loads((dist / "summary.json").read_text())
+    assert ss["pairs_source"] == sd["pairs_source"] == "authors" and ss["n_items"] >= 1
+    for k in ("pairs", "pairs_per_direction", "pool", "recipe", "n_items", "flip_layers",
+              "n_skipped", "dropped_wrong", "dropped_ablated_wrong", "n_dropped_ablated_wrong"):
+        assert ss.get(k) == sd.get(k), k
+    _same(pd.DataFrame(ss["by_layer"]), pd.DataFrame(sd["by_layer"]))
+
+
 @pytest.mark.parametrize("name", ["e4", pytest.param("e6", marks=pytest.mark.slow),
                                   pytest.param("e7", marks=pytest.mark.slow)])
 def test_sweeps_on_a_local_cluster_equal_serial_runs(data, tmp_path, name):
@@ -55,9 +97,11 @@ def test_sweeps_on_a_local_cluster_equal_serial_runs(data, tmp_path, name):
                   site="projector", layer=0)
     dpath = str(save_direction(d, tmp_path / "dir"))
     runs["e7"] = ["amplify", "--alphas", "0:10:5", "--direction", dpath, "--limit", "2"]
+    # E7 runs the paper recipe (the authors' selections are recomputed from the merged table)
+    recipe = "paper" if name == "e7" else "robust"
     for name, args in [(name, runs[name])]:
         serial, dist = tmp_path / f"{name}_s", tmp_path / f"{name}_d"
-        common = ["--model", MODEL, "--data", data, "--quiet", "--recipe", "robust"]
+        common = ["--model", MODEL, "--data", data, "--quiet", "--recipe", recipe]
         _run(*args, *common, "--out", str(serial))
         _run(*args, *common, "--out", str(dist), "--scheduler", "local:2")
         ts, td = pd.read_parquet(serial / f"{name}.parquet"), pd.read_parquet(dist / f"{name}.parquet")
@@ -65,7 +109,10 @@ def test_sweeps_on_a_local_cluster_equal_serial_runs(data, tmp_path, name):
         ss = json.loads((serial / "summary.json").read_text())
         sd = json.loads((dist / "summary.json").read_text())
         if name == "e7":
+            assert ss["recipe"] == sd["recipe"] == "paper"
             assert ss["selections"] == sd["selections"]
+            assert ss["selections_robust"] == sd["selections_robust"]
+            assert ss["paper"] == sd["paper"]
             assert ss["dose_response"] == sd["dose_response"]
         else:
             _same(pd.DataFrame(ss["by_layer"]), pd.DataFrame(sd["by_layer"]))

@@ -249,11 +249,11 @@ def test_e4_paper_patches_exactly_its_regions_parquet(setup, request, monkeypatc
     ad, ds = request.getfixturevalue(setup)
     # the authors keep only pairs answered right on both runs: a random tiny model never is
     with pytest.raises(InterventionError, match="answered right on both runs"):
-        run_e4(ad, ds, PatchConfig(experiment="e4", layers="0", limit=1), progress=False)
+        run_e4(ad, ds, PatchConfig(experiment="e4", layers="0", limit=1, pairs="dataset"), progress=False)
     monkeypatch.setattr(patching, "vocab_top1", lambda tok, logits: "x")  # always right
     monkeypatch.setattr(patching, "vocab_top1_answer", lambda a: "x")
     collected = []
-    table, summary = run_e4(ad, ds, PatchConfig(experiment="e4", layers="0", limit=1),
+    table, summary = run_e4(ad, ds, PatchConfig(experiment="e4", layers="0", limit=1, pairs="dataset"),
                             progress=False, regions=collected)
     assert summary["recipe"] == "paper" and summary["n_skipped"] == 0
     stim = base_items(ds)[0]
@@ -279,7 +279,7 @@ def test_e6_paper_keeps_only_pairs_right_under_ablation(qwen_setup):
     from interventions.errors import InterventionError
 
     try:
-        t6, s6 = run_e6(ad, ds, PatchConfig(experiment="e6", layers="0", limit=3),
+        t6, s6 = run_e6(ad, ds, PatchConfig(experiment="e6", layers="0", limit=3, pairs="dataset"),
                         progress=False)
     except InterventionError as e:  # a random tiny model is rarely right: all dropped
         assert "answered right under the ablation" in str(e)
@@ -371,6 +371,6 @@ def test_e4_paper_caps_pairs_per_direction(qwen_setup, monkeypatch):
     monkeypatch.setattr(patching, "vocab_top1_answer", lambda a: "x")
     monkeypatch.setattr(patching, "PAPER_PAIRS_PER_DIRECTION", 1)  # the authors' 50, scaled
     items = base_items(ds, limit=6)
-    _, s = run_e4(ad, ds, PatchConfig(experiment="e4", layers="0", limit=6), progress=False)
+    _, s = run_e4(ad, ds, PatchConfig(experiment="e4", layers="0", limit=6, pairs="dataset"), progress=False)
     n_rel = len({st.relation for st in items})
     assert s["n_items"] == n_rel and s["n_beyond_50_per_direction"] == 6 - n_rel

@@ -146,3 +146,28 @@ def test_probe_paper_side_exports_e7_rank_two_directions_from_golden_items(store
         tr, te = set(x["split"]["train_items"]), set(x["split"]["test_items"])
         assert te and not tr & te and (tr | te) <= set(golden)
         assert e.probe_config["classifier"] == "torch_linear" and e.pool == "entity"
+
+
+def test_probe_paper_recipe_on_a_local_cluster_equals_serial(store, tmp_path):
+    """--recipe paper with --scheduler local:2 (the spelling of extract / patch / amplify):
+    the same cells, scores and exported directions as a serial run."""
+    import numpy as np
+
+    tables, dirs = {}, {}
+    for sch in ("serial", "local:2"):
+        tag = sch.replace(":", "_")
+        out, d = tmp_path / tag, tmp_path / f"dirs_{tag}"
+        r = run("probe", "--store", store, "--model", "tiny", "--site", "lm.resid",
+                "--layers", "0-1", "--roles", "object", "--scheduler", sch, "--map-samples", "0",
+                "--recipe", "paper", "--out", str(out), "--export-directions", str(d),
+                "--no-progress")
+        assert r.exit_code == 0, r.output
+        assert json.loads((out / "config.json").read_text())["recipe"] == "paper"
+        tables[sch] = pd.read_parquet(out / "results.parquet").drop(columns=["seconds"])
+        dirs[sch] = {p.relative_to(d): load_direction(p.parent).weights
+                     for p in sorted(d.glob("*/*/direction.json"))}
+    assert tables["serial"]["accuracy"].notna().any()
+    pd.testing.assert_frame_equal(tables["serial"], tables["local:2"])
+    assert dirs["serial"] and dirs["serial"].keys() == dirs["local:2"].keys()
+    for k, w in dirs["serial"].items():
+        np.testing.assert_allclose(w, dirs["local:2"][k], rtol=1e-5, atol=1e-6)
