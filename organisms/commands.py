@@ -60,6 +60,16 @@ def organism() -> None:
               show_default=True,
               help="Also shuffle the image tokens of the object-ablated and object-scrambled "
                    "items, so only the tokens' content carries the ordering.")
+@click.option("--rope-theta", type=float, default=None,
+              help="LM rotary base (default 20 for qwen2-vl lm/dual organisms, else 1e4).")
+@click.option("--attn-scalar", type=int, default=None,
+              help="gemma-3 only: the LM's query_pre_attn_scalar (default head_dim = 32). "
+                   "Gemma-3 normalises queries and keys, so the largest attention logit is "
+                   "about head_dim / sqrt(attn_scalar); 4 gives the real gemma-3-4b-it's 16.")
+@click.option("--vision-pos-init", type=click.Choice(["random", "sincos"]), default="random",
+              show_default=True,
+              help="gemma-3 only: start SigLIP's learned position embeddings from a 2-D sin-cos "
+                   "table instead of random values.")
 @click.option("--init", "init_from", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue training this saved organism (same arch and sizes; another "
                    "mechanism starts a curriculum stage from its weights, e.g. vision -> dual).")
@@ -71,8 +81,8 @@ def organism() -> None:
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
           lr, warmup, aux_slot_weight, aux_colour_weight, aux_region, aux_colour, p_shuffle, p_ablate,
-          p_ablate_object, p_scramble_object, shuffle_object_ablated, init_from, eval_every, out,
-          probe, progress):
+          p_ablate_object, p_scramble_object, shuffle_object_ablated, rope_theta, attn_scalar,
+          vision_pos_init, init_from, eval_every, out, probe, progress):
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import trainer as org
 
@@ -92,6 +102,7 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         p_ablate=p_ablate if p_ablate is not None else defaults["p_ablate"],
         p_ablate_object=p_ablate_object, p_scramble_object=p_scramble_object,
         shuffle_object_ablated=shuffle_object_ablated,
+        rope_theta=rope_theta, attn_scalar=attn_scalar, vision_pos_init=vision_pos_init,
         init_from=init_from, eval_every=eval_every, eval_items=64)
     res = org.train(cfg, out=out, final_eval_items=384, progress=progress)
     if probe:

@@ -112,7 +112,7 @@ def _build_gemma(cfg, tok):
     text = dict(vocab_size=len(tok), hidden_size=cfg.lm_dim, intermediate_size=2 * cfg.lm_dim,
                 num_hidden_layers=cfg.lm_layers, num_attention_heads=cfg.lm_heads,
                 num_key_value_heads=max(1, cfg.lm_heads // 2), head_dim=cfg.lm_dim // cfg.lm_heads,
-                query_pre_attn_scalar=cfg.lm_dim // cfg.lm_heads, sliding_window=256,
+                query_pre_attn_scalar=cfg.resolved_attn_scalar(), sliding_window=256,
                 rope_parameters={"full_attention": dict(rope), "sliding_attention": dict(rope)},
                 pad_token_id=tid("<pad>"), bos_token_id=tid("<bos>"), eos_token_id=tid("<eos>"))
     vision = dict(model_type="siglip_vision_model", hidden_size=cfg.vision_dim,
@@ -127,10 +127,32 @@ def _build_gemma(cfg, tok):
     w = projector_module(model).mm_input_projection_weight
     with torch.no_grad():  # a fresh Gemma-3 projector is all zeros (MODELS.md)
         w.normal_(0.0, cfg.vision_dim ** -0.5)
+    if cfg.vision_pos_init == "sincos":
+        pe = model.model.vision_tower.embeddings.position_embedding.weight
+        with torch.no_grad():
+            pe.copy_(sincos_2d(side // 14, cfg.vision_dim))
     ip = Gemma3ImageProcessorPil(size={"height": side, "width": side})
     proc = Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA_TEMPLATE,
                            image_seq_length=cfg.grid ** 2)
     return model, proc
+
+
+def sincos_2d(n: int, dim: int):
+    """2-D sin-cos position table ``(n * n, dim)`` for a row-major ``n x n`` patch grid: the first
+    half of the channels encodes the row, the second the column, each as ``dim / 4`` sines then
+    ``dim / 4`` cosines at frequencies ``1 / 10000^(k / (dim / 4))`` (ViT/MAE's fixed table)."""
+    import torch
+
+    if dim % 4:
+        raise VLMError(f"sin-cos position table needs a width divisible by 4; got {dim}")
+    q = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(q, dtype=torch.float64) / q)
+    pos = torch.arange(n, dtype=torch.float64)
+    ang = pos[:, None] * omega[None]                       # (n, q)
+    one = torch.cat([ang.sin(), ang.cos()], dim=1)        # (n, dim / 2)
+    rows = one[:, None, :].expand(n, n, dim // 2)
+    cols = one[None, :, :].expand(n, n, dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(n * n, dim).float()
 
 
 def projector_module(model):

@@ -149,7 +149,8 @@ def _predict_with_tokens(model, batcher, items, tokens):
     from .model import last_logits, projector_module
 
     flat = tokens.reshape(-1, tokens.shape[-1])
-    h = projector_module(model).register_forward_hook(lambda m, a, o: flat.to(o.dtype))
+    h = projector_module(model).register_forward_hook(
+        lambda m, a, o: flat.to(o.dtype).reshape(o.shape))
     try:
         with torch.no_grad():
             return last_logits(model, batcher(items)).argmax(-1)

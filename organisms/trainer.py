@@ -106,6 +106,17 @@ class OrganismConfig:
     mrope_section: tuple[int, int, int] | None = None
     """Qwen2-VL M-RoPE split; default [2,7,7] (``lm``) or [16,0,0] (``vision``). Gemma-3
     ``vision`` organisms use linear rotary scaling by 1e9 instead (all phases equal)."""
+    attn_scalar: int | None = None
+    """Gemma-3 ``query_pre_attn_scalar`` (attention logits are scaled by its inverse square
+    root); default ``head_dim``. Gemma-3 normalises queries and keys (QK-norm), so the largest
+    attention logit is about ``head_dim / sqrt(attn_scalar)``: 32 / sqrt(32) = 5.7 at this size,
+    against 256 / sqrt(256) = 16 in google/gemma-3-4b-it. ``attn_scalar = head_dim**2 / 256``
+    (4 here) restores the real model's range."""
+    vision_pos_init: Literal["random", "sincos"] = "random"
+    """Gemma-3 only: initialise SigLIP's learned absolute position embeddings with 2-D sin-cos
+    values (half the channels the patch row, half its column, ViT/MAE-style) instead of
+    N(0, 1/sqrt(width)). They stay ordinary learned weights; the start only makes relative
+    patch positions readable by attention from step 0."""
     shuffle_image_tokens: bool | None = None
     """Shuffle image tokens at the LM input during training; default on for ``vision``."""
     aux_slot_weight: float = 0.0
@@ -188,6 +199,16 @@ class OrganismConfig:
                f"{self.lm_dim // self.lm_heads // 2}.")
         _check(self.arch != "gemma-3" or self.mrope_section is None,
                "'mrope_section' is a Qwen2-VL setting; leave it unset for arch 'gemma-3'.")
+        _check(self.vision_pos_init in ("random", "sincos") and
+               (self.vision_pos_init == "random" or self.arch == "gemma-3"),
+               f"'vision_pos_init' must be 'random' or 'sincos' (gemma-3 only: Qwen2-VL's ViT "
+               f"has no absolute position embedding). Got {self.vision_pos_init!r} for arch "
+               f"{self.arch!r}.")
+        _check(self.attn_scalar is None or (self.arch == "gemma-3"
+                                            and isinstance(self.attn_scalar, int)
+                                            and self.attn_scalar >= 1),
+               f"'attn_scalar' is Gemma-3's query_pre_attn_scalar: an int >= 1, for arch "
+               f"'gemma-3' only. Got {self.attn_scalar!r} for arch {self.arch!r}.")
 
     def resolved_rope_theta(self) -> float:
         if self.rope_theta is not None:
@@ -203,6 +224,11 @@ class OrganismConfig:
         if self.mechanism == "dual":  # the 3 lowest frequency pairs per axis: a weak backup
             return (half - 2 * (3 * half // 16), 3 * half // 16, 3 * half // 16)
         return (half - 2 * (7 * half // 16), 7 * half // 16, 7 * half // 16)
+
+    def resolved_attn_scalar(self) -> int:
+        if self.attn_scalar is not None:
+            return int(self.attn_scalar)
+        return self.lm_dim // self.lm_heads
 
     def resolved_shuffle(self) -> bool:
         if self.shuffle_image_tokens is not None:
@@ -220,6 +246,7 @@ class OrganismConfig:
         d["resolved"] = {"rope_theta": self.resolved_rope_theta(),
                          "mrope_section": list(self.resolved_mrope_section()),
                          "shuffle_image_tokens": self.resolved_shuffle(),
+                         "attn_scalar": self.resolved_attn_scalar(),
                          "p_shuffle": self.resolved_p_shuffle()}
         return d
 
@@ -513,10 +540,11 @@ class _Curriculum:
         shuffle, ablate, abl, keep, scramble = self.plan
         self.plan = None
         b = len(shuffle)
-        x = out
+        shape = out.shape  # Qwen2-VL (B * n, d); Gemma-3 (B, n, d)
+        x = out.reshape(b * self.n, -1)
         if abl is not None:  # edit first (keep/abl are in raster order), then shuffle
             x = x.reshape(b, self.n, -1).clone()
-            x[ablate] = torch.where(keep[..., None], x[ablate], abl)
+            x[ablate] = torch.where(keep[..., None], x[ablate], abl.to(x.dtype))
             x = x.reshape(b * self.n, -1)
         if scramble is not None:
             scr, src, maps = scramble
@@ -528,7 +556,7 @@ class _Curriculum:
         idx = torch.arange(b * self.n).reshape(b, self.n)
         for i in torch.nonzero(shuffle).flatten().tolist():
             idx[i] = idx[i][torch.randperm(self.n, generator=self.gen)]
-        return x[idx.reshape(-1)]
+        return x[idx.reshape(-1)].reshape(shape)
 
     def remove(self):
         self.h.remove()
@@ -587,9 +615,16 @@ def ablation_tokens(model, items, grid: int, *, hook=None):
     if hook is not None:
         hook.active = False
     try:
+        gemma = not hasattr(model.model, "visual")
         with torch.no_grad():
             for s in sizes:
                 cols = names[s] + ([None] if s == sizes[0] else [])
+                if gemma:
+                    img = od.render_single(cols, s, n=grid, normalise=od.GEMMA_NORM)
+                    t = image_tokens(model, {"pixel_values": img})
+                    for k, name in enumerate(cols):
+                        toks[(s, name)] = t[k]
+                    continue
                 img = od.render_single(cols, s, n=grid, normalise=od.QWEN_NORM)
                 pv, thw = od.qwen_pixels(img)
                 t = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
@@ -623,9 +658,11 @@ def _continue_from(cfg: OrganismConfig):
               "lm_dim", "lm_heads"):
         _check(pc.get(k, getattr(cfg, k)) == getattr(cfg, k), f"init_from={str(cfg.init_from)!r}: "
                f"its {k} is {pc.get(k)!r} but this run asks for {getattr(cfg, k)!r}; pass matching options")
-    mine = (cfg.resolved_rope_theta(), list(cfg.resolved_mrope_section()))
-    if pc.get("mechanism") != cfg.mechanism or mine != (pc["resolved"]["rope_theta"],
-                                                       pc["resolved"]["mrope_section"]):
+    mine = (cfg.resolved_rope_theta(), list(cfg.resolved_mrope_section()),
+            cfg.resolved_attn_scalar())
+    theirs = (pc["resolved"]["rope_theta"], pc["resolved"]["mrope_section"],
+              pc["resolved"].get("attn_scalar", cfg.lm_dim // cfg.lm_heads))
+    if pc.get("mechanism") != cfg.mechanism or mine != theirs:
         # a curriculum stage with another mechanism: the same weights under this run's rotary
         # config (rotary settings hold no weights), e.g. a vision organism's weights -> dual
         fresh, proc = build(cfg)
@@ -686,6 +723,12 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append(f"--p-scramble-object {cfg['p_scramble_object']:g}")
     if cfg.get("shuffle_object_ablated", False):
         parts.append("--shuffle-object-ablated")
+    if cfg.get("rope_theta") is not None:
+        parts.append(f"--rope-theta {cfg['rope_theta']:g}")
+    if cfg.get("attn_scalar") is not None:
+        parts.append(f"--attn-scalar {cfg['attn_scalar']}")
+    if cfg.get("vision_pos_init", "random") != "random":
+        parts.append(f"--vision-pos-init {cfg['vision_pos_init']}")
     if cfg.get("warmup", 100) != 100:
         parts.append(f"--warmup {cfg['warmup']}")
     if init is not None:
@@ -774,7 +817,8 @@ def write_readme(out: str | Path, log: dict) -> None:
         s = mc["summary"]
         lines += ["", "## Which mechanism emerged?", "",
                   "Ordinal-slot probe (StandardScaler + LogisticRegression) on the projector output "
-                  "(`visual.merger`) at object tokens, fitted on training triples, tested on held-out "
+                  f"(`{'multi_modal_projector' if c['arch'] == 'gemma-3' else 'visual.merger'}`)"
+                  " at object tokens, fitted on training triples, tested on held-out "
                   "triples, mean over the two axes (chance 0.33):", "",
                   f"- trained: **{s['probe_projector_slot']:.3f}**; same architecture at init "
                   f"weights: {s['probe_init_control']:.3f}; position-only (one-hot row, column): "
@@ -879,7 +923,8 @@ from vlms.registry import SHIPPED  # noqa: E402  (the checkpoints stay in vlms/o
 
 
 def shipped(name: str) -> Path:
-    """Path of a shipped organism (``qwen2-vl-lm``, ``qwen2-vl-vision``)."""
+    """Path of a shipped organism (``qwen2-vl-lm``, ``qwen2-vl-vision``, ``qwen2-vl-dual``,
+    ``gemma-3-vision``)."""
     p = SHIPPED / name
     names = sorted(q.name for q in SHIPPED.iterdir() if q.is_dir()) if SHIPPED.exists() else []
     _check(p.is_dir(), f"no shipped organism {name!r}; available: {names}")

@@ -24,7 +24,8 @@ from interventions.errors import InterventionError
 
 #: Shipped organisms, in report order: (alias, mechanism planted).
 ORGANISMS = (("organism-qwen2-vl-vision", "vision"), ("organism-qwen2-vl-dual", "dual"),
-             ("organism-qwen2-vl-lm", "lm"))
+             ("organism-qwen2-vl-lm", "lm"), ("organism-gemma-3-vision", "vision"),
+             ("organism-gemma-3-dual", "dual"), ("organism-gemma-3-lm", "lm"))
 
 
 def shipped_organisms() -> tuple[tuple[str, str], ...]:
@@ -54,7 +55,7 @@ class DemoConfig:
     out: str = "out/demo"
     """Output folder (one sub-folder per stage, ``report.html`` at the top)."""
     models: tuple[str, ...] = ()
-    """Models to study; empty = the two shipped Qwen2-VL organisms."""
+    """Models to study; empty = every shipped organism (:func:`shipped_organisms`)."""
     preset: str | None = None
     """Stimulus preset (``spatialbind generate --preset``); None = the organisms' 8x8-token
     Squares canvas (224 px, squares of 1 token, spacing 2)."""

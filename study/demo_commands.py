@@ -8,8 +8,8 @@ import click
 @click.option("--out", default="out/demo", show_default=True, type=click.Path(file_okay=False),
               help="Output folder; report.html lands at its top. Rerunning resumes.")
 @click.option("--model", "models", multiple=True,
-              help="Model(s) to study (repeatable). Default: the two shipped Qwen2-VL organisms "
-                   "(vision- and LM-mechanism).")
+              help="Model(s) to study (repeatable). Default: every shipped organism (Qwen2-VL "
+                   "vision, dual and lm; Gemma-3 vision).")
 @click.option("--whatsup", default=None, type=click.Path(file_okay=False),
               help="What'sUp root: also evaluate E1 on the real release (see README).")
 @click.option("--preset", default=None,

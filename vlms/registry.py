@@ -5,7 +5,8 @@ Each family file (``vlms/qwen2_vl.py``, ``vlms/gemma3.py``, ...) ends with ``reg
 ``vlms/README.md``). Adapters are keyed by the Hugging Face config's ``architectures[0]`` and by
 short aliases (``qwen2-vl-7b`` -> ``Qwen/Qwen2-VL-7B-Instruct``, ``tiny-qwen2-vl`` -> tiny build).
 The model organisms shipped in ``vlms/organisms/<name>/`` answer to ``organism-<name>``
-(``organism-qwen2-vl-lm``, ``organism-qwen2-vl-vision``, ``organism-qwen2-vl-dual``, and any
+(``organism-qwen2-vl-lm``, ``organism-qwen2-vl-vision``, ``organism-qwen2-vl-dual``,
+``organism-gemma-3-vision``, and any
 other shipped directory).
 """
 from __future__ import annotations
@@ -88,7 +89,7 @@ def unavailable(cls: type) -> list[str]:
 
 
 #: organisms every checkout is meant to ship (listed even while their directory is missing)
-EXPECTED_ORGANISMS = ("qwen2-vl-lm", "qwen2-vl-vision", "qwen2-vl-dual")
+EXPECTED_ORGANISMS = ("qwen2-vl-lm", "qwen2-vl-vision", "qwen2-vl-dual", "gemma-3-vision")
 ORGANISM_PREFIX = "organism-"
 #: where shipped organisms live (data; ``organisms.trainer.SHIPPED`` is this path)
 SHIPPED = Path(__file__).parent / "organisms"
