@@ -90,11 +90,27 @@ def scene_labels(data_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     entities : DataFrame
         One row per (``sample_id``, ``entity`` = mask id): ``color``, ``kind``.
     """
+    rows, ents = [], []
+    for sid, rec in _metadata_records(data_dir):
+        row = {"sample_id": sid, "image_hash": _file_hash(Path(data_dir), rec.get("file_name"))}
+        for k, v in (rec.get("factors") or {}).items():
+            row[k] = json.dumps(v, sort_keys=True, separators=(",", ":")) \
+                if isinstance(v, (dict, list)) else v
+        targets = [e for e in rec.get("entities") or () if e.get("role") == "target"]
+        row["color_set"] = "-".join(sorted(str(e.get("color")) for e in targets))
+        rows.append(row)
+        ents.extend({"sample_id": sid, "entity": int(e["mask_id"]), "color": e.get("color"),
+                     "kind": e.get("kind")} for e in rec.get("entities") or ())
+    return pd.DataFrame(rows), pd.DataFrame(ents, columns=["sample_id", "entity", "color", "kind"])
+
+
+def _metadata_records(data_dir):
+    """``(id, record)`` of every line of a dataset's ``metadata.jsonl`` (plain JSON, the scenegen
+    file contract); a missing file or a line that is not a record is one clear error."""
     path = Path(data_dir) / "metadata.jsonl"
     if not path.is_file():
         raise DataError(f"data={str(data_dir)!r}: no metadata.jsonl there; give the dataset "
                         "directory that `spatialbind generate` (or an importer) wrote.")
-    rows, ents = [], []
     with open(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -105,16 +121,7 @@ def scene_labels(data_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise DataError(f"{path} line {n}: not a stimulus record ({e}); "
                                 "regenerate or repair the dataset.") from None
-            row = {"sample_id": sid, "image_hash": _file_hash(Path(data_dir), rec.get("file_name"))}
-            for k, v in (rec.get("factors") or {}).items():
-                row[k] = json.dumps(v, sort_keys=True, separators=(",", ":")) \
-                    if isinstance(v, (dict, list)) else v
-            targets = [e for e in rec.get("entities") or () if e.get("role") == "target"]
-            row["color_set"] = "-".join(sorted(str(e.get("color")) for e in targets))
-            rows.append(row)
-            ents.extend({"sample_id": sid, "entity": int(e["mask_id"]), "color": e.get("color"),
-                         "kind": e.get("kind")} for e in rec.get("entities") or ())
-    return pd.DataFrame(rows), pd.DataFrame(ents, columns=["sample_id", "entity", "color", "kind"])
+            yield sid, rec
 
 
 def _file_hash(root: Path, rel) -> str:
@@ -235,30 +242,18 @@ def layout_records(data_dir) -> dict[str, dict]:
     key = (str(path.resolve()), path.stat().st_mtime_ns if path.is_file() else 0)
     if key in _LAYOUT_CACHE:
         return _LAYOUT_CACHE[key]
-    if not path.is_file():
-        raise DataError(f"data={str(data_dir)!r}: no metadata.jsonl there; give the dataset "
-                        "directory that `spatialbind generate` wrote.")
     out: dict[str, dict | None] = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                sid = rec["id"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{path} line {n}: not a stimulus record ({e}); "
-                                "regenerate or repair the dataset.") from None
-            grid = ((rec.get("factors") or {}).get("grid") or {})
-            if rec.get("generator") != "flat" or "num_tokens" not in grid:
-                out[sid] = None
-                continue
-            out[sid] = {"width": int(rec["width"]), "height": int(rec["height"]),
-                        "num_tokens": int(grid["num_tokens"]),
-                        "targets": [(int(e["mask_id"]), int(e["ordinal"]), e.get("box"),
-                                     e.get("size"), e.get("centroid") is not None)
-                                    for e in rec.get("entities") or ()
-                                    if e.get("role") == "target" and e.get("ordinal") is not None]}
+    for sid, rec in _metadata_records(data_dir):
+        grid = ((rec.get("factors") or {}).get("grid") or {})
+        if rec.get("generator") != "flat" or "num_tokens" not in grid:
+            out[sid] = None
+            continue
+        out[sid] = {"width": int(rec["width"]), "height": int(rec["height"]),
+                    "num_tokens": int(grid["num_tokens"]),
+                    "targets": [(int(e["mask_id"]), int(e["ordinal"]), e.get("box"),
+                                 e.get("size"), e.get("centroid") is not None)
+                                for e in rec.get("entities") or ()
+                                if e.get("role") == "target" and e.get("ordinal") is not None]}
     _LAYOUT_CACHE.clear()  # one dataset at a time is plenty
     _LAYOUT_CACHE[key] = out
     return out
