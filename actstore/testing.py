@@ -61,6 +61,7 @@ def synthetic_samples(n: int, *, seed: int = 0) -> pd.DataFrame:
         "counterfactual_of": [None if i % 2 == 0 else f"s{i - 1:05d}" for i in range(n)],
         "target0_color": rng.choice(["red", "green", "blue"], n),
         "n_objects": np.full(n, 2, dtype=np.int64),
+        "n_targets": np.full(n, 2, dtype=np.int64),
     })
 
 

@@ -517,10 +517,26 @@ def from_arrays(X: np.ndarray, frame: pd.DataFrame, *, label: str = "ordinal",
 
 
 def _side(frame: pd.DataFrame, context: str) -> pd.Series:
+    """``side`` of each row: 0 for slot 0, 1 for the sample's last slot, missing otherwise.
+
+    The last slot is ``n_targets - 1`` (a per-sample label stores write since 2026-11-30), so an
+    entity that owns no token of the queried role (a thin star at Qwen's geometry) cannot pass
+    its side on to the middle entity. Stores without ``n_targets`` fall back to the highest slot
+    among the sample's rows, which is wrong exactly in that case; a warning says so.
+    """
     if "ordinal" not in frame:
         raise DataError(f"label 'side' needs an 'ordinal' column in {context}.")
     o = frame["ordinal"].astype(float).where(frame["ordinal"].astype(float) >= 0)
-    last = o.groupby(frame["sample_id"] if "sample_id" in frame else frame.index).transform("max")
+    if "n_targets" in frame:
+        last = pd.to_numeric(frame["n_targets"], errors="coerce").astype(float) - 1
+    else:
+        import warnings
+
+        warnings.warn(f"{context} has no per-sample 'n_targets' label (a store written before "
+                      "2026-11-30): 'side' takes the last slot from the rows present, which mislabels "
+                      "the middle entity of a sample whose last entity owns no token; re-extract "
+                      "to fix.", stacklevel=3)
+        last = o.groupby(frame["sample_id"] if "sample_id" in frame else frame.index).transform("max")
     side = pd.Series(np.nan, index=frame.index)
     side[o == 0] = 0
     side[(o == last) & (last > 0)] = 1

@@ -150,6 +150,8 @@ def samples_frame(stimuli, prompts):
             "index": int(s.index), "width": int(s.width), "height": int(s.height),
             "prompt_kind": p.kind if p else "", "prompt": p.text if p else "",
             "answer": p.answer if p else "",
+            # slots along the axis, whether or not each entity owns a token (probes' 'side')
+            "n_targets": sum(e.role == "target" and e.ordinal is not None for e in s.entities),
         })
     return pd.DataFrame(rows)
 

@@ -144,6 +144,29 @@ def test_paper_side_direction_pools_the_layout_cells(shapes_store):
         assert toks == _oracle_cells("horizontal", 0 if side == 0 else 2)
 
 
+def test_coverage_side_labels_only_outer_slots(shapes_store):
+    """``side`` on the coverage path (``robust``): 1 is the sample's last slot (``n_targets - 1``),
+    not the highest slot that owns a token. Where the star in slot 2 owns no token, the middle
+    entity (slot 1) must stay unlabelled rather than take the star's side."""
+    from probes.dataset import dataset
+
+    store, _, _, stims, covered = shapes_store
+    d = dataset(str(store), model="m", site="projector", layer=0, role="object", label="side",
+                pool="entity")
+    by_id = {s.id: s for s in stims}
+    n_slots = {s.id: len(s.targets) for s in stims}
+    assert {n for s, n in zip(stims, n_slots.values()) if s.counterfactual_kind != "isolated"} == {3}
+    # the case under test occurs: some sample's last-slot entity owns no object token
+    last_missing = [s.id for s in stims if s.counterfactual_kind != "isolated" and not any(
+        e.ordinal == 2 and e.mask_id in covered[s.id] for e in s.entities)]
+    assert last_missing
+    for sid, side, o in zip(d.frame["sample_id"], d.frame["side"], d.frame["ordinal"]):
+        assert (side, o) in ((0, 0), (1, n_slots[sid] - 1)), (sid, side, o)
+    got_last = set(d.frame.loc[d.frame["side"] == 1, "sample_id"])
+    assert not got_last & set(last_missing)
+    assert {sid for sid in d.frame["sample_id"]} <= set(by_id)
+
+
 def test_layout_needs_the_dataset(shapes_store):
     from probes.dataset import dataset
     from probes.errors import DataError
