@@ -9,7 +9,8 @@ Outputs under ``--out DIR``::
                                    data hash, error
     accuracy_heatmap.png           accuracy by layer × role (selectivity_heatmap.png with --control)
     accuracy_lines.png             accuracy by layer, one line per role, CI bands and baselines
-    maps/layer<NNN>.png            probe maps of held-out images (object-token probe on every token)
+    maps/layer<NNN>.png            probe maps of held-out images (object-token probe on every token);
+                                   paper recipe: maps/<orientation>/layer<NNN>.png
     maps/summary.csv               mean P(object's class) over object / strip / background tokens
     config.json                    resolved configs and versions
 """

@@ -137,13 +137,14 @@ def map_summary(pmap: ProbeMap) -> pd.DataFrame:
 
 def heldout_probe_map(store, *, model: str, site: str, layer: int, role: str = "object",
                       label: str = "ordinal", config=None, where: dict | None = None, items=None,
-                      n_samples: int = 4, data=None) -> ProbeMap:
+                      n_samples: int = 4, data=None, region: str = "role") -> ProbeMap:
     """Train a probe on the first grouped split's training scenes and map ``n_samples`` of its
     held-out samples (so the map shows images the probe never saw).
 
     Parameters are those of :func:`probes.dataset` (``data``: dataset directory for scene factors,
-    needed when ``config.group_by`` names one) plus ``config`` (a ``ProbeConfig``) and the number
-    of test samples to map.
+    needed when ``config.group_by`` names one; ``region='layout'``: train on the entities' layout
+    cells, as the paper recipe does) plus ``config`` (a ``ProbeConfig``) and the number of test
+    samples to map. The map itself shows every token of the held-out images.
     """
     from .config import ProbeConfig
     from .dataset import dataset
@@ -152,7 +153,7 @@ def heldout_probe_map(store, *, model: str, site: str, layer: int, role: str = "
     config = config or ProbeConfig()
     store = open_store(store)
     pd_ = dataset(store, model=model, site=site, layer=layer, role=role, label=label,
-                  where=where, items=items, data=data)
+                  where=where, items=items, data=data, region=region)
     tr, te = make_splits(split_groups(pd_.frame, config.group_by), config)[0]
     pipe = _fit(make_probe(config), pd_.X[tr], pd_.y[tr])
     test_ids = list(dict.fromkeys(pd_.frame["sample_id"].iloc[te]))[:n_samples]

@@ -3,8 +3,10 @@
     results.parquet, results.csv   one row per (layer, role)
     accuracy_heatmap.png           accuracy by layer x role (selectivity_heatmap.png with control)
     accuracy_lines.png             accuracy by layer, one line per role, CI bands and baselines
-    maps/layer<NNN>.png            probe maps of held-out images (``map_samples`` > 0)
+    maps/layer<NNN>.png            probe maps of held-out images (``map_samples`` > 0); under the
+                                   paper recipe maps/<orientation>/layer<NNN>.png, one probe each
     maps/summary.csv               mean P(object's class) over object / strip / background tokens
+                                   (``samples``: the held-out images mapped, ';'-separated)
     config.json                    resolved configs and versions
 """
 from __future__ import annotations
@@ -37,17 +39,25 @@ def write_outputs(store, table, sconf, pconf, where, map_samples, out: Path,
         plot_accuracy_heatmap(shown, out / "selectivity_heatmap.png", value="selectivity")
     summaries = []
     map_role = "object" if "object" in sconf.roles else sconf.roles[0]
-    if map_samples > 0 and sconf.pool == "token" and sconf.label in ("ordinal", "side") \
-            and "orientation" not in table:
-        for layer in sconf.layers:
-            cell = table[(table["layer"] == layer) & (table["role"] == map_role)]
-            if cell.empty or cell["accuracy"].isna().all():
-                continue
-            pm = heldout_probe_map(store, model=sconf.model, site=sconf.site, layer=layer,
-                                   role=map_role, label=sconf.label, config=pconf, where=where,
-                                   n_samples=map_samples, data=data_dir)
-            plot_probe_maps(pm, out / "maps" / f"layer{layer:03d}.png")
-            summaries.append(map_summary(pm).assign(layer=layer, trained_on=map_role))
+    if map_samples > 0 and sconf.pool == "token" and sconf.label in ("ordinal", "side"):
+        # the paper recipe: one probe per orientation (base images), so one map set per orientation
+        views = [(None, where, table)] if "orientation" not in table else [
+            (o, {**(where or {}), "axis": [o], "counterfactual_of": [""]},
+             table[table["orientation"] == o]) for o in ("horizontal", "vertical")]
+        for orient, w, part in views:
+            for layer in sconf.layers:
+                cell = part[(part["layer"] == layer) & (part["role"] == map_role)]
+                if cell.empty or cell["accuracy"].isna().all():
+                    continue
+                pm = heldout_probe_map(store, model=sconf.model, site=sconf.site, layer=layer,
+                                       role=map_role, label=sconf.label, config=pconf, where=w,
+                                       n_samples=map_samples, data=data_dir, region=sconf.region)
+                sub = out / "maps" if orient is None else out / "maps" / orient
+                plot_probe_maps(pm, sub / f"layer{layer:03d}.png")
+                summ = map_summary(pm).assign(
+                    layer=layer, trained_on=map_role,
+                    samples=";".join(dict.fromkeys(pm.tokens["sample_id"].astype(str))))
+                summaries.append(summ if orient is None else summ.assign(orientation=orient))
     if summaries:
         import pandas as pd
 

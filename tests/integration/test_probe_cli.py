@@ -125,6 +125,37 @@ def test_probe_paper_recipe_one_probe_per_orientation(store, tmp_path):
     assert len(ok) >= 1 and (ok["accuracy"] > 0.8).all()  # planted signal, the authors' probe
 
 
+def test_probe_paper_recipe_writes_maps_per_orientation(store, tmp_path):
+    """One probe per orientation under ``paper``, so one map set each: maps/<axis>/layerNNN.png,
+    and the summary says which orientation's probe (trained on that axis's base images only)
+    made each row; the images mapped are held-out base images of that axis."""
+    from PIL import Image
+
+    out = tmp_path / "paper_maps"
+    r = run("probe", "--store", store, "--model", "tiny", "--site", "lm.resid", "--layers", "0",
+            "--roles", "object", "--scheduler", "serial", "--map-samples", "2",
+            "--recipe", "paper", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    table = pd.read_parquet(out / "results.parquet")
+    fitted = set(table.loc[table["error"].isna(), "orientation"])  # a tiny store: maybe one
+    assert fitted
+    summ = pd.read_csv(out / "maps" / "summary.csv")
+    assert set(summ["orientation"]) == fitted
+    for axis in ("horizontal", "vertical"):
+        png = out / "maps" / axis / "layer000.png"
+        assert png.is_file() == (axis in fitted)
+        if axis in fitted:
+            assert Image.open(png).size[0] > 100
+    samples = actstore_testing.synthetic_samples(24, seed=2).set_index("sample_id")
+    for _, row in summ.iterrows():
+        ids = row["samples"].split(";")
+        assert len(ids) == 2
+        for sid in ids:  # that orientation's base images
+            assert samples.loc[sid, "axis"] == row["orientation"]
+            assert pd.isna(samples.loc[sid, "counterfactual_of"])
+    assert not (out / "maps" / "layer000.png").exists()
+
+
 def test_probe_paper_side_exports_e7_rank_two_directions_from_golden_items(store, tmp_path):
     from probes.dataset import open_store
 
