@@ -204,74 +204,41 @@ def make_prompts(kinds, *, task: str, direction: str, names: list[str], colors: 
     """The prompts of one stimulus. ``names``/``colors`` are in slot order (0 = left / top).
 
     ``rng_choice`` = (ask yes/no about the true target?, put the answer first in ``choice``?).
+    The Objects task's answer is the object's name (the paper's ``"The object {prep} the
+    {middle} is a(n) "``, ``behavioral_analysis/src/tasks/objects.py``); every other task's is
+    the target's colour.
     """
+    objects = task == "objects"
     noun = {"squares": "square", "objects": "object"}.get(task, "shape")
     tgt = 0 if direction in ("left", "above") else 2
     other = 2 - tgt
     prep, ref = PREPOSITION[direction], names[1]
-    if task == "objects":
-        return _object_prompts(kinds, direction=direction, names=names, rng_choice=rng_choice)
+    answers = names if objects else colors  # what a completion / choice answers with
+
+    def prompt(kind, text, answer, options, subject):
+        return Prompt(kind=kind, text=text, answer=answer, options=tuple(options), system=SYSTEM,
+                      spans=prompt_spans(text, {"subject": subject, "relation": prep,
+                                                "reference": ref},
+                                         ("subject", "relation", "reference")))
+
     out = []
     for kind in kinds:
         if kind == "completion":
-            text = f"The color of the {noun} {prep} the {ref} is "
-            out.append(Prompt(kind="completion", text=text, answer=colors[tgt],
-                              options=tuple(colors), system=SYSTEM,
-                              spans=prompt_spans(text, {"subject": noun, "relation": prep,
-                                                  "reference": ref},
-                                           ("subject", "relation", "reference"))))
+            text = (f"The object {prep} the {ref} is a(n) " if objects
+                    else f"The color of the {noun} {prep} the {ref} is ")
+            out.append(prompt(kind, text, answers[tgt], answers, noun))
         elif kind == "yesno":
             asked = tgt if rng_choice[0] else other
             text = f"Is the {names[asked]} {prep} the {ref}? Answer yes or no."
-            out.append(Prompt(kind="yesno", text=text, answer="yes" if asked == tgt else "no",
-                              options=("yes", "no"), system=SYSTEM,
-                              spans=prompt_spans(text, {"subject": names[asked], "relation": prep,
-                                                  "reference": ref},
-                                           ("subject", "relation", "reference"))))
+            out.append(prompt(kind, text, "yes" if asked == tgt else "no", ("yes", "no"),
+                              names[asked]))
         elif kind == "choice":
-            a, b = (colors[tgt], colors[other]) if rng_choice[1] else (colors[other], colors[tgt])
-            text = f"What is the color of the {noun} {prep} the {ref}: {a} or {b}? " \
-                   "Answer with one word."
-            out.append(Prompt(kind="choice", text=text, answer=colors[tgt], options=(a, b),
-                              system=SYSTEM,
-                              spans=prompt_spans(text, {"subject": noun, "relation": prep,
-                                                  "reference": ref},
-                                           ("subject", "relation", "reference"))))
-    return tuple(out)
-
-
-def _object_prompts(kinds, *, direction: str, names: list[str],
-                    rng_choice: tuple[bool, bool]) -> tuple[Prompt, ...]:
-    """Objects task: the answer is the object's name (the paper's ``"The object {prep} the
-    {middle} is a(n) "``, ``behavioral_analysis/src/tasks/objects.py``)."""
-    tgt = 0 if direction in ("left", "above") else 2
-    other = 2 - tgt
-    prep, ref = PREPOSITION[direction], names[1]
-    out = []
-    for kind in kinds:
-        if kind == "completion":
-            text = f"The object {prep} the {ref} is a(n) "
-            out.append(Prompt(kind="completion", text=text, answer=names[tgt],
-                              options=tuple(names), system=SYSTEM,
-                              spans=prompt_spans(text, {"subject": "object", "relation": prep,
-                                                        "reference": ref},
-                                                 ("subject", "relation", "reference"))))
-        elif kind == "yesno":
-            asked = tgt if rng_choice[0] else other
-            text = f"Is the {names[asked]} {prep} the {ref}? Answer yes or no."
-            out.append(Prompt(kind="yesno", text=text, answer="yes" if asked == tgt else "no",
-                              options=("yes", "no"), system=SYSTEM,
-                              spans=prompt_spans(text, {"subject": names[asked], "relation": prep,
-                                                        "reference": ref},
-                                                 ("subject", "relation", "reference"))))
-        elif kind == "choice":
-            a, b = (names[tgt], names[other]) if rng_choice[1] else (names[other], names[tgt])
-            text = f"Which object is {prep} the {ref}: {a} or {b}? Answer with one word."
-            out.append(Prompt(kind="choice", text=text, answer=names[tgt], options=(a, b),
-                              system=SYSTEM,
-                              spans=prompt_spans(text, {"subject": "object", "relation": prep,
-                                                        "reference": ref},
-                                                 ("subject", "relation", "reference"))))
+            a, b = ((answers[tgt], answers[other]) if rng_choice[1]
+                    else (answers[other], answers[tgt]))
+            text = (f"Which object is {prep} the {ref}: {a} or {b}? Answer with one word."
+                    if objects else f"What is the color of the {noun} {prep} the {ref}: {a} or "
+                    f"{b}? Answer with one word.")
+            out.append(prompt(kind, text, answers[tgt], (a, b), noun))
     return tuple(out)
 
 
