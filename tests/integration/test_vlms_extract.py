@@ -173,7 +173,7 @@ def test_cli_disk_full_is_one_line_and_resumable(data, tmp_path, monkeypatch):
     store = tmp_path / "s.zarr"
     args = ["extract", "--model", "tiny-gemma-3", "--data", str(data), "--store", str(store),
             "--sites", "projector,lm.resid.1", "--batch-size", "2", "--no-progress"]
-    real = writer.StoreWriter._put
+    real = writer.StoreWriter._start  # writes one family's part of a batch
     calls = {"n": 0}
 
     def full(self, *a, **k):
@@ -182,7 +182,7 @@ def test_cli_disk_full_is_one_line_and_resumable(data, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, *a, **k)
 
-    monkeypatch.setattr(writer.StoreWriter, "_put", full)
+    monkeypatch.setattr(writer.StoreWriter, "_start", full)
     res = _cli(args)
     assert res.exit_code == 1
     err = [l for l in res.output.splitlines() if l.startswith("Error")]
@@ -190,7 +190,7 @@ def test_cli_disk_full_is_one_line_and_resumable(data, tmp_path, monkeypatch):
     g = zarr.open_group(str(store), mode="r")["tiny-gemma-3"]
     assert list(g["samples"]["done"][:]) == [True, True, False, False]
     first = g["projector"]["acts"][:2]
-    monkeypatch.setattr(writer.StoreWriter, "_put", real)
+    monkeypatch.setattr(writer.StoreWriter, "_start", real)
     res = _cli(args)
     assert res.exit_code == 0, res.output
     np.testing.assert_array_equal(g["projector"]["acts"][:2], first)
