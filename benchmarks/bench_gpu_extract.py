@@ -21,7 +21,7 @@ image are stored):
 Results go to ``--json`` after every phase (a run cut off by a time limit keeps what it has),
 and a line per ``--log-every`` batches gives the rate while extraction runs.
 
-    python benchmarks/bench_gpu_extract.py --images 512 --compare-zarr 160 --json out.json
+    python benchmarks/bench_gpu_extract.py --images 384 --compare-zarr 128 --json out.json
     python benchmarks/bench_gpu_extract.py --images 32 --compare-zarr 16 --lm-layers 2 \
         --vision-layers 2 --device cpu --batch-size 8
 """
@@ -138,9 +138,9 @@ class _RateLog:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=512,
+    ap.add_argument("--images", type=int, default=384,
                     help="images of both loops (shrunk to fit --disk-fraction of the free disk)")
-    ap.add_argument("--compare-zarr", type=int, default=160,
+    ap.add_argument("--compare-zarr", type=int, default=128,
                     help="also extract the first M images through zarr's writer (0: skip)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lm-layers", type=int, default=28)
@@ -148,7 +148,7 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--disk-fraction", type=float, default=0.5,
                     help="share of the free disk the store may take")
-    ap.add_argument("--disk-probe-batches", type=int, default=4,
+    ap.add_argument("--disk-probe-batches", type=int, default=2,
                     help="batches of np.save for the disk's ceiling (0: skip)")
     ap.add_argument("--log-every", type=int, default=4, help="batches between rate lines")
     ap.add_argument("--work", default=None, help="working folder (default: a temp dir)")

@@ -2,11 +2,14 @@
 # The GPU benchmarks of issue 14 in one prepared run on a lent GPU machine (the `device` tool):
 #   1. bench_gpu_extract.py: Qwen2-VL-7B architecture (random weights), projector + all 29
 #      lm.resid sites into one float16 store, against a bare forward loop over the SAME images
-#      (IMAGES, default 512 = 32 batches, ~21 GiB; both loops finish, so the ratio is measured,
-#      not projected), with the disk's own np.save rate and, on the first COMPARE_ZARR images,
-#      the zarr writer (the write path before the direct shard writer) side by side; a rate line
-#      every 4 batches; JSON written after every phase. About 3-5 minutes on an H200.
-#   2. bench_probe_sweep.py --device cuda: the probe engine at real shape (28,800 x 3584 x 29).
+#      (IMAGES, default 384 = 24 batches, ~16 GiB; both loops finish, so the ratio is measured,
+#      not projected), with the disk's own np.save rate and, on the first COMPARE_ZARR (128)
+#      images, the zarr writer (the write path before the direct shard writer) side by side; a
+#      rate line every 4 batches; JSON written after every phase. Expected 2-4 minutes on an
+#      H200; cut at EXTRACT_TIMEOUT=360 s (even a disk of 100 MB/s fits).
+#   2. bench_probe_sweep.py --device cuda: the probe engine at real shape (28,800 x 3584 x 29),
+#      cut at SWEEP_TIMEOUT=200 s (the bar's per-layer rate stays in the log).
+# The whole script stays under 10 minutes (one `run` call with timeout_s=600).
 # Everything lands in $OUT: gpu_extract.json, gpu_extract.log, probe_sweep_gpu.log, env.txt.
 #
 # Carried wheels (.whl, this project's locked versions of what the machine's image lacks or has
@@ -42,14 +45,14 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 } 2>&1 | tee "$OUT/env.txt"
 "$PY" -c "import torch, transformers, zarr" || exit 1
 rm -rf /tmp/bench_gpu
-timeout "${EXTRACT_TIMEOUT:-420}" "$PY" benchmarks/bench_gpu_extract.py \
-  --images "${IMAGES:-512}" --compare-zarr "${COMPARE_ZARR:-160}" --batch-size "${BATCH:-16}" \
+timeout "${EXTRACT_TIMEOUT:-360}" "$PY" benchmarks/bench_gpu_extract.py \
+  --images "${IMAGES:-384}" --compare-zarr "${COMPARE_ZARR:-128}" --batch-size "${BATCH:-16}" \
   --lm-layers "${LM_LAYERS:-28}" --vision-layers "${VISION_LAYERS:-32}" --device "$DEVICE" \
-  --disk-probe-batches "${DISK_PROBE:-4}" --work /tmp/bench_gpu --json "$OUT/gpu_extract.json" \
+  --disk-probe-batches "${DISK_PROBE:-2}" --work /tmp/bench_gpu --json "$OUT/gpu_extract.json" \
   2>&1 | tee "$OUT/gpu_extract.log"
 echo "bench_gpu_extract exit ${PIPESTATUS[0]}" | tee -a "$OUT/gpu_extract.log"
 rm -rf /tmp/bench_gpu
 # shellcheck disable=SC2086
-timeout "${SWEEP_TIMEOUT:-240}" "$PY" benchmarks/bench_probe_sweep.py --device "$DEVICE" \
+timeout "${SWEEP_TIMEOUT:-200}" "$PY" benchmarks/bench_probe_sweep.py --device "$DEVICE" \
   --threads "$(nproc)" ${SWEEP_ARGS:-} 2>&1 | tee "$OUT/probe_sweep_gpu.log"
 echo "bench_probe_sweep exit ${PIPESTATUS[0]}" | tee -a "$OUT/probe_sweep_gpu.log"
