@@ -98,6 +98,48 @@ def run_npsave(path, parts, *, n_batches):
                 cpu_s=cpu_s() - c0, sys_s=sys_s() - s0)
 
 
+def breakdown(a: np.ndarray, work: Path) -> dict:
+    """Where zarr's time goes on one shard (``a``: samples x tokens x hidden), best of 5:
+    zarr's whole-shard write, its empty-chunk test alone (``np.array_equal`` of each inner
+    chunk with the NaN fill, ``equal_nan=True``, as zarr's ``all_equal`` does) and a raw file
+    write of the same bytes."""
+    import zarr
+
+    def best(f, n=5):
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            f()
+            out.append(time.perf_counter() - t0)
+        return min(out)
+
+    B = a.shape[0]
+    g = zarr.open_group(work / "breakdown.zarr", mode="w", zarr_format=3)
+    arr = g.create_array("x", shape=(B * 5, 1, *a.shape[1:]), dtype=a.dtype,
+                         chunks=(1, 1, *a.shape[1:]), shards=(B, 1, *a.shape[1:]),
+                         compressors=None, fill_value=np.nan)
+    k = [0]
+
+    def zarr_write():
+        arr[B * (k[0] % 5):B * (k[0] % 5 + 1), 0] = a
+        k[0] += 1
+
+    def empty_test():
+        for j in range(B):
+            d, o = np.broadcast_arrays(a[j], a.dtype.type(np.nan))
+            np.array_equal(d, o, equal_nan=True)
+
+    def raw():
+        with open(work / "raw.bin", "wb") as f:
+            f.write(memoryview(np.ascontiguousarray(a)).cast("B"))
+
+    out = {"shard_mb": a.nbytes / 1e6, "zarr_write_s": best(zarr_write),
+           "empty_test_s": best(empty_test), "raw_write_s": best(raw)}
+    shutil.rmtree(work / "breakdown.zarr")
+    os.remove(work / "raw.bin")
+    return out
+
+
 def du(path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -113,6 +155,8 @@ def main(argv=None):
     ap.add_argument("--seq", type=int, default=203)
     ap.add_argument("--variants", default="zarr,direct-1,direct-4,npsave",
                     help="zarr, npsave and direct-K (the direct writer with K I/O threads)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time zarr's shard write, its empty-chunk test and a raw write")
     ap.add_argument("--work", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -132,6 +176,12 @@ def main(argv=None):
                  "host": platform.node(), "cpus": os.cpu_count(), "args": vars(args),
                  "bytes_per_batch": per_batch, "runs": {v: [] for v in variants}}
     try:
+        if args.breakdown:
+            res["breakdown"] = bd = breakdown(acts["lm.resid"][:, 0], work)
+            print(f"one shard ({bd['shard_mb']:.1f} MB), best of 5: zarr write "
+                  f"{bd['zarr_write_s'] * 1e3:.0f} ms, of which its empty-chunk test "
+                  f"{bd['empty_test_s'] * 1e3:.0f} ms; raw file write {bd['raw_write_s'] * 1e3:.0f} ms",
+                  flush=True)
         for rep in range(args.reps):
             order = variants if rep % 2 == 0 else variants[::-1]
             for v in order:
