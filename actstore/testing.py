@@ -106,7 +106,7 @@ def make_store(path, *, n_samples: int = 12, model: str = "tiny",
                planted: float | None = None, seed: int = 0, stop_after: int | None = None,
                provenance: dict | None = None, params: dict | None = None,
                shard: tuple[int, int] | None = None, inner_samples: int = 1,
-               storage_options: dict | None = None) -> Synthetic:
+               storage_options: dict | None = None, direct: bool = True) -> Synthetic:
     """Write a small synthetic store through :class:`StoreWriter` and return its ground truth.
 
     Parameters
@@ -126,6 +126,8 @@ def make_store(path, *, n_samples: int = 12, model: str = "tiny",
         Write only the batches of process ``i`` of ``n`` (as ``--shard i/n`` does).
     inner_samples : int
         Inner chunk of a shard along ``sample``.
+    direct : bool
+        Let the writer write whole activation shards itself (default); False: through zarr.
 
     Returns
     -------
@@ -159,7 +161,7 @@ def make_store(path, *, n_samples: int = 12, model: str = "tiny",
     w = StoreWriter.open_or_create(path, model=model, provenance=provenance or DEFAULT_PROVENANCE,
                                    samples=samples, sites=sites, params=params or {"object_coverage": 0.5},
                                    batch_size=batch_size, inner_samples=inner_samples,
-                                   storage_options=storage_options)
+                                   storage_options=storage_options, direct=direct)
     written = []
     for b, idx in enumerate(w.batches(shard)):
         if stop_after is not None and b >= stop_after:

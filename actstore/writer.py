@@ -5,7 +5,9 @@ full list of sample labels (the sample order is fixed from then on) or re-opens 
 after checking that it belongs to the same model, schema, data and dtype. Phase 2,
 :meth:`StoreWriter.write`, writes one batch of samples by region (a whole zarr shard when the batch
 is aligned) and only then sets their ``done`` flags, so a killed run never leaves a sample marked
-done whose data are missing. :meth:`StoreWriter.pending` tells a resumed run (or one of several
+done whose data are missing. On a local disk the whole activation shards of an aligned batch are
+written straight to their files, several at once (``_shardwrite``: the bytes zarr would write,
+each file renamed into place complete); everything else goes through zarr. :meth:`StoreWriter.pending` tells a resumed run (or one of several
 processes, via ``shard=(i, n)``) what is left.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from typing import Iterator, Mapping
 
@@ -24,6 +27,8 @@ import pandas as pd
 from common.io import boundary, test_point
 
 from . import schema as S
+from ._shardwrite import _ShardFiles
+from ._shardwrite import wait_all as _wait_all
 from .errors import StoreError
 
 
@@ -31,7 +36,7 @@ class StoreWriter:
     """Writer of one model group of a store. Build it with :meth:`open_or_create`."""
 
     def __init__(self, *, path: str, root, group, specs: list[S.SiteSpec], n_samples: int,
-                 batch_size: int):
+                 batch_size: int, io_threads: int | None = None, direct: bool = True):
         self.path = str(path)
         self.root = root
         self.group = group
@@ -41,6 +46,15 @@ class StoreWriter:
         self.model = group.attrs["model"]
         self._done = group["samples"]["done"]
         self._arrays = {f: group[f] for f in self.specs}
+        # whole-shard writes of the activations straight to files (same bytes as zarr's sharding
+        # codec, see _ShardFiles); None for an array zarr must write (remote store, other codecs)
+        self._direct = {f: (_ShardFiles.of(self._arrays[f]["acts"]) if direct else None)
+                        for f in self.specs}
+        if io_threads is not None and (not isinstance(io_threads, int) or io_threads < 1):
+            raise StoreError(f"io_threads must be an int >= 1; got {io_threads!r}")
+        self.io_threads = io_threads or max(1, min(8, os.cpu_count() or 1))
+        self._pool = None
+        self._pool_lock = threading.Lock()  # writes of several batches may run at once
 
     # ------------------------------------------------------------------ phase 1
     @classmethod
@@ -48,7 +62,8 @@ class StoreWriter:
                        sites: list[S.SiteSpec], params: Mapping | None = None,
                        batch_size: int = 16, inner_samples: int = 1,
                        storage_options: dict | None = None, wait_s: float = 600.0,
-                       notify=None, creator: bool | None = None) -> "StoreWriter":
+                       notify=None, creator: bool | None = None, io_threads: int | None = None,
+                       direct: bool = True) -> "StoreWriter":
         """Open the model group of a store for writing, creating and pre-allocating it if needed.
 
         Parameters
@@ -81,6 +96,13 @@ class StoreWriter:
             together elect one through the creation lock). False: never create; wait up to
             ``max(wait_s, 600)`` s for the process that does (e.g. shard 0 of several on an object
             store, which has no atomic create). True: may create.
+        io_threads : int, optional
+            Threads that write the shard files of one batch at once (default: the CPU count,
+            at most 8; 1 writes them one after another).
+        direct : bool
+            Write whole activation shards of a local store straight to their files (the bytes
+            zarr's sharding codec writes, without its per-chunk copies and checks); False: every
+            write goes through zarr (the reference the direct path is tested against).
 
         Returns
         -------
@@ -109,7 +131,8 @@ class StoreWriter:
         if creator is False:
             with boundary(path, action="write", error=StoreError):
                 store = S.resolve_store(path, mode="a", storage_options=storage_options)
-                return cls._wait_for_creator(path, store, key, make, max(wait_s, 600.0))
+                return cls._wait_for_creator(path, store, key, make, max(wait_s, 600.0),
+                                             io_threads=io_threads, direct=direct)
         with boundary(path, action="write", error=StoreError):
             store = S.resolve_store(path, mode="a", storage_options=storage_options)
             root = _open_root(store, path)
@@ -123,10 +146,11 @@ class StoreWriter:
                 raise
         _check_compatible(group, path, key, prov=prov, frame=frame, specs=specs, params=params)
         return cls(path=str(path), root=root, group=group, specs=specs,
-                   n_samples=len(frame), batch_size=int(group.attrs["batch_size"]))
+                   n_samples=len(frame), batch_size=int(group.attrs["batch_size"]),
+                   io_threads=io_threads, direct=direct)
 
     @classmethod
-    def _wait_for_creator(cls, path, store, key, make, wait_s) -> "StoreWriter":
+    def _wait_for_creator(cls, path, store, key, make, wait_s, **writer) -> "StoreWriter":
         import zarr
 
         deadline = time.monotonic() + wait_s
@@ -148,7 +172,8 @@ class StoreWriter:
         _check_compatible(group, path, key, prov=make["prov"], frame=make["frame"],
                           specs=make["specs"], params=make["params"])
         return cls(path=str(path), root=root, group=group, specs=make["specs"],
-                   n_samples=len(make["frame"]), batch_size=int(group.attrs["batch_size"]))
+                   n_samples=len(make["frame"]), batch_size=int(group.attrs["batch_size"]),
+                   **writer)
 
     # ------------------------------------------------------------------ resume
     def done(self) -> np.ndarray:
@@ -215,8 +240,16 @@ class StoreWriter:
             prepared = {f: (a[todo], {k: v[todo] for k, v in t.items()}, n[todo])
                         for f, (a, t, n) in prepared.items()}
         try:
-            for f, (a, labels, n_tok) in prepared.items():
-                self._put(f, idx, a, labels, n_tok)
+            # every shard file of the batch in flight at once (disjoint objects); the done flags
+            # only after all of them are written
+            futures: list = []
+            try:
+                for f, (a, labels, n_tok) in prepared.items():
+                    futures += self._start(f, idx, a, labels, n_tok)
+            except BaseException:
+                _wait_all(futures, raise_first=False)  # no write left running behind an error
+                raise
+            _wait_all(futures)
             self._put_done(idx)
         except OSError as e:
             if e.errno == errno.ENOSPC:
@@ -227,8 +260,13 @@ class StoreWriter:
         return len(idx)
 
     def close(self) -> None:
-        """Finish writing (zarr writes are synchronous, so this only drops references)."""
+        """Finish writing: every write has returned by now (``write`` waits for its files), so
+        this stops the writer's I/O threads and drops references."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self._arrays = {}
+        self._direct = {}
 
     def __enter__(self):
         return self
@@ -297,23 +335,51 @@ class StoreWriter:
         return out, labels, n_tok
 
     def _put(self, f, idx, a, labels, n_tok):
+        """Write one family's part of a batch and return when it is on the store."""
+        _wait_all(self._start(f, idx, a, labels, n_tok))
+
+    def _start(self, f, idx, a, labels, n_tok) -> list:
+        """Write one family's part of a batch; whole activation shards written directly are
+        started on the writer's I/O threads and returned as futures (the rest is written
+        before this returns)."""
         g = self._arrays[f]
         B = self.batch_size
         s0 = int(idx[0])
         aligned = (s0 % B == 0 and np.array_equal(idx, np.arange(s0, s0 + len(idx)))
                    and len(idx) == min(B, self.n_samples - s0))
+        futures = []
         if aligned:  # one region write per array: whole shards, no read-modify-write
             sl = slice(s0, s0 + len(idx))
-            g["acts"][sl] = a
-            for name, v in labels.items():
-                g[name][sl] = v
-            g["n_tokens"][sl] = n_tok
+            direct = self._direct.get(f)
+            if direct is not None:
+                pool = self._io_pool()
+                futures = [pool.submit(direct.write_shard, s0 // B, layer, a[:, layer])
+                           for layer in range(a.shape[1])]
+            else:
+                g["acts"][sl] = a
+            try:
+                for name, v in labels.items():
+                    g[name][sl] = v
+                g["n_tokens"][sl] = n_tok
+            except BaseException:
+                _wait_all(futures, raise_first=False)
+                raise
         else:
             for j, i in enumerate(idx):
                 g["acts"][int(i)] = a[j]
             for name, v in labels.items():
                 g[name].set_orthogonal_selection((idx, slice(None)), v)
             g["n_tokens"].set_coordinate_selection(idx, n_tok)
+        return futures
+
+    def _io_pool(self):
+        with self._pool_lock:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=self.io_threads,
+                                                thread_name_prefix="actstore-io")
+            return self._pool
 
     def _put_done(self, idx):
         self._done.set_coordinate_selection(idx, np.ones(len(idx), bool))

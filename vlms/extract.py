@@ -6,7 +6,8 @@ sample order, site families, layers and token axes are fixed up front from the d
 metadata (no image is decoded for that), so every process and every rerun pre-allocates the same
 store; batches are the store's shards, written whole and marked done only after their data, so a
 killed run resumed with the same command equals a clean run, a finished store is left untouched,
-and ``shard=(i, n)`` lets several processes fill disjoint batches. Memory holds one batch.
+and ``shard=(i, n)`` lets several processes fill disjoint batches. Memory holds the batch in
+the model and the (at most ``WRITES_IN_FLIGHT``) batches being written.
 
 Token axes per site family
 --------------------------
@@ -28,6 +29,8 @@ import numpy as np
 from .errors import ExtractError, InputError
 
 FAMILIES = ("vision.blocks", "projector", "lm.resid")
+WRITES_IN_FLIGHT = 2
+"""Batches whose store writes may be in flight while the next batch runs through the model."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,7 +223,9 @@ def provenance(adapter, cfg: ExtractConfig, ds) -> dict[str, Any]:
 
 
 def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None = None,
-                echo: Callable[[str], Any] = print, adapter=None) -> dict[str, int]:
+                echo: Callable[[str], Any] = print, adapter=None,
+                write_options: dict | None = None,
+                on_batch: Callable[[int], Any] | None = None) -> dict[str, int]:
     """Extract activations of every pending sample (of this shard) into the store.
 
     Parameters
@@ -235,6 +240,12 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None 
         Where the size estimate and notes go.
     adapter
         An already loaded adapter (default: ``load_adapter(cfg.model)``).
+    write_options
+        How the store is written (the stored bytes are the same either way): ``in_flight``
+        (batches whose writes overlap the next forward, default :data:`WRITES_IN_FLIGHT`),
+        ``io_threads`` and ``direct`` (see :meth:`actstore.StoreWriter.open_or_create`).
+    on_batch
+        Called with the number of samples of each batch once it is written and marked done.
 
     Returns
     -------
@@ -259,8 +270,13 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None 
     _read_stimuli(cfg)  # a bad --data fails before the model loads
     check_target(cfg.store)  # refuse a bad --store before the model loads
     check_writable(cfg.store, what="--store", error=ExtractError)
+    opts = dict(write_options or {})
+    in_flight = opts.pop("in_flight", WRITES_IN_FLIGHT)
+    if not isinstance(in_flight, int) or in_flight < 1 or set(opts) - {"io_threads", "direct"}:
+        raise ExtractError(f"write_options={write_options!r}: known keys are in_flight (int >= 1), "
+                           f"io_threads, direct")
     ad = adapter or load_adapter(cfg.model, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
-    w, ctx = open_writer(cfg, ad)
+    w, ctx = open_writer(cfg, ad, **opts)
     todo = list(w.batches(cfg.shard))
     n_todo = int(sum(len(b) for b in todo))
     total = len(ctx["stimuli"])
@@ -274,7 +290,13 @@ def run_extract(cfg: ExtractConfig, *, progress: bool = True, limit: int | None 
     bar = tqdm(total=n_todo, desc="extract", unit="sample", disable=not progress,
                dynamic_ncols=True)
     try:
-        written = _write_batches(cfg, ad, w, ctx, todo, on_batch=bar.update)
+        def done_batch(n):
+            bar.update(n)
+            if on_batch is not None:
+                on_batch(n)
+
+        written = _write_batches(cfg, ad, w, ctx, todo, on_batch=done_batch,
+                                 in_flight=in_flight)
     finally:
         bar.close()
         w.close()
@@ -297,11 +319,12 @@ def _read_stimuli(cfg: ExtractConfig):
     return ds, stimuli
 
 
-def open_writer(cfg: ExtractConfig, ad):
+def open_writer(cfg: ExtractConfig, ad, **writer):
     """Create (or reopen) the store for ``cfg`` with the loaded adapter ``ad``.
 
     Returns ``(writer, ctx)``; ``ctx`` holds the dataset, stimuli, prompts and site specs that
     :func:`extract_batches` needs. Every process computes the same layout from the metadata.
+    ``writer`` goes to :meth:`actstore.StoreWriter.open_or_create` (``io_threads``, ``direct``).
     """
     from actstore import StoreWriter
 
@@ -315,7 +338,7 @@ def open_writer(cfg: ExtractConfig, ad):
     w = StoreWriter.open_or_create(cfg.store, model=cfg.model, provenance=provenance(ad, cfg, ds),
                                    samples=samples_frame(stimuli, prompts), sites=specs,
                                    params=params, batch_size=cfg.batch_size,
-                                   creator=_creator(cfg))
+                                   creator=_creator(cfg), **writer)
     return w, {"ds": ds, "stimuli": stimuli, "prompts": prompts, "specs": specs}
 
 
@@ -340,35 +363,44 @@ def extract_batches(cfg: ExtractConfig, ad, batches) -> int:
         w.close()
 
 
-def _write_batches(cfg: ExtractConfig, ad, w, ctx, todo, on_batch=None) -> int:
+def _write_batches(cfg: ExtractConfig, ad, w, ctx, todo, on_batch=None,
+                   in_flight: int = WRITES_IN_FLIGHT) -> int:
+    from collections import deque
+
     from common.io import test_point
 
     ds, stimuli, prompts, specs = ctx["ds"], ctx["stimuli"], ctx["prompts"], ctx["specs"]
     written = 0
-    # the store write of batch k overlaps the forward of batch k+1 (one write in flight, so
-    # memory holds at most two batches); a batch is marked done only after its data are written
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending = None
+    # the store writes of the last ``in_flight`` batches overlap the forward of the next one
+    # (memory holds at most in_flight + 1 batches); each batch is marked done only after its
+    # own data are written (batches are disjoint shards, so writes in flight never touch the
+    # same stored object), and batches are reported done in order
+    pool = ThreadPoolExecutor(max_workers=in_flight)
+    pending: deque = deque()
+
+    def finish_one():
+        nonlocal written
+        fut, n = pending.popleft()
+        written += fut.result()
+        if on_batch is not None:
+            on_batch(n)
+        test_point("extract-batch")
+
     try:
         for idx in todo:
             acts, tokens = extract_batch(ad, ds, [stimuli[i] for i in idx],
                                          [prompts[i] for i in idx], specs=specs,
                                          pool_vision=cfg.pool_vision,
                                          object_fraction=cfg.object_fraction)
-            if pending is not None:
-                written += pending.result()
-                if on_batch is not None:
-                    on_batch(n_pending)
-                test_point("extract-batch")
-            pending, n_pending = pool.submit(w.write, idx, acts, tokens), len(idx)
-        if pending is not None:
-            written += pending.result()
-            if on_batch is not None:
-                on_batch(n_pending)
-            pending = None
+            while len(pending) >= in_flight:
+                finish_one()
+            pending.append((pool.submit(w.write, idx, acts, tokens), len(idx)))
+            del acts, tokens
+        while pending:
+            finish_one()
     finally:
-        if pending is not None:  # an error elsewhere: let the write in flight finish cleanly
-            pending.exception()
+        for fut, _ in pending:  # an error elsewhere: let the writes in flight finish cleanly
+            fut.exception()
         pool.shutdown(wait=True)
     return written
 
@@ -456,25 +488,46 @@ def _stored_buffer(B: int, sp):
     return out, getattr(torch, str(sp.dtype))
 
 
+def _host(t) -> np.ndarray:
+    """``t`` as a host numpy array: a CPU tensor is shared as it is; a GPU tensor lands in
+    page-locked memory in one copy (torch caches those blocks, so later batches reuse them;
+    faster than a pageable copy), or in ordinary memory if pinning is refused."""
+    import torch
+
+    if t.device.type == "cpu":
+        return t.numpy()
+    try:
+        h = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    except RuntimeError:
+        return t.cpu().numpy()
+    h.copy_(t)
+    return h.numpy()
+
+
 _LABELS = {"role": (np.int8, 0), "ordinal": (np.int8, -1), "entity": (np.int16, 0),
            "row": (np.int16, -1), "col": (np.int16, -1), "position": (np.int32, -1)}
 
 
 def _lm_family(ad, batch, got, sp, per_item, code):
+    import torch
+
     from .roles import sequence_roles
 
     B = len(batch)
     T = sp.n_tokens  # extract_batch checked that every sequence fits
-    out, tdt = _stored_buffer(B, sp)
-    lab = {k: np.full((B, T), v, dt) for k, (dt, v) in _LABELS.items()}
+    tdt = getattr(torch, str(sp.dtype))
+    first = got[f"lm.resid.{sp.layers[0]}"]
+    # the whole (B, L, T, H) batch in the stored dtype is assembled on the model's device (cast
+    # float32 first, as the store's own cast would; left padding dropped, the store's padding
+    # is 0) and crosses to the host in one copy, so the writer copies nothing more
+    dev = torch.zeros((B, len(sp.layers), T, sp.hidden), dtype=tdt, device=first.device)
     for li, layer in enumerate(sp.layers):
-        # cast on the model's device (float32 first, as the store's own cast would): the host
-        # receives the stored dtype, already at the store's token width, so the writer copies
-        # nothing more
-        a = got[f"lm.resid.{layer}"].float().to(tdt).cpu().numpy()
+        a = got[f"lm.resid.{layer}"].float().to(tdt)
         for b in range(B):
             p = batch.n_pad[b]
-            out[b, li, : a.shape[1] - p] = a[b, p:]
+            dev[b, li, : a.shape[1] - p] = a[b, p:]
+    out = _host(dev)
+    lab = {k: np.full((B, T), v, dt) for k, (dt, v) in _LABELS.items()}
     for b in range(B):
         p = batch.n_pad[b]
         n = batch.seq_len - p

@@ -155,21 +155,31 @@ def test_shorter_batches_are_padded(tmp_path):
     assert x["pad"].values[:, 20:].all()
 
 
-def test_disk_full_is_one_line_and_keeps_done_samples(tmp_path, monkeypatch):
+@pytest.mark.parametrize("direct", [True, False])
+def test_disk_full_is_one_line_and_keeps_done_samples(tmp_path, monkeypatch, direct):
+    import actstore._shardwrite as sw
+
     truth = make_store(tmp_path / "s", n_samples=12, stop_after=1)
-    w = _writer(tmp_path / "s")
-    real = zarr.Array.__setitem__
+    w = _writer(tmp_path / "s", direct=direct)
+    real, real_writev = zarr.Array.__setitem__, sw._writev_all
 
     def full(self, key, value):
         if self.path.endswith("acts"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, key, value)
 
+    def full_writev(fd, bufs):
+        real_writev(fd, bufs[:1])  # part of the file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(zarr.Array, "__setitem__", full)
+    monkeypatch.setattr(sw, "_writev_all", full_writev)
     with pytest.raises(StoreError, match="disk full while writing samples 4..7") as e:
         w.write(np.arange(4, 8), *_batch(truth, np.arange(4, 8)))
     assert "\n" not in str(e.value) and "rerun the same command" in str(e.value)
+    assert not list((tmp_path / "s").rglob("*.partial"))  # no half file left behind
     monkeypatch.setattr(zarr.Array, "__setitem__", real)
+    monkeypatch.setattr(sw, "_writev_all", real_writev)
     s = open_store(tmp_path / "s")
     assert list(s.labels()["done"]) == [True] * 4 + [False] * 8
     np.testing.assert_array_equal(s.select(site="lm.resid").values, truth.acts["lm.resid"][:4])
