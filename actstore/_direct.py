@@ -32,6 +32,7 @@ read it in; they wait on the disk (the GIL released), so a cold read keeps sever
 as the kernel's own read-ahead does for one large file."""
 
 _MADV_POPULATE_READ = 22  # Linux >= 5.14: fault the pages of a range in (reading them if needed)
+_FADVISE = getattr(os, "posix_fadvise", None)  # not on macOS
 
 
 @dataclass(frozen=True)
@@ -214,21 +215,36 @@ def _open_shard(path: str, lay: Layout, n_inner: int, in_order: np.ndarray, b0: 
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    mm = None
     try:
-        index = _read_index(fd, path, lay, n_inner)
-        if not np.array_equal(index[:, 0], in_order):
+        size = os.fstat(fd).st_size
+        if size == lay.shard[0] * per_sample + lay.index_bytes:  # the size of a whole-shard write
+            # read the index and the wanted range together: ask for the index page first
+            # (asynchronously), map and read in the range, then parse the index (a shard whose
+            # inner chunks turn out not to be in order is unmapped again)
+            if _FADVISE is not None:
+                try:
+                    _FADVISE(fd, size - lay.index_bytes, lay.index_bytes, os.POSIX_FADV_WILLNEED)
+                except OSError:  # a hint only
+                    pass
+            m0 = b0 // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+            mm = mmap.mmap(fd, b1 - m0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=m0)
+            if huge:
+                _madvise(mm, getattr(mmap, "MADV_HUGEPAGE", None))
+            if wanted is None:
+                _madvise(mm, _MADV_POPULATE_READ)
+            else:
+                for w in wanted:
+                    _madvise(mm, _MADV_POPULATE_READ, b0 - m0 + w, per_sample)
+        index = _read_index(fd, path, lay, n_inner, size)
+        if mm is None or not np.array_equal(index[:, 0], in_order):
+            if mm is not None:
+                mm.close()
             return fd, index, None
-        m0 = b0 // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
-        mm = mmap.mmap(fd, b1 - m0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=m0)
-        if huge:
-            _madvise(mm, getattr(mmap, "MADV_HUGEPAGE", None))
-        if wanted is None:
-            _madvise(mm, _MADV_POPULATE_READ)
-        else:
-            for w in wanted:
-                _madvise(mm, _MADV_POPULATE_READ, b0 - m0 + w, per_sample)
         return fd, index, (mm, b0 - m0)
     except BaseException:
+        if mm is not None:
+            mm.close()
         os.close(fd)
         raise
 
@@ -260,9 +276,10 @@ def _libc():
         return None
 
 
-def _read_index(fd: int, path: str, lay: Layout, n_inner: int) -> np.ndarray:
-    """The shard index ``(n_inner, 2)`` (offset, nbytes) at the end of a shard file."""
-    size = os.fstat(fd).st_size
+def _read_index(fd: int, path: str, lay: Layout, n_inner: int, size: int | None = None) -> np.ndarray:
+    """The shard index ``(n_inner, 2)`` (offset, nbytes) at the end of a shard file of ``size``
+    bytes (default: its size now)."""
+    size = os.fstat(fd).st_size if size is None else size
     if size < lay.index_bytes:
         raise OSError(f"shard file {path} is truncated ({size} bytes)")
     raw = os.pread(fd, 16 * n_inner, size - lay.index_bytes)
