@@ -31,6 +31,9 @@ READ_THREADS = 4
 read it in; they wait on the disk (the GIL released), so a cold read keeps several reads in flight
 as the kernel's own read-ahead does for one large file."""
 
+HUGE_FOLIOS = True
+"""Ask for 2 MiB page-cache folios (``MADV_HUGEPAGE``) when at least half a shard is read."""
+
 _MADV_POPULATE_READ = 22  # Linux >= 5.14: fault the pages of a range in (reading them if needed)
 _FADVISE = getattr(os, "posix_fadvise", None)  # not on macOS
 
@@ -125,7 +128,7 @@ def gather(lay: Layout, layer_pos: int, samples: np.ndarray, tokens: np.ndarray)
             wanted = [(int(w) - los[j]) * per_sample for w in np.unique(within[a:e])]
         return _open_shard(paths[j], lay, n_inner, in_order, los[j] * per_sample,
                            his[j] * per_sample, per_sample, wanted,
-                           huge=2 * (his[j] - los[j]) >= Bs)
+                           huge=HUGE_FOLIOS and 2 * (his[j] - los[j]) >= Bs)
 
     pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="actstore-read") \
         if len(paths) > 1 and READ_AHEAD_BYTES > 0 else None
