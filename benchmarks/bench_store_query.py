@@ -94,6 +94,36 @@ def evict(*paths):
                 os.close(fd)
 
 
+def resident_fraction(*paths) -> float:
+    """Fraction of the pages of ``paths``' files that are in the page cache now (``mincore`` on
+    a mapping of each file; maps nothing in and reads nothing): checks that ``evict`` worked."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
+    total = resident = 0
+    for p in paths:
+        for f in _files(p):
+            size = os.path.getsize(f)
+            if not size:
+                continue
+            with open(f, "rb") as fh:
+                mm = mmap.mmap(fh.fileno(), size, prot=mmap.PROT_READ)
+            try:
+                view = np.frombuffer(mm, np.uint8)
+                vec = np.zeros((size + page - 1) // page, np.uint8)
+                if libc.mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size),
+                                ctypes.c_void_p(vec.ctypes.data)):
+                    raise OSError(ctypes.get_errno(), f"mincore failed on {f}")
+                del view
+            finally:
+                mm.close()
+            total += len(vec)
+            resident += int((vec & 1).sum())
+    return resident / max(total, 1)
+
+
 def timed(fn, *, cold_paths, reps):
     evict(*cold_paths)
     t0 = time.perf_counter()

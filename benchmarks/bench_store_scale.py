@@ -8,9 +8,11 @@ bytes, cold and warm), and writer / reader peak memory at two store sizes.
 Writer and reader each run in a child process whose peak RSS (VmHWM) is reported, at ``--samples``
 and at a tenth of it: flat memory means the same peak at both sizes. The reader child opens the
 store, prints its summary, and streams the role query block by block (dask chunks of ~64 MiB) — a
-reader that never holds the whole selection. The role query timing uses
-``bench_store_query``'s procedure (whole selection ``.values``; cold = our files evicted with
-``posix_fadvise``; warm = best of the repeats).
+reader that never holds the whole selection. The role query (whole selection ``.values``) is then
+timed against a raw numpy memmap of the same bytes giving the same output array, ``--rounds``
+times side by side: cold = the files evicted with ``posix_fadvise(DONTNEED)``, checked with
+``mincore``; warm = best of ``--reps`` repeats; wall and CPU seconds of each; plus the first query
+of a freshly opened store (role index built from cold label arrays).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_store_query import evict, roles_for, timed, write_memmap, write_store  # noqa: E402
+from bench_store_query import evict, resident_fraction, write_memmap  # noqa: E402
 
 WRITER = r"""
 import sys, time, numpy as np
@@ -73,6 +75,15 @@ def _child(code, *args):
     return r.stdout.strip().splitlines()[-1]
 
 
+def _measure(fn):
+    """Wall and CPU seconds (user + system of this process) of one call."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    del out
+    return wall, cpu
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=100_000)
@@ -80,7 +91,8 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--objects", type=int, default=12, help="mean object tokens per sample")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="warm repeats per round")
+    ap.add_argument("--rounds", type=int, default=3, help="cold + warm rounds of both reads")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--append", action="store_true")
     a = ap.parse_args(argv)
@@ -112,8 +124,9 @@ def main(argv=None):
         idx = np.argsort(~mask, axis=1, kind="stable")[:, :K]
         pad = np.arange(K)[None] >= mask.sum(1)[:, None]
         idx = np.where(pad, 0, idx)
+        del role, mask
 
-        def raw():
+        def raw():  # the same output as the store's: (N, K, H) float16, fresh, NaN in padding
             mm = np.load(mm_path, mmap_mode="r")
             out = mm[np.arange(N)[:, None], idx]
             out[pad] = np.nan
@@ -125,12 +138,31 @@ def main(argv=None):
         def api():
             return s.select(site="lm.resid.0", role="object").values
 
-        # alternate the two so that both see the same machine state; cold first
-        ref, mm_cold, mm_warm = timed(raw, cold_paths=[mm_path], reps=a.reps)
-        got, cold, warm = timed(api, cold_paths=[path], reps=a.reps)
-        evict(mm_path)
+        def fresh():  # a new Store: the role index is built from the (cold) label arrays too
+            return open_store(path).select(site="lm.resid.0", role="object").values
+
+        ref = raw()
+        got = api()  # also builds the store's role index (the memmap's idx is built above)
         assert np.array_equal(got, ref, equal_nan=True), "store and memmap disagree"
+        assert got.tobytes() == ref.tobytes(), "store and memmap differ in some byte"
         del got, ref
+        runs = []
+        for r in range(a.rounds):
+            row = {"round": r + 1, "load": os.getloadavg()[0]}
+            pair = [("mm", raw, mm_path), ("api", api, path)]
+            for name, fn, p in (pair if r % 2 == 0 else pair[::-1]):  # who goes first alternates
+                evict(p)
+                row[f"{name}_resident"] = resident_fraction(p)
+                row[f"{name}_cold"], row[f"{name}_cold_cpu"] = _measure(fn)
+                warm = [_measure(fn) for _ in range(a.reps)]
+                row[f"{name}_warm"] = min(w for w, _ in warm)
+                row[f"{name}_warm_cpu"] = min(c for _, c in warm)
+            evict(path)
+            row["fresh_resident"] = resident_fraction(path)
+            row["fresh_cold"], row["fresh_cold_cpu"] = _measure(fresh)
+            runs.append(row)
+            print(row, flush=True)
+        evict(mm_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     gb = N * T * H * 2 / 1e9
@@ -150,16 +182,42 @@ def main(argv=None):
         lines.append(f"| {n} | {r['write_s']:.1f} ({n * T * H * 2 / r['write_s'] / 1e6:.0f}) | "
                      f"{r['writer_rss']:.0f} | {r['validate_s']:.1f} | {r['stream_s']:.1f} | "
                      f"{r['reader_rss']:.0f} |")
+    def spread(key, num, den):
+        v = [r[num] / r[den] for r in runs]
+        return f"{np.median(v):.2f}x ({min(v):.2f}–{max(v):.2f})"
+
     lines += [
         "",
-        f"Role query over all {N} samples (output {N}×{K}×{H}), side by side:",
+        f"Role query over all {N} samples (output {N}×{K}×{H} float16, freshly allocated, NaN in "
+        f"padding; the memmap's fancy index gives the same bytes, checked), {a.rounds} rounds "
+        f"side by side, who goes first alternating. Cold = both files evicted with "
+        f"`posix_fadvise(DONTNEED)` right before the read, and the fraction of their pages still "
+        f"resident checked with `mincore` (column 'resident'); warm = best of {a.reps} repeats "
+        f"right after. Wall s / CPU s (user + system of the process):",
         "",
-        "| read | cold s | warm s | cold / memmap | warm / memmap |",
-        "|---|---|---|---|---|",
-        f"| raw numpy memmap (N, T, H), fancy index (written at {N * T * H * 2 / t_mm / 1e6:.0f} MB/s) | "
-        f"{mm_cold:.2f} | {mm_warm:.2f} | 1.00x | 1.00x |",
-        f"| `open_store(...).select(site=..., role='object').values` | {cold:.2f} | {warm:.2f} | "
-        f"{cold / mm_cold:.2f}x | {warm / mm_warm:.2f}x |",
+        "| round | load | memmap cold (resident) | store cold (resident) | memmap warm | store warm | "
+        "store, freshly opened, cold (index built too) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['round']} | {r['load']:.1f} | {r['mm_cold']:.2f} / {r['mm_cold_cpu']:.2f} "
+            f"({r['mm_resident']:.3f}) | {r['api_cold']:.2f} / {r['api_cold_cpu']:.2f} "
+            f"({r['api_resident']:.3f}) | {r['mm_warm']:.2f} / {r['mm_warm_cpu']:.2f} | "
+            f"{r['api_warm']:.2f} / {r['api_warm_cpu']:.2f} | {r['fresh_cold']:.2f} / "
+            f"{r['fresh_cold_cpu']:.2f} |")
+    lines += [
+        "",
+        "Store / memmap, median (min–max) over the rounds:",
+        "",
+        "| | wall | CPU |",
+        "|---|---|---|",
+        f"| cold | {spread('', 'api_cold', 'mm_cold')} | {spread('', 'api_cold_cpu', 'mm_cold_cpu')} |",
+        f"| warm | {spread('', 'api_warm', 'mm_warm')} | {spread('', 'api_warm_cpu', 'mm_warm_cpu')} |",
+        f"| cold, store freshly opened | {spread('', 'fresh_cold', 'mm_cold')} | "
+        f"{spread('', 'fresh_cold_cpu', 'mm_cold_cpu')} |",
+        "",
+        f"(memmap file written at {N * T * H * 2 / t_mm / 1e6:.0f} MB/s.)",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
