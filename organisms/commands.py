@@ -72,8 +72,9 @@ def organism() -> None:
                    "table instead of random values.")
 @click.option("--aux-slot-code", type=float, default=0.0, show_default=True,
               help="0: the slot loss is cross-entropy through a learned head. > 0: a "
-                   "norm-controlled slot code of this size along a fixed random 3-d projection "
-                   "(squared error), so the code stays a small part of each token.")
+                   "norm-controlled slot code of this size along the three centred slot-mean "
+                   "directions of the first batch (squared error, directions fixed), so the "
+                   "code stays a small part of each token.")
 @click.option("--p-noise", type=float, default=0.0, show_default=True,
               help="Share of training items with pixel noise (std = strength x 64 grey levels, "
                    "strength ~ U(0, 1); scenegen's noise degradation).")

@@ -158,11 +158,12 @@ class OrganismConfig:
     edit), so that the tokens' order cannot tell either: only their content."""
     aux_slot_code: float = 0.0
     """0 (default): the slot loss is cross-entropy through a learned linear head. ``> 0``: a
-    norm-controlled slot code: the slot loss is the squared error between a fixed random
-    orthonormal projection ``P`` (3 x ``lm_dim``, seeded by ``seed``, not saved) of each region
-    token and ``aux_slot_code * g * (onehot(slot) - 1/3)``, so the code's size in the token is
-    pinned (about ``0.82 * aux_slot_code``) instead of growing with the head's confidence; ``g``
-    is 1 on clean items and ``1 - noise_code_drop * strength`` on noisy ones."""
+    norm-controlled slot code: the slot loss is the squared error between the projection
+    ``P z`` of each region token on three fixed unit directions (``slot_code_basis``: the
+    centred slot means of the first training batch, not saved) and
+    ``aux_slot_code * g * (onehot(slot) - 1/3)``, so the code's size along the directions the
+    slot is read from is pinned instead of growing with the head's confidence; ``g`` is 1 on
+    clean items and ``1 - noise_code_drop * strength`` on noisy ones."""
     p_noise: float = 0.0
     """Per-item probability of rendering a training item with additive Gaussian pixel noise
     (``organisms.data.add_noise``: std = strength x 64 grey levels, scenegen's ``noise``
@@ -475,18 +476,24 @@ def code_scale(noise, cfg: OrganismConfig):
     return 1.0 - cfg.noise_code_drop * np.asarray(noise, dtype=np.float64)
 
 
-def slot_code_basis(dim: int, seed: int):
-    """The fixed random orthonormal rows ``P`` (3 x ``dim``) the norm-controlled slot code is
-    read along (``aux_slot_code``): QR of a seeded Gaussian matrix."""
+def slot_code_basis(feats, slots):
+    """The fixed directions ``P`` (3 x width) the norm-controlled slot code is read along
+    (``aux_slot_code``): the unit vectors of each slot's mean token minus the mean over the three
+    slots, from the first training batch's region tokens (``feats`` (n, width), ``slots`` (n,)).
+    They are where the model's slot code already points (for a continued organism, the code its
+    LM reads), so pinning the projection on them shrinks that code instead of planting a new
+    one; they stay fixed, so the code cannot move away from them by turning the read-out."""
     import torch
-    g = torch.Generator().manual_seed(int(seed) + 7919)
-    q, _ = torch.linalg.qr(torch.randn(dim, 3, generator=g, dtype=torch.float64))
-    return q.T.float().contiguous()
+    feats = feats.detach().double()
+    means = torch.stack([feats[slots == k].mean(0) for k in range(3)])
+    return torch.nn.functional.normalize(means - means.mean(0), dim=1).float()
 
 
 def slot_code_target(slots, scale, code: float):
     """Target of the norm-controlled slot code: ``code * scale * (onehot(slot) - 1/3)`` per token
-    (``slots`` (n,), ``scale`` (n,))."""
+    (``slots`` (n,), ``scale`` (n,)): for three directions at 120 degrees (the centred slot
+    means of three symmetric slots), a code vector of length ``2/3 * code * scale`` along its own
+    slot's direction meets it."""
     import torch
     one = torch.nn.functional.one_hot(slots, 3).to(torch.float32)
     return code * torch.as_tensor(scale, dtype=torch.float32)[:, None] * (one - 1.0 / 3.0)
@@ -502,7 +509,7 @@ class _AuxSlot:
         self.cfg = cfg
         self.grid = cfg.grid
         self.head = torch.nn.Linear(cfg.lm_dim, 3)
-        self.basis = slot_code_basis(cfg.lm_dim, cfg.seed) if cfg.aux_slot_code > 0 else None
+        self.basis = None  # aux_slot_code: set from the first batch (slot_code_basis)
         self.colour = (torch.nn.Linear(cfg.lm_dim, len(od.COLOUR_NAMES))
                        if (cfg.aux_colour or cfg.aux_colour_weight > 0) else None)
         self.z = None
@@ -537,7 +544,9 @@ class _AuxSlot:
             col = torch.gather(cidx, 1, slots.clamp(min=0))[sel]
             colour_loss = torch.nn.functional.cross_entropy(self.colour(feats), col)
             loss = loss + cfg.aux_colour_weight * colour_loss
-        if cfg.aux_slot_weight > 0 and self.basis is not None:
+        if cfg.aux_slot_weight > 0 and cfg.aux_slot_code > 0:
+            if self.basis is None:
+                self.basis = slot_code_basis(feats, lab)
             scale = np.ones(len(items)) if code_scale is None else np.asarray(code_scale)
             per_tok = torch.as_tensor(scale, dtype=torch.float32)[:, None].expand(-1, g * g)[sel]
             target = slot_code_target(lab, per_tok, cfg.aux_slot_code)
@@ -863,7 +872,8 @@ def write_readme(out: str | Path, log: dict) -> None:
                 f"`{c.get('aux_region', 'object')}` tokens (no slot head)."
                 if c.get("aux_colour_weight") else "")
              + (f" Norm-controlled slot code (`--aux-slot-code {c['aux_slot_code']:g}`): squared "
-                f"error of a fixed random orthonormal 3-d projection of each token against "
+                f"error of each token's projection on the three centred slot-mean directions of "
+                f"the first batch (fixed) against "
                 f"{c['aux_slot_code']:g} x (one-hot slot - 1/3)." if c.get("aux_slot_code") else "")
              + (f" Share of training items with pixel noise (strength ~ U(0, 1), std = strength "
                 f"x 64 grey levels): {c['p_noise']:g}; slot-code target on them x (1 - "

@@ -65,9 +65,14 @@ def test_batcher_noise_pixels(arch):
 
 
 def test_slot_code_basis_and_target_by_hand():
-    p = org.slot_code_basis(64, 0)
-    assert p.shape == (3, 64) and torch.allclose(p @ p.T, torch.eye(3), atol=1e-6)
-    assert torch.equal(p, org.slot_code_basis(64, 0)) and not torch.equal(p, org.slot_code_basis(64, 1))
+    """The basis: unit vectors of each slot's mean minus the mean of the three slot means."""
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(9, 5, generator=g)
+    slots = torch.tensor([0, 1, 2, 0, 1, 2, 2, 2, 0])
+    m = [feats[[0, 3, 8]].mean(0), feats[[1, 4]].mean(0), feats[[2, 5, 6, 7]].mean(0)]
+    c = (m[0] + m[1] + m[2]) / 3
+    want = torch.stack([(mk - c) / (mk - c).norm() for mk in m])
+    assert torch.allclose(org.slot_code_basis(feats, slots), want, atol=1e-6)
     t = org.slot_code_target(torch.tensor([0, 2]), [0.5, 1.0], 2.0)
     assert torch.allclose(t, torch.tensor([[2 / 3, -1 / 3, -1 / 3], [-2 / 3, -2 / 3, 4 / 3]]))
     cfg = _tiny(aux_slot_weight=1.0, aux_slot_code=2.0, p_noise=0.5, noise_code_drop=0.9)
@@ -77,7 +82,7 @@ def test_slot_code_basis_and_target_by_hand():
 
 def test_norm_controlled_slot_loss_equals_a_hand_computation():
     """aux_slot_code: weight x mean over the region's tokens of ||P z - code x g x (onehot - 1/3)||^2,
-    g per item; the learned head is not used."""
+    g per item, P fixed from the first batch's slot means; the learned head is not used."""
     from organisms.model import image_tokens
 
     cfg = _tiny(aux_slot_weight=1.5, aux_slot_code=2.0)
@@ -88,19 +93,27 @@ def test_norm_controlled_slot_loss_equals_a_hand_computation():
         with torch.no_grad():
             z = image_tokens(model, org.Batcher(proc, 8)(items))
             got = aux.loss(items, code_scale=[1.0, 0.5, 0.0])
-            p = org.slot_code_basis(64, cfg.seed)
-            errs = []
+            rows, slots, gs = [], [], []
             for b, (it, g) in enumerate(zip(items, [1.0, 0.5, 0.0])):
-                slots = od.region_slots(it.layout, 8, "object")
-                for k in np.flatnonzero(slots >= 0):
-                    t = torch.full((3,), -1 / 3)
-                    t[slots[k]] += 1.0
-                    errs.append(((p @ z[b, k] - 2.0 * g * t) ** 2).sum())
+                sl = od.region_slots(it.layout, 8, "object")
+                for k in np.flatnonzero(sl >= 0):
+                    rows.append(z[b, k]); slots.append(int(sl[k])); gs.append(g)
+            rows, slots = torch.stack(rows), torch.tensor(slots)
+            means = torch.stack([rows[slots == k].double().mean(0) for k in range(3)])
+            p = means - means.mean(0)
+            p = (p / p.norm(dim=1, keepdim=True)).float()
+            errs = []
+            for r, k, g in zip(rows, slots.tolist(), gs):
+                t = torch.full((3,), -1 / 3)
+                t[k] += 1.0
+                errs.append(((p @ r - 2.0 * g * t) ** 2).sum())
             want = 1.5 * torch.stack(errs).mean()
             assert torch.allclose(got, want, rtol=1e-5)
-            # no scale = every item clean (g = 1)
-            image_tokens(model, org.Batcher(proc, 8)(items))
-            assert torch.allclose(aux.loss(items), aux.loss(items, code_scale=[1.0] * 3))
+            # the basis stays the first batch's; no scale = every item clean (g = 1)
+            other = od.eval_items(od.make_splits(8), "train", n=3)
+            image_tokens(model, org.Batcher(proc, 8)(other))
+            assert torch.allclose(aux.basis, p, atol=1e-6)
+            assert torch.allclose(aux.loss(other), aux.loss(other, code_scale=[1.0] * 3))
     finally:
         aux.remove()
 
