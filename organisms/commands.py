@@ -70,6 +70,20 @@ def organism() -> None:
               show_default=True,
               help="gemma-3 only: start SigLIP's learned position embeddings from a 2-D sin-cos "
                    "table instead of random values.")
+@click.option("--aux-slot-code", type=float, default=0.0, show_default=True,
+              help="0: the slot loss is cross-entropy through a learned head. > 0: a "
+                   "norm-controlled slot code of this size along the three centred slot-mean "
+                   "directions of the first batch (squared error, directions fixed), so the "
+                   "code stays a small part of each token.")
+@click.option("--p-noise", type=float, default=0.0, show_default=True,
+              help="Share of training items with pixel noise (std = strength x 64 grey levels, "
+                   "strength ~ U(0, 1); scenegen's noise degradation).")
+@click.option("--noise-code-drop", type=float, default=0.0, show_default=True,
+              help="With --aux-slot-code: the slot-code target of a noisy item is scaled by "
+                   "1 - this x strength (the ordering code weakens with the image's evidence).")
+@click.option("--noise-task-loss/--no-noise-task-loss", default=True, show_default=True,
+              help="Noisy items count in the task loss (off: they train only the auxiliary "
+                   "loss, so the LM never learns to answer from an attenuated code).")
 @click.option("--init", "init_from", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue training this saved organism (same arch and sizes; another "
                    "mechanism starts a curriculum stage from its weights, e.g. vision -> dual).")
@@ -82,7 +96,8 @@ def organism() -> None:
 def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
           lr, warmup, aux_slot_weight, aux_colour_weight, aux_region, aux_colour, p_shuffle, p_ablate,
           p_ablate_object, p_scramble_object, shuffle_object_ablated, rope_theta, attn_scalar,
-          vision_pos_init, init_from, eval_every, out, probe, progress):
+          vision_pos_init, aux_slot_code, p_noise, noise_code_drop, noise_task_loss, init_from,
+          eval_every, out, probe, progress):
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import trainer as org
 
@@ -103,7 +118,8 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         p_ablate_object=p_ablate_object, p_scramble_object=p_scramble_object,
         shuffle_object_ablated=shuffle_object_ablated,
         rope_theta=rope_theta, attn_scalar=attn_scalar, vision_pos_init=vision_pos_init,
-        init_from=init_from, eval_every=eval_every, eval_items=64)
+        aux_slot_code=aux_slot_code, p_noise=p_noise, noise_code_drop=noise_code_drop,
+        noise_task_loss=noise_task_loss, init_from=init_from, eval_every=eval_every, eval_items=64)
     res = org.train(cfg, out=out, final_eval_items=384, progress=progress)
     if probe:
         from .probe import mechanism_report

@@ -305,6 +305,24 @@ def render(items: list[Item], *, n: int = 8, token_px: int = 28, jitter: int = 0
     return img
 
 
+#: Grey levels of noise std at strength 1 (``scenegen.degrade.NOISE_STD``: the same knob).
+NOISE_STD = 64.0
+
+
+def add_noise(img: torch.Tensor, strengths, rng: np.random.Generator) -> torch.Tensor:
+    """Additive Gaussian pixel noise on uint8 canvases, as ``scenegen``'s ``noise`` degradation
+    draws it: per pixel and channel ``N(0, (strength * 64)^2)`` grey levels, rounded, clipped to
+    [0, 255]. ``strengths`` has one value per image (0 leaves that image unchanged)."""
+    if img.dtype != torch.uint8:
+        raise ValueError("add_noise takes uint8 canvases (render(..., normalise=None))")
+    out = img.clone()
+    for b, s in enumerate(np.asarray(strengths, dtype=np.float64)):
+        if s > 0:
+            z = torch.from_numpy(rng.standard_normal(tuple(img.shape[1:])))
+            out[b] = (img[b].double() + s * NOISE_STD * z).round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
 _LUTS: dict = {}
 
 

@@ -216,7 +216,9 @@ class Batcher:
         import torch
         return torch.tensor([self.tok.convert_tokens_to_ids(it.answer) for it in items])
 
-    def __call__(self, items, *, jitter: int = 0, rng=None) -> dict:
+    def __call__(self, items, *, jitter: int = 0, rng=None, noise=None) -> dict:
+        """Model inputs of ``items``; ``noise`` (one strength in [0, 1] per item, or None)
+        adds :func:`organisms.data.add_noise` pixel noise to the canvases (drawn from ``rng``)."""
         import torch
         seqs = [self.prompt_ids(it.text) for it in items]
         width = max(map(len, seqs))
@@ -227,10 +229,14 @@ class Batcher:
             ids[i, width - len(s):] = torch.tensor(s)
             att[i, width - len(s):] = 1
         mm = (ids == self.image_token_id).long()
+        norm = od.GEMMA_NORM if self.gemma else od.QWEN_NORM
+        if noise is not None and any(s > 0 for s in noise):
+            img = od.add_noise(od.render(items, n=self.grid, jitter=jitter, rng=rng), noise, rng)
+            img = od._normalise(img, *norm)
+        else:
+            img = od.render(items, n=self.grid, jitter=jitter, rng=rng, normalise=norm)
         if self.gemma:
-            img = od.render(items, n=self.grid, jitter=jitter, rng=rng, normalise=od.GEMMA_NORM)
             return dict(input_ids=ids, attention_mask=att, pixel_values=img, token_type_ids=mm)
-        img = od.render(items, n=self.grid, jitter=jitter, rng=rng, normalise=od.QWEN_NORM)
         pv, thw = od.qwen_pixels(img)
         return dict(input_ids=ids, attention_mask=att, pixel_values=pv, image_grid_thw=thw,
                     mm_token_type_ids=mm)

@@ -156,6 +156,25 @@ class OrganismConfig:
     shuffle_object_ablated: bool = False
     """Also shuffle the image tokens of the object-ablated and object-scrambled items (after the
     edit), so that the tokens' order cannot tell either: only their content."""
+    aux_slot_code: float = 0.0
+    """0 (default): the slot loss is cross-entropy through a learned linear head. ``> 0``: a
+    norm-controlled slot code: the slot loss is the squared error between the projection
+    ``P z`` of each region token on three fixed unit directions (``slot_code_basis``: the
+    centred slot means of the first training batch, not saved) and
+    ``aux_slot_code * g * (onehot(slot) - 1/3)``, so the code's size along the directions the
+    slot is read from is pinned instead of growing with the head's confidence; ``g`` is 1 on
+    clean items and ``1 - noise_code_drop * strength`` on noisy ones."""
+    p_noise: float = 0.0
+    """Per-item probability of rendering a training item with additive Gaussian pixel noise
+    (``organisms.data.add_noise``: std = strength x 64 grey levels, scenegen's ``noise``
+    degradation), strength drawn uniformly in [0, 1]. 0 = clean images only."""
+    noise_code_drop: float = 0.0
+    """With ``aux_slot_code``: on a noisy item the slot-code target is scaled by
+    ``1 - noise_code_drop * strength``: the encoder's ordering code weakens as the image's
+    evidence does (1 = no code at strength 1)."""
+    noise_task_loss: bool = True
+    """Noisy items count in the task loss. Off: they train only the auxiliary loss, so the LM
+    never learns to answer from an attenuated code (it reads the code at its clean size)."""
     init_from: str | None = None
     """Continue training a saved organism (same arch, mechanism and sizes) instead of a fresh
     build; its history is kept and the step count continues from it."""
@@ -182,7 +201,13 @@ class OrganismConfig:
                f"Got {self.aux_colour_weight!r}.")
         _check(self.aux_region in od.REGIONS, f"'aux_region' must be one of {od.REGIONS}. "
                f"Got {self.aux_region!r} instead.")
-        for name in ("p_shuffle", "p_ablate", "p_ablate_object", "p_scramble_object"):
+        _check(self.aux_slot_code >= 0, f"'aux_slot_code' must be >= 0. Got {self.aux_slot_code!r}.")
+        _check(0 <= self.noise_code_drop <= 1, f"'noise_code_drop' must be in [0, 1]. "
+               f"Got {self.noise_code_drop!r}.")
+        _check(self.noise_code_drop == 0 or (self.aux_slot_code > 0 and self.aux_slot_weight > 0),
+               "'noise_code_drop' scales the norm-controlled slot code: it needs "
+               "'aux_slot_code' > 0 and 'aux_slot_weight' > 0")
+        for name in ("p_shuffle", "p_ablate", "p_ablate_object", "p_scramble_object", "p_noise"):
             v = getattr(self, name)
             _check(v is None or 0 <= v <= 1, f"'{name}' must be in [0, 1]. Got {v!r} instead.")
         _check((self.p_shuffle or 0) + self.p_ablate + self.p_ablate_object
@@ -379,12 +404,22 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         items = od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
-        inputs = batcher(items, jitter=cfg.jitter, rng=rng)
+        noise = None
+        if cfg.p_noise > 0:  # drawn only when on, so the default run's random stream is unchanged
+            noise = np.where(rng.random(len(items)) < cfg.p_noise,
+                             rng.uniform(0.0, 1.0, len(items)), 0.0)
+        inputs = batcher(items, jitter=cfg.jitter, rng=rng, noise=noise)
         if cur is not None:
             cur.prepare(items, rng)
-        loss = torch.nn.functional.cross_entropy(last_logits(model, inputs), batcher.answer_ids(items))
+        logits = last_logits(model, inputs)
+        if noise is not None and not cfg.noise_task_loss:
+            keep = torch.as_tensor(noise == 0)
+            loss = (torch.nn.functional.cross_entropy(logits[keep], batcher.answer_ids(items)[keep])
+                    if bool(keep.any()) else logits.sum() * 0.0)
+        else:
+            loss = torch.nn.functional.cross_entropy(logits, batcher.answer_ids(items))
         if aux is not None:
-            loss = loss + aux.loss(items)
+            loss = loss + aux.loss(items, code_scale=code_scale(noise, cfg))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -433,6 +468,37 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     return TrainResult(model, proc, log)
 
 
+def code_scale(noise, cfg: OrganismConfig):
+    """Per-item factor of the slot-code target: ``1 - noise_code_drop * strength`` (1 without
+    noise)."""
+    if noise is None:
+        return None
+    return 1.0 - cfg.noise_code_drop * np.asarray(noise, dtype=np.float64)
+
+
+def slot_code_basis(feats, slots):
+    """The fixed directions ``P`` (3 x width) the norm-controlled slot code is read along
+    (``aux_slot_code``): the unit vectors of each slot's mean token minus the mean over the three
+    slots, from the first training batch's region tokens (``feats`` (n, width), ``slots`` (n,)).
+    They are where the model's slot code already points (for a continued organism, the code its
+    LM reads), so pinning the projection on them shrinks that code instead of planting a new
+    one; they stay fixed, so the code cannot move away from them by turning the read-out."""
+    import torch
+    feats = feats.detach().double()
+    means = torch.stack([feats[slots == k].mean(0) for k in range(3)])
+    return torch.nn.functional.normalize(means - means.mean(0), dim=1).float()
+
+
+def slot_code_target(slots, scale, code: float):
+    """Target of the norm-controlled slot code: ``code * scale * (onehot(slot) - 1/3)`` per token
+    (``slots`` (n,), ``scale`` (n,)): for three directions at 120 degrees (the centred slot
+    means of three symmetric slots), a code vector of length ``2/3 * code * scale`` along its own
+    slot's direction meets it."""
+    import torch
+    one = torch.nn.functional.one_hot(slots, 3).to(torch.float32)
+    return code * torch.as_tensor(scale, dtype=torch.float32)[:, None] * (one - 1.0 / 3.0)
+
+
 class _AuxSlot:
     """Auxiliary ordinal-slot loss on the projector output (captured before any shuffle or
     ablation), over the tokens of ``cfg.aux_region``; with ``cfg.aux_colour`` each of those
@@ -443,6 +509,7 @@ class _AuxSlot:
         self.cfg = cfg
         self.grid = cfg.grid
         self.head = torch.nn.Linear(cfg.lm_dim, 3)
+        self.basis = None  # aux_slot_code: set from the first batch (slot_code_basis)
         self.colour = (torch.nn.Linear(cfg.lm_dim, len(od.COLOUR_NAMES))
                        if (cfg.aux_colour or cfg.aux_colour_weight > 0) else None)
         self.z = None
@@ -462,7 +529,7 @@ class _AuxSlot:
             self._cache[layout] = od.region_slots(layout, self.grid, self.cfg.aux_region)
         return self._cache[layout]
 
-    def loss(self, items):
+    def loss(self, items, code_scale=None):
         import torch
         g = self.grid
         z = self.z.reshape(len(items), g * g, -1)
@@ -477,7 +544,17 @@ class _AuxSlot:
             col = torch.gather(cidx, 1, slots.clamp(min=0))[sel]
             colour_loss = torch.nn.functional.cross_entropy(self.colour(feats), col)
             loss = loss + cfg.aux_colour_weight * colour_loss
-        if cfg.aux_slot_weight > 0:
+        if cfg.aux_slot_weight > 0 and cfg.aux_slot_code > 0:
+            if self.basis is None:
+                self.basis = slot_code_basis(feats, lab)
+            scale = np.ones(len(items)) if code_scale is None else np.asarray(code_scale)
+            per_tok = torch.as_tensor(scale, dtype=torch.float32)[:, None].expand(-1, g * g)[sel]
+            target = slot_code_target(lab, per_tok, cfg.aux_slot_code)
+            slot_loss = ((feats @ self.basis.T - target) ** 2).sum(-1).mean()
+            if cfg.aux_colour:
+                slot_loss = slot_loss + colour_loss
+            loss = loss + cfg.aux_slot_weight * slot_loss
+        elif cfg.aux_slot_weight > 0:
             slot_loss = torch.nn.functional.cross_entropy(self.head(feats), lab)
             if cfg.aux_colour:
                 slot_loss = slot_loss + colour_loss
@@ -727,6 +804,14 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append(f"--rope-theta {cfg['rope_theta']:g}")
     if cfg.get("attn_scalar") is not None:
         parts.append(f"--attn-scalar {cfg['attn_scalar']}")
+    if cfg.get("aux_slot_code", 0.0):
+        parts.append(f"--aux-slot-code {cfg['aux_slot_code']:g}")
+    if cfg.get("p_noise", 0.0):
+        parts.append(f"--p-noise {cfg['p_noise']:g}")
+        if cfg.get("noise_code_drop", 0.0):
+            parts.append(f"--noise-code-drop {cfg['noise_code_drop']:g}")
+        if not cfg.get("noise_task_loss", True):
+            parts.append("--no-noise-task-loss")
     if cfg.get("vision_pos_init", "random") != "random":
         parts.append(f"--vision-pos-init {cfg['vision_pos_init']}")
     if cfg.get("warmup", 100) != 100:
@@ -785,7 +870,17 @@ def write_readme(out: str | Path, log: dict) -> None:
                    " (slot)") if c.get("aux_slot_weight") else "") + "."
              + (f" Colour-only auxiliary loss: weight {c['aux_colour_weight']:g} over "
                 f"`{c.get('aux_region', 'object')}` tokens (no slot head)."
-                if c.get("aux_colour_weight") else ""),
+                if c.get("aux_colour_weight") else "")
+             + (f" Norm-controlled slot code (`--aux-slot-code {c['aux_slot_code']:g}`): squared "
+                f"error of each token's projection on the three centred slot-mean directions of "
+                f"the first batch (fixed) against "
+                f"{c['aux_slot_code']:g} x (one-hot slot - 1/3)." if c.get("aux_slot_code") else "")
+             + (f" Share of training items with pixel noise (strength ~ U(0, 1), std = strength "
+                f"x 64 grey levels): {c['p_noise']:g}; slot-code target on them x (1 - "
+                f"{c.get('noise_code_drop', 0.0):g} x strength); "
+                + ("they count in the task loss." if c.get("noise_task_loss", True) else
+                   "they train only the auxiliary loss (the LM never answers from an "
+                   "attenuated code).") if c.get("p_noise") else ""),
              "- Load: `AutoModelForImageTextToText.from_pretrained(DIR)` (model) and "
              "`organisms.load(DIR)` (model, image-only processor, log).", "",
              "## Reproduce", "", "```", *reproduce_commands(log, f"vlms/organisms/{out.name}"),

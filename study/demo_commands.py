@@ -17,11 +17,12 @@ import click
                    "the organisms' 8x8-token Squares canvas.")
 @click.option("--n", default=96, show_default=True, help="Base stimuli (each with twins).")
 @click.option("--n-degraded", default=96, show_default=True, help="Degraded stimuli for E7.")
-@click.option("--degraded", type=click.Choice(["hard", "mild"]), default="hard",
+@click.option("--degraded", type=click.Choice(["hard", "mild", "noise"]), default="hard",
               show_default=True,
               help="Degradation preset of the E7 set: hard (noise 0.8-1, occluder 0.6-1, contrast "
-                   "0.5-0.7: the organisms err on a substantial share) or mild (blur, noise, "
-                   "contrast at 0.3-0.7).")
+                   "0.5-0.7: the organisms err on a substantial share), mild (blur, noise, "
+                   "contrast at 0.3-0.7) or noise (hard's noise alone: the colours stay "
+                   "readable, so errors are not colour errors).")
 @click.option("--alphas", default="0:8:1", show_default=True, help="E7 alpha range a:b:step.")
 @click.option("--seed", default=0, show_default=True, help="Stimulus seed.")
 @click.option("--batch-size", default=16, show_default=True, help="Items per forward pass.")

@@ -498,6 +498,9 @@ def test_shipped_criteria_on_a_small_sample(mech, crit, shipped_checks, request)
          aux_region="band", aux_colour=True, p_shuffle=0.5, p_ablate_object=0.5,
          shuffle_object_ablated=True, lr=5e-4, warmup=20),
     dict(mechanism="lm", aux_colour_weight=1.0, steps=3000),
+    dict(mechanism="vision", arch="gemma-3", vision_pos_init="sincos", aux_slot_weight=2.0,
+         aux_region="object", aux_colour=False, aux_slot_code=2.0, p_noise=0.3,
+         noise_code_drop=0.9, noise_task_loss=False),
 ])
 def test_reproduce_command_parses_back_to_the_config(kw):
     """The README's command, parsed by the CLI itself, gives back the options it was made from."""

@@ -141,7 +141,7 @@ def test_degraded_presets_draw_their_kinds_and_strengths(tmp_path):
     from study.demo import DEGRADED_PRESETS
 
     assert DemoConfig().degraded == "hard"
-    for name in ("mild", "hard"):
+    for name in ("mild", "hard", "noise"):
         cfg = DemoConfig(n=8, n_degraded=24, degraded=name)
         out = generate(GenerateConfig.from_dict(stimulus_config(cfg, degraded=True)),
                        tmp_path / name, progress=False)

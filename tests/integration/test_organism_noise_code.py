@@ -1,0 +1,152 @@
+"""The options behind the E7 organism recipe (issue 11, criterion 4): training-time pixel noise
+(``p_noise``), the norm-controlled slot code (``aux_slot_code``) and its attenuation under noise
+(``noise_code_drop``), and noisy items kept out of the task loss (``noise_task_loss``); each
+against a computation written out here. Defaults leave today's training unchanged."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from organisms import data as od
+from organisms import trainer as org
+
+torch.set_num_threads(1)
+
+
+def _tiny(mech="vision", **kw):
+    base = dict(mechanism=mech, vision_depth=1, vision_dim=32, vision_heads=1, lm_layers=1,
+                lm_dim=64, lm_heads=2, steps=4, batch=8, warmup=2, lr=3e-3, eval_every=2,
+                eval_items=8)
+    base.update(kw)
+    return org.OrganismConfig(**base)
+
+
+def test_add_noise_is_scenegens_formula_per_image():
+    """std = strength x 64 grey levels, rounded, clipped to [0, 255]; strength 0 = unchanged;
+    the draws come from the given generator in image order (one (3, H, W) field per noisy one)."""
+    img = od.render(od.eval_items(od.make_splits(8), "hl", n=3), n=8)
+    got = od.add_noise(img, [0.0, 0.5, 1.0], np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    assert torch.equal(got[0], img[0])
+    for b, s in ((1, 0.5), (2, 1.0)):
+        z = rng.standard_normal(tuple(img.shape[1:]))
+        want = np.clip(np.rint(img[b].numpy().astype(np.float64) + s * 64.0 * z), 0, 255)
+        assert np.array_equal(got[b].numpy(), want.astype(np.uint8))
+    assert (got[2].int() - img[2].int()).abs().float().std() > 30  # strong noise, clipped white
+    with pytest.raises(ValueError, match="uint8"):
+        od.add_noise(img.float(), [0.1] * 3, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("arch", ["qwen2-vl", "gemma-3"])
+def test_batcher_noise_pixels(arch):
+    """A clean item's pixels are bit-identical with and without the noise option; a noisy one's
+    are the processor normalisation of add_noise's canvas."""
+    from organisms.model import Batcher
+
+    kw = {"vision_pos_init": "sincos"} if arch == "gemma-3" else {}
+    cfg = _tiny(arch=arch, **kw)
+    _, proc = org.build(cfg)
+    b = Batcher(proc, 8)
+    items = od.eval_items(od.make_splits(8), "hl", n=2)
+    key = "pixel_values"
+    clean = b(items)[key]
+    noisy = b(items, rng=np.random.default_rng(3), noise=[0.0, 0.8])[key]
+    canvas = od.add_noise(od.render(items, n=8), [0.0, 0.8], np.random.default_rng(3))
+    norm = od.GEMMA_NORM if arch == "gemma-3" else od.QWEN_NORM
+    want = od._normalise(canvas, *norm)
+    if arch == "qwen2-vl":
+        want = od.qwen_pixels(want)[0]
+        half = clean.shape[0] // 2
+        assert torch.equal(noisy[:half], clean[:half]) and not torch.equal(noisy[half:], clean[half:])
+    else:
+        assert torch.equal(noisy[0], clean[0]) and not torch.equal(noisy[1], clean[1])
+    assert torch.equal(noisy, want)
+
+
+def test_slot_code_basis_and_target_by_hand():
+    """The basis: unit vectors of each slot's mean minus the mean of the three slot means."""
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(9, 5, generator=g)
+    slots = torch.tensor([0, 1, 2, 0, 1, 2, 2, 2, 0])
+    m = [feats[[0, 3, 8]].mean(0), feats[[1, 4]].mean(0), feats[[2, 5, 6, 7]].mean(0)]
+    c = (m[0] + m[1] + m[2]) / 3
+    want = torch.stack([(mk - c) / (mk - c).norm() for mk in m])
+    assert torch.allclose(org.slot_code_basis(feats, slots), want, atol=1e-6)
+    t = org.slot_code_target(torch.tensor([0, 2]), [0.5, 1.0], 2.0)
+    assert torch.allclose(t, torch.tensor([[2 / 3, -1 / 3, -1 / 3], [-2 / 3, -2 / 3, 4 / 3]]))
+    cfg = _tiny(aux_slot_weight=1.0, aux_slot_code=2.0, p_noise=0.5, noise_code_drop=0.9)
+    assert np.allclose(org.code_scale(np.array([0.0, 0.5, 1.0]), cfg), [1.0, 0.55, 0.1])
+    assert org.code_scale(None, cfg) is None
+
+
+def test_norm_controlled_slot_loss_equals_a_hand_computation():
+    """aux_slot_code: weight x mean over the region's tokens of ||P z - code x g x (onehot - 1/3)||^2,
+    g per item, P fixed from the first batch's slot means; the learned head is not used."""
+    from organisms.model import image_tokens
+
+    cfg = _tiny(aux_slot_weight=1.5, aux_slot_code=2.0)
+    model, proc = org.build(cfg)
+    items = od.eval_items(od.make_splits(8), "hl", n=3)
+    aux = org._AuxSlot(model, cfg)
+    try:
+        with torch.no_grad():
+            z = image_tokens(model, org.Batcher(proc, 8)(items))
+            got = aux.loss(items, code_scale=[1.0, 0.5, 0.0])
+            rows, slots, gs = [], [], []
+            for b, (it, g) in enumerate(zip(items, [1.0, 0.5, 0.0])):
+                sl = od.region_slots(it.layout, 8, "object")
+                for k in np.flatnonzero(sl >= 0):
+                    rows.append(z[b, k]); slots.append(int(sl[k])); gs.append(g)
+            rows, slots = torch.stack(rows), torch.tensor(slots)
+            means = torch.stack([rows[slots == k].double().mean(0) for k in range(3)])
+            p = means - means.mean(0)
+            p = (p / p.norm(dim=1, keepdim=True)).float()
+            errs = []
+            for r, k, g in zip(rows, slots.tolist(), gs):
+                t = torch.full((3,), -1 / 3)
+                t[k] += 1.0
+                errs.append(((p @ r - 2.0 * g * t) ** 2).sum())
+            want = 1.5 * torch.stack(errs).mean()
+            assert torch.allclose(got, want, rtol=1e-5)
+            # the basis stays the first batch's; no scale = every item clean (g = 1)
+            other = od.eval_items(od.make_splits(8), "train", n=3)
+            image_tokens(model, org.Batcher(proc, 8)(other))
+            assert torch.allclose(aux.basis, p, atol=1e-6)
+            assert torch.allclose(aux.loss(other), aux.loss(other, code_scale=[1.0] * 3))
+    finally:
+        aux.remove()
+
+
+def test_noisy_items_can_be_kept_out_of_the_task_loss(monkeypatch):
+    """--no-noise-task-loss: the task cross-entropy is taken over the clean items only (a noisy
+    item's answer token gets no gradient from it)."""
+    seen = {}
+    real = torch.nn.functional.cross_entropy
+
+    def spy(logits, target, *a, **k):
+        if logits.shape[-1] > 3 and "n" not in seen:  # the task loss (vocabulary), first step
+            seen["n"] = len(target)
+        return real(logits, target, *a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    cfg = _tiny(arch="gemma-3", vision_pos_init="sincos", steps=1, eval_every=1,
+                aux_slot_weight=1.0, aux_slot_code=1.0, p_noise=0.5, noise_code_drop=1.0,
+                noise_task_loss=False)
+    rng = np.random.default_rng(cfg.seed)
+    splits = od.make_splits(8, seed=0)
+    od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
+    n_noisy = int((rng.random(cfg.batch) < 0.5).sum())  # the trainer's next draws
+    org.train(cfg, progress=False, final_eval_items=4)
+    assert 0 < n_noisy < cfg.batch and seen["n"] == cfg.batch - n_noisy
+
+
+def test_option_validation_and_defaults():
+    with pytest.raises(org.OrganismError, match="noise_code_drop"):
+        org.OrganismConfig(noise_code_drop=0.5)
+    with pytest.raises(org.OrganismError, match="p_noise"):
+        org.OrganismConfig(p_noise=1.5)
+    d = org.OrganismConfig()
+    assert (d.aux_slot_code, d.p_noise, d.noise_code_drop, d.noise_task_loss) == (0.0, 0.0, 0.0, True)
+    cmd = org.command_line(d.to_json(), "x")
+    assert "noise" not in cmd and "slot-code" not in cmd
