@@ -104,8 +104,9 @@ def _build_gemma(cfg, tok):
 
     tid = tok.convert_tokens_to_ids
     theta = cfg.resolved_rope_theta()
-    if cfg.mechanism == "vision":
-        rope = {"rope_type": "linear", "factor": GEMMA_FLAT_ROPE, "rope_theta": theta}
+    factor = cfg.resolved_rope_factor()
+    if factor is not None:  # vision: 1e9 (one phase for every position)
+        rope = {"rope_type": "linear", "factor": factor, "rope_theta": theta}
     else:
         rope = {"rope_type": "default", "rope_theta": theta}
     side = cfg.grid * 28
@@ -131,6 +132,9 @@ def _build_gemma(cfg, tok):
         pe = model.model.vision_tower.embeddings.position_embedding.weight
         with torch.no_grad():
             pe.copy_(sincos_2d(side // 14, cfg.vision_dim))
+    elif cfg.vision_pos_init == "zero":  # frozen by the trainer: no position in the vision tower
+        with torch.no_grad():
+            model.model.vision_tower.embeddings.position_embedding.weight.zero_()
     ip = Gemma3ImageProcessorPil(size={"height": side, "width": side})
     proc = Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA_TEMPLATE,
                            image_seq_length=cfg.grid ** 2)
