@@ -65,6 +65,10 @@ def organism() -> None:
 @click.option("--rope-factor", type=float, default=None,
               help="gemma-3 only: linear rotary scaling factor of the LM (positions divided by "
                    "it; default 1e9 for vision = no positions, else none).")
+@click.option("--global-rope-factor", type=float, default=None,
+              help="gemma-3 only: the last LM layer becomes a global layer whose rotary is "
+                   "scaled by this factor (1e9: it reads no positions, so positional ordering "
+                   "must be computed into the image tokens by earlier layers).")
 @click.option("--attn-scalar", type=int, default=None,
               help="gemma-3 only: the LM's query_pre_attn_scalar (default head_dim = 32). "
                    "Gemma-3 normalises queries and keys, so the largest attention logit is "
@@ -110,8 +114,9 @@ def organism() -> None:
 def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
           lr, warmup, aux_slot_weight, aux_colour_weight, aux_region, aux_colour, p_shuffle, p_ablate,
           p_ablate_object, p_scramble_object, shuffle_object_ablated, rope_theta, rope_factor,
-          attn_scalar, vision_pos_init, aux_slot_code, p_noise, noise_code_drop, noise_task_loss,
-          aux_lm_weight, aux_lm_layer, aux_lm_head, init_from, eval_every, out, probe, progress):
+          global_rope_factor, attn_scalar, vision_pos_init, aux_slot_code, p_noise,
+          noise_code_drop, noise_task_loss, aux_lm_weight, aux_lm_layer, aux_lm_head, init_from,
+          eval_every, out, probe, progress):
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import trainer as org
 
@@ -131,8 +136,8 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         p_ablate=p_ablate if p_ablate is not None else defaults["p_ablate"],
         p_ablate_object=p_ablate_object, p_scramble_object=p_scramble_object,
         shuffle_object_ablated=shuffle_object_ablated,
-        rope_theta=rope_theta, rope_factor=rope_factor, attn_scalar=attn_scalar,
-        vision_pos_init=vision_pos_init,
+        rope_theta=rope_theta, rope_factor=rope_factor, global_rope_factor=global_rope_factor,
+        attn_scalar=attn_scalar, vision_pos_init=vision_pos_init,
         aux_slot_code=aux_slot_code, p_noise=p_noise, noise_code_drop=noise_code_drop,
         noise_task_loss=noise_task_loss, aux_lm_weight=aux_lm_weight, aux_lm_layer=aux_lm_layer,
         aux_lm_head=aux_lm_head, init_from=init_from, eval_every=eval_every, eval_items=64)

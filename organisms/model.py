@@ -116,6 +116,12 @@ def _build_gemma(cfg, tok):
                 query_pre_attn_scalar=cfg.resolved_attn_scalar(), sliding_window=256,
                 rope_parameters={"full_attention": dict(rope), "sliding_attention": dict(rope)},
                 pad_token_id=tid("<pad>"), bos_token_id=tid("<bos>"), eos_token_id=tid("<eos>"))
+    if cfg.global_rope_factor is not None:  # a global last layer with its own rotary
+        text["layer_types"] = ["sliding_attention"] * (cfg.lm_layers - 1) + ["full_attention"]
+        text["rope_parameters"] = {
+            "sliding_attention": dict(rope),
+            "full_attention": {"rope_type": "linear", "factor": cfg.global_rope_factor,
+                               "rope_theta": theta}}
     vision = dict(model_type="siglip_vision_model", hidden_size=cfg.vision_dim,
                   intermediate_size=4 * cfg.vision_dim, num_hidden_layers=cfg.vision_depth,
                   num_attention_heads=cfg.vision_heads, image_size=side, patch_size=14,

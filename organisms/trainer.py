@@ -113,6 +113,13 @@ class OrganismConfig:
     LM's positional backup resolves squares far apart in the raster order (one above another:
     8 positions per row) better than squares side by side (1 position per column): a weaker
     backup than ``lm``'s."""
+    global_rope_factor: float | None = None
+    """Gemma-3 only: make the last LM layer a full-attention ("global") layer whose rotary is
+    linearly scaled by this factor (1e9: no positions), the others keeping the local rotary
+    (Gemma-3 has separate rotary settings for its local and global layers). With 1e9 the last
+    layer, which reads the answer, cannot read image-token positions itself: any positional
+    ordering must be computed by the earlier layers into the image tokens' content (where E6
+    finds it). None (default): every layer local with the same rotary."""
     attn_scalar: int | None = None
     """Gemma-3 ``query_pre_attn_scalar`` (attention logits are scaled by its inverse square
     root); default ``head_dim``. Gemma-3 normalises queries and keys (QK-norm), so the largest
@@ -258,6 +265,12 @@ class OrganismConfig:
                f"'vision_pos_init' must be 'random', 'sincos' or 'zero' (gemma-3 only: Qwen2-VL's ViT "
                f"has no absolute position embedding). Got {self.vision_pos_init!r} for arch "
                f"{self.arch!r}.")
+        _check(self.global_rope_factor is None or (self.arch == "gemma-3"
+                                                   and self.global_rope_factor > 0
+                                                   and self.lm_layers >= 2),
+               f"'global_rope_factor' is Gemma-3's rotary scaling of a global last layer: a "
+               f"number > 0, for arch 'gemma-3' with >= 2 LM layers only. Got "
+               f"{self.global_rope_factor!r} for arch {self.arch!r}.")
         _check(self.rope_factor is None or (self.arch == "gemma-3" and self.rope_factor > 0),
                f"'rope_factor' is Gemma-3's linear rotary scaling: a number > 0, for arch "
                f"'gemma-3' only. Got {self.rope_factor!r} for arch {self.arch!r}.")
@@ -314,6 +327,7 @@ class OrganismConfig:
                          "shuffle_image_tokens": self.resolved_shuffle(),
                          "attn_scalar": self.resolved_attn_scalar(),
                          "rope_factor": self.resolved_rope_factor(),
+                         "global_rope_factor": self.global_rope_factor,
                          "p_shuffle": self.resolved_p_shuffle()}
         return d
 
@@ -439,8 +453,10 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     if prev is not None:
         offset = prev["history"][-1]["step"] if prev.get("history") else 0
         log["history"] = list(prev.get("history", []))
-        log["stages"] = prev.get("stages", [{"config": prev["config"],
-                                             "train_time_s": prev.get("train_time_s", 0)}])
+        first = {"config": prev["config"], "train_time_s": prev.get("train_time_s", 0)}
+        if "cpu_time_s" in prev:  # a one-stage organism that recorded its CPU time
+            first["cpu_time_s"] = prev["cpu_time_s"]
+        log["stages"] = prev.get("stages", [first])
         log["previous_train_time_s"] = sum(st.get("train_time_s", 0) for st in log["stages"])
     t0 = time.time()
     train_time = 0.0
@@ -841,12 +857,13 @@ def _continue_from(cfg: OrganismConfig):
         _check(pc.get(k, getattr(cfg, k)) == getattr(cfg, k), f"init_from={str(cfg.init_from)!r}: "
                f"its {k} is {pc.get(k)!r} but this run asks for {getattr(cfg, k)!r}; pass matching options")
     mine = (cfg.resolved_rope_theta(), list(cfg.resolved_mrope_section()),
-            cfg.resolved_attn_scalar(), cfg.resolved_rope_factor())
+            cfg.resolved_attn_scalar(), cfg.resolved_rope_factor(), cfg.global_rope_factor)
     old_factor = (1e9 if pc.get("arch") == "gemma-3" and pc.get("mechanism") == "vision"
                   else None)  # logs written before rope_factor was recorded
     theirs = (pc["resolved"]["rope_theta"], pc["resolved"]["mrope_section"],
               pc["resolved"].get("attn_scalar", cfg.lm_dim // cfg.lm_heads),
-              pc["resolved"].get("rope_factor", old_factor))
+              pc["resolved"].get("rope_factor", old_factor),
+              pc["resolved"].get("global_rope_factor"))
     if pc.get("mechanism") != cfg.mechanism or mine != theirs:
         # a curriculum stage with another mechanism: the same weights under this run's rotary
         # config (rotary settings hold no weights), e.g. a vision organism's weights -> dual
@@ -912,6 +929,8 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append(f"--rope-theta {cfg['rope_theta']:g}")
     if cfg.get("rope_factor") is not None:
         parts.append(f"--rope-factor {cfg['rope_factor']:g}")
+    if cfg.get("global_rope_factor") is not None:
+        parts.append(f"--global-rope-factor {cfg['global_rope_factor']:g}")
     if cfg.get("attn_scalar") is not None:
         parts.append(f"--attn-scalar {cfg['attn_scalar']}")
     if cfg.get("aux_slot_code", 0.0):
@@ -953,6 +972,11 @@ _CLASS = {"qwen2-vl": "Qwen2VLForConditionalGeneration",
 
 def _rope_text(c: dict) -> str:
     r = c["resolved"]
+    if r.get("global_rope_factor") is not None:
+        local = _rope_text({**c, "resolved": {**r, "global_rope_factor": None}})
+        return (f"{local} in every layer but the last; the last is a global layer with linear "
+                f"scaling by {r['global_rope_factor']:g}"
+                + (" (no positions)" if r["global_rope_factor"] >= 1e6 else ""))
     if c["arch"] == "qwen2-vl":
         return f"`rope_theta={r['rope_theta']}`, `mrope_section={r['mrope_section']}`"
     if r.get("rope_factor") is not None and r["rope_factor"] >= 1e6:
@@ -1155,7 +1179,7 @@ from vlms.registry import SHIPPED  # noqa: E402  (the checkpoints stay in vlms/o
 
 def shipped(name: str) -> Path:
     """Path of a shipped organism (``qwen2-vl-lm``, ``qwen2-vl-vision``, ``qwen2-vl-dual``,
-    ``gemma-3-vision``)."""
+    ``gemma-3-vision``, ``gemma-3-lm``, ``gemma-3-dual``)."""
     p = SHIPPED / name
     names = sorted(q.name for q in SHIPPED.iterdir() if q.is_dir()) if SHIPPED.exists() else []
     _check(p.is_dir(), f"no shipped organism {name!r}; available: {names}")

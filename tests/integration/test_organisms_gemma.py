@@ -223,7 +223,9 @@ def gemma_checks():
         model, proc, _ = org.load(p)
         b = org.Batcher(proc, 8)
         out[mech] = {"probe": slot_probe(model, b, splits, n_images=60)["mean_test"],
-                     "probe_band": slot_probe(model, b, splits, n_images=16,
+                     # the strip probe as in the organism check (50 images per axis): at 16
+                     # the dual's measured 0.82 against 0.93 at 50
+                     "probe_band": slot_probe(model, b, splits, n_images=50,
                                               region="band")["mean_test"],
                      "ablation": ablation_test(model, b, splits, n=48),
                      "crisscross": crisscross_test(model, b, splits, n=48,
@@ -232,20 +234,27 @@ def gemma_checks():
     return out
 
 
-#: criteria (organisms.criteria) a small sample resolves for the Gemma-3 lm and dual organisms;
-#: 2 (object-only criss-cross must not flip) is not met by the dual (its LM reads the object
-#: tokens' code, as every vision-side organism so far) and is left to the check and the demo
-SMALL_CRITERIA_GEMMA = {"lm": (1, 2, 3), "dual": (1, 3)}
+#: criteria (organisms.criteria) a small sample resolves for the Gemma-3 lm and dual organisms
+SMALL_CRITERIA_GEMMA = {"lm": (1, 2, 3), "dual": (1, 2, 3)}
+#: measured to fail (reported as found, issue 11): the dual's object-only criss-cross flips the
+#: answer (0.98 at 128 items: its LM reads the object tokens' code, as every vision-side organism
+#: so far), and its E6 flips at no LM site (0.28-0.29 at 128 items: the positional backup is read
+#: by the prompt's tokens in LM layer 0, not written into the object tokens); the ablation
+#: interval of criterion 3 holds (test below)
+KNOWN_FAILURES_GEMMA = {("dual", 2), ("dual", 3)}
 
 
 @pytest.mark.parametrize("mech,crit", [(m, c) for m, cs in SMALL_CRITERIA_GEMMA.items()
                                        for c in cs])
-def test_shipped_gemma_criteria_on_a_small_sample(mech, crit, gemma_checks):
+def test_shipped_gemma_criteria_on_a_small_sample(mech, crit, gemma_checks, request):
     """Criteria of issue 11 (thresholds from organisms.criteria, fixed before measuring) on 48
-    held-out items and 60 / 16 probe images per axis; the dual's criterion 3 takes its E6 flip
+    held-out items and 60 / 50 probe images per axis; the dual's criterion 3 takes its E6 flip
     layers from the organism-level E6 (object criss-cross of the ablated runs per LM site)."""
     from organisms import criteria as C
 
+    if (mech, crit) in KNOWN_FAILURES_GEMMA:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="measured to fail; see "
+                                              "vlms/organisms/README.md"))
     if mech not in gemma_checks:
         pytest.skip(f"{GEMMA[mech]} not shipped")
     ch = gemma_checks[mech]
@@ -257,3 +266,30 @@ def test_shipped_gemma_criteria_on_a_small_sample(mech, crit, gemma_checks):
         e6 = ch["e6"]["flip_layers"] if ch["e6"] is not None else None
         r = C.criterion_ablation(mech, ch["ablation"]["base"], ch["ablation"]["ablated"], e6)
     assert r["holds"], r
+
+
+def test_stage_cpu_time_adds_a_one_stage_organisms_cpu_time(tmp_path):
+    """A curriculum stage from a one-stage organism (``--init``) counts that organism's recorded
+    CPU time (not its wall time) in ``total_cpu_time_s``."""
+    first = org.train(_tiny("vision", steps=2, eval_every=2), out=tmp_path / "a", progress=False,
+                      final_eval_items=4)
+    second = org.train(_tiny("dual", steps=2, eval_every=2, init_from=str(tmp_path / "a"),
+                             aux_slot_weight=1.0, p_shuffle=0.5, p_ablate=0.5,
+                             aux_lm_weight=1.0, rope_factor=4.0),
+                       progress=False, final_eval_items=4)
+    st = second.log["stages"]
+    assert [s["config"]["mechanism"] for s in st] == ["vision", "dual"]
+    assert st[0]["cpu_time_s"] == first.log["cpu_time_s"]
+    assert second.log["total_cpu_time_s"] == first.log["cpu_time_s"] + second.log["cpu_time_s"]
+
+
+def test_shipped_gemma_dual_ablation_is_between_chance_and_base(gemma_checks):
+    """The dual's positional backup: with vision ordering ablated it stays clearly above chance
+    and clearly below base (criterion 3's interval; its E6 part fails, see above)."""
+    from organisms import criteria as C
+
+    if "dual" not in gemma_checks:
+        pytest.skip("gemma-3-dual not shipped")
+    a = gemma_checks["dual"]["ablation"]
+    m = C.THRESHOLDS["dual_margin"]
+    assert C.CHANCE + m <= a["ablated"] <= a["base"] - m, a
