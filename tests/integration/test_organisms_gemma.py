@@ -293,3 +293,23 @@ def test_shipped_gemma_dual_ablation_is_between_chance_and_base(gemma_checks):
     a = gemma_checks["dual"]["ablation"]
     m = C.THRESHOLDS["dual_margin"]
     assert C.CHANCE + m <= a["ablated"] <= a["base"] - m, a
+
+
+def test_e6_on_the_lm_organism_flips_where_its_lm_writes_the_slot():
+    """organisms.probe.e6_test on gemma-3-lm. At site 0 the swap exchanges two ablated tokens of
+    the same colour (identical: a no-op), so its flip rate must equal the share of plain ablated
+    runs that name the source's answer (computed here without any patching). The LM slot loss
+    at lm.resid.1 put the slot into the object tokens, so swapping them there flips the answer;
+    after the last layer (site 2) the object tokens no longer matter."""
+    from organisms.probe import _check_items, _predict_with_tokens, e6_test
+
+    p = _shipped("lm")
+    model, proc, _ = org.load(p)
+    b = org.Batcher(proc, 8)
+    splits = od.make_splits(8, seed=0)
+    r = e6_test(model, b, splits, n=32)
+    items = _check_items(splits, 32)
+    src = [od.Item(it.colours[::-1], it.layout, it.direction) for it in items]
+    pred = _predict_with_tokens(model, b, items, org.ablation_tokens(model, items, 8))
+    assert r["flip_rate"][0] == float((pred == b.answer_ids(src)).float().mean())
+    assert r["flip_rate"][1] >= 0.9 and r["flip_rate"][2] <= 0.1 and r["flip_layers"] == [1]
