@@ -62,14 +62,22 @@ def organism() -> None:
                    "items, so only the tokens' content carries the ordering.")
 @click.option("--rope-theta", type=float, default=None,
               help="LM rotary base (default 20 for qwen2-vl lm/dual organisms, else 1e4).")
+@click.option("--rope-factor", type=float, default=None,
+              help="gemma-3 only: linear rotary scaling factor of the LM (positions divided by "
+                   "it; default 1e9 for vision = no positions, else none).")
+@click.option("--global-rope-factor", type=float, default=None,
+              help="gemma-3 only: the last LM layer becomes a global layer whose rotary is "
+                   "scaled by this factor (1e9: it reads no positions, so positional ordering "
+                   "must be computed into the image tokens by earlier layers).")
 @click.option("--attn-scalar", type=int, default=None,
               help="gemma-3 only: the LM's query_pre_attn_scalar (default head_dim = 32). "
                    "Gemma-3 normalises queries and keys, so the largest attention logit is "
                    "about head_dim / sqrt(attn_scalar); 4 gives the real gemma-3-4b-it's 16.")
-@click.option("--vision-pos-init", type=click.Choice(["random", "sincos"]), default="random",
-              show_default=True,
+@click.option("--vision-pos-init", type=click.Choice(["random", "sincos", "zero"]),
+              default="random", show_default=True,
               help="gemma-3 only: start SigLIP's learned position embeddings from a 2-D sin-cos "
-                   "table instead of random values.")
+                   "table instead of random values; zero: all zeros and frozen, so the vision "
+                   "tokens carry no position (for lm organisms).")
 @click.option("--aux-slot-code", type=float, default=0.0, show_default=True,
               help="0: the slot loss is cross-entropy through a learned head. > 0: a "
                    "norm-controlled slot code of this size along the three centred slot-mean "
@@ -84,6 +92,16 @@ def organism() -> None:
 @click.option("--noise-task-loss/--no-noise-task-loss", default=True, show_default=True,
               help="Noisy items count in the task loss (off: they train only the auxiliary "
                    "loss, so the LM never learns to answer from an attenuated code).")
+@click.option("--aux-lm-weight", type=float, default=0.0, show_default=True,
+              help="Auxiliary ordinal-slot loss on the LM's residual stream at the object tokens "
+                   "(site lm.resid.<--aux-lm-layer>): plants an LM-side slot code computed from "
+                   "the image tokens' rotary positions (lm, and the dual backup). 0 = off.")
+@click.option("--aux-lm-layer", type=int, default=1, show_default=True,
+              help="The LM residual site of --aux-lm-weight: lm.resid.K = output of LM layer K-1.")
+@click.option("--aux-lm-head", type=click.Choice(["own", "shared"]), default="own",
+              show_default=True,
+              help="shared: the LM-side slot loss uses the vision-side slot head, so the LM writes "
+                   "its slot code in the vision code's format (the dual backup on object tokens).")
 @click.option("--init", "init_from", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue training this saved organism (same arch and sizes; another "
                    "mechanism starts a curriculum stage from its weights, e.g. vision -> dual).")
@@ -95,8 +113,9 @@ def organism() -> None:
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
           lr, warmup, aux_slot_weight, aux_colour_weight, aux_region, aux_colour, p_shuffle, p_ablate,
-          p_ablate_object, p_scramble_object, shuffle_object_ablated, rope_theta, attn_scalar,
-          vision_pos_init, aux_slot_code, p_noise, noise_code_drop, noise_task_loss, init_from,
+          p_ablate_object, p_scramble_object, shuffle_object_ablated, rope_theta, rope_factor,
+          global_rope_factor, attn_scalar, vision_pos_init, aux_slot_code, p_noise,
+          noise_code_drop, noise_task_loss, aux_lm_weight, aux_lm_layer, aux_lm_head, init_from,
           eval_every, out, probe, progress):
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import trainer as org
@@ -117,9 +136,11 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         p_ablate=p_ablate if p_ablate is not None else defaults["p_ablate"],
         p_ablate_object=p_ablate_object, p_scramble_object=p_scramble_object,
         shuffle_object_ablated=shuffle_object_ablated,
-        rope_theta=rope_theta, attn_scalar=attn_scalar, vision_pos_init=vision_pos_init,
+        rope_theta=rope_theta, rope_factor=rope_factor, global_rope_factor=global_rope_factor,
+        attn_scalar=attn_scalar, vision_pos_init=vision_pos_init,
         aux_slot_code=aux_slot_code, p_noise=p_noise, noise_code_drop=noise_code_drop,
-        noise_task_loss=noise_task_loss, init_from=init_from, eval_every=eval_every, eval_items=64)
+        noise_task_loss=noise_task_loss, aux_lm_weight=aux_lm_weight, aux_lm_layer=aux_lm_layer,
+        aux_lm_head=aux_lm_head, init_from=init_from, eval_every=eval_every, eval_items=64)
     res = org.train(cfg, out=out, final_eval_items=384, progress=progress)
     if probe:
         from .probe import mechanism_report
@@ -142,7 +163,8 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
 @click.option("--threads", type=int, default=1, show_default=True)
 def check(path, images, items, threads):
     """Which mechanism does PATH have? Slot probe on the projector output (object and strip
-    tokens), shuffle test, E5 ablation and object/strip criss-cross at the LM input, classified
+    tokens), shuffle test, E5 ablation, object/strip criss-cross at the LM input and E6 (object
+    criss-cross of the ablated runs at each LM residual site), classified
     with the thresholds of organisms.criteria (vision, dual, lm or unclear)."""
     import torch
 
@@ -159,4 +181,5 @@ def check(path, images, items, threads):
     click.echo(f"mechanism: {s['mechanism']} (projector probe object {s['probe_projector_slot']:.2f}"
                f" / strip {s['probe_projector_slot_strip']:.2f}; accuracy {s['accuracy_base']:.2f}"
                f" -> {s['accuracy_ablated_vision_ordering']:.2f} with vision ordering ablated; "
-               f"criss-cross flips object {s['flip_object']:.2f} / band {s['flip_band']:.2f})")
+               f"criss-cross flips object {s['flip_object']:.2f} / band {s['flip_band']:.2f}; "
+               f"E6 flip layers {s['e6_flip_layers'] or 'none'})")

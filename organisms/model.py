@@ -104,8 +104,9 @@ def _build_gemma(cfg, tok):
 
     tid = tok.convert_tokens_to_ids
     theta = cfg.resolved_rope_theta()
-    if cfg.mechanism == "vision":
-        rope = {"rope_type": "linear", "factor": GEMMA_FLAT_ROPE, "rope_theta": theta}
+    factor = cfg.resolved_rope_factor()
+    if factor is not None:  # vision: 1e9 (one phase for every position)
+        rope = {"rope_type": "linear", "factor": factor, "rope_theta": theta}
     else:
         rope = {"rope_type": "default", "rope_theta": theta}
     side = cfg.grid * 28
@@ -115,6 +116,12 @@ def _build_gemma(cfg, tok):
                 query_pre_attn_scalar=cfg.resolved_attn_scalar(), sliding_window=256,
                 rope_parameters={"full_attention": dict(rope), "sliding_attention": dict(rope)},
                 pad_token_id=tid("<pad>"), bos_token_id=tid("<bos>"), eos_token_id=tid("<eos>"))
+    if cfg.global_rope_factor is not None:  # a global last layer with its own rotary
+        text["layer_types"] = ["sliding_attention"] * (cfg.lm_layers - 1) + ["full_attention"]
+        text["rope_parameters"] = {
+            "sliding_attention": dict(rope),
+            "full_attention": {"rope_type": "linear", "factor": cfg.global_rope_factor,
+                               "rope_theta": theta}}
     vision = dict(model_type="siglip_vision_model", hidden_size=cfg.vision_dim,
                   intermediate_size=4 * cfg.vision_dim, num_hidden_layers=cfg.vision_depth,
                   num_attention_heads=cfg.vision_heads, image_size=side, patch_size=14,
@@ -131,6 +138,9 @@ def _build_gemma(cfg, tok):
         pe = model.model.vision_tower.embeddings.position_embedding.weight
         with torch.no_grad():
             pe.copy_(sincos_2d(side // 14, cfg.vision_dim))
+    elif cfg.vision_pos_init == "zero":  # frozen by the trainer: no position in the vision tower
+        with torch.no_grad():
+            model.model.vision_tower.embeddings.position_embedding.weight.zero_()
     ip = Gemma3ImageProcessorPil(size={"height": side, "width": side})
     proc = Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA_TEMPLATE,
                            image_seq_length=cfg.grid ** 2)

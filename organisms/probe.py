@@ -228,6 +228,73 @@ def crisscross_test(model, batcher, splits, *, n: int = 128,
     return out
 
 
+def e6_test(model, batcher, splits, *, n: int = 128) -> dict:
+    """E6 on the organism's own stimuli: E5's ablation on the clean run (c0, c1, c2) and on its
+    criss-cross source (c2, c1, c0), then, per LM residual site ``lm.resid.K``, the clean run's
+    first-square object tokens take the source's last-square ones and vice versa (the E4 object
+    map) at that site. Flip rate = share of items whose answer becomes the source's. A flip at
+    site K means the LM's own ordering code in the object tokens at K decides the answer once the
+    vision tokens carry none (where the ``dual`` backup acts). At site 0 (the LM input) the two
+    swapped ablated tokens are the same colour's, so only a positional reading remains there.
+
+    Returns
+    -------
+    dict
+        ``{"items", "ablated_accuracy", "flip_rate": {K: rate}, "flip_layers": [K, ...]}``
+        (``flip_layers``: the sites whose flip rate is above ``criteria.THRESHOLDS['e6_flip_min']``).
+    """
+    import torch
+
+    from vlms.registry import adapter_for
+
+    from .criteria import THRESHOLDS
+    from .trainer import ablation_tokens
+
+    items = _check_items(splits, n)
+    g = batcher.grid
+    ad = adapter_for(model)
+    n_sites = int(model.config.get_text_config().num_hidden_layers) + 1
+    flips = {k: 0 for k in range(n_sites)}
+    right = 0
+    for i in range(0, len(items), 64):
+        chunk = items[i:i + 64]
+        src = [od.Item(it.colours[::-1], it.layout, it.direction) for it in chunk]
+        a_c, a_s = ablation_tokens(model, chunk, g), ablation_tokens(model, src, g)
+        inp_c, inp_s = batcher(chunk), batcher(src)
+        img_c = inp_c["input_ids"] == batcher.image_token_id
+        img_s = inp_s["input_ids"] == batcher.image_token_id
+        gold, target = batcher.answer_ids(chunk), batcher.answer_ids(src)
+        right += int((_predict_with_tokens(model, batcher, chunk, a_c) == gold).sum())
+        maps = [[_translate(it.layout, a, c, g, "object") for a, c in ((0, 2), (2, 0))]
+                for it in chunk]
+        for k in range(n_sites):
+            site = f"lm.resid.{k}"
+            got = {}
+
+            def grab(x, got=got):
+                got["x"] = x.detach().clone()
+
+            with ad.hooks({site: grab}):
+                _predict_with_tokens(model, batcher, src, a_s)
+            xs = got["x"]
+
+            def patch(x, xs=xs):
+                x = x.clone()
+                for j in range(len(chunk)):
+                    pc = torch.nonzero(img_c[j]).flatten()
+                    ps = torch.nonzero(img_s[j]).flatten()
+                    for to, frm in maps[j]:
+                        x[j, pc[to]] = xs[j, ps[frm]]
+                return x
+
+            with ad.hooks({site: patch}):
+                pred = _predict_with_tokens(model, batcher, chunk, a_c)
+            flips[k] += int((pred == target).sum())
+    rate = {k: v / len(items) for k, v in flips.items()}
+    return {"items": len(items), "ablated_accuracy": right / len(items), "flip_rate": rate,
+            "flip_layers": [k for k, r in rate.items() if r > THRESHOLDS["e6_flip_min"]]}
+
+
 def mechanism_report(model, processor, *, cfg, n_images: int = 200, n_items: int = 128) -> dict:
     """Slot probe (with init-weight and position-only controls) and shuffle test for an organism.
 
@@ -253,6 +320,7 @@ def mechanism_report(model, processor, *, cfg, n_images: int = 200, n_items: int
     shuf = shuffle_test(model, batcher, splits, n=2 * n_items)
     abl = ablation_test(model, batcher, splits, n=n_items)
     cc = crisscross_test(model, batcher, splits, n=n_items)
+    e6 = e6_test(model, batcher, splits, n=n_items)
     t = probe["mean_test"]["trained"]
     emerged = "yes" if t >= 0.9 else ("no" if t <= CHANCE + 0.15 else "partial")
     summary = {"probe_projector_slot": t, "probe_init_control": probe["mean_test"].get("init"),
@@ -261,7 +329,9 @@ def mechanism_report(model, processor, *, cfg, n_images: int = 200, n_items: int
                "accuracy_raster": shuf["raster"], "accuracy_shuffled_tokens": shuf["shuffled"],
                "accuracy_base": abl["base"], "accuracy_ablated_vision_ordering": abl["ablated"],
                "flip_object": cc["object"], "flip_strip": cc["strip"], "flip_band": cc["band"],
+               "e6_flip_rate": {str(k): v for k, v in e6["flip_rate"].items()},
+               "e6_flip_layers": e6["flip_layers"],
                "vision_ordering": emerged,
                "mechanism": classify(t, abl["ablated"], abl["base"])}
     return {"probe": probe, "probe_strip": strip, "shuffle": shuf, "ablation": abl,
-            "crisscross": cc, "summary": summary}
+            "crisscross": cc, "e6": e6, "summary": summary}

@@ -106,17 +106,47 @@ class OrganismConfig:
     mrope_section: tuple[int, int, int] | None = None
     """Qwen2-VL M-RoPE split; default [2,7,7] (``lm``) or [16,0,0] (``vision``). Gemma-3
     ``vision`` organisms use linear rotary scaling by 1e9 instead (all phases equal)."""
+    rope_factor: float | None = None
+    """Gemma-3 only: linear rotary scaling factor of the LM (every position divided by it, so
+    every rotary frequency is that many times slower); default 1e9 for ``vision`` (one phase
+    for all positions), none otherwise. A ``dual`` organism uses a moderate factor so that the
+    LM's positional backup resolves squares far apart in the raster order (one above another:
+    8 positions per row) better than squares side by side (1 position per column): a weaker
+    backup than ``lm``'s."""
+    global_rope_factor: float | None = None
+    """Gemma-3 only: make the last LM layer a full-attention ("global") layer whose rotary is
+    linearly scaled by this factor (1e9: no positions), the others keeping the local rotary
+    (Gemma-3 has separate rotary settings for its local and global layers). With 1e9 the last
+    layer, which reads the answer, cannot read image-token positions itself: any positional
+    ordering must be computed by the earlier layers into the image tokens' content (where E6
+    finds it). None (default): every layer local with the same rotary."""
     attn_scalar: int | None = None
     """Gemma-3 ``query_pre_attn_scalar`` (attention logits are scaled by its inverse square
     root); default ``head_dim``. Gemma-3 normalises queries and keys (QK-norm), so the largest
     attention logit is about ``head_dim / sqrt(attn_scalar)``: 32 / sqrt(32) = 5.7 at this size,
     against 256 / sqrt(256) = 16 in google/gemma-3-4b-it. ``attn_scalar = head_dim**2 / 256``
     (4 here) restores the real model's range."""
-    vision_pos_init: Literal["random", "sincos"] = "random"
+    vision_pos_init: Literal["random", "sincos", "zero"] = "random"
     """Gemma-3 only: initialise SigLIP's learned absolute position embeddings with 2-D sin-cos
     values (half the channels the patch row, half its column, ViT/MAE-style) instead of
     N(0, 1/sqrt(width)). They stay ordinary learned weights; the start only makes relative
-    patch positions readable by attention from step 0."""
+    patch positions readable by attention from step 0. ``zero``: all zeros and frozen (never
+    trained), so the vision tower (no rotary, no other position input) is equivariant to patch
+    permutations and its tokens carry no position at all: ordering can only come from the LM."""
+    aux_lm_weight: float = 0.0
+    """Weight of an auxiliary ordinal-slot loss (a linear head, not saved) on the LM's residual
+    stream at the object tokens, at the site ``lm.resid.<aux_lm_layer>`` (the output of LM layer
+    ``aux_lm_layer - 1``): plants an LM-side slot code, computed by the LM's attention from the
+    image tokens' rotary positions (``lm`` and the ``dual`` backup). Items whose image tokens
+    are shuffled at the LM input are left out of it (their tokens are not at their cells). 0 =
+    off."""
+    aux_lm_layer: int = 1
+    """The LM residual site of ``aux_lm_weight`` (``lm.resid.K``, K >= 1)."""
+    aux_lm_head: Literal["own", "shared"] = "own"
+    """``shared``: the LM-side slot loss reads the slot with the same linear head as the
+    vision-side one (``aux_slot_weight``), so the LM writes its positional slot code into the
+    object tokens in the vision code's format and later layers read both the same way (the
+    ``dual`` backup then acts on the object tokens, where E6 looks for it)."""
     shuffle_image_tokens: bool | None = None
     """Shuffle image tokens at the LM input during training; default on for ``vision``."""
     aux_slot_weight: float = 0.0
@@ -214,8 +244,14 @@ class OrganismConfig:
                + self.p_scramble_object <= 1 + 1e-9,
                "'p_shuffle' + 'p_ablate' + 'p_ablate_object' + 'p_scramble_object' must be <= 1 "
                "(they are shares of each batch)")
-        _check(self.arch == "qwen2-vl" or (self.mechanism != "dual" and self.p_ablate == 0),
-               "the 'dual' mechanism and 'p_ablate' are implemented for arch 'qwen2-vl' only")
+        _check(self.aux_lm_weight >= 0 and isinstance(self.aux_lm_layer, int)
+               and 1 <= self.aux_lm_layer <= self.lm_layers,
+               f"'aux_lm_weight' must be >= 0 and 'aux_lm_layer' in [1, lm_layers = "
+               f"{self.lm_layers}]. Got {self.aux_lm_weight!r}, {self.aux_lm_layer!r}.")
+        _check(self.aux_lm_head in ("own", "shared") and
+               (self.aux_lm_head == "own" or self.aux_slot_weight > 0),
+               f"'aux_lm_head' must be 'own' or 'shared' (shared needs the vision-side slot loss, "
+               f"aux_slot_weight > 0). Got {self.aux_lm_head!r}.")
         _check(self.lm_dim % self.lm_heads == 0 and self.vision_dim % self.vision_heads == 0,
                "'lm_dim'/'vision_dim' must be divisible by 'lm_heads'/'vision_heads'.")
         sec = self.resolved_mrope_section()
@@ -224,11 +260,20 @@ class OrganismConfig:
                f"{self.lm_dim // self.lm_heads // 2}.")
         _check(self.arch != "gemma-3" or self.mrope_section is None,
                "'mrope_section' is a Qwen2-VL setting; leave it unset for arch 'gemma-3'.")
-        _check(self.vision_pos_init in ("random", "sincos") and
+        _check(self.vision_pos_init in ("random", "sincos", "zero") and
                (self.vision_pos_init == "random" or self.arch == "gemma-3"),
-               f"'vision_pos_init' must be 'random' or 'sincos' (gemma-3 only: Qwen2-VL's ViT "
+               f"'vision_pos_init' must be 'random', 'sincos' or 'zero' (gemma-3 only: Qwen2-VL's ViT "
                f"has no absolute position embedding). Got {self.vision_pos_init!r} for arch "
                f"{self.arch!r}.")
+        _check(self.global_rope_factor is None or (self.arch == "gemma-3"
+                                                   and self.global_rope_factor > 0
+                                                   and self.lm_layers >= 2),
+               f"'global_rope_factor' is Gemma-3's rotary scaling of a global last layer: a "
+               f"number > 0, for arch 'gemma-3' with >= 2 LM layers only. Got "
+               f"{self.global_rope_factor!r} for arch {self.arch!r}.")
+        _check(self.rope_factor is None or (self.arch == "gemma-3" and self.rope_factor > 0),
+               f"'rope_factor' is Gemma-3's linear rotary scaling: a number > 0, for arch "
+               f"'gemma-3' only. Got {self.rope_factor!r} for arch {self.arch!r}.")
         _check(self.attn_scalar is None or (self.arch == "gemma-3"
                                             and isinstance(self.attn_scalar, int)
                                             and self.attn_scalar >= 1),
@@ -249,6 +294,15 @@ class OrganismConfig:
         if self.mechanism == "dual":  # the 3 lowest frequency pairs per axis: a weak backup
             return (half - 2 * (3 * half // 16), 3 * half // 16, 3 * half // 16)
         return (half - 2 * (7 * half // 16), 7 * half // 16, 7 * half // 16)
+
+    def resolved_rope_factor(self) -> float | None:
+        """Gemma-3's linear rotary scaling factor (None: no scaling)."""
+        if self.rope_factor is not None:
+            return float(self.rope_factor)
+        if self.arch == "gemma-3" and self.mechanism == "vision":
+            from .model import GEMMA_FLAT_ROPE
+            return GEMMA_FLAT_ROPE
+        return None
 
     def resolved_attn_scalar(self) -> int:
         if self.attn_scalar is not None:
@@ -272,6 +326,8 @@ class OrganismConfig:
                          "mrope_section": list(self.resolved_mrope_section()),
                          "shuffle_image_tokens": self.resolved_shuffle(),
                          "attn_scalar": self.resolved_attn_scalar(),
+                         "rope_factor": self.resolved_rope_factor(),
+                         "global_rope_factor": self.global_rope_factor,
                          "p_shuffle": self.resolved_p_shuffle()}
         return d
 
@@ -368,6 +424,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     prev = None
     if cfg.init_from is not None:
         model, proc, prev = _continue_from(cfg)
+    if cfg.vision_pos_init == "zero":  # zeroed in build() (and so in any saved checkpoint)
+        vision_position_embedding(model).requires_grad_(False)
     model.train()
     splits = od.make_splits(cfg.grid, seed=cfg.split_seed)
     batcher = Batcher(proc, cfg.grid)
@@ -380,6 +438,10 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     aux = _AuxSlot(model, cfg) if (cfg.aux_slot_weight > 0 or cfg.aux_colour_weight > 0) else None
     if aux is not None:
         opt.add_param_group({"params": list(aux.parameters()), "weight_decay": 0.0})
+    aux_lm = (_AuxLMSlot(model, cfg, head=aux.head if cfg.aux_lm_head == "shared" else None)
+              if cfg.aux_lm_weight > 0 else None)
+    if aux_lm is not None and cfg.aux_lm_head == "own":
+        opt.add_param_group({"params": list(aux_lm.head.parameters()), "weight_decay": 0.0})
     cur = (_Curriculum(model, cfg)
            if (cfg.resolved_p_shuffle() > 0 or cfg.p_ablate > 0 or cfg.p_ablate_object > 0
                or cfg.p_scramble_object > 0)
@@ -391,14 +453,17 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     if prev is not None:
         offset = prev["history"][-1]["step"] if prev.get("history") else 0
         log["history"] = list(prev.get("history", []))
-        log["stages"] = prev.get("stages", [{"config": prev["config"],
-                                             "train_time_s": prev.get("train_time_s", 0)}])
+        first = {"config": prev["config"], "train_time_s": prev.get("train_time_s", 0)}
+        if "cpu_time_s" in prev:  # a one-stage organism that recorded its CPU time
+            first["cpu_time_s"] = prev["cpu_time_s"]
+        log["stages"] = prev.get("stages", [first])
         log["previous_train_time_s"] = sum(st.get("train_time_s", 0) for st in log["stages"])
     t0 = time.time()
     train_time = 0.0
     cpu_time = 0.0
     bar = tqdm(range(cfg.steps), disable=not progress, desc=f"{cfg.arch}-{cfg.mechanism}")
     run_loss = None
+    run_aux_lm = None  # EMA of the LM slot loss (unweighted), logged when it is on
     for step in bar:
         ts, cs = time.time(), time.process_time()
         for g in opt.param_groups:
@@ -420,6 +485,11 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
             loss = torch.nn.functional.cross_entropy(logits, batcher.answer_ids(items))
         if aux is not None:
             loss = loss + aux.loss(items, code_scale=code_scale(noise, cfg))
+        if aux_lm is not None:
+            lm_aux = aux_lm.loss(items, inputs, None if cur is None else cur.last_shuffled)
+            loss = loss + lm_aux
+            v = float(lm_aux.detach()) / cfg.aux_lm_weight
+            run_aux_lm = v if run_aux_lm is None else 0.9 * run_aux_lm + 0.1 * v
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -438,6 +508,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
             model.train()
             log["history"].append({"step": offset + step + 1, "loss": run_loss, "train_time_s": train_time,
                                    "cpu_time_s": cpu_time, "wall_s": time.time() - t0, **acc})
+            if run_aux_lm is not None:
+                log["history"][-1]["aux_lm_loss"] = run_aux_lm
             bar.set_postfix(loss=f"{run_loss:.3f}", heldout=f"{acc['heldout']:.3f}",
                             hl=f"{acc['hl']:.3f}")
             if out is not None:
@@ -448,6 +520,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
         cur.remove()
     if aux is not None:
         aux.remove()
+    if aux_lm is not None:
+        aux_lm.remove()
     model.eval()
     log["train_time_s"] = train_time
     log["cpu_time_s"] = cpu_time
@@ -565,6 +639,51 @@ class _AuxSlot:
         self.h.remove()
 
 
+class _AuxLMSlot:
+    """Auxiliary ordinal-slot loss on the LM's residual stream (site ``lm.resid.K``,
+    ``K = cfg.aux_lm_layer``) at the object tokens of each image (``aux_lm_weight``)."""
+
+    def __init__(self, model, cfg: OrganismConfig, head=None):
+        import torch
+        from vlms.registry import adapter_for
+
+        self.cfg, self.grid = cfg, cfg.grid
+        self.head = torch.nn.Linear(cfg.lm_dim, 3) if head is None else head
+        mod, kind = adapter_for(model).site_module(f"lm.resid.{cfg.aux_lm_layer}")
+        assert kind == "post", kind
+        self.z = None
+        self.h = mod.register_forward_hook(self._grab)
+        self._cache: dict = {}
+
+    def _grab(self, module, args, out):
+        self.z = out[0] if isinstance(out, tuple) else out
+
+    def loss(self, items, inputs, shuffled=None):
+        import torch
+        g = self.grid
+        mm = inputs.get("token_type_ids", inputs.get("mm_token_type_ids")).bool()
+        z = self.z[mm].reshape(len(items), g * g, -1)  # image tokens in raster order
+        for it in items:
+            if it.layout not in self._cache:
+                self._cache[it.layout] = od.region_slots(it.layout, g, "object")
+        slots = torch.as_tensor(np.stack([self._cache[it.layout] for it in items]))
+        sel = slots >= 0
+        if shuffled is not None:  # shuffled items' tokens are not at their cells
+            sel = sel & ~torch.as_tensor(shuffled)[:, None]
+        if not bool(sel.any()):
+            return z.new_zeros(())
+        return self.cfg.aux_lm_weight * torch.nn.functional.cross_entropy(
+            self.head(z[sel]), slots[sel])
+
+    def remove(self):
+        self.h.remove()
+
+
+def vision_position_embedding(model):
+    """SigLIP's learned absolute position embedding weight of a Gemma-3 organism."""
+    return model.model.vision_tower.embeddings.position_embedding.weight
+
+
 class _Curriculum:
     """Training-time edits of the image tokens at the LM input (a projector forward hook), per
     item: shuffled (share ``p_shuffle``: only the tokens' content can carry ordering), E5-ablated
@@ -576,6 +695,7 @@ class _Curriculum:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.active = True
         self.plan = None
+        self.last_shuffled = None
         self.h = projector_module(model).register_forward_hook(self)
 
     def prepare(self, items, rng) -> None:
@@ -616,6 +736,7 @@ class _Curriculum:
             return None
         shuffle, ablate, abl, keep, scramble = self.plan
         self.plan = None
+        self.last_shuffled = shuffle
         b = len(shuffle)
         shape = out.shape  # Qwen2-VL (B * n, d); Gemma-3 (B, n, d)
         x = out.reshape(b * self.n, -1)
@@ -736,9 +857,13 @@ def _continue_from(cfg: OrganismConfig):
         _check(pc.get(k, getattr(cfg, k)) == getattr(cfg, k), f"init_from={str(cfg.init_from)!r}: "
                f"its {k} is {pc.get(k)!r} but this run asks for {getattr(cfg, k)!r}; pass matching options")
     mine = (cfg.resolved_rope_theta(), list(cfg.resolved_mrope_section()),
-            cfg.resolved_attn_scalar())
+            cfg.resolved_attn_scalar(), cfg.resolved_rope_factor(), cfg.global_rope_factor)
+    old_factor = (1e9 if pc.get("arch") == "gemma-3" and pc.get("mechanism") == "vision"
+                  else None)  # logs written before rope_factor was recorded
     theirs = (pc["resolved"]["rope_theta"], pc["resolved"]["mrope_section"],
-              pc["resolved"].get("attn_scalar", cfg.lm_dim // cfg.lm_heads))
+              pc["resolved"].get("attn_scalar", cfg.lm_dim // cfg.lm_heads),
+              pc["resolved"].get("rope_factor", old_factor),
+              pc["resolved"].get("global_rope_factor"))
     if pc.get("mechanism") != cfg.mechanism or mine != theirs:
         # a curriculum stage with another mechanism: the same weights under this run's rotary
         # config (rotary settings hold no weights), e.g. a vision organism's weights -> dual
@@ -776,13 +901,13 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
              f"--eval-every {cfg['eval_every']}"]
     if cfg["vision_depth"] != d["vision_depth"]:
         parts.append(f"--vision-depth {cfg['vision_depth']}")
-    if cfg.get("vision_dim", 64) != 64:
+    if cfg.get("vision_dim", 64) != 64 or cfg.get("vision_dim", 64) != d["vision_dim"]:
         parts.append(f"--vision-dim {cfg['vision_dim']}")
     if cfg.get("vision_heads", 2) != 2:
         parts.append(f"--vision-heads {cfg['vision_heads']}")
     if cfg.get("lr", 1e-3) != 1e-3:
         parts.append(f"--lr {cfg['lr']:g}")
-    if cfg.get("aux_slot_weight", 0.0):
+    if cfg.get("aux_slot_weight", 0.0) or d["aux_slot_weight"]:
         parts.append(f"--aux-slot-weight {cfg['aux_slot_weight']:g}")
         parts.append(f"--aux-region {cfg.get('aux_region', 'object')}")
         parts.append("--aux-colour" if cfg.get("aux_colour") else "--no-aux-colour")
@@ -802,6 +927,10 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append("--shuffle-object-ablated")
     if cfg.get("rope_theta") is not None:
         parts.append(f"--rope-theta {cfg['rope_theta']:g}")
+    if cfg.get("rope_factor") is not None:
+        parts.append(f"--rope-factor {cfg['rope_factor']:g}")
+    if cfg.get("global_rope_factor") is not None:
+        parts.append(f"--global-rope-factor {cfg['global_rope_factor']:g}")
     if cfg.get("attn_scalar") is not None:
         parts.append(f"--attn-scalar {cfg['attn_scalar']}")
     if cfg.get("aux_slot_code", 0.0):
@@ -814,6 +943,11 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
             parts.append("--no-noise-task-loss")
     if cfg.get("vision_pos_init", "random") != "random":
         parts.append(f"--vision-pos-init {cfg['vision_pos_init']}")
+    if cfg.get("aux_lm_weight", 0.0):
+        parts.append(f"--aux-lm-weight {cfg['aux_lm_weight']:g}")
+        parts.append(f"--aux-lm-layer {cfg.get('aux_lm_layer', 1)}")
+        if cfg.get("aux_lm_head", "own") != "own":
+            parts.append(f"--aux-lm-head {cfg['aux_lm_head']}")
     if cfg.get("warmup", 100) != 100:
         parts.append(f"--warmup {cfg['warmup']}")
     if init is not None:
@@ -838,8 +972,18 @@ _CLASS = {"qwen2-vl": "Qwen2VLForConditionalGeneration",
 
 def _rope_text(c: dict) -> str:
     r = c["resolved"]
+    if r.get("global_rope_factor") is not None:
+        local = _rope_text({**c, "resolved": {**r, "global_rope_factor": None}})
+        return (f"{local} in every layer but the last; the last is a global layer with linear "
+                f"scaling by {r['global_rope_factor']:g}"
+                + (" (no positions)" if r["global_rope_factor"] >= 1e6 else ""))
     if c["arch"] == "qwen2-vl":
         return f"`rope_theta={r['rope_theta']}`, `mrope_section={r['mrope_section']}`"
+    if r.get("rope_factor") is not None and r["rope_factor"] >= 1e6:
+        return f"`rope_theta={r['rope_theta']}` with linear scaling by {r['rope_factor']:g} (no positions)"
+    if r.get("rope_factor") is not None:
+        return (f"`rope_theta={r['rope_theta']}` with linear scaling by {r['rope_factor']:g} "
+                "(1-D positions over the raster order, every frequency that many times slower)")
     if c["mechanism"] == "vision":
         return f"`rope_theta={r['rope_theta']}` with linear scaling by 1e9 (no positions)"
     return f"`rope_theta={r['rope_theta']}` (1-D positions over the raster order)"
@@ -881,6 +1025,17 @@ def write_readme(out: str | Path, log: dict) -> None:
                 + ("they count in the task loss." if c.get("noise_task_loss", True) else
                    "they train only the auxiliary loss (the LM never answers from an "
                    "attenuated code).") if c.get("p_noise") else ""),
+             *([f"- LM-side auxiliary slot loss: weight {c['aux_lm_weight']:g} on the LM's "
+                f"residual stream `lm.resid.{c.get('aux_lm_layer', 1)}` at the object tokens (a "
+                "linear head, not saved"
+                + ("; the vision-side slot head, shared" if c.get("aux_lm_head") == "shared" else "")
+                + "; items whose image tokens were shuffled left out)."]
+               if c.get("aux_lm_weight") else []),
+             *([{"zero": "- Vision position embeddings: all zero and frozen (the vision tower "
+                         "has no position input, so its tokens carry no position).",
+                 "sincos": "- Vision position embeddings: started from the 2-D sin-cos table "
+                           "(then learned)."}[c["vision_pos_init"]]]
+               if c.get("vision_pos_init", "random") != "random" else []),
              "- Load: `AutoModelForImageTextToText.from_pretrained(DIR)` (model) and "
              "`organisms.load(DIR)` (model, image-only processor, log).", "",
              "## Reproduce", "", "```", *reproduce_commands(log, f"vlms/organisms/{out.name}"),
@@ -930,6 +1085,11 @@ def write_readme(out: str | Path, log: dict) -> None:
                       f"- criss-cross at the LM input, flip rate: object {s['flip_object']:.3f}, "
                       f"strip {s['flip_strip']:.3f}, band {s['flip_band']:.3f}",
                       f"- mechanism (thresholds of `organisms.criteria`): **{s['mechanism']}**"]
+        if "e6_flip_rate" in s:
+            lines += ["- E6 (both runs ablated, object criss-cross at each LM residual site "
+                      "`lm.resid.K`), flip rate: " + ", ".join(
+                          f"K={k} {v:.3f}" for k, v in s["e6_flip_rate"].items())
+                      + f"; flip layers (> 0.5): {s['e6_flip_layers'] or 'none'}"]
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
@@ -1019,7 +1179,7 @@ from vlms.registry import SHIPPED  # noqa: E402  (the checkpoints stay in vlms/o
 
 def shipped(name: str) -> Path:
     """Path of a shipped organism (``qwen2-vl-lm``, ``qwen2-vl-vision``, ``qwen2-vl-dual``,
-    ``gemma-3-vision``)."""
+    ``gemma-3-vision``, ``gemma-3-lm``, ``gemma-3-dual``)."""
     p = SHIPPED / name
     names = sorted(q.name for q in SHIPPED.iterdir() if q.is_dir()) if SHIPPED.exists() else []
     _check(p.is_dir(), f"no shipped organism {name!r}; available: {names}")
@@ -1033,6 +1193,10 @@ def mechanism_defaults(mechanism: str, arch: str = "qwen2-vl") -> dict:
         # a fresh 400-step band run did not learn the task, see vlms/organisms/README.md)
         return {"steps": 1000, "vision_depth": 3, "vision_dim": 128, "aux_slot_weight": 2.0,
                 "aux_region": "object", "aux_colour": False, "p_ablate": 0.0}
+    if mechanism == "dual" and arch == "gemma-3":
+        # a curriculum stage from gemma-3-vision (--init): see vlms/organisms/README.md
+        return {"steps": 250, "vision_depth": 2, "vision_dim": 64, "aux_slot_weight": 2.0,
+                "aux_region": "band", "aux_colour": True, "p_shuffle": 0.3, "p_ablate": 0.4}
     if mechanism == "dual":
         # a curriculum stage from a vision organism (--init): see vlms/organisms/README.md
         return {"steps": 250, "vision_depth": 3, "vision_dim": 128, "aux_slot_weight": 2.0,

@@ -9,7 +9,7 @@ import click
               help="Output folder; report.html lands at its top. Rerunning resumes.")
 @click.option("--model", "models", multiple=True,
               help="Model(s) to study (repeatable). Default: every shipped organism (Qwen2-VL "
-                   "vision, dual and lm; Gemma-3 vision).")
+                   "vision, dual and lm; Gemma-3 vision, dual and lm, those shipped in this checkout).")
 @click.option("--whatsup", default=None, type=click.Path(file_okay=False),
               help="What'sUp root: also evaluate E1 on the real release (see README).")
 @click.option("--preset", default=None,

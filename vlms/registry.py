@@ -89,7 +89,8 @@ def unavailable(cls: type) -> list[str]:
 
 
 #: organisms every checkout is meant to ship (listed even while their directory is missing)
-EXPECTED_ORGANISMS = ("qwen2-vl-lm", "qwen2-vl-vision", "qwen2-vl-dual", "gemma-3-vision")
+EXPECTED_ORGANISMS = ("qwen2-vl-lm", "qwen2-vl-vision", "qwen2-vl-dual", "gemma-3-vision",
+                      "gemma-3-lm", "gemma-3-dual")
 ORGANISM_PREFIX = "organism-"
 #: where shipped organisms live (data; ``organisms.trainer.SHIPPED`` is this path)
 SHIPPED = Path(__file__).parent / "organisms"

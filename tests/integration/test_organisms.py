@@ -89,12 +89,23 @@ def test_region_slots_by_hand():
     assert s2[5].tolist() == [0, 0, -1, 1, 1, -1, 2, 2]
 
 
-def test_ablation_tokens_erase_position_and_keep_identity():
-    """E5's ablation built from the organism's projector: a square's tokens do not depend on
-    where the square was, the rest is the blank canvas's tokens."""
+def _isolated_tokens(model, arch, cols):
+    """Projector tokens of ``render_single(cols, 1)`` (one image per entry, None = blank)."""
     from organisms.model import image_tokens
 
-    cfg = _tiny("dual")
+    if arch == "gemma-3":
+        img = od.render_single(cols, 1, normalise=od.GEMMA_NORM)
+        return image_tokens(model, {"pixel_values": img})
+    pv, thw = od.qwen_pixels(od.render_single(cols, 1, normalise=od.QWEN_NORM))
+    return image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
+
+
+@pytest.mark.parametrize("arch,mech", [("qwen2-vl", "dual"), ("gemma-3", "vision")])
+def test_ablation_tokens_erase_position_and_keep_identity(arch, mech):
+    """E5's ablation built from the organism's projector (Qwen2-VL's flat merger output and
+    Gemma-3's (B, n, d) one): a square's tokens do not depend on where the square was, the rest
+    is the blank canvas's tokens (independent oracle: the projector on the isolated renders)."""
+    cfg = _tiny(mech, arch=arch)
     model, proc = org.build(cfg)
     model.eval()
     cols = ("red", "green", "blue")
@@ -106,9 +117,8 @@ def test_ablation_tokens_erase_position_and_keep_identity():
         (ra, ca), = a.layout.cells(slot)
         (rb, cb), = b.layout.cells(slot)
         assert torch.equal(abl[0, ra * 8 + ca], abl[1, rb * 8 + cb])
-    pv, thw = od.qwen_pixels(od.render_single([None, "green"], 1, normalise=od.QWEN_NORM))
     with torch.no_grad():
-        ref = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
+        ref = _isolated_tokens(model, arch, [None, "green"])
     assert torch.allclose(abl[0, 3 * 8 + 3], ref[1, 3 * 8 + 3], atol=1e-5)  # green, centred
     objects = {r * 8 + c for s in range(3) for r, c in a.layout.cells(s)}
     rest = [k for k in range(64) if k not in objects]
@@ -323,8 +333,10 @@ def test_config_validation_errors():
         org.OrganismConfig(aux_region="edges")
     with pytest.raises(org.OrganismError, match="p_shuffle"):
         org.OrganismConfig(p_shuffle=0.8, p_ablate=0.5)
-    with pytest.raises(org.OrganismError, match="qwen2-vl.* only"):
-        org.OrganismConfig(arch="gemma-3", mechanism="dual")
+    with pytest.raises(org.OrganismError, match="rope_factor"):
+        org.OrganismConfig(arch="qwen2-vl", mechanism="dual", rope_factor=8.0)
+    with pytest.raises(org.OrganismError, match="aux_lm_layer"):
+        org.OrganismConfig(aux_lm_weight=1.0, aux_lm_layer=0)
     with pytest.raises(org.OrganismError, match="mrope_section"):
         org.OrganismConfig(mrope_section=(4, 4, 4))
     with pytest.raises(ValueError, match="steps"):
@@ -501,6 +513,12 @@ def test_shipped_criteria_on_a_small_sample(mech, crit, shipped_checks, request)
     dict(mechanism="vision", arch="gemma-3", vision_pos_init="sincos", aux_slot_weight=2.0,
          aux_region="object", aux_colour=False, aux_slot_code=2.0, p_noise=0.3,
          noise_code_drop=0.9, noise_task_loss=False),
+    dict(arch="gemma-3", mechanism="lm", vision_pos_init="zero", aux_lm_weight=1.0,
+         aux_lm_layer=1, aux_colour_weight=1.0, rope_theta=1000.0),
+    dict(arch="gemma-3", mechanism="dual", vision_pos_init="sincos", rope_factor=8.0,
+         aux_slot_weight=2.0, aux_region="band", aux_colour=True, p_shuffle=0.3, p_ablate=0.3,
+         aux_lm_weight=1.0, vision_depth=2, vision_dim=64),
+    dict(arch="gemma-3", mechanism="dual", aux_slot_weight=0.0),
 ])
 def test_reproduce_command_parses_back_to_the_config(kw):
     """The README's command, parsed by the CLI itself, gives back the options it was made from."""
@@ -511,7 +529,7 @@ def test_reproduce_command_parses_back_to_the_config(kw):
     cfg = org.OrganismConfig(**kw)
     args = shlex.split(org.command_line(cfg.to_json(), "out/x"))[3:]
     params = train.make_context("train", args).params
-    defaults = org.mechanism_defaults(kw["mechanism"])  # what the CLI fills in for None
+    defaults = org.mechanism_defaults(kw["mechanism"], kw.get("arch", "qwen2-vl"))  # CLI's None
     for k, v in kw.items():
         got = params[k] if params[k] is not None else defaults[k]
         assert got == v, (k, got, v)
