@@ -228,6 +228,86 @@ def crisscross_test(model, batcher, splits, *, n: int = 128,
     return out
 
 
+def e6_test(model, batcher, splits, *, n: int = 128) -> dict:
+    """E6 on the organism's own stimuli: E5's ablation on the clean item and on its criss-cross
+    twin (colours reversed), then the object criss-cross at every LM residual site
+    (``lm.resid.l``: 0 = the LM input, l >= 1 = output of LM layer l - 1). Flip rate per site
+    among the items answered right under the ablation on both runs (the paper keeps only
+    those); a site above 0.5 is where the LM backup's ordering sits in the object tokens."""
+    import torch
+
+    from vlms.registry import adapter_for
+
+    from .model import last_logits, projector_module
+    from .trainer import ablation_tokens
+
+    adapter = adapter_for(model)
+    sites = list(range(model.config.text_config.num_hidden_layers + 1))
+    items = _check_items(splits, n)
+    g = batcher.grid
+    flips = {l: 0 for l in sites}
+    kept = 0
+
+    def run(inputs, tokens, fns):
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        h = projector_module(model).register_forward_hook(
+            lambda m, a, o: flat.to(o.dtype).reshape(o.shape))
+        try:
+            with torch.no_grad(), adapter.hooks(fns):
+                return last_logits(model, inputs).argmax(-1)
+        finally:
+            h.remove()
+
+    for i in range(0, len(items), 64):
+        chunk = items[i:i + 64]
+        src = [od.Item(it.colours[::-1], it.layout, it.direction) for it in chunk]
+        bc, bs = batcher(chunk), batcher(src)
+        ac, as_ = ablation_tokens(model, chunk, g), ablation_tokens(model, src, g)
+        cache = {}
+        grab = {f"lm.resid.{l}": (lambda l: lambda act: cache.__setitem__(l, act.clone()))(l)
+                for l in sites}
+        pred_src = run(bs, as_, grab)
+        pred_clean = run(bc, ac, {})
+        right = ((pred_clean == batcher.answer_ids(chunk))
+                 & (pred_src == batcher.answer_ids(src))).numpy()
+        kept += int(right.sum())
+        # clean image-token k and the source's sit at the same sequence positions (same prompt)
+        pos = [torch.nonzero(bc["mm_token_type_ids"][b] == 1).flatten() for b in range(len(chunk))]
+        to, frm = [], []
+        for b, it in enumerate(chunk):
+            t0, f0 = _translate(it.layout, 0, 2, g, "object")
+            t1, f1 = _translate(it.layout, 2, 0, g, "object")
+            to.append(pos[b][t0 + t1])
+            frm.append(pos[b][f0 + f1])
+        target = batcher.answer_ids(src)
+        for l in sites:
+            def patch(act, l=l):
+                act = act.clone()
+                for b in range(len(chunk)):
+                    act[b, to[b]] = cache[l][b, frm[b]].to(act.dtype)
+                return act
+            pred = run(bc, ac, {f"lm.resid.{l}": patch})
+            flips[l] += int(((pred == target).numpy() & right).sum())
+    rates = {l: (flips[l] / kept if kept else float("nan")) for l in sites}
+    return {"items": len(items), "kept_right_under_ablation": kept, "flip_rate": rates,
+            "flip_layers": [l for l in sites if kept and rates[l] > 0.5]}
+
+
+def criteria_of(mechanism: str, summary: dict) -> list[dict]:
+    """Criteria 1-3 of ``organisms.criteria`` for a planted ``mechanism`` from a
+    :func:`mechanism_report` summary (1: probe on object and band tokens; 2: object and band
+    criss-cross at the LM input; 3: E5 on the check items and, for ``dual``, :func:`e6_test`'s
+    flip layers). Criterion 4 (E7) needs the demo."""
+    from . import criteria as C
+
+    s = summary
+    return [C.criterion_probe(mechanism, s["probe_projector_slot"],
+                              s["probe_projector_slot_strip"]),
+            C.criterion_crisscross(mechanism, s["flip_object"], s["flip_band"]),
+            C.criterion_ablation(mechanism, s["accuracy_base"],
+                                 s["accuracy_ablated_vision_ordering"], s.get("e6_flip_layers"))]
+
+
 def mechanism_report(model, processor, *, cfg, n_images: int = 200, n_items: int = 128) -> dict:
     """Slot probe (with init-weight and position-only controls) and shuffle test for an organism.
 
@@ -253,6 +333,7 @@ def mechanism_report(model, processor, *, cfg, n_images: int = 200, n_items: int
     shuf = shuffle_test(model, batcher, splits, n=2 * n_items)
     abl = ablation_test(model, batcher, splits, n=n_items)
     cc = crisscross_test(model, batcher, splits, n=n_items)
+    e6 = e6_test(model, batcher, splits, n=n_items)
     t = probe["mean_test"]["trained"]
     emerged = "yes" if t >= 0.9 else ("no" if t <= CHANCE + 0.15 else "partial")
     summary = {"probe_projector_slot": t, "probe_init_control": probe["mean_test"].get("init"),
@@ -261,7 +342,9 @@ def mechanism_report(model, processor, *, cfg, n_images: int = 200, n_items: int
                "accuracy_raster": shuf["raster"], "accuracy_shuffled_tokens": shuf["shuffled"],
                "accuracy_base": abl["base"], "accuracy_ablated_vision_ordering": abl["ablated"],
                "flip_object": cc["object"], "flip_strip": cc["strip"], "flip_band": cc["band"],
+               "e6_flip_rate": {str(k): v for k, v in e6["flip_rate"].items()},
+               "e6_flip_layers": e6["flip_layers"], "e6_items_kept": e6["kept_right_under_ablation"],
                "vision_ordering": emerged,
                "mechanism": classify(t, abl["ablated"], abl["base"])}
     return {"probe": probe, "probe_strip": strip, "shuffle": shuf, "ablation": abl,
-            "crisscross": cc, "summary": summary}
+            "crisscross": cc, "e6": e6, "summary": summary}
