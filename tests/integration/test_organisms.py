@@ -501,6 +501,9 @@ def test_shipped_criteria_on_a_small_sample(mech, crit, shipped_checks, request)
     dict(mechanism="vision", arch="gemma-3", vision_pos_init="sincos", aux_slot_weight=2.0,
          aux_region="object", aux_colour=False, aux_slot_code=2.0, p_noise=0.3,
          noise_code_drop=0.9, noise_task_loss=False),
+    dict(mechanism="dual", aux_slot_weight=2.0, aux_region="strip", aux_colour=True,
+         aux_colour_region="band", aux_lm_slot_weight=1.0, aux_lm_layer=1, p_shuffle=0.3,
+         p_ablate=0.4, p_scramble_object=0.3, shuffle_object_ablated=True),
 ])
 def test_reproduce_command_parses_back_to_the_config(kw):
     """The README's command, parsed by the CLI itself, gives back the options it was made from."""
@@ -563,3 +566,77 @@ def test_object_scramble_gives_each_square_its_colour_with_another_slot():
                 assert torch.allclose(got[i, a[0] * 8 + a[1]], zs[c[0] * 8 + c[1]], atol=1e-5)
             moved += j != slot
     assert moved > 0
+
+
+def test_colour_region_aux_loss_equals_a_hand_computation():
+    """--aux-colour-region: the slot part of the aux loss over the --aux-region tokens, the
+    colour part over the colour-region tokens (here band and strip, which differ)."""
+    from organisms.model import image_tokens
+
+    cfg = _tiny("vision", aux_slot_weight=1.5, aux_region="band", aux_colour=True,
+                aux_colour_region="strip")
+    model, proc = org.build(cfg)
+    items = od.eval_items(od.make_splits(8), "hl", n=4)
+    aux = org._AuxSlot(model, cfg)
+    try:
+        with torch.no_grad():
+            z = image_tokens(model, org.Batcher(proc, 8)(items))
+            got = aux.loss(items)
+
+            def rows(region, colour):
+                x, y = [], []
+                for b, it in enumerate(items):
+                    lab = od.region_slots(it.layout, 8, region)
+                    for k in np.flatnonzero(lab >= 0):
+                        x.append(z[b, k])
+                        y.append(od.COLOUR_NAMES.index(it.colours[lab[k]]) if colour else lab[k])
+                return torch.stack(x), torch.tensor(y)
+
+            xs, ys = rows("band", False)
+            xc, yc = rows("strip", True)
+            assert len(xs) > len(xc)  # the regions differ
+            want = 1.5 * (torch.nn.functional.cross_entropy(aux.head(xs), ys)
+                          + torch.nn.functional.cross_entropy(aux.colour(xc), yc))
+        assert torch.allclose(got, want, atol=1e-6)
+    finally:
+        aux.remove()
+
+
+def test_lm_aux_slot_loss_reads_object_tokens_of_ablated_items():
+    """--aux-lm-slot-weight: cross-entropy of the projector aux loss's slot head on the LM
+    residual after layer 0 (the model's own hidden_states[1]) at the object tokens of the
+    E5-ablated items only, times the weight."""
+    cfg = _tiny("dual", lm_layers=2, aux_slot_weight=1.0, aux_lm_slot_weight=0.5,
+                p_shuffle=0.0, p_ablate=0.5)
+    model, proc = org.build(cfg)
+    model.eval()
+    items = od.eval_items(od.make_splits(8), "hl", n=8)
+    b = org.Batcher(proc, 8)
+    inp = b(items)
+    aux = org._AuxSlot(model, cfg)
+    lm = org._AuxLMSlot(model, cfg, aux.head)
+    cur = org._Curriculum(model, cfg)
+    try:
+        cur.prepare(items, np.random.default_rng(1))
+        abl = cur.ablated.copy()
+        assert 0 < abl.sum() < len(items)
+        with torch.no_grad():
+            hs = model(**inp, output_hidden_states=True).hidden_states[1]
+            got = lm.loss(items, inp, abl)
+            x, y = [], []
+            for i, it in enumerate(items):
+                if not abl[i]:
+                    continue
+                pos = torch.nonzero(inp["input_ids"][i] == b.image_token_id).flatten()
+                for (r, c) in sorted(c for s in range(3) for c in it.layout.cells(s)):
+                    x.append(hs[i, pos[r * 8 + c]])
+                    y.append(next(s for s in range(3) if (r, c) in it.layout.cells(s)))
+            want = 0.5 * torch.nn.functional.cross_entropy(aux.head(torch.stack(x)),
+                                                           torch.tensor(y))
+        assert torch.allclose(got, want, atol=1e-6)
+    finally:
+        cur.remove()
+        lm.remove()
+        aux.remove()
+    with pytest.raises(org.OrganismError, match="aux_lm_layer"):
+        _tiny("dual", lm_layers=1, aux_slot_weight=1.0, aux_lm_slot_weight=0.5, p_ablate=0.5)
