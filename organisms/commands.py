@@ -179,5 +179,6 @@ def check(path, images, items, threads):
     for c in criteria_of(cfg.mechanism, s):
         verdict = {True: "holds", False: "fails", None: "not measured"}[c["holds"]]
         click.echo(f"criterion {c['criterion']} ({cfg.mechanism}): {verdict}; measured "
-                   + ", ".join(f"{k} {v}" for k, v in c["measured"].items())
+                   + ", ".join(f"{k} {round(v, 3) if isinstance(v, float) else v}"
+                               for k, v in c["measured"].items())
                    + f"; expected {c['expected']}")
