@@ -1014,6 +1014,12 @@ def write_readme(out: str | Path, log: dict) -> None:
                       f"- criss-cross at the LM input, flip rate: object {s['flip_object']:.3f}, "
                       f"strip {s['flip_strip']:.3f}, band {s['flip_band']:.3f}",
                       f"- mechanism (thresholds of `organisms.criteria`): **{s['mechanism']}**"]
+        if "e6_flip_rate" in s:
+            lines += ["- E6 (object criss-cross under the E5 ablation, per LM residual site "
+                      "`lm.resid.l`; items right under the ablation on both runs: "
+                      f"{s['e6_items_kept']}): flip rate "
+                      + ", ".join(f"site {k} {v:.3f}" for k, v in s["e6_flip_rate"].items())
+                      + f"; flip layers (> 0.5) {s['e6_flip_layers']}"]
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 

@@ -475,12 +475,13 @@ def test_shipped_vision_has_projector_slot_code(shipped_checks):
 
 
 #: Criteria (organisms.criteria) that a small sample (48 items for E4/E5, 60/16 images for the
-#: probes) resolves, per mechanism, on the organism's own held-out items. The dual ablation
-#: interval is left to the default-size check: at 128 items it measured 0.51 against a lower
-#: bound of 0.48, closer than a 48-item sample resolves. The vision organism's strip probe is
+#: probes) resolves, per mechanism, on the organism's own held-out items. The vision organism's strip probe is
 #: close to its 0.9 threshold too (0.916 at 50 images per axis in its check, 0.908 in the
 #: 16-item demo, 0.859 at 16 images here), so its criterion 1 is left to the full check.
-SMALL_CRITERIA = {"vision": (2, 3), "dual": (1, 2), "lm": (1, 2, 3)}
+#: Criterion 3 for the dual (E5 in range and an E6 flip layer) since its 2026-11-30 retraining
+#: with --aux-lm-slot-weight: at 48 items E5 0.98 -> 0.60 (range [0.48, 0.83]) and E6 flips 0.77
+#: at lm.resid.1 (13 items right under the ablation on both runs).
+SMALL_CRITERIA = {"vision": (2, 3), "dual": (1, 2, 3), "lm": (1, 2, 3)}
 #: Criteria measured to fail (reported as found, issue 11): the object-only criss-cross flips
 #: the answer of both vision-side organisms (0.99 vision, 0.95 dual at 128 items), because their
 #: LMs read the slot code of the object tokens although the code is also in the background: only
@@ -503,7 +504,8 @@ def test_shipped_criteria_on_a_small_sample(mech, crit, shipped_checks, request)
     got = {1: lambda: C.criterion_probe(mech, ch["probe"]["trained"], ch["probe_band"]["trained"]),
            2: lambda: C.criterion_crisscross(mech, ch["crisscross"]["object"],
                                              ch["crisscross"]["band"]),
-           3: lambda: C.criterion_ablation(mech, ch["ablation"]["base"], ch["ablation"]["ablated"])}
+           3: lambda: C.criterion_ablation(mech, ch["ablation"]["base"], ch["ablation"]["ablated"],
+                                           ch["e6"]["flip_layers"] if "e6" in ch else None)}
     r = got[crit]()
     assert r["holds"], r
 
