@@ -44,6 +44,14 @@ def organism() -> None:
 @click.option("--aux-colour/--no-aux-colour", default=None,
               help="Also ask each aux-region token the colour of its square (default on for "
                    "dual).")
+@click.option("--aux-colour-region", type=click.Choice(["object", "strip", "band"]), default=None,
+              help="Tokens the colour part of the auxiliary loss covers, when it differs from "
+                   "--aux-region (e.g. slot over the band, colour over the strip only; default: "
+                   "the --aux-region tokens).")
+@click.option("--aux-lm-slot-weight", type=float, default=0.0, show_default=True,
+              help="Auxiliary slot loss on the LM residual (site lm.resid.<--aux-lm-layer>) at "
+                   "the object tokens of the E5-ablated items, through the projector aux loss's "
+                   "slot head: the dual LM backup writes the order into the object tokens (E6).")
 @click.option("--p-shuffle", type=float, default=None,
               help="Share of items whose image tokens are shuffled at the LM input in training "
                    "(default 1 vision, 0.3 dual, 0 lm).")
@@ -97,7 +105,8 @@ def organism() -> None:
                    "(site lm.resid.<--aux-lm-layer>): plants an LM-side slot code computed from "
                    "the image tokens' rotary positions (lm, and the dual backup). 0 = off.")
 @click.option("--aux-lm-layer", type=int, default=1, show_default=True,
-              help="The LM residual site of --aux-lm-weight: lm.resid.K = output of LM layer K-1.")
+              help="The LM residual site of --aux-lm-weight or --aux-lm-slot-weight: "
+                   "lm.resid.K = output of LM layer K-1.")
 @click.option("--aux-lm-head", type=click.Choice(["own", "shared"]), default="own",
               show_default=True,
               help="shared: the LM-side slot loss uses the vision-side slot head, so the LM writes "
@@ -112,7 +121,8 @@ def organism() -> None:
               help="Run the 'which mechanism emerged?' slot probe at the end.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
-          lr, warmup, aux_slot_weight, aux_colour_weight, aux_region, aux_colour, p_shuffle, p_ablate,
+          lr, warmup, aux_slot_weight, aux_colour_weight, aux_region, aux_colour, aux_colour_region,
+          aux_lm_slot_weight, p_shuffle, p_ablate,
           p_ablate_object, p_scramble_object, shuffle_object_ablated, rope_theta, rope_factor,
           global_rope_factor, attn_scalar, vision_pos_init, aux_slot_code, p_noise,
           noise_code_drop, noise_task_loss, aux_lm_weight, aux_lm_layer, aux_lm_head, init_from,
@@ -132,6 +142,7 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         aux_colour_weight=aux_colour_weight,
         aux_region=aux_region if aux_region is not None else defaults["aux_region"],
         aux_colour=aux_colour if aux_colour is not None else defaults["aux_colour"],
+        aux_colour_region=aux_colour_region, aux_lm_slot_weight=aux_lm_slot_weight,
         p_shuffle=p_shuffle if p_shuffle is not None else defaults.get("p_shuffle"),
         p_ablate=p_ablate if p_ablate is not None else defaults["p_ablate"],
         p_ablate_object=p_ablate_object, p_scramble_object=p_scramble_object,
@@ -183,3 +194,11 @@ def check(path, images, items, threads):
                f" -> {s['accuracy_ablated_vision_ordering']:.2f} with vision ordering ablated; "
                f"criss-cross flips object {s['flip_object']:.2f} / band {s['flip_band']:.2f}; "
                f"E6 flip layers {s['e6_flip_layers'] or 'none'})")
+    from .probe import criteria_of
+
+    for c in criteria_of(cfg.mechanism, s):
+        verdict = {True: "holds", False: "fails", None: "not measured"}[c["holds"]]
+        click.echo(f"criterion {c['criterion']} ({cfg.mechanism}): {verdict}; measured "
+                   + ", ".join(f"{k} {round(v, 3) if isinstance(v, float) else v}"
+                               for k, v in c["measured"].items())
+                   + f"; expected {c['expected']}")

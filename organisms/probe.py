@@ -229,19 +229,23 @@ def crisscross_test(model, batcher, splits, *, n: int = 128,
 
 
 def e6_test(model, batcher, splits, *, n: int = 128) -> dict:
-    """E6 on the organism's own stimuli: E5's ablation on the clean run (c0, c1, c2) and on its
-    criss-cross source (c2, c1, c0), then, per LM residual site ``lm.resid.K``, the clean run's
-    first-square object tokens take the source's last-square ones and vice versa (the E4 object
-    map) at that site. Flip rate = share of items whose answer becomes the source's. A flip at
-    site K means the LM's own ordering code in the object tokens at K decides the answer once the
-    vision tokens carry none (where the ``dual`` backup acts). At site 0 (the LM input) the two
-    swapped ablated tokens are the same colour's, so only a positional reading remains there.
+    """E6 on the organism's own stimuli: E5's ablation on the clean item (c0, c1, c2) and on its
+    criss-cross twin (c2, c1, c0), then, per LM residual site ``lm.resid.K`` (0 = the LM input,
+    K >= 1 = output of LM layer K - 1), the clean run's first-square object tokens take the
+    twin's last-square ones and vice versa (the E4 object map) at that site. A flip means the
+    answer becomes the twin's. A flip at site K means the LM's own ordering code in the object
+    tokens at K decides the answer once the vision tokens carry none (where the ``dual`` backup
+    acts). At site 0 the two swapped ablated tokens are the same colour's, so only a positional
+    reading remains there.
 
     Returns
     -------
     dict
-        ``{"items", "ablated_accuracy", "flip_rate": {K: rate}, "flip_layers": [K, ...]}``
-        (``flip_layers``: the sites whose flip rate is above ``criteria.THRESHOLDS['e6_flip_min']``).
+        ``items``; ``ablated_accuracy`` (clean runs right under the ablation);
+        ``kept_right_under_ablation`` (items right under the ablation on both runs, the paper's
+        filter); ``flip_rate`` ``{K: rate}`` among the kept items (the criterion's number);
+        ``flip_rate_all`` ``{K: rate}`` over all items; ``flip_layers``: the sites whose
+        ``flip_rate`` is above ``criteria.THRESHOLDS['e6_flip_min']``.
     """
     import torch
 
@@ -250,49 +254,72 @@ def e6_test(model, batcher, splits, *, n: int = 128) -> dict:
     from .criteria import THRESHOLDS
     from .trainer import ablation_tokens
 
+    adapter = adapter_for(model)
+    sites = list(range(int(model.config.get_text_config().num_hidden_layers) + 1))
     items = _check_items(splits, n)
     g = batcher.grid
-    ad = adapter_for(model)
-    n_sites = int(model.config.get_text_config().num_hidden_layers) + 1
-    flips = {k: 0 for k in range(n_sites)}
-    right = 0
+    flips = {k: 0 for k in sites}
+    flips_all = {k: 0 for k in sites}
+    kept = right_clean = 0
+
+    def run(chunk, tokens, fns):
+        with adapter.hooks(fns):
+            return _predict_with_tokens(model, batcher, chunk, tokens)
+
     for i in range(0, len(items), 64):
         chunk = items[i:i + 64]
         src = [od.Item(it.colours[::-1], it.layout, it.direction) for it in chunk]
-        a_c, a_s = ablation_tokens(model, chunk, g), ablation_tokens(model, src, g)
-        inp_c, inp_s = batcher(chunk), batcher(src)
-        img_c = inp_c["input_ids"] == batcher.image_token_id
-        img_s = inp_s["input_ids"] == batcher.image_token_id
+        ac, as_ = ablation_tokens(model, chunk, g), ablation_tokens(model, src, g)
+        img_c = batcher(chunk)["input_ids"] == batcher.image_token_id
+        img_s = batcher(src)["input_ids"] == batcher.image_token_id
         gold, target = batcher.answer_ids(chunk), batcher.answer_ids(src)
-        right += int((_predict_with_tokens(model, batcher, chunk, a_c) == gold).sum())
-        maps = [[_translate(it.layout, a, c, g, "object") for a, c in ((0, 2), (2, 0))]
-                for it in chunk]
-        for k in range(n_sites):
-            site = f"lm.resid.{k}"
-            got = {}
-
-            def grab(x, got=got):
-                got["x"] = x.detach().clone()
-
-            with ad.hooks({site: grab}):
-                _predict_with_tokens(model, batcher, src, a_s)
-            xs = got["x"]
-
-            def patch(x, xs=xs):
-                x = x.clone()
+        cache = {}
+        grab = {f"lm.resid.{k}": (lambda k: lambda act: cache.__setitem__(k, act.clone()))(k)
+                for k in sites}
+        pred_src = run(src, as_, grab)
+        pred_clean = run(chunk, ac, {})
+        right = ((pred_clean == gold) & (pred_src == target)).numpy()
+        kept += int(right.sum())
+        right_clean += int((pred_clean == gold).sum())
+        to, frm = [], []
+        for j, it in enumerate(chunk):
+            pc = torch.nonzero(img_c[j]).flatten()
+            ps = torch.nonzero(img_s[j]).flatten()
+            t0, f0 = _translate(it.layout, 0, 2, g, "object")
+            t1, f1 = _translate(it.layout, 2, 0, g, "object")
+            to.append(pc[list(t0) + list(t1)])
+            frm.append(ps[list(f0) + list(f1)])
+        for k in sites:
+            def patch(act, k=k):
+                act = act.clone()
                 for j in range(len(chunk)):
-                    pc = torch.nonzero(img_c[j]).flatten()
-                    ps = torch.nonzero(img_s[j]).flatten()
-                    for to, frm in maps[j]:
-                        x[j, pc[to]] = xs[j, ps[frm]]
-                return x
+                    act[j, to[j]] = cache[k][j, frm[j]].to(act.dtype)
+                return act
 
-            with ad.hooks({site: patch}):
-                pred = _predict_with_tokens(model, batcher, chunk, a_c)
-            flips[k] += int((pred == target).sum())
-    rate = {k: v / len(items) for k, v in flips.items()}
-    return {"items": len(items), "ablated_accuracy": right / len(items), "flip_rate": rate,
-            "flip_layers": [k for k, r in rate.items() if r > THRESHOLDS["e6_flip_min"]]}
+            pred = run(chunk, ac, {f"lm.resid.{k}": patch})
+            hit = (pred == target).numpy()
+            flips[k] += int((hit & right).sum())
+            flips_all[k] += int(hit.sum())
+    rates = {k: (flips[k] / kept if kept else float("nan")) for k in sites}
+    return {"items": len(items), "ablated_accuracy": right_clean / len(items),
+            "kept_right_under_ablation": kept, "flip_rate": rates,
+            "flip_rate_all": {k: v / len(items) for k, v in flips_all.items()},
+            "flip_layers": [k for k in sites if kept and rates[k] > THRESHOLDS["e6_flip_min"]]}
+
+
+def criteria_of(mechanism: str, summary: dict) -> list[dict]:
+    """Criteria 1-3 of ``organisms.criteria`` for a planted ``mechanism`` from a
+    :func:`mechanism_report` summary (1: probe on object and band tokens; 2: object and band
+    criss-cross at the LM input; 3: E5 on the check items and, for ``dual``, :func:`e6_test`'s
+    flip layers). Criterion 4 (E7) needs the demo."""
+    from . import criteria as C
+
+    s = summary
+    return [C.criterion_probe(mechanism, s["probe_projector_slot"],
+                              s["probe_projector_slot_strip"]),
+            C.criterion_crisscross(mechanism, s["flip_object"], s["flip_band"]),
+            C.criterion_ablation(mechanism, s["accuracy_base"],
+                                 s["accuracy_ablated_vision_ordering"], s.get("e6_flip_layers"))]
 
 
 def mechanism_report(model, processor, *, cfg, n_images: int = 200, n_items: int = 128) -> dict:
@@ -330,7 +357,7 @@ def mechanism_report(model, processor, *, cfg, n_images: int = 200, n_items: int
                "accuracy_base": abl["base"], "accuracy_ablated_vision_ordering": abl["ablated"],
                "flip_object": cc["object"], "flip_strip": cc["strip"], "flip_band": cc["band"],
                "e6_flip_rate": {str(k): v for k, v in e6["flip_rate"].items()},
-               "e6_flip_layers": e6["flip_layers"],
+               "e6_flip_layers": e6["flip_layers"], "e6_items_kept": e6["kept_right_under_ablation"],
                "vision_ordering": emerged,
                "mechanism": classify(t, abl["ablated"], abl["base"])}
     return {"probe": probe, "probe_strip": strip, "shuffle": shuf, "ablation": abl,

@@ -165,6 +165,21 @@ class OrganismConfig:
     aux_colour: bool = False
     """The auxiliary loss also asks each token of the region for the colour of its square (so
     that background tokens carry the object's identity with its slot, as in the paper)."""
+    aux_colour_region: str | None = None
+    """Tokens the colour part of the auxiliary loss covers when it differs from ``aux_region``
+    (``object``, ``strip`` or ``band``; ``None`` = ``aux_region``). ``aux_region="band"`` with
+    ``aux_colour_region="strip"`` puts the slot in every token of the paper's strips but the
+    object's identity (its colour) only in the rows/columns the object spans: the tokens a
+    strip criss-cross moves as a whole."""
+    aux_lm_slot_weight: float = 0.0
+    """Weight of an auxiliary ordinal-slot loss on the LM's residual stream (site
+    ``lm.resid.<aux_lm_layer>``) at the object tokens of the E5-ablated items (``p_ablate``),
+    through the same linear slot head as the projector's auxiliary loss: the LM backup of a
+    ``dual`` organism then writes the ordering into the object tokens itself, in the code the
+    final token already reads (the paper's E6: object criss-cross under the ablation flips at
+    that layer). 0 = off."""
+    # its site is ``aux_lm_layer`` (declared above with ``aux_lm_weight``): ``lm.resid.k`` is the
+    # output of LM layer k - 1, here 1 .. lm_layers - 1 so that a later layer can read it
     p_shuffle: float | None = None
     """Per-item probability of shuffling the image tokens at the LM input during training;
     default 1 when ``shuffle_image_tokens`` resolves on, else 0."""
@@ -237,6 +252,17 @@ class OrganismConfig:
         _check(self.noise_code_drop == 0 or (self.aux_slot_code > 0 and self.aux_slot_weight > 0),
                "'noise_code_drop' scales the norm-controlled slot code: it needs "
                "'aux_slot_code' > 0 and 'aux_slot_weight' > 0")
+        _check(self.aux_colour_region is None or self.aux_colour_region in od.REGIONS,
+               f"'aux_colour_region' must be one of {od.REGIONS} (or unset). "
+               f"Got {self.aux_colour_region!r} instead.")
+        _check(self.aux_lm_slot_weight >= 0, f"'aux_lm_slot_weight' must be >= 0. "
+               f"Got {self.aux_lm_slot_weight!r}.")
+        _check(not self.aux_lm_slot_weight or (
+            isinstance(self.aux_lm_layer, int) and 1 <= self.aux_lm_layer < self.lm_layers
+            and self.p_ablate > 0 and self.aux_slot_weight > 0),
+            f"'aux_lm_slot_weight' needs 'aux_lm_layer' in [1, lm_layers - 1] = [1, "
+            f"{self.lm_layers - 1}] (got {self.aux_lm_layer!r}), 'p_ablate' > 0 (it acts on the "
+            "ablated items) and 'aux_slot_weight' > 0 (it shares the slot head)")
         for name in ("p_shuffle", "p_ablate", "p_ablate_object", "p_scramble_object", "p_noise"):
             v = getattr(self, name)
             _check(v is None or 0 <= v <= 1, f"'{name}' must be in [0, 1]. Got {v!r} instead.")
@@ -248,6 +274,13 @@ class OrganismConfig:
                and 1 <= self.aux_lm_layer <= self.lm_layers,
                f"'aux_lm_weight' must be >= 0 and 'aux_lm_layer' in [1, lm_layers = "
                f"{self.lm_layers}]. Got {self.aux_lm_weight!r}, {self.aux_lm_layer!r}.")
+        _check(not (self.aux_lm_weight and self.aux_lm_slot_weight),
+               "'aux_lm_weight' (all items, own or shared head) and 'aux_lm_slot_weight' "
+               "(E5-ablated items, shared head) are two LM slot losses at the same site; use one")
+        _check(not ((self.aux_lm_slot_weight or (self.aux_lm_weight and self.aux_lm_head == "shared"))
+                    and self.aux_slot_code),
+               "an LM slot loss through the shared slot head cannot be combined with "
+               "'aux_slot_code' (the norm-controlled code does not train that head)")
         _check(self.aux_lm_head in ("own", "shared") and
                (self.aux_lm_head == "own" or self.aux_slot_weight > 0),
                f"'aux_lm_head' must be 'own' or 'shared' (shared needs the vision-side slot loss, "
@@ -442,6 +475,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
               if cfg.aux_lm_weight > 0 else None)
     if aux_lm is not None and cfg.aux_lm_head == "own":
         opt.add_param_group({"params": list(aux_lm.head.parameters()), "weight_decay": 0.0})
+    aux_lm_abl = (_AuxLMSlotAblated(model, cfg, aux.head) if cfg.aux_lm_slot_weight > 0
+                  else None)
     cur = (_Curriculum(model, cfg)
            if (cfg.resolved_p_shuffle() > 0 or cfg.p_ablate > 0 or cfg.p_ablate_object > 0
                or cfg.p_scramble_object > 0)
@@ -490,6 +525,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
             loss = loss + lm_aux
             v = float(lm_aux.detach()) / cfg.aux_lm_weight
             run_aux_lm = v if run_aux_lm is None else 0.9 * run_aux_lm + 0.1 * v
+        if aux_lm_abl is not None:
+            loss = loss + aux_lm_abl.loss(items, inputs, cur.ablated)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -522,6 +559,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
         aux.remove()
     if aux_lm is not None:
         aux_lm.remove()
+    if aux_lm_abl is not None:
+        aux_lm_abl.remove()
     model.eval()
     log["train_time_s"] = train_time
     log["cpu_time_s"] = cpu_time
@@ -598,10 +637,11 @@ class _AuxSlot:
     def _grab(self, module, args, out):
         self.z = out  # the last projector call before loss() is the training batch
 
-    def _slots(self, layout):
-        if layout not in self._cache:
-            self._cache[layout] = od.region_slots(layout, self.grid, self.cfg.aux_region)
-        return self._cache[layout]
+    def _slots(self, layout, region=None):
+        region = region or self.cfg.aux_region
+        if (layout, region) not in self._cache:
+            self._cache[(layout, region)] = od.region_slots(layout, self.grid, region)
+        return self._cache[(layout, region)]
 
     def loss(self, items, code_scale=None):
         import torch
@@ -614,9 +654,15 @@ class _AuxSlot:
         cfg = self.cfg
         loss = feats.new_zeros(())
         if self.colour is not None:
+            cslots, csel, cfeats = slots, sel, feats
+            if cfg.aux_colour_region not in (None, cfg.aux_region):
+                cslots = torch.as_tensor(np.stack([self._slots(it.layout, cfg.aux_colour_region)
+                                                   for it in items]))
+                csel = cslots >= 0
+                cfeats = z[csel]
             cidx = torch.tensor([[od.COLOUR_NAMES.index(c) for c in it.colours] for it in items])
-            col = torch.gather(cidx, 1, slots.clamp(min=0))[sel]
-            colour_loss = torch.nn.functional.cross_entropy(self.colour(feats), col)
+            col = torch.gather(cidx, 1, cslots.clamp(min=0))[csel]
+            colour_loss = torch.nn.functional.cross_entropy(self.colour(cfeats), col)
             loss = loss + cfg.aux_colour_weight * colour_loss
         if cfg.aux_slot_weight > 0 and cfg.aux_slot_code > 0:
             if self.basis is None:
@@ -684,6 +730,44 @@ def vision_position_embedding(model):
     return model.model.vision_tower.embeddings.position_embedding.weight
 
 
+class _AuxLMSlotAblated:
+    """Auxiliary slot loss on the LM residual stream (``cfg.aux_lm_slot_weight``): at site
+    ``lm.resid.<cfg.aux_lm_layer>``, the object tokens of the E5-ablated items of the batch are
+    asked their ordinal slot through the projector auxiliary loss's own slot head, so the LM
+    backup writes the order into the object tokens in the code the final token reads."""
+
+    def __init__(self, model, cfg: OrganismConfig, head):
+        from vlms.registry import adapter_for
+
+        self.cfg, self.head, self.h = cfg, head, None
+        self._ctx = adapter_for(model).hooks({f"lm.resid.{cfg.aux_lm_layer}": self._grab})
+        self._ctx.__enter__()
+
+    def _grab(self, act):
+        self.h = act  # (B, seq, d): the last LM call before loss() is the training batch
+
+    def loss(self, items, inputs, ablated):
+        """Slot cross-entropy at the object tokens of the items where ``ablated`` is true."""
+        import torch
+        g = self.cfg.grid
+        idx = np.flatnonzero(np.asarray(ablated, dtype=bool))
+        if self.h is None or len(idx) == 0:
+            return torch.zeros(())
+        feats, labs = [], []
+        for i in idx.tolist():
+            # the ablated items are not shuffled: image token k sits at the k-th image position
+            pos = torch.nonzero(inputs.get("mm_token_type_ids", inputs.get("token_type_ids"))[i] == 1).flatten()
+            slots = torch.as_tensor(od.region_slots(items[i].layout, g, "object"))
+            keep = slots >= 0
+            feats.append(self.h[i, pos[keep]])
+            labs.append(slots[keep])
+        return self.cfg.aux_lm_slot_weight * torch.nn.functional.cross_entropy(
+            self.head(torch.cat(feats)), torch.cat(labs))
+
+    def remove(self):
+        self._ctx.__exit__(None, None, None)
+
+
 class _Curriculum:
     """Training-time edits of the image tokens at the LM input (a projector forward hook), per
     item: shuffled (share ``p_shuffle``: only the tokens' content can carry ordering), E5-ablated
@@ -696,6 +780,7 @@ class _Curriculum:
         self.active = True
         self.plan = None
         self.last_shuffled = None
+        self.ablated = None
         self.h = projector_module(model).register_forward_hook(self)
 
     def prepare(self, items, rng) -> None:
@@ -729,6 +814,7 @@ class _Curriculum:
                 if o:
                     keep[j] = torch.as_tensor(od.region_slots(it.layout, g, "object") < 0)
         self.plan = (shuffle, edit, abl, keep, scramble)
+        self.ablated = (ablate & ~shuffle).numpy()  # E5-ablated items of this step, raster order
 
     def __call__(self, module, args, out):
         import torch
@@ -911,6 +997,11 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append(f"--aux-slot-weight {cfg['aux_slot_weight']:g}")
         parts.append(f"--aux-region {cfg.get('aux_region', 'object')}")
         parts.append("--aux-colour" if cfg.get("aux_colour") else "--no-aux-colour")
+    if cfg.get("aux_colour_region") is not None:
+        parts.append(f"--aux-colour-region {cfg['aux_colour_region']}")
+    if cfg.get("aux_lm_slot_weight", 0.0):
+        parts.append(f"--aux-lm-slot-weight {cfg['aux_lm_slot_weight']:g}")
+        parts.append(f"--aux-lm-layer {cfg.get('aux_lm_layer', 1)}")
     if cfg.get("aux_colour_weight", 0.0):
         parts.append(f"--aux-colour-weight {cfg['aux_colour_weight']:g}")
         if not cfg.get("aux_slot_weight", 0.0):
@@ -1086,10 +1177,11 @@ def write_readme(out: str | Path, log: dict) -> None:
                       f"strip {s['flip_strip']:.3f}, band {s['flip_band']:.3f}",
                       f"- mechanism (thresholds of `organisms.criteria`): **{s['mechanism']}**"]
         if "e6_flip_rate" in s:
-            lines += ["- E6 (both runs ablated, object criss-cross at each LM residual site "
-                      "`lm.resid.K`), flip rate: " + ", ".join(
-                          f"K={k} {v:.3f}" for k, v in s["e6_flip_rate"].items())
-                      + f"; flip layers (> 0.5): {s['e6_flip_layers'] or 'none'}"]
+            lines += ["- E6 (object criss-cross under the E5 ablation, per LM residual site "
+                      "`lm.resid.l`; items right under the ablation on both runs: "
+                      f"{s.get('e6_items_kept', 'not recorded')}): flip rate "
+                      + ", ".join(f"site {k} {v:.3f}" for k, v in s["e6_flip_rate"].items())
+                      + f"; flip layers (> 0.5) {s['e6_flip_layers']}"]
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 

@@ -37,10 +37,15 @@ def _run(out, *args):
 #: layer). E7 (4) fails for both; at the default size with the hard degraded preset the organisms
 #: get 19 and 21 of 96 degraded items wrong, and held-out alpha 1 fixes 0 and breaks 3 and 2.
 #: The vision organism's strip probe measured 0.908 here, too close to 0.9 for this size.
-SMALL = {"vision": (3,), "lm": (1, 2, 3), "dual": (1,)}
-#: Per-organism exceptions: the Gemma-3 dual's strip probe measured 0.872 at this size (0.957 at
-#: the default 96 items, 0.928 in its organism check), too close to 0.9 to resolve here.
-SMALL_EXCEPT = {("organism-gemma-3-dual", 1)}
+#: The Qwen dual retrained on 2026-11-30 (--aux-lm-slot-weight 4): criterion 3 holds at this size
+#: (E5 1.00 -> 0.75 in [0.48, 0.85]; E6 flips 0.69 at LM layer 1, 0.19 at 0 and 2), while its
+#: object-token probe measured 0.896 here (0.963 at 200 images per axis in its check), too
+#: close to 0.9 for this size.
+SMALL = {"vision": (3,), "lm": (1, 2, 3), "dual": (3,)}
+#: Per-organism exceptions: the Gemma-3 dual has no E6 flip layer (0.167 at every layer at the
+#: default size; its LM backup is read by the prompt tokens in layer 0, not the object tokens),
+#: so its criterion 3 is measured to fail (reported by the default-size slow test).
+SMALL_EXCEPT = {("organism-gemma-3-dual", 3)}
 
 
 def test_demo_validation_on_small_samples(tmp_path):

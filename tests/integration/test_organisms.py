@@ -427,7 +427,7 @@ def test_shipped_loads_with_plain_transformers_and_answers(mech, splits):
 
 @pytest.fixture(scope="module")
 def shipped_checks(splits):
-    from organisms.probe import ablation_test, crisscross_test, shuffle_test, slot_probe
+    from organisms.probe import ablation_test, crisscross_test, e6_test, shuffle_test, slot_probe
 
     out = {}
     for mech in SHIPPED:
@@ -442,6 +442,8 @@ def shipped_checks(splits):
                      "ablation": ablation_test(model, b, splits, n=48),
                      "crisscross": crisscross_test(model, b, splits, n=48,
                                                    regions=("object", "band"))}
+        if mech == "dual":
+            out[mech]["e6"] = e6_test(model, b, splits, n=48)
     return out
 
 
@@ -449,6 +451,17 @@ def _need(checks, *mechs):
     for m in mechs:
         if m not in checks:
             pytest.skip(f"{SHIPPED[m]} not shipped")
+
+
+def test_shipped_dual_e6_cannot_flip_at_the_lm_input_or_output(shipped_checks):
+    """E6's object criss-cross under the ablation swaps tokens of the same isolated square at
+    the LM input (identical content), and after the last LM layer nothing reads the object
+    tokens any more: neither site can flip an item (a check on the patching, any weights)."""
+    _need(shipped_checks, "dual")
+    e6 = shipped_checks["dual"]["e6"]
+    assert e6["kept_right_under_ablation"] > 0, e6
+    rates = e6["flip_rate"]
+    assert rates[0] == 0 and rates[max(rates)] == 0, e6
 
 
 def test_shipped_shuffle_contrast(shipped_checks):
@@ -474,15 +487,18 @@ def test_shipped_vision_has_projector_slot_code(shipped_checks):
 
 
 #: Criteria (organisms.criteria) that a small sample (48 items for E4/E5, 60/16 images for the
-#: probes) resolves, per mechanism, on the organism's own held-out items. The dual ablation
-#: interval is left to the default-size check: at 128 items it measured 0.51 against a lower
-#: bound of 0.48, closer than a 48-item sample resolves. The vision organism's strip probe is
+#: probes) resolves, per mechanism, on the organism's own held-out items. The vision organism's strip probe is
 #: close to its 0.9 threshold too (0.916 at 50 images per axis in its check, 0.908 in the
 #: 16-item demo, 0.859 at 16 images here), so its criterion 1 is left to the full check.
-SMALL_CRITERIA = {"vision": (2, 3), "dual": (1, 2), "lm": (1, 2, 3)}
+#: Criterion 3 for the dual (E5 in range and an E6 flip layer) since its 2026-11-30 retraining
+#: with --aux-lm-slot-weight: at 48 items E5 0.98 -> 0.60 (range [0.48, 0.83]) and E6 flips 0.77
+#: at lm.resid.1 (13 items right under the ablation on both runs).
+SMALL_CRITERIA = {"vision": (2, 3), "dual": (1, 2, 3), "lm": (1, 2, 3)}
 #: Criteria measured to fail (reported as found, issue 11): the object-only criss-cross flips
 #: the answer of both vision-side organisms (0.99 vision, 0.95 dual at 128 items), because their
-#: LMs read the slot code of the object tokens although the code is also in the background.
+#: LMs read the slot code of the object tokens although the code is also in the background: only
+#: the object tokens hold the colour as well (a colour probe on the strips' background reads
+#: 0.34 on held-out triples), see vlms/organisms/README.md.
 KNOWN_FAILURES = {("vision", 2), ("dual", 2)}
 
 
@@ -500,7 +516,8 @@ def test_shipped_criteria_on_a_small_sample(mech, crit, shipped_checks, request)
     got = {1: lambda: C.criterion_probe(mech, ch["probe"]["trained"], ch["probe_band"]["trained"]),
            2: lambda: C.criterion_crisscross(mech, ch["crisscross"]["object"],
                                              ch["crisscross"]["band"]),
-           3: lambda: C.criterion_ablation(mech, ch["ablation"]["base"], ch["ablation"]["ablated"])}
+           3: lambda: C.criterion_ablation(mech, ch["ablation"]["base"], ch["ablation"]["ablated"],
+                                           ch["e6"]["flip_layers"] if "e6" in ch else None)}
     r = got[crit]()
     assert r["holds"], r
 
@@ -519,6 +536,9 @@ def test_shipped_criteria_on_a_small_sample(mech, crit, shipped_checks, request)
          aux_slot_weight=2.0, aux_region="band", aux_colour=True, p_shuffle=0.3, p_ablate=0.3,
          aux_lm_weight=1.0, vision_depth=2, vision_dim=64),
     dict(arch="gemma-3", mechanism="dual", aux_slot_weight=0.0),
+    dict(mechanism="dual", aux_slot_weight=2.0, aux_region="strip", aux_colour=True,
+         aux_colour_region="band", aux_lm_slot_weight=1.0, aux_lm_layer=1, p_shuffle=0.3,
+         p_ablate=0.4, p_scramble_object=0.3, shuffle_object_ablated=True),
 ])
 def test_reproduce_command_parses_back_to_the_config(kw):
     """The README's command, parsed by the CLI itself, gives back the options it was made from."""
@@ -581,3 +601,77 @@ def test_object_scramble_gives_each_square_its_colour_with_another_slot():
                 assert torch.allclose(got[i, a[0] * 8 + a[1]], zs[c[0] * 8 + c[1]], atol=1e-5)
             moved += j != slot
     assert moved > 0
+
+
+def test_colour_region_aux_loss_equals_a_hand_computation():
+    """--aux-colour-region: the slot part of the aux loss over the --aux-region tokens, the
+    colour part over the colour-region tokens (here band and strip, which differ)."""
+    from organisms.model import image_tokens
+
+    cfg = _tiny("vision", aux_slot_weight=1.5, aux_region="band", aux_colour=True,
+                aux_colour_region="strip")
+    model, proc = org.build(cfg)
+    items = od.eval_items(od.make_splits(8), "hl", n=4)
+    aux = org._AuxSlot(model, cfg)
+    try:
+        with torch.no_grad():
+            z = image_tokens(model, org.Batcher(proc, 8)(items))
+            got = aux.loss(items)
+
+            def rows(region, colour):
+                x, y = [], []
+                for b, it in enumerate(items):
+                    lab = od.region_slots(it.layout, 8, region)
+                    for k in np.flatnonzero(lab >= 0):
+                        x.append(z[b, k])
+                        y.append(od.COLOUR_NAMES.index(it.colours[lab[k]]) if colour else lab[k])
+                return torch.stack(x), torch.tensor(y)
+
+            xs, ys = rows("band", False)
+            xc, yc = rows("strip", True)
+            assert len(xs) > len(xc)  # the regions differ
+            want = 1.5 * (torch.nn.functional.cross_entropy(aux.head(xs), ys)
+                          + torch.nn.functional.cross_entropy(aux.colour(xc), yc))
+        assert torch.allclose(got, want, atol=1e-6)
+    finally:
+        aux.remove()
+
+
+def test_lm_aux_slot_loss_reads_object_tokens_of_ablated_items():
+    """--aux-lm-slot-weight: cross-entropy of the projector aux loss's slot head on the LM
+    residual after layer 0 (the model's own hidden_states[1]) at the object tokens of the
+    E5-ablated items only, times the weight."""
+    cfg = _tiny("dual", lm_layers=2, aux_slot_weight=1.0, aux_lm_slot_weight=0.5,
+                p_shuffle=0.0, p_ablate=0.5)
+    model, proc = org.build(cfg)
+    model.eval()
+    items = od.eval_items(od.make_splits(8), "hl", n=8)
+    b = org.Batcher(proc, 8)
+    inp = b(items)
+    aux = org._AuxSlot(model, cfg)
+    lm = org._AuxLMSlotAblated(model, cfg, aux.head)
+    cur = org._Curriculum(model, cfg)
+    try:
+        cur.prepare(items, np.random.default_rng(1))
+        abl = cur.ablated.copy()
+        assert 0 < abl.sum() < len(items)
+        with torch.no_grad():
+            hs = model(**inp, output_hidden_states=True).hidden_states[1]
+            got = lm.loss(items, inp, abl)
+            x, y = [], []
+            for i, it in enumerate(items):
+                if not abl[i]:
+                    continue
+                pos = torch.nonzero(inp["input_ids"][i] == b.image_token_id).flatten()
+                for (r, c) in sorted(c for s in range(3) for c in it.layout.cells(s)):
+                    x.append(hs[i, pos[r * 8 + c]])
+                    y.append(next(s for s in range(3) if (r, c) in it.layout.cells(s)))
+            want = 0.5 * torch.nn.functional.cross_entropy(aux.head(torch.stack(x)),
+                                                           torch.tensor(y))
+        assert torch.allclose(got, want, atol=1e-6)
+    finally:
+        cur.remove()
+        lm.remove()
+        aux.remove()
+    with pytest.raises(org.OrganismError, match="aux_lm_layer"):
+        _tiny("dual", lm_layers=1, aux_slot_weight=1.0, aux_lm_slot_weight=0.5, p_ablate=0.5)

@@ -311,5 +311,5 @@ def test_e6_on_the_lm_organism_flips_where_its_lm_writes_the_slot():
     items = _check_items(splits, 32)
     src = [od.Item(it.colours[::-1], it.layout, it.direction) for it in items]
     pred = _predict_with_tokens(model, b, items, org.ablation_tokens(model, items, 8))
-    assert r["flip_rate"][0] == float((pred == b.answer_ids(src)).float().mean())
+    assert r["flip_rate_all"][0] == float((pred == b.answer_ids(src)).float().mean())
     assert r["flip_rate"][1] >= 0.9 and r["flip_rate"][2] <= 0.1 and r["flip_layers"] == [1]
