@@ -689,11 +689,12 @@ class _AuxLMSlot:
     """Auxiliary ordinal-slot loss on the LM's residual stream (site ``lm.resid.K``,
     ``K = cfg.aux_lm_layer``) at the object tokens of each image (``aux_lm_weight``)."""
 
-    def __init__(self, model, cfg: OrganismConfig, head=None):
+    def __init__(self, model, cfg: OrganismConfig, head=None, weight: float | None = None):
         import torch
         from vlms.registry import adapter_for
 
         self.cfg, self.grid = cfg, cfg.grid
+        self.weight = cfg.aux_lm_weight if weight is None else weight
         self.head = torch.nn.Linear(cfg.lm_dim, 3) if head is None else head
         mod, kind = adapter_for(model).site_module(f"lm.resid.{cfg.aux_lm_layer}")
         assert kind == "post", kind
@@ -704,7 +705,9 @@ class _AuxLMSlot:
     def _grab(self, module, args, out):
         self.z = out[0] if isinstance(out, tuple) else out
 
-    def loss(self, items, inputs, shuffled=None):
+    def loss(self, items, inputs, shuffled=None, only=None):
+        """Slot cross-entropy at the object tokens, leaving out ``shuffled`` items and, with
+        ``only`` (a per-item mask), every item outside it."""
         import torch
         g = self.grid
         mm = inputs.get("token_type_ids", inputs.get("mm_token_type_ids")).bool()
@@ -716,9 +719,11 @@ class _AuxLMSlot:
         sel = slots >= 0
         if shuffled is not None:  # shuffled items' tokens are not at their cells
             sel = sel & ~torch.as_tensor(shuffled)[:, None]
+        if only is not None:
+            sel = sel & torch.as_tensor(np.asarray(only, dtype=bool))[:, None]
         if not bool(sel.any()):
             return z.new_zeros(())
-        return self.cfg.aux_lm_weight * torch.nn.functional.cross_entropy(
+        return self.weight * torch.nn.functional.cross_entropy(
             self.head(z[sel]), slots[sel])
 
     def remove(self):
@@ -730,42 +735,18 @@ def vision_position_embedding(model):
     return model.model.vision_tower.embeddings.position_embedding.weight
 
 
-class _AuxLMSlotAblated:
+class _AuxLMSlotAblated(_AuxLMSlot):
     """Auxiliary slot loss on the LM residual stream (``cfg.aux_lm_slot_weight``): at site
     ``lm.resid.<cfg.aux_lm_layer>``, the object tokens of the E5-ablated items of the batch are
     asked their ordinal slot through the projector auxiliary loss's own slot head, so the LM
     backup writes the order into the object tokens in the code the final token reads."""
 
     def __init__(self, model, cfg: OrganismConfig, head):
-        from vlms.registry import adapter_for
-
-        self.cfg, self.head, self.h = cfg, head, None
-        self._ctx = adapter_for(model).hooks({f"lm.resid.{cfg.aux_lm_layer}": self._grab})
-        self._ctx.__enter__()
-
-    def _grab(self, act):
-        self.h = act  # (B, seq, d): the last LM call before loss() is the training batch
+        super().__init__(model, cfg, head, weight=cfg.aux_lm_slot_weight)
 
     def loss(self, items, inputs, ablated):
         """Slot cross-entropy at the object tokens of the items where ``ablated`` is true."""
-        import torch
-        g = self.cfg.grid
-        idx = np.flatnonzero(np.asarray(ablated, dtype=bool))
-        if self.h is None or len(idx) == 0:
-            return torch.zeros(())
-        feats, labs = [], []
-        for i in idx.tolist():
-            # the ablated items are not shuffled: image token k sits at the k-th image position
-            pos = torch.nonzero(inputs.get("mm_token_type_ids", inputs.get("token_type_ids"))[i] == 1).flatten()
-            slots = torch.as_tensor(od.region_slots(items[i].layout, g, "object"))
-            keep = slots >= 0
-            feats.append(self.h[i, pos[keep]])
-            labs.append(slots[keep])
-        return self.cfg.aux_lm_slot_weight * torch.nn.functional.cross_entropy(
-            self.head(torch.cat(feats)), torch.cat(labs))
-
-    def remove(self):
-        self._ctx.__exit__(None, None, None)
+        return super().loss(items, inputs, only=ablated)
 
 
 class _Curriculum:
