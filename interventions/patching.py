@@ -338,6 +338,46 @@ def _run_authors(adapter, ds, config, recipe, layers, *, name: str, progress: bo
     return table, summary
 
 
+def _run_dataset(adapter, ds, config, run_item, *, steps: int, label: str, keep_right: bool,
+                 progress: bool, regions: list | None):
+    """The dataset-items loop shared by E4 and E6: ``run_item(stim, bar)`` patches one item.
+
+    With ``keep_right`` (the authors' filter) an item enters only if answered right on both
+    runs, at most :data:`PAPER_PAIRS_PER_DIRECTION` per direction (later ones are listed, not
+    run). Items whose regions do not fit the token grid are counted and listed.
+    Returns ``(rows, counter, skipped, dropped, beyond)``.
+    """
+    counter = ForwardCounter()
+    out, skipped, dropped, beyond = [], [], [], []
+    kept: dict[str, int] = {}
+    items = base_items(ds, limit=config.limit)
+    bar = _bar(len(items) * steps, label, progress)
+    for stim in items:
+        if keep_right and kept.get(stim.relation, 0) >= PAPER_PAIRS_PER_DIRECTION:
+            beyond.append(stim.id)  # the authors use 50 pairs per direction
+            bar.update(steps)
+            continue
+        try:
+            r = run_item(stim, bar)
+        except RegionError as e:  # geometry: an entity too small for the token grid
+            skipped.append({"item": stim.id, "reason": str(e)})
+            bar.update(steps)
+            continue
+        counter.forwards += r.blank_forwards
+        counter.add(r.res.counter)
+        if keep_right:
+            if not r.right:
+                dropped.append({"item": stim.id, "clean_right": bool(r.clean_right),
+                                "cf_right": bool(r.cf_right)})
+                continue
+            kept[stim.relation] = kept.get(stim.relation, 0) + 1
+        if regions is not None:
+            regions.append(pairs_frame(stim.id, r.pairs))
+        out += _slot_probs(adapter, stim, r.res, r.keys, r.cf_answer, r.answer)
+    bar.close()
+    return out, counter, skipped, dropped, beyond
+
+
 def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True,
            regions: list | None = None, patch_regions=None):
     """E4: criss-cross interchange (clean (c0,c1,c2) <- its ``crisscross`` twin) per layer/region.
@@ -358,36 +398,13 @@ def run_e4(adapter, ds, config: PatchConfig, *, progress: bool = True,
     if _use_authors(config, ds, recipe):
         return _run_authors(adapter, ds, config, recipe, layers, name="E4", progress=progress,
                             regions=regions, patch_regions=patch_regions)
-    items = base_items(ds, limit=config.limit)
-    ic = Interchange()
-    counter = ForwardCounter()
-    out, skipped, dropped, beyond = [], [], [], []
-    kept: dict[str, int] = {}
     n_reg = len(patch_regions if patch_regions is not None else config.regions)
-    bar = _bar(len(items) * len(layers) * n_reg, "E4 criss-cross", progress)
-    for stim in items:
-        if recipe == "paper" and kept.get(stim.relation, 0) >= PAPER_PAIRS_PER_DIRECTION:
-            beyond.append(stim.id)  # the authors use 50 pairs per direction
-            bar.update(len(layers) * n_reg)
-            continue
-        try:
-            r = _e4_item(adapter, ds, stim, config, recipe, layers, ic, bar=bar,
-                         patch_regions=patch_regions)
-        except RegionError as e:  # geometry: an entity too small for the token grid
-            skipped.append({"item": stim.id, "reason": str(e)})
-            bar.update(len(layers) * n_reg)
-            continue
-        counter.add(r.res.counter)
-        if recipe == "paper":  # the authors keep pairs answered right on both runs
-            if not r.right:
-                dropped.append({"item": stim.id, "clean_right": bool(r.clean_right),
-                                "cf_right": bool(r.cf_right)})
-                continue
-            kept[stim.relation] = kept.get(stim.relation, 0) + 1
-        if regions is not None:
-            regions.append(pairs_frame(stim.id, r.pairs))
-        out += _slot_probs(adapter, stim, r.res, r.keys, r.cf_answer, r.answer)
-    bar.close()
+    ic = Interchange()
+    out, counter, skipped, dropped, beyond = _run_dataset(
+        adapter, ds, config, lambda stim, bar: _e4_item(
+            adapter, ds, stim, config, recipe, layers, ic, bar=bar, patch_regions=patch_regions),
+        steps=len(layers) * n_reg, label="E4 criss-cross", keep_right=recipe == "paper",
+        progress=progress, regions=regions)
     table, summary = _finish(out, counter, config, "E4", skipped, recipe, dropped=dropped)
     if recipe == "paper":
         summary["pairs_source"] = "dataset"
@@ -416,36 +433,13 @@ def run_e6(adapter, ds, config: PatchConfig, *, progress: bool = True,
     if _use_authors(config, ds, recipe):
         return _run_authors(adapter, ds, config, recipe, layers, name="E6", progress=progress,
                             regions=regions)
-    items = base_items(ds, limit=config.limit)
     ic = Interchange()
-    counter = ForwardCounter()
-    out, skipped, dropped, beyond6 = [], [], [], []
-    kept6: dict[str, int] = {}
     blanks: dict = {}
-    bar = _bar(len(items) * (len(layers) + 1), "E6 ablated criss-cross", progress)
-    for stim in items:
-        try:
-            r = _e6_item(adapter, ds, stim, config, recipe, layers, ic, blanks, bar=bar)
-        except RegionError as e:  # geometry: an entity too small for the token grid
-            skipped.append({"item": stim.id, "reason": str(e)})
-            bar.update(len(layers) + 1)
-            continue
-        counter.forwards += r.blank_forwards
-        counter.add(r.res.counter)
-        if rcp.e6_keep == "ablated_correct" and \
-                kept6.get(stim.relation, 0) >= PAPER_PAIRS_PER_DIRECTION:
-            beyond6.append(stim.id)
-            continue
-        if rcp.e6_keep == "ablated_correct":
-            if not r.right:
-                dropped.append({"item": stim.id, "clean_right": bool(r.clean_right),
-                                "cf_right": bool(r.cf_right)})
-                continue
-            kept6[stim.relation] = kept6.get(stim.relation, 0) + 1
-        if regions is not None:
-            regions.append(pairs_frame(stim.id, r.pairs))
-        out += _slot_probs(adapter, stim, r.res, r.keys, r.cf_answer, r.answer)
-    bar.close()
+    out, counter, skipped, dropped, beyond6 = _run_dataset(
+        adapter, ds, config, lambda stim, bar: _e6_item(
+            adapter, ds, stim, config, recipe, layers, ic, blanks, bar=bar),
+        steps=len(layers) + 1, label="E6 ablated criss-cross",
+        keep_right=rcp.e6_keep == "ablated_correct", progress=progress, regions=regions)
     table, summary = _finish(out, counter, config, "E6", skipped, recipe, dropped=dropped)
     if rcp.e6_keep == "ablated_correct":
         summary["pairs_source"] = "dataset"
