@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import zarr
 from click.testing import CliRunner
 
 from cli import spatialbind
@@ -18,34 +16,10 @@ from tests.helpers_vlms import write_squares
 from vlms.errors import ExtractError
 from vlms.launch import block_plan, launcher_shard, parse_scheduler
 
+from .extract_store import assert_same_stores, extract_args, store_arrays
+
 ROOT = Path(__file__).resolve().parents[2]
 N = 8
-
-
-def _args(data, store, *extra):
-    return ["extract", "--model", "tiny-qwen2-vl", "--data", str(data), "--store", str(store),
-            "--sites", "projector,lm.resid.0,lm.resid.2", "--batch-size", "2", "--no-progress",
-            *extra]
-
-
-def _arrays(store):
-    out = {}
-    root = zarr.open_group(str(store), mode="r")
-
-    def walk(g, prefix):
-        for name, a in g.arrays():
-            out[f"{prefix}{name}"] = a[:]
-        for name, sub in g.groups():
-            walk(sub, f"{prefix}{name}/")
-    walk(root, "")
-    return out
-
-
-def _assert_same(a, b):
-    assert sorted(a) == sorted(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype, k
-        assert a[k].tobytes() == b[k].tobytes(), k  # byte for byte (NaN payloads included)
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +30,17 @@ def reference(tmp_path_factory):
     ref = tmp / "one.zarr"
     env_clean = {k: v for k, v in os.environ.items()
                  if not k.startswith(("RANK", "WORLD_SIZE", "SLURM_", "OMPI_", "PMI_", "LOCAL_RANK"))}
-    res = subprocess.run([sys.executable, "-m", "cli", *_args(data, ref)], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "cli", *extract_args(data, ref)], cwd=ROOT,
                          env={**env_clean, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    return data, _arrays(ref), env_clean
+    return data, store_arrays(ref), env_clean
 
 
 def test_torchrun_style_processes_shard_themselves(reference, tmp_path):
     data, ref, env = reference
     store = tmp_path / "ranks.zarr"
-    procs = [subprocess.Popen([sys.executable, "-m", "cli", *_args(data, store)], cwd=ROOT,
+    procs = [subprocess.Popen([sys.executable, "-m", "cli", *extract_args(data, store)], cwd=ROOT,
                               env={**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
                                    "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -77,14 +51,15 @@ def test_torchrun_style_processes_shard_themselves(reference, tmp_path):
     for r, (out, _) in enumerate(outs):
         assert f"shard {r}/2 from RANK/WORLD_SIZE (torchrun)" in out
         assert "wrote 4 samples" in out  # 8 samples in 4 batches, 2 batches each
-    _assert_same(_arrays(store), ref)
+    assert_same_stores(store_arrays(store), ref)
 
 
 def test_explicit_shard_wins_over_launcher_variables(reference, tmp_path, monkeypatch):
     data, _, _ = reference
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    res = CliRunner().invoke(spatialbind, _args(data, tmp_path / "s.zarr", "--shard", "0/2"))
+    res = CliRunner().invoke(spatialbind,
+                             extract_args(data, tmp_path / "s.zarr", "--shard", "0/2"))
     assert res.exit_code == 0, res.output
     assert "from RANK" not in res.output and "wrote 4 samples" in res.output
 
@@ -92,15 +67,15 @@ def test_explicit_shard_wins_over_launcher_variables(reference, tmp_path, monkey
 def test_dask_cluster_extraction_equals_one_process(reference, tmp_path):
     data, ref, _ = reference
     store = tmp_path / "dask.zarr"
-    res = CliRunner().invoke(spatialbind, _args(data, store, "--scheduler", "local:2",
+    res = CliRunner().invoke(spatialbind, extract_args(data, store, "--scheduler", "local:2",
                                                 "--block-batches", "1"))
     assert res.exit_code == 0, res.output
     assert "in 4 blocks on 2 workers" in res.output and "(8/8 done)" in res.output
-    _assert_same(_arrays(store), ref)
+    assert_same_stores(store_arrays(store), ref)
     # a rerun finds nothing to do and changes nothing
-    res = CliRunner().invoke(spatialbind, _args(data, store, "--scheduler", "local:2"))
+    res = CliRunner().invoke(spatialbind, extract_args(data, store, "--scheduler", "local:2"))
     assert res.exit_code == 0 and "wrote 0 samples" in res.output, res.output
-    _assert_same(_arrays(store), ref)
+    assert_same_stores(store_arrays(store), ref)
 
 
 @pytest.mark.parametrize("env,want", [

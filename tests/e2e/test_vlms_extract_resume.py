@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import zarr
 from click.testing import CliRunner
 
 from cli import spatialbind
 from tests.helpers_vlms import write_squares
+
+from .extract_store import assert_same_stores, extract_args, store_arrays
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 8
@@ -33,37 +34,12 @@ main(sys.argv[1:])
 """
 
 
-def _args(data, store, *extra):
-    return ["extract", "--model", "tiny-qwen2-vl", "--data", str(data), "--store", str(store),
-            "--sites", "projector,lm.resid.0,lm.resid.2", "--batch-size", "2", "--no-progress",
-            *extra]
-
-
-def _arrays(store):
-    out = {}
-    root = zarr.open_group(str(store), mode="r")
-
-    def walk(g, prefix):
-        for name, a in g.arrays():
-            out[f"{prefix}{name}"] = a[:]
-        for name, sub in g.groups():
-            walk(sub, f"{prefix}{name}/")
-    walk(root, "")
-    return out
-
-
-def _assert_same(a, b):
-    assert sorted(a) == sorted(b)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-
-
 def test_kill_resume_equals_clean_run_and_shards(tmp_path):
     data = tmp_path / "ds"
     write_squares(data, n=N)
     clean, killed, sharded = tmp_path / "clean.zarr", tmp_path / "killed.zarr", tmp_path / "sh.zarr"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, *_args(data, killed)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, *extract_args(data, killed)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_at_kill = 0
     try:
@@ -82,16 +58,16 @@ def test_kill_resume_equals_clean_run_and_shards(tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the child finished before it could be killed"
     assert 2 <= done_at_kill < N
-    res = CliRunner().invoke(spatialbind, _args(data, killed))
+    res = CliRunner().invoke(spatialbind, extract_args(data, killed))
     assert res.exit_code == 0, res.output
     assert f"({N}/{N} done)" in res.output
-    res = CliRunner().invoke(spatialbind, _args(data, clean))
+    res = CliRunner().invoke(spatialbind, extract_args(data, clean))
     assert res.exit_code == 0, res.output
-    ref = _arrays(clean)
-    _assert_same(_arrays(killed), ref)
+    ref = store_arrays(clean)
+    assert_same_stores(store_arrays(killed), ref)
     # two processes' worth of shards fill one store: same as one process
     for i in (1, 0):
-        res = CliRunner().invoke(spatialbind, _args(data, sharded, "--shard", f"{i}/2"))
+        res = CliRunner().invoke(spatialbind, extract_args(data, sharded, "--shard", f"{i}/2"))
         assert res.exit_code == 0, res.output
         assert "wrote 4 samples" in res.output
-    _assert_same(_arrays(sharded), ref)
+    assert_same_stores(store_arrays(sharded), ref)

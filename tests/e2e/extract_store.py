@@ -1,0 +1,32 @@
+"""Shared by the extraction e2e tests: the CLI arguments and a byte-for-byte store comparison."""
+from __future__ import annotations
+
+import zarr
+
+
+def extract_args(data, store, *extra):
+    return ["extract", "--model", "tiny-qwen2-vl", "--data", str(data), "--store", str(store),
+            "--sites", "projector,lm.resid.0,lm.resid.2", "--batch-size", "2", "--no-progress",
+            *extra]
+
+
+def store_arrays(store) -> dict:
+    """Every array of a Zarr store, by its path in the group tree."""
+    out = {}
+    root = zarr.open_group(str(store), mode="r")
+
+    def walk(g, prefix):
+        for name, a in g.arrays():
+            out[f"{prefix}{name}"] = a[:]
+        for name, sub in g.groups():
+            walk(sub, f"{prefix}{name}/")
+    walk(root, "")
+    return out
+
+
+def assert_same_stores(a: dict, b: dict):
+    """Same arrays, dtypes and bytes (NaN payloads included)."""
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        assert a[k].tobytes() == b[k].tobytes(), k
