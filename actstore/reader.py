@@ -279,7 +279,7 @@ class Store:
                 if c == "done":
                     continue
                 v = df[c].to_numpy()
-                if v.dtype == object and all(isinstance(x, str) for x in v):
+                if v.dtype == object and pd.api.types.infer_dtype(v, skipna=False) in ("string", "empty"):
                     v = v.astype(str)
                 v = np.array(v, copy=True)
                 v.flags.writeable = False
