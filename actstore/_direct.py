@@ -6,6 +6,8 @@ memory-mapped and only the needed rows are copied, which is what makes the query
 numpy memmap. The layout is read from the array's own metadata (sharding codec, inner chunk,
 chunk-key encoding, index at the end) and anything else — a remote store, compression, another
 codec — makes :func:`layout` return None, so the reader falls back to xarray/dask over zarr.
+The small per-sample arrays (token labels, ``done``) are read here too (:func:`chunked`,
+:func:`read_rows`): one file per chunk, decoded with the same numcodecs codec zarr uses.
 """
 from __future__ import annotations
 
@@ -373,9 +375,25 @@ def read_rows(lay: Chunked, a: int, b: int) -> np.ndarray:
     if b <= a:
         return out
     c = lay.rows
+    chunks = range(a // c, (b - 1) // c + 1)
+    parts = min(READ_THREADS, len(chunks) // 32)  # a cold read waits on the disk per file
+    if parts > 1:
+        cut = np.linspace(chunks[0], chunks[-1] + 1, parts + 1).astype(int).tolist()
+        with ThreadPoolExecutor(parts, thread_name_prefix="actstore-read") as pool:
+            for f in [pool.submit(_read_chunks, lay, out, a, b, range(c0, c1))
+                      for c0, c1 in zip(cut[:-1], cut[1:])]:
+                f.result()
+        return out
+    _read_chunks(lay, out, a, b, chunks)
+    return out
+
+
+def _read_chunks(lay: Chunked, out: np.ndarray, a: int, b: int, chunks: range) -> None:
+    """Fill the rows of ``out`` (rows ``[a, b)`` of the array) that the chunks ``chunks`` hold."""
+    c = lay.rows
     per = int(np.prod(lay.shape[1:], dtype=np.int64)) * lay.dtype.itemsize * c
     tail = "/".join(["0"] * (len(lay.shape) - 1))
-    for ci in range(a // c, (b - 1) // c + 1):
+    for ci in chunks:
         lo, hi = max(a, ci * c), min(b, (ci + 1) * c)
         dst = out[lo - a:hi - a]
         path = os.path.join(lay.directory, "c", str(ci), tail) if tail else \
@@ -392,4 +410,3 @@ def read_rows(lay: Chunked, a: int, b: int) -> np.ndarray:
             raise OSError(f"chunk file {path} holds {len(raw)} bytes once decoded; expected "
                           f"{per} (truncated or not written by zarr)")
         dst[...] = np.frombuffer(raw, lay.dtype).reshape(c, *lay.shape[1:])[lo - ci * c:hi - ci * c]
-    return out
