@@ -580,18 +580,6 @@ def _gathered_array_type():
     return GatheredArray
 
 
-def _kth_indices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For a (S, T) boolean mask, the token index of the k-th True per row, padded.
-
-    Returns ``idx`` (S, K) int64 (0 in padded slots) and ``pad`` (S, K) bool, K = max row count.
-    """
-    counts = mask.sum(axis=1)
-    K = int(counts.max()) if mask.size else 0
-    order = np.argsort(~mask, axis=1, kind="stable")[:, :K]
-    pad = np.arange(K)[None, :] >= counts[:, None]
-    return np.where(pad, 0, order).astype(np.int64), pad
-
-
 def format_summary(summary: dict) -> str:
     """Human-readable text of :meth:`Store.summary` (what ``spatialbind query STORE`` prints)."""
     lines = [f"store {summary['path']}  schema v{summary['schema_version']}  "
