@@ -6,6 +6,8 @@ memory-mapped and only the needed rows are copied, which is what makes the query
 numpy memmap. The layout is read from the array's own metadata (sharding codec, inner chunk,
 chunk-key encoding, index at the end) and anything else — a remote store, compression, another
 codec — makes :func:`layout` return None, so the reader falls back to xarray/dask over zarr.
+The small per-sample arrays (token labels, ``done``) are read here too (:func:`chunked`,
+:func:`read_rows`): one file per chunk, decoded with the same numcodecs codec zarr uses.
 """
 from __future__ import annotations
 
@@ -300,3 +302,111 @@ def _pread_into(fd: int, dest: np.ndarray, offset: int, path: str) -> None:
         if got <= 0:
             raise OSError(f"shard file {path} is truncated (wanted {len(mv)} bytes at {offset})")
         done += got
+
+
+# ---------------------------------------------------------------------- small chunked arrays
+
+@dataclass(frozen=True)
+class Chunked:
+    """Where the chunk files of a small, unsharded array (token labels, ``done``) live and how
+    they are encoded: chunked along its first axis only, ``bytes`` (little-endian) optionally
+    followed by one compressor."""
+
+    directory: str
+    shape: tuple[int, ...]
+    rows: int                  # samples per chunk
+    dtype: np.dtype
+    fill: object
+    codec: object | None       # numcodecs codec of the bytes -> bytes step, or None
+
+
+_COMPRESSORS = {"zstd": ("numcodecs.zstd", "Zstd"), "gzip": ("numcodecs.gzip", "GZip")}
+
+
+def chunked(arr, store) -> Chunked | None:
+    """The direct-read layout of an unsharded zarr array chunked along its first axis only
+    (whole rows per chunk), or None when zarr must read it (remote store, sharding, other
+    codecs or chunk keys)."""
+    import zarr.storage
+
+    if not isinstance(store, zarr.storage.LocalStore):
+        return None
+    meta = arr.metadata.to_dict()
+    enc = meta.get("chunk_key_encoding", {})
+    grid = meta.get("chunk_grid", {})
+    if (enc.get("name") != "default" or enc.get("configuration", {}).get("separator", "/") != "/"
+            or grid.get("name") != "regular"):
+        return None
+    chunk = tuple(grid["configuration"]["chunk_shape"])
+    shape = tuple(arr.shape)
+    if not shape or chunk[1:] != shape[1:] or chunk[0] < 1:
+        return None
+    codecs = meta.get("codecs", [])
+    if not codecs or codecs[0].get("name") != "bytes" \
+            or codecs[0].get("configuration", {}).get("endian", "little") != "little":
+        return None
+    codec = None
+    if len(codecs) == 2 and codecs[1].get("name") in _COMPRESSORS:
+        import importlib
+
+        mod, cls = _COMPRESSORS[codecs[1]["name"]]
+        conf = dict(codecs[1].get("configuration", {}))
+        try:
+            codec = getattr(importlib.import_module(mod), cls)(**conf)
+        except (ImportError, TypeError):
+            return None
+    elif len(codecs) != 1:
+        return None
+    dtype = np.dtype(arr.dtype)
+    if dtype.kind not in "biuf":
+        return None
+    return Chunked(directory=os.path.join(str(store.root), arr.path), shape=shape,
+                   rows=int(chunk[0]), dtype=dtype.newbyteorder("<"), fill=arr.fill_value,
+                   codec=codec)
+
+
+def read_rows(lay: Chunked, a: int, b: int) -> np.ndarray:
+    """Rows ``[a, b)`` of a :func:`chunked` array as a new array: the bytes zarr would return
+    (a chunk file that is missing, i.e. never written or equal to the fill value, reads as the
+    fill value). Each chunk file is read whole (zarr writes it whole and renames it into place,
+    so a concurrent writer is seen before or after, never half)."""
+    a, b = max(0, int(a)), min(int(b), lay.shape[0])
+    out = np.empty((max(b - a, 0), *lay.shape[1:]), lay.dtype)
+    if b <= a:
+        return out
+    c = lay.rows
+    chunks = range(a // c, (b - 1) // c + 1)
+    parts = min(READ_THREADS, len(chunks) // 32)  # a cold read waits on the disk per file
+    if parts > 1:
+        cut = np.linspace(chunks[0], chunks[-1] + 1, parts + 1).astype(int).tolist()
+        with ThreadPoolExecutor(parts, thread_name_prefix="actstore-read") as pool:
+            for f in [pool.submit(_read_chunks, lay, out, a, b, range(c0, c1))
+                      for c0, c1 in zip(cut[:-1], cut[1:])]:
+                f.result()
+        return out
+    _read_chunks(lay, out, a, b, chunks)
+    return out
+
+
+def _read_chunks(lay: Chunked, out: np.ndarray, a: int, b: int, chunks: range) -> None:
+    """Fill the rows of ``out`` (rows ``[a, b)`` of the array) that the chunks ``chunks`` hold."""
+    c = lay.rows
+    per = int(np.prod(lay.shape[1:], dtype=np.int64)) * lay.dtype.itemsize * c
+    tail = "/".join(["0"] * (len(lay.shape) - 1))
+    for ci in chunks:
+        lo, hi = max(a, ci * c), min(b, (ci + 1) * c)
+        dst = out[lo - a:hi - a]
+        path = os.path.join(lay.directory, "c", str(ci), tail) if tail else \
+            os.path.join(lay.directory, "c", str(ci))
+        try:
+            with open(path, "rb", buffering=0) as f:
+                raw = f.read()
+        except FileNotFoundError:
+            dst[...] = lay.fill
+            continue
+        if lay.codec is not None:
+            raw = lay.codec.decode(raw)
+        if len(raw) != per:
+            raise OSError(f"chunk file {path} holds {len(raw)} bytes once decoded; expected "
+                          f"{per} (truncated or not written by zarr)")
+        dst[...] = np.frombuffer(raw, lay.dtype).reshape(c, *lay.shape[1:])[lo - ci * c:hi - ci * c]

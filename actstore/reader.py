@@ -181,7 +181,7 @@ class Store:
             sg = g["samples"]
             cols = {}
             for name, arr in sorted(sg.arrays()):
-                v = arr[:]
+                v = self._read(arr)
                 if arr.attrs.get("kind") == "string":
                     v = S.decode_strings(v, arr.attrs["categories"])
                 cols[name] = v
@@ -197,8 +197,22 @@ class Store:
         key = ("tokens", g.path, fam)
         if key not in self._cache:  # small int arrays: loaded once, used to build integer indices
             fg = g[fam]
-            self._cache[key] = {name: np.asarray(fg[name][:]) for name in S.TOKEN_LABELS}
+            self._cache[key] = {name: self._read(fg[name]) for name in S.TOKEN_LABELS}
         return self._cache[key]
+
+    def _read(self, arr, a: int = 0, b: int | None = None) -> np.ndarray:
+        """Rows ``[a, b)`` of a small (unsharded) array: straight from its chunk files when the
+        store is local (:func:`actstore._direct.read_rows`, the bytes zarr returns without its
+        per-chunk overhead, which dominated a role index built from 100k samples' labels), else
+        through zarr."""
+        from . import _direct
+
+        b = arr.shape[0] if b is None else b
+        key = ("chunked", arr.path)
+        if key not in self._cache:
+            self._cache[key] = _direct.chunked(arr, self.root.store) if self.direct else None
+        lay = self._cache[key]
+        return _direct.read_rows(lay, a, b) if lay is not None else np.asarray(arr[a:b])
 
     def _label_blocks(self, g, fam: str, names):
         """The token label arrays ``names`` of a site family, ``LABEL_BLOCK_SAMPLES`` samples at a
@@ -207,8 +221,9 @@ class Store:
         N = fg["role"].shape[0]
         c = fg["role"].chunks[0]
         step = max(c, LABEL_BLOCK_SAMPLES // c * c)
+        arrays = {name: fg[name] for name in names}
         for a in range(0, N, step):
-            yield a, {name: np.asarray(fg[name][a:a + step]) for name in names}
+            yield a, {name: self._read(arr, a, a + step) for name, arr in arrays.items()}
 
     def _role_index(self, g, fam: str, code: int):
         """Where role ``code`` sits in every stored sample, and the token labels there (cached).
@@ -225,21 +240,29 @@ class Store:
         fg = g[fam]
         N, T = fg["role"].shape
         idt = np.int16 if T < 2**15 else np.int32
-        counts = np.zeros(N, np.int32)  # pass 1: how many tokens of the role each sample has
-        for a, blk in self._label_blocks(g, fam, ["role"]):
-            counts[a:a + len(blk["role"])] = (blk["role"] == code).sum(1)
-        K = int(counts.max()) if N else 0
-        idx = np.full((N, K), -1, idt)  # pass 2: where they are, and their labels
-        labels = {k: np.full((N, K), none, dt) for k, (dt, none) in S.TOKEN_LABELS.items()}
+        # one pass over the label arrays: the (sample, token) of every token of the role, in
+        # order (np.nonzero is row-major), and its labels; O(tokens of the role) memory
+        rows, toks, vals = [], [], {k: [] for k in S.TOKEN_LABELS}
         for a, blk in self._label_blocks(g, fam, list(S.TOKEN_LABELS)):
-            ix, pad = _kth_indices(blk["role"] == code)
-            b, k = ix.shape
-            idx[a:a + b, :k] = np.where(pad, -1, ix)
+            r, t = np.nonzero(blk["role"] == code)
+            rows.append(r + a)
+            toks.append(t.astype(idt))
             for name, v in blk.items():
-                labels[name][a:a + b, :k] = np.where(pad, S.TOKEN_LABELS[name][1],
-                                                     np.take_along_axis(v, ix, axis=1))
+                vals[name].append(v[r, t])
             del blk
-        counts = (idx >= 0).sum(1)
+        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        toks = np.concatenate(toks) if toks else np.zeros(0, idt)
+        counts = np.bincount(rows, minlength=N)
+        K = int(counts.max()) if N else 0
+        k = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)  # k-th of its sample
+        idx = np.full((N, K), -1, idt)
+        idx[rows, k] = toks
+        labels = {}
+        for name, (dt, none) in S.TOKEN_LABELS.items():
+            labels[name] = np.full((N, K), none, dt)
+            if vals[name]:
+                labels[name][rows, k] = np.concatenate(vals[name])
+        del rows, toks, vals, k
         for v in (idx, counts, *labels.values()):
             v.flags.writeable = False
         self._cache[key] = (counts, idx, labels)
@@ -256,7 +279,7 @@ class Store:
                 if c == "done":
                     continue
                 v = df[c].to_numpy()
-                if v.dtype == object and all(isinstance(x, str) for x in v):
+                if v.dtype == object and pd.api.types.infer_dtype(v, skipna=False) in ("string", "empty"):
                     v = v.astype(str)
                 v = np.array(v, copy=True)
                 v.flags.writeable = False
@@ -555,18 +578,6 @@ def _gathered_array_type():
             return np.asarray(whole(), dtype=dtype)
 
     return GatheredArray
-
-
-def _kth_indices(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For a (S, T) boolean mask, the token index of the k-th True per row, padded.
-
-    Returns ``idx`` (S, K) int64 (0 in padded slots) and ``pad`` (S, K) bool, K = max row count.
-    """
-    counts = mask.sum(axis=1)
-    K = int(counts.max()) if mask.size else 0
-    order = np.argsort(~mask, axis=1, kind="stable")[:, :K]
-    pad = np.arange(K)[None, :] >= counts[:, None]
-    return np.where(pad, 0, order).astype(np.int64), pad
 
 
 def format_summary(summary: dict) -> str:
