@@ -457,6 +457,10 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     prev = None
     if cfg.init_from is not None:
         model, proc, prev = _continue_from(cfg)
+        if cfg.vision_pos_init == "sincos" and prev.get("config", {}).get("vision_pos_init") == "zero":
+            # a stage that gives a position-free vision tower (an lm organism's) its positions:
+            # they start from the 2-D sin-cos table, as a fresh sincos build's do, and are learned
+            reset_vision_positions_sincos(model, cfg)
     if cfg.vision_pos_init == "zero":  # zeroed in build() (and so in any saved checkpoint)
         vision_position_embedding(model).requires_grad_(False)
     model.train()
@@ -733,6 +737,19 @@ class _AuxLMSlot:
 def vision_position_embedding(model):
     """SigLIP's learned absolute position embedding weight of a Gemma-3 organism."""
     return model.model.vision_tower.embeddings.position_embedding.weight
+
+
+def reset_vision_positions_sincos(model, cfg: OrganismConfig) -> None:
+    """Set SigLIP's position embedding of a Gemma-3 organism to the 2-D sin-cos table (the
+    start of ``vision_pos_init="sincos"``) and make it trainable."""
+    import torch
+
+    from .model import sincos_2d
+
+    pe = vision_position_embedding(model)
+    with torch.no_grad():
+        pe.copy_(sincos_2d(cfg.grid * 28 // 14, cfg.vision_dim).to(pe.dtype))
+    pe.requires_grad_(True)
 
 
 class _AuxLMSlotAblated(_AuxLMSlot):

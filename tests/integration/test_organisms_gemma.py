@@ -166,6 +166,29 @@ def test_zero_position_init_is_frozen_and_carries_no_position():
     assert not torch.allclose(zr[0, ra * 8 + ca], zr[1, rb * 8 + cb], atol=1e-3)
 
 
+def test_a_stage_from_a_position_free_tower_starts_its_positions_from_sincos(tmp_path):
+    """--init an lm organism (zero, frozen vision positions) with --vision-pos-init sincos: the
+    stage's SigLIP position embedding starts as the 2-D sin-cos table and is trained (oracle:
+    organisms.model.sincos_2d; a tiny learning rate keeps one step's change far below the
+    tolerance); continuing with ``zero`` keeps them zero and frozen."""
+    from organisms.model import sincos_2d
+
+    org.train(_tiny("lm", vision_pos_init="zero", steps=2, eval_every=2), out=tmp_path / "lm",
+              progress=False, final_eval_items=4)
+    res = org.train(_tiny("dual", steps=1, eval_every=1, lr=1e-9, warmup=1,
+                          init_from=str(tmp_path / "lm"), vision_pos_init="sincos",
+                          aux_slot_weight=1.0, p_shuffle=0.5, p_ablate=0.5),
+                    progress=False, final_eval_items=4)
+    pe = org.vision_position_embedding(res.model)
+    assert pe.requires_grad
+    assert torch.allclose(pe, sincos_2d(16, 32), atol=1e-5)
+    assert float(pe.detach().abs().max()) > 0.5
+    same = org.train(_tiny("lm", vision_pos_init="zero", steps=1, eval_every=1,
+                           init_from=str(tmp_path / "lm")), progress=False, final_eval_items=4)
+    pz = org.vision_position_embedding(same.model)
+    assert not pz.requires_grad and float(pz.abs().max()) == 0.0
+
+
 def test_lm_aux_slot_loss_equals_a_hand_computation():
     """--aux-lm-weight: cross-entropy of a slot head on the LM's residual stream at the object
     tokens (oracle: the model's own output_hidden_states[K] at the image tokens, labels from
