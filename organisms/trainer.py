@@ -1120,10 +1120,20 @@ def write_readme(out: str | Path, log: dict) -> None:
                 + ("; the vision-side slot head, shared" if c.get("aux_lm_head") == "shared" else "")
                 + "; items whose image tokens were shuffled left out)."]
                if c.get("aux_lm_weight") else []),
+             *([f"- LM-side auxiliary slot loss on the E5-ablated items: weight "
+                f"{c['aux_lm_slot_weight']:g} on the LM's residual stream "
+                f"`lm.resid.{c.get('aux_lm_layer', 1)}` at their object tokens, through the "
+                "vision-side slot head (the LM backup writes the order into the object tokens)."]
+               if c.get("aux_lm_slot_weight") else []),
              *([{"zero": "- Vision position embeddings: all zero and frozen (the vision tower "
                          "has no position input, so its tokens carry no position).",
                  "sincos": "- Vision position embeddings: started from the 2-D sin-cos table "
-                           "(then learned)."}[c["vision_pos_init"]]]
+                           "(then learned)"
+                           + (" at the first stage that asked for them (the earlier stage's "
+                              "were zero and frozen)" if any(
+                                  st["config"].get("vision_pos_init") == "zero"
+                                  for st in log.get("stages", [])) else "") + "."
+                 }[c["vision_pos_init"]]]
                if c.get("vision_pos_init", "random") != "random" else []),
              "- Load: `AutoModelForImageTextToText.from_pretrained(DIR)` (model) and "
              "`organisms.load(DIR)` (model, image-only processor, log).", "",
