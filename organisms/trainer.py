@@ -1294,7 +1294,8 @@ def mechanism_defaults(mechanism: str, arch: str = "qwen2-vl") -> dict:
         return {"steps": 1000, "vision_depth": 3, "vision_dim": 128, "aux_slot_weight": 2.0,
                 "aux_region": "object", "aux_colour": False, "p_ablate": 0.0}
     if mechanism == "dual" and arch == "gemma-3":
-        # a curriculum stage from gemma-3-vision (--init): see vlms/organisms/README.md
+        # a curriculum stage from a gemma-3 organism (--init; the shipped dual's stages start
+        # from gemma-3-lm with their own options): see vlms/organisms/README.md
         return {"steps": 250, "vision_depth": 2, "vision_dim": 64, "aux_slot_weight": 2.0,
                 "aux_region": "band", "aux_colour": True, "p_shuffle": 0.3, "p_ablate": 0.4}
     if mechanism == "dual":
