@@ -457,6 +457,10 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     prev = None
     if cfg.init_from is not None:
         model, proc, prev = _continue_from(cfg)
+        if cfg.vision_pos_init == "sincos" and prev.get("config", {}).get("vision_pos_init") == "zero":
+            # a stage that gives a position-free vision tower (an lm organism's) its positions:
+            # they start from the 2-D sin-cos table, as a fresh sincos build's do, and are learned
+            reset_vision_positions_sincos(model, cfg)
     if cfg.vision_pos_init == "zero":  # zeroed in build() (and so in any saved checkpoint)
         vision_position_embedding(model).requires_grad_(False)
     model.train()
@@ -733,6 +737,19 @@ class _AuxLMSlot:
 def vision_position_embedding(model):
     """SigLIP's learned absolute position embedding weight of a Gemma-3 organism."""
     return model.model.vision_tower.embeddings.position_embedding.weight
+
+
+def reset_vision_positions_sincos(model, cfg: OrganismConfig) -> None:
+    """Set SigLIP's position embedding of a Gemma-3 organism to the 2-D sin-cos table (the
+    start of ``vision_pos_init="sincos"``) and make it trainable."""
+    import torch
+
+    from .model import sincos_2d
+
+    pe = vision_position_embedding(model)
+    with torch.no_grad():
+        pe.copy_(sincos_2d(cfg.grid * 28 // 14, cfg.vision_dim).to(pe.dtype))
+    pe.requires_grad_(True)
 
 
 class _AuxLMSlotAblated(_AuxLMSlot):
@@ -1103,10 +1120,20 @@ def write_readme(out: str | Path, log: dict) -> None:
                 + ("; the vision-side slot head, shared" if c.get("aux_lm_head") == "shared" else "")
                 + "; items whose image tokens were shuffled left out)."]
                if c.get("aux_lm_weight") else []),
+             *([f"- LM-side auxiliary slot loss on the E5-ablated items: weight "
+                f"{c['aux_lm_slot_weight']:g} on the LM's residual stream "
+                f"`lm.resid.{c.get('aux_lm_layer', 1)}` at their object tokens, through the "
+                "vision-side slot head (the LM backup writes the order into the object tokens)."]
+               if c.get("aux_lm_slot_weight") else []),
              *([{"zero": "- Vision position embeddings: all zero and frozen (the vision tower "
                          "has no position input, so its tokens carry no position).",
                  "sincos": "- Vision position embeddings: started from the 2-D sin-cos table "
-                           "(then learned)."}[c["vision_pos_init"]]]
+                           "(then learned)"
+                           + (" at the first stage that asked for them (the earlier stage's "
+                              "were zero and frozen)" if any(
+                                  st["config"].get("vision_pos_init") == "zero"
+                                  for st in log.get("stages", [])) else "") + "."
+                 }[c["vision_pos_init"]]]
                if c.get("vision_pos_init", "random") != "random" else []),
              "- Load: `AutoModelForImageTextToText.from_pretrained(DIR)` (model) and "
              "`organisms.load(DIR)` (model, image-only processor, log).", "",
@@ -1267,7 +1294,8 @@ def mechanism_defaults(mechanism: str, arch: str = "qwen2-vl") -> dict:
         return {"steps": 1000, "vision_depth": 3, "vision_dim": 128, "aux_slot_weight": 2.0,
                 "aux_region": "object", "aux_colour": False, "p_ablate": 0.0}
     if mechanism == "dual" and arch == "gemma-3":
-        # a curriculum stage from gemma-3-vision (--init): see vlms/organisms/README.md
+        # a curriculum stage from a gemma-3 organism (--init; the shipped dual's stages start
+        # from gemma-3-lm with their own options): see vlms/organisms/README.md
         return {"steps": 250, "vision_depth": 2, "vision_dim": 64, "aux_slot_weight": 2.0,
                 "aux_region": "band", "aux_colour": True, "p_shuffle": 0.3, "p_ablate": 0.4}
     if mechanism == "dual":

@@ -42,10 +42,13 @@ def _run(out, *args):
 #: object-token probe measured 0.896 here (0.963 at 200 images per axis in its check), too
 #: close to 0.9 for this size.
 SMALL = {"vision": (3,), "lm": (1, 2, 3), "dual": (3,)}
-#: Per-organism exceptions: the Gemma-3 dual has no E6 flip layer (0.167 at every layer at the
-#: default size; its LM backup is read by the prompt tokens in layer 0, not the object tokens),
-#: so its criterion 3 is measured to fail (reported by the default-size slow test).
-SMALL_EXCEPT = {("organism-gemma-3-dual", 3)}
+#: Per-organism exceptions: none since the Gemma-3 dual was rebuilt from gemma-3-lm (2026-11-30);
+#: at this size its criterion 3 holds (E5 1.00 -> 0.69, E6 flip layer 1).
+SMALL_EXCEPT: set = set()
+#: Per-organism additions: the rebuilt Gemma-3 dual's criterion 2 measured object flip 0.00 and
+#: strip (band) flip 0.94 at this size, with the demo's E4 regions (the organism check's band criss-cross,
+#: on 128 items with its own band translation, flips 0.70: see vlms/organisms/README.md)
+SMALL_EXTRA = {("organism-gemma-3-dual", 2)}
 
 
 def test_demo_validation_on_small_samples(tmp_path):
@@ -64,6 +67,8 @@ def test_demo_validation_on_small_samples(tmp_path):
         for c in SMALL[mech]:
             if (name, c) not in SMALL_EXCEPT:
                 assert rows[(name, c)]["holds"], rows[(name, c)]
+    for name, c in SMALL_EXTRA:
+        assert rows[(name, c)]["holds"], rows[(name, c)]
     shown = {r["model"]: r for r in effects_shown(flat)}
     assert set(shown) == set(orgs)
     # both recipes ran, side by side, and every paper number says whether it is comparable
