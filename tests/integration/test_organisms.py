@@ -637,6 +637,52 @@ def test_colour_region_aux_loss_equals_a_hand_computation():
         aux.remove()
 
 
+def test_colour_none_aux_loss_equals_a_hand_computation():
+    """--aux-colour-none-weight: on top of the slot (band) and colour (strip) parts, every token
+    outside the colour region is asked the extra 'no square' class (index 16) of the colour
+    head, times its weight; off by default (16 colour classes, as before)."""
+    from organisms.model import image_tokens
+
+    plain = _tiny("vision", aux_slot_weight=1.0, aux_colour=True)
+    aux0 = org._AuxSlot(org.build(plain)[0], plain)
+    aux0.remove()
+    assert aux0.colour.out_features == len(od.COLOUR_NAMES)
+    cfg = _tiny("vision", aux_slot_weight=1.5, aux_region="band", aux_colour=True,
+                aux_colour_region="strip", aux_colour_none_weight=0.7)
+    model, proc = org.build(cfg)
+    items = od.eval_items(od.make_splits(8), "hl", n=4)
+    aux = org._AuxSlot(model, cfg)
+    try:
+        assert aux.colour.out_features == len(od.COLOUR_NAMES) + 1
+        with torch.no_grad():
+            z = image_tokens(model, org.Batcher(proc, 8)(items))
+            got = aux.loss(items)
+            xs, ys, xc, yc, xn = [], [], [], [], []
+            for b, it in enumerate(items):
+                band = od.region_slots(it.layout, 8, "band")
+                strip = od.region_slots(it.layout, 8, "strip")
+                for k in range(64):
+                    if band[k] >= 0:
+                        xs.append(z[b, k])
+                        ys.append(int(band[k]))
+                    if strip[k] >= 0:
+                        xc.append(z[b, k])
+                        yc.append(od.COLOUR_NAMES.index(it.colours[strip[k]]))
+                    else:
+                        xn.append(z[b, k])
+            ce = torch.nn.functional.cross_entropy
+            xn = torch.stack(xn)
+            assert 0 < len(xn) < 4 * 64
+            want = (1.5 * (ce(aux.head(torch.stack(xs)), torch.tensor(ys))
+                           + ce(aux.colour(torch.stack(xc)), torch.tensor(yc)))
+                    + 0.7 * ce(aux.colour(xn), torch.full((len(xn),), 16)))
+        assert torch.allclose(got, want, atol=1e-6)
+    finally:
+        aux.remove()
+    with pytest.raises(org.OrganismError, match="aux_colour_none_weight"):
+        _tiny("vision", aux_slot_weight=1.0, aux_colour=False, aux_colour_none_weight=1.0)
+
+
 def test_lm_aux_slot_loss_reads_object_tokens_of_ablated_items():
     """--aux-lm-slot-weight: cross-entropy of the projector aux loss's slot head on the LM
     residual after layer 0 (the model's own hidden_states[1]) at the object tokens of the
