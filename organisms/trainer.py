@@ -1122,6 +1122,10 @@ def write_readme(out: str | Path, log: dict) -> None:
              + (f" over `{c.get('aux_region', 'object')}` tokens"
                 + (" (slot and the colour of the token's square)" if c.get("aux_colour") else
                    " (slot)") if c.get("aux_slot_weight") else "") + "."
+             + (f" Colour part over `{c['aux_colour_region']}` tokens."
+                if c.get("aux_colour_region") not in (None, c.get("aux_region")) else "")
+             + (f" Every other image token is asked a 'no square' colour class (weight "
+                f"{c['aux_colour_none_weight']:g})." if c.get("aux_colour_none_weight") else "")
              + (f" Colour-only auxiliary loss: weight {c['aux_colour_weight']:g} over "
                 f"`{c.get('aux_region', 'object')}` tokens (no slot head)."
                 if c.get("aux_colour_weight") else "")

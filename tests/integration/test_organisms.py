@@ -539,6 +539,9 @@ def test_shipped_criteria_on_a_small_sample(mech, crit, shipped_checks, request)
     dict(mechanism="dual", aux_slot_weight=2.0, aux_region="strip", aux_colour=True,
          aux_colour_region="band", aux_lm_slot_weight=1.0, aux_lm_layer=1, p_shuffle=0.3,
          p_ablate=0.4, p_scramble_object=0.3, shuffle_object_ablated=True),
+    dict(mechanism="vision", aux_slot_weight=2.0, aux_region="band", aux_colour=True,
+         aux_colour_region="strip", aux_colour_weight=4.0, aux_colour_none_weight=2.0,
+         p_shuffle=0.1, p_scramble_object=0.9, shuffle_object_ablated=True),
 ])
 def test_reproduce_command_parses_back_to_the_config(kw):
     """The README's command, parsed by the CLI itself, gives back the options it was made from."""
