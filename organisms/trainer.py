@@ -1126,8 +1126,11 @@ def write_readme(out: str | Path, log: dict) -> None:
                 if c.get("aux_colour_region") not in (None, c.get("aux_region")) else "")
              + (f" Every other image token is asked a 'no square' colour class (weight "
                 f"{c['aux_colour_none_weight']:g})." if c.get("aux_colour_none_weight") else "")
-             + (f" Colour-only auxiliary loss: weight {c['aux_colour_weight']:g} over "
-                f"`{c.get('aux_region', 'object')}` tokens (no slot head)."
+             + ((f" Colour-only auxiliary loss: weight {c['aux_colour_weight']:g} over "
+                 f"`{c.get('aux_region', 'object')}` tokens (no slot head)."
+                 if not c.get("aux_colour") else
+                 f" Colour loss weight {c['aux_colour_weight']:g} more (same head, same "
+                 f"`{c.get('aux_colour_region') or c.get('aux_region', 'object')}` tokens).")
                 if c.get("aux_colour_weight") else "")
              + (f" Norm-controlled slot code (`--aux-slot-code {c['aux_slot_code']:g}`): squared "
                 f"error of each token's projection on the three centred slot-mean directions of "
