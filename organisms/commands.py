@@ -52,6 +52,11 @@ def organism() -> None:
               help="Auxiliary slot loss on the LM residual (site lm.resid.<--aux-lm-layer>) at "
                    "the object tokens of the E5-ablated items, through the projector aux loss's "
                    "slot head: the dual LM backup writes the order into the object tokens (E6).")
+@click.option("--aux-colour-none-weight", type=float, default=0.0, show_default=True,
+              help="Ask every image token outside the colour region (--aux-colour-region, else "
+                   "--aux-region) for a 'no square' colour class with this weight, so the "
+                   "square's colour stays on its region (needs --aux-colour or "
+                   "--aux-colour-weight; 0 = off).")
 @click.option("--p-shuffle", type=float, default=None,
               help="Share of items whose image tokens are shuffled at the LM input in training "
                    "(default 1 vision, 0.3 dual, 0 lm).")
@@ -122,7 +127,7 @@ def organism() -> None:
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
           lr, warmup, aux_slot_weight, aux_colour_weight, aux_region, aux_colour, aux_colour_region,
-          aux_lm_slot_weight, p_shuffle, p_ablate,
+          aux_colour_none_weight, aux_lm_slot_weight, p_shuffle, p_ablate,
           p_ablate_object, p_scramble_object, shuffle_object_ablated, rope_theta, rope_factor,
           global_rope_factor, attn_scalar, vision_pos_init, aux_slot_code, p_noise,
           noise_code_drop, noise_task_loss, aux_lm_weight, aux_lm_layer, aux_lm_head, init_from,
@@ -142,7 +147,8 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         aux_colour_weight=aux_colour_weight,
         aux_region=aux_region if aux_region is not None else defaults["aux_region"],
         aux_colour=aux_colour if aux_colour is not None else defaults["aux_colour"],
-        aux_colour_region=aux_colour_region, aux_lm_slot_weight=aux_lm_slot_weight,
+        aux_colour_region=aux_colour_region,
+        aux_colour_none_weight=aux_colour_none_weight, aux_lm_slot_weight=aux_lm_slot_weight,
         p_shuffle=p_shuffle if p_shuffle is not None else defaults.get("p_shuffle"),
         p_ablate=p_ablate if p_ablate is not None else defaults["p_ablate"],
         p_ablate_object=p_ablate_object, p_scramble_object=p_scramble_object,

@@ -171,6 +171,14 @@ class OrganismConfig:
     ``aux_colour_region="strip"`` puts the slot in every token of the paper's strips but the
     object's identity (its colour) only in the rows/columns the object spans: the tokens a
     strip criss-cross moves as a whole."""
+    aux_colour_none_weight: float = 0.0
+    """Weight of a "no square" colour target outside the colour region: the colour head gets
+    one more class (none), and every image token outside ``aux_colour_region`` (or
+    ``aux_region``) is asked it, so the square's colour stays on the tokens of the colour region
+    (with ``strip``: the rows/columns a strip or band criss-cross moves as a whole) and the rest
+    of the band may carry the slot but not the colour, which a LM without image positions needs
+    to bind the order to a square. Needs the colour loss (``aux_colour`` or
+    ``aux_colour_weight``). 0 = off."""
     aux_lm_slot_weight: float = 0.0
     """Weight of an auxiliary ordinal-slot loss on the LM's residual stream (site
     ``lm.resid.<aux_lm_layer>``) at the object tokens of the E5-ablated items (``p_ablate``),
@@ -255,6 +263,10 @@ class OrganismConfig:
         _check(self.aux_colour_region is None or self.aux_colour_region in od.REGIONS,
                f"'aux_colour_region' must be one of {od.REGIONS} (or unset). "
                f"Got {self.aux_colour_region!r} instead.")
+        _check(self.aux_colour_none_weight >= 0 and (
+            not self.aux_colour_none_weight or self.aux_colour or self.aux_colour_weight > 0),
+            f"'aux_colour_none_weight' must be >= 0 and needs the colour loss ('aux_colour' or "
+            f"'aux_colour_weight' > 0). Got {self.aux_colour_none_weight!r}.")
         _check(self.aux_lm_slot_weight >= 0, f"'aux_lm_slot_weight' must be >= 0. "
                f"Got {self.aux_lm_slot_weight!r}.")
         _check(not self.aux_lm_slot_weight or (
@@ -627,7 +639,9 @@ class _AuxSlot:
         self.grid = cfg.grid
         self.head = torch.nn.Linear(cfg.lm_dim, 3)
         self.basis = None  # aux_slot_code: set from the first batch (slot_code_basis)
-        self.colour = (torch.nn.Linear(cfg.lm_dim, len(od.COLOUR_NAMES))
+        # with aux_colour_none_weight one more class: "no square" (tokens outside the region)
+        self.colour = (torch.nn.Linear(cfg.lm_dim, len(od.COLOUR_NAMES)
+                                       + (cfg.aux_colour_none_weight > 0))
                        if (cfg.aux_colour or cfg.aux_colour_weight > 0) else None)
         self.z = None
         self.h = projector_module(model).register_forward_hook(self._grab)
@@ -668,6 +682,11 @@ class _AuxSlot:
             col = torch.gather(cidx, 1, cslots.clamp(min=0))[csel]
             colour_loss = torch.nn.functional.cross_entropy(self.colour(cfeats), col)
             loss = loss + cfg.aux_colour_weight * colour_loss
+            if cfg.aux_colour_none_weight > 0 and bool((~csel).any()):
+                outside = z[~csel]
+                none = torch.full((len(outside),), len(od.COLOUR_NAMES), dtype=torch.long)
+                loss = loss + cfg.aux_colour_none_weight * torch.nn.functional.cross_entropy(
+                    self.colour(outside), none)
         if cfg.aux_slot_weight > 0 and cfg.aux_slot_code > 0:
             if self.basis is None:
                 self.basis = slot_code_basis(feats, lab)
@@ -997,6 +1016,8 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append("--aux-colour" if cfg.get("aux_colour") else "--no-aux-colour")
     if cfg.get("aux_colour_region") is not None:
         parts.append(f"--aux-colour-region {cfg['aux_colour_region']}")
+    if cfg.get("aux_colour_none_weight", 0.0):
+        parts.append(f"--aux-colour-none-weight {cfg['aux_colour_none_weight']:g}")
     if cfg.get("aux_lm_slot_weight", 0.0):
         parts.append(f"--aux-lm-slot-weight {cfg['aux_lm_slot_weight']:g}")
         parts.append(f"--aux-lm-layer {cfg.get('aux_lm_layer', 1)}")
@@ -1101,8 +1122,15 @@ def write_readme(out: str | Path, log: dict) -> None:
              + (f" over `{c.get('aux_region', 'object')}` tokens"
                 + (" (slot and the colour of the token's square)" if c.get("aux_colour") else
                    " (slot)") if c.get("aux_slot_weight") else "") + "."
-             + (f" Colour-only auxiliary loss: weight {c['aux_colour_weight']:g} over "
-                f"`{c.get('aux_region', 'object')}` tokens (no slot head)."
+             + (f" Colour part over `{c['aux_colour_region']}` tokens."
+                if c.get("aux_colour_region") not in (None, c.get("aux_region")) else "")
+             + (f" Every other image token is asked a 'no square' colour class (weight "
+                f"{c['aux_colour_none_weight']:g})." if c.get("aux_colour_none_weight") else "")
+             + ((f" Colour-only auxiliary loss: weight {c['aux_colour_weight']:g} over "
+                 f"`{c.get('aux_region', 'object')}` tokens (no slot head)."
+                 if not c.get("aux_colour") else
+                 f" Colour loss weight {c['aux_colour_weight']:g} more (same head, same "
+                 f"`{c.get('aux_colour_region') or c.get('aux_region', 'object')}` tokens).")
                 if c.get("aux_colour_weight") else "")
              + (f" Norm-controlled slot code (`--aux-slot-code {c['aux_slot_code']:g}`): squared "
                 f"error of each token's projection on the three centred slot-mean directions of "
