@@ -105,6 +105,14 @@ def organism() -> None:
 @click.option("--noise-task-loss/--no-noise-task-loss", default=True, show_default=True,
               help="Noisy items count in the task loss (off: they train only the auxiliary "
                    "loss, so the LM never learns to answer from an attenuated code).")
+@click.option("--noise-task-weight", type=float, default=1.0, show_default=True,
+              help="Weight of a noisy item in the task loss (clean items 1): below 1 the LM "
+                   "still learns to answer from an attenuated code, at a milder strength.")
+@click.option("--aux-slot-code-start", type=float, default=None,
+              help="With --aux-slot-code: the code target starts at this size and shrinks "
+                   "linearly to --aux-slot-code over --aux-slot-code-steps steps.")
+@click.option("--aux-slot-code-steps", type=int, default=0, show_default=True,
+              help="Length of the --aux-slot-code-start curriculum in steps.")
 @click.option("--aux-lm-weight", type=float, default=0.0, show_default=True,
               help="Auxiliary ordinal-slot loss on the LM's residual stream at the object tokens "
                    "(site lm.resid.<--aux-lm-layer>): plants an LM-side slot code computed from "
@@ -130,7 +138,8 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
           aux_colour_none_weight, aux_lm_slot_weight, p_shuffle, p_ablate,
           p_ablate_object, p_scramble_object, shuffle_object_ablated, rope_theta, rope_factor,
           global_rope_factor, attn_scalar, vision_pos_init, aux_slot_code, p_noise,
-          noise_code_drop, noise_task_loss, aux_lm_weight, aux_lm_layer, aux_lm_head, init_from,
+          noise_code_drop, noise_task_loss, noise_task_weight, aux_slot_code_start,
+          aux_slot_code_steps, aux_lm_weight, aux_lm_layer, aux_lm_head, init_from,
           eval_every, out, probe, progress):
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import trainer as org
@@ -156,7 +165,9 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         rope_theta=rope_theta, rope_factor=rope_factor, global_rope_factor=global_rope_factor,
         attn_scalar=attn_scalar, vision_pos_init=vision_pos_init,
         aux_slot_code=aux_slot_code, p_noise=p_noise, noise_code_drop=noise_code_drop,
-        noise_task_loss=noise_task_loss, aux_lm_weight=aux_lm_weight, aux_lm_layer=aux_lm_layer,
+        noise_task_loss=noise_task_loss, noise_task_weight=noise_task_weight,
+        aux_slot_code_start=aux_slot_code_start, aux_slot_code_steps=aux_slot_code_steps,
+        aux_lm_weight=aux_lm_weight, aux_lm_layer=aux_lm_layer,
         aux_lm_head=aux_lm_head, init_from=init_from, eval_every=eval_every, eval_items=64)
     res = org.train(cfg, out=out, final_eval_items=384, progress=progress)
     if probe:

@@ -228,6 +228,19 @@ class OrganismConfig:
     noise_task_loss: bool = True
     """Noisy items count in the task loss. Off: they train only the auxiliary loss, so the LM
     never learns to answer from an attenuated code (it reads the code at its clean size)."""
+    noise_task_weight: float = 1.0
+    """Weight of a noisy item in the task loss (clean items 1): the task loss is
+    ``sum_i w_i CE_i / sum_i w_i``, so a weight below 1 keeps the answer of a noisy item (an
+    attenuated code) in the training signal at a milder strength. 1 (default) = every item
+    alike; ``noise_task_loss`` off is weight 0."""
+    aux_slot_code_start: float | None = None
+    """With ``aux_slot_code``: a code-size curriculum. The slot-code target's size starts at this
+    value and shrinks linearly to ``aux_slot_code`` over the stage's first
+    ``aux_slot_code_steps`` steps (``code_size_at``), so the LM first learns to read a large
+    code, planted from the stage's first step, and follows it as it shrinks. None (default) =
+    ``aux_slot_code`` throughout."""
+    aux_slot_code_steps: int = 0
+    """Length of the ``aux_slot_code_start`` curriculum in steps."""
     init_from: str | None = None
     """Continue training a saved organism (same arch, mechanism and sizes) instead of a fresh
     build; its history is kept and the step count continues from it."""
@@ -260,6 +273,16 @@ class OrganismConfig:
         _check(self.noise_code_drop == 0 or (self.aux_slot_code > 0 and self.aux_slot_weight > 0),
                "'noise_code_drop' scales the norm-controlled slot code: it needs "
                "'aux_slot_code' > 0 and 'aux_slot_weight' > 0")
+        _check(0 <= self.noise_task_weight <= 1 and (self.noise_task_loss
+                                                     or self.noise_task_weight == 1),
+               f"'noise_task_weight' must be in [0, 1] (and is not combined with "
+               f"'noise_task_loss' off, which is weight 0). Got {self.noise_task_weight!r}.")
+        _check(self.aux_slot_code_start is None or (
+            self.aux_slot_code > 0 and self.aux_slot_weight > 0 and self.aux_slot_code_start > 0
+            and isinstance(self.aux_slot_code_steps, int) and self.aux_slot_code_steps >= 1),
+            f"'aux_slot_code_start' (a code-size curriculum) needs 'aux_slot_code' > 0, "
+            f"'aux_slot_weight' > 0, a start > 0 and 'aux_slot_code_steps' >= 1. Got start "
+            f"{self.aux_slot_code_start!r}, steps {self.aux_slot_code_steps!r}.")
         _check(self.aux_colour_region is None or self.aux_colour_region in od.REGIONS,
                f"'aux_colour_region' must be one of {od.REGIONS} (or unset). "
                f"Got {self.aux_colour_region!r} instead.")
@@ -532,10 +555,14 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
             keep = torch.as_tensor(noise == 0)
             loss = (torch.nn.functional.cross_entropy(logits[keep], batcher.answer_ids(items)[keep])
                     if bool(keep.any()) else logits.sum() * 0.0)
+        elif noise is not None and cfg.noise_task_weight != 1:
+            loss = weighted_task_loss(logits, batcher.answer_ids(items),
+                                      np.where(noise > 0, cfg.noise_task_weight, 1.0))
         else:
             loss = torch.nn.functional.cross_entropy(logits, batcher.answer_ids(items))
         if aux is not None:
-            loss = loss + aux.loss(items, code_scale=code_scale(noise, cfg))
+            loss = loss + aux.loss(items, code_scale=code_scale(noise, cfg),
+                                   code=code_size_at(step, cfg))
         if aux_lm is not None:
             lm_aux = aux_lm.loss(items, inputs, None if cur is None else cur.last_shuffled)
             loss = loss + lm_aux
@@ -605,6 +632,26 @@ def code_scale(noise, cfg: OrganismConfig):
     return 1.0 - cfg.noise_code_drop * np.asarray(noise, dtype=np.float64)
 
 
+def code_size_at(step: int, cfg: OrganismConfig) -> float:
+    """Size of the slot-code target at the stage's step ``step`` (0-based): ``aux_slot_code``, or
+    with ``aux_slot_code_start`` the linear path from the start value (step 0) to
+    ``aux_slot_code`` (step ``aux_slot_code_steps`` and after)."""
+    if cfg.aux_slot_code_start is None:
+        return cfg.aux_slot_code
+    t = min(1.0, step / cfg.aux_slot_code_steps)
+    return cfg.aux_slot_code_start + t * (cfg.aux_slot_code - cfg.aux_slot_code_start)
+
+
+def weighted_task_loss(logits, answers, weights):
+    """Task cross-entropy with a weight per item (``noise_task_weight``):
+    ``sum_i w_i CE_i / sum_i w_i`` (0 when every weight is 0)."""
+    import torch
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+    ce = torch.nn.functional.cross_entropy(logits, answers, reduction="none")
+    tot = w.sum()
+    return (w * ce).sum() / tot if float(tot) > 0 else ce.sum() * 0.0
+
+
 def slot_code_basis(feats, slots):
     """The fixed directions ``P`` (3 x width) the norm-controlled slot code is read along
     (``aux_slot_code``): the unit vectors of each slot's mean token minus the mean over the three
@@ -661,7 +708,8 @@ class _AuxSlot:
             self._cache[(layout, region)] = od.region_slots(layout, self.grid, region)
         return self._cache[(layout, region)]
 
-    def loss(self, items, code_scale=None):
+    def loss(self, items, code_scale=None, code=None):
+        """``code``: the slot-code target's size at this step (default ``aux_slot_code``)."""
         import torch
         g = self.grid
         z = self.z.reshape(len(items), g * g, -1)
@@ -692,7 +740,7 @@ class _AuxSlot:
                 self.basis = slot_code_basis(feats, lab)
             scale = np.ones(len(items)) if code_scale is None else np.asarray(code_scale)
             per_tok = torch.as_tensor(scale, dtype=torch.float32)[:, None].expand(-1, g * g)[sel]
-            target = slot_code_target(lab, per_tok, cfg.aux_slot_code)
+            target = slot_code_target(lab, per_tok, cfg.aux_slot_code if code is None else code)
             slot_loss = ((feats @ self.basis.T - target) ** 2).sum(-1).mean()
             if cfg.aux_colour:
                 slot_loss = slot_loss + colour_loss
@@ -1045,12 +1093,17 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append(f"--attn-scalar {cfg['attn_scalar']}")
     if cfg.get("aux_slot_code", 0.0):
         parts.append(f"--aux-slot-code {cfg['aux_slot_code']:g}")
+        if cfg.get("aux_slot_code_start") is not None:
+            parts.append(f"--aux-slot-code-start {cfg['aux_slot_code_start']:g}")
+            parts.append(f"--aux-slot-code-steps {cfg['aux_slot_code_steps']}")
     if cfg.get("p_noise", 0.0):
         parts.append(f"--p-noise {cfg['p_noise']:g}")
         if cfg.get("noise_code_drop", 0.0):
             parts.append(f"--noise-code-drop {cfg['noise_code_drop']:g}")
         if not cfg.get("noise_task_loss", True):
             parts.append("--no-noise-task-loss")
+        if cfg.get("noise_task_weight", 1.0) != 1:
+            parts.append(f"--noise-task-weight {cfg['noise_task_weight']:g}")
     if cfg.get("vision_pos_init", "random") != "random":
         parts.append(f"--vision-pos-init {cfg['vision_pos_init']}")
     if cfg.get("aux_lm_weight", 0.0):
@@ -1135,11 +1188,17 @@ def write_readme(out: str | Path, log: dict) -> None:
              + (f" Norm-controlled slot code (`--aux-slot-code {c['aux_slot_code']:g}`): squared "
                 f"error of each token's projection on the three centred slot-mean directions of "
                 f"the first batch (fixed) against "
-                f"{c['aux_slot_code']:g} x (one-hot slot - 1/3)." if c.get("aux_slot_code") else "")
+                f"{c['aux_slot_code']:g} x (one-hot slot - 1/3)"
+                + (f", the size going linearly from {c['aux_slot_code_start']:g} to "
+                   f"{c['aux_slot_code']:g} over the first {c['aux_slot_code_steps']} steps"
+                   if c.get("aux_slot_code_start") is not None else "") + "."
+                if c.get("aux_slot_code") else "")
              + (f" Share of training items with pixel noise (strength ~ U(0, 1), std = strength "
                 f"x 64 grey levels): {c['p_noise']:g}; slot-code target on them x (1 - "
                 f"{c.get('noise_code_drop', 0.0):g} x strength); "
-                + ("they count in the task loss." if c.get("noise_task_loss", True) else
+                + ((f"they count in the task loss at weight {c.get('noise_task_weight', 1.0):g}."
+                    if c.get("noise_task_weight", 1.0) != 1 else "they count in the task loss.")
+                   if c.get("noise_task_loss", True) else
                    "they train only the auxiliary loss (the LM never answers from an "
                    "attenuated code).") if c.get("p_noise") else ""),
              *([f"- LM-side auxiliary slot loss: weight {c['aux_lm_weight']:g} on the LM's "

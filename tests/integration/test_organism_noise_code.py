@@ -150,3 +150,101 @@ def test_option_validation_and_defaults():
     assert (d.aux_slot_code, d.p_noise, d.noise_code_drop, d.noise_task_loss) == (0.0, 0.0, 0.0, True)
     cmd = org.command_line(d.to_json(), "x")
     assert "noise" not in cmd and "slot-code" not in cmd
+
+
+def test_code_size_curriculum_by_hand():
+    """--aux-slot-code-start: the code target's size goes linearly from the start value at step 0
+    to --aux-slot-code at step --aux-slot-code-steps and stays there; off = constant."""
+    cfg = _tiny(aux_slot_weight=1.0, aux_slot_code=3.0, aux_slot_code_start=12.0,
+                aux_slot_code_steps=500)
+    # 12 + t/500 x (3 - 12)
+    for step, want in ((0, 12.0), (100, 10.2), (250, 7.5), (499, 3.018), (500, 3.0), (800, 3.0)):
+        assert org.code_size_at(step, cfg) == pytest.approx(want)
+    assert org.code_size_at(0, _tiny(aux_slot_weight=1.0, aux_slot_code=3.0)) == 3.0
+    assert org.code_size_at(7, org.OrganismConfig()) == 0.0
+
+
+def test_slot_loss_uses_the_scheduled_code_size():
+    """The norm-controlled slot loss at code size c is the hand formula with c in place of
+    --aux-slot-code: weight x mean ||P z - c x g x (onehot - 1/3)||^2."""
+    from organisms.model import image_tokens
+
+    cfg = _tiny(aux_slot_weight=2.0, aux_slot_code=1.0, aux_slot_code_start=5.0,
+                aux_slot_code_steps=10)
+    model, proc = org.build(cfg)
+    items = od.eval_items(od.make_splits(8), "hl", n=2)
+    aux = org._AuxSlot(model, cfg)
+    try:
+        with torch.no_grad():
+            z = image_tokens(model, org.Batcher(proc, 8)(items))
+            base = aux.loss(items)  # sets the basis; code 1 (aux_slot_code)
+            got = aux.loss(items, code_scale=[1.0, 0.5], code=4.0)
+            p = aux.basis
+            errs = []
+            for b, (it, g) in enumerate(zip(items, [1.0, 0.5])):
+                sl = od.region_slots(it.layout, 8, "object")
+                for k in np.flatnonzero(sl >= 0):
+                    t = torch.full((3,), -1 / 3)
+                    t[int(sl[k])] += 1.0
+                    errs.append(((p @ z[b, k] - 4.0 * g * t) ** 2).sum())
+            assert torch.allclose(got, 2.0 * torch.stack(errs).mean(), rtol=1e-5)
+            assert not torch.allclose(got, base)
+            assert torch.allclose(aux.loss(items, code=1.0), base)
+    finally:
+        aux.remove()
+
+
+def test_weighted_task_loss_by_hand():
+    """--noise-task-weight: sum_i w_i CE_i / sum_i w_i, CE written out from log-softmax."""
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0], [-1.0, 3.0, 1.0]])
+    ans = torch.tensor([0, 2, 1])
+    w = [1.0, 0.25, 0.25]
+    ce = [-(logits[i, ans[i]] - torch.logsumexp(logits[i], 0)) for i in range(3)]
+    want = (1.0 * ce[0] + 0.25 * ce[1] + 0.25 * ce[2]) / 1.5
+    assert torch.allclose(org.weighted_task_loss(logits, ans, w), want)
+    # weight 1 everywhere = the plain mean; weight 0 = the clean items' mean
+    assert torch.allclose(org.weighted_task_loss(logits, ans, [1, 1, 1]),
+                          torch.nn.functional.cross_entropy(logits, ans))
+    assert torch.allclose(org.weighted_task_loss(logits, ans, [1, 0, 0]), ce[0])
+    assert float(org.weighted_task_loss(logits, ans, [0, 0, 0])) == 0.0
+
+
+def test_new_curriculum_options_validation_and_command_line():
+    with pytest.raises(org.OrganismError, match="aux_slot_code_start"):
+        org.OrganismConfig(aux_slot_code_start=10.0, aux_slot_code_steps=5)  # no code
+    with pytest.raises(org.OrganismError, match="aux_slot_code_start"):
+        _tiny(aux_slot_weight=1.0, aux_slot_code=3.0, aux_slot_code_start=10.0)  # no steps
+    with pytest.raises(org.OrganismError, match="noise_task_weight"):
+        org.OrganismConfig(noise_task_weight=1.5)
+    with pytest.raises(org.OrganismError, match="noise_task_weight"):
+        org.OrganismConfig(noise_task_weight=0.3, noise_task_loss=False)
+    d = org.OrganismConfig()
+    assert (d.noise_task_weight, d.aux_slot_code_start, d.aux_slot_code_steps) == (1.0, None, 0)
+    cfg = _tiny(aux_slot_weight=1.0, aux_slot_code=3.0, aux_slot_code_start=12.0,
+                aux_slot_code_steps=500, p_noise=0.3, noise_code_drop=0.9, noise_task_weight=0.25)
+    cmd = org.command_line(cfg.to_json(), "x")
+    assert ("--aux-slot-code 3 --aux-slot-code-start 12 --aux-slot-code-steps 500" in cmd
+            and "--noise-task-weight 0.25" in cmd)
+
+
+def test_trainer_weights_noisy_items_in_the_task_loss(monkeypatch):
+    """--noise-task-weight W: the trainer's task loss gets weight W on exactly the noisy items
+    of the batch (the trainer's own noise draws) and 1 on the clean ones."""
+    seen = []
+    real = org.weighted_task_loss
+
+    def spy(logits, answers, weights):
+        seen.append(np.asarray(weights, dtype=float))
+        return real(logits, answers, weights)
+
+    monkeypatch.setattr(org, "weighted_task_loss", spy)
+    cfg = _tiny(arch="gemma-3", vision_pos_init="sincos", steps=1, eval_every=1,
+                aux_slot_weight=1.0, aux_slot_code=1.0, p_noise=0.5, noise_code_drop=1.0,
+                noise_task_weight=0.25)
+    rng = np.random.default_rng(cfg.seed)
+    splits = od.make_splits(8, seed=0)
+    od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
+    noisy = rng.random(cfg.batch) < 0.5  # the trainer's next draws
+    org.train(cfg, progress=False, final_eval_items=4)
+    assert 0 < noisy.sum() < cfg.batch and len(seen) == 1
+    assert np.array_equal(seen[0], np.where(noisy, 0.25, 1.0))
