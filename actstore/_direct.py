@@ -169,10 +169,12 @@ def gather(lay: Layout, layer_pos: int, samples: np.ndarray, tokens: np.ndarray)
                                              offset=off).reshape(-1, H)
                         # rows are in range by construction (mode="clip": no check, and no
                         # buffering of out=)
-                        np.take(data, rows[a:e], axis=0, out=dst, mode="clip")
+                        # (the method, not np.take: its Python wrapper frames would hold the
+                        # mapped array if a sampling profiler, e.g. a dask worker's, caught them)
+                        data.take(rows[a:e], axis=0, out=dst, mode="clip")
                         del data
                     finally:
-                        mm.close()
+                        _close_map(mm)
                     if not consecutive:
                         out[sel] = dst
                     continue
@@ -195,7 +197,7 @@ def gather(lay: Layout, layer_pos: int, samples: np.ndarray, tokens: np.ndarray)
                 if not f.cancelled() and f.exception() is None and f.result() is not None:
                     fd, _, mapped = f.result()
                     if mapped is not None:
-                        mapped[0].close()
+                        _close_map(mapped[0])
                     os.close(fd)
     pad = tokens < 0
     if pad.any():
@@ -244,14 +246,24 @@ def _open_shard(path: str, lay: Layout, n_inner: int, in_order: np.ndarray, b0: 
         index = _read_index(fd, path, lay, n_inner, size)
         if mm is None or not np.array_equal(index[:, 0], in_order):
             if mm is not None:
-                mm.close()
+                _close_map(mm)
             return fd, index, None
         return fd, index, (mm, b0 - m0)
     except BaseException:
         if mm is not None:
-            mm.close()
+            _close_map(mm)
         os.close(fd)
         raise
+
+
+def _close_map(mm: mmap.mmap) -> None:
+    """Unmap ``mm`` now, or, while an array over it is still alive somewhere (a frame held by a
+    sampling profiler, such as a dask worker's, keeps a callee's locals), when that array goes:
+    each buffer export holds a reference to the map, which unmaps itself when freed."""
+    try:
+        mm.close()
+    except BufferError:
+        pass
 
 
 def _madvise(mm: mmap.mmap, advice: int | None, start: int = 0, length: int | None = None) -> None:

@@ -122,6 +122,32 @@ def test_direct_gather_reads_ahead_without_leaking_files(tmp_path, monkeypatch):
     assert sorted(opened) == sorted(closed)
 
 
+
+def test_direct_gather_while_a_profiler_holds_frames(tmp_path):
+    """A sampling profiler (a dask worker runs one) that holds frame objects keeps their locals
+    alive after the call returns; an array over a shard's map among them used to make the
+    gather fail with ``BufferError: cannot close exported pointers exist``. Here a profile
+    hook keeps every Python frame of the gather alive: same bytes, no error."""
+    import sys
+
+    t = make_store(tmp_path / "s", n_samples=12, batch_size=4)
+    s = open_store(t.path)
+    arr = s.group()["lm.resid"]["acts"]
+    lay = _direct.layout(arr, s.root.store)
+    full = arr[...]
+    samples = np.arange(12)
+    tokens = np.random.default_rng(1).integers(0, arr.shape[2], (12, 5)).astype(np.int16)
+    held = []
+    sys.setprofile(lambda frame, event, arg: held.append(frame))
+    try:
+        got = _direct.gather(lay, 0, samples, tokens)
+    finally:
+        sys.setprofile(None)
+    assert held  # the hook did see the gather's frames
+    _same_bytes(got, _oracle(full, 0, samples, tokens))
+    del held, got
+
+
 @pytest.mark.parametrize("codec", ["zstd", "gzip"])
 def test_compressed_shards_fall_back_to_zarr_with_the_same_bytes(tmp_path, codec):
     """A store whose activations are compressed (written by another tool, or rewritten) is not
