@@ -10,12 +10,15 @@ def extract_args(data, store, *extra):
             *extra]
 
 
-def store_arrays(store) -> dict:
-    """Every array of a Zarr store, by its path in the group tree."""
+def store_arrays(store, attrs: bool = False) -> dict:
+    """Every array of a Zarr store, by its path in the group tree (and, with ``attrs``, every
+    group's attributes under ``<path>@attrs``)."""
     out = {}
     root = zarr.open_group(str(store), mode="r")
 
     def walk(g, prefix):
+        if attrs:
+            out[f"{prefix}@attrs"] = dict(g.attrs)
         for name, a in g.arrays():
             out[f"{prefix}{name}"] = a[:]
         for name, sub in g.groups():
@@ -24,9 +27,12 @@ def store_arrays(store) -> dict:
     return out
 
 
-def assert_same_stores(a: dict, b: dict):
-    """Same arrays, dtypes and bytes (NaN payloads included)."""
-    assert sorted(a) == sorted(b)
+def assert_same_stores(a: dict, b: dict, what: str = ""):
+    """Same attributes, arrays, dtypes and bytes (NaN payloads included)."""
+    assert sorted(a) == sorted(b), what
     for k in a:
-        assert a[k].dtype == b[k].dtype, k
-        assert a[k].tobytes() == b[k].tobytes(), k
+        if k.endswith("@attrs"):
+            assert a[k] == b[k], f"{what}: {k}"
+            continue
+        assert a[k].dtype == b[k].dtype, f"{what}: {k}"
+        assert a[k].tobytes() == b[k].tobytes(), f"{what}: {k}"

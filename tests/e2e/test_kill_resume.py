@@ -18,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
+
+from .extract_store import assert_same_stores, store_arrays
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = "tiny-qwen2-vl"
@@ -101,30 +102,6 @@ def _ext(data, store, *extra):
             "--sites", "projector,lm.resid.1", "--batch-size", "2", "--no-progress", *extra]
 
 
-def _store(path: Path) -> dict:
-    """Every array and every attribute set of a store."""
-    out = {}
-    root = zarr.open_group(str(path), mode="r")
-
-    def walk(g, prefix):
-        out[f"{prefix}@attrs"] = dict(g.attrs)
-        for name, a in g.arrays():
-            out[f"{prefix}{name}"] = a[:]
-        for name, sub in g.groups():
-            walk(sub, f"{prefix}{name}/")
-    walk(root, "")
-    return out
-
-
-def _assert_same(a, b, what):
-    assert sorted(a) == sorted(b), what
-    for k in a:
-        if k.endswith("@attrs"):
-            assert a[k] == b[k], f"{what}: {k}"
-        else:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{what}: {k}")
-
-
 EXTRACT_KILLS = {
     "store-lock": "store-lock",            # lock file made, model group not yet created
     "store-created": "store-created",      # group made, nothing written
@@ -147,7 +124,7 @@ def test_extract_killed_at_each_moment_resumes_to_the_clean_store(data, tmp_path
              for name, point in EXTRACT_KILLS.items()}
     r = _here(_ext(data, clean))
     assert r.returncode == 0, r.stderr
-    ref = _store(clean)
+    ref = store_arrays(clean, attrs=True)
     for name, p in procs.items():
         p.communicate(timeout=600)
         assert p.returncode == -signal.SIGKILL, f"{name}: the child was not killed at its point"
@@ -167,7 +144,7 @@ def test_extract_killed_at_each_moment_resumes_to_the_clean_store(data, tmp_path
         assert r.returncode == 0, f"{name}: {r.stderr}"
         assert "waiting" not in r.stderr, f"{name}: waited for a dead process: {r.stderr}"
         assert f"({len(done)}/{len(done)} done)" in r.stdout
-        _assert_same(_store(store), ref, name)
+        assert_same_stores(store_arrays(store, attrs=True), ref, name)
         assert time.monotonic() - t0 < 300
     assert not list(tmp_path.glob(".*.creating")), "a creation lock was left behind"
 
