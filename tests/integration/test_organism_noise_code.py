@@ -11,6 +11,8 @@ import torch
 from organisms import data as od
 from organisms import trainer as org
 
+from .organism_aux import aux_slot_on
+
 torch.set_num_threads(1)
 
 
@@ -86,12 +88,8 @@ def test_norm_controlled_slot_loss_equals_a_hand_computation():
     from organisms.model import image_tokens
 
     cfg = _tiny(aux_slot_weight=1.5, aux_slot_code=2.0)
-    model, proc = org.build(cfg)
-    items = od.eval_items(od.make_splits(8), "hl", n=3)
-    aux = org._AuxSlot(model, cfg)
-    try:
+    with aux_slot_on(cfg, 3) as (aux, items, z, model, proc):
         with torch.no_grad():
-            z = image_tokens(model, org.Batcher(proc, 8)(items))
             got = aux.loss(items, code_scale=[1.0, 0.5, 0.0])
             rows, slots, gs = [], [], []
             for b, (it, g) in enumerate(zip(items, [1.0, 0.5, 0.0])):
@@ -114,8 +112,6 @@ def test_norm_controlled_slot_loss_equals_a_hand_computation():
             image_tokens(model, org.Batcher(proc, 8)(other))
             assert torch.allclose(aux.basis, p, atol=1e-6)
             assert torch.allclose(aux.loss(other), aux.loss(other, code_scale=[1.0] * 3))
-    finally:
-        aux.remove()
 
 
 def test_noisy_items_can_be_kept_out_of_the_task_loss(monkeypatch):
@@ -167,16 +163,10 @@ def test_code_size_curriculum_by_hand():
 def test_slot_loss_uses_the_scheduled_code_size():
     """The norm-controlled slot loss at code size c is the hand formula with c in place of
     --aux-slot-code: weight x mean ||P z - c x g x (onehot - 1/3)||^2."""
-    from organisms.model import image_tokens
-
     cfg = _tiny(aux_slot_weight=2.0, aux_slot_code=1.0, aux_slot_code_start=5.0,
                 aux_slot_code_steps=10)
-    model, proc = org.build(cfg)
-    items = od.eval_items(od.make_splits(8), "hl", n=2)
-    aux = org._AuxSlot(model, cfg)
-    try:
+    with aux_slot_on(cfg, 2) as (aux, items, z, _, _):
         with torch.no_grad():
-            z = image_tokens(model, org.Batcher(proc, 8)(items))
             base = aux.loss(items)  # sets the basis; code 1 (aux_slot_code)
             got = aux.loss(items, code_scale=[1.0, 0.5], code=4.0)
             p = aux.basis
@@ -190,8 +180,6 @@ def test_slot_loss_uses_the_scheduled_code_size():
             assert torch.allclose(got, 2.0 * torch.stack(errs).mean(), rtol=1e-5)
             assert not torch.allclose(got, base)
             assert torch.allclose(aux.loss(items, code=1.0), base)
-    finally:
-        aux.remove()
 
 
 def test_weighted_task_loss_by_hand():

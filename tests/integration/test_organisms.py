@@ -11,6 +11,8 @@ import torch
 from organisms import data as od
 from organisms import trainer as org
 
+from .organism_aux import aux_slot_on
+
 torch.set_num_threads(1)
 
 
@@ -182,12 +184,8 @@ def test_colour_only_aux_loss_equals_a_hand_computation():
     from organisms.model import image_tokens
 
     cfg = _tiny("lm", aux_colour_weight=0.7)
-    model, proc = org.build(cfg)
-    items = od.eval_items(od.make_splits(8), "hl", n=4)
-    aux = org._AuxSlot(model, cfg)
-    try:
+    with aux_slot_on(cfg, 4) as (aux, items, z, model, proc):
         with torch.no_grad():
-            z = image_tokens(model, org.Batcher(proc, 8)(items))
             got = aux.loss(items)
             rows, labels = [], []
             for b, it in enumerate(items):
@@ -208,8 +206,6 @@ def test_colour_only_aux_loss_equals_a_hand_computation():
                               for it in items
                               for k in np.flatnonzero(od.region_slots(it.layout, 8, "object") >= 0)]))
         assert torch.allclose(both, 2.0 * (slot + want / 0.7), atol=1e-5)
-    finally:
-        aux.remove()
 
 
 def test_tokenizer_is_word_level_and_case_insensitive():
@@ -611,16 +607,10 @@ def test_object_scramble_gives_each_square_its_colour_with_another_slot():
 def test_colour_region_aux_loss_equals_a_hand_computation():
     """--aux-colour-region: the slot part of the aux loss over the --aux-region tokens, the
     colour part over the colour-region tokens (here band and strip, which differ)."""
-    from organisms.model import image_tokens
-
     cfg = _tiny("vision", aux_slot_weight=1.5, aux_region="band", aux_colour=True,
                 aux_colour_region="strip")
-    model, proc = org.build(cfg)
-    items = od.eval_items(od.make_splits(8), "hl", n=4)
-    aux = org._AuxSlot(model, cfg)
-    try:
+    with aux_slot_on(cfg, 4) as (aux, items, z, _, _):
         with torch.no_grad():
-            z = image_tokens(model, org.Batcher(proc, 8)(items))
             got = aux.loss(items)
 
             def rows(region, colour):
@@ -638,29 +628,21 @@ def test_colour_region_aux_loss_equals_a_hand_computation():
             want = 1.5 * (torch.nn.functional.cross_entropy(aux.head(xs), ys)
                           + torch.nn.functional.cross_entropy(aux.colour(xc), yc))
         assert torch.allclose(got, want, atol=1e-6)
-    finally:
-        aux.remove()
 
 
 def test_colour_none_aux_loss_equals_a_hand_computation():
     """--aux-colour-none-weight: on top of the slot (band) and colour (strip) parts, every token
     outside the colour region is asked the extra 'no square' class (index 16) of the colour
     head, times its weight; off by default (16 colour classes, as before)."""
-    from organisms.model import image_tokens
-
     plain = _tiny("vision", aux_slot_weight=1.0, aux_colour=True)
     aux0 = org._AuxSlot(org.build(plain)[0], plain)
     aux0.remove()
     assert aux0.colour.out_features == len(od.COLOUR_NAMES)
     cfg = _tiny("vision", aux_slot_weight=1.5, aux_region="band", aux_colour=True,
                 aux_colour_region="strip", aux_colour_none_weight=0.7)
-    model, proc = org.build(cfg)
-    items = od.eval_items(od.make_splits(8), "hl", n=4)
-    aux = org._AuxSlot(model, cfg)
-    try:
+    with aux_slot_on(cfg, 4) as (aux, items, z, _, _):
         assert aux.colour.out_features == len(od.COLOUR_NAMES) + 1
         with torch.no_grad():
-            z = image_tokens(model, org.Batcher(proc, 8)(items))
             got = aux.loss(items)
             xs, ys, xc, yc, xn = [], [], [], [], []
             for b, it in enumerate(items):
@@ -682,8 +664,6 @@ def test_colour_none_aux_loss_equals_a_hand_computation():
                            + ce(aux.colour(torch.stack(xc)), torch.tensor(yc)))
                     + 0.7 * ce(aux.colour(xn), torch.full((len(xn),), 16)))
         assert torch.allclose(got, want, atol=1e-6)
-    finally:
-        aux.remove()
     with pytest.raises(org.OrganismError, match="aux_colour_none_weight"):
         _tiny("vision", aux_slot_weight=1.0, aux_colour=False, aux_colour_none_weight=1.0)
 
