@@ -134,17 +134,30 @@ def _build_gemma(cfg, tok):
     w = projector_module(model).mm_input_projection_weight
     with torch.no_grad():  # a fresh Gemma-3 projector is all zeros (MODELS.md)
         w.normal_(0.0, cfg.vision_dim ** -0.5)
-    if cfg.vision_pos_init == "sincos":
-        pe = model.model.vision_tower.embeddings.position_embedding.weight
-        with torch.no_grad():
-            pe.copy_(sincos_2d(side // 14, cfg.vision_dim))
-    elif cfg.vision_pos_init == "zero":  # frozen by the trainer: no position in the vision tower
-        with torch.no_grad():
-            model.model.vision_tower.embeddings.position_embedding.weight.zero_()
+    if cfg.vision_pos_init in ("sincos", "zero"):  # zero: frozen by the trainer (no position)
+        init_vision_positions(model, cfg.vision_pos_init)
     ip = Gemma3ImageProcessorPil(size={"height": side, "width": side})
     proc = Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA_TEMPLATE,
                            image_seq_length=cfg.grid ** 2)
     return model, proc
+
+
+def vision_position_embedding(model):
+    """SigLIP's learned absolute position embedding weight of a Gemma-3 organism."""
+    return model.model.vision_tower.embeddings.position_embedding.weight
+
+
+def init_vision_positions(model, how: str) -> None:
+    """Set a Gemma-3 organism's SigLIP position embedding to the 2-D sin-cos table
+    (``how="sincos"``) or to zero (``"zero"``); whether it is trained is the caller's choice."""
+    import torch
+
+    pe = vision_position_embedding(model)
+    with torch.no_grad():
+        if how == "sincos":
+            pe.copy_(sincos_2d(int(round(pe.shape[0] ** 0.5)), pe.shape[1]))
+        else:
+            pe.zero_()
 
 
 def sincos_2d(n: int, dim: int):

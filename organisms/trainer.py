@@ -402,7 +402,8 @@ class OrganismConfig:
 
 from .model import (  # noqa: E402,F401  (re-exported: the organism API)
     GEMMA_TEMPLATE, QWEN_TEMPLATE, Batcher, ShuffleImageTokens, build, image_only_processor_class,
-    image_tokens, last_logits, paper_messages, projector_module)
+    image_tokens, init_vision_positions, last_logits, paper_messages, projector_module,
+    vision_position_embedding)
 
 
 def accuracy(model, batcher: Batcher, items, *, batch: int = 128, shuffle_seed: int | None = None
@@ -495,7 +496,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
         if cfg.vision_pos_init == "sincos" and prev.get("config", {}).get("vision_pos_init") == "zero":
             # a stage that gives a position-free vision tower (an lm organism's) its positions:
             # they start from the 2-D sin-cos table, as a fresh sincos build's do, and are learned
-            reset_vision_positions_sincos(model, cfg)
+            init_vision_positions(model, "sincos")
+            vision_position_embedding(model).requires_grad_(True)
     if cfg.vision_pos_init == "zero":  # zeroed in build() (and so in any saved checkpoint)
         vision_position_embedding(model).requires_grad_(False)
     model.train()
@@ -799,24 +801,6 @@ class _AuxLMSlot:
 
     def remove(self):
         self.h.remove()
-
-
-def vision_position_embedding(model):
-    """SigLIP's learned absolute position embedding weight of a Gemma-3 organism."""
-    return model.model.vision_tower.embeddings.position_embedding.weight
-
-
-def reset_vision_positions_sincos(model, cfg: OrganismConfig) -> None:
-    """Set SigLIP's position embedding of a Gemma-3 organism to the 2-D sin-cos table (the
-    start of ``vision_pos_init="sincos"``) and make it trainable."""
-    import torch
-
-    from .model import sincos_2d
-
-    pe = vision_position_embedding(model)
-    with torch.no_grad():
-        pe.copy_(sincos_2d(cfg.grid * 28 // 14, cfg.vision_dim).to(pe.dtype))
-    pe.requires_grad_(True)
 
 
 class _AuxLMSlotAblated(_AuxLMSlot):
