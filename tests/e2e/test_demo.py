@@ -19,11 +19,13 @@ from study.report import effects_shown, validation
 pytestmark = pytest.mark.skipif(not shipped_organisms(), reason="organisms not shipped")
 
 
-def _run(out, *args):
+def _run(out, *args, orgs: dict | None = None):
+    """Run the demo; the validation rows of ``orgs`` (name -> mechanism; default: every shipped
+    organism) by ``(model, criterion)``, the stage results and the rows as a list."""
     res = CliRunner().invoke(spatialbind, ["demo", "--out", str(out), *args])
     assert res.exit_code == 0, res.output
     log = json.loads((out / "stages.json").read_text())
-    orgs = dict(shipped_organisms())
+    orgs = dict(shipped_organisms()) if orgs is None else orgs
     results = {m: {k.split("/", 1)[1]: v["result"] for k, v in log.items()
                    if k.startswith(m + "/")} for m in orgs}
     rows = validation(results, orgs)
@@ -42,9 +44,8 @@ def _run(out, *args):
 #: object-token probe measured 0.896 here (0.963 at 200 images per axis in its check), too
 #: close to 0.9 for this size.
 SMALL = {"vision": (3,), "lm": (1, 2, 3), "dual": (3,)}
-#: Per-organism exceptions: none since the Gemma-3 dual was rebuilt from gemma-3-lm (2026-11-30);
-#: at this size its criterion 3 holds (E5 1.00 -> 0.69, E6 flip layer 1).
-SMALL_EXCEPT: set = set()
+#: (Per-organism exceptions: none since the Gemma-3 dual was rebuilt from gemma-3-lm on
+#: 2026-11-30; at this size its criterion 3 holds: E5 1.00 -> 0.69, E6 flip layer 1.)
 #: Per-organism additions: the rebuilt Gemma-3 dual's criterion 2 measured object flip 0.00 and
 #: strip (band) flip 0.94 at this size, with the demo's E4 regions (the organism check's band criss-cross,
 #: on 128 items with its own band translation, flips 0.70: see vlms/organisms/README.md)
@@ -65,8 +66,7 @@ def test_demo_validation_on_small_samples(tmp_path):
         assert results[name]["extract"]["total"] > 0
         assert results[name]["e1"]["accuracy"] >= 0.9          # every organism solves the task
         for c in SMALL[mech]:
-            if (name, c) not in SMALL_EXCEPT:
-                assert rows[(name, c)]["holds"], rows[(name, c)]
+            assert rows[(name, c)]["holds"], rows[(name, c)]
     for name, c in SMALL_EXTRA:
         assert rows[(name, c)]["holds"], rows[(name, c)]
     shown = {r["model"]: r for r in effects_shown(flat)}
@@ -143,10 +143,6 @@ def test_gemma_vision_criterion_4_on_the_noise_set(tmp_path):
     name = "organism-gemma-3-vision"
     if name not in dict(shipped_organisms()):
         pytest.skip("gemma-3-vision not shipped")
-    out = tmp_path / "demo"
-    _run(out, "--model", name, "--degraded", "noise", "--recipe", "robust", "--tasks", "none")
-    log = json.loads((out / "stages.json").read_text())
-    results = {name: {k.split("/", 1)[1]: v["result"] for k, v in log.items()
-                      if k.startswith(name + "/")}}
-    rows = {r["criterion"]: r for r in validation(results, {name: "vision"})}
-    assert rows[4]["holds"], rows[4]
+    rows, _, _ = _run(tmp_path / "demo", "--model", name, "--degraded", "noise", "--recipe",
+                      "robust", "--tasks", "none", orgs={name: "vision"})
+    assert rows[(name, 4)]["holds"], rows[(name, 4)]
