@@ -9,6 +9,13 @@ At ``lm.resid.0`` (the projector output as the LM receives it) every image token
   dataset's ``blank`` canvas (the authors' notebook used a 12x12 range and under-ablated Gemma).
 
 If ordering came only from the vision tokens, accuracy would drop to chance (1/3).
+
+A model that still understands the question never names the reference itself ("the square left
+of the red square" is not red), so with no ordering left it picks between the *other* options:
+its forced-choice accuracy sits at 1/(options - 1) = 1/2, not 1/3. The summary therefore also
+reports how often the ablated run names the reference and, on the items where it does not, the
+forced-choice accuracy against that chance with a two-sided binomial test
+(:func:`reference_diagnostics`), so "no ordering left" and "some ordering left" can be told apart.
 """
 from __future__ import annotations
 
@@ -179,6 +186,7 @@ def run_e5(adapter, ds, config: AblateConfig = AblateConfig(), *, progress: bool
         pb = option_probs(res.base_logits, ids, normalize=True)
         pa = option_probs(res.row_logits[0], ids, normalize=True)
         ans = opts.index(prompt.answer)
+        ref = reference_option(stim, prompt, opts)
         top_b = vocab_top1(adapter.tokenizer, res.base_logits)
         top_a = vocab_top1(adapter.tokenizer, res.row_logits[0])
         truth = vocab_top1_answer(prompt.answer)
@@ -192,7 +200,7 @@ def run_e5(adapter, ds, config: AblateConfig = AblateConfig(), *, progress: bool
                      "base_top1": top_b, "ablated_top1": top_a,
                      "base_p_answer": float(pb[ans]), "ablated_p_answer": float(pa[ans]),
                      "base_correct": bool(base_ok), "ablated_correct": bool(abl_ok),
-                     "n_options": len(opts)})
+                     "n_options": len(opts), "reference": ref})
     if not rows:
         why = skipped[0]["reason"] if skipped else "no items"
         raise InterventionError(f"E5: no item could run under recipe {recipe!r}; first "
@@ -205,11 +213,57 @@ def run_e5(adapter, ds, config: AblateConfig = AblateConfig(), *, progress: bool
         "ablated_accuracy": float(table["ablated_correct"].mean()),
         "chance": float((1.0 / table["n_options"]).mean()),
         "by_relation": table.groupby("relation")["ablated_correct"].mean().to_dict(),
+        "excluding_reference": reference_diagnostics(table),
         "forwards": counter.forwards, "naive_forwards": counter.naive_forwards,
         "n_skipped": len(skipped), "skipped": skipped,
         "config": {**asdict(config), "recipe": recipe}, "recipe_definition": describe(recipe),
     }
     return table, summary
+
+
+def reference_option(stim, prompt, options) -> str | None:
+    """The option that names the prompt's reference entity (``red`` in "... left of the red
+    square is"), or None when the prompt has no reference span or it names no target."""
+    span = (prompt.spans or {}).get("reference")
+    if not span:
+        return None
+    text = prompt.text[span[0]:span[1]].strip().lower()
+    labels = slot_colors(stim)
+    for ent, label in zip(stim.targets, labels):
+        names = {str(n).lower() for n in (ent.name, f"{ent.color} {ent.kind}") if n}
+        if text in names and label in options:
+            return label
+    return None
+
+
+def reference_diagnostics(table: pd.DataFrame) -> dict[str, Any]:
+    """How the ablated forced choice (``ablated_pred``, argmax over the options) splits between
+    the reference and the other options.
+
+    Returns ``n`` (items whose reference is known), ``reference_rate`` (share of them whose
+    ablated choice is the reference), and over the ``n_other`` items whose choice is not the
+    reference: ``accuracy`` (choice = answer), ``chance`` (mean 1/(options - 1)) and
+    ``p_value`` (two-sided exact binomial test of the accuracy against that chance). All None
+    when no item has a known reference.
+    """
+    from scipy.stats import binomtest
+
+    out: dict[str, Any] = {"n": 0, "reference_rate": None, "n_other": 0, "accuracy": None,
+                           "chance": None, "p_value": None}
+    if "reference" not in table:
+        return out
+    known = table[table["reference"].notna()]
+    if known.empty:
+        return out
+    picks_ref = known["ablated_pred"] == known["reference"]
+    other = known[~picks_ref]
+    out.update(n=int(len(known)), reference_rate=float(picks_ref.mean()), n_other=int(len(other)))
+    if len(other):
+        k = int((other["ablated_pred"] == other["answer"]).sum())
+        chance = float((1.0 / (other["n_options"] - 1).clip(lower=1)).mean())
+        out.update(accuracy=k / len(other), chance=chance,
+                   p_value=float(binomtest(k, len(other), chance).pvalue))
+    return out
 
 
 def vocab_top1_answer(answer: str) -> str:

@@ -98,6 +98,11 @@ def ablate(model, data, out, limit, batch_size, prompt, progress, quiet, recipe)
     click.echo(f"E5 ({s['recipe']} recipe, {s['metric']}, {s['n_skipped']} could not run): "
                f"baseline {s['base_accuracy']:.3f}, ablated {s['ablated_accuracy']:.3f}, "
                f"chance {s['chance']:.3f} ({s['n_items']} items); wrote {out}")
+    ex = s.get("excluding_reference") or {}
+    if ex.get("accuracy") is not None:
+        click.echo(f"    ablated choice names the reference in {ex['reference_rate']:.3f}; on the "
+                   f"other {ex['n_other']} items: accuracy {ex['accuracy']:.3f}, chance "
+                   f"{ex['chance']:.3f} (binomial p {ex['p_value']:.2g})")
 
 
 @click.command("amplify")

@@ -182,6 +182,14 @@ def _table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _e5_reference_cols(e5: dict | None) -> dict[str, Any]:
+    """E5's split between the reference and the other options (interventions.ablation)."""
+    ex = (e5 or {}).get("excluding_reference") or {}
+    return {"ablated names the reference": ex.get("reference_rate"),
+            "ablated acc. excl. reference": ex.get("accuracy"),
+            "chance excl. reference": ex.get("chance"), "p (binomial)": ex.get("p_value")}
+
+
 def _fmt(v) -> str:
     if v is None:
         return "–"
@@ -237,6 +245,11 @@ def validation(results: dict[str, dict], mechanisms: dict[str, str]) -> list[dic
             meas = dict(c["measured"])
             if c["criterion"] == 2:
                 meas["strip_region"] = strip
+            if c["criterion"] == 3:  # shown, not judged: see interventions.ablation
+                ex = e5.get("excluding_reference") or {}
+                if ex.get("accuracy") is not None:
+                    meas["ablated excl. reference"] = (f"{ex['accuracy']:.2f} (chance "
+                                                       f"{ex['chance']:.2f}, p {ex['p_value']:.2g})")
             rows.append({"model": m, "mechanism": mech, "criterion": c["criterion"],
                          "paper effect": C.EFFECTS[c["criterion"]],
                          "measured": ", ".join(f"{k} {_fmt(v)}" for k, v in meas.items()),
@@ -374,8 +387,12 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
              "object-token criss-cross per layer.</p>")
     h.append(_table([{"model": m, **{k: (results[m].get("e5") or {}).get(k) for k in
                                      ("base_accuracy", "ablated_accuracy", "chance")},
+                      **_e5_reference_cols(results[m].get("e5")),
                       "E6 flip layers": (results[m].get("e6") or {}).get("flip_layers")}
                      for m in models]))
+    h.append("<p>A model that still understands the question never names the reference, so "
+             "with no ordering left it picks between the other two options: its accuracy on "
+             "those items sits at 1/2, not 1/3 (binomial p-value against that chance).</p>")
     h.append(paper_block("E5", models, results, task=task))
     h.append(paper_block("E6", models, results, task=task))
     h.append("<h3>The two recipes side by side</h3><p>E1 and E3-E7 ran under both recipes "

@@ -353,6 +353,12 @@ def test_e5_paper_scores_whole_vocabulary_top1_robust_the_options(qwen_setup):
     assert list(tp["ablated_top1"]) == list(tr["ablated_top1"])
     assert (tp["ablated_correct"] == (tp["ablated_top1"] == tp["answer"])).all()
     assert (tr["ablated_correct"] == (tr["ablated_pred"] == tr["answer"])).all()
+    # the reference option: the colour word before "square is" in the prompt text itself
+    for stim, ref in zip(base_items(ds, limit=3), tr["reference"]):
+        text = pick_prompt(stim).text
+        assert ref == text.rsplit(" square", 1)[0].rsplit(" ", 1)[1], text
+    ex = sr["excluding_reference"]
+    assert ex["n"] == 3 and ex["n_other"] == int((tr["ablated_pred"] != tr["reference"]).sum())
     # oracle for the top-1 token: the model's own decoding of its base run
     stim = base_items(ds)[0]
     p = prepare(ad, ds, stim, pick_prompt(stim))
