@@ -41,7 +41,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -522,7 +522,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
            if (cfg.resolved_p_shuffle() > 0 or cfg.p_ablate > 0 or cfg.p_ablate_object > 0
                or cfg.p_scramble_object > 0)
            else None)
-    log = {"config": cfg.to_json(), "history": [], "n_params": sum(p.numel() for p in model.parameters()),
+    log = {"config": cfg.to_json(), "code": code_version(),
+           "history": [], "n_params": sum(p.numel() for p in model.parameters()),
            "splits": {"heldout_triples": [list(t) for t in splits.heldout_triples],
                       "heldout_layouts": [asdict(lay) for lay in splits.heldout_layouts]}}
     offset = 0
@@ -532,6 +533,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
         first = {"config": prev["config"], "train_time_s": prev.get("train_time_s", 0)}
         if "cpu_time_s" in prev:  # a one-stage organism that recorded its CPU time
             first["cpu_time_s"] = prev["cpu_time_s"]
+        if prev.get("code"):
+            first["code"] = prev["code"]
         log["stages"] = prev.get("stages", [first])
         log["previous_train_time_s"] = sum(st.get("train_time_s", 0) for st in log["stages"])
     t0 = time.time()
@@ -610,7 +613,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     log["train_time_s"] = train_time
     log["cpu_time_s"] = cpu_time
     if prev is not None:
-        log["stages"].append({"config": cfg.to_json(), "train_time_s": train_time})
+        log["stages"].append({"config": cfg.to_json(), "train_time_s": train_time,
+                              "code": log["code"]})
         log["total_train_time_s"] = log["previous_train_time_s"] + train_time
         log["total_cpu_time_s"] = sum(st.get("cpu_time_s", st.get("train_time_s", 0))
                                       for st in log["stages"][:-1]) + cpu_time
@@ -1044,8 +1048,9 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append(f"--lr {cfg['lr']:g}")
     if cfg.get("aux_slot_weight", 0.0) or d["aux_slot_weight"]:
         parts.append(f"--aux-slot-weight {cfg['aux_slot_weight']:g}")
-        parts.append(f"--aux-region {cfg.get('aux_region', 'object')}")
-        parts.append("--aux-colour" if cfg.get("aux_colour") else "--no-aux-colour")
+        if "aux_region" in cfg:  # a log from before these options: its code had neither
+            parts.append(f"--aux-region {cfg['aux_region']}")
+            parts.append("--aux-colour" if cfg.get("aux_colour") else "--no-aux-colour")
     if cfg.get("aux_colour_region") is not None:
         parts.append(f"--aux-colour-region {cfg['aux_colour_region']}")
     if cfg.get("aux_colour_none_weight", 0.0):
@@ -1102,13 +1107,40 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
     return " ".join(parts + [f"--out {out}"])
 
 
+def code_version(path: str | Path | None = None) -> dict[str, Any] | None:
+    """The git commit of the code that trains (``commit``, and ``dirty``: tracked files under
+    ``path`` differ from it), or None outside a git checkout. ``path``: this package's folder
+    by default. Recorded per stage in ``train_log.json``: the same command at other code may
+    draw its random numbers differently and train another model."""
+    import subprocess
+
+    here = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "-uno", "--",
+                                str(here)], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
 def reproduce_commands(log: dict, out: str) -> list[str]:
-    """Every ``organism train`` command (one per training stage) that reproduces ``log``."""
-    stages = [st["config"] for st in log.get("stages", [])] or [log["config"]]
+    """Every ``organism train`` command (one per training stage) that reproduces ``log``; a
+    stage whose code commit differs from the last stage's is preceded by a comment naming the
+    commit to run it at (``code`` in the stage's entry)."""
+    stages = log.get("stages") or [{"config": log["config"], "code": log.get("code")}]
+    last = (stages[-1].get("code") or {}).get("commit")
     cmds, prev = [], None
-    for k, c in enumerate(stages):
+    for k, st in enumerate(stages):
         dst = out if k == len(stages) - 1 else f"{out}-stage{k + 1}"
-        cmds.append(command_line(c, dst, init=prev))
+        commit = (st.get("code") or {}).get("commit")
+        if commit and commit != last:
+            cmds.append(f"# stage {k + 1}: run at commit {commit[:12]} "
+                        f"(git worktree add ../spatialbind-{commit[:7]} {commit[:12]})")
+        cmds.append(command_line(st["config"], dst, init=prev))
         prev = dst
     return cmds
 
@@ -1218,6 +1250,9 @@ def write_readme(out: str | Path, log: dict) -> None:
              f"(last stage {log.get('wall_s', 0) / 60:.1f} min wall) on a shared 2-core CPU, "
              f"{c['threads']} torch thread(s). Curve: `curve.png`; full history: `train_log.json`.",
              *_cpu_notes(log),
+             *[line for k, st in enumerate(log.get("stages", []))
+               if (st.get("code") or {}).get("note")
+               for line in ("", f"Stage {k + 1} code: {st['code']['note']}")],
              "", "## Held-out accuracy (top-1 next token, exact paper colours)", "",
              f"{log.get('final_eval_items', '')} items per set (`ht_canon`: all of them).", "",
              "| set | meaning | accuracy |", "|---|---|---|"]
