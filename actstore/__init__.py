@@ -10,11 +10,11 @@ from .schema import (ACTS_DIMS, IMAGE_ROLES, PAD, ROLE_CODES, ROLE_NAMES, SCHEMA
                      SITE_FAMILIES, TEXT_ROLES, TOKEN_LABELS, SiteSpec, parse_site, role_code,
                      site_name)
 from .validate import problems, validate
-from .writer import StoreWriter, check_target, estimate_bytes
+from .writer import StoreWriter, check_target, estimate_bytes, reindex
 
 __all__ = [
     "ACTS_DIMS", "IMAGE_ROLES", "PAD", "ROLE_CODES", "ROLE_NAMES", "SCHEMA_VERSION", "SITE_FAMILIES",
     "TEXT_ROLES", "TOKEN_LABELS", "SchemaError", "SiteSpec", "Store", "StoreError", "StoreWriter",
-    "check_target", "estimate_bytes", "format_summary", "open_store", "parse_site", "problems", "role_code",
+    "check_target", "estimate_bytes", "format_summary", "open_store", "parse_site", "problems", "reindex", "role_code",
     "site_name", "validate",
 ]

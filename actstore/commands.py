@@ -33,11 +33,25 @@ EXPORTS = ("npy", "parquet", "netcdf")
               help="Export the mean over each entity's (or sample's) tokens of --role instead of tokens.")
 @click.option("--include-pending", is_flag=True, help="Also export samples not marked done (NaN).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def query(store, model, site, layer, role, where, export, out, pool, include_pending, as_json):
+@click.option("--reindex", is_flag=True,
+              help="Persist the role index of every done sample in STORE (one piece per model, "
+                   "replacing earlier pieces); for stores written before the index existed, or "
+                   "to merge many pieces into one.")
+def query(store, model, site, layer, role, where, export, out, pool, include_pending, as_json,
+          reindex):
     """Show what STORE holds (models, sites, layers, roles, counts, size), or export a selection."""
     from common.io import check_writable
 
     from .reader import format_summary, open_store
+
+    if reindex:
+        from .writer import reindex as _reindex
+
+        for name, r in _reindex(store).items():
+            what = "written" if r["written"] else "already there"
+            click.echo(f"model {name}: role index of {r['covered']}/{r['n_samples']} done samples "
+                       f"{what}; {len(r['removed'])} earlier piece(s) removed")
+        return
 
     s = open_store(store)
     if export is not None and out:

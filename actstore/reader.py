@@ -29,7 +29,8 @@ LABEL_BLOCK_SAMPLES = 8192
 """Token label arrays are read this many samples at a time when a role's index is built."""
 
 
-def open_store(path, *, storage_options: dict | None = None, direct: bool = True) -> "Store":
+def open_store(path, *, storage_options: dict | None = None, direct: bool = True,
+               index: bool = True) -> "Store":
     """Open a store read-only.
 
     Parameters
@@ -41,6 +42,9 @@ def open_store(path, *, storage_options: dict | None = None, direct: bool = True
     direct : bool
         Gather role tokens straight from memory-mapped shard files when the store is local and
         uncompressed (same values, reads only the needed rows); False always goes through zarr.
+    index : bool
+        Use the role index persisted in the store (``role_index`` pieces) for the done samples it
+        covers; False builds every role index from the token labels (same result, slower).
 
     Returns
     -------
@@ -70,7 +74,7 @@ def open_store(path, *, storage_options: dict | None = None, direct: bool = True
     if v != S.SCHEMA_VERSION:
         raise StoreError(f"{path} has store schema version {v}; this toolkit reads version "
                          f"{S.SCHEMA_VERSION}: re-extract it, or use the toolkit version that wrote it")
-    store = Store(root, str(path), storage_options, direct=direct)
+    store = Store(root, str(path), storage_options, direct=direct, index=index)
     if not store.models and store.being_created:
         raise StoreError(f"{path} is being created: model group(s) {store.being_created} are "
                          f"not complete yet; wait for the extraction to start writing, or rerun "
@@ -82,9 +86,10 @@ class Store:
     """A read-only activation store. Build it with :func:`open_store`."""
 
     def __init__(self, root, path: str, storage_options: dict | None = None, *,
-                 direct: bool = True):
+                 direct: bool = True, index: bool = True):
         self.root = root
         self.direct = direct
+        self.index = index
         self.path = path
         self.storage_options = dict(storage_options or {})
         self._cache: dict = {}
@@ -214,16 +219,36 @@ class Store:
         lay = self._cache[key]
         return _direct.read_rows(lay, a, b) if lay is not None else np.asarray(arr[a:b])
 
-    def _label_blocks(self, g, fam: str, names):
+    def _label_blocks(self, g, fam: str, names, rows: np.ndarray | None = None):
         """The token label arrays ``names`` of a site family, ``LABEL_BLOCK_SAMPLES`` samples at a
-        time (whole zarr chunks): ``(start, {name: (b, T) array})``, so no (N, T) array is held."""
+        time (whole zarr chunks): ``(start, {name: (b, T) array})``, so no (N, T) array is held.
+        ``rows`` (sorted store indices): read only the chunks holding them (blocks still start at
+        multiples of the block size, so a block may hold other samples too)."""
         fg = g[fam]
         N = fg["role"].shape[0]
         c = fg["role"].chunks[0]
         step = max(c, LABEL_BLOCK_SAMPLES // c * c)
         arrays = {name: fg[name] for name in names}
-        for a in range(0, N, step):
-            yield a, {name: self._read(arr, a, a + step) for name, arr in arrays.items()}
+        if rows is None:
+            starts = range(0, N, step)
+        else:
+            starts = np.unique(np.asarray(rows, np.int64) // step * step).tolist()
+        for a in starts:
+            if rows is None:
+                yield a, {name: self._read(arr, a, a + step) for name, arr in arrays.items()}
+                continue
+            # only the label chunks that hold wanted rows; the others stay at their fill value
+            b = min(a + step, N)
+            want = np.asarray(rows)[(rows >= a) & (rows < b)]
+            ch = np.unique(want // c)
+            blk = {}
+            for name, arr in arrays.items():
+                v = np.full((b - a, fg[name].shape[1]), fg[name].fill_value, fg[name].dtype)
+                for c0, c1 in _chunk_runs(ch):
+                    lo, hi = max(a, c0 * c), min(b, c1 * c)
+                    v[lo - a:hi - a] = self._read(arr, lo, hi)
+                blk[name] = v
+            yield a, blk
 
     def _role_index(self, g, fam: str, code: int):
         """Where role ``code`` sits in every stored sample, and the token labels there (cached).
@@ -231,27 +256,50 @@ class Store:
         Returns ``(counts (N,), idx (N, K), labels)``: ``idx[i, k]`` the token index of sample
         ``i``'s k-th token of that role (-1 past its ``counts[i]``), K the largest count, and
         ``labels[name]`` the ``(N, K)`` token label there (the label's "none" value in padding).
-        Built block by block from the label arrays (memory: O(N K), not O(N T)); the arrays are
-        read-only, so a query can hand out views of them.
+        Done samples covered by a valid persisted piece (``actstore/_index.py``) come from it;
+        every other sample is built from the label arrays, block by block (memory: O(N K), not
+        O(N T)). The arrays are read-only, so a query can hand out views of them.
         """
+        from . import _index
+
         key = ("role-index", g.path, fam, int(code))
         if key in self._cache:
             return self._cache[key]
         fg = g[fam]
         N, T = fg["role"].shape
         idt = np.int16 if T < 2**15 else np.int32
-        # one pass over the label arrays: the (sample, token) of every token of the role, in
-        # order (np.nonzero is row-major), and its labels; O(tokens of the role) memory
-        rows, toks, vals = [], [], {k: [] for k in S.TOKEN_LABELS}
-        for a, blk in self._label_blocks(g, fam, list(S.TOKEN_LABELS)):
-            r, t = np.nonzero(blk["role"] == code)
-            rows.append(r + a)
-            toks.append(t.astype(idt))
-            for name, v in blk.items():
-                vals[name].append(v[r, t])
-            del blk
+        rows, toks, vals = [], [], {k: [] for k in S.TOKEN_LABELS if k != "role"}
+        taken = np.zeros(N, bool)
+        if self.index and N:
+            done = self.labels(g.attrs["model"])["done"].to_numpy()
+            taken, parts = _index.load(g, fam, int(code), T, done, self.root.store, self._cache)
+            for p in parts:
+                rows.append(p["sample"])
+                toks.append(p["token"].astype(idt))
+                for name in vals:
+                    vals[name].append(p[name])
+        # every sample no piece gave: one pass over their label arrays, the (sample, token) of
+        # every token of the role, in order (np.nonzero is row-major); O(tokens of the role) memory
+        rest = None if not taken.any() else np.flatnonzero(~taken)
+        if rest is None or len(rest):
+            for a, blk in self._label_blocks(g, fam, list(S.TOKEN_LABELS), rest):
+                hit = blk["role"] == code
+                if rest is not None:
+                    hit &= ~taken[a:a + len(hit), None]
+                r, t = np.nonzero(hit)
+                rows.append(r + a)
+                toks.append(t.astype(idt))
+                for name in vals:
+                    vals[name].append(blk[name][r, t])
+                del blk
         rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         toks = np.concatenate(toks) if toks else np.zeros(0, idt)
+        vals = {name: np.concatenate(v) if v else np.zeros(0, S.TOKEN_LABELS[name][0])
+                for name, v in vals.items()}
+        if len(rows) > 1 and np.any(rows[1:] < rows[:-1]):  # several sources: back in sample order
+            order = np.argsort(rows, kind="stable")  # (each sample's tokens stay in token order)
+            rows, toks = rows[order], toks[order]
+            vals = {name: v[order] for name, v in vals.items()}
         counts = np.bincount(rows, minlength=N)
         K = int(counts.max()) if N else 0
         k = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)  # k-th of its sample
@@ -260,8 +308,10 @@ class Store:
         labels = {}
         for name, (dt, none) in S.TOKEN_LABELS.items():
             labels[name] = np.full((N, K), none, dt)
-            if vals[name]:
-                labels[name][rows, k] = np.concatenate(vals[name])
+            if name == "role":
+                labels[name][rows, k] = code
+            elif len(rows):
+                labels[name][rows, k] = vals[name]
         del rows, toks, vals, k
         for v in (idx, counts, *labels.values()):
             v.flags.writeable = False
@@ -559,6 +609,14 @@ class Store:
         for dirpath, _, files in os.walk(str(store.root)):
             total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
         return total
+
+
+def _chunk_runs(chunks: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive runs ``[c0, c1)`` of the sorted chunk numbers ``chunks``."""
+    if len(chunks) == 0:
+        return []
+    cut = np.flatnonzero(np.diff(chunks) != 1) + 1
+    return [(int(v[0]), int(v[-1]) + 1) for v in np.split(chunks, cut)]
 
 
 @functools.cache

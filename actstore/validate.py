@@ -101,6 +101,10 @@ def _model_problems(key, g, check_values) -> list[str]:
             out.append(f"{key}: site family {spec.name!r} is listed in attrs but has no group")
             continue
         out += _site_problems(f"{key}/{spec.name}", g[spec.name], spec, n, done, check_values)
+    if done is not None and n is not None and len(done) == n and not out:
+        from . import _index
+
+        out += _index.check(g, key, done)
     return out
 
 

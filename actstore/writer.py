@@ -55,6 +55,10 @@ class StoreWriter:
         self.io_threads = io_threads or max(1, min(8, os.cpu_count() or 1))
         self._pool = None
         self._pool_lock = threading.Lock()  # writes of several batches may run at once
+        # the role index piece written at close(): the batches this writer owns (its shard's, as
+        # given to pending()/batches(); every batch without a shard) and those it wrote
+        self._owned: set | None = set()  # None: every batch
+        self._wrote: set[int] = set()
 
     # ------------------------------------------------------------------ phase 1
     @classmethod
@@ -190,6 +194,10 @@ class StoreWriter:
         if shard is not None:
             i, n = _check_shard(shard)
             idx = idx[(idx // self.batch_size) % n == i]
+            if self._owned is not None:
+                self._owned.add((i, n))
+        else:
+            self._owned = None
         return idx
 
     def batches(self, shard: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
@@ -251,6 +259,8 @@ class StoreWriter:
                 raise
             _wait_all(futures)
             self._put_done(idx)
+            with self._pool_lock:
+                self._wrote.update(np.unique(idx // self.batch_size).tolist())
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise StoreError(f"disk full while writing samples {idx[0]}..{idx[-1]} to "
@@ -261,12 +271,51 @@ class StoreWriter:
 
     def close(self) -> None:
         """Finish writing: every write has returned by now (``write`` waits for its files), so
-        this stops the writer's I/O threads and drops references."""
+        this stops the writer's I/O threads, writes the role index piece of this writer (when
+        it wrote anything; see :meth:`write_index`) and drops references."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._wrote:
+            try:
+                self.write_index()
+            except Exception as e:  # noqa: BLE001 - the index is an optional speed-up
+                import warnings
+
+                from ._index import IndexWarning
+
+                warnings.warn(f"{self.path}/{S.model_key(self.model)}: the role index piece of "
+                              f"this writer was not written ({type(e).__name__}: {e}); queries "
+                              f"read the token labels instead (same result, slower); add it "
+                              f"later with `spatialbind query STORE --reindex`", IndexWarning,
+                              stacklevel=2)
+            self._wrote = set()
         self._arrays = {}
         self._direct = {}
+
+    def write_index(self) -> str | None:
+        """Persist the role index of the done samples in this writer's batches: those of the
+        shard(s) given to :meth:`pending` / :meth:`batches` (every batch when no shard was given)
+        and those it wrote. One piece (``<model>/role_index/<piece>``) that only this writer
+        writes; :meth:`close` calls it. Stores made before the index existed have no
+        ``role_index`` group and get none (add it with :func:`actstore.reindex`).
+
+        Returns the piece's name, or None when nothing was written (no such group, nothing
+        done, or a complete piece of the same samples already there).
+        """
+        from . import _index
+
+        if _index.GROUP not in self.group:
+            return None
+        done = self.done()
+        batch = np.arange(self.n_samples) // self.batch_size
+        mine = np.isin(batch, sorted(self._wrote))
+        if self._owned is None:
+            mine[:] = True
+        else:
+            for i, n in self._owned:
+                mine |= batch % n == i
+        return _index.write_piece(self.group, np.flatnonzero(mine & done))
 
     def __enter__(self):
         return self
@@ -416,6 +465,9 @@ def _create(root, key, *, model, prov, frame, specs, params, batch_size, inner_s
                             dimension_names=S.TOKEN_DIMS)
         fg.create_array("n_tokens", shape=(n,), dtype="int32", chunks=(batch_size,), fill_value=0,
                         dimension_names=(S.SAMPLE,), compressors=None)
+    from ._index import GROUP
+
+    g.create_group(GROUP)  # role index pieces, one per writer (actstore/_index.py)
     g.attrs["complete"] = True
 
 
@@ -791,8 +843,9 @@ def _check_sites(sites) -> list[S.SiteSpec]:
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
         raise StoreError(f"sites name a family twice: {names}; give each family once with all its layers")
-    if "samples" in names:
-        raise StoreError("'samples' is reserved and cannot be a site family name")
+    for reserved in ("samples", "role_index"):
+        if reserved in names:
+            raise StoreError(f"{reserved!r} is reserved and cannot be a site family name")
     return sorted(sites, key=lambda s: s.name)
 
 
@@ -854,3 +907,48 @@ def estimate_bytes(sites: list[S.SiteSpec], n_samples: int) -> int:
     """Bytes the activations of ``n_samples`` samples will take on disk (uncompressed)."""
     return int(sum(n_samples * len(s.layers) * s.n_tokens * s.hidden * np.dtype(s.dtype).itemsize
                    for s in sites))
+
+
+def reindex(path, *, storage_options: dict | None = None) -> dict[str, dict]:
+    """Persist the role index of every model group of a store: one piece covering all its done
+    samples, replacing the pieces written before (a store made before the index existed gets its
+    ``role_index`` group here). Safe while writers run: it writes only its own piece and removes
+    only complete pieces that existed when it started (their done samples are in the new one).
+
+    Returns ``{model: {"covered": done samples indexed, "n_samples": ..., "written": bool,
+    "removed": [piece names]}}``; ``written`` is False when a sound piece of exactly those
+    samples was already there (a damaged one is rewritten).
+    """
+    import zarr
+
+    from . import _index
+
+    with boundary(path, action="write", error=StoreError):
+        store = S.resolve_store(path, mode="a", storage_options=storage_options)
+        try:
+            root = zarr.open_group(store, mode="r+", zarr_format=3)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError,
+                zarr.errors.NodeTypeValidationError):
+            raise StoreError(f"no activation store at {path}: give the path of a store that "
+                             f"extraction wrote (a directory with zarr.json)") from None
+        _check_root(root, path)
+        out = {}
+        for key, g in sorted(root.groups()):
+            if not g.attrs.get("complete"):
+                continue
+            before = [k for k, _ in _index.pieces(g)]
+            if _index.GROUP not in g:
+                g.create_group(_index.GROUP)
+            done = np.asarray(g["samples"]["done"][:], bool)
+            covered = np.flatnonzero(done)
+            keep = _index.piece_name(covered)
+            # a piece of exactly these samples is kept only if it is sound (else rewritten)
+            name = _index.write_piece(g, covered, force=keep in before and bool(
+                _index.check(g, key, done, only=keep)))
+            removed = [k for k in before if k != keep]
+            for k in removed:
+                del g[_index.GROUP][k]
+            out[g.attrs.get("model", key)] = {"covered": int(len(covered)),
+                                              "n_samples": int(g.attrs["n_samples"]),
+                                              "written": name is not None, "removed": removed}
+    return out

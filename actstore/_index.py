@@ -1,0 +1,321 @@
+"""The persisted role index: where each token role sits in every done sample, kept in the store.
+
+A freshly opened store used to rebuild its role index from every sample's token labels (one
+chunk file per write batch and label: ~9k files at 100k samples). Writers now leave it in the
+store as *pieces*: ``<model>/role_index/<piece>/``, one per writer (an ``extract --shard i/n``
+process, a dask block, a ``reindex``), written when that writer finishes and never touched by
+another writer, so concurrent writers never put the same stored object.
+
+A piece covers a set of samples (``covered``: the samples that were done, in the batches the
+writer owned, when it read their labels; done samples' labels never change) and holds, per site
+family, every non-pad token of them as flat arrays sorted by (role, sample, token): ``sample``,
+``token`` and the token labels ``ordinal``, ``entity``, ``row``, ``col``, ``position`` (the role
+is implied by the position). The family group's attrs say where each role's entries start, per
+block of up to ``BLOCK`` covered samples (``blocks``), with a CRC-32 of each (block, role) slice
+of the seven arrays (``crc``); the piece group's attrs get ``complete: true`` last (a writer
+killed while writing a piece leaves one without it, which readers ignore). A piece's name is a
+hash of the samples it covers, so two runs that cover the same samples write the same bytes.
+
+A reader (:func:`load`) uses a piece only for its covered samples that are done now, checks
+every slice it reads against its CRC and bounds (a corrupted or truncated piece is skipped with
+a warning, never used), and builds whatever no valid piece covers from the token labels, as
+before: the result equals the index built from the labels, element for element.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+import zlib
+
+import numpy as np
+
+from . import schema as S
+
+GROUP = "role_index"
+"""Name of the group (inside a model group) holding the index pieces."""
+
+FORMAT = 1
+"""Layout version of a piece (attr ``format``); other versions are ignored (built from labels)."""
+
+FIELDS: dict[str, tuple[str, int]] = {
+    "sample": ("int64", -1),
+    "token": ("int32", -1),
+    **{k: v for k, v in S.TOKEN_LABELS.items() if k != "role"},
+}
+"""The flat arrays of one family of a piece: (dtype, fill value)."""
+
+CHUNK = 2**17
+"""Entries per chunk of a piece's flat arrays (a role's slice reads only the chunks it overlaps)."""
+
+BLOCK = 8192
+"""Covered samples per block of a piece (the writer reads labels and sorts entries a block at a time)."""
+
+N_ROLES = len(S.ROLE_NAMES)
+
+
+class IndexWarning(UserWarning):
+    """A persisted role index piece was unreadable or inconsistent and was not used."""
+
+
+def piece_name(covered: np.ndarray) -> str:
+    """The name of the piece covering the sorted sample indices ``covered``."""
+    return "piece-" + hashlib.sha1(np.asarray(covered, "<i8").tobytes()).hexdigest()[:16]
+
+
+def entries(rows: np.ndarray, labels: dict[str, np.ndarray]):
+    """The non-pad tokens of samples ``rows`` (store indices, one per row of the ``(b, T)`` label
+    arrays), sorted by (role, sample, token): ``({field: array}, offsets (N_ROLES + 1,))``."""
+    role = labels["role"]
+    r, t = np.nonzero(role != S.PAD)  # row-major: by sample, then token
+    codes = role[r, t]
+    order = np.argsort(codes, kind="stable")
+    r, t, codes = r[order], t[order], codes[order]
+    out = {"sample": np.asarray(rows, np.int64)[r], "token": t.astype(np.int32)}
+    for name in FIELDS:
+        if name not in out:
+            out[name] = labels[name][r, t]
+    offsets = np.searchsorted(codes, np.arange(N_ROLES + 1), side="left")
+    return out, offsets.astype(np.int64)
+
+
+def _crc(parts) -> int:
+    c = 0
+    for p in parts:
+        c = zlib.crc32(np.ascontiguousarray(p).view(np.uint8), c)
+    return c
+
+
+def _runs(samples: np.ndarray) -> list[tuple[int, int, int]]:
+    """Consecutive runs of the sorted ``samples``: ``(start, stop, position in samples)``."""
+    if len(samples) == 0:
+        return []
+    cut = np.flatnonzero(np.diff(samples) != 1) + 1
+    starts = np.concatenate([[0], cut])
+    stops = np.concatenate([cut, [len(samples)]])
+    return [(int(samples[a]), int(samples[b - 1]) + 1, int(a)) for a, b in zip(starts, stops)]
+
+
+def read_rows(arr, store, a: int, b: int, cache: dict | None = None) -> np.ndarray:
+    """Rows ``[a, b)`` of a small array: straight from its chunk files on a local store, else zarr."""
+    from . import _direct
+
+    key = ("chunked", arr.path)
+    if cache is None or key not in cache:
+        lay = _direct.chunked(arr, store)
+        if cache is not None:
+            cache[key] = lay
+    else:
+        lay = cache[key]
+    return _direct.read_rows(lay, a, b) if lay is not None else np.asarray(arr[a:b])
+
+
+def write_piece(g, covered: np.ndarray, *, force: bool = False) -> str | None:
+    """Write the piece of model group ``g`` covering the sorted sample indices ``covered`` (done
+    samples: their labels are final), reading their token labels from the store. Returns its
+    name, or None when a complete piece of that name is already there (same samples, same
+    bytes; ``force`` rewrites it) or ``covered`` is empty. Memory: one block of ``BLOCK`` samples at a time."""
+    covered = np.asarray(covered, np.int64)
+    if len(covered) == 0 or GROUP not in g:
+        return None
+    ig = g[GROUP]
+    name = piece_name(covered)
+    if not force and name in ig and ig[name].attrs.get("complete"):
+        return None
+    store = g.store
+    cache: dict = {}
+    pg = ig.create_group(name, overwrite=True)
+    cov = pg.create_array("covered", shape=(len(covered),), dtype="int64",
+                          chunks=(min(CHUNK, len(covered)),), fill_value=-1,
+                          dimension_names=("covered",))
+    cov[:] = covered
+    for d in g.attrs["sites"]:
+        fam, T = d["name"], int(d["n_tokens"])
+        fg = g[fam]
+        pf = pg.create_group(fam)
+        arrays = {f: pf.create_array(f, shape=(0,), dtype=dt, chunks=(CHUNK,), fill_value=none,
+                                     dimension_names=("entry",))
+                  for f, (dt, none) in FIELDS.items()}
+        n, blocks, crcs = 0, [], []
+        for b0 in range(0, len(covered), BLOCK):
+            rows = covered[b0:b0 + BLOCK]
+            labels = {k: np.concatenate([read_rows(fg[k], store, a, b, cache)
+                                         for a, b, _ in _runs(rows)])
+                      for k in S.TOKEN_LABELS}
+            ent, off = entries(rows, labels)
+            m = len(ent["sample"])
+            if m:
+                for f, arr in arrays.items():
+                    arr.resize((n + m,))
+                    arr[n:n + m] = ent[f]
+            crcs.append([_crc(ent[f][off[c]:off[c + 1]] for f in FIELDS) for c in range(N_ROLES)])
+            blocks.append([int(rows[0]), int(rows[-1]) + 1, *(int(n + o) for o in off)])
+            n += m
+        pf.attrs.update({"n_tokens": T, "blocks": blocks, "crc": crcs, "n_entries": n})
+    pg.attrs.update({"format": FORMAT, "n_covered": int(len(covered)),
+                     "covered_crc": _crc([covered]), "n_samples": int(g.attrs["n_samples"]),
+                     "complete": True})
+    return name
+
+
+def pieces(g) -> list[tuple[str, object]]:
+    """The complete pieces of model group ``g`` (largest first, then by name)."""
+    if GROUP not in g:
+        return []
+    out = [(k, p) for k, p in g[GROUP].groups() if p.attrs.get("complete")]
+    return sorted(out, key=lambda kp: (-int(kp[1].attrs.get("n_covered", 0)), kp[0]))
+
+
+def _warn(where: str, why: str) -> None:
+    warnings.warn(f"role index piece {where} is not used ({why}); its samples are read from the "
+                  f"token labels instead (same result, slower). Rebuild it with `spatialbind "
+                  f"query STORE --reindex` (actstore.reindex)", IndexWarning, stacklevel=4)
+
+
+def covered_of(p, n_samples: int, store, cache: dict) -> np.ndarray | None:
+    """The checked ``covered`` array of piece group ``p`` (None, with a warning, if bad)."""
+    key = ("piece-covered", p.path)
+    if key in cache:
+        return cache[key]
+    a = p.attrs.asdict()
+    cov = None
+    try:
+        if a.get("format") != FORMAT or a.get("n_samples") != n_samples:
+            raise ValueError(f"format {a.get('format')} / n_samples {a.get('n_samples')}, "
+                             f"expected {FORMAT} / {n_samples}")
+        arr = p["covered"]
+        if arr.shape != (int(a["n_covered"]),):
+            raise ValueError(f"covered has shape {arr.shape}, attrs say {a['n_covered']}")
+        cov = read_rows(arr, store, 0, arr.shape[0], cache)
+        if _crc([cov.astype("<i8")]) != a["covered_crc"]:
+            raise ValueError("checksum of 'covered' differs")
+        if len(cov) and (cov[0] < 0 or cov[-1] >= n_samples or np.any(np.diff(cov) <= 0)):
+            raise ValueError("'covered' is not a sorted list of sample indices")
+    except Exception as e:  # noqa: BLE001 - any damage: do not use the piece
+        _warn(p.path, f"{type(e).__name__}: {e}")
+        cov = None
+    cache[key] = cov
+    return cov
+
+
+def read_role(p, fam: str, code: int, T: int, store, cache: dict):
+    """Entries of role ``code`` of family ``fam`` in piece group ``p``, checked against the CRCs
+    and bounds: ``{field: array}`` in (sample, token) order, or None (with a warning) if bad."""
+    try:
+        pf = p[fam]
+        a = pf.attrs.asdict()
+        if int(a["n_tokens"]) != T:
+            raise ValueError(f"n_tokens {a['n_tokens']}, the store has {T}")
+        arrays = {f: pf[f] for f in FIELDS}
+        n = int(a["n_entries"])
+        for f, arr in arrays.items():
+            if arr.shape != (n,) or str(arr.dtype) != FIELDS[f][0]:
+                raise ValueError(f"{f} has shape {arr.shape} {arr.dtype}, expected ({n},) "
+                                 f"{FIELDS[f][0]}")
+        parts: dict[str, list] = {f: [] for f in FIELDS}
+        for blk, crc in zip(a["blocks"], a["crc"], strict=True):
+            lo, hi, off = blk[0], blk[1], blk[2:]
+            s0, s1 = int(off[code]), int(off[code + 1])
+            if not (0 <= s0 <= s1 <= n):
+                raise ValueError(f"role offsets {s0}..{s1} outside 0..{n}")
+            got = {f: read_rows(arr, store, s0, s1, cache) for f, arr in arrays.items()}
+            if _crc(got[f] for f in FIELDS) != crc[code]:
+                raise ValueError(f"checksum of the entries of role {S.ROLE_NAMES[code]!r} "
+                                 f"(samples {lo}..{hi - 1}) differs")
+            smp, tok = got["sample"], got["token"]
+            if s1 > s0 and (smp[0] < lo or smp[-1] >= hi or np.any(np.diff(smp) < 0)
+                            or tok.min() < 0 or tok.max() >= T):
+                raise ValueError("entries out of their block's samples or tokens")
+            for f in FIELDS:
+                parts[f].append(got[f])
+        return {f: (np.concatenate(v) if v else np.zeros(0, FIELDS[f][0]))
+                for f, v in parts.items()}
+    except Exception as e:  # noqa: BLE001 - any damage: do not use the piece
+        _warn(f"{p.path}/{fam}", f"{type(e).__name__}: {e}")
+        return None
+
+
+def load(g, fam: str, code: int, T: int, done: np.ndarray, store, cache: dict):
+    """What the valid pieces of ``g`` say about role ``code`` of family ``fam``.
+
+    Returns ``(taken, parts)``: ``taken`` (N,) bool marks the samples whose entries come from a
+    piece (covered by it, done now, not taken from an earlier piece); ``parts`` a list of
+    ``{field: array}`` holding exactly those samples' entries. The pad role is never persisted.
+    """
+    N = len(done)
+    taken = np.zeros(N, bool)
+    parts = []
+    if code == S.PAD:
+        return taken, parts
+    for _, p in pieces(g):
+        cov = covered_of(p, N, store, cache)
+        if cov is None:
+            continue
+        use = cov[done[cov] & ~taken[cov]]
+        if len(use) == 0:
+            continue
+        got = read_role(p, fam, code, T, store, cache)
+        if got is None:
+            continue
+        if len(use) != len(cov):  # some covered samples are not done now, or taken already
+            mine = np.zeros(N, bool)
+            mine[use] = True
+            keep = mine[got["sample"]]
+            got = {f: v[keep] for f, v in got.items()}
+        taken[use] = True
+        parts.append(got)
+    return taken, parts
+
+
+def check(g, key: str, done: np.ndarray, only: str | None = None) -> list[str]:
+    """Problems of the persisted role index of model group ``g`` (for ``validate``): pieces
+    that cannot be read, fail their checksums, or disagree with the token labels of the done
+    samples they cover (``only``: just that piece). Reads one block of a piece (and its samples'
+    labels) at a time."""
+    out = []
+    N = len(done)
+    store = g.store
+    fix = "rebuild it with `spatialbind query STORE --reindex` (actstore.reindex)"
+    for name, p in pieces(g):
+        if only is not None and name != only:
+            continue
+        where = f"{key}/{GROUP}/{name}"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cov = covered_of(p, N, store, {})
+        if cov is None:
+            out.append(f"{where}: damaged ({caught[-1].message if caught else 'unreadable'}); {fix}")
+            continue
+        for d in g.attrs["sites"]:
+            fam, T = d["name"], int(d["n_tokens"])
+            try:
+                pf = p[fam]
+                a = pf.attrs.asdict()
+                arrays = {f: pf[f] for f in FIELDS}
+                for blk, crc in zip(a["blocks"], a["crc"], strict=True):
+                    lo, hi, off = blk[0], blk[1], blk[2:]
+                    got = {f: np.asarray(arr[off[0]:off[-1]]) for f, arr in arrays.items()}
+                    for c in range(N_ROLES):
+                        part = [got[f][off[c] - off[0]:off[c + 1] - off[0]] for f in FIELDS]
+                        if _crc(part) != crc[c]:
+                            raise ValueError(f"checksum of role {S.ROLE_NAMES[c]!r} entries of "
+                                             f"samples {lo}..{hi - 1} differs")
+                    rows = cov[(cov >= lo) & (cov < hi)]
+                    rows = rows[done[rows]]
+                    labels = {k: np.concatenate([read_rows(g[fam][k], store, a0, b0)
+                                                 for a0, b0, _ in _runs(rows)])
+                              if len(rows) else np.zeros((0, T), S.TOKEN_LABELS[k][0])
+                              for k in S.TOKEN_LABELS}
+                    want, woff = entries(rows, labels)
+                    isdone = np.zeros(N, bool)
+                    isdone[rows] = True
+                    keep = isdone[np.clip(got["sample"], 0, N - 1)] & (got["sample"] >= 0) \
+                        & (got["sample"] < N)
+                    roles = np.repeat(np.arange(N_ROLES), np.diff(np.asarray(off)))
+                    wroles = np.repeat(np.arange(N_ROLES), np.diff(woff))
+                    if not (np.array_equal(roles[keep], wroles)
+                            and all(np.array_equal(got[f][keep], want[f]) for f in FIELDS)):
+                        raise ValueError(f"entries of samples {lo}..{hi - 1} differ from their "
+                                         f"token labels")
+            except Exception as e:  # noqa: BLE001 - any damage is one finding
+                out.append(f"{where}/{fam}: {type(e).__name__}: {e}; {fix}")
+    return out
