@@ -593,9 +593,29 @@ class Store:
                     "roles": {S.ROLE_NAMES[c]: int(n) for c, n in enumerate(counts)
                               if n and c != S.PAD},
                     "bytes": int(g[spec.name]["acts"].nbytes_stored())}
+            m["role_index"] = self._index_summary(g, done)
             out["models"][name] = m
         out["being_created"] = self.being_created
         return out
+
+    def _index_summary(self, g, done) -> dict:
+        """How much of the persisted role index a reader can use: complete pieces, and done
+        samples covered by a sound one (``persisted`` False: no ``role_index`` group, an old store)."""
+        import warnings
+
+        from . import _index
+
+        if _index.GROUP not in g:
+            return {"persisted": False, "pieces": 0, "covered": 0}
+        taken = np.zeros(len(done), bool)
+        ps = _index.pieces(g)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", _index.IndexWarning)
+            for _, p in ps:
+                cov = _index.covered_of(p, len(done), self.root.store, self._cache)
+                if cov is not None:
+                    taken[cov[done[cov]]] = True
+        return {"persisted": True, "pieces": len(ps), "covered": int(taken.sum())}
 
     def nbytes(self) -> int:
         """Bytes the store takes on disk (or in the object store)."""
@@ -647,6 +667,12 @@ def format_summary(summary: dict) -> str:
         lines.append(f"model {name}  ({p.get('model_id')}@{p.get('revision')}, adapter "
                      f"{p.get('adapter')}, {p.get('dtype')}, data {p.get('data_hash')})")
         lines.append(f"  samples {m['done']}/{m['n_samples']} done  params {m['params']}")
+        ri = m.get("role_index")
+        if ri is not None:
+            lines.append(f"  role index: persisted for {ri['covered']}/{m['done']} done samples "
+                         f"({ri['pieces']} piece{'s' * (ri['pieces'] != 1)})" if ri["persisted"]
+                         else "  role index: not persisted (a store from before the index; "
+                              "add it with `spatialbind query STORE --reindex`)")
         for fam, s in m["sites"].items():
             lay = s["layers"] if S.is_layered(fam) else "-"
             lines.append(f"  site {fam:<16} layers {lay}  tokens {s['n_tokens']}  hidden "

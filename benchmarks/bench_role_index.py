@@ -1,16 +1,18 @@
-"""Building the role index of a freshly opened store: token labels read straight from their chunk
-files (the default) against the same reads through zarr, side by side.
+"""The role index of a freshly opened store: read from the index the writer persisted in the store
+(the default), against building it from the token labels read straight from their chunk files
+(``index=False``) and through zarr (``index=False, direct=False``), side by side.
 
     python benchmarks/bench_role_index.py                 # 100k samples x 64 tokens, all six labels
     python benchmarks/bench_role_index.py --samples 10000 --rounds 4
 
 The store holds every token label array populated as extraction writes them (role, ordinal,
 entity, row, col, position; one zstd chunk file per write batch of 64 samples and label: 9,378
-files at 100k) and tiny activations (hidden 8), so only the label reads are measured. Each round
-opens the store anew and builds the ``object`` index once cold (the store's files evicted with
-``posix_fadvise(DONTNEED)``, checked with ``mincore``) and once warm, for ``open_store(path)``
-and ``open_store(path, direct=False)`` in alternating order; wall and CPU seconds (user + system
-of the process, helper threads included). Both indexes are checked equal first.
+files at 100k), the persisted role index the writer leaves at ``close()`` (one piece), and tiny
+activations (hidden 8), so only the index reads are measured. Each round opens the store anew
+and gets the ``object`` index once cold (the store's files evicted with
+``posix_fadvise(DONTNEED)``, checked with ``mincore``) and once warm, for the three ways in
+rotating order; wall and CPU seconds (user + system of the process, helper threads included).
+All three indexes are checked equal (element for element) first.
 """
 from __future__ import annotations
 
@@ -86,21 +88,33 @@ def main(argv=None):
         write(path, a.samples)
         t_write = time.perf_counter() - t0
         n_files = sum(len(f) for _, _, f in os.walk(path))
-        ref = [open_store(path, direct=d) for d in (True, False)]
-        x, y = (s._role_index(s.group(), "lm.resid", code) for s in ref)
-        assert all(np.array_equal(p, q) for p, q in zip(x[:2], y[:2]))
-        assert all(x[2][k].tobytes() == y[2][k].tobytes() for k in x[2]), "indexes differ"
+        modes = {"persisted": {}, "labels": {"index": False},
+                 "zarr": {"index": False, "direct": False}}
+        import warnings
+
+        from actstore import _index
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", _index.IndexWarning)  # the piece must be used
+            ref = {m: open_store(path, **kw) for m, kw in modes.items()}
+            got = {m: s._role_index(s.group(), "lm.resid", code) for m, s in ref.items()}
+        x = got["persisted"]
+        for y in got.values():
+            assert all(p.tobytes() == q.tobytes() for p, q in zip(x[:2], y[:2]))
+            assert all(x[2][k].tobytes() == y[2][k].tobytes() for k in x[2]), "indexes differ"
+        del ref, got, x, y
+        names = list(modes)
         rows = []
         for r in range(a.rounds):
-            for direct in ((True, False) if r % 2 == 0 else (False, True)):
+            for mode in names[r % 3:] + names[:r % 3]:
                 def build():
-                    s = open_store(path, direct=direct)
+                    s = open_store(path, **modes[mode])
                     s._role_index(s.group(), "lm.resid", code)
                 evict(path)
                 res = resident_fraction(path)
                 cold = _measure(build)
                 warm = _measure(build)
-                rows.append(dict(round=r + 1, direct=direct, load=os.getloadavg()[0],
+                rows.append(dict(round=r + 1, mode=mode, load=os.getloadavg()[0],
                                  resident=res, cold=cold, warm=warm))
                 print(rows[-1], flush=True)
     finally:
@@ -109,12 +123,18 @@ def main(argv=None):
              f"({platform.machine()}), load {rows[0]['load']:.1f}-{rows[-1]['load']:.1f}. "
              f"`python benchmarks/bench_role_index.py --samples {a.samples} --rounds {a.rounds}`: "
              f"{a.samples} samples, {n_files} files (store written in {t_write:.0f} s).", "",
-             "| round | labels read | load | cold (resident) wall s / CPU s | warm wall s / CPU s |",
+             "| round | index | load | cold (resident) wall s / CPU s | warm wall s / CPU s |",
              "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['round']} | {'direct' if r['direct'] else 'zarr'} | {r['load']:.1f} | "
+        lines.append(f"| {r['round']} | {r['mode']} | {r['load']:.1f} | "
                      f"{r['cold'][0]:.2f} / {r['cold'][1]:.2f} ({r['resident']:.3f}) | "
                      f"{r['warm'][0]:.2f} / {r['warm'][1]:.2f} |")
+    lines += ["", "| index | median cold wall s / CPU s | median warm wall s / CPU s |", "|---|---|---|"]
+    for m in names:
+        rr = [r for r in rows if r["mode"] == m]
+        med = lambda k, i: float(np.median([r[k][i] for r in rr]))  # noqa: E731
+        lines.append(f"| {m} | {med('cold', 0):.2f} / {med('cold', 1):.2f} | "
+                     f"{med('warm', 0):.2f} / {med('warm', 1):.2f} |")
     print("\n".join(lines))
 
 

@@ -56,6 +56,7 @@ def write_store(path, *, N, T, H, B, inner, role, base):
     for idx in w.batches():
         a = batch_data(int(idx[0]), len(idx), T, H, base)[:, None]
         w.write(idx, {"lm.resid": a}, {"lm.resid": {"role": role[idx]}})
+    w.close()  # as extraction does: also persists the role index (one piece)
     _fsync_tree(path)
     return time.perf_counter() - t0
 

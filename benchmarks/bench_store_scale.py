@@ -12,7 +12,9 @@ reader that never holds the whole selection. The role query (whole selection ``.
 timed against a raw numpy memmap of the same bytes giving the same output array, ``--rounds``
 times side by side: cold = the files evicted with ``posix_fadvise(DONTNEED)``, checked with
 ``mincore``; warm = best of ``--reps`` repeats; wall and CPU seconds of each; plus the first query
-of a freshly opened store (role index built from cold label arrays).
+of a freshly opened store, cold, twice: with the role index the writer persisted in the store
+(``open_store(path)``, what a user gets) and with it built from the cold label arrays
+(``open_store(path, index=False)``, every store before the persisted index).
 """
 from __future__ import annotations
 
@@ -138,8 +140,27 @@ def main(argv=None):
         def api():
             return s.select(site="lm.resid.0", role="object").values
 
-        def fresh():  # a new Store: the role index is built from the (cold) label arrays too
+        def fresh():  # a new Store: the role index read from its persisted piece (cold)
             return open_store(path).select(site="lm.resid.0", role="object").values
+
+        def fresh_labels():  # a new Store: the role index built from the (cold) label arrays
+            return open_store(path, index=False).select(site="lm.resid.0", role="object").values
+
+        import warnings
+
+        from actstore import _index
+
+        with warnings.catch_warnings():  # the persisted index must be there and be used
+            warnings.simplefilter("error", _index.IndexWarning)
+            s0 = open_store(path)
+            g0 = s0.group()
+            taken, _ = _index.load(g0, "lm.resid", ROLE_CODES["object"], T,
+                                   s0.labels()["done"].to_numpy(), s0.root.store, {})
+            assert taken.all(), "the persisted role index does not cover the store"
+            want = raw().tobytes()
+            for f in (fresh, fresh_labels):
+                assert f().tobytes() == want, "fresh store and memmap differ"
+            del s0, g0, want
 
         ref = raw()
         got = api()  # also builds the store's role index (the memmap's idx is built above)
@@ -157,9 +178,13 @@ def main(argv=None):
                 warm = [_measure(fn) for _ in range(a.reps)]
                 row[f"{name}_warm"] = min(w for w, _ in warm)
                 row[f"{name}_warm_cpu"] = min(c for _, c in warm)
-            evict(path)
-            row["fresh_resident"] = resident_fraction(path)
-            row["fresh_cold"], row["fresh_cold_cpu"] = _measure(fresh)
+            fr = [("fresh", fresh), ("freshlab", fresh_labels)]
+            for j, (name, fn) in enumerate(fr if r % 2 == 0 else fr[::-1]):
+                pair = [(name, fn, path), (f"{name}_mm", raw, mm_path)]
+                for nm, f, p in (pair if (r + j) % 2 == 0 else pair[::-1]):  # alternate who's first
+                    evict(p)
+                    row[f"{nm}_resident"] = resident_fraction(p)
+                    row[f"{nm}_cold"], row[f"{nm}_cold_cpu"] = _measure(f)
             runs.append(row)
             print(row, flush=True)
         evict(mm_path)
@@ -196,8 +221,9 @@ def main(argv=None):
         f"right after. Wall s / CPU s (user + system of the process):",
         "",
         "| round | load | memmap cold (resident) | store cold (resident) | memmap warm | store warm | "
-        "store, freshly opened, cold (index built too) |",
-        "|---|---|---|---|---|---|---|",
+        "fresh store, persisted index, cold (resident) | its memmap cold | "
+        "fresh store, index from labels, cold (resident) | its memmap cold |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         lines.append(
@@ -205,7 +231,11 @@ def main(argv=None):
             f"({r['mm_resident']:.3f}) | {r['api_cold']:.2f} / {r['api_cold_cpu']:.2f} "
             f"({r['api_resident']:.3f}) | {r['mm_warm']:.2f} / {r['mm_warm_cpu']:.2f} | "
             f"{r['api_warm']:.2f} / {r['api_warm_cpu']:.2f} | {r['fresh_cold']:.2f} / "
-            f"{r['fresh_cold_cpu']:.2f} |")
+            f"{r['fresh_cold_cpu']:.2f} ({r['fresh_resident']:.3f}) | {r['fresh_mm_cold']:.2f} / "
+            f"{r['fresh_mm_cold_cpu']:.2f} ({r['fresh_mm_resident']:.3f}) | "
+            f"{r['freshlab_cold']:.2f} / {r['freshlab_cold_cpu']:.2f} ({r['freshlab_resident']:.3f}) | "
+            f"{r['freshlab_mm_cold']:.2f} / {r['freshlab_mm_cold_cpu']:.2f} "
+            f"({r['freshlab_mm_resident']:.3f}) |")
     lines += [
         "",
         "Store / memmap, median (min–max) over the rounds:",
@@ -214,8 +244,11 @@ def main(argv=None):
         "|---|---|---|",
         f"| cold | {spread('', 'api_cold', 'mm_cold')} | {spread('', 'api_cold_cpu', 'mm_cold_cpu')} |",
         f"| warm | {spread('', 'api_warm', 'mm_warm')} | {spread('', 'api_warm_cpu', 'mm_warm_cpu')} |",
-        f"| cold, store freshly opened | {spread('', 'fresh_cold', 'mm_cold')} | "
-        f"{spread('', 'fresh_cold_cpu', 'mm_cold_cpu')} |",
+        f"| cold, store freshly opened, persisted index | {spread('', 'fresh_cold', 'fresh_mm_cold')} | "
+        f"{spread('', 'fresh_cold_cpu', 'fresh_mm_cold_cpu')} |",
+        f"| cold, store freshly opened, index from labels | "
+        f"{spread('', 'freshlab_cold', 'freshlab_mm_cold')} | "
+        f"{spread('', 'freshlab_cold_cpu', 'freshlab_mm_cold_cpu')} |",
         "",
         f"(memmap file written at {N * T * H * 2 / t_mm / 1e6:.0f} MB/s.)",
     ]

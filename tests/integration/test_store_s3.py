@@ -123,5 +123,18 @@ def test_two_writers_one_killed_and_resumed_equal_a_local_store(s3, tmp_path):
     keys = [set(p.read_text().split()) if p.exists() else set() for p in logs]
     w0, w1 = keys[0] | keys[2], keys[1]
     assert w0 and w1 and not (w0 & w1), sorted(w0 & w1)[:5]
-    chunk_of = {k.rsplit("/c/", 1)[-1].split("/")[0] for k in w1 if "/c/" in k}
+    chunk_of = {k.rsplit("/c/", 1)[-1].split("/")[0] for k in w1
+                if "/c/" in k and "/role_index/" not in k}
     assert chunk_of == {"1", "3", "5"}  # writer 1 owns batches 1, 3, 5 of every array
+    # each writer leaves its own role index piece (written by no one else), and the reader
+    # takes every done sample from them
+    pieces = [{k.split("/role_index/")[1].split("/")[0] for k in w if "/role_index/" in k}
+              for w in (keys[1], keys[2])]
+    assert len(pieces[0]) == 1 and len(pieces[1]) == 1 and pieces[0] != pieces[1]
+    from actstore import _index
+
+    s = open_store(url, storage_options=opts)
+    g = s.group()
+    taken, _ = _index.load(g, "lm.resid", 1, g["lm.resid"]["role"].shape[1],
+                           s.labels()["done"].to_numpy(), s.root.store, {})
+    assert taken.all()

@@ -180,12 +180,16 @@ def test_old_store_without_index_works_and_reindex_adds_it(tmp_path):
 
     from cli import spatialbind
 
+    r = CliRunner().invoke(spatialbind, ["query", str(tmp_path / "s")])
+    assert "role index: not persisted" in r.output and "--reindex" in r.output
     r = CliRunner().invoke(spatialbind, ["query", str(tmp_path / "s"), "--reindex"])
     assert r.exit_code == 0, r.output
     assert f"role index of {N}/{N} done samples written; 0 earlier" in r.output
     assert _pieces(tmp_path / "s") == _pieces(tmp_path / "ref")
     _assert_same(tmp_path / "s")
     assert _taken(tmp_path / "s").all()
+    r = CliRunner().invoke(spatialbind, ["query", str(tmp_path / "s")])
+    assert f"role index: persisted for {N}/{N} done samples (1 piece)" in r.output
     # reindex again: nothing to write; after a sharded run it merges the pieces into one
     assert reindex(tmp_path / "s")["tiny"]["written"] is False
     make_store(tmp_path / "sh", n_samples=N, batch_size=B, shard=(0, 2))
