@@ -131,6 +131,7 @@ def write_piece(g, covered: np.ndarray, *, force: bool = False) -> str | None:
     for d in g.attrs["sites"]:
         fam, T = d["name"], int(d["n_tokens"])
         fg = g[fam]
+        lab_arrays = {k: fg[k] for k in S.TOKEN_LABELS}
         pf = pg.create_group(fam)
         arrays = {f: pf.create_array(f, shape=(0,), dtype=dt, chunks=(CHUNK,), fill_value=none,
                                      dimension_names=("entry",))
@@ -138,9 +139,9 @@ def write_piece(g, covered: np.ndarray, *, force: bool = False) -> str | None:
         n, blocks, crcs = 0, [], []
         for b0 in range(0, len(covered), BLOCK):
             rows = covered[b0:b0 + BLOCK]
-            labels = {k: np.concatenate([read_rows(fg[k], store, a, b, cache)
+            labels = {k: np.concatenate([read_rows(arr, store, a, b, cache)
                                          for a, b, _ in _runs(rows)])
-                      for k in S.TOKEN_LABELS}
+                      for k, arr in lab_arrays.items()}
             ent, off = entries(rows, labels)
             m = len(ent["sample"])
             if m:
@@ -275,6 +276,7 @@ def check(g, key: str, done: np.ndarray, only: str | None = None) -> list[str]:
     N = len(done)
     store = g.store
     fix = "rebuild it with `spatialbind query STORE --reindex` (actstore.reindex)"
+    cache: dict = {}
     for name, p in pieces(g):
         if only is not None and name != only:
             continue
@@ -291,6 +293,7 @@ def check(g, key: str, done: np.ndarray, only: str | None = None) -> list[str]:
                 pf = p[fam]
                 a = pf.attrs.asdict()
                 arrays = {f: pf[f] for f in FIELDS}
+                lab_arrays = {k: g[fam][k] for k in S.TOKEN_LABELS}
                 for blk, crc in zip(a["blocks"], a["crc"], strict=True):
                     lo, hi, off = blk[0], blk[1], blk[2:]
                     got = {f: np.asarray(arr[off[0]:off[-1]]) for f, arr in arrays.items()}
@@ -301,10 +304,10 @@ def check(g, key: str, done: np.ndarray, only: str | None = None) -> list[str]:
                                              f"samples {lo}..{hi - 1} differs")
                     rows = cov[(cov >= lo) & (cov < hi)]
                     rows = rows[done[rows]]
-                    labels = {k: np.concatenate([read_rows(g[fam][k], store, a0, b0)
+                    labels = {k: np.concatenate([read_rows(arr, store, a0, b0, cache)
                                                  for a0, b0, _ in _runs(rows)])
                               if len(rows) else np.zeros((0, T), S.TOKEN_LABELS[k][0])
-                              for k in S.TOKEN_LABELS}
+                              for k, arr in lab_arrays.items()}
                     want, woff = entries(rows, labels)
                     isdone = np.zeros(N, bool)
                     isdone[rows] = True

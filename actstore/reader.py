@@ -243,7 +243,7 @@ class Store:
             ch = np.unique(want // c)
             blk = {}
             for name, arr in arrays.items():
-                v = np.full((b - a, fg[name].shape[1]), fg[name].fill_value, fg[name].dtype)
+                v = np.full((b - a, arr.shape[1]), arr.fill_value, arr.dtype)
                 for c0, c1 in _chunk_runs(ch):
                     lo, hi = max(a, c0 * c), min(b, c1 * c)
                     v[lo - a:hi - a] = self._read(arr, lo, hi)

@@ -140,11 +140,18 @@ def main(argv=None):
         def api():
             return s.select(site="lm.resid.0", role="object").values
 
-        def fresh():  # a new Store: the role index read from its persisted piece (cold)
-            return open_store(path).select(site="lm.resid.0", role="object").values
+        split = {}  # wall / CPU of opening the store and building the selection (index included)
 
-        def fresh_labels():  # a new Store: the role index built from the (cold) label arrays
-            return open_store(path, index=False).select(site="lm.resid.0", role="object").values
+        def fresh_with(index):
+            def fn():
+                c0, t0 = time.process_time(), time.perf_counter()
+                x = open_store(path, index=index).select(site="lm.resid.0", role="object")
+                split["sel"] = (time.perf_counter() - t0, time.process_time() - c0)
+                return x.values
+            return fn
+
+        fresh = fresh_with(True)          # a new Store: the role index read from its persisted piece
+        fresh_labels = fresh_with(False)  # a new Store: the role index built from the label arrays
 
         import warnings
 
@@ -185,6 +192,8 @@ def main(argv=None):
                     evict(p)
                     row[f"{nm}_resident"] = resident_fraction(p)
                     row[f"{nm}_cold"], row[f"{nm}_cold_cpu"] = _measure(f)
+                    if nm == name:
+                        row[f"{nm}_sel"], row[f"{nm}_sel_cpu"] = split["sel"]
             runs.append(row)
             print(row, flush=True)
         evict(mm_path)
@@ -218,7 +227,11 @@ def main(argv=None):
         f"side by side, who goes first alternating. Cold = both files evicted with "
         f"`posix_fadvise(DONTNEED)` right before the read, and the fraction of their pages still "
         f"resident checked with `mincore` (column 'resident'); warm = best of {a.reps} repeats "
-        f"right after. Wall s / CPU s (user + system of the process):",
+        f"right after. Fresh store: a new `open_store` and its first query, with the role index "
+        f"read from the piece the writer persisted, or built from the label arrays "
+        f"(`index=False`), each beside a cold memmap read (who goes first alternating); in "
+        f"brackets the part spent opening the store and building the selection (labels, "
+        f"role index, coords) before the gather. Wall s / CPU s (user + system of the process):",
         "",
         "| round | load | memmap cold (resident) | store cold (resident) | memmap warm | store warm | "
         "fresh store, persisted index, cold (resident) | its memmap cold | "
@@ -231,14 +244,24 @@ def main(argv=None):
             f"({r['mm_resident']:.3f}) | {r['api_cold']:.2f} / {r['api_cold_cpu']:.2f} "
             f"({r['api_resident']:.3f}) | {r['mm_warm']:.2f} / {r['mm_warm_cpu']:.2f} | "
             f"{r['api_warm']:.2f} / {r['api_warm_cpu']:.2f} | {r['fresh_cold']:.2f} / "
-            f"{r['fresh_cold_cpu']:.2f} ({r['fresh_resident']:.3f}) | {r['fresh_mm_cold']:.2f} / "
+            f"{r['fresh_cold_cpu']:.2f} ({r['fresh_resident']:.3f}) [{r['fresh_sel']:.2f} / "
+            f"{r['fresh_sel_cpu']:.2f}] | {r['fresh_mm_cold']:.2f} / "
             f"{r['fresh_mm_cold_cpu']:.2f} ({r['fresh_mm_resident']:.3f}) | "
-            f"{r['freshlab_cold']:.2f} / {r['freshlab_cold_cpu']:.2f} ({r['freshlab_resident']:.3f}) | "
+            f"{r['freshlab_cold']:.2f} / {r['freshlab_cold_cpu']:.2f} ({r['freshlab_resident']:.3f}) "
+            f"[{r['freshlab_sel']:.2f} / {r['freshlab_sel_cpu']:.2f}] | "
             f"{r['freshlab_mm_cold']:.2f} / {r['freshlab_mm_cold_cpu']:.2f} "
             f"({r['freshlab_mm_resident']:.3f}) |")
+    med = lambda k: float(np.median([r[k] for r in runs]))  # noqa: E731
+    mm_all = [r[k] for r in runs for k in ("mm_cold_cpu", "fresh_mm_cold_cpu", "freshlab_mm_cold_cpu")]
     lines += [
         "",
-        "Store / memmap, median (min–max) over the rounds:",
+        f"Medians, CPU s: memmap cold {np.median(mm_all):.2f} (all {len(mm_all)} cold memmap reads), "
+        f"store cold with its index built {med('api_cold_cpu'):.2f}; fresh store with the persisted "
+        f"index {med('fresh_cold_cpu'):.2f} (open + selection {med('fresh_sel_cpu'):.2f}), from "
+        f"labels {med('freshlab_cold_cpu'):.2f} (open + selection {med('freshlab_sel_cpu'):.2f}).",
+        "",
+        "Store / memmap (the fresh store: / the memmap read beside it), median (min–max) over the "
+        "rounds:",
         "",
         "| | wall | CPU |",
         "|---|---|---|",
