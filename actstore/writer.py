@@ -924,13 +924,15 @@ def reindex(path, *, storage_options: dict | None = None) -> dict[str, dict]:
     from . import _index
 
     with boundary(path, action="write", error=StoreError):
-        store = S.resolve_store(path, mode="a", storage_options=storage_options)
-        try:
-            root = zarr.open_group(store, mode="r+", zarr_format=3)
+        try:  # read-only first: a missing path is an error, never created
+            zarr.open_group(S.resolve_store(path, mode="r", storage_options=storage_options),
+                            mode="r", zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError,
                 zarr.errors.NodeTypeValidationError):
             raise StoreError(f"no activation store at {path}: give the path of a store that "
                              f"extraction wrote (a directory with zarr.json)") from None
+        store = S.resolve_store(path, mode="a", storage_options=storage_options)
+        root = zarr.open_group(store, mode="r+", zarr_format=3)
         _check_root(root, path)
         out = {}
         for key, g in sorted(root.groups()):

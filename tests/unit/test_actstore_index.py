@@ -235,3 +235,17 @@ def test_damaged_piece_is_detected_and_never_gives_wrong_rows(tmp_path, damage):
     reindex(tmp_path / "s")  # the fix the message gives
     _assert_same(tmp_path / "s")
     assert_valid(tmp_path / "s")
+
+
+def test_reindex_of_a_missing_path_or_other_folder_is_one_line_and_writes_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import spatialbind
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    for target in (tmp_path / "missing.zarr", tmp_path / "other"):
+        r = CliRunner().invoke(spatialbind, ["query", str(target), "--reindex"])
+        assert r.exit_code != 0 and "no activation store at" in r.output
+    assert not (tmp_path / "missing.zarr").exists()
+    assert os.listdir(tmp_path / "other") == ["notes.txt"]
