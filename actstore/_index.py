@@ -119,8 +119,13 @@ def write_piece(g, covered: np.ndarray, *, force: bool = False) -> str | None:
         return None
     ig = g[GROUP]
     name = piece_name(covered)
-    if not force and name in ig and ig[name].attrs.get("complete"):
-        return None
+    if not force and name in ig:
+        try:
+            there = bool(ig[name].attrs.get("complete"))
+        except Exception:  # noqa: BLE001 - damaged: rewritten below
+            there = False
+        if there:
+            return None
     store = g.store
     cache: dict = {}
     pg = ig.create_group(name, overwrite=True)
@@ -158,12 +163,35 @@ def write_piece(g, covered: np.ndarray, *, force: bool = False) -> str | None:
     return name
 
 
-def pieces(g) -> list[tuple[str, object]]:
-    """The complete pieces of model group ``g`` (largest first, then by name)."""
+def pieces(g, damaged: list | None = None) -> list[tuple[str, object]]:
+    """The complete pieces of model group ``g`` (largest first, then by name). A piece whose
+    metadata cannot be read is left out with a warning (and its name and why appended to
+    ``damaged``)."""
     if GROUP not in g:
         return []
-    out = [(k, p) for k, p in g[GROUP].groups() if p.attrs.get("complete")]
-    return sorted(out, key=lambda kp: (-int(kp[1].attrs.get("n_covered", 0)), kp[0]))
+    from zarr.core.sync import collect_aiterator
+
+    ig = g[GROUP]
+    # opened one by one (not ig.groups(), which fails as a whole on one damaged piece)
+    names = sorted(k for k in collect_aiterator(ig.store.list_dir(ig.path)) if k != "zarr.json")
+    found = []
+    for k in names:
+        try:
+            found.append((k, ig[k]))
+        except Exception as e:  # noqa: BLE001
+            _warn(f"{ig.path}/{k}", f"{type(e).__name__}: {e}")
+            if damaged is not None:
+                damaged.append((k, f"{type(e).__name__}: {e}"))
+    out = []
+    for k, p in found:
+        try:
+            if p.attrs.get("complete"):
+                out.append((int(p.attrs.get("n_covered", 0)), k, p))
+        except Exception as e:  # noqa: BLE001
+            _warn(p.path, f"{type(e).__name__}: {e}")
+            if damaged is not None:
+                damaged.append((k, f"{type(e).__name__}: {e}"))
+    return [(k, p) for _, k, p in sorted(out, key=lambda t: (-t[0], t[1]))]
 
 
 def _warn(where: str, why: str) -> None:
@@ -277,7 +305,13 @@ def check(g, key: str, done: np.ndarray, only: str | None = None) -> list[str]:
     store = g.store
     fix = "rebuild it with `spatialbind query STORE --reindex` (actstore.reindex)"
     cache: dict = {}
-    for name, p in pieces(g):
+    damaged: list = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IndexWarning)
+        found = pieces(g, damaged)
+    out += [f"{key}/{GROUP}/{name}: damaged ({why}); {fix}" for name, why in damaged
+            if only is None or name == only]
+    for name, p in found:
         if only is not None and name != only:
             continue
         where = f"{key}/{GROUP}/{name}"

@@ -919,6 +919,8 @@ def reindex(path, *, storage_options: dict | None = None) -> dict[str, dict]:
     "removed": [piece names]}}``; ``written`` is False when a sound piece of exactly those
     samples was already there (a damaged one is rewritten).
     """
+    import warnings
+
     import zarr
 
     from . import _index
@@ -938,7 +940,10 @@ def reindex(path, *, storage_options: dict | None = None) -> dict[str, dict]:
         for key, g in sorted(root.groups()):
             if not g.attrs.get("complete"):
                 continue
-            before = [k for k, _ in _index.pieces(g)]
+            damaged: list = []
+            with warnings.catch_warnings():  # damaged pieces are replaced here: no warning
+                warnings.simplefilter("ignore", _index.IndexWarning)
+                before = [k for k, _ in _index.pieces(g, damaged)] + [k for k, _ in damaged]
             if _index.GROUP not in g:
                 g.create_group(_index.GROUP)
             done = np.asarray(g["samples"]["done"][:], bool)

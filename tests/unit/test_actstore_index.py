@@ -205,7 +205,7 @@ def _piece_array(path, fam, field):
     return Path(path) / "tiny" / _index.GROUP / name / fam / field
 
 
-@pytest.mark.parametrize("damage", ["truncate", "values", "missing", "covered"])
+@pytest.mark.parametrize("damage", ["truncate", "values", "missing", "covered", "metadata"])
 def test_damaged_piece_is_detected_and_never_gives_wrong_rows(tmp_path, damage):
     make_store(tmp_path / "s", n_samples=N, batch_size=B)
     ref = _indexes(tmp_path / "s", False)
@@ -220,6 +220,9 @@ def test_damaged_piece_is_detected_and_never_gives_wrong_rows(tmp_path, damage):
         a[:] = np.roll(v, 1)
     elif damage == "missing":
         chunk.unlink()
+    elif damage == "metadata":  # the piece's own zarr.json cut short
+        meta = arr.parent.parent / "zarr.json"
+        meta.write_bytes(meta.read_bytes()[:30])
     else:
         a = zarr.open_array(_piece_array(tmp_path / "s", "lm.resid", "x").parent.parent
                             / "covered", mode="r+")
