@@ -85,14 +85,14 @@ def _crc(parts) -> int:
     return c
 
 
-def _runs(samples: np.ndarray) -> list[tuple[int, int, int]]:
-    """Consecutive runs of the sorted ``samples``: ``(start, stop, position in samples)``."""
+def _runs(samples: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive runs ``[start, stop)`` of the sorted sample indices ``samples``."""
     if len(samples) == 0:
         return []
     cut = np.flatnonzero(np.diff(samples) != 1) + 1
     starts = np.concatenate([[0], cut])
     stops = np.concatenate([cut, [len(samples)]])
-    return [(int(samples[a]), int(samples[b - 1]) + 1, int(a)) for a, b in zip(starts, stops)]
+    return [(int(samples[a]), int(samples[b - 1]) + 1) for a, b in zip(starts, stops)]
 
 
 def read_rows(arr, store, a: int, b: int, cache: dict | None = None) -> np.ndarray:
@@ -145,7 +145,7 @@ def write_piece(g, covered: np.ndarray, *, force: bool = False) -> str | None:
         for b0 in range(0, len(covered), BLOCK):
             rows = covered[b0:b0 + BLOCK]
             labels = {k: np.concatenate([read_rows(arr, store, a, b, cache)
-                                         for a, b, _ in _runs(rows)])
+                                         for a, b in _runs(rows)])
                       for k, arr in lab_arrays.items()}
             ent, off = entries(rows, labels)
             m = len(ent["sample"])
@@ -339,7 +339,7 @@ def check(g, key: str, done: np.ndarray, only: str | None = None) -> list[str]:
                     rows = cov[(cov >= lo) & (cov < hi)]
                     rows = rows[done[rows]]
                     labels = {k: np.concatenate([read_rows(arr, store, a0, b0, cache)
-                                                 for a0, b0, _ in _runs(rows)])
+                                                 for a0, b0 in _runs(rows)])
                               if len(rows) else np.zeros((0, T), S.TOKEN_LABELS[k][0])
                               for k, arr in lab_arrays.items()}
                     want, woff = entries(rows, labels)
