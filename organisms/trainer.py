@@ -917,8 +917,12 @@ def scramble_tokens(model, items, grid: int, rng, *, hook=None):
         hook.active = False
     try:
         with torch.no_grad():
-            pv, thw = od.qwen_pixels(od.render(src, n=grid, normalise=od.QWEN_NORM))
-            toks = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
+            if not hasattr(model.model, "visual"):  # Gemma-3: (B, 3, H, W) pixels
+                img = od.render(src, n=grid, normalise=od.GEMMA_NORM)
+                toks = image_tokens(model, {"pixel_values": img})
+            else:
+                pv, thw = od.qwen_pixels(od.render(src, n=grid, normalise=od.QWEN_NORM))
+                toks = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
     finally:
         if hook is not None:
             hook.active = was

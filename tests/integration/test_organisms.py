@@ -565,13 +565,16 @@ def test_readme_names_wall_time_stages_and_their_estimate():
     assert org._cpu_notes(log)[1].endswith("estimated at the measured rate is 14.5 min (m).")
 
 
-def test_object_scramble_gives_each_square_its_colour_with_another_slot():
+@pytest.mark.parametrize("arch", ["qwen2-vl", "gemma-3"])
+def test_object_scramble_gives_each_square_its_colour_with_another_slot(arch):
     """--p-scramble-object: every object token <- the token at the same place of the
     same-coloured square in a render of the item with its colours in a random order (found here
-    by colour, independently of the code's index map); background tokens and order kept."""
+    by colour, independently of the code's index map); background tokens and order kept. The
+    re-coloured render goes through the organism's own batcher here (Qwen2-VL's flattened
+    patches, Gemma-3's pixel tensor), independently of the code's own rendering."""
     from organisms.model import image_tokens
 
-    cfg = _tiny("vision", p_shuffle=0.0, p_scramble_object=1.0)
+    cfg = _tiny("vision", arch=arch, p_shuffle=0.0, p_scramble_object=1.0)
     model, proc = org.build(cfg)
     model.eval()
     items = od.eval_items(od.make_splits(8), "hl", n=6)
