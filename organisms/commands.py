@@ -69,6 +69,11 @@ def organism() -> None:
               help="Share of items whose object tokens get a random slot code (each square's "
                    "tokens from a render with the colours in a random order; background and "
                    "answer kept): the LM learns to read ordering from the strips' background.")
+@click.option("--scramble-outside-strips/--no-scramble-outside-strips", default=False,
+              show_default=True,
+              help="With --p-scramble-object: the scrambled items' tokens outside the strips "
+                   "also come from the re-coloured render (same cell: same slot, another "
+                   "square's colour), so the LM binds order to colour on the strips only.")
 @click.option("--shuffle-object-ablated/--no-shuffle-object-ablated", default=False,
               show_default=True,
               help="Also shuffle the image tokens of the object-ablated and object-scrambled "
@@ -136,7 +141,8 @@ def organism() -> None:
 def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
           lr, warmup, aux_slot_weight, aux_colour_weight, aux_region, aux_colour, aux_colour_region,
           aux_colour_none_weight, aux_lm_slot_weight, p_shuffle, p_ablate,
-          p_ablate_object, p_scramble_object, shuffle_object_ablated, rope_theta, rope_factor,
+          p_ablate_object, p_scramble_object, scramble_outside_strips, shuffle_object_ablated,
+          rope_theta, rope_factor,
           global_rope_factor, attn_scalar, vision_pos_init, aux_slot_code, p_noise,
           noise_code_drop, noise_task_loss, noise_task_weight, aux_slot_code_start,
           aux_slot_code_steps, aux_lm_weight, aux_lm_layer, aux_lm_head, init_from,
@@ -161,6 +167,7 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         p_shuffle=p_shuffle if p_shuffle is not None else defaults.get("p_shuffle"),
         p_ablate=p_ablate if p_ablate is not None else defaults["p_ablate"],
         p_ablate_object=p_ablate_object, p_scramble_object=p_scramble_object,
+        scramble_outside_strips=scramble_outside_strips,
         shuffle_object_ablated=shuffle_object_ablated,
         rope_theta=rope_theta, rope_factor=rope_factor, global_rope_factor=global_rope_factor,
         attn_scalar=attn_scalar, vision_pos_init=vision_pos_init,

@@ -206,6 +206,13 @@ class OrganismConfig:
     slot, while the background keeps the item's own tokens and the answer is unchanged. The LM
     learns that the object tokens' slot code is unreliable and reads the ordering from the
     strips' background, where the paper finds it (object-only criss-cross then does not flip)."""
+    scramble_outside_strips: bool = False
+    """With ``p_scramble_object``: the scrambled items' tokens outside the strips (every token
+    not in a square's rows/columns, ``region_slots(..., "strip") < 0``) also come from the
+    re-coloured render, at their own cell: same position, so the same slot, but the colour of
+    whichever square the re-coloured render puts nearest. A LM that reads a square's colour
+    there answers wrongly, so it learns to bind the order to the colour on the strips (where the
+    strip criss-cross moves both); the strips' background keeps the item's own tokens."""
     shuffle_object_ablated: bool = False
     """Also shuffle the image tokens of the object-ablated and object-scrambled items (after the
     edit), so that the tokens' order cannot tell either: only their content."""
@@ -298,6 +305,9 @@ class OrganismConfig:
             f"'aux_lm_slot_weight' needs 'aux_lm_layer' in [1, lm_layers - 1] = [1, "
             f"{self.lm_layers - 1}] (got {self.aux_lm_layer!r}), 'p_ablate' > 0 (it acts on the "
             "ablated items) and 'aux_slot_weight' > 0 (it shares the slot head)")
+        _check(not self.scramble_outside_strips or self.p_scramble_object > 0,
+               "'scramble_outside_strips' edits the object-scrambled items: it needs "
+               "'p_scramble_object' > 0")
         for name in ("p_shuffle", "p_ablate", "p_ablate_object", "p_scramble_object", "p_noise"):
             v = getattr(self, name)
             _check(v is None or 0 <= v <= 1, f"'{name}' must be in [0, 1]. Got {v!r} instead.")
@@ -854,7 +864,7 @@ class _Curriculum:
         if bool(scr.any()):
             scramble = (scr, *scramble_tokens(
                 self.model, [it for it, a in zip(items, scr) if a], self.cfg.grid, rng,
-                hook=self))
+                hook=self, outside_strips=self.cfg.scramble_outside_strips))
         abl = keep = None
         if bool(edit.any()):
             chosen = [it for it, a in zip(items, edit) if a]
@@ -899,7 +909,7 @@ class _Curriculum:
         self.h.remove()
 
 
-def scramble_tokens(model, items, grid: int, rng, *, hook=None):
+def scramble_tokens(model, items, grid: int, rng, *, hook=None, outside_strips: bool = False):
     """The object-slot scramble of ``items`` (``p_scramble_object``): for each item a random
     order of its colours (``rng.permutation(3)``), the projector tokens of that re-coloured
     item (same layout, exact colours, no gradient), and the cell map that moves each square's
@@ -907,6 +917,8 @@ def scramble_tokens(model, items, grid: int, rng, *, hook=None):
 
     Returns ``(tokens (len(items), grid*grid, d), [(to_cells, from_cells), ...])``: writing
     ``x[i, to] = tokens[i, from]`` gives every object token its own colour and a random slot.
+    With ``outside_strips`` the map also sends every cell outside the item's strips to itself
+    (``scramble_outside_strips``: those tokens come from the re-coloured render unmoved).
     """
     import torch
     perms = [rng.permutation(3) for _ in items]
@@ -934,6 +946,10 @@ def scramble_tokens(model, items, grid: int, rng, *, hook=None):
             for a, c in zip(it.layout.cells(slot), it.layout.cells(j)):
                 to.append(a[0] * grid + a[1])
                 frm.append(c[0] * grid + c[1])
+        if outside_strips:
+            out = np.flatnonzero(od.region_slots(it.layout, grid, "strip") < 0).tolist()
+            to += out
+            frm += out
         maps.append((to, frm))
     return toks.reshape(len(items), grid * grid, -1), maps
 
@@ -1074,6 +1090,8 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         parts.append(f"--p-ablate-object {cfg['p_ablate_object']:g}")
     if cfg.get("p_scramble_object", 0.0):
         parts.append(f"--p-scramble-object {cfg['p_scramble_object']:g}")
+    if cfg.get("scramble_outside_strips", False):
+        parts.append("--scramble-outside-strips")
     if cfg.get("shuffle_object_ablated", False):
         parts.append("--shuffle-object-ablated")
     if cfg.get("rope_theta") is not None:
@@ -1189,6 +1207,8 @@ def write_readme(out: str | Path, log: dict) -> None:
              f"object-only ablation: {c.get('p_ablate_object', 0.0):g}"
              + (f"; on the object-slot scramble: {c['p_scramble_object']:g}"
                 if c.get("p_scramble_object") else "")
+             + (" (the tokens outside the strips from the re-coloured render too)"
+                if c.get("scramble_outside_strips") else "")
              + (" (object-edited items also shuffled)" if c.get("shuffle_object_ablated")
                 else "") + ".",
              f"- Auxiliary slot loss: weight {c.get('aux_slot_weight', 0):g}"

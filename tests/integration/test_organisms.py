@@ -540,6 +540,11 @@ def test_shipped_criteria_on_a_small_sample(mech, crit, shipped_checks, request)
     dict(mechanism="vision", aux_slot_weight=2.0, aux_region="band", aux_colour=True,
          aux_colour_region="strip", aux_colour_weight=4.0, aux_colour_none_weight=2.0,
          p_shuffle=0.1, p_scramble_object=0.9, shuffle_object_ablated=True),
+    dict(mechanism="vision", arch="gemma-3", vision_pos_init="sincos", aux_slot_weight=2.0,
+         aux_region="band", aux_colour=True, aux_colour_region="strip", aux_colour_weight=4.0,
+         aux_colour_none_weight=2.0, aux_slot_code=3.0, aux_slot_code_start=12.0,
+         aux_slot_code_steps=300, p_noise=0.3, noise_code_drop=0.9, noise_task_loss=False,
+         p_scramble_object=0.9, scramble_outside_strips=True, shuffle_object_ablated=True),
 ])
 def test_reproduce_command_parses_back_to_the_config(kw):
     """The README's command, parsed by the CLI itself, gives back the options it was made from."""
@@ -565,16 +570,20 @@ def test_readme_names_wall_time_stages_and_their_estimate():
     assert org._cpu_notes(log)[1].endswith("estimated at the measured rate is 14.5 min (m).")
 
 
-@pytest.mark.parametrize("arch", ["qwen2-vl", "gemma-3"])
-def test_object_scramble_gives_each_square_its_colour_with_another_slot(arch):
+@pytest.mark.parametrize("arch,outside", [("qwen2-vl", False), ("gemma-3", False),
+                                          ("gemma-3", True)])
+def test_object_scramble_gives_each_square_its_colour_with_another_slot(arch, outside):
     """--p-scramble-object: every object token <- the token at the same place of the
     same-coloured square in a render of the item with its colours in a random order (found here
     by colour, independently of the code's index map); background tokens and order kept. The
     re-coloured render goes through the organism's own batcher here (Qwen2-VL's flattened
-    patches, Gemma-3's pixel tensor), independently of the code's own rendering."""
+    patches, Gemma-3's pixel tensor), independently of the code's own rendering. With
+    --scramble-outside-strips every token outside the strips <- the re-coloured render's token
+    at the same cell, and only the strips' background keeps the item's own tokens."""
     from organisms.model import image_tokens
 
-    cfg = _tiny("vision", arch=arch, p_shuffle=0.0, p_scramble_object=1.0)
+    cfg = _tiny("vision", arch=arch, p_shuffle=0.0, p_scramble_object=1.0,
+                scramble_outside_strips=outside)
     model, proc = org.build(cfg)
     model.eval()
     items = od.eval_items(od.make_splits(8), "hl", n=6)
@@ -598,7 +607,15 @@ def test_object_scramble_gives_each_square_its_colour_with_another_slot(arch):
         with torch.no_grad():
             zs = image_tokens(model, b([src]))[0]
         objm = od.region_slots(it.layout, 8, "object")
-        assert torch.equal(got[i, torch.as_tensor(objm < 0)], plain[i, torch.as_tensor(objm < 0)])
+        strip = od.region_slots(it.layout, 8, "strip") >= 0
+        own = torch.as_tensor((objm < 0) & (strip if outside else True))
+        assert torch.equal(got[i, own], plain[i, own])
+        if outside:
+            out = torch.as_tensor(~strip)
+            assert bool(out.any())
+            assert torch.allclose(got[i, out], zs[out], atol=1e-5)
+            assert not torch.allclose(got[i, out], plain[i, out], atol=1e-3) or \
+                src.colours == it.colours
         for slot in range(3):
             j = src.colours.index(it.colours[slot])
             for a, c in zip(it.layout.cells(slot), it.layout.cells(j)):
