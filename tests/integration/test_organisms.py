@@ -582,6 +582,9 @@ def test_object_scramble_gives_each_square_its_colour_with_another_slot(arch, ou
     at the same cell, and only the strips' background keeps the item's own tokens."""
     from organisms.model import image_tokens
 
+    if outside:  # it edits the scrambled items, so it needs some
+        with pytest.raises(org.OrganismError, match="scramble_outside_strips"):
+            _tiny("vision", arch=arch, scramble_outside_strips=True)
     cfg = _tiny("vision", arch=arch, p_shuffle=0.0, p_scramble_object=1.0,
                 scramble_outside_strips=outside)
     model, proc = org.build(cfg)
