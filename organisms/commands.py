@@ -110,6 +110,10 @@ def organism() -> None:
 @click.option("--noise-task-loss/--no-noise-task-loss", default=True, show_default=True,
               help="Noisy items count in the task loss (off: they train only the auxiliary "
                    "loss, so the LM never learns to answer from an attenuated code).")
+@click.option("--noise-lm-loss/--no-noise-lm-loss", default=True, show_default=True,
+              help="Noisy items count in the LM-side slot losses (--aux-lm-weight, "
+                   "--aux-lm-slot-weight); off: only clean items train the LM's positional "
+                   "backup, so it never learns to rescue a faded vision code.")
 @click.option("--noise-task-weight", type=float, default=1.0, show_default=True,
               help="Weight of a noisy item in the task loss (clean items 1): below 1 the LM "
                    "still learns to answer from an attenuated code, at a milder strength.")
@@ -144,7 +148,8 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
           p_ablate_object, p_scramble_object, scramble_outside_strips, shuffle_object_ablated,
           rope_theta, rope_factor,
           global_rope_factor, attn_scalar, vision_pos_init, aux_slot_code, p_noise,
-          noise_code_drop, noise_task_loss, noise_task_weight, aux_slot_code_start,
+          noise_code_drop, noise_task_loss, noise_lm_loss, noise_task_weight,
+          aux_slot_code_start,
           aux_slot_code_steps, aux_lm_weight, aux_lm_layer, aux_lm_head, init_from,
           eval_every, out, probe, progress):
     """Train an organism on the Squares task and save it with save_pretrained."""
@@ -172,7 +177,8 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         rope_theta=rope_theta, rope_factor=rope_factor, global_rope_factor=global_rope_factor,
         attn_scalar=attn_scalar, vision_pos_init=vision_pos_init,
         aux_slot_code=aux_slot_code, p_noise=p_noise, noise_code_drop=noise_code_drop,
-        noise_task_loss=noise_task_loss, noise_task_weight=noise_task_weight,
+        noise_task_loss=noise_task_loss, noise_lm_loss=noise_lm_loss,
+        noise_task_weight=noise_task_weight,
         aux_slot_code_start=aux_slot_code_start, aux_slot_code_steps=aux_slot_code_steps,
         aux_lm_weight=aux_lm_weight, aux_lm_layer=aux_lm_layer,
         aux_lm_head=aux_lm_head, init_from=init_from, eval_every=eval_every, eval_items=64)

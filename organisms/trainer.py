@@ -235,6 +235,10 @@ class OrganismConfig:
     noise_task_loss: bool = True
     """Noisy items count in the task loss. Off: they train only the auxiliary loss, so the LM
     never learns to answer from an attenuated code (it reads the code at its clean size)."""
+    noise_lm_loss: bool = True
+    """Noisy items count in the LM-side slot losses (``aux_lm_weight``, ``aux_lm_slot_weight``).
+    Off: they are left out, so the LM's positional backup (a ``dual``) is never trained to
+    rescue an item whose vision code has faded with the noise; only clean items teach it."""
     noise_task_weight: float = 1.0
     """Weight of a noisy item in the task loss (clean items 1): the task loss is
     ``sum_i w_i CE_i / sum_i w_i``, so a weight below 1 keeps the answer of a noisy item (an
@@ -579,12 +583,15 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
             loss = loss + aux.loss(items, code_scale=code_scale(noise, cfg),
                                    code=code_size_at(step, cfg))
         if aux_lm is not None:
-            lm_aux = aux_lm.loss(items, inputs, None if cur is None else cur.last_shuffled)
+            lm_aux = aux_lm.loss(items, inputs, None if cur is None else cur.last_shuffled,
+                                 only=clean_only(noise, cfg))
             loss = loss + lm_aux
             v = float(lm_aux.detach()) / cfg.aux_lm_weight
             run_aux_lm = v if run_aux_lm is None else 0.9 * run_aux_lm + 0.1 * v
         if aux_lm_abl is not None:
-            loss = loss + aux_lm_abl.loss(items, inputs, cur.ablated)
+            only = clean_only(noise, cfg)
+            loss = loss + aux_lm_abl.loss(items, inputs, cur.ablated if only is None
+                                          else np.asarray(cur.ablated, dtype=bool) & only)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -638,6 +645,14 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     if out is not None:
         save(model, proc, out, log)
     return TrainResult(model, proc, log)
+
+
+def clean_only(noise, cfg: OrganismConfig):
+    """Per-item mask of the items the LM-side slot losses train on: None (every item) unless
+    ``noise_lm_loss`` is off and the batch has noise, then the noise-free items."""
+    if noise is None or cfg.noise_lm_loss:
+        return None
+    return np.asarray(noise) == 0
 
 
 def code_scale(noise, cfg: OrganismConfig):
@@ -1115,6 +1130,8 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
             parts.append("--no-noise-task-loss")
         if cfg.get("noise_task_weight", 1.0) != 1:
             parts.append(f"--noise-task-weight {cfg['noise_task_weight']:g}")
+        if not cfg.get("noise_lm_loss", True):
+            parts.append("--no-noise-lm-loss")
     if cfg.get("vision_pos_init", "random") != "random":
         parts.append(f"--vision-pos-init {cfg['vision_pos_init']}")
     if cfg.get("aux_lm_weight", 0.0):
@@ -1240,7 +1257,10 @@ def write_readme(out: str | Path, log: dict) -> None:
                     if c.get("noise_task_weight", 1.0) != 1 else "they count in the task loss.")
                    if c.get("noise_task_loss", True) else
                    "they train only the auxiliary loss (the LM never answers from an "
-                   "attenuated code).") if c.get("p_noise") else ""),
+                   "attenuated code).")
+                + (" They are left out of the LM-side slot losses (the LM's positional backup "
+                   "never learns to rescue a faded code)." if not c.get("noise_lm_loss", True)
+                   else "") if c.get("p_noise") else ""),
              *([f"- LM-side auxiliary slot loss: weight {c['aux_lm_weight']:g} on the LM's "
                 f"residual stream `lm.resid.{c.get('aux_lm_layer', 1)}` at the object tokens (a "
                 "linear head, not saved"

@@ -236,3 +236,31 @@ def test_trainer_weights_noisy_items_in_the_task_loss(monkeypatch):
     org.train(cfg, progress=False, final_eval_items=4)
     assert 0 < noisy.sum() < cfg.batch and len(seen) == 1
     assert np.array_equal(seen[0], np.where(noisy, 0.25, 1.0))
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_noisy_items_can_be_kept_out_of_the_lm_slot_loss(monkeypatch, keep):
+    """--no-noise-lm-loss: the LM-side slot loss (--aux-lm-weight, own head) is taken over the
+    object tokens of the clean items only (the trainer's own noise draws; no shuffle here, so
+    every item's object tokens count); with the default it counts every item's."""
+    seen = {}
+    real = torch.nn.functional.cross_entropy
+
+    def spy(logits, target, *a, **k):
+        if logits.shape[-1] == 3 and len(logits):  # the LM slot head (3 slots)
+            seen.setdefault("calls", []).append(len(target))
+        return real(logits, target, *a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    cfg = _tiny(arch="gemma-3", mechanism="lm", vision_pos_init="zero", steps=1, eval_every=1,
+                aux_lm_weight=1.0, aux_lm_layer=1, p_noise=0.5, noise_lm_loss=keep)
+    rng = np.random.default_rng(cfg.seed)
+    splits = od.make_splits(8, seed=0)
+    items = od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
+    noisy = rng.random(cfg.batch) < 0.5  # the trainer's next draws
+    n_obj = np.array([(od.region_slots(it.layout, 8, "object") >= 0).sum() for it in items])
+    org.train(cfg, progress=False, final_eval_items=4)
+    assert 0 < noisy.sum() < cfg.batch
+    want = int(n_obj.sum() if keep else n_obj[~noisy].sum())
+    assert seen["calls"][0] == want
+    assert ("--no-noise-lm-loss" in org.command_line(cfg.to_json(), "x")) is (not keep)
