@@ -186,6 +186,21 @@ def projector_module(model):
     return adapter_for(model).site_module("projector")[0]
 
 
+def pixel_norm(model) -> tuple:
+    """The (mean, std) the model's processor normalises canvases with (Qwen2-VL: CLIP's;
+    Gemma-3: 0.5)."""
+    return od.QWEN_NORM if hasattr(model.model, "visual") else od.GEMMA_NORM
+
+
+def pixel_inputs(model, img) -> dict:
+    """The vision inputs of normalised float canvases ``(B, 3, H, W)``: Qwen2-VL's flattened
+    patches and grid, or Gemma-3's tensor as it is."""
+    if hasattr(model.model, "visual"):
+        pv, thw = od.qwen_pixels(img)
+        return {"pixel_values": pv, "image_grid_thw": thw}
+    return {"pixel_values": img}
+
+
 def image_tokens(model, inputs: dict):
     """Projector output ``(B, n_tokens, d)`` for a batch (runs the vision side only)."""
     got = {}

@@ -416,8 +416,8 @@ class OrganismConfig:
 
 from .model import (  # noqa: E402,F401  (re-exported: the organism API)
     GEMMA_TEMPLATE, QWEN_TEMPLATE, Batcher, ShuffleImageTokens, build, image_only_processor_class,
-    image_tokens, init_vision_positions, last_logits, paper_messages, projector_module,
-    vision_position_embedding)
+    image_tokens, init_vision_positions, last_logits, paper_messages, pixel_inputs, pixel_norm,
+    projector_module, vision_position_embedding)
 
 
 def accuracy(model, batcher: Batcher, items, *, batch: int = 128, shuffle_seed: int | None = None
@@ -944,12 +944,8 @@ def scramble_tokens(model, items, grid: int, rng, *, hook=None, outside_strips: 
         hook.active = False
     try:
         with torch.no_grad():
-            if not hasattr(model.model, "visual"):  # Gemma-3: (B, 3, H, W) pixels
-                img = od.render(src, n=grid, normalise=od.GEMMA_NORM)
-                toks = image_tokens(model, {"pixel_values": img})
-            else:
-                pv, thw = od.qwen_pixels(od.render(src, n=grid, normalise=od.QWEN_NORM))
-                toks = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
+            img = od.render(src, n=grid, normalise=pixel_norm(model))
+            toks = image_tokens(model, pixel_inputs(model, img))
     finally:
         if hook is not None:
             hook.active = was
@@ -987,19 +983,11 @@ def ablation_tokens(model, items, grid: int, *, hook=None):
     if hook is not None:
         hook.active = False
     try:
-        gemma = not hasattr(model.model, "visual")
         with torch.no_grad():
             for s in sizes:
                 cols = names[s] + ([None] if s == sizes[0] else [])
-                if gemma:
-                    img = od.render_single(cols, s, n=grid, normalise=od.GEMMA_NORM)
-                    t = image_tokens(model, {"pixel_values": img})
-                    for k, name in enumerate(cols):
-                        toks[(s, name)] = t[k]
-                    continue
-                img = od.render_single(cols, s, n=grid, normalise=od.QWEN_NORM)
-                pv, thw = od.qwen_pixels(img)
-                t = image_tokens(model, {"pixel_values": pv, "image_grid_thw": thw})
+                img = od.render_single(cols, s, n=grid, normalise=pixel_norm(model))
+                t = image_tokens(model, pixel_inputs(model, img))
                 for k, name in enumerate(cols):
                     toks[(s, name)] = t[k]
     finally:
