@@ -205,9 +205,26 @@ class FlatConfig(_Base):
     """Random layouts: spacings (tokens) to draw from; empty = ``grid.spacing`` only."""
     jitter: int = 0
     """Per-entity shade jitter: each RGB channel moves by a uniform integer in [-jitter, jitter]."""
+    triples: tuple[tuple[str, str, str], ...] = ()
+    """Only these ordered triples (entity names in slot order: left to right or top to bottom,
+    e.g. ``[["red", "green", "blue"]]``); empty = every ordered triple of the colours / shapes /
+    objects. Used to generate a model's held-out triples only (``spatialbind demo --items
+    heldout``); twins keep their own triples (a criss-cross or swap twin is the mirror)."""
 
     def __post_init__(self):
         c = "FlatConfig"
+        if not isinstance(self.triples, (list, tuple)):
+            raise _param_error(c, "triples", "a list of [name, name, name] triples", self.triples)
+        trip = []
+        for t in self.triples:
+            if (not isinstance(t, (list, tuple)) or len(t) != 3
+                    or not all(isinstance(x, str) for x in t) or len(set(t)) != 3):
+                raise _param_error(c, "triples", "a list of triples of 3 distinct names, e.g. "
+                                   '[["red", "green", "blue"]]', list(self.triples))
+            trip.append(tuple(t))
+        if len(set(trip)) != len(trip):
+            raise _param_error(c, "triples", "a list without repeated triples", list(self.triples))
+        object.__setattr__(self, "triples", tuple(trip))
         _check_choice(c, "task", self.task, TASKS)
         if not isinstance(self.grid, GridConfig):
             raise _param_error(c, "grid", "a GridConfig", self.grid)
@@ -255,6 +272,16 @@ class FlatConfig(_Base):
                     f"FlatConfig shapes {list(self.shapes)} map to repeated colours {cols}; "
                     "the answer is a colour, so give every shape its own colour in shape_colors")
         _check_choice(c, "layout", self.layout, LAYOUTS)
+        if self.triples:
+            if self.layout == "grid":
+                raise ConfigError("FlatConfig triples choose among three-entity rows and do not "
+                                  "apply to layout 'grid'; remove triples or set layout: centred")
+            names = {"squares": self.colors, "shapes": self.shapes}.get(self.task)
+            if names is not None or self.objects:
+                names = names if names is not None else self.objects
+                what = {"squares": "colour", "shapes": "shape"}.get(self.task, "object")
+                for t in self.triples:
+                    _check_names(c, "triples", t, tuple(names), what=what)
         _check_int(c, "jitter", self.jitter, 0, 127)
         _check_int(c, "grid_k", self.grid_k, 2, 16)
         if self.layout == "grid":
@@ -279,6 +306,14 @@ class FlatConfig(_Base):
         if not fits:
             check_fits(self.grid.num_tokens, min(self.size_choices),
                        min(self.spacing_choices), where="FlatConfig sizes/spacings")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As :meth:`_Base.to_dict`; an empty ``triples`` is left out, so configs (and the
+        dataset hashes) from before the option existed stay the same."""
+        d = _Base.to_dict(self)
+        if not self.triples:
+            d.pop("triples")
+        return d
 
     @property
     def size_choices(self) -> tuple[int, ...]:

@@ -313,18 +313,24 @@ class FlatGenerator:
             self.items = self.objects.names
         else:
             self.items = tuple(config.shapes)
-        self.enumeration = [(t, d) for t in itertools.permutations(self.items, 3)
-                            for d in config.directions]
+        unknown = [list(t) for t in config.triples if not set(t) <= set(self.items)]
+        if unknown:
+            raise ConfigError(f"flat.triples {unknown} name entities outside this config's "
+                              f"{task} ({', '.join(self.items)}); use names from that list")
+        self.triples = (tuple(config.triples) if config.triples
+                        else tuple(itertools.permutations(self.items, 3)))
+        self.enumeration = [(t, d) for t in self.triples for d in config.directions]
         total = len(self.enumeration)
         if config.layout == "centred":
             if n is None or n == total:
                 self.chosen = list(range(total))
             elif n > total:
+                which = (f"{len(self.triples)} triples of flat.triples" if config.triples else
+                         f"{len(self.items)} {dict(squares='colours').get(task, task)}")
                 raise ConfigError(
                     f"n={n} exceeds the {total} distinct {task} items of this config "
-                    f"({len(self.items)} {dict(squares='colours').get(task, task)}, "
-                    f"{len(config.directions)} directions, centred layout); lower --n to at "
-                    f"most {total} or set flat.layout: random")
+                    f"({which}, {len(config.directions)} directions, centred layout); lower "
+                    f"--n to at most {total} or set flat.layout: random")
             else:
                 pick = np.random.default_rng([self.seed, 0x5EB]).choice(total, n, replace=False)
                 self.chosen = sorted(int(i) for i in pick)
@@ -371,7 +377,10 @@ class FlatGenerator:
             triple, direction = self.enumeration[self.chosen[index]]
             layout = centred_layout(g.num_tokens, g.size, g.spacing, AXIS_OF[direction])
         else:
-            triple = tuple(self.items[i] for i in rng.permutation(len(self.items))[:3])
+            if self.config.triples:
+                triple = self.triples[int(rng.integers(len(self.triples)))]
+            else:
+                triple = tuple(self.items[i] for i in rng.permutation(len(self.items))[:3])
             direction = cfg.directions[int(rng.integers(len(cfg.directions)))]
             layout = random_layout(g.num_tokens, cfg.size_choices, cfg.spacing_choices,
                                    AXIS_OF[direction], rng)

@@ -57,6 +57,10 @@ DEGRADED_PRESETS: dict[str, tuple[tuple[str, tuple[float, float]], ...]] = {
 }
 
 
+#: ``DemoConfig.items``: the organisms' held-out colour triples, or every triple.
+ITEMS = ("heldout", "all")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DemoConfig:
     """Options of ``spatialbind demo``."""
@@ -92,6 +96,11 @@ class DemoConfig:
     the report), ``paper`` or ``robust``. The robust E1, E3 and E7 always run (the organism
     contrasts read them); ``both``/``paper`` add the paper ones (:mod:`study.demo_paper`: E7
     with the paper directions, trained on E1's golden items)."""
+    items: str = "heldout"
+    """Which Squares items E1-E7 run on: ``heldout`` (the colour triples every studied organism
+    held out of its training, from its ``train_log.json``: the organism criteria are the paper's
+    effects *on held-out items*; every triple when no studied model records a split) or ``all``
+    (every ordered triple of the six colours, as up to 2026-11-30)."""
     tasks: tuple[str, ...] = ("objects", "grids", "controls", "whatsup-stitched")
     """The paper's other tasks to add (:mod:`study.tasks`): ``objects`` (E1), ``grids`` (App.
     C.6 probes), ``controls`` (E7 sanity controls), ``whatsup-stitched`` (E1, with whatsup)."""
@@ -107,6 +116,9 @@ class DemoConfig:
             raise InterventionError(f"The 'degraded' parameter of DemoConfig must be one of "
                                     f"{', '.join(DEGRADED_PRESETS)}. Got {self.degraded!r} "
                                     "instead.")
+        if self.items not in ITEMS:
+            raise InterventionError(f"The 'items' parameter of DemoConfig must be one of "
+                                    f"{', '.join(ITEMS)}. Got {self.items!r} instead.")
         if not isinstance(self.n_degraded, int) or self.n_degraded < 4:
             raise InterventionError(f"The 'n_degraded' parameter of DemoConfig must be an int "
                                     f">= 4. Got {self.n_degraded!r} instead.")
@@ -119,8 +131,10 @@ class DemoConfig:
             raise InterventionError(f"unknown demo task(s) {bad}; choose from {list(TASKS)}")
 
 
-def stimulus_config(cfg: DemoConfig, *, degraded: bool) -> dict[str, Any]:
-    """The generate config of the demo's clean (or degraded) stimulus set."""
+def stimulus_config(cfg: DemoConfig, *, degraded: bool,
+                    triples: list[list[str]] | None = None) -> dict[str, Any]:
+    """The generate config of the demo's clean (or degraded) stimulus set; ``triples`` (from
+    :func:`heldout_items`) restricts its Squares items to those colour triples."""
     if cfg.preset:
         from scenegen.presets import preset
 
@@ -129,6 +143,8 @@ def stimulus_config(cfg: DemoConfig, *, degraded: bool) -> dict[str, Any]:
         d = {"generator": "flat",
              "flat": {"task": "squares",
                       "grid": {"num_tokens": 8, "token_px": 28, "size": 1, "spacing": 2}}}
+    if triples:
+        d["flat"] = {**d["flat"], "triples": [list(t) for t in triples]}
     d["seed"] = cfg.seed + (1 if degraded else 0)
     d["n"] = cfg.n_degraded if degraded else cfg.n
     if degraded:
@@ -136,6 +152,73 @@ def stimulus_config(cfg: DemoConfig, *, degraded: bool) -> dict[str, Any]:
         d["degradations"] = [{"kind": k, "strength": list(r)}
                              for k, r in DEGRADED_PRESETS[cfg.degraded]]
     return d
+
+
+def _split_of(model: str) -> tuple[str | None, list[tuple[str, ...]] | None]:
+    """(train_log path, held-out colour triples) a trained organism recorded; (None, None) for a
+    model without a training record (a hub model, a tiny build)."""
+    from vlms.registry import organism_aliases
+
+    path = organism_aliases().get(model)
+    if path is None:
+        p = Path(model).expanduser()
+        path = p if p.is_dir() else None
+    log = path / "train_log.json" if path is not None else None
+    if log is None or not log.is_file():
+        return None, None
+    try:
+        held = json.loads(log.read_text())["splits"]["heldout_triples"]
+    except (ValueError, KeyError, TypeError):
+        return str(log), None
+    return str(log), [tuple(t) for t in held]
+
+
+def heldout_items(cfg: DemoConfig, models: tuple[str, ...]) -> dict[str, Any]:
+    """The demo's item set (``cfg.items``): the colour triples every studied organism held out of
+    its training, what they came from, and how many base items they allow.
+
+    Raises :class:`InterventionError` when the organisms share no held-out triple, when the
+    stimulus set is not the Squares task, or when ``--n`` / ``--n-degraded`` ask for more items
+    than the held-out triples give."""
+    if cfg.items == "all":
+        return {"items": "all", "triples": None}
+    logs = {m: _split_of(m) for m in models}
+    unreadable = [str(log) for log, held in logs.values() if log and held is None]
+    if unreadable:
+        raise InterventionError(
+            f"{unreadable[0]} records no readable splits.heldout_triples; retrain the organism "
+            "with this toolkit's trainer, or pass --items all")
+    recorded = {m: held for m, (_, held) in logs.items() if held is not None}
+    if not recorded:
+        return {"items": "all", "triples": None,
+                "note": "no studied model records held-out triples (not an organism)"}
+    common = set.intersection(*(set(h) for h in recorded.values()))
+    if not common:
+        raise InterventionError(
+            f"the organisms {sorted(recorded)} hold out no colour triple in common (trained with "
+            "different --split-seed); study them in separate demos, or pass --items all")
+    flat = stimulus_config(cfg, degraded=False).get("flat") or {}
+    if (stimulus_config(cfg, degraded=False).get("generator") != "flat"
+            or flat.get("task", "squares") != "squares"):
+        raise InterventionError(
+            f"--items heldout draws the Squares task's held-out colour triples, but preset "
+            f"{cfg.preset!r} is not a Squares set; pass --items all")
+    from scenegen.config import FlatConfig
+
+    fc = FlatConfig.from_dict({k: v for k, v in flat.items() if k != "grid"})
+    triples = sorted(t for t in common if set(t) <= set(fc.colors))
+    available = len(triples) * len(fc.directions)
+    for name, want in (("--n", cfg.n), ("--n-degraded", cfg.n_degraded)):
+        if want > available:
+            raise InterventionError(
+                f"{name} {want} exceeds the {available} held-out items ({len(triples)} colour "
+                f"triples held out of every organism's training x {len(fc.directions)} "
+                f"directions, centred layout); lower {name} to at most {available} or pass "
+                "--items all")
+    return {"items": "heldout", "triples": [list(t) for t in triples],
+            "n_triples": len(triples), "available": available,
+            "from": {m: logs[m][0] for m in recorded},
+            "not_organisms": [m for m in models if m not in recorded]}
 
 
 class Stages:
@@ -176,6 +259,8 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True,
     from scenegen.generate import generate
 
     out = Path(cfg.out)
+    models = cfg.models or tuple(name for name, _ in shipped_organisms())
+    resolved = heldout_items(cfg, models)  # bad --n / --items: refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "demo_config.json"
     mine = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
@@ -185,15 +270,19 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True,
         raise InterventionError(f"out={str(out)!r} holds a demo run with other options "
                                 f"({', '.join(diff)}); choose a new folder or delete it")
     cfg_path.write_text(json.dumps(mine, indent=1))
-    models = cfg.models or tuple(name for name, _ in shipped_organisms())
     st = Stages(out, echo)
+    items = st.run("items", lambda: resolved)
+    triples = items.get("triples")
+    if items["items"] == "heldout":
+        echo(f"[demo] items: the {items['n_triples']} colour triples held out of every "
+             f"organism's training ({items['available']} base items)")
     data, degraded = out / "data" / "clean", out / "data" / "degraded"
     st.run("generate", lambda: str(generate(
-        GenerateConfig.from_dict(stimulus_config(cfg, degraded=False)), data,
+        GenerateConfig.from_dict(stimulus_config(cfg, degraded=False, triples=triples)), data,
         progress=progress)))
     st.run("generate-degraded", lambda: str(generate(
-        GenerateConfig.from_dict(stimulus_config(cfg, degraded=True)), degraded,
-        progress=progress)))
+        GenerateConfig.from_dict(stimulus_config(cfg, degraded=True, triples=triples)),
+        degraded, progress=progress)))
     from .tasks import task_data, task_stages
 
     grid = dict((stimulus_config(cfg, degraded=False).get("flat") or {}).get("grid") or

@@ -23,6 +23,11 @@ import click
                    "0.5-0.7: the organisms err on a substantial share), mild (blur, noise, "
                    "contrast at 0.3-0.7) or noise (hard's noise alone: the colours stay "
                    "readable, so errors are not colour errors).")
+@click.option("--items", type=click.Choice(["heldout", "all"]), default="heldout",
+              show_default=True,
+              help="Squares items to study: heldout (the colour triples every studied organism "
+                   "held out of its training, 24 triples = 96 base items for the shipped ones; "
+                   "all triples when no model is an organism) or all (every ordered triple).")
 @click.option("--alphas", default="0:8:1", show_default=True, help="E7 alpha range a:b:step.")
 @click.option("--seed", default=0, show_default=True, help="Stimulus seed.")
 @click.option("--batch-size", default=16, show_default=True, help="Items per forward pass.")
@@ -37,13 +42,13 @@ import click
               help="The paper's other tasks to add: objects (E1), grids (App. C.6 probes), "
                    "controls (E7 sanity controls), whatsup-stitched (E1; needs --whatsup); "
                    "comma-separated, or 'none'.")
-def demo(out, models, whatsup, preset, n, n_degraded, degraded, alphas, seed, batch_size, scheduler,
-         progress, recipe, tasks):
+def demo(out, models, whatsup, preset, n, n_degraded, degraded, items, alphas, seed, batch_size,
+         scheduler, progress, recipe, tasks):
     """Generate -> extract -> E1 -> E3 -> E4 -> E5/E6 -> E7 -> one HTML report."""
     from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=out, models=models, whatsup=whatsup, preset=preset, n=n,
-                     n_degraded=n_degraded, degraded=degraded, alphas=alphas, seed=seed,
+                     n_degraded=n_degraded, degraded=degraded, items=items, alphas=alphas, seed=seed,
                      batch_size=batch_size,
                      scheduler=scheduler, recipe=recipe,
                      tasks=() if tasks.strip() == "none" else

@@ -291,6 +291,22 @@ font-size:13px}th{background:#f3f3f3}figure{display:inline-block;margin:.3em}
 .cols{display:flex;gap:1em;flex-wrap:wrap}.cols>div{flex:1;min-width:420px}"""
 
 
+def items_sentence(stages: dict, *, short: bool = False) -> str:
+    """What the demo's Squares items were (its ``items`` stage, :func:`study.demo.heldout_items`)."""
+    it = (stages.get("items") or {}).get("result") or {}
+    if it.get("items") == "heldout":
+        s = (f"the {it['n_triples']} colour triples every organism held out of its training "
+             f"(mirror pairs held out together), on the canonical layouts: held-out items")
+        if short:
+            return s
+        return (s[0].upper() + s[1:] + f", {it['available']} base items in all"
+                + (f"; {', '.join(it['not_organisms'])} record no split" if it.get("not_organisms")
+                   else "") + ".")
+    why = it.get("note") or ("--items all" if it else "a run from before --items existed")
+    s = f"every ordered colour triple ({why}): some are training triples of the organisms"
+    return s if short else s[0].upper() + s[1:] + "."
+
+
 def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: dict,
                  mechanisms: dict[str, str]) -> Path:
     """Write ``out/report.html`` from the demo's results; returns its path."""
@@ -307,10 +323,11 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
              f"(<code>{html.escape(str(out / 'store.zarr'))}</code>), and the paper's experiments "
              "ran on each model. Config:</p>")
     h.append(_table([{"option": k, "value": v} for k, v in asdict(cfg).items()]))
+    h.append(f"<p><b>Items.</b> {html.escape(items_sentence(stages))}</p>")
     h.append(_table([{"stage": k, "seconds": v.get("seconds")} for k, v in stages.items()]))
     if mechanisms and any(m in mechanisms for m in models):
-        h.append("<p>The default models are <b>model organisms</b>: tiny Qwen2-VL models of the "
-                 "real transformers class trained from scratch on Squares with a planted "
+        h.append("<p>The default models are <b>model organisms</b>: tiny Qwen2-VL and Gemma-3 "
+                 "models of the real transformers classes trained from scratch on Squares with a planted "
                  "mechanism. In <code>vision</code> the LM cannot read image-token positions, so "
                  "ordering must be written into the vision tokens (spread over each square's "
                  "strip); in <code>dual</code> the vision tokens carry it and the LM keeps a "
@@ -338,8 +355,9 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
 
             h.append("<h2>Validation: the paper's effects</h2><p>Each criterion is one of the "
                      "paper's effects with a threshold fixed before measuring "
-                     "(<code>organisms.criteria.THRESHOLDS</code>), on the demo's stimuli, "
-                     "which no organism was trained on; E7's alpha is chosen on one split and "
+                     "(<code>organisms.criteria.THRESHOLDS</code>), on the demo's stimuli ("
+                     + html.escape(items_sentence(stages, short=True)) + "); E7's alpha is "
+                     "chosen on one split and "
                      "reported on the other. Verdicts are computed from the numbers; a 'False' "
                      "is reported as found, not hidden.</p>"
                      + _table(effects_shown(rows)) + _table(rows)
