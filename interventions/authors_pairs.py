@@ -140,6 +140,7 @@ class AuthorsData:
             flat["colors"] = list(AUTHORS_SQUARES)
         flat["layout"] = "centred"
         flat["jitter"] = 0
+        flat.pop("triples", None)  # the authors draw from their whole pool, whatever the dataset
         twins = ("crisscross", "isolated", "blank") if isolated else ("crisscross",)
         g = GenerateConfig.from_dict({**cfg, "n": None, "twins": [], "degradations": []})
         self.gen = FlatGenerator(g.flat, seed=g.seed, twins=twins)

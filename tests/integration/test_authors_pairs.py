@@ -209,3 +209,28 @@ def test_bad_pairs_options_are_one_line_errors(data, tmp_path):
                                              str(tmp_path / "x"), "--experiment", "e4", *extra])
         assert r.exit_code != 0 and words in r.output
         assert not (tmp_path / "x").exists()
+
+
+def test_pairs_ignore_a_datasets_triple_restriction(tmp_path, tokenizer):
+    """A dataset of a few triples only (the demo's held-out items, ``flat.triples``) still gives
+    the authors' pairs over their whole pool: the pixels equal those rendered from an
+    unrestricted dataset of the same geometry."""
+    from scenegen import read_dataset
+    from scenegen.generate import generate
+    from scenegen.presets import preset, preset_config
+
+    from interventions.authors_pairs import AuthorsData
+
+    d = preset("squares-qwen2-vl")
+    d["flat"] = {**d["flat"], "triples": [["red", "green", "blue"]]}
+    d["n"] = 2
+    from scenegen.config import GenerateConfig
+
+    restricted = generate(GenerateConfig.from_dict(d), tmp_path / "r", progress=False)
+    full = generate(preset_config("squares-qwen2-vl", n=2), tmp_path / "f", progress=False)
+    a = AuthorsData(read_dataset(restricted), tokenizer)
+    b = AuthorsData(read_dataset(full), tokenizer)
+    for direction in DIRS:
+        sa = a.render(direction, 3, ("black", "gray", "brown"))   # not one of the dataset's
+        sb = b.render(direction, 3, ("black", "gray", "brown"))
+        assert np.array_equal(a.image(sa), b.image(sb))
