@@ -546,6 +546,7 @@ def _paper_generator(ds):
     if flat.get("task") == "squares":
         flat["colors"] = list(PAPER_E2_COLORS)
     flat["layout"] = "centred"
+    flat.pop("triples", None)  # the authors' pool, whatever triples the dataset holds
     g = GenerateConfig.from_dict({**cfg, "n": None, "twins": [], "degradations": []})
     return FlatGenerator(g.flat, seed=g.seed, twins=())
 

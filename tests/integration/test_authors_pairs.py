@@ -234,3 +234,8 @@ def test_pairs_ignore_a_datasets_triple_restriction(tmp_path, tokenizer):
         sa = a.render(direction, 3, ("black", "gray", "brown"))   # not one of the dataset's
         sb = b.render(direction, 3, ("black", "gray", "brown"))
         assert np.array_equal(a.image(sa), b.image(sb))
+    # the paper-recipe E2 generator (the authors' seven-colour pool) drops it too
+    from interventions import patching
+
+    assert patching._paper_generator(read_dataset(restricted)).config.triples == ()
+    assert len(patching._paper_generator(read_dataset(restricted)).enumeration) == 7 * 6 * 5 * 4
