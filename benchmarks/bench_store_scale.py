@@ -10,8 +10,10 @@ and at a tenth of it: flat memory means the same peak at both sizes. The reader 
 store, prints its summary, and streams the role query block by block (dask chunks of ~64 MiB) — a
 reader that never holds the whole selection. The role query (whole selection ``.values``) is then
 timed against a raw numpy memmap of the same bytes giving the same output array, ``--rounds``
-times side by side: cold = the files evicted with ``posix_fadvise(DONTNEED)``, checked with
-``mincore``; warm = best of ``--reps`` repeats; wall and CPU seconds of each; plus the first query
+times side by side: cold = both files (memmap and store) evicted with ``posix_fadvise(DONTNEED)``
+before every cold read, whichever is read (on a VM with free page reporting, evicting only the file
+about to be read favours the memmap: see ``bench_cold_query.py``), checked with ``mincore``, then
+``--settle`` seconds of pause; warm = best of ``--reps`` repeats; wall and CPU seconds of each; plus the first query
 of a freshly opened store, cold, twice: with the role index the writer persisted in the store
 (``open_store(path)``, what a user gets) and with it built from the cold label arrays
 (``open_store(path, index=False)``, every store before the persisted index).
@@ -95,6 +97,8 @@ def main(argv=None):
     ap.add_argument("--objects", type=int, default=12, help="mean object tokens per sample")
     ap.add_argument("--reps", type=int, default=3, help="warm repeats per round")
     ap.add_argument("--rounds", type=int, default=3, help="cold + warm rounds of both reads")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds between the eviction and each cold read (both sides alike)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--append", action="store_true")
     a = ap.parse_args(argv)
@@ -179,8 +183,9 @@ def main(argv=None):
             row = {"round": r + 1, "load": os.getloadavg()[0]}
             pair = [("mm", raw, mm_path), ("api", api, path)]
             for name, fn, p in (pair if r % 2 == 0 else pair[::-1]):  # who goes first alternates
-                evict(p)
+                evict(mm_path, path)  # both, whichever is read (see bench_cold_query.py)
                 row[f"{name}_resident"] = resident_fraction(p)
+                time.sleep(a.settle)
                 row[f"{name}_cold"], row[f"{name}_cold_cpu"] = _measure(fn)
                 warm = [_measure(fn) for _ in range(a.reps)]
                 row[f"{name}_warm"] = min(w for w, _ in warm)
@@ -191,8 +196,9 @@ def main(argv=None):
                 # who goes first alternates between rounds, the same for both ways in a round
                 # (the read after another one's 1 GB output costs less on this VM)
                 for nm, f, p in (pair if r % 2 == 0 else pair[::-1]):
-                    evict(p)
+                    evict(mm_path, path)
                     row[f"{nm}_resident"] = resident_fraction(p)
+                    time.sleep(a.settle)
                     row[f"{nm}_cold"], row[f"{nm}_cold_cpu"] = _measure(f)
                     if nm == name:
                         row[f"{nm}_sel"], row[f"{nm}_sel_cpu"] = split["sel"]
@@ -226,9 +232,10 @@ def main(argv=None):
         "",
         f"Role query over all {N} samples (output {N}×{K}×{H} float16, freshly allocated, NaN in "
         f"padding; the memmap's fancy index gives the same bytes, checked), {a.rounds} rounds "
-        f"side by side, who goes first alternating. Cold = both files evicted with "
-        f"`posix_fadvise(DONTNEED)` right before the read, and the fraction of their pages still "
-        f"resident checked with `mincore` (column 'resident'); warm = best of {a.reps} repeats "
+        f"side by side, who goes first alternating. Cold = both files (memmap and store) evicted "
+        f"with `posix_fadvise(DONTNEED)` before every cold read, whichever is read, the fraction "
+        f"of the read file's pages still resident checked with `mincore` (column 'resident'), "
+        f"then a pause of {a.settle:g} s; warm = best of {a.reps} repeats "
         f"right after. Fresh store: a new `open_store` and its first query, with the role index "
         f"read from the piece the writer persisted, or built from the label arrays "
         f"(`index=False`), each beside a cold memmap read (who goes first alternating); in "

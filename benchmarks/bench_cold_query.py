@@ -1,0 +1,220 @@
+"""The cold role query at 100k samples against a raw memmap of the same bytes, with the two reads
+given the same conditions: both files evicted before every cold read, and each cold read started
+the same ``--settle`` seconds after the eviction (several values side by side in one run).
+
+    python benchmarks/bench_cold_query.py --workdir /tmp/cold          # builds the store once, keeps it
+    python benchmarks/bench_cold_query.py --workdir /tmp/cold --rounds 6 --settle 0 6 --append
+    python benchmarks/bench_cold_query.py --workdir /tmp/cold --own   # + the old protocol beside
+
+Why the pause matters on a VM: a guest whose balloon device has free page reporting (Firecracker,
+QEMU with ``free-page-reporting=on``) hands free 2 MiB blocks back to the host a few seconds after
+they are freed, and the host drops them; the next first touch of such memory (zeroing a fresh
+output array, copying out of page-cache pages just read into it) faults on the host, which the
+guest sees as slow user and system time of its own. Evicting 3.3 GB frees 3.3 GB. A read that
+starts right after its own file's eviction gets that memory back before it was reported (cheap);
+one that starts later gets reported memory (dear). The single memmap file is evicted in
+milliseconds, the 1,563 shard files of the store in about a second, so a protocol that evicts
+only the file about to be read, and reads at once, favours the memmap. Here both files are
+evicted (and checked with ``mincore``) before every cold read, whichever is read, and every cold
+read waits the same pause; ``--own`` adds, in the same rounds, the protocol of
+``bench_store_scale.py`` (evict only the file about to be read, read at once) for comparison.
+``reported`` in the output is how much memory the guest reported to
+the host during the pause (``/sys/module/page_reporting/parameters/reported_kib``, where the
+kernel has it).
+
+Same store shape as ``bench_store_scale.py`` (100k samples x 64 tokens x 256 hidden float16,
+shards of 64 samples, ~12 ``object`` tokens per sample, only the ``role`` label; the same writer
+and seed) and the same two reads: ``open_store(path).select(site="lm.resid.0", role="object")
+.values`` (role index already built; and a freshly opened store's first query with its persisted
+index) against ``np.load(raw, mmap_mode="r")[arange[:, None], idx]`` into the same fresh output,
+NaN in the padding (checked equal byte for byte first). Rounds alternate who goes first. Warm =
+best of ``--reps`` repeats right after each cold read. Wall and CPU seconds (user + system of the
+process, helper threads included) of each read.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_store_query import evict, resident_fraction, roles_for, write_memmap, write_store  # noqa: E402
+
+REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
+
+
+def reported_kib() -> int | None:
+    """KiB of free memory the guest has reported to its host so far (None: not reported here)."""
+    try:
+        return int(Path(REPORTED).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def build(work: Path, N: int, T: int, H: int, B: int, K: int) -> dict:
+    """The store, its role labels and the memmap in ``work``, written once (reused when its
+    ``meta.json`` says they have this shape)."""
+    meta = {"samples": N, "tokens": T, "hidden": H, "batch": B, "objects": K}
+    mf = work / "meta.json"
+    if mf.exists() and json.loads(mf.read_text()) == meta and (work / "raw.npy").exists():
+        return meta
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)  # the order of draws of bench_store_scale.py's writer
+    base = rng.standard_normal((B, T, H)).astype(np.float16)
+    role = roles_for(N, T, rng, k=K)
+    np.save(work / "role.npy", role)
+    print(f"writing the store ({N} samples) ...", flush=True)
+    write_store(work / "s.zarr", N=N, T=T, H=H, B=B, inner=1, role=role, base=base)
+    print("writing the memmap ...", flush=True)
+    write_memmap(work / "raw.npy", N=N, T=T, H=H, B=B, base=base)
+    mf.write_text(json.dumps(meta))
+    return meta
+
+
+def measure(fn):
+    """Wall and CPU seconds (user + system of this process) of one call."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    del out
+    return wall, cpu
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=100_000)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--objects", type=int, default=12, help="mean object tokens per sample")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=2, help="warm repeats after each cold read")
+    ap.add_argument("--settle", type=float, nargs="+", default=[0.0, 6.0],
+                    help="seconds between the eviction and a cold read (each value, every round)")
+    ap.add_argument("--own", action="store_true",
+                    help="also the protocol of bench_store_scale.py: evict only the file about to "
+                         "be read and read at once (pause '0, own file' in the tables)")
+    ap.add_argument("--workdir", required=True,
+                    help="where the store and memmap are written once and kept (~7 GB at 100k)")
+    ap.add_argument("--append", action="store_true", help="add a section to RESULTS.md")
+    a = ap.parse_args(argv)
+    N, T, H, B = a.samples, a.tokens, a.hidden, a.batch
+    work = Path(a.workdir)
+    build(work, N, T, H, B, a.objects)
+    path, mm_path = work / "s.zarr", work / "raw.npy"
+
+    from actstore import ROLE_CODES, open_store
+
+    role = np.load(work / "role.npy")
+    mask = role == ROLE_CODES["object"]
+    K = int(mask.sum(1).max())
+    idx = np.argsort(~mask, axis=1, kind="stable")[:, :K]
+    pad = np.arange(K)[None] >= mask.sum(1)[:, None]
+    idx = np.where(pad, 0, idx)
+    del role, mask
+
+    def raw():  # the same output as the store's: (N, K, H) float16, fresh, NaN in padding
+        mm = np.load(mm_path, mmap_mode="r")
+        out = mm[np.arange(N)[:, None], idx]
+        out[pad] = np.nan
+        return out
+
+    s = open_store(path)
+
+    def api():
+        return s.select(site="lm.resid.0", role="object").values
+
+    def fresh():
+        return open_store(path).select(site="lm.resid.0", role="object").values
+
+    want = raw().tobytes()
+    for f in (api, fresh):
+        assert f().tobytes() == want, "store and memmap differ"
+    del want
+    load0, t_start = os.getloadavg()[0], dt.datetime.now(dt.UTC)
+    reads = [("mm", raw), ("store", api), ("fresh", fresh)]
+    arms = ([("0, own file", 0.0, True)] if a.own else []) + \
+        [(f"{x:g}", x, False) for x in a.settle]
+    runs = []
+    for r in range(a.rounds):
+        for arm, settle, own in arms:
+            row = {"round": r + 1, "settle": arm, "load": os.getloadavg()[0]}
+            for name, fn in (reads if r % 2 == 0 else reads[::-1]):
+                files = ([mm_path] if name == "mm" else [path]) if own else [mm_path, path]
+                evict(*files)  # both (unless --own's arm), whichever is read
+                row[f"{name}_resident"] = max(resident_fraction(f) for f in files)
+                k0 = reported_kib()
+                time.sleep(settle)
+                k1 = reported_kib()
+                row[f"{name}_reported_gib"] = (k1 - k0) / 2**20 if k0 is not None else float("nan")
+                row[f"{name}_cold"], row[f"{name}_cold_cpu"] = measure(fn)
+                if name != "fresh":
+                    warm = [measure(fn) for _ in range(a.reps)]
+                    row[f"{name}_warm"] = min(w for w, _ in warm)
+                    row[f"{name}_warm_cpu"] = min(c for _, c in warm)
+            runs.append(row)
+            print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    evict(mm_path, path)
+
+    def med(rows, k):
+        v = [x[k] for x in rows]
+        return f"{np.median(v):.2f} ({min(v):.2f}–{max(v):.2f})"
+
+    def ratio(rows, num, den):
+        v = [x[num] / x[den] for x in rows]
+        return f"{np.median(v):.2f}x ({min(v):.2f}–{max(v):.2f})"
+
+    lines = [
+        "", f"## cold role query, both reads after the same eviction and pause (bench_cold_query.py)",
+        "",
+        f"{t_start:%Y-%m-%d %H:%M}–{dt.datetime.now(dt.UTC):%H:%M} UTC, {os.cpu_count()}-core "
+        f"{platform.machine()}, load avg {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end. "
+        f"`python benchmarks/bench_cold_query.py --samples {N} --rounds {a.rounds} --settle "
+        f"{' '.join(f'{x:g}' for x in a.settle)}{' --own' if a.own else ''}`: {N} samples × "
+        f"{T} tokens × {H} hidden float16, "
+        f"shards of {B}; output {N}×{K}×{H}.",
+        "",
+        "| round | pause s | load | memmap cold | store cold | fresh store cold | memmap warm | "
+        "store warm | reported during the pause, GiB (mm / store / fresh) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for x in runs:
+        lines.append(
+            f"| {x['round']} | {x['settle']} | {x['load']:.1f} | {x['mm_cold']:.2f} / "
+            f"{x['mm_cold_cpu']:.2f} | {x['store_cold']:.2f} / {x['store_cold_cpu']:.2f} | "
+            f"{x['fresh_cold']:.2f} / {x['fresh_cold_cpu']:.2f} | {x['mm_warm']:.2f} / "
+            f"{x['mm_warm_cpu']:.2f} | {x['store_warm']:.2f} / {x['store_warm_cpu']:.2f} | "
+            f"{x['mm_reported_gib']:.2f} / {x['store_reported_gib']:.2f} / "
+            f"{x['fresh_reported_gib']:.2f} |")
+    lines += ["", "Medians (min–max) per pause, wall s / CPU s, and store / memmap of the same "
+              "round and pause:", "",
+              "| pause s | memmap cold CPU | store cold CPU | fresh cold CPU | store/mm cold wall | "
+              "store/mm cold CPU | fresh/mm cold wall | fresh/mm cold CPU | store/mm warm wall | "
+              "store/mm warm CPU |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for arm, _, _ in arms:
+        rows = [x for x in runs if x["settle"] == arm]
+        lines.append(
+            f"| {arm} | {med(rows, 'mm_cold_cpu')} | {med(rows, 'store_cold_cpu')} | "
+            f"{med(rows, 'fresh_cold_cpu')} | {ratio(rows, 'store_cold', 'mm_cold')} | "
+            f"{ratio(rows, 'store_cold_cpu', 'mm_cold_cpu')} | {ratio(rows, 'fresh_cold', 'mm_cold')} | "
+            f"{ratio(rows, 'fresh_cold_cpu', 'mm_cold_cpu')} | {ratio(rows, 'store_warm', 'mm_warm')} | "
+            f"{ratio(rows, 'store_warm_cpu', 'mm_warm_cpu')} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.append:
+        with open(Path(__file__).resolve().parent / "RESULTS.md", "a") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
