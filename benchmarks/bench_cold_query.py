@@ -12,10 +12,11 @@ they are freed, and the host drops them; the next first touch of such memory (ze
 output array, copying out of page-cache pages just read into it) faults on the host, which the
 guest sees as slow user and system time of its own. Evicting 3.3 GB frees 3.3 GB, and how much
 of it a cold read gets back before it is reported depends on how long ago it was freed: the
-single memmap file is evicted and checked in about 0.05 s, the store's files (1,563 shards and
-~12k small ones) in 0.8-1.7 s, so a protocol that evicts only the file about to be read, and
-reads at once, does not give the two reads the same memory (measured: a memmap read right after
-its own eviction cost 0.3-0.6 CPU-s in some runs, 3.3-4.9 after a 6 s pause). Here both files are
+single memmap file is evicted and checked in under 0.1 s, the store's 6,385 files (1,563
+shards, the rest labels, ``done`` flags, index) in 0.8-1.7 s, so a protocol that evicts only the
+file about to be read, and reads at once, does not give the two reads the same memory (measured:
+a memmap read right after its own eviction cost 0.3-0.6 CPU-s in some runs, 3.3-4.0 after a 6 s
+pause). Here both files are
 evicted (and checked with ``mincore``) before every cold read, whichever is read, and every cold
 read waits the same pause; ``--hot GIB`` adds an arm where GIB GiB are touched and freed right
 after the eviction, so that both reads get memory the guest has not reported yet (what a machine

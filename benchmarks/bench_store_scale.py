@@ -11,10 +11,10 @@ store, prints its summary, and streams the role query block by block (dask chunk
 reader that never holds the whole selection. The role query (whole selection ``.values``) is then
 timed against a raw numpy memmap of the same bytes giving the same output array, ``--rounds``
 times side by side: cold = both files (memmap and store) evicted with ``posix_fadvise(DONTNEED)``
-before every cold read, whichever is read (on a VM with free page reporting, evicting only the file
-about to be read favours the memmap: see ``bench_cold_query.py``), checked with ``mincore``, then
-``--settle`` seconds of pause; warm = best of ``--reps`` repeats; wall and CPU seconds of each; plus the first query
-of a freshly opened store, cold, twice: with the role index the writer persisted in the store
+before every cold read, whichever is read (on a VM with free page reporting, evicting only the
+file about to be read does not give the two reads the same memory: see ``bench_cold_query.py``),
+checked with ``mincore``, then ``--settle`` seconds of pause; warm = best of ``--reps`` repeats;
+wall and CPU seconds of each; plus the first query of a freshly opened store, cold, twice: with the role index the writer persisted in the store
 (``open_store(path)``, what a user gets) and with it built from the cold label arrays
 (``open_store(path, index=False)``, every store before the persisted index).
 """
