@@ -117,6 +117,10 @@ def organism() -> None:
 @click.option("--noise-task-weight", type=float, default=1.0, show_default=True,
               help="Weight of a noisy item in the task loss (clean items 1): below 1 the LM "
                    "still learns to answer from an attenuated code, at a milder strength.")
+@click.option("--noise-answer-mix", type=float, default=0.0, show_default=True,
+              help="Noisy items' task target puts this x strength on the other candidate's "
+                   "colour (0.5: both alike at strength 1), so the LM's confidence in the order "
+                   "follows the faded code. Needs the task loss on noisy items.")
 @click.option("--aux-slot-code-start", type=float, default=None,
               help="With --aux-slot-code: the code target starts at this size and shrinks "
                    "linearly to --aux-slot-code over --aux-slot-code-steps steps.")
@@ -148,7 +152,7 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
           p_ablate_object, p_scramble_object, scramble_outside_strips, shuffle_object_ablated,
           rope_theta, rope_factor,
           global_rope_factor, attn_scalar, vision_pos_init, aux_slot_code, p_noise,
-          noise_code_drop, noise_task_loss, noise_lm_loss, noise_task_weight,
+          noise_code_drop, noise_task_loss, noise_lm_loss, noise_task_weight, noise_answer_mix,
           aux_slot_code_start,
           aux_slot_code_steps, aux_lm_weight, aux_lm_layer, aux_lm_head, init_from,
           eval_every, out, probe, progress):
@@ -178,7 +182,7 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         attn_scalar=attn_scalar, vision_pos_init=vision_pos_init,
         aux_slot_code=aux_slot_code, p_noise=p_noise, noise_code_drop=noise_code_drop,
         noise_task_loss=noise_task_loss, noise_lm_loss=noise_lm_loss,
-        noise_task_weight=noise_task_weight,
+        noise_task_weight=noise_task_weight, noise_answer_mix=noise_answer_mix,
         aux_slot_code_start=aux_slot_code_start, aux_slot_code_steps=aux_slot_code_steps,
         aux_lm_weight=aux_lm_weight, aux_lm_layer=aux_lm_layer,
         aux_lm_head=aux_lm_head, init_from=init_from, eval_every=eval_every, eval_items=64)

@@ -244,6 +244,13 @@ class OrganismConfig:
     ``sum_i w_i CE_i / sum_i w_i``, so a weight below 1 keeps the answer of a noisy item (an
     attenuated code) in the training signal at a milder strength. 1 (default) = every item
     alike; ``noise_task_loss`` off is weight 0."""
+    noise_answer_mix: float = 0.0
+    """0 (default): a noisy item's task target is its answer. ``Q > 0``: its target puts
+    ``Q x strength`` of the probability on the other end square's colour (the square on the far
+    side of the named one) and the rest on the answer (``mixed_answer_loss``), so the LM learns
+    that a noisy image's order is unreliable: with ``noise_code_drop`` its confidence in the
+    order follows the (faded) slot code's size, and an amplified code restores it. In [0, 0.5]
+    (0.5: the two candidates alike at strength 1); needs ``p_noise`` and the task loss on."""
     aux_slot_code_start: float | None = None
     """With ``aux_slot_code``: a code-size curriculum. The slot-code target's size starts at this
     value and shrinks linearly to ``aux_slot_code`` over the stage's first
@@ -288,6 +295,10 @@ class OrganismConfig:
                                                      or self.noise_task_weight == 1),
                f"'noise_task_weight' must be in [0, 1] (and is not combined with "
                f"'noise_task_loss' off, which is weight 0). Got {self.noise_task_weight!r}.")
+        _check(0 <= self.noise_answer_mix <= 0.5 and (self.noise_answer_mix == 0 or (
+            self.p_noise > 0 and self.noise_task_loss)),
+            f"'noise_answer_mix' must be in [0, 0.5] and, when > 0, needs 'p_noise' > 0 with "
+            f"noisy items in the task loss. Got {self.noise_answer_mix!r}.")
         _check(self.aux_slot_code_start is None or (
             self.aux_slot_code > 0 and self.aux_slot_weight > 0 and self.aux_slot_code_start > 0
             and isinstance(self.aux_slot_code_steps, int) and self.aux_slot_code_steps >= 1),
@@ -570,7 +581,11 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
         if cur is not None:
             cur.prepare(items, rng)
         logits = last_logits(model, inputs)
-        if noise is not None and not cfg.noise_task_loss:
+        if noise is not None and cfg.noise_answer_mix > 0:
+            loss = mixed_answer_loss(logits, batcher.answer_ids(items),
+                                     other_answer_ids(batcher, items), cfg.noise_answer_mix * noise,
+                                     np.where(noise > 0, cfg.noise_task_weight, 1.0))
+        elif noise is not None and not cfg.noise_task_loss:
             keep = torch.as_tensor(noise == 0)
             loss = (torch.nn.functional.cross_entropy(logits[keep], batcher.answer_ids(items)[keep])
                     if bool(keep.any()) else logits.sum() * 0.0)
@@ -679,6 +694,29 @@ def weighted_task_loss(logits, answers, weights):
     import torch
     w = torch.as_tensor(np.asarray(weights, dtype=np.float32))
     ce = torch.nn.functional.cross_entropy(logits, answers, reduction="none")
+    tot = w.sum()
+    return (w * ce).sum() / tot if float(tot) > 0 else ce.sum() * 0.0
+
+
+def other_answer_ids(batcher, items):
+    """Token ids of each item's other candidate: the end square on the far side of the named
+    (middle) square from the answer."""
+    import torch
+    return torch.tensor([batcher.tok.convert_tokens_to_ids(
+        it.colours[2] if it.answer == it.colours[0] else it.colours[0]) for it in items])
+
+
+def mixed_answer_loss(logits, answers, others, mix, weights=None):
+    """Task loss with a mixed target per item (``noise_answer_mix``): cross-entropy against
+    ``(1 - m_i)`` on the answer and ``m_i`` on the other candidate,
+    ``-sum_i w_i [(1 - m_i) log p_i(answer) + m_i log p_i(other)] / sum_i w_i`` (weights 1 by
+    default); with every ``m_i = 0`` and ``w_i = 1`` this is plain cross-entropy."""
+    import torch
+    m = torch.as_tensor(np.asarray(mix, dtype=np.float32))
+    w = torch.ones(len(answers)) if weights is None else torch.as_tensor(
+        np.asarray(weights, dtype=np.float32))
+    lp = torch.log_softmax(logits, dim=-1)
+    ce = -((1 - m) * lp.gather(1, answers[:, None])[:, 0] + m * lp.gather(1, others[:, None])[:, 0])
     tot = w.sum()
     return (w * ce).sum() / tot if float(tot) > 0 else ce.sum() * 0.0
 
@@ -1120,6 +1158,8 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
             parts.append(f"--noise-task-weight {cfg['noise_task_weight']:g}")
         if not cfg.get("noise_lm_loss", True):
             parts.append("--no-noise-lm-loss")
+        if cfg.get("noise_answer_mix", 0.0):
+            parts.append(f"--noise-answer-mix {cfg['noise_answer_mix']:g}")
     if cfg.get("vision_pos_init", "random") != "random":
         parts.append(f"--vision-pos-init {cfg['vision_pos_init']}")
     if cfg.get("aux_lm_weight", 0.0):
@@ -1246,6 +1286,9 @@ def write_readme(out: str | Path, log: dict) -> None:
                    if c.get("noise_task_loss", True) else
                    "they train only the auxiliary loss (the LM never answers from an "
                    "attenuated code).")
+                + (f" Their task target puts {c['noise_answer_mix']:g} x strength on the other "
+                   "candidate's colour (a noisy image's order is unreliable)."
+                   if c.get("noise_answer_mix", 0.0) else "")
                 + (" They are left out of the LM-side slot losses (the LM's positional backup "
                    "never learns to rescue a faded code)." if not c.get("noise_lm_loss", True)
                    else "") if c.get("p_noise") else ""),

@@ -264,3 +264,68 @@ def test_noisy_items_can_be_kept_out_of_the_lm_slot_loss(monkeypatch, keep):
     want = int(n_obj.sum() if keep else n_obj[~noisy].sum())
     assert seen["calls"][0] == want
     assert ("--no-noise-lm-loss" in org.command_line(cfg.to_json(), "x")) is (not keep)
+
+
+def test_mixed_answer_loss_by_hand():
+    """--noise-answer-mix: -sum_i w_i [(1 - m_i) log p_i(answer) + m_i log p_i(other)] / sum w,
+    log p from log-softmax written out; m = 0 and w = 1 is plain cross-entropy."""
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0], [-1.0, 3.0, 1.0]])
+    ans, oth = torch.tensor([0, 2, 1]), torch.tensor([2, 0, 0])
+    lp = [logits[i] - torch.logsumexp(logits[i], 0) for i in range(3)]
+    m, w = [0.0, 0.5, 0.2], [1.0, 0.25, 0.25]
+    want = sum(w[i] * -((1 - m[i]) * lp[i][ans[i]] + m[i] * lp[i][oth[i]]) for i in range(3)) / 1.5
+    assert torch.allclose(org.mixed_answer_loss(logits, ans, oth, m, w), want)
+    assert torch.allclose(org.mixed_answer_loss(logits, ans, oth, [0, 0, 0]),
+                          torch.nn.functional.cross_entropy(logits, ans))
+    # m = 0.5: the answer and the other candidate alike (the loss is symmetric in them)
+    assert torch.allclose(org.mixed_answer_loss(logits, ans, oth, [0.5] * 3),
+                          org.mixed_answer_loss(logits, oth, ans, [0.5] * 3))
+
+
+def test_other_answer_is_the_far_end_square():
+    """The other candidate is the end square on the far side of the named (middle) square."""
+    from organisms.model import Batcher
+    from organisms.model import build
+    _, proc = build(_tiny(arch="gemma-3", vision_pos_init="sincos"))
+    b = Batcher(proc, 8)
+    items = od.eval_items(od.make_splits(8), "ht_canon")[:8]
+    got = b.tok.convert_ids_to_tokens(org.other_answer_ids(b, items).tolist())
+    for it, o in zip(items, got):
+        assert it.answer in (it.colours[0], it.colours[2]) and o != it.answer
+        assert o in (it.colours[0], it.colours[2])
+
+
+def test_noise_answer_mix_validation_and_command_line():
+    with pytest.raises(org.OrganismError, match="noise_answer_mix"):
+        org.OrganismConfig(noise_answer_mix=0.3)  # no noise
+    with pytest.raises(org.OrganismError, match="noise_answer_mix"):
+        org.OrganismConfig(p_noise=0.3, noise_answer_mix=0.6)
+    with pytest.raises(org.OrganismError, match="noise_answer_mix"):
+        org.OrganismConfig(p_noise=0.3, noise_answer_mix=0.5, noise_task_loss=False)
+    assert org.OrganismConfig().noise_answer_mix == 0.0
+    cfg = _tiny(p_noise=0.3, noise_answer_mix=0.5)
+    assert "--noise-answer-mix 0.5" in org.command_line(cfg.to_json(), "x")
+    assert "--noise-answer-mix" not in org.command_line(_tiny(p_noise=0.3).to_json(), "x")
+
+
+def test_trainer_mixes_the_noisy_items_task_target(monkeypatch):
+    """--noise-answer-mix Q: the trainer's task loss gets mix Q x strength on exactly the noisy
+    items (the trainer's own draws), 0 on the clean ones, and each item's other candidate."""
+    seen = []
+    real = org.mixed_answer_loss
+
+    def spy(logits, answers, others, mix, weights=None):
+        seen.append((np.asarray(mix, dtype=float), others.clone(), answers.clone()))
+        return real(logits, answers, others, mix, weights)
+
+    monkeypatch.setattr(org, "mixed_answer_loss", spy)
+    cfg = _tiny(arch="gemma-3", vision_pos_init="sincos", steps=1, eval_every=1,
+                p_noise=0.5, noise_answer_mix=0.4)
+    rng = np.random.default_rng(cfg.seed)
+    splits = od.make_splits(8, seed=0)
+    od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
+    s = np.where(rng.random(cfg.batch) < 0.5, rng.uniform(0.0, 1.0, cfg.batch), 0.0)
+    org.train(cfg, progress=False, final_eval_items=4)
+    assert 0 < (s > 0).sum() < cfg.batch and len(seen) == 1
+    mix, others, answers = seen[0]
+    assert np.allclose(mix, 0.4 * s) and bool((others != answers).all())
