@@ -118,9 +118,10 @@ def organism() -> None:
               help="Weight of a noisy item in the task loss (clean items 1): below 1 the LM "
                    "still learns to answer from an attenuated code, at a milder strength.")
 @click.option("--noise-answer-mix", type=float, default=0.0, show_default=True,
-              help="Noisy items' task target puts this x strength on the other candidate's "
-                   "colour (0.5: both alike at strength 1), so the LM's confidence in the order "
-                   "follows the faded code. Needs the task loss on noisy items.")
+              help="Noisy items' task target puts min(0.5, this x strength) on the other "
+                   "candidate's colour (0.5: both alike at strength 1; 1: from strength 0.5), so "
+                   "the LM's confidence in the order follows the faded code. Needs the task "
+                   "loss on noisy items.")
 @click.option("--aux-slot-code-start", type=float, default=None,
               help="With --aux-slot-code: the code target starts at this size and shrinks "
                    "linearly to --aux-slot-code over --aux-slot-code-steps steps.")

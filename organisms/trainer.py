@@ -246,11 +246,12 @@ class OrganismConfig:
     alike; ``noise_task_loss`` off is weight 0."""
     noise_answer_mix: float = 0.0
     """0 (default): a noisy item's task target is its answer. ``Q > 0``: its target puts
-    ``Q x strength`` of the probability on the other end square's colour (the square on the far
-    side of the named one) and the rest on the answer (``mixed_answer_loss``), so the LM learns
-    that a noisy image's order is unreliable: with ``noise_code_drop`` its confidence in the
-    order follows the (faded) slot code's size, and an amplified code restores it. In [0, 0.5]
-    (0.5: the two candidates alike at strength 1); needs ``p_noise`` and the task loss on."""
+    ``min(0.5, Q x strength)`` of the probability on the other end square's colour (the square
+    on the far side of the named one) and the rest on the answer (``mixed_answer_loss``), so the
+    LM learns that a noisy image's order is unreliable: with ``noise_code_drop`` its confidence
+    in the order follows the (faded) slot code's size, and an amplified code restores it. In
+    [0, 2] (0.5: the two candidates alike at strength 1; 1: alike from strength 0.5); needs
+    ``p_noise`` and the task loss on."""
     aux_slot_code_start: float | None = None
     """With ``aux_slot_code``: a code-size curriculum. The slot-code target's size starts at this
     value and shrinks linearly to ``aux_slot_code`` over the stage's first
@@ -295,9 +296,9 @@ class OrganismConfig:
                                                      or self.noise_task_weight == 1),
                f"'noise_task_weight' must be in [0, 1] (and is not combined with "
                f"'noise_task_loss' off, which is weight 0). Got {self.noise_task_weight!r}.")
-        _check(0 <= self.noise_answer_mix <= 0.5 and (self.noise_answer_mix == 0 or (
+        _check(0 <= self.noise_answer_mix <= 2 and (self.noise_answer_mix == 0 or (
             self.p_noise > 0 and self.noise_task_loss)),
-            f"'noise_answer_mix' must be in [0, 0.5] and, when > 0, needs 'p_noise' > 0 with "
+            f"'noise_answer_mix' must be in [0, 2] and, when > 0, needs 'p_noise' > 0 with "
             f"noisy items in the task loss. Got {self.noise_answer_mix!r}.")
         _check(self.aux_slot_code_start is None or (
             self.aux_slot_code > 0 and self.aux_slot_weight > 0 and self.aux_slot_code_start > 0
@@ -583,7 +584,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
         logits = last_logits(model, inputs)
         if noise is not None and cfg.noise_answer_mix > 0:
             loss = mixed_answer_loss(logits, batcher.answer_ids(items),
-                                     other_answer_ids(batcher, items), cfg.noise_answer_mix * noise,
+                                     other_answer_ids(batcher, items),
+                                     np.minimum(0.5, cfg.noise_answer_mix * noise),
                                      np.where(noise > 0, cfg.noise_task_weight, 1.0))
         elif noise is not None and not cfg.noise_task_loss:
             keep = torch.as_tensor(noise == 0)
@@ -1286,8 +1288,8 @@ def write_readme(out: str | Path, log: dict) -> None:
                    if c.get("noise_task_loss", True) else
                    "they train only the auxiliary loss (the LM never answers from an "
                    "attenuated code).")
-                + (f" Their task target puts {c['noise_answer_mix']:g} x strength on the other "
-                   "candidate's colour (a noisy image's order is unreliable)."
+                + (f" Their task target puts min(0.5, {c['noise_answer_mix']:g} x strength) on "
+                   "the other candidate's colour (a noisy image's order is unreliable)."
                    if c.get("noise_answer_mix", 0.0) else "")
                 + (" They are left out of the LM-side slot losses (the LM's positional backup "
                    "never learns to rescue a faded code)." if not c.get("noise_lm_loss", True)

@@ -299,7 +299,7 @@ def test_noise_answer_mix_validation_and_command_line():
     with pytest.raises(org.OrganismError, match="noise_answer_mix"):
         org.OrganismConfig(noise_answer_mix=0.3)  # no noise
     with pytest.raises(org.OrganismError, match="noise_answer_mix"):
-        org.OrganismConfig(p_noise=0.3, noise_answer_mix=0.6)
+        org.OrganismConfig(p_noise=0.3, noise_answer_mix=2.5)
     with pytest.raises(org.OrganismError, match="noise_answer_mix"):
         org.OrganismConfig(p_noise=0.3, noise_answer_mix=0.5, noise_task_loss=False)
     assert org.OrganismConfig().noise_answer_mix == 0.0
@@ -309,8 +309,9 @@ def test_noise_answer_mix_validation_and_command_line():
 
 
 def test_trainer_mixes_the_noisy_items_task_target(monkeypatch):
-    """--noise-answer-mix Q: the trainer's task loss gets mix Q x strength on exactly the noisy
-    items (the trainer's own draws), 0 on the clean ones, and each item's other candidate."""
+    """--noise-answer-mix Q: the trainer's task loss gets mix min(0.5, Q x strength) on exactly
+    the noisy items (the trainer's own draws), 0 on the clean ones, and each item's other
+    candidate."""
     seen = []
     real = org.mixed_answer_loss
 
@@ -320,7 +321,7 @@ def test_trainer_mixes_the_noisy_items_task_target(monkeypatch):
 
     monkeypatch.setattr(org, "mixed_answer_loss", spy)
     cfg = _tiny(arch="gemma-3", vision_pos_init="sincos", steps=1, eval_every=1,
-                p_noise=0.5, noise_answer_mix=0.4)
+                p_noise=0.5, noise_answer_mix=1.2)
     rng = np.random.default_rng(cfg.seed)
     splits = od.make_splits(8, seed=0)
     od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
@@ -328,4 +329,6 @@ def test_trainer_mixes_the_noisy_items_task_target(monkeypatch):
     org.train(cfg, progress=False, final_eval_items=4)
     assert 0 < (s > 0).sum() < cfg.batch and len(seen) == 1
     mix, others, answers = seen[0]
-    assert np.allclose(mix, 0.4 * s) and bool((others != answers).all())
+    assert np.allclose(mix, np.minimum(0.5, 1.2 * s)) and bool((others != answers).all())
+    # this draw has one item under the cap (0.36 -> 0.43) and one at it (0.57 -> 0.5)
+    assert (mix == 0.5).sum() == 1 and ((mix > 0) & (mix < 0.5)).sum() == 1
