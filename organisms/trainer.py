@@ -260,6 +260,14 @@ class OrganismConfig:
     ``aux_slot_code`` throughout."""
     aux_slot_code_steps: int = 0
     """Length of the ``aux_slot_code_start`` curriculum in steps."""
+    aux_slot_code_only: float = 0.0
+    """With ``aux_slot_code``: weight of a penalty on the slot information the region tokens
+    carry *outside* the code's directions (``slot_outside_code``: the squared norms of the
+    centred per-slot means of the tokens' component orthogonal to the span of ``P``; for a
+    region other than ``object``, plus the same over its object tokens alone), so the slot
+    is linearly readable only along the pinned code, the same on object and background tokens;
+    E7's side direction (fitted on object tokens) then is the direction the LM reads on the
+    strips. 0 = off."""
     init_from: str | None = None
     """Continue training a saved organism (same arch, mechanism and sizes) instead of a fresh
     build; its history is kept and the step count continues from it."""
@@ -300,6 +308,11 @@ class OrganismConfig:
             self.p_noise > 0 and self.noise_task_loss)),
             f"'noise_answer_mix' must be in [0, 2] and, when > 0, needs 'p_noise' > 0 with "
             f"noisy items in the task loss. Got {self.noise_answer_mix!r}.")
+        _check(self.aux_slot_code_only >= 0 and (self.aux_slot_code_only == 0 or (
+            self.aux_slot_code > 0 and self.aux_slot_weight > 0)),
+            f"'aux_slot_code_only' must be >= 0 and needs 'aux_slot_code' > 0 and "
+            f"'aux_slot_weight' > 0 (it penalises slot information outside that code's "
+            f"directions). Got {self.aux_slot_code_only!r}.")
         _check(self.aux_slot_code_start is None or (
             self.aux_slot_code > 0 and self.aux_slot_weight > 0 and self.aux_slot_code_start > 0
             and isinstance(self.aux_slot_code_steps, int) and self.aux_slot_code_steps >= 1),
@@ -736,6 +749,20 @@ def slot_code_basis(feats, slots):
     return torch.nn.functional.normalize(means - means.mean(0), dim=1).float()
 
 
+def slot_outside_code(feats, slots, basis):
+    """Slot information outside the code's directions (``aux_slot_code_only``): with ``Q`` an
+    orthonormal basis of the span of ``basis`` (3 x width; its rows sum to ~0, so the span is
+    2-D), the tokens' component ``r = z - Q^T Q z`` and per slot ``k`` present its mean ``m_k``;
+    the result is ``sum_k ||m_k - mean_k m_k||^2`` (0 when every slot's tokens have the same
+    mean outside the code)."""
+    import torch
+    _, s, vh = torch.linalg.svd(basis.double(), full_matrices=False)
+    q = vh[s > 1e-6 * s.max()].to(feats.dtype)
+    rest = feats - (feats @ q.T) @ q
+    means = torch.stack([rest[slots == k].mean(0) for k in range(3) if bool((slots == k).any())])
+    return ((means - means.mean(0)) ** 2).sum()
+
+
 def slot_code_target(slots, scale, code: float):
     """Target of the norm-controlled slot code: ``code * scale * (onehot(slot) - 1/3)`` per token
     (``slots`` (n,), ``scale`` (n,)): for three directions at 120 degrees (the centred slot
@@ -813,6 +840,13 @@ class _AuxSlot:
             per_tok = torch.as_tensor(scale, dtype=torch.float32)[:, None].expand(-1, g * g)[sel]
             target = slot_code_target(lab, per_tok, cfg.aux_slot_code if code is None else code)
             slot_loss = ((feats @ self.basis.T - target) ** 2).sum(-1).mean()
+            if cfg.aux_slot_code_only > 0:
+                outside = slot_outside_code(feats, lab, self.basis)
+                if cfg.aux_region != "object":  # and the object tokens on their own
+                    osl = torch.as_tensor(np.stack([self._slots(it.layout, "object")
+                                                    for it in items]))
+                    outside = outside + slot_outside_code(z[osl >= 0], osl[osl >= 0], self.basis)
+                slot_loss = slot_loss + cfg.aux_slot_code_only * outside
             if cfg.aux_colour:
                 slot_loss = slot_loss + colour_loss
             loss = loss + cfg.aux_slot_weight * slot_loss
@@ -1150,6 +1184,8 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
         if cfg.get("aux_slot_code_start") is not None:
             parts.append(f"--aux-slot-code-start {cfg['aux_slot_code_start']:g}")
             parts.append(f"--aux-slot-code-steps {cfg['aux_slot_code_steps']}")
+        if cfg.get("aux_slot_code_only", 0.0):
+            parts.append(f"--aux-slot-code-only {cfg['aux_slot_code_only']:g}")
     if cfg.get("p_noise", 0.0):
         parts.append(f"--p-noise {cfg['p_noise']:g}")
         if cfg.get("noise_code_drop", 0.0):
@@ -1279,6 +1315,10 @@ def write_readme(out: str | Path, log: dict) -> None:
                 + (f", the size going linearly from {c['aux_slot_code_start']:g} to "
                    f"{c['aux_slot_code']:g} over the first {c['aux_slot_code_steps']} steps"
                    if c.get("aux_slot_code_start") is not None else "") + "."
+                + (f" Slot information outside those directions penalised "
+                   f"(`--aux-slot-code-only {c['aux_slot_code_only']:g}`: the region tokens' "
+                   f"per-slot means of the other components pulled together)."
+                   if c.get("aux_slot_code_only") else "")
                 if c.get("aux_slot_code") else "")
              + (f" Share of training items with pixel noise (strength ~ U(0, 1), std = strength "
                 f"x 64 grey levels): {c['p_noise']:g}; slot-code target on them x (1 - "

@@ -332,3 +332,76 @@ def test_trainer_mixes_the_noisy_items_task_target(monkeypatch):
     assert np.allclose(mix, np.minimum(0.5, 1.2 * s)) and bool((others != answers).all())
     # this draw has one item under the cap (0.36 -> 0.43) and one at it (0.57 -> 0.5)
     assert (mix == 0.5).sum() == 1 and ((mix > 0) & (mix < 0.5)).sum() == 1
+
+
+def test_slot_information_outside_the_code_by_hand():
+    """slot_outside_code: the per-slot means of the tokens' component orthogonal to span(P),
+    centred, squared norms summed; zero when the slot lives only along P, and the slot loss
+    with --aux-slot-code-only w adds w x that penalty to the code's squared error."""
+    g = torch.Generator().manual_seed(0)
+    width = 6
+    basis = torch.zeros(3, width)
+    for k in range(3):  # three unit vectors at 120 degrees in the (e0, e1) plane
+        a = 2 * np.pi * k / 3
+        basis[k, 0], basis[k, 1] = float(np.cos(a)), float(np.sin(a))
+    slots = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    inside = torch.randn(7, 2, generator=g)
+    feats = torch.zeros(7, width)
+    feats[:, :2] = inside
+    feats[:, 5] = torch.randn(7, generator=g)  # spread outside the span, made slot-free:
+    # each slot's mean on e5 is set to the same 0.7
+    for k in range(3):
+        feats[slots == k, 5] -= feats[slots == k, 5].mean() - 0.7
+    assert float(org.slot_outside_code(feats, slots, basis)) == pytest.approx(0.0, abs=1e-10)
+    # slot-dependent offsets outside the span: slot k gets c_k on e3 -> sum (c_k - mean c)^2
+    c = torch.tensor([2.0, -1.0, 5.0])
+    shifted = feats.clone()
+    shifted[:, 3] += c[slots]
+    want = float(((c - c.mean()) ** 2).sum())
+    assert float(org.slot_outside_code(shifted, slots, basis)) == pytest.approx(want, rel=1e-6)
+    # only two slots present: the mean is over those two
+    two = slots < 2
+    want2 = float(((c[:2] - c[:2].mean()) ** 2).sum())
+    assert float(org.slot_outside_code(shifted[two], slots[two], basis)) == pytest.approx(
+        want2, rel=1e-6)
+
+
+@pytest.mark.parametrize("region", ["object", "band"])
+def test_slot_loss_adds_the_outside_code_penalty(region):
+    """With aux_slot_code_only w the slot loss is the plain norm-controlled loss plus
+    aux_slot_weight x w x slot_outside_code over the region's tokens (for the band, plus the
+    same over its object tokens alone)."""
+    plain = _tiny(aux_slot_weight=1.5, aux_slot_code=2.0, aux_region=region)
+    cfg = _tiny(aux_slot_weight=1.5, aux_slot_code=2.0, aux_slot_code_only=0.25,
+                aux_region=region)
+
+    def gather(z, items, reg):
+        rows, slots = [], []
+        for b, it in enumerate(items):
+            sl = od.region_slots(it.layout, 8, reg)
+            for k in np.flatnonzero(sl >= 0):
+                rows.append(z[b, k]); slots.append(int(sl[k]))
+        return torch.stack(rows), torch.tensor(slots)
+
+    with aux_slot_on(plain, 3) as (aux, items, z, _, _):
+        with torch.no_grad():
+            base = aux.loss(items)
+            pen = org.slot_outside_code(*gather(z, items, region), aux.basis)
+            if region == "band":
+                pen = pen + org.slot_outside_code(*gather(z, items, "object"), aux.basis)
+            aux.cfg = cfg
+            got = aux.loss(items)
+    assert float(pen) > 0
+    assert torch.allclose(got, base + 1.5 * 0.25 * pen, rtol=1e-5)
+
+
+def test_outside_code_option_validation_and_command_line():
+    assert org.OrganismConfig().aux_slot_code_only == 0.0
+    with pytest.raises(org.OrganismError, match="aux_slot_code_only"):
+        org.OrganismConfig(aux_slot_code_only=1.0)
+    with pytest.raises(org.OrganismError, match="aux_slot_code_only"):
+        org.OrganismConfig(aux_slot_weight=1.0, aux_slot_code=3.0, aux_slot_code_only=-1.0)
+    cfg = org.OrganismConfig(aux_slot_weight=1.0, aux_slot_code=3.0, aux_slot_code_only=0.5)
+    assert "--aux-slot-code-only 0.5" in org.command_line(cfg.to_json(), "o")
+    assert "--aux-slot-code-only" not in org.command_line(
+        org.OrganismConfig(aux_slot_weight=1.0, aux_slot_code=3.0).to_json(), "o")
