@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_store_query import evict, resident_fraction, roles_for, write_memmap, write_store  # noqa: E402
+from bench_store_scale import _measure as measure  # noqa: E402  (wall and CPU s of one call)
 
 REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
 
@@ -82,15 +83,6 @@ def build(work: Path, N: int, T: int, H: int, B: int, K: int) -> dict:
     write_memmap(work / "raw.npy", N=N, T=T, H=H, B=B, base=base)
     mf.write_text(json.dumps(meta))
     return meta
-
-
-def measure(fn):
-    """Wall and CPU seconds (user + system of this process) of one call."""
-    c0, t0 = time.process_time(), time.perf_counter()
-    out = fn()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    del out
-    return wall, cpu
 
 
 def main(argv=None):
