@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_store_query import evict, resident_fraction, roles_for, write_memmap, write_store  # noqa: E402
-from bench_store_scale import _measure as measure  # noqa: E402  (wall and CPU s of one call)
+from bench_store_scale import _measure as measure, memmap_role_read  # noqa: E402
 
 REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
 
@@ -113,21 +113,9 @@ def main(argv=None):
     build(work, N, T, H, B, a.objects)
     path, mm_path = work / "s.zarr", work / "raw.npy"
 
-    from actstore import ROLE_CODES, open_store
+    from actstore import open_store
 
-    role = np.load(work / "role.npy")
-    mask = role == ROLE_CODES["object"]
-    K = int(mask.sum(1).max())
-    idx = np.argsort(~mask, axis=1, kind="stable")[:, :K]
-    pad = np.arange(K)[None] >= mask.sum(1)[:, None]
-    idx = np.where(pad, 0, idx)
-    del role, mask
-
-    def raw():  # the same output as the store's: (N, K, H) float16, fresh, NaN in padding
-        mm = np.load(mm_path, mmap_mode="r")
-        out = mm[np.arange(N)[:, None], idx]
-        out[pad] = np.nan
-        return out
+    raw, K = memmap_role_read(mm_path, np.load(work / "role.npy"))
 
     s = open_store(path)
 

@@ -88,6 +88,26 @@ def _measure(fn):
     return wall, cpu
 
 
+def memmap_role_read(mm_path, role):
+    """The raw baseline and the output's padded width K: a function reading the ``object``
+    tokens of every sample from the memmap ``(N, T, H)`` at ``mm_path`` with one fancy index,
+    into the same output as the store's query ((N, K, H) float16, fresh, NaN in padding); the
+    index is built here, untimed."""
+    from actstore import ROLE_CODES
+
+    mask = role == ROLE_CODES["object"]
+    K = int(mask.sum(1).max())
+    pad = np.arange(K)[None] >= mask.sum(1)[:, None]
+    idx = np.where(pad, 0, np.argsort(~mask, axis=1, kind="stable")[:, :K])
+    rows = np.arange(len(role))[:, None]
+
+    def raw():
+        out = np.load(mm_path, mmap_mode="r")[rows, idx]
+        out[pad] = np.nan
+        return out
+    return raw, K
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=100_000)
@@ -125,18 +145,8 @@ def main(argv=None):
         base = rng.standard_normal((B, T, H)).astype(np.float16)
         mm_path = work / "raw.npy"
         t_mm = write_memmap(mm_path, N=N, T=T, H=H, B=B, base=base)
-        mask = role == ROLE_CODES["object"]
-        K = int(mask.sum(1).max())
-        idx = np.argsort(~mask, axis=1, kind="stable")[:, :K]
-        pad = np.arange(K)[None] >= mask.sum(1)[:, None]
-        idx = np.where(pad, 0, idx)
-        del role, mask
-
-        def raw():  # the same output as the store's: (N, K, H) float16, fresh, NaN in padding
-            mm = np.load(mm_path, mmap_mode="r")
-            out = mm[np.arange(N)[:, None], idx]
-            out[pad] = np.nan
-            return out
+        raw, K = memmap_role_read(mm_path, role)
+        del role
 
         path = work / f"s{N}.zarr"
         s = open_store(path)
