@@ -197,9 +197,9 @@ def heldout_items(cfg: DemoConfig, models: tuple[str, ...]) -> dict[str, Any]:
         raise InterventionError(
             f"the organisms {sorted(recorded)} hold out no colour triple in common (trained with "
             "different --split-seed); study them in separate demos, or pass --items all")
-    flat = stimulus_config(cfg, degraded=False).get("flat") or {}
-    if (stimulus_config(cfg, degraded=False).get("generator") != "flat"
-            or flat.get("task", "squares") != "squares"):
+    stim = stimulus_config(cfg, degraded=False)
+    flat = stim.get("flat") or {}
+    if stim.get("generator") != "flat" or flat.get("task", "squares") != "squares":
         raise InterventionError(
             f"--items heldout draws the Squares task's held-out colour triples, but preset "
             f"{cfg.preset!r} is not a Squares set; pass --items all")
