@@ -45,7 +45,11 @@ class StoreWriter:
         self.batch_size = batch_size
         self.model = group.attrs["model"]
         self._done = group["samples"]["done"]
-        self._arrays = {f: group[f] for f in self.specs}
+        # every array a write touches, opened once: opening one reads its zarr.json, which on an
+        # object store is a HEAD and a GET per array and batch (benchmarks/RESULTS.md,
+        # "plain Zarr vs icechunk")
+        self._arrays = {f: {name: group[f][name] for name in ("acts", *S.TOKEN_LABELS, "n_tokens")}
+                        for f in self.specs}
         # whole-shard writes of the activations straight to files (same bytes as zarr's sharding
         # codec, see _ShardFiles); None for an array zarr must write (remote store, other codecs)
         self._direct = {f: (_ShardFiles.of(self._arrays[f]["acts"]) if direct else None)
@@ -431,7 +435,11 @@ class StoreWriter:
             return self._pool
 
     def _put_done(self, idx):
-        self._done.set_coordinate_selection(idx, np.ones(len(idx), bool))
+        s0 = int(idx[0])
+        if int(idx[-1]) - s0 + 1 == len(idx):  # contiguous: a region write, which does not read
+            self._done[s0:s0 + len(idx)] = True  # the old chunk when it covers a whole one
+        else:
+            self._done.set_coordinate_selection(idx, np.ones(len(idx), bool))
 
 
 # ---------------------------------------------------------------------- creation

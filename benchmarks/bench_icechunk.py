@@ -133,7 +133,8 @@ def _rebind(w, store):
     w.root = root
     w.group = root[S.model_key(w.model)]
     w._done = w.group["samples"]["done"]
-    w._arrays = {f: w.group[f] for f in w.specs}
+    w._arrays = {f: {name: w.group[f][name] for name in ("acts", *S.TOKEN_LABELS, "n_tokens")}
+                 for f in w.specs}
 
 
 # ----------------------------------------------------------------------------- writer process

@@ -223,3 +223,30 @@ def test_a_store_being_created_by_another_process_is_not_called_foreign(tmp_path
     (d / "notes.txt").write_text("mine")
     with pytest.raises(StoreError, match="not an activation store"):
         check_target(d)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_batches_read_no_array_metadata_and_each_done_chunk_once(tmp_path, monkeypatch, direct):
+    """Opening a zarr array reads its zarr.json (on an object store a HEAD and a GET): the
+    writer opens every array once, so writing batches reads no metadata, and it reads a batch's
+    `done` chunk once (the check for samples already done), not a second time to set the flags."""
+    truth = make_store(tmp_path / "clean", n_samples=12)
+    w = _writer(tmp_path / "s", direct=direct)
+    reads = []
+    get = zarr.storage.LocalStore.get
+
+    async def counting_get(self, key, *a, **k):
+        reads.append(key)
+        return await get(self, key, *a, **k)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    batches = list(w.batches())  # reads every done chunk once, to find what is pending
+    del reads[:]
+    for idx in batches:
+        w.write(idx, *_batch(truth, idx))
+    monkeypatch.undo()
+    w.close()
+    assert [k for k in reads if k.endswith("zarr.json")] == []
+    assert sorted(k for k in reads if "/samples/done/" in k) == \
+        [f"tiny/samples/done/c/{b}" for b in range(3)]
+    assert_stores_equal(tmp_path / "s", tmp_path / "clean")
