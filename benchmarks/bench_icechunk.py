@@ -296,14 +296,17 @@ class Moto:
             return "zarr chunk"
         return "other"
 
-    def objects(self, prefix) -> tuple[int, int]:
-        n = size = 0
+    def objects(self, prefix) -> tuple[int, int, int]:
+        """Objects under ``prefix``: count, bytes, and bytes of icechunk manifests."""
+        n = size = manifests = 0
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
                                                                      Prefix=prefix + "/"):
             for o in page.get("Contents", []):
                 n += 1
                 size += o["Size"]
-        return n, size
+                if "/manifests/" in o["Key"]:
+                    manifests += o["Size"]
+        return n, size, manifests
 
     def stop(self):
         self.proc.terminate()
@@ -462,7 +465,7 @@ class Bench:
                         "index_s": 0.0})
         e2e = time.perf_counter() - t0
         req = self.moto.since(m)
-        objs, size = self.moto.objects(run.prefix)
+        objs, size, manifests = self.moto.objects(run.prefix)
         self.check_against_truth(run)
         if self.reference is None:
             self.reference = run.url
@@ -484,13 +487,15 @@ class Bench:
                 "index_s": max(r["index_s"] for r in res),
                 "cpu_s": sum(r["cpu_s"] for r in res), "mb_s": mb / wall,
                 "query_s": tq, "query_open_s": tq_open, "objects": objs, "mib": size / 2**20,
+                "manifest_kib": manifests / 2**10,
                 "commits": self._commits(run), **req}
 
     @staticmethod
     def _commits(run):
         if run.variant == "zarr":
             return None
-        return sum(1 for _ in run.repo.ancestry(branch="main")) - 1  # minus the repo's initial
+        # the writers' commits: minus the repository's initial snapshot and the creation commit
+        return sum(1 for _ in run.repo.ancestry(branch="main")) - 2
 
     def semantics(self, variant, slow=0.5) -> dict:
         """2 writers; writer 0 pauses ``slow`` s between writing a batch's data and marking it
@@ -508,12 +513,21 @@ class Bench:
                        if ln.startswith(what)) if progress.exists() else 0
 
         procs = [run.spawn(0, slow=slow), run.spawn(1)]
+
+        def killer():  # in writer 0's pause of batch kill_after + 1: data written, not done
+            t0 = time.time()
+            while time.time() - t0 < 900 and procs[0].poll() is None:
+                if lines("data") > kill_after:
+                    os.kill(procs[0].pid, signal.SIGKILL)
+                    return
+                time.sleep(0.01)
+
+        import threading
+
+        kt = threading.Thread(target=killer, daemon=True)
+        kt.start()
         polls, seen, wrong = 0, set(), 0
-        t0 = time.time()
-        while time.time() - t0 < 900 and procs[0].poll() is None:
-            if lines("data") > kill_after:  # mid-batch: its data written, not yet done
-                os.kill(procs[0].pid, signal.SIGKILL)
-                break
+        while procs[0].poll() is None:
             s = run.reader()  # what a reader sees during the writes
             x = s.select(site="lm.resid", layer=0)
             idx = x["sample"].values
@@ -522,6 +536,7 @@ class Bench:
             polls += 1
             seen.add(len(idx))
             time.sleep(0.05)
+        kt.join()
         procs[0].wait()
         assert procs[0].returncode == -signal.SIGKILL, \
             f"{run.prefix}: writer 0 ended (exit {procs[0].returncode}) before it was killed"
@@ -558,6 +573,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--writers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--no-semantics", action="store_true", help="timing rows only")
     ap.add_argument("--append", action="store_true", help="append the tables to RESULTS.md")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -594,13 +610,13 @@ def main(argv=None):
         cond = conditional_writes(bench.moto)
         stale = stale_commit_refused(bench.moto, "probe-stale")
         for k in a.writers:
-            for v in VARIANTS:
+            for v in a.variants:
                 r = bench.timed(v, k)
                 rows.append(r)
                 print(f"{v} x{k}: write {r['write_s']:.2f} s, cpu {r['cpu_s']:.2f} s, "
                       f"{r['requests']} requests {r['kinds']}", file=sys.stderr, flush=True)
         if not a.no_semantics:
-            for v in VARIANTS:
+            for v in a.variants:
                 sem.append(bench.semantics(v))
                 print(f"semantics {v}: {sem[-1]}", file=sys.stderr, flush=True)
     finally:
@@ -614,7 +630,7 @@ def main(argv=None):
              f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()}-core CPU "
              f"({platform.machine()}), shared: load avg {load0[0]:.1f} at start, "
              f"{os.getloadavg()[0]:.1f} at end; no GPU. `nice -n 10 python "
-             f"benchmarks/bench_icechunk.py --samples {a.samples}` ({time.time() - t_start:.0f} s "
+             f"benchmarks/bench_icechunk.py {' '.join(sys.argv[1:] if argv is None else argv)}` ({time.time() - t_start:.0f} s "
              f"wall, {c1.children_user + c1.children_system - c0.children_user - c0.children_system + c1.user + c1.system - c0.user - c0.system:.0f} CPU-s in all). "
              f"icechunk {icechunk.__version__}, zarr {zarr.__version__}, moto "
              f"{moto.__version__} (server mode, its own process).", "",
@@ -628,19 +644,24 @@ def main(argv=None):
              f"over writer processes (+ coordinator merge/commit); server CPU s = moto's process. "
              f"Requests = HTTP requests moto logged during the run (all processes). Query = "
              f"`select(site='lm.resid.0', role='object').values` on an open store (role index "
-             f"built), and on a freshly opened one. Every store equals the plain single-writer "
-             f"store element for element (`assert_stores_equal`).", "",
+             f"built), and on a freshly opened one. Every store equals the first one of the table "
+             f"element for element (`assert_stores_equal`). commits (attempts): the writers' "
+             f"icechunk commits on the branch (snapshot PUTs: a commit that "
+             f"lost the race to another writer is rebased and tried again); manifests KiB: "
+             f"icechunk's chunk manifests as stored.", "",
              "| store | writers | write s | of which index piece s | end-to-end s | write MB/s "
              "| writer CPU s | server CPU s | requests (PUT / GET / other) | objects (MiB) | "
-             "commits | query s | query, fresh open s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "commits (attempts) | manifests KiB | query s | query, fresh open s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {VARIANTS[r['variant']]} | {r['k']} | {r['write_s']:.2f} | {r['index_s']:.2f} | "
             f"{r['e2e_s']:.1f} | "
             f"{r['mb_s']:.1f} | {r['cpu_s']:.2f} | {r['server_cpu_s']:.1f} | {r['requests']} "
             f"({r['put']} / {r['get']} / {r['other']}) | {r['objects']} ({r['mib']:.1f}) | "
-            f"{'-' if r['commits'] is None else r['commits']} | {r['query_s']:.2f} | "
+            f"{'-' if r['commits'] is None else r['commits']}"
+            f"{'' if r['commits'] is None else ' (%d)' % r['kinds'].get('PUT icechunk snapshots', 0)}"
+            f" | {'-' if r['commits'] is None else '%.0f' % r['manifest_kib']} | {r['query_s']:.2f} | "
             f"{r['query_open_s']:.2f} |")
     lines += ["", "Requests by kind (method, object), all writers of a run:", "",
               "| store | writers | requests by kind |", "|---|---|---|"]
