@@ -497,7 +497,7 @@ class Bench:
         # the writers' commits: minus the repository's initial snapshot and the creation commit
         return sum(1 for _ in run.repo.ancestry(branch="main")) - 2
 
-    def semantics(self, variant, slow=0.5) -> dict:
+    def semantics(self, variant, slow=2.0) -> dict:
         """2 writers; writer 0 pauses ``slow`` s between writing a batch's data and marking it
         done (zarr) / committing it (icechunk); a reader polls the store all along; writer 0 is
         SIGKILLed in that pause of its ``kill_after + 1``-th batch (data written, not done) and
@@ -575,6 +575,9 @@ def main(argv=None):
     ap.add_argument("--writers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--no-semantics", action="store_true", help="timing rows only")
+    ap.add_argument("--pause", type=float, default=2.0,
+                    help="semantics runs: writer 0's pause between a batch's data and its done "
+                         "flag / commit (s)")
     ap.add_argument("--append", action="store_true", help="append the tables to RESULTS.md")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -617,7 +620,7 @@ def main(argv=None):
                       f"{r['requests']} requests {r['kinds']}", file=sys.stderr, flush=True)
         if not a.no_semantics:
             for v in a.variants:
-                sem.append(bench.semantics(v))
+                sem.append(bench.semantics(v, slow=a.pause))
                 print(f"semantics {v}: {sem[-1]}", file=sys.stderr, flush=True)
     finally:
         bench.moto.stop()
@@ -669,7 +672,7 @@ def main(argv=None):
         lines.append(f"| {VARIANTS[r['variant']]} | {r['k']} | "
                      + ", ".join(f"{k} {v}" for k, v in r["kinds"].items()) + " |")
     if sem:
-        lines += ["", f"Guarantees, 2 writers: writer 0 pauses 0.5 s between writing a batch's "
+        lines += ["", f"Guarantees, 2 writers: writer 0 pauses {a.pause:g} s between writing a batch's "
                   f"data and marking it done (zarr) / committing it (icechunk), and is SIGKILLed "
                   f"in that pause of its batch {sem[0]['kill_after'] + 1} (data written, not "
                   f"done), then run again; a reader polls the store during the writes and after "
