@@ -3,7 +3,10 @@ throughput, CPU, S3 requests and role-query time with 1 and 2 concurrent writer 
 the guarantees issue 14 asks of a store on object storage (no lost updates between writers, a
 killed writer resumes, a reader sees only complete samples).
 
-    python benchmarks/bench_icechunk.py [--samples 512] [--append]
+    python benchmarks/bench_icechunk.py [--samples 512] [--writers 1 2] [--variants ...]
+        [--no-semantics] [--pause 2.0] [--append]
+
+(icechunk may live outside the project's environment: ``PYTHONPATH=/path/to/site:$PWD``.)
 
 The store shape is that of ``bench_distributed.py``'s object-store rows: one site family
 (``lm.resid``, one layer), 64 tokens x 256 hidden fp16 per sample, shards of 16 samples (one write
@@ -26,8 +29,9 @@ role-index piece at the end, as ``StoreWriter.close`` does. S3 requests are coun
 server's request log, which runs as its own process (its CPU is reported separately). Afterwards
 every store is compared, element for element, with the plain single-writer store
 (``actstore.testing.assert_stores_equal``). The semantics rows repeat the 2-writer runs with
-writer 0 slowed, a reader polling the store during the writes (every sample it returns must equal
-the truth), writer 0 SIGKILLed part-way and run again.
+writer 0 pausing ``--pause`` s between a batch's data and its ``done`` flag / commit, a reader
+polling the store during the writes (every sample it returns must equal the truth), writer 0
+SIGKILLed in such a pause and run again.
 
 icechunk is optional (not a dependency of spatialbind): without it the script says so and exits 2.
 """
@@ -629,12 +633,15 @@ def main(argv=None):
         shutil.rmtree(work, ignore_errors=True)
     c1 = os.times()
     mb = a.samples * 64 * 256 * 2 / 1e6
+    cmd = " ".join(sys.argv[1:] if argv is None else argv)
+    cpu_all = (c1.user + c1.system + c1.children_user + c1.children_system
+               - c0.user - c0.system - c0.children_user - c0.children_system)
     lines = ["", "## plain Zarr vs icechunk on an S3-compatible server (bench_icechunk.py)", "",
              f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()}-core CPU "
              f"({platform.machine()}), shared: load avg {load0[0]:.1f} at start, "
              f"{os.getloadavg()[0]:.1f} at end; no GPU. `nice -n 10 python "
-             f"benchmarks/bench_icechunk.py {' '.join(sys.argv[1:] if argv is None else argv)}` ({time.time() - t_start:.0f} s "
-             f"wall, {c1.children_user + c1.children_system - c0.children_user - c0.children_system + c1.user + c1.system - c0.user - c0.system:.0f} CPU-s in all). "
+             f"benchmarks/bench_icechunk.py {cmd}` ({time.time() - t_start:.0f} s wall, "
+             f"{cpu_all:.0f} CPU-s in all, moto's server and the writers included). "
              f"icechunk {icechunk.__version__}, zarr {zarr.__version__}, moto "
              f"{moto.__version__} (server mode, its own process).", "",
              f"moto's conditional PUTs: {', '.join(f'{k} {v}' for k, v in cond.items())}; "
