@@ -231,7 +231,10 @@ class OrganismConfig:
     noise_code_drop: float = 0.0
     """With ``aux_slot_code``: on a noisy item the slot-code target is scaled by
     ``1 - noise_code_drop * strength``: the encoder's ordering code weakens as the image's
-    evidence does (1 = no code at strength 1)."""
+    evidence does (1 = no code at strength 1). With the cross-entropy slot head (no
+    ``aux_slot_code``) the same fade is a soft target: ``g * onehot(slot) + (1 - g) / 3`` with
+    ``g = 1 - noise_code_drop * strength`` (``soft_slot_loss``; clean items keep the plain
+    cross-entropy), so the slot evidence the encoder is asked for fades towards uniform."""
     noise_task_loss: bool = True
     """Noisy items count in the task loss. Off: they train only the auxiliary loss, so the LM
     never learns to answer from an attenuated code (it reads the code at its clean size)."""
@@ -268,6 +271,15 @@ class OrganismConfig:
     is linearly readable only along the pinned code, the same on object and background tokens;
     E7's side direction (fitted on object tokens) then is the direction the LM reads on the
     strips. 0 = off."""
+    aux_object_code_only: float = 0.0
+    """With the slot loss over a region other than ``object`` (CE head or ``aux_slot_code``):
+    weight of a penalty on the slot information the region's *object* tokens carry outside the
+    region's slot code (``slot_outside_code`` of the object tokens on ``slot_code_basis`` of the
+    first batch's region tokens, i.e. the order the background already carries), added to the
+    loss as ``aux_object_code_only x penalty``. The background tokens are left as they are, so
+    the code the LM reads keeps its size; only the object tokens' own slot code (which a side
+    probe on object tokens, E7's direction, would otherwise follow) is pulled onto it. 0 = off
+    (nothing computed)."""
     init_from: str | None = None
     """Continue training a saved organism (same arch, mechanism and sizes) instead of a fresh
     build; its history is kept and the step count continues from it."""
@@ -297,9 +309,10 @@ class OrganismConfig:
         _check(self.aux_slot_code >= 0, f"'aux_slot_code' must be >= 0. Got {self.aux_slot_code!r}.")
         _check(0 <= self.noise_code_drop <= 1, f"'noise_code_drop' must be in [0, 1]. "
                f"Got {self.noise_code_drop!r}.")
-        _check(self.noise_code_drop == 0 or (self.aux_slot_code > 0 and self.aux_slot_weight > 0),
-               "'noise_code_drop' scales the norm-controlled slot code: it needs "
-               "'aux_slot_code' > 0 and 'aux_slot_weight' > 0")
+        _check(self.noise_code_drop == 0 or self.aux_slot_weight > 0,
+               "'noise_code_drop' fades the vision slot loss's target on noisy items (the "
+               "norm-controlled code's size, or the cross-entropy head's target towards "
+               "uniform): it needs 'aux_slot_weight' > 0")
         _check(0 <= self.noise_task_weight <= 1 and (self.noise_task_loss
                                                      or self.noise_task_weight == 1),
                f"'noise_task_weight' must be in [0, 1] (and is not combined with "
@@ -313,6 +326,13 @@ class OrganismConfig:
             f"'aux_slot_code_only' must be >= 0 and needs 'aux_slot_code' > 0 and "
             f"'aux_slot_weight' > 0 (it penalises slot information outside that code's "
             f"directions). Got {self.aux_slot_code_only!r}.")
+        _check(self.aux_object_code_only >= 0 and (self.aux_object_code_only == 0 or (
+            self.aux_slot_weight > 0 and self.aux_region != "object"
+            and not self.aux_slot_code_only)),
+            f"'aux_object_code_only' must be >= 0 and needs 'aux_slot_weight' > 0 with an "
+            f"'aux_region' other than 'object' (it pulls the object tokens' slot code onto the "
+            f"region's), and not 'aux_slot_code_only' (which already covers the object tokens). "
+            f"Got {self.aux_object_code_only!r}.")
         _check(self.aux_slot_code_start is None or (
             self.aux_slot_code > 0 and self.aux_slot_weight > 0 and self.aux_slot_code_start > 0
             and isinstance(self.aux_slot_code_steps, int) and self.aux_slot_code_steps >= 1),
@@ -763,6 +783,18 @@ def slot_outside_code(feats, slots, basis):
     return ((means - means.mean(0)) ** 2).sum()
 
 
+def soft_slot_loss(logits, slots, scale):
+    """Cross-entropy of the slot head against a target faded towards uniform
+    (``noise_code_drop`` without ``aux_slot_code``): per token ``t = scale * onehot(slot) +
+    (1 - scale) / 3``, the loss ``-mean_tokens sum_k t_k log softmax(logits)_k``; with every
+    ``scale`` 1 this is plain cross-entropy."""
+    import torch
+    one = torch.nn.functional.one_hot(slots, 3).to(logits.dtype)
+    s = torch.as_tensor(scale, dtype=logits.dtype)[:, None]
+    t = s * one + (1 - s) / 3.0
+    return -(t * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
 def slot_code_target(slots, scale, code: float):
     """Target of the norm-controlled slot code: ``code * scale * (onehot(slot) - 1/3)`` per token
     (``slots`` (n,), ``scale`` (n,)): for three directions at 120 degrees (the centred slot
@@ -851,10 +883,21 @@ class _AuxSlot:
                 slot_loss = slot_loss + colour_loss
             loss = loss + cfg.aux_slot_weight * slot_loss
         elif cfg.aux_slot_weight > 0:
-            slot_loss = torch.nn.functional.cross_entropy(self.head(feats), lab)
+            if cfg.noise_code_drop > 0 and code_scale is not None:  # the fade, as a soft target
+                scale = torch.as_tensor(np.asarray(code_scale), dtype=torch.float32)
+                per_tok = scale[:, None].expand(-1, g * g)[sel]
+                slot_loss = soft_slot_loss(self.head(feats), lab, per_tok)
+            else:
+                slot_loss = torch.nn.functional.cross_entropy(self.head(feats), lab)
             if cfg.aux_colour:
                 slot_loss = slot_loss + colour_loss
             loss = loss + cfg.aux_slot_weight * slot_loss
+        if cfg.aux_object_code_only > 0:
+            if self.basis is None:
+                self.basis = slot_code_basis(feats, lab)
+            osl = torch.as_tensor(np.stack([self._slots(it.layout, "object") for it in items]))
+            loss = loss + cfg.aux_object_code_only * slot_outside_code(
+                z[osl >= 0], osl[osl >= 0], self.basis)
         return loss
 
     def remove(self):
@@ -1186,6 +1229,8 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
             parts.append(f"--aux-slot-code-steps {cfg['aux_slot_code_steps']}")
         if cfg.get("aux_slot_code_only", 0.0):
             parts.append(f"--aux-slot-code-only {cfg['aux_slot_code_only']:g}")
+    if cfg.get("aux_object_code_only", 0.0):
+        parts.append(f"--aux-object-code-only {cfg['aux_object_code_only']:g}")
     if cfg.get("p_noise", 0.0):
         parts.append(f"--p-noise {cfg['p_noise']:g}")
         if cfg.get("noise_code_drop", 0.0):
@@ -1320,9 +1365,16 @@ def write_readme(out: str | Path, log: dict) -> None:
                    f"per-slot means of the other components pulled together)."
                    if c.get("aux_slot_code_only") else "")
                 if c.get("aux_slot_code") else "")
+             + (f" The object tokens' slot information outside the region's slot-mean "
+                f"directions (first batch, fixed) penalised (`--aux-object-code-only "
+                f"{c['aux_object_code_only']:g}`), so they carry the order along the "
+                f"background's code." if c.get("aux_object_code_only") else "")
              + (f" Share of training items with pixel noise (strength ~ U(0, 1), std = strength "
-                f"x 64 grey levels): {c['p_noise']:g}; slot-code target on them x (1 - "
-                f"{c.get('noise_code_drop', 0.0):g} x strength); "
+                f"x 64 grey levels): {c['p_noise']:g}; "
+                + (f"slot-code target on them x (1 - {c.get('noise_code_drop', 0.0):g} x "
+                   f"strength); " if c.get("aux_slot_code") else
+                   f"slot target on them {c['noise_code_drop']:g} x strength of the way to "
+                   f"uniform; " if c.get("noise_code_drop") else "")
                 + ((f"they count in the task loss at weight {c.get('noise_task_weight', 1.0):g}."
                     if c.get("noise_task_weight", 1.0) != 1 else "they count in the task loss.")
                    if c.get("noise_task_loss", True) else

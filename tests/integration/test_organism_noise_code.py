@@ -405,3 +405,108 @@ def test_outside_code_option_validation_and_command_line():
     assert "--aux-slot-code-only 0.5" in org.command_line(cfg.to_json(), "o")
     assert "--aux-slot-code-only" not in org.command_line(
         org.OrganismConfig(aux_slot_weight=1.0, aux_slot_code=3.0).to_json(), "o")
+
+
+@pytest.mark.parametrize("code", [0.0, 2.0])
+def test_object_code_only_penalises_the_object_tokens_outside_the_region_code(code):
+    """With aux_object_code_only w (band region, CE slot head or the norm-controlled code) the
+    auxiliary loss is the plain one plus w x slot_outside_code over the object tokens alone, on
+    the basis of the band tokens' centred slot means (slot_code_basis, first batch); the band
+    tokens themselves are not penalised."""
+    kw = dict(aux_slot_weight=1.5, aux_region="band", aux_slot_code=code)
+    plain = _tiny(**kw)
+    cfg = _tiny(aux_object_code_only=0.3, **kw)
+
+    def gather(z, items, reg):
+        rows, slots = [], []
+        for b, it in enumerate(items):
+            sl = od.region_slots(it.layout, 8, reg)
+            for k in np.flatnonzero(sl >= 0):
+                rows.append(z[b, k]); slots.append(int(sl[k]))
+        return torch.stack(rows), torch.tensor(slots)
+
+    with aux_slot_on(plain, 3) as (aux, items, z, _, _):
+        with torch.no_grad():
+            base = aux.loss(items)
+            aux.cfg, aux.basis = cfg, None
+            got = aux.loss(items)
+            band_basis = org.slot_code_basis(*gather(z, items, "band"))
+            assert torch.allclose(aux.basis, band_basis, atol=1e-6)
+            obj = gather(z, items, "object")
+            pen = org.slot_outside_code(*obj, band_basis)
+            # by hand: the object tokens' per-slot means, their part outside span(basis), centred
+            q, _ = torch.linalg.qr(band_basis.double().T)  # (width, 3), span is 2-D
+            q = q[:, :2]
+            m = torch.stack([obj[0][obj[1] == k].double().mean(0) for k in range(3)])
+            rest = m - (m @ q) @ q.T
+            want = float(((rest - rest.mean(0)) ** 2).sum())
+    assert float(pen) == pytest.approx(want, rel=1e-4) and want > 0
+    assert torch.allclose(got, base + 0.3 * pen, rtol=1e-5)
+
+
+def test_object_code_only_option_validation_and_command_line():
+    assert org.OrganismConfig().aux_object_code_only == 0.0
+    for bad in (dict(aux_slot_weight=1.0, aux_region="band", aux_object_code_only=-1.0),
+                dict(aux_slot_weight=0.0, aux_region="band", aux_object_code_only=1.0),
+                dict(aux_slot_weight=1.0, aux_region="object", aux_object_code_only=1.0),
+                dict(aux_slot_weight=1.0, aux_region="band", aux_slot_code=3.0,
+                     aux_slot_code_only=0.2, aux_object_code_only=1.0)):
+        with pytest.raises(org.OrganismError, match="aux_object_code_only"):
+            org.OrganismConfig(**bad)
+    cfg = org.OrganismConfig(aux_slot_weight=1.0, aux_region="band", aux_object_code_only=0.1)
+    assert "--aux-object-code-only 0.1" in org.command_line(cfg.to_json(), "o")
+    assert "--aux-object-code-only" not in org.command_line(
+        org.OrganismConfig(aux_slot_weight=1.0, aux_region="band").to_json(), "o")
+
+
+def test_soft_slot_loss_by_hand():
+    """soft_slot_loss: cross-entropy against scale x onehot + (1 - scale) / 3, averaged over
+    tokens; with every scale 1 it is F.cross_entropy, with scale 0 the uniform target's."""
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0], [-2.0, 1.0, 0.0]])
+    slots = torch.tensor([0, 2, 1])
+    scale = torch.tensor([1.0, 0.4, 0.0])
+    lp = np.log(np.exp(logits.numpy()) / np.exp(logits.numpy()).sum(1, keepdims=True))
+    want = 0.0
+    for i, (k, s) in enumerate(zip(slots.tolist(), scale.tolist())):
+        t = np.full(3, (1 - s) / 3)
+        t[k] += s
+        want -= float((t * lp[i]).sum())
+    got = org.soft_slot_loss(logits, slots, scale)
+    assert float(got) == pytest.approx(want / 3, rel=1e-6)
+    assert torch.allclose(org.soft_slot_loss(logits, slots, torch.ones(3)),
+                          torch.nn.functional.cross_entropy(logits, slots))
+
+
+def test_noise_code_drop_fades_the_cross_entropy_slot_target():
+    """With the CE slot head (no aux_slot_code), noise_code_drop D makes a noisy item's slot
+    target g x onehot + (1 - g) / 3, g = 1 - D x strength per item, over its region tokens; clean
+    items (g = 1) keep the plain cross-entropy, and without noise the loss is unchanged."""
+    kw = dict(aux_slot_weight=1.5, aux_region="band", aux_colour=False)
+    plain = _tiny(**kw)
+    cfg = _tiny(p_noise=0.5, noise_code_drop=0.8, **kw)
+    noise = np.array([0.0, 0.5, 1.0])
+    with aux_slot_on(plain, 3) as (aux, items, z, _, _):
+        with torch.no_grad():
+            base = aux.loss(items)
+            aux.cfg = cfg
+            same = aux.loss(items, code_scale=org.code_scale(np.zeros(3), cfg))
+            got = aux.loss(items, code_scale=org.code_scale(noise, cfg))
+            lg, lab, gs = [], [], []
+            for b, it in enumerate(items):
+                sl = od.region_slots(it.layout, 8, "band")
+                for k in np.flatnonzero(sl >= 0):
+                    lg.append(aux.head(z[b, k])); lab.append(int(sl[k]))
+                    gs.append(1 - 0.8 * noise[b])
+            lp = torch.log_softmax(torch.stack(lg), -1).numpy()
+            want = 0.0
+            for row, k, g in zip(lp, lab, gs):
+                t = np.full(3, (1 - g) / 3)
+                t[k] += g
+                want -= float((t * row).sum())
+            want /= len(lab)
+    assert torch.allclose(same, base, rtol=1e-6)
+    assert float(got) == pytest.approx(1.5 * want, rel=1e-5)
+    assert float(got) != pytest.approx(float(base), rel=1e-3)
+    with pytest.raises(org.OrganismError, match="noise_code_drop"):
+        org.OrganismConfig(p_noise=0.3, noise_code_drop=0.5)  # no slot loss to fade
+    assert "--noise-code-drop 0.8" in org.command_line(cfg.to_json(), "o")
