@@ -106,7 +106,9 @@ def organism() -> None:
                    "strength ~ U(0, 1); scenegen's noise degradation).")
 @click.option("--noise-code-drop", type=float, default=0.0, show_default=True,
               help="With --aux-slot-code: the slot-code target of a noisy item is scaled by "
-                   "1 - this x strength (the ordering code weakens with the image's evidence).")
+                   "1 - this x strength (the ordering code weakens with the image's evidence); "
+                   "with the cross-entropy slot head: its target moves this x strength of the "
+                   "way to uniform.")
 @click.option("--noise-task-loss/--no-noise-task-loss", default=True, show_default=True,
               help="Noisy items count in the task loss (off: they train only the auxiliary "
                    "loss, so the LM never learns to answer from an attenuated code).")

@@ -276,10 +276,10 @@ class OrganismConfig:
     weight of a penalty on the slot information the region's *object* tokens carry outside the
     region's slot code (``slot_outside_code`` of the object tokens on ``slot_code_basis`` of the
     first batch's region tokens, i.e. the order the background already carries), added to the
-    loss as ``aux_object_code_only x penalty``. The background tokens are left as they are, so
-    the code the LM reads keeps its size; only the object tokens' own slot code (which a side
-    probe on object tokens, E7's direction, would otherwise follow) is pulled onto it. 0 = off
-    (nothing computed)."""
+    loss as ``aux_object_code_only x penalty``. The background tokens are not penalised; only
+    the object tokens' own slot code (which a side probe on object tokens, E7's direction, would
+    otherwise follow) is pulled onto the background's. (On ``qwen2-vl-vision`` the object tokens
+    met it by shrinking whole: see vlms/organisms/README.md.) 0 = off (nothing computed)."""
     init_from: str | None = None
     """Continue training a saved organism (same arch, mechanism and sizes) instead of a fresh
     build; its history is kept and the step count continues from it."""
