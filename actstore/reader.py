@@ -182,21 +182,39 @@ class Store:
         """Per-sample labels (one row per stored sample, index = store index) plus ``done``."""
         g = self.group(model)
         key = ("labels", g.path)
-        if key not in self._cache:
-            sg = g["samples"]
+        if key not in self._cache:  # built on demand: a query without where= needs no DataFrame
             cols = {}
-            for name, arr in sorted(sg.arrays()):
-                v = self._read(arr)
-                if arr.attrs.get("kind") == "string":
-                    v = S.decode_strings(v, arr.attrs["categories"])
-                cols[name] = v
+            for name, (v, cats) in self._sample_columns(g).items():
+                cols[name] = v if cats is None else S.decode_strings(v, cats)
             df = pd.DataFrame(cols)
-            first = [c for c in S.STANDARD_SAMPLE_LABELS if c in df]
-            df = df[first + [c for c in df.columns if c not in first and c != "done"] + ["done"]]
             df["done"] = df["done"].astype(bool)
             df.index.name = S.SAMPLE
             self._cache[key] = df
         return self._cache[key].copy()
+
+    def _sample_columns(self, g) -> dict[str, tuple[np.ndarray, list | None]]:
+        """The per-sample arrays of ``g`` as stored, in the column order of :meth:`labels`
+        (standard labels, the others, ``done`` last): ``{name: (values, categories)}``, the
+        categories of a string column (its values are int32 codes) or None. Cached; no pandas."""
+        key = ("sample-columns", g.path)
+        if key not in self._cache:
+            raw = {}
+            for name, arr in sorted(g["samples"].arrays()):
+                cats = arr.attrs["categories"] if arr.attrs.get("kind") == "string" else None
+                raw[name] = (self._read(arr), cats)
+            first = [c for c in S.STANDARD_SAMPLE_LABELS if c in raw]
+            order = first + [c for c in raw if c not in first and c != "done"] + ["done"]
+            self._cache[key] = {c: raw[c] for c in order}
+        return self._cache[key]
+
+    def _done(self, g) -> np.ndarray:
+        """The ``done`` flag of every sample of ``g`` (bool, read-only, cached)."""
+        key = ("done", g.path)
+        if key not in self._cache:
+            v = np.array(self._sample_columns(g)["done"][0], dtype=bool)
+            v.flags.writeable = False
+            self._cache[key] = v
+        return self._cache[key]
 
     def _tokens(self, g, fam: str) -> dict[str, np.ndarray]:
         key = ("tokens", g.path, fam)
@@ -271,7 +289,7 @@ class Store:
         rows, toks, vals = [], [], {k: [] for k in S.TOKEN_LABELS if k != "role"}
         taken = np.zeros(N, bool)
         if self.index and N:
-            done = self.labels(g.attrs["model"])["done"].to_numpy()
+            done = self._done(g)
             taken, parts = _index.load(g, fam, int(code), T, done, self.root.store, self._cache)
             for p in parts:
                 rows.append(p["sample"])
@@ -302,17 +320,21 @@ class Store:
             vals = {name: v[order] for name, v in vals.items()}
         counts = np.bincount(rows, minlength=N)
         K = int(counts.max()) if N else 0
-        k = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)  # k-th of its sample
-        idx = np.full((N, K), -1, idt)
-        idx[rows, k] = toks
+        # rows are sorted and each sample's tokens in order, so the entries fill the (N, K) slots
+        # k < counts[i] in row-major order: one flat index array for every table
+        slots = np.flatnonzero((np.arange(K) < counts[:, None]).ravel())
+        idx = np.full(N * K, -1, idt)
+        idx[slots] = toks
+        idx = idx.reshape(N, K)
         labels = {}
         for name, (dt, none) in S.TOKEN_LABELS.items():
-            labels[name] = np.full((N, K), none, dt)
+            v = np.full(N * K, none, dt)
             if name == "role":
-                labels[name][rows, k] = code
+                v[slots] = code
             elif len(rows):
-                labels[name][rows, k] = vals[name]
-        del rows, toks, vals, k
+                v[slots] = vals[name]
+            labels[name] = v.reshape(N, K)
+        del rows, toks, vals, slots
         for v in (idx, counts, *labels.values()):
             v.flags.writeable = False
         self._cache[key] = (counts, idx, labels)
@@ -320,27 +342,29 @@ class Store:
 
     def _sample_arrays(self, g) -> dict[str, np.ndarray]:
         """Per-sample label columns as read-only numpy arrays (strings as fixed-width unicode,
-        which xarray takes as they are; object arrays it converts on every query), cached."""
+        which xarray takes as they are; object arrays it converts on every query), cached.
+        Built from the stored arrays directly (a string column is its categories, as fixed-width
+        unicode as wide as the longest one in use, indexed by its codes): the arrays the
+        :meth:`labels` DataFrame gives, without building it."""
         key = ("sample-arrays", g.path)
         if key not in self._cache:
-            df = self.labels(g.attrs["model"])
             out = {}
-            for c in df.columns:
+            for c, (v, cats) in self._sample_columns(g).items():
                 if c == "done":
                     continue
-                v = df[c].to_numpy()
-                if v.dtype == object and pd.api.types.infer_dtype(v, skipna=False) in ("string", "empty"):
-                    v = v.astype(str)
-                v = np.array(v, copy=True)
+                v = np.array(v, copy=True) if cats is None else _strings(v, cats)
                 v.flags.writeable = False
                 out[c] = v
             self._cache[key] = out
         return self._cache[key]
 
     def _sample_index(self, g, where, include_pending) -> np.ndarray:
+        done = self._done(g)
+        keep = np.ones(len(done), bool) if include_pending else done.copy()
+        if not where:
+            return np.flatnonzero(keep)
         df = self.labels(g.attrs["model"])
-        keep = np.ones(len(df), bool) if include_pending else df["done"].to_numpy().copy()
-        for col, want in (where or {}).items():
+        for col, want in where.items():
             if col not in df.columns:
                 raise unknown("label", col, list(df.columns), where=f"where= of {self.path}")
             vals = df[col]
@@ -557,7 +581,7 @@ class Store:
 
     def _sample_coords(self, g, sidx) -> dict:
         arrays = self._sample_arrays(g)
-        every = len(sidx) == len(self.labels(g.attrs["model"])) and \
+        every = len(sidx) == len(self._done(g)) and \
             (len(sidx) == 0 or sidx[-1] == len(sidx) - 1)
         out = {S.SAMPLE: (S.SAMPLE, sidx)}
         out.update({c: (S.SAMPLE, v if every else v[sidx]) for c, v in arrays.items()})
@@ -629,6 +653,19 @@ class Store:
         for dirpath, _, files in os.walk(str(store.root)):
             total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)
         return total
+
+
+def _strings(codes: np.ndarray, categories: list[str]) -> np.ndarray:
+    """A string column from its int32 codes: fixed-width unicode, as wide as the longest value in
+    use (at least 1), what ``labels()[col].to_numpy().astype(str)`` gives."""
+    codes = np.asarray(codes, np.int64)
+    if not len(categories):
+        return np.full(len(codes), "", "<U1")
+    cats = np.array(categories, dtype=object)
+    used = np.zeros(len(cats), bool)
+    used[codes] = True
+    width = max([1, *map(len, cats[used])])
+    return cats.astype(f"<U{width}")[codes] if len(codes) else np.zeros(0, f"<U{width}")
 
 
 def _chunk_runs(chunks: np.ndarray) -> list[tuple[int, int]]:
