@@ -377,13 +377,17 @@ def chunked(arr, store) -> Chunked | None:
                    codec=codec)
 
 
-def read_rows(lay: Chunked, a: int, b: int) -> np.ndarray:
-    """Rows ``[a, b)`` of a :func:`chunked` array as a new array: the bytes zarr would return
-    (a chunk file that is missing, i.e. never written or equal to the fill value, reads as the
-    fill value). Each chunk file is read whole (zarr writes it whole and renames it into place,
-    so a concurrent writer is seen before or after, never half)."""
+def read_rows(lay: Chunked, a: int, b: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``[a, b)`` of a :func:`chunked` array as a new array (or into ``out``, of that shape
+    and dtype): the bytes zarr would return (a chunk file that is missing, i.e. never written or
+    equal to the fill value, reads as the fill value). Each chunk file is read whole (zarr writes
+    it whole and renames it into place, so a concurrent writer is seen before or after, never
+    half)."""
     a, b = max(0, int(a)), min(int(b), lay.shape[0])
-    out = np.empty((max(b - a, 0), *lay.shape[1:]), lay.dtype)
+    if out is None:
+        out = np.empty((max(b - a, 0), *lay.shape[1:]), lay.dtype)
+    elif out.shape != (max(b - a, 0), *lay.shape[1:]):
+        raise ValueError(f"out has shape {out.shape}; rows {a}..{b} need {(b - a, *lay.shape[1:])}")
     if b <= a:
         return out
     c = lay.rows
@@ -400,16 +404,37 @@ def read_rows(lay: Chunked, a: int, b: int) -> np.ndarray:
     return out
 
 
+def chunk_path(lay: Chunked, ci: int) -> str:
+    """The file of chunk ``ci`` of a :func:`chunked` array."""
+    tail = "/".join(["0"] * (len(lay.shape) - 1))
+    return os.path.join(lay.directory, "c", str(ci), tail) if tail else \
+        os.path.join(lay.directory, "c", str(ci))
+
+
 def _read_chunks(lay: Chunked, out: np.ndarray, a: int, b: int, chunks: range) -> None:
     """Fill the rows of ``out`` (rows ``[a, b)`` of the array) that the chunks ``chunks`` hold."""
     c = lay.rows
-    per = int(np.prod(lay.shape[1:], dtype=np.int64)) * lay.dtype.itemsize * c
-    tail = "/".join(["0"] * (len(lay.shape) - 1))
+    row = int(np.prod(lay.shape[1:], dtype=np.int64)) * lay.dtype.itemsize
+    per = row * c
     for ci in chunks:
         lo, hi = max(a, ci * c), min(b, (ci + 1) * c)
         dst = out[lo - a:hi - a]
-        path = os.path.join(lay.directory, "c", str(ci), tail) if tail else \
-            os.path.join(lay.directory, "c", str(ci))
+        path = chunk_path(lay, ci)
+        if lay.codec is None and hi - lo < c and dst.flags.c_contiguous and dst.dtype == lay.dtype:
+            # part of an uncompressed chunk: only its bytes, straight into place
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                dst[...] = lay.fill
+                continue
+            try:
+                if os.fstat(fd).st_size != per:
+                    raise OSError(f"chunk file {path} holds {os.fstat(fd).st_size} bytes; "
+                                  f"expected {per} (truncated or not written by zarr)")
+                _pread_into(fd, dst, (lo - ci * c) * row, path)
+            finally:
+                os.close(fd)
+            continue
         try:
             with open(path, "rb", buffering=0) as f:
                 raw = f.read()

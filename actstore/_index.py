@@ -24,6 +24,8 @@ before: the result equals the index built from the labels, element for element.
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 import warnings
 import zlib
 
@@ -51,6 +53,22 @@ BLOCK = 8192
 """Covered samples per block of a piece (the writer reads labels and sorts entries a block at a time)."""
 
 N_ROLES = len(S.ROLE_NAMES)
+
+DONE_STAT = "done_stat"
+"""Array of a piece (local stores only) vouching for the ``done`` chunk files of its writer's
+batches: one row ``(chunk, inode, size, mtime_ns, ctime_ns)`` per chunk file, as ``os.stat`` saw
+it just before the writer read the flags. A reader whose ``os.stat`` of that file gives the same
+five numbers takes the chunk's flags from the piece (its covered samples in that chunk are done,
+the others not) instead of reading the file: one ``stat`` instead of an open and a read per
+write batch. Any write replaces the file (zarr writes a new file and renames it into place: a new
+inode) or at least moves its mtime and ctime, so a flag set or cleared later is read from the
+file."""
+
+RACY_NS = 2 * 10**9
+"""A ``done`` chunk file modified (mtime or ctime) less than this many nanoseconds before its
+signature is taken is not vouched for: a later in-place change within the same file-system
+timestamp tick would leave its times equal (git's "racy clean" case). Later changes get
+timestamps at least this much newer than any vouched one."""
 
 
 class IndexWarning(UserWarning):
@@ -95,8 +113,10 @@ def _runs(samples: np.ndarray) -> list[tuple[int, int]]:
     return [(int(samples[a]), int(samples[b - 1]) + 1) for a, b in zip(starts, stops)]
 
 
-def read_rows(arr, store, a: int, b: int, cache: dict | None = None) -> np.ndarray:
-    """Rows ``[a, b)`` of a small array: straight from its chunk files on a local store, else zarr."""
+def read_rows(arr, store, a: int, b: int, cache: dict | None = None,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``[a, b)`` of a small array: straight from its chunk files on a local store, else
+    zarr (into ``out`` when given)."""
     from . import _direct
 
     key = ("chunked", arr.path)
@@ -106,14 +126,22 @@ def read_rows(arr, store, a: int, b: int, cache: dict | None = None) -> np.ndarr
             cache[key] = lay
     else:
         lay = cache[key]
-    return _direct.read_rows(lay, a, b) if lay is not None else np.asarray(arr[a:b])
+    if lay is not None:
+        return _direct.read_rows(lay, a, b, out)
+    if out is None:
+        return np.asarray(arr[a:b])
+    out[...] = arr[a:b]
+    return out
 
 
-def write_piece(g, covered: np.ndarray, *, force: bool = False) -> str | None:
+def write_piece(g, covered: np.ndarray, *, force: bool = False,
+                done_stat: np.ndarray | None = None) -> str | None:
     """Write the piece of model group ``g`` covering the sorted sample indices ``covered`` (done
     samples: their labels are final), reading their token labels from the store. Returns its
     name, or None when a complete piece of that name is already there (same samples, same
-    bytes; ``force`` rewrites it) or ``covered`` is empty. Memory: one block of ``BLOCK`` samples at a time."""
+    bytes; ``force`` rewrites it) or ``covered`` is empty. Memory: one block of ``BLOCK`` samples at a time.
+    ``done_stat``: the signatures of :func:`done_stat`, taken before ``covered`` was read
+    (stored as the piece's ``done_stat`` array; None: none stored)."""
     covered = np.asarray(covered, np.int64)
     if len(covered) == 0 or GROUP not in g:
         return None
@@ -139,7 +167,7 @@ def write_piece(g, covered: np.ndarray, *, force: bool = False) -> str | None:
         lab_arrays = {k: fg[k] for k in S.TOKEN_LABELS}
         pf = pg.create_group(fam)
         arrays = {f: pf.create_array(f, shape=(0,), dtype=dt, chunks=(CHUNK,), fill_value=none,
-                                     dimension_names=("entry",))
+                                     compressors=None, dimension_names=("entry",))
                   for f, (dt, none) in FIELDS.items()}
         n, blocks, crcs = 0, [], []
         for b0 in range(0, len(covered), BLOCK):
@@ -157,10 +185,123 @@ def write_piece(g, covered: np.ndarray, *, force: bool = False) -> str | None:
             blocks.append([int(rows[0]), int(rows[-1]) + 1, *(int(n + o) for o in off)])
             n += m
         pf.attrs.update({"n_tokens": T, "blocks": blocks, "crc": crcs, "n_entries": n})
-    pg.attrs.update({"format": FORMAT, "n_covered": int(len(covered)),
+    extra = {}
+    if done_stat is not None and len(done_stat):
+        sig = np.ascontiguousarray(done_stat, "<i8")
+        arr = pg.create_array(DONE_STAT, shape=sig.shape, dtype="int64", chunks=sig.shape,
+                              fill_value=-1, dimension_names=("chunk", "field"))
+        arr[:] = sig
+        extra = {"done_rows": int(g["samples"]["done"].chunks[0]), "done_stat_crc": _crc([sig])}
+    pg.attrs.update({"format": FORMAT, "n_covered": int(len(covered)), **extra,
                      "covered_crc": _crc([covered]), "n_samples": int(g.attrs["n_samples"]),
                      "complete": True})
     return name
+
+
+def _done_layout(g, store):
+    """The direct-read layout of the ``done`` array of model group ``g`` (None: not local)."""
+    from . import _direct
+
+    return _direct.chunked(g["samples"]["done"], store)
+
+
+def done_stat(g, mine: np.ndarray) -> np.ndarray | None:
+    """Signatures ``(chunk, inode, size, mtime_ns, ctime_ns)`` of the ``done`` chunk files of model
+    group ``g`` whose samples are all in the mask ``mine`` (a writer's batches), for
+    :func:`write_piece`; None when the store is not a local directory. Take them *before* reading
+    the flags they vouch for (a file changed in between then no longer matches). Missing files
+    (nothing done there yet) and files modified less than ``RACY_NS`` ago are left out."""
+    from . import _direct
+
+    lay = _done_layout(g, g.store)
+    if lay is None or lay.shape[0] == 0:
+        return None
+    n, rows = lay.shape[0], lay.rows
+    nch = -(-n // rows)
+    full = np.ones(nch * rows, bool)
+    full[:n] = np.asarray(mine, bool)
+    recent = time.time_ns() - RACY_NS
+    out = []
+    for ci in np.flatnonzero(full.reshape(nch, rows).all(1)).tolist():
+        try:
+            st = os.stat(_direct.chunk_path(lay, ci))
+        except OSError:
+            continue
+        if st.st_mtime_ns < recent and st.st_ctime_ns < recent:
+            out.append((ci, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return np.array(out, "<i8").reshape(-1, 5)
+
+
+def _vouched(p, lay, n_samples: int, store, cache: dict) -> np.ndarray | None:
+    """The checked ``done_stat`` rows of piece ``p`` for the ``done`` layout ``lay`` (None: it has
+    none, or they do not fit this store; an unreadable or altered array warns)."""
+    key = ("piece-done-stat", p.path)
+    if key in cache:
+        return cache[key]
+    a = p.attrs.asdict()
+    sig = None
+    if a.get("done_rows") == lay.rows and "done_stat_crc" in a:
+        try:
+            arr = p[DONE_STAT]
+            if len(arr.shape) != 2 or arr.shape[1] != 5:
+                raise ValueError(f"{DONE_STAT} has shape {arr.shape}")
+            sig = read_rows(arr, store, 0, arr.shape[0], cache)
+            if _crc([sig.astype("<i8")]) != a["done_stat_crc"]:
+                raise ValueError(f"checksum of {DONE_STAT!r} differs")
+            if len(sig) and (sig[:, 0].min() < 0 or sig[:, 0].max() * lay.rows >= n_samples):
+                raise ValueError(f"{DONE_STAT} names chunks outside the store")
+        except Exception as e:  # noqa: BLE001 - any damage: read the flags from their files
+            warnings.warn(f"role index piece {p.path}: its {DONE_STAT} is not used ({type(e).__name__}: "
+                          f"{e}); the done flags are read from their files instead (same result, "
+                          f"slower). Rebuild it with `spatialbind query STORE --reindex`",
+                          IndexWarning, stacklevel=3)
+            sig = None
+    cache[key] = sig
+    return sig
+
+
+def done_flags(g, n_samples: int, store, cache: dict) -> np.ndarray | None:
+    """The ``done`` flags of model group ``g`` on a local store, equal to the stored array: the
+    chunks some sound piece vouches for (:data:`DONE_STAT`, the file's ``os.stat`` unchanged)
+    from that piece's ``covered``, every other chunk read from its file. None when the store is
+    not local (read them through zarr)."""
+    from . import _direct
+
+    lay = _done_layout(g, store)
+    if lay is None or lay.shape[0] != n_samples:
+        return None
+    rows = lay.rows
+    nch = -(-n_samples // rows)
+    known = np.zeros(nch, bool)
+    done = np.zeros(n_samples, bool)
+    with warnings.catch_warnings():  # a piece that is otherwise bad warns when its entries are read
+        warnings.simplefilter("ignore", IndexWarning)
+        ps = pieces(g)
+    for _, p in ps:
+        sig = _vouched(p, lay, n_samples, store, cache)
+        if sig is None or not len(sig):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", IndexWarning)
+            cov = covered_of(p, n_samples, store, cache)
+        if cov is None:
+            continue
+        mine = np.zeros(nch, bool)
+        for ci, ino, size, mt, ct in sig.tolist():
+            if known[ci]:
+                continue
+            try:
+                st = os.stat(_direct.chunk_path(lay, ci))
+            except OSError:
+                continue
+            if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (ino, size, mt, ct):
+                mine[ci] = True
+        if mine.any():
+            done[cov[mine[cov // rows]]] = True
+            known |= mine
+    for c0, c1 in _runs(np.flatnonzero(~known)):
+        done[c0 * rows:min(c1 * rows, n_samples)] = _direct.read_rows(lay, c0 * rows, c1 * rows)
+    return done
 
 
 def pieces(g, damaged: list | None = None) -> list[tuple[str, object]]:
@@ -240,24 +381,30 @@ def read_role(p, fam: str, code: int, T: int, store, cache: dict):
             if arr.shape != (n,) or str(arr.dtype) != FIELDS[f][0]:
                 raise ValueError(f"{f} has shape {arr.shape} {arr.dtype}, expected ({n},) "
                                  f"{FIELDS[f][0]}")
-        parts: dict[str, list] = {f: [] for f in FIELDS}
-        for blk, crc in zip(a["blocks"], a["crc"], strict=True):
-            lo, hi, off = blk[0], blk[1], blk[2:]
-            s0, s1 = int(off[code]), int(off[code + 1])
+        blocks, crcs = a["blocks"], a["crc"]
+        if len(blocks) != len(crcs):
+            raise ValueError(f"{len(blocks)} blocks but {len(crcs)} checksums")
+        spans = [(int(blk[2 + code]), int(blk[3 + code])) for blk in blocks]
+        for s0, s1 in spans:
             if not (0 <= s0 <= s1 <= n):
                 raise ValueError(f"role offsets {s0}..{s1} outside 0..{n}")
-            got = {f: read_rows(arr, store, s0, s1, cache) for f, arr in arrays.items()}
-            if _crc(got[f] for f in FIELDS) != crc[code]:
+        total = sum(s1 - s0 for s0, s1 in spans)
+        # each block's slice read straight into its place in the result (no concatenation)
+        got = {f: np.empty(total, FIELDS[f][0]) for f in FIELDS}
+        pos = 0
+        for blk, crc, (s0, s1) in zip(blocks, crcs, spans):
+            lo, hi = blk[0], blk[1]
+            part = {f: read_rows(arr, store, s0, s1, cache, out=got[f][pos:pos + s1 - s0])
+                    for f, arr in arrays.items()}
+            if _crc(part[f] for f in FIELDS) != crc[code]:
                 raise ValueError(f"checksum of the entries of role {S.ROLE_NAMES[code]!r} "
                                  f"(samples {lo}..{hi - 1}) differs")
-            smp, tok = got["sample"], got["token"]
-            if s1 > s0 and (smp[0] < lo or smp[-1] >= hi or np.any(np.diff(smp) < 0)
+            smp, tok = part["sample"], part["token"]
+            if s1 > s0 and (smp[0] < lo or smp[-1] >= hi or np.any(smp[1:] < smp[:-1])
                             or tok.min() < 0 or tok.max() >= T):
                 raise ValueError("entries out of their block's samples or tokens")
-            for f in FIELDS:
-                parts[f].append(got[f])
-        return {f: (np.concatenate(v) if v else np.zeros(0, FIELDS[f][0]))
-                for f, v in parts.items()}
+            pos += s1 - s0
+        return got
     except Exception as e:  # noqa: BLE001 - any damage: do not use the piece
         _warn(f"{p.path}/{fam}", f"{type(e).__name__}: {e}")
         return None
@@ -295,6 +442,39 @@ def load(g, fam: str, code: int, T: int, done: np.ndarray, store, cache: dict):
     return taken, parts
 
 
+def _check_done_stat(g, p, where: str, cov: np.ndarray, done: np.ndarray, fix: str) -> list[str]:
+    """Problems of the ``done_stat`` of piece ``p``: unreadable, or vouching (its chunk files
+    unchanged since) for done flags other than the stored ones ``done``."""
+    from . import _direct
+
+    lay = _done_layout(g, g.store)
+    if lay is None or lay.shape[0] != len(done):
+        return []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sig = _vouched(p, lay, len(done), g.store, {})
+    if caught:
+        return [f"{where}/{DONE_STAT}: damaged ({caught[-1].message}); {fix}"]
+    if sig is None:
+        return []
+    mine = np.zeros(len(done), bool)
+    mine[cov] = True
+    rows, bad = lay.rows, []
+    for ci, ino, size, mt, ct in sig.tolist():
+        try:
+            st = os.stat(_direct.chunk_path(lay, ci))
+        except OSError:
+            continue
+        sl = slice(ci * rows, (ci + 1) * rows)
+        if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (ino, size, mt, ct) \
+                and not np.array_equal(mine[sl], done[sl]):
+            bad.append(ci)
+    if bad:
+        return [f"{where}/{DONE_STAT}: vouches for the done flags of {len(bad)} chunk file(s) "
+                f"(e.g. chunk {bad[0]}) that differ from the stored flags; {fix}"]
+    return []
+
+
 def check(g, key: str, done: np.ndarray, only: str | None = None) -> list[str]:
     """Problems of the persisted role index of model group ``g`` (for ``validate``): pieces
     that cannot be read, fail their checksums, or disagree with the token labels of the done
@@ -321,6 +501,7 @@ def check(g, key: str, done: np.ndarray, only: str | None = None) -> list[str]:
         if cov is None:
             out.append(f"{where}: damaged ({caught[-1].message if caught else 'unreadable'}); {fix}")
             continue
+        out += _check_done_stat(g, p, where, cov, done, fix)
         for d in g.attrs["sites"]:
             fam, T = d["name"], int(d["n_tokens"])
             try:

@@ -198,10 +198,15 @@ class Store:
         categories of a string column (its values are int32 codes) or None. Cached; no pandas."""
         key = ("sample-columns", g.path)
         if key not in self._cache:
+            from . import _index
+
             raw = {}
             for name, arr in sorted(g["samples"].arrays()):
                 cats = arr.attrs["categories"] if arr.attrs.get("kind") == "string" else None
-                raw[name] = (self._read(arr), cats)
+                v = None
+                if name == "done" and self.index and self.direct:  # one stat per vouched chunk
+                    v = _index.done_flags(g, arr.shape[0], self.root.store, self._cache)
+                raw[name] = (self._read(arr) if v is None else v, cats)
             first = [c for c in S.STANDARD_SAMPLE_LABELS if c in raw]
             order = first + [c for c in raw if c not in first and c != "done"] + ["done"]
             self._cache[key] = {c: raw[c] for c in order}

@@ -311,7 +311,6 @@ class StoreWriter:
 
         if _index.GROUP not in self.group:
             return None
-        done = self.done()
         batch = np.arange(self.n_samples) // self.batch_size
         mine = np.isin(batch, sorted(self._wrote))
         if self._owned is None:
@@ -319,7 +318,9 @@ class StoreWriter:
         else:
             for i, n in self._owned:
                 mine |= batch % n == i
-        return _index.write_piece(self.group, np.flatnonzero(mine & done))
+        sig = _index.done_stat(self.group, mine)  # before the flags are read
+        done = self.done()
+        return _index.write_piece(self.group, np.flatnonzero(mine & done), done_stat=sig)
 
     def __enter__(self):
         return self
@@ -954,11 +955,12 @@ def reindex(path, *, storage_options: dict | None = None) -> dict[str, dict]:
                 before = [k for k, _ in _index.pieces(g, damaged)] + [k for k, _ in damaged]
             if _index.GROUP not in g:
                 g.create_group(_index.GROUP)
+            sig = _index.done_stat(g, np.ones(g["samples"]["done"].shape[0], bool))  # before the flags
             done = np.asarray(g["samples"]["done"][:], bool)
             covered = np.flatnonzero(done)
             keep = _index.piece_name(covered)
             # a piece of exactly these samples is kept only if it is sound (else rewritten)
-            name = _index.write_piece(g, covered, force=keep in before and bool(
+            name = _index.write_piece(g, covered, done_stat=sig, force=keep in before and bool(
                 _index.check(g, key, done, only=keep)))
             removed = [k for k in before if k != keep]
             for k in removed:

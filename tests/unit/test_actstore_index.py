@@ -252,3 +252,177 @@ def test_reindex_of_a_missing_path_or_other_folder_is_one_line_and_writes_nothin
         assert r.exit_code != 0 and "no activation store at" in r.output
     assert not (tmp_path / "missing.zarr").exists()
     assert os.listdir(tmp_path / "other") == ["notes.txt"]
+
+
+# ---------------------------------------------------------------- done flags vouched by pieces
+
+def _reads_of_done(monkeypatch):
+    """Record the ``done`` rows read from their chunk files (``_direct.read_rows`` on ``done``)."""
+    from actstore import _direct
+
+    seen = []
+    real = _direct.read_rows
+
+    def spy(lay, a, b, out=None):
+        if lay.directory.endswith(os.path.join("samples", "done")):
+            seen.append((a, b))
+        return real(lay, a, b, out)
+    monkeypatch.setattr(_direct, "read_rows", spy)
+    return seen
+
+
+def _old_sample_arrays(s):
+    """The per-sample arrays as the reader built them before: from the labels() DataFrame."""
+    import pandas as pd
+
+    df = s.labels()
+    out = {}
+    for c in df.columns:
+        if c == "done":
+            continue
+        v = df[c].to_numpy()
+        if v.dtype == object and pd.api.types.infer_dtype(v, skipna=False) in ("string", "empty"):
+            v = v.astype(str)
+        out[c] = v
+    return out
+
+
+def _assert_reader_equal(path):
+    """What a fresh reader gives (done flags, per-sample arrays, role index, a role query) equals
+    the stored flags read through zarr, the labels() DataFrame and the index from the labels."""
+    stored = np.asarray(zarr.open_array(Path(path) / "tiny" / "samples" / "done", mode="r")[:])
+    s = open_store(path)
+    g = s.group()
+    got = s._done(g)
+    assert got.dtype == np.bool_ and got.tobytes() == stored.astype(bool).tobytes()
+    assert np.array_equal(s.labels()["done"].to_numpy(), stored)
+    old = _old_sample_arrays(open_store(path))
+    new = s._sample_arrays(g)
+    assert list(new) == list(old)
+    for c in old:
+        assert new[c].dtype == old[c].dtype and np.array_equal(new[c], old[c]), c
+    _assert_same(path)
+    x = s.select(site="lm.resid.1", role="object")
+    ref = open_store(path, index=False).select(site="lm.resid.1", role="object")
+    assert list(x["sample"].values) == list(np.flatnonzero(stored))
+    assert x.equals(ref) and list(x.coords) == list(ref.coords)
+    for c in x.coords:
+        assert x[c].dtype == ref[c].dtype, c
+
+
+def _done_stat(path) -> list[np.ndarray]:
+    root = Path(path) / "tiny" / _index.GROUP
+    return [np.asarray(zarr.open_array(root / p / _index.DONE_STAT, mode="r")[:])
+            for p in _pieces(path) if (root / p / _index.DONE_STAT).exists()]
+
+
+@pytest.fixture
+def vouch_now(monkeypatch):
+    """Let pieces vouch for done chunk files written a moment ago (in use, a file must be
+    ``RACY_NS`` = 2 s old; a test store is written in milliseconds)."""
+    monkeypatch.setattr(_index, "RACY_NS", 0)
+
+
+def test_done_flags_come_from_the_piece_and_equal_the_stored_ones(tmp_path, vouch_now, monkeypatch):
+    make_store(tmp_path / "s", n_samples=N, batch_size=B)
+    (sig,) = _done_stat(tmp_path / "s")
+    assert sig[:, 0].tolist() == list(range(N // B))  # every batch's done chunk file
+    seen = _reads_of_done(monkeypatch)
+    _assert_reader_equal(tmp_path / "s")
+    s = open_store(tmp_path / "s")
+    seen.clear()
+    assert s._done(s.group()).all() and seen == []  # one stat per chunk, no chunk file read
+    assert_valid(tmp_path / "s")
+
+
+def test_done_flags_are_read_from_files_written_just_before_the_piece(tmp_path, monkeypatch):
+    make_store(tmp_path / "s", n_samples=N, batch_size=B)  # RACY_NS: all files too new
+    assert [len(v) for v in _done_stat(tmp_path / "s")] in ([], [0])
+    seen = _reads_of_done(monkeypatch)
+    s = open_store(tmp_path / "s")
+    assert s._done(s.group()).all() and seen == [(0, N)]
+    _assert_reader_equal(tmp_path / "s")
+
+
+def test_done_flags_sharded_resumed_and_done_later(tmp_path, vouch_now, monkeypatch):
+    make_store(tmp_path / "sh", n_samples=N, batch_size=B, shard=(0, 2))
+    _assert_reader_equal(tmp_path / "sh")  # shard 1 not written: its flags read, all False
+    make_store(tmp_path / "sh", n_samples=N, batch_size=B, shard=(1, 2))
+    sigs = _done_stat(tmp_path / "sh")
+    assert sorted(sorted(v[:, 0].tolist()) for v in sigs) == [[0, 2, 4], [1, 3]]
+    _assert_reader_equal(tmp_path / "sh")
+    # killed after 2 batches, a batch and a half done later without a piece, then resumed
+    truth = make_store(tmp_path / "s", n_samples=N, batch_size=B, stop_after=2)
+    w = _writer(tmp_path / "s")
+    _write(w, truth, np.arange(8, 12))
+    _write(w, truth, [13, 15])
+    seen = _reads_of_done(monkeypatch)
+    _assert_reader_equal(tmp_path / "s")
+    s = open_store(tmp_path / "s")
+    seen.clear()
+    s._done(s.group())
+    assert seen == [(8, N)]  # the piece vouches for batches 0-1 only
+    make_store(tmp_path / "s", n_samples=N, batch_size=B)
+    _assert_reader_equal(tmp_path / "s")
+    assert_valid(tmp_path / "s")
+
+
+@pytest.mark.parametrize("how", ["zarr", "in place"])
+def test_done_flag_cleared_after_the_piece_is_read_from_its_file(tmp_path, vouch_now, monkeypatch, how):
+    import time
+
+    make_store(tmp_path / "s", n_samples=N, batch_size=B)
+    f = tmp_path / "s" / "tiny" / "samples" / "done" / "c" / "1"
+    if how == "zarr":
+        done = zarr.open_array(tmp_path / "s" / "tiny" / "samples" / "done", mode="r+")
+        done[5] = False
+    else:  # same inode, same size: only the times tell (past the file system's timestamp tick)
+        time.sleep(0.05)
+        ino = f.stat().st_ino
+        with open(f, "r+b") as fh:
+            fh.seek(1)
+            fh.write(b"\x00")
+        assert f.stat().st_ino == ino
+    seen = _reads_of_done(monkeypatch)
+    s = open_store(tmp_path / "s")
+    got = s._done(s.group())
+    assert seen == [(4, 8)] and not got[5] and got[np.arange(N) != 5].all()
+    _assert_reader_equal(tmp_path / "s")
+    assert_valid(tmp_path / "s")
+
+
+def test_done_flags_of_an_old_store_and_after_reindex(tmp_path, vouch_now, monkeypatch):
+    make_store(tmp_path / "s", n_samples=N, batch_size=B, stop_after=3)
+    shutil.rmtree(tmp_path / "s" / "tiny" / _index.GROUP)  # the layout before the index
+    seen = _reads_of_done(monkeypatch)
+    _assert_reader_equal(tmp_path / "s")
+    reindex(tmp_path / "s")
+    (sig,) = _done_stat(tmp_path / "s")
+    assert sig[:, 0].tolist() == [0, 1, 2]  # chunks 3-4 have no file (nothing done there)
+    s = open_store(tmp_path / "s")
+    seen.clear()
+    assert s._done(s.group()).sum() == 3 * B and seen == [(12, N)]
+    _assert_reader_equal(tmp_path / "s")
+
+
+def test_done_stat_damaged_or_wrong_is_not_used_and_validate_reports_it(tmp_path, vouch_now):
+    make_store(tmp_path / "s", n_samples=N, batch_size=B)
+    (name,) = _pieces(tmp_path / "s")
+    a = zarr.open_array(tmp_path / "s" / "tiny" / _index.GROUP / name / _index.DONE_STAT, mode="r+")
+    v = np.asarray(a[:])
+    v[0, 0] = 1  # well-formed, wrong: only the checksum can tell
+    a[:] = v
+    with pytest.warns(_index.IndexWarning, match="done_stat is not used"):
+        s = open_store(tmp_path / "s")
+        assert s._done(s.group()).all()
+    with pytest.raises(SchemaError, match="done_stat: damaged"):
+        validate(tmp_path / "s", check_values=False)
+    reindex(tmp_path / "s")
+    _assert_reader_equal(tmp_path / "s")
+    assert_valid(tmp_path / "s")
+    # a piece vouching (files unchanged) for flags other than the stored ones: validate says so
+    g = zarr.open_group(tmp_path / "s" / "tiny", mode="r+")
+    cov = np.arange(1, N)  # sample 0 is done, but this piece says it is not
+    _index.write_piece(g, cov, done_stat=_index.done_stat(g, np.ones(N, bool)))
+    with pytest.raises(SchemaError, match="vouches for the done flags of 1 chunk"):
+        validate(tmp_path / "s", check_values=False)
