@@ -211,8 +211,6 @@ def done_stat(g, mine: np.ndarray) -> np.ndarray | None:
     :func:`write_piece`; None when the store is not a local directory. Take them *before* reading
     the flags they vouch for (a file changed in between then no longer matches). Missing files
     (nothing done there yet) and files modified less than ``RACY_NS`` ago are left out."""
-    from . import _direct
-
     lay = _done_layout(g, g.store)
     if lay is None or lay.shape[0] == 0:
         return None
@@ -221,14 +219,9 @@ def done_stat(g, mine: np.ndarray) -> np.ndarray | None:
     full = np.ones(nch * rows, bool)
     full[:n] = np.asarray(mine, bool)
     recent = time.time_ns() - RACY_NS
-    out = []
-    for ci in np.flatnonzero(full.reshape(nch, rows).all(1)).tolist():
-        try:
-            st = os.stat(_direct.chunk_path(lay, ci))
-        except OSError:
-            continue
-        if st.st_mtime_ns < recent and st.st_ctime_ns < recent:
-            out.append((ci, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    chunks = np.flatnonzero(full.reshape(nch, rows).all(1)).tolist()
+    out = [(ci, *st) for ci, st in zip(chunks, _stats(lay, chunks))
+           if st is not None and st[2] < recent and st[3] < recent]
     return np.array(out, "<i8").reshape(-1, 5)
 
 
@@ -260,6 +253,26 @@ def _vouched(p, lay, n_samples: int, store, cache: dict) -> np.ndarray | None:
     return sig
 
 
+def _stats(lay, chunks: list[int]) -> list[tuple | None]:
+    """``(inode, size, mtime_ns, ctime_ns)`` of the chunk files ``chunks`` of a 1-D
+    :func:`actstore._direct.chunked` array (None where missing), looked up in their directory."""
+    out = []
+    try:
+        dfd = os.open(os.path.join(lay.directory, "c"), os.O_RDONLY)
+    except OSError:
+        return [None] * len(chunks)
+    try:
+        for ci in chunks:
+            try:
+                st = os.stat(str(ci), dir_fd=dfd)
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            except OSError:
+                out.append(None)
+    finally:
+        os.close(dfd)
+    return out
+
+
 def done_flags(g, n_samples: int, store, cache: dict) -> np.ndarray | None:
     """The ``done`` flags of model group ``g`` on a local store, equal to the stored array: the
     chunks some sound piece vouches for (:data:`DONE_STAT`, the file's ``os.stat`` unchanged)
@@ -287,15 +300,10 @@ def done_flags(g, n_samples: int, store, cache: dict) -> np.ndarray | None:
         if cov is None:
             continue
         mine = np.zeros(nch, bool)
-        for ci, ino, size, mt, ct in sig.tolist():
-            if known[ci]:
-                continue
-            try:
-                st = os.stat(_direct.chunk_path(lay, ci))
-            except OSError:
-                continue
-            if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (ino, size, mt, ct):
-                mine[ci] = True
+        want = [r for r in sig.tolist() if not known[r[0]]]
+        for r, now in zip(want, _stats(lay, [r[0] for r in want])):
+            if now == tuple(r[1:]):
+                mine[r[0]] = True
         if mine.any():
             done[cov[mine[cov // rows]]] = True
             known |= mine
@@ -445,8 +453,6 @@ def load(g, fam: str, code: int, T: int, done: np.ndarray, store, cache: dict):
 def _check_done_stat(g, p, where: str, cov: np.ndarray, done: np.ndarray, fix: str) -> list[str]:
     """Problems of the ``done_stat`` of piece ``p``: unreadable, or vouching (its chunk files
     unchanged since) for done flags other than the stored ones ``done``."""
-    from . import _direct
-
     lay = _done_layout(g, g.store)
     if lay is None or lay.shape[0] != len(done):
         return []
@@ -460,15 +466,10 @@ def _check_done_stat(g, p, where: str, cov: np.ndarray, done: np.ndarray, fix: s
     mine = np.zeros(len(done), bool)
     mine[cov] = True
     rows, bad = lay.rows, []
-    for ci, ino, size, mt, ct in sig.tolist():
-        try:
-            st = os.stat(_direct.chunk_path(lay, ci))
-        except OSError:
-            continue
-        sl = slice(ci * rows, (ci + 1) * rows)
-        if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (ino, size, mt, ct) \
-                and not np.array_equal(mine[sl], done[sl]):
-            bad.append(ci)
+    for r, now in zip(sig.tolist(), _stats(lay, sig[:, 0].tolist())):
+        sl = slice(r[0] * rows, (r[0] + 1) * rows)
+        if now == tuple(r[1:]) and not np.array_equal(mine[sl], done[sl]):
+            bad.append(r[0])
     if bad:
         return [f"{where}/{DONE_STAT}: vouches for the done flags of {len(bad)} chunk file(s) "
                 f"(e.g. chunk {bad[0]}) that differ from the stored flags; {fix}"]

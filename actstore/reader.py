@@ -315,10 +315,11 @@ class Store:
                 for name in vals:
                     vals[name].append(blk[name][r, t])
                 del blk
-        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        toks = np.concatenate(toks) if toks else np.zeros(0, idt)
-        vals = {name: np.concatenate(v) if v else np.zeros(0, S.TOKEN_LABELS[name][0])
-                for name, v in vals.items()}
+        def cat(parts, dt):  # one source (the usual: one piece): its arrays as they are
+            return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, dt)
+        rows = cat(rows, np.int64)
+        toks = cat(toks, idt)
+        vals = {name: cat(v, S.TOKEN_LABELS[name][0]) for name, v in vals.items()}
         if len(rows) > 1 and np.any(rows[1:] < rows[:-1]):  # several sources: back in sample order
             order = np.argsort(rows, kind="stable")  # (each sample's tokens stay in token order)
             rows, toks = rows[order], toks[order]
