@@ -287,10 +287,7 @@ def done_flags(g, n_samples: int, store, cache: dict) -> np.ndarray | None:
     nch = -(-n_samples // rows)
     known = np.zeros(nch, bool)
     done = np.zeros(n_samples, bool)
-    with warnings.catch_warnings():  # a piece that is otherwise bad warns when its entries are read
-        warnings.simplefilter("ignore", IndexWarning)
-        ps = pieces(g)
-    for _, p in ps:
+    for _, p in _pieces_cached(g, cache):
         sig = _vouched(p, lay, n_samples, store, cache)
         if sig is None or not len(sig):
             continue
@@ -310,6 +307,14 @@ def done_flags(g, n_samples: int, store, cache: dict) -> np.ndarray | None:
     for c0, c1 in _runs(np.flatnonzero(~known)):
         done[c0 * rows:min(c1 * rows, n_samples)] = _direct.read_rows(lay, c0 * rows, c1 * rows)
     return done
+
+
+def _pieces_cached(g, cache: dict) -> list[tuple[str, object]]:
+    """:func:`pieces` of ``g``, listed once per reader (``cache``: the reader's cache)."""
+    key = ("pieces", g.path)
+    if key not in cache:
+        cache[key] = pieces(g)
+    return cache[key]
 
 
 def pieces(g, damaged: list | None = None) -> list[tuple[str, object]]:
@@ -430,7 +435,7 @@ def load(g, fam: str, code: int, T: int, done: np.ndarray, store, cache: dict):
     parts = []
     if code == S.PAD:
         return taken, parts
-    for _, p in pieces(g):
+    for _, p in _pieces_cached(g, cache):
         cov = covered_of(p, N, store, cache)
         if cov is None:
             continue

@@ -510,9 +510,8 @@ class Store:
                 x = xr.concat(parts, dim=S.LAYER).transpose(S.SAMPLE, S.LAYER, S.TOKEN, S.HIDDEN)
                 x = x.assign_coords({S.LAYER: list(spec.layers)})
             x = x.assign_coords(token=np.arange(idx.shape[1]))
-        x = x.assign_coords({k: ((S.SAMPLE, S.TOKEN), v) for k, v in coords.items()})
-        x = x.assign_coords(pad=((S.SAMPLE, S.TOKEN), pad))
-        x = x.assign_coords(self._sample_coords(g, sidx))
+        x = x.assign_coords({**{k: ((S.SAMPLE, S.TOKEN), v) for k, v in coords.items()},
+                             "pad": ((S.SAMPLE, S.TOKEN), pad), **self._sample_coords(g, sidx)})
         x.name = f"{g.attrs['model']}/{spec.name}"
         x.attrs.update(self._attrs(g, spec, lay, role))
         return x
@@ -667,11 +666,13 @@ def _strings(codes: np.ndarray, categories: list[str]) -> np.ndarray:
     codes = np.asarray(codes, np.int64)
     if not len(categories):
         return np.full(len(codes), "", "<U1")
-    cats = np.array(categories, dtype=object)
+    cats = np.array(categories, dtype=str)
     used = np.zeros(len(cats), bool)
     used[codes] = True
-    width = max([1, *map(len, cats[used])])
-    return cats.astype(f"<U{width}")[codes] if len(codes) else np.zeros(0, f"<U{width}")
+    width = max(1, int(np.char.str_len(cats[used]).max()) if used.any() else 0)
+    if cats.dtype.itemsize // 4 != width:  # (unused categories wider than every used one)
+        cats = cats.astype(f"<U{width}")
+    return cats[codes]
 
 
 def _chunk_runs(chunks: np.ndarray) -> list[tuple[int, int]]:

@@ -426,3 +426,26 @@ def test_done_stat_damaged_or_wrong_is_not_used_and_validate_reports_it(tmp_path
     _index.write_piece(g, cov, done_stat=_index.done_stat(g, np.ones(N, bool)))
     with pytest.raises(SchemaError, match="vouches for the done flags of 1 chunk"):
         validate(tmp_path / "s", check_values=False)
+
+
+@pytest.mark.parametrize("cats,codes", [
+    (["a", "bbb", "cc"], [0, 2, 2, 0]),          # the widest category unused
+    (["a", "bbb", "cc"], [1, 0]),
+    (["", "x"], [0, 0]),                          # only the empty string in use
+    ([""], [0, 0, 0]),
+    (["a", "bb"], []),                            # no samples
+    ([], [0, 0]),                                 # no categories: every value ""
+    (["é", "日本語"], [1, 0, 1]),
+])
+def test_string_columns_without_pandas_equal_the_dataframe_path(cats, codes):
+    import pandas as pd
+
+    from actstore import schema as S
+    from actstore.reader import _strings
+
+    codes = np.asarray(codes, np.int32)
+    v = pd.DataFrame({"c": S.decode_strings(codes, cats)})["c"].to_numpy()  # the old path
+    if v.dtype == object and pd.api.types.infer_dtype(v, skipna=False) in ("string", "empty"):
+        v = v.astype(str)
+    got = _strings(codes, cats)
+    assert got.dtype == v.dtype and got.tolist() == v.tolist()
