@@ -20,6 +20,10 @@ A reader (:func:`load`) uses a piece only for its covered samples that are done 
 every slice it reads against its CRC and bounds (a corrupted or truncated piece is skipped with
 a warning, never used), and builds whatever no valid piece covers from the token labels, as
 before: the result equals the index built from the labels, element for element.
+
+On a local disk a piece also vouches for the ``done`` chunk files of its writer's batches
+(:data:`DONE_STAT`): a reader that finds such a file unchanged (``os.stat``) takes its flags from
+the piece instead of opening it (:func:`done_flags`), and reads every other one.
 """
 from __future__ import annotations
 
@@ -273,16 +277,17 @@ def _stats(lay, chunks: list[int]) -> list[tuple | None]:
     return out
 
 
-def done_flags(g, n_samples: int, store, cache: dict) -> np.ndarray | None:
+def done_flags(g, arr, store, cache: dict) -> np.ndarray | None:
     """The ``done`` flags of model group ``g`` on a local store, equal to the stored array: the
     chunks some sound piece vouches for (:data:`DONE_STAT`, the file's ``os.stat`` unchanged)
     from that piece's ``covered``, every other chunk read from its file. None when the store is
-    not local (read them through zarr)."""
+    not local (read them through zarr). ``arr``: the ``done`` array of ``g``."""
     from . import _direct
 
-    lay = _done_layout(g, store)
-    if lay is None or lay.shape[0] != n_samples:
+    lay = _direct.chunked(arr, store)
+    if lay is None or len(lay.shape) != 1:
         return None
+    n_samples = lay.shape[0]
     rows = lay.rows
     nch = -(-n_samples // rows)
     known = np.zeros(nch, bool)

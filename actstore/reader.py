@@ -205,7 +205,7 @@ class Store:
                 cats = arr.attrs["categories"] if arr.attrs.get("kind") == "string" else None
                 v = None
                 if name == "done" and self.index and self.direct:  # one stat per vouched chunk
-                    v = _index.done_flags(g, arr.shape[0], self.root.store, self._cache)
+                    v = _index.done_flags(g, arr, self.root.store, self._cache)
                 raw[name] = (self._read(arr) if v is None else v, cats)
             first = [c for c in S.STANDARD_SAMPLE_LABELS if c in raw]
             order = first + [c for c in raw if c not in first and c != "done"] + ["done"]
@@ -669,9 +669,10 @@ def _strings(codes: np.ndarray, categories: list[str]) -> np.ndarray:
     cats = np.array(categories, dtype=str)
     used = np.zeros(len(cats), bool)
     used[codes] = True
-    width = max(1, int(np.char.str_len(cats[used]).max()) if used.any() else 0)
-    if cats.dtype.itemsize // 4 != width:  # (unused categories wider than every used one)
-        cats = cats.astype(f"<U{width}")
+    if not used.all():  # unused categories may be wider than every used one
+        width = max(1, int(np.char.str_len(cats[used]).max()) if used.any() else 0)
+        if cats.dtype.itemsize // 4 != width:
+            cats = cats.astype(f"<U{width}")
     return cats[codes]
 
 
