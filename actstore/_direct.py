@@ -414,27 +414,11 @@ def chunk_path(lay: Chunked, ci: int) -> str:
 def _read_chunks(lay: Chunked, out: np.ndarray, a: int, b: int, chunks: range) -> None:
     """Fill the rows of ``out`` (rows ``[a, b)`` of the array) that the chunks ``chunks`` hold."""
     c = lay.rows
-    row = int(np.prod(lay.shape[1:], dtype=np.int64)) * lay.dtype.itemsize
-    per = row * c
+    per = int(np.prod(lay.shape[1:], dtype=np.int64)) * lay.dtype.itemsize * c
     for ci in chunks:
         lo, hi = max(a, ci * c), min(b, (ci + 1) * c)
         dst = out[lo - a:hi - a]
         path = chunk_path(lay, ci)
-        if lay.codec is None and hi - lo < c and dst.flags.c_contiguous and dst.dtype == lay.dtype:
-            # part of an uncompressed chunk: only its bytes, straight into place
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                dst[...] = lay.fill
-                continue
-            try:
-                if os.fstat(fd).st_size != per:
-                    raise OSError(f"chunk file {path} holds {os.fstat(fd).st_size} bytes; "
-                                  f"expected {per} (truncated or not written by zarr)")
-                _pread_into(fd, dst, (lo - ci * c) * row, path)
-            finally:
-                os.close(fd)
-            continue
         try:
             with open(path, "rb", buffering=0) as f:
                 raw = f.read()

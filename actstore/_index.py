@@ -171,7 +171,7 @@ def write_piece(g, covered: np.ndarray, *, force: bool = False,
         lab_arrays = {k: fg[k] for k in S.TOKEN_LABELS}
         pf = pg.create_group(fam)
         arrays = {f: pf.create_array(f, shape=(0,), dtype=dt, chunks=(CHUNK,), fill_value=none,
-                                     compressors=None, dimension_names=("entry",))
+                                     dimension_names=("entry",))
                   for f, (dt, none) in FIELDS.items()}
         n, blocks, crcs = 0, [], []
         for b0 in range(0, len(covered), BLOCK):
