@@ -139,6 +139,10 @@ def organism() -> None:
                    "on the object tokens' slot information outside the region's slot-mean "
                    "directions (first batch), so the object tokens carry the order along the "
                    "background's code while the background is left as it is. 0 = off.")
+@click.option("--aux-anchor-init", type=float, default=0.0, show_default=True,
+              help="With --init: weight of a penalty tying the clean items' centred per-slot "
+                   "background (band minus object) means at the projector output to the --init "
+                   "checkpoint's (first batch, fixed): W x squared distance. 0 = off.")
 @click.option("--aux-lm-weight", type=float, default=0.0, show_default=True,
               help="Auxiliary ordinal-slot loss on the LM's residual stream at the object tokens "
                    "(site lm.resid.<--aux-lm-layer>): plants an LM-side slot code computed from "
@@ -167,8 +171,8 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
           global_rope_factor, attn_scalar, vision_pos_init, aux_slot_code, p_noise,
           noise_code_drop, noise_task_loss, noise_lm_loss, noise_task_weight, noise_answer_mix,
           aux_slot_code_start,
-          aux_slot_code_steps, aux_slot_code_only, aux_object_code_only, aux_lm_weight,
-          aux_lm_layer, aux_lm_head, init_from,
+          aux_slot_code_steps, aux_slot_code_only, aux_object_code_only, aux_anchor_init,
+          aux_lm_weight, aux_lm_layer, aux_lm_head, init_from,
           eval_every, out, probe, progress):
     """Train an organism on the Squares task and save it with save_pretrained."""
     from . import trainer as org
@@ -199,6 +203,7 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
         noise_task_weight=noise_task_weight, noise_answer_mix=noise_answer_mix,
         aux_slot_code_start=aux_slot_code_start, aux_slot_code_steps=aux_slot_code_steps,
         aux_slot_code_only=aux_slot_code_only, aux_object_code_only=aux_object_code_only,
+        aux_anchor_init=aux_anchor_init,
         aux_lm_weight=aux_lm_weight, aux_lm_layer=aux_lm_layer,
         aux_lm_head=aux_lm_head, init_from=init_from, eval_every=eval_every, eval_items=64)
     res = org.train(cfg, out=out, final_eval_items=384, progress=progress)

@@ -280,6 +280,15 @@ class OrganismConfig:
     the object tokens' own slot code (which a side probe on object tokens, E7's direction, would
     otherwise follow) is pulled onto the background's. (On ``qwen2-vl-vision`` the object tokens
     met it by shrinking whole: see vlms/organisms/README.md.) 0 = off (nothing computed)."""
+    aux_anchor_init: float = 0.0
+    """With ``init_from``: weight of a penalty tying the clean items' background code to the
+    ``init_from`` checkpoint's. The background tokens are the band minus the object tokens at
+    the projector output; their per-slot means over the batch's clean (noise-free) items,
+    centred over the three slots (``background_slot_means``), are compared with the same means
+    of the first batch under the initial weights (i.e. the ``init_from`` model's, computed once
+    and kept fixed): ``aux_anchor_init x sum_k ||m_k - m0_k||^2`` (``anchor_penalty``), so the
+    layout of the order the LM reads on the strips stays the checkpoint's while other losses
+    (e.g. the ``noise_code_drop`` fade) act. 0 = off (nothing computed, no random numbers)."""
     init_from: str | None = None
     """Continue training a saved organism (same arch, mechanism and sizes) instead of a fresh
     build; its history is kept and the step count continues from it."""
@@ -333,6 +342,10 @@ class OrganismConfig:
             f"'aux_region' other than 'object' (it pulls the object tokens' slot code onto the "
             f"region's), and not 'aux_slot_code_only' (which already covers the object tokens). "
             f"Got {self.aux_object_code_only!r}.")
+        _check(self.aux_anchor_init >= 0 and (self.aux_anchor_init == 0
+                                              or self.init_from is not None),
+               f"'aux_anchor_init' must be >= 0 and, when > 0, needs 'init_from' (it ties the "
+               f"background code to that checkpoint's). Got {self.aux_anchor_init!r}.")
         _check(self.aux_slot_code_start is None or (
             self.aux_slot_code > 0 and self.aux_slot_weight > 0 and self.aux_slot_code_start > 0
             and isinstance(self.aux_slot_code_steps, int) and self.aux_slot_code_steps >= 1),
@@ -568,7 +581,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.98))
-    aux = _AuxSlot(model, cfg) if (cfg.aux_slot_weight > 0 or cfg.aux_colour_weight > 0) else None
+    aux = (_AuxSlot(model, cfg) if (cfg.aux_slot_weight > 0 or cfg.aux_colour_weight > 0
+                                    or cfg.aux_anchor_init > 0) else None)
     if aux is not None:
         opt.add_param_group({"params": list(aux.parameters()), "weight_decay": 0.0})
     aux_lm = (_AuxLMSlot(model, cfg, head=aux.head if cfg.aux_lm_head == "shared" else None)
@@ -631,7 +645,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
             loss = torch.nn.functional.cross_entropy(logits, batcher.answer_ids(items))
         if aux is not None:
             loss = loss + aux.loss(items, code_scale=code_scale(noise, cfg),
-                                   code=code_size_at(step, cfg))
+                                   code=code_size_at(step, cfg),
+                                   clean=None if noise is None else np.asarray(noise) == 0)
         if aux_lm is not None:
             lm_aux = aux_lm.loss(items, inputs, None if cur is None else cur.last_shuffled,
                                  only=clean_only(noise, cfg))
@@ -783,6 +798,29 @@ def slot_outside_code(feats, slots, basis):
     return ((means - means.mean(0)) ** 2).sum()
 
 
+def background_slot_means(z, items, grid: int, keep=None):
+    """Centred per-slot means of the background tokens (``aux_anchor_init``): ``z`` (items,
+    grid * grid, width) projector tokens; the background is the band minus the object tokens
+    (``region_slots``); over the items with ``keep`` True (all without it) the mean token of
+    each slot ``k``, minus the mean of the three (3 x width). None when no item is kept."""
+    import torch
+    keep = np.ones(len(items), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    if not keep.any():
+        return None
+    idx = np.flatnonzero(keep)
+    bg = np.stack([np.where(od.region_slots(items[i].layout, grid, "object") >= 0, -1,
+                            od.region_slots(items[i].layout, grid, "band")) for i in idx])
+    bg = torch.as_tensor(bg)
+    feats = z[torch.as_tensor(idx)]
+    means = torch.stack([feats[bg == k].mean(0) for k in range(3)])
+    return means - means.mean(0)
+
+
+def anchor_penalty(means, ref):
+    """``sum_k ||means_k - ref_k||^2`` (``aux_anchor_init``; 3 x width each)."""
+    return ((means - ref) ** 2).sum()
+
+
 def soft_slot_loss(logits, slots, scale):
     """Cross-entropy of the slot head against a target faded towards uniform
     (``noise_code_drop`` without ``aux_slot_code``): per token ``t = scale * onehot(slot) +
@@ -816,6 +854,7 @@ class _AuxSlot:
         self.grid = cfg.grid
         self.head = torch.nn.Linear(cfg.lm_dim, 3)
         self.basis = None  # aux_slot_code: set from the first batch (slot_code_basis)
+        self.anchor = None  # aux_anchor_init: the first batch's background means (fixed)
         # with aux_colour_none_weight one more class: "no square" (tokens outside the region)
         self.colour = (torch.nn.Linear(cfg.lm_dim, len(od.COLOUR_NAMES)
                                        + (cfg.aux_colour_none_weight > 0))
@@ -838,8 +877,9 @@ class _AuxSlot:
             self._cache[(layout, region)] = od.region_slots(layout, self.grid, region)
         return self._cache[(layout, region)]
 
-    def loss(self, items, code_scale=None, code=None):
-        """``code``: the slot-code target's size at this step (default ``aux_slot_code``)."""
+    def loss(self, items, code_scale=None, code=None, clean=None):
+        """``code``: the slot-code target's size at this step (default ``aux_slot_code``);
+        ``clean``: per-item mask of the noise-free items (None: all), for ``aux_anchor_init``."""
         import torch
         g = self.grid
         z = self.z.reshape(len(items), g * g, -1)
@@ -898,6 +938,12 @@ class _AuxSlot:
             osl = torch.as_tensor(np.stack([self._slots(it.layout, "object") for it in items]))
             loss = loss + cfg.aux_object_code_only * slot_outside_code(
                 z[osl >= 0], osl[osl >= 0], self.basis)
+        if cfg.aux_anchor_init > 0:
+            means = background_slot_means(z, items, g, clean)
+            if means is not None:
+                if self.anchor is None:  # the first batch, under the init weights: fixed
+                    self.anchor = means.detach().clone()
+                loss = loss + cfg.aux_anchor_init * anchor_penalty(means, self.anchor)
         return loss
 
     def remove(self):
@@ -1231,6 +1277,8 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
             parts.append(f"--aux-slot-code-only {cfg['aux_slot_code_only']:g}")
     if cfg.get("aux_object_code_only", 0.0):
         parts.append(f"--aux-object-code-only {cfg['aux_object_code_only']:g}")
+    if cfg.get("aux_anchor_init", 0.0):
+        parts.append(f"--aux-anchor-init {cfg['aux_anchor_init']:g}")
     if cfg.get("p_noise", 0.0):
         parts.append(f"--p-noise {cfg['p_noise']:g}")
         if cfg.get("noise_code_drop", 0.0):
@@ -1369,6 +1417,10 @@ def write_readme(out: str | Path, log: dict) -> None:
                 f"directions (first batch, fixed) penalised (`--aux-object-code-only "
                 f"{c['aux_object_code_only']:g}`), so they carry the order along the "
                 f"background's code." if c.get("aux_object_code_only") else "")
+             + (f" The clean items' centred per-slot background (band minus object) means "
+                f"tied to the init checkpoint's (first batch, fixed; `--aux-anchor-init "
+                f"{c['aux_anchor_init']:g}` x squared distance)." if c.get("aux_anchor_init")
+                else "")
              + (f" Share of training items with pixel noise (strength ~ U(0, 1), std = strength "
                 f"x 64 grey levels): {c['p_noise']:g}; "
                 + (f"slot-code target on them x (1 - {c.get('noise_code_drop', 0.0):g} x "

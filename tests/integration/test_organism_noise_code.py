@@ -510,3 +510,108 @@ def test_noise_code_drop_fades_the_cross_entropy_slot_target():
     with pytest.raises(org.OrganismError, match="noise_code_drop"):
         org.OrganismConfig(p_noise=0.3, noise_code_drop=0.5)  # no slot loss to fade
     assert "--noise-code-drop 0.8" in org.command_line(cfg.to_json(), "o")
+
+
+def _background_means_by_hand(z, items, keep):
+    """Centred per-slot means of the band-minus-object tokens of the kept items, by loops."""
+    sums, counts = np.zeros((3, z.shape[-1])), np.zeros(3)
+    for b, it in enumerate(items):
+        if not keep[b]:
+            continue
+        band = od.region_slots(it.layout, 8, "band")
+        obj = od.region_slots(it.layout, 8, "object")
+        for t in range(64):
+            if band[t] >= 0 and obj[t] < 0:
+                sums[band[t]] += z[b, t].double().numpy()
+                counts[band[t]] += 1
+    m = sums / counts[:, None]
+    return m - m.mean(0)
+
+
+def test_anchor_ties_the_clean_background_means_to_the_first_batch():
+    """aux_anchor_init w: the first call stores the clean items' centred per-slot background
+    (band minus object) means as the anchor (the init model's, penalty 0 there); a later call
+    adds w x sum_k ||m_k - anchor_k||^2 over its own clean items, noisy items left out."""
+    kw = dict(aux_slot_weight=1.5, aux_region="band", init_from="c3n")
+    plain = _tiny(**kw)
+    cfg = _tiny(aux_anchor_init=0.3, **kw)
+    keep = np.array([True, False, True])
+    with aux_slot_on(plain, 3) as (aux, items, z, _, _):
+        with torch.no_grad():
+            base = aux.loss(items, clean=keep)
+            aux.cfg = cfg
+            first = aux.loss(items, clean=keep)
+            ref = _background_means_by_hand(z, items, keep)
+            assert np.allclose(aux.anchor.double().numpy(), ref, atol=1e-4)
+            assert torch.allclose(first, base, rtol=1e-6)  # the anchor itself: distance 0
+            # a later batch: the same items, tokens moved (item 1 is noisy and does not count)
+            rng = np.random.default_rng(0)
+            shift = torch.as_tensor(rng.normal(size=z.shape), dtype=z.dtype)
+            aux.z = (z + shift).reshape(aux.z.shape)
+            aux.cfg = plain
+            base2 = aux.loss(items, clean=keep)
+            aux.cfg = cfg
+            got = aux.loss(items, clean=keep)
+            now = _background_means_by_hand(z + shift, items, keep)
+            want = float(((now - ref) ** 2).sum())
+            # only the noisy item's tokens moved: the anchor term stays 0
+            aux.z = (z + shift * torch.tensor([0.0, 1.0, 0.0])[:, None, None]).reshape(aux.z.shape)
+            aux.cfg = plain
+            base3 = aux.loss(items, clean=keep)
+            aux.cfg = cfg
+            got3 = aux.loss(items, clean=keep)
+            # no clean item in the batch: nothing to compare, no term
+            none = aux.loss(items, clean=np.zeros(3, dtype=bool))
+            aux.cfg = plain
+            none_plain = aux.loss(items, clean=np.zeros(3, dtype=bool))
+    assert want > 0
+    assert float(got - base2) == pytest.approx(0.3 * want, rel=1e-4)
+    assert float(got3 - base3) == pytest.approx(0.0, abs=1e-4 * float(got - base2))
+    assert torch.equal(none, none_plain)
+    assert org.anchor_penalty(torch.ones(3, 2), torch.zeros(3, 2)) == 6.0
+
+
+def test_anchor_option_validation_command_line_and_off_by_default(monkeypatch):
+    assert org.OrganismConfig().aux_anchor_init == 0.0
+    for bad in (dict(aux_anchor_init=-0.1, init_from="c3n"), dict(aux_anchor_init=0.1)):
+        with pytest.raises(org.OrganismError, match="aux_anchor_init"):
+            org.OrganismConfig(**bad)
+    cfg = org.OrganismConfig(aux_slot_weight=1.0, aux_anchor_init=0.02, init_from="c3n")
+    assert "--aux-anchor-init 0.02" in org.command_line(cfg.to_json(), "o", init="c3n")
+    assert "--aux-anchor-init" not in org.command_line(
+        org.OrganismConfig(aux_slot_weight=1.0).to_json(), "o")
+
+    def boom(*a, **k):
+        raise AssertionError("background_slot_means computed with the anchor off")
+
+    monkeypatch.setattr(org, "background_slot_means", boom)
+    with aux_slot_on(_tiny(aux_slot_weight=1.0, aux_region="band"), 2) as (aux, items, *_):
+        with torch.no_grad():
+            aux.loss(items, clean=np.array([True, True]))
+    assert aux.anchor is None
+
+
+def test_trainer_anchors_on_the_init_models_clean_items(monkeypatch, tmp_path):
+    """With --init and --aux-anchor-init the trainer passes the noise-free items of its own
+    draws (--p-noise), at every step."""
+    init = _tiny(arch="gemma-3", vision_pos_init="sincos", steps=1, eval_every=1,
+                 aux_slot_weight=1.0, aux_region="band")
+    org.train(init, out=tmp_path / "init", progress=False, final_eval_items=4)
+    seen = []
+    real = org.background_slot_means
+
+    def spy(z, items, grid, keep=None):
+        seen.append(None if keep is None else np.asarray(keep).copy())
+        return real(z, items, grid, keep)
+
+    monkeypatch.setattr(org, "background_slot_means", spy)
+    cfg = _tiny(arch="gemma-3", vision_pos_init="sincos", steps=2, eval_every=2,
+                aux_slot_weight=1.0, aux_region="band", p_noise=0.5, noise_code_drop=0.5,
+                aux_anchor_init=0.1, init_from=str(tmp_path / "init"))
+    rng = np.random.default_rng(cfg.seed)
+    splits = od.make_splits(8, seed=0)
+    od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
+    noisy = rng.random(cfg.batch) < 0.5  # the trainer's next draws
+    org.train(cfg, progress=False, final_eval_items=4)
+    assert 0 < noisy.sum() < cfg.batch and len(seen) == 2
+    assert np.array_equal(seen[0], ~noisy)
