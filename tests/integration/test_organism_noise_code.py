@@ -571,13 +571,18 @@ def test_anchor_ties_the_clean_background_means_to_the_first_batch():
     assert org.anchor_penalty(torch.ones(3, 2), torch.zeros(3, 2)) == 6.0
 
 
-def test_anchor_option_validation_command_line_and_off_by_default(monkeypatch):
+def test_anchor_option_validation_command_line_and_off_by_default(monkeypatch, tmp_path):
     assert org.OrganismConfig().aux_anchor_init == 0.0
     for bad in (dict(aux_anchor_init=-0.1, init_from="c3n"), dict(aux_anchor_init=0.1)):
         with pytest.raises(org.OrganismError, match="aux_anchor_init"):
             org.OrganismConfig(**bad)
     cfg = org.OrganismConfig(aux_slot_weight=1.0, aux_anchor_init=0.02, init_from="c3n")
     assert "--aux-anchor-init 0.02" in org.command_line(cfg.to_json(), "o", init="c3n")
+    import shlex
+
+    from organisms.commands import train
+    args = shlex.split(org.command_line(cfg.to_json(), "out/x", init=str(tmp_path)))[3:]
+    assert train.make_context("train", args).params["aux_anchor_init"] == 0.02
     assert "--aux-anchor-init" not in org.command_line(
         org.OrganismConfig(aux_slot_weight=1.0).to_json(), "o")
 
