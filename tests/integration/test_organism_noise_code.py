@@ -366,6 +366,16 @@ def test_slot_information_outside_the_code_by_hand():
         want2, rel=1e-6)
 
 
+def gather(z, items, reg):
+    """The region tokens of a batch of projector outputs ``z`` (8x8 grid) and their slots."""
+    rows, slots = [], []
+    for b, it in enumerate(items):
+        sl = od.region_slots(it.layout, 8, reg)
+        for k in np.flatnonzero(sl >= 0):
+            rows.append(z[b, k]); slots.append(int(sl[k]))
+    return torch.stack(rows), torch.tensor(slots)
+
+
 @pytest.mark.parametrize("region", ["object", "band"])
 def test_slot_loss_adds_the_outside_code_penalty(region):
     """With aux_slot_code_only w the slot loss is the plain norm-controlled loss plus
@@ -374,14 +384,6 @@ def test_slot_loss_adds_the_outside_code_penalty(region):
     plain = _tiny(aux_slot_weight=1.5, aux_slot_code=2.0, aux_region=region)
     cfg = _tiny(aux_slot_weight=1.5, aux_slot_code=2.0, aux_slot_code_only=0.25,
                 aux_region=region)
-
-    def gather(z, items, reg):
-        rows, slots = [], []
-        for b, it in enumerate(items):
-            sl = od.region_slots(it.layout, 8, reg)
-            for k in np.flatnonzero(sl >= 0):
-                rows.append(z[b, k]); slots.append(int(sl[k]))
-        return torch.stack(rows), torch.tensor(slots)
 
     with aux_slot_on(plain, 3) as (aux, items, z, _, _):
         with torch.no_grad():
@@ -416,14 +418,6 @@ def test_object_code_only_penalises_the_object_tokens_outside_the_region_code(co
     kw = dict(aux_slot_weight=1.5, aux_region="band", aux_slot_code=code)
     plain = _tiny(**kw)
     cfg = _tiny(aux_object_code_only=0.3, **kw)
-
-    def gather(z, items, reg):
-        rows, slots = [], []
-        for b, it in enumerate(items):
-            sl = od.region_slots(it.layout, 8, reg)
-            for k in np.flatnonzero(sl >= 0):
-                rows.append(z[b, k]); slots.append(int(sl[k]))
-        return torch.stack(rows), torch.tensor(slots)
 
     with aux_slot_on(plain, 3) as (aux, items, z, _, _):
         with torch.no_grad():
