@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from interventions.errors import InterventionError
 
 #: Shipped organisms, in report order: (alias, mechanism planted).
@@ -391,6 +393,15 @@ def _study(model: str, cfg: DemoConfig, st: Stages, out: Path, data: Path, degra
         res.update(paper_stages(model, cfg, st, m, root, store, data, degraded, adapter,
                                 progress=progress))
     dirs = sorted(str(p) for p in (root / "e3" / "directions-e7").glob("*") if p.is_dir())
+    unusable = (res["e3"] or {}).get("directions_not_exported") or {}
+    if not dirs and unusable:
+        # a model whose projector carries no side information (an lm organism on mirror-balanced
+        # items): E3's side probe has no direction, so there is nothing to amplify; recorded as
+        # the reason E7 did not run, as the paper recipe records its own, not a crash
+        why = "; ".join(f"{a}: {r}" for a, r in sorted(unusable.items()))
+        res["e7"] = st.run(f"{m}/e7", lambda: {
+            "error": f"E7 not run: E3 exported no ordering direction ({why})"})
+        return res
     if not dirs:
         raise InterventionError(f"E3 wrote no E7 directions under {root / 'e3'}; delete "
                                 f"{root / 'e3'} and rerun the demo")
@@ -468,8 +479,13 @@ def _probes(model: str, cfg: DemoConfig, store: Path, out: Path, data: Path) -> 
     dconf = ProbeConfig(control=False, split="group_shuffle", random_state=cfg.seed)
     dirs = axis_directions(s, model=model, site="projector", layer=0, items=items,
                            config=dconf)
+    unusable = {}
     for axis, d in dirs.items():
-        save_direction(d, out / "directions-e7" / axis)
+        why = unusable_direction(d)
+        if why:
+            unusable[axis] = why
+        else:
+            save_direction(d, out / "directions-e7" / axis)
     proj = table[(table["site"] == "projector") & (table["role"] == "object")]
     row = proj.iloc[0] if len(proj) else None
     maps = out / "projector" / "maps" / "summary.csv"
@@ -486,7 +502,24 @@ def _probes(model: str, cfg: DemoConfig, store: Path, out: Path, data: Path) -> 
         "directions_trained_on": "items answered correctly" if items else "all items",
         "maps_summary": str(maps) if maps.exists() else None,
         "directions_cv_accuracy": {a: _f(d.cv_accuracy) for a, d in dirs.items()},
+        "directions_not_exported": unusable,
     }
+
+
+def unusable_direction(d) -> str | None:
+    """Why an E3 side-probe direction cannot be amplified (None when it can): weights that are
+    not finite, or a zero row. Logistic regression returns exactly zero weights when the two
+    sides' mean tokens are equal, e.g. an lm organism's projector (no positions in its vision
+    tokens) on items where every colour stands on both sides equally often."""
+    w = np.asarray(d.weights, dtype=float)
+    cv = "n/a" if _f(d.cv_accuracy) is None else f"{_f(d.cv_accuracy):.2f}"
+    if not np.isfinite(w).all():
+        return f"the side probe's weights are not finite (cv accuracy {cv})"
+    if (np.linalg.norm(w, axis=-1) == 0).any():
+        return (f"the side probe's weights are all zero (cv accuracy {cv}): the "
+                "two sides' entity tokens have the same mean, so no linear direction separates "
+                "them")
+    return None
 
 
 def _id_col(pred) -> str:

@@ -425,10 +425,12 @@ def write_report(out: Path, *, cfg, models, results: dict[str, dict], stages: di
              "held-out (ours), the paper's in-sample single best α, and the per-item oracle. "
              "Fixed = wrong→right, broken = right→wrong.</p>")
     for m in models:
-        sel = (results[m].get("e7") or {}).get("selections", [])
-        h.append(f"<h3>{html.escape(m)}</h3>" + _table(
-            sel, ["selection", "control", "alpha", "fixed", "broken", "net", "n_fail", "n",
-                  "fix_rate", "base_accuracy", "accuracy"]) + controls_table(results[m]))
+        e7 = results[m].get("e7") or {}
+        h.append(f"<h3>{html.escape(m)}</h3>" + (
+            f"<p class=missing>{html.escape(str(e7['error']))}</p>" if "error" in e7 else
+            _table(e7.get("selections", []),
+                   ["selection", "control", "alpha", "fixed", "broken", "net", "n_fail", "n",
+                    "fix_rate", "base_accuracy", "accuracy"])) + controls_table(results[m]))
         pap = results[m].get("e7_paper")
         if pap:  # the paper recipe: its directions (E3, golden items) and its scoring
             h.append("<p>Paper recipe (rank-2 directions of the authors' probe on E1's golden "

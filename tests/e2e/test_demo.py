@@ -120,6 +120,28 @@ def test_demo_validation_on_small_samples(tmp_path):
     assert res.exit_code == 0 and "done earlier, skipped" in res.output
 
 
+def test_default_items_lm_organism_records_why_e7_did_not_run(tmp_path):
+    """On the default (held-out, mirror-balanced) items every colour stands on both sides
+    equally often, so an lm organism's projector tokens have the same mean on both sides and
+    E3's side probe returns exactly zero weights. The demo used to stop there ("directions
+    contain a zero-norm or non-finite vector", found by the default demo on 2026-11-30); it
+    now records why E7 did not run, finishes the report, and criterion 4 stays n/a."""
+    name = "organism-gemma-3-lm"
+    if name not in dict(shipped_organisms()):
+        pytest.skip("gemma-3-lm not shipped")
+    rows, results, _ = _run(tmp_path / "demo", "--model", name, "--recipe", "robust",
+                            "--tasks", "none", orgs={name: "lm"})
+    e3, e7 = results[name]["e3"], results[name]["e7"]
+    assert set(e3["directions_not_exported"]) == {"horizontal", "vertical"}
+    assert all("all zero" in why for why in e3["directions_not_exported"].values())
+    assert not (tmp_path / "demo" / name / "e3" / "directions-e7").exists()
+    assert e7["error"].startswith("E7 not run: E3 exported no ordering direction")
+    assert rows[(name, 4)]["holds"] is None
+    assert all(rows[(name, c)]["holds"] for c in (1, 2, 3))
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert "E7 not run: E3 exported no ordering direction" in html
+
+
 def test_demo_refuses_other_options_in_the_same_out(tmp_path):
     out = tmp_path / "d"
     out.mkdir()

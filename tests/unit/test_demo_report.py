@@ -168,3 +168,33 @@ def test_demo_config_validates():
     with pytest.raises(InterventionError, match="'recipe' parameter"):
         DemoConfig(recipe="authors")
     assert DemoConfig().recipe == "both"
+
+
+def test_unusable_direction_names_zero_and_non_finite_weights():
+    """E3's side-probe directions the demo cannot amplify, with the reason (independent of the
+    intervention's own check, which raises on the same vectors)."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from interventions.errors import InterventionError
+    from interventions.hooks import _as_directions
+    from probes.directions import Direction
+    from study.demo import unusable_direction
+
+    def d(w, cv=0.5):
+        return Direction(weights=np.asarray(w, float), bias=np.zeros(len(w)),
+                         components=tuple(f"c{i}" for i in range(len(w))), classes=(0, 1),
+                         model="m", site="projector", layer=0, cv_accuracy=cv)
+
+    ok = d([[0.0, 1e-12, 0.0]])
+    assert unusable_direction(ok) is None
+    _as_directions(torch.as_tensor(ok.weights))  # the intervention accepts it too
+    for w, why in (([[0.0, 0.0, 0.0]], "all zero (cv accuracy 0.21)"),
+                   ([[1.0, 0.0], [0.0, 0.0]], "all zero"),
+                   ([[np.nan, 1.0]], "not finite")):
+        msg = unusable_direction(d(w, cv=0.2083))
+        assert msg is not None and why in msg
+        with pytest.raises(InterventionError):
+            _as_directions(torch.as_tensor(np.asarray(w, float)))
+    assert "cv accuracy n/a" in unusable_direction(d([[0.0]], cv=None))
