@@ -915,9 +915,7 @@ class _AuxSlot:
             if cfg.aux_slot_code_only > 0:
                 outside = slot_outside_code(feats, lab, self.basis)
                 if cfg.aux_region != "object":  # and the object tokens on their own
-                    osl = torch.as_tensor(np.stack([self._slots(it.layout, "object")
-                                                    for it in items]))
-                    outside = outside + slot_outside_code(z[osl >= 0], osl[osl >= 0], self.basis)
+                    outside = outside + self._object_outside(z, items)
                 slot_loss = slot_loss + cfg.aux_slot_code_only * outside
             if cfg.aux_colour:
                 slot_loss = slot_loss + colour_loss
@@ -935,9 +933,7 @@ class _AuxSlot:
         if cfg.aux_object_code_only > 0:
             if self.basis is None:
                 self.basis = slot_code_basis(feats, lab)
-            osl = torch.as_tensor(np.stack([self._slots(it.layout, "object") for it in items]))
-            loss = loss + cfg.aux_object_code_only * slot_outside_code(
-                z[osl >= 0], osl[osl >= 0], self.basis)
+            loss = loss + cfg.aux_object_code_only * self._object_outside(z, items)
         if cfg.aux_anchor_init > 0:
             means = background_slot_means(z, items, g, clean)
             if means is not None:
@@ -945,6 +941,12 @@ class _AuxSlot:
                     self.anchor = means.detach().clone()
                 loss = loss + cfg.aux_anchor_init * anchor_penalty(means, self.anchor)
         return loss
+
+    def _object_outside(self, z, items):
+        """``slot_outside_code`` of the batch's object tokens on ``self.basis``."""
+        import torch
+        osl = torch.as_tensor(np.stack([self._slots(it.layout, "object") for it in items]))
+        return slot_outside_code(z[osl >= 0], osl[osl >= 0], self.basis)
 
     def remove(self):
         self.h.remove()
