@@ -404,21 +404,16 @@ def read_rows(lay: Chunked, a: int, b: int, out: np.ndarray | None = None) -> np
     return out
 
 
-def chunk_path(lay: Chunked, ci: int) -> str:
-    """The file of chunk ``ci`` of a :func:`chunked` array."""
-    tail = "/".join(["0"] * (len(lay.shape) - 1))
-    return os.path.join(lay.directory, "c", str(ci), tail) if tail else \
-        os.path.join(lay.directory, "c", str(ci))
-
-
 def _read_chunks(lay: Chunked, out: np.ndarray, a: int, b: int, chunks: range) -> None:
     """Fill the rows of ``out`` (rows ``[a, b)`` of the array) that the chunks ``chunks`` hold."""
     c = lay.rows
     per = int(np.prod(lay.shape[1:], dtype=np.int64)) * lay.dtype.itemsize * c
+    tail = "/".join(["0"] * (len(lay.shape) - 1))
     for ci in chunks:
         lo, hi = max(a, ci * c), min(b, (ci + 1) * c)
         dst = out[lo - a:hi - a]
-        path = chunk_path(lay, ci)
+        path = os.path.join(lay.directory, "c", str(ci), tail) if tail else \
+            os.path.join(lay.directory, "c", str(ci))
         try:
             with open(path, "rb", buffering=0) as f:
                 raw = f.read()
