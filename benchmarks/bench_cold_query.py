@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_store_query import evict, resident_fraction, roles_for, write_memmap, write_store  # noqa: E402
-from bench_store_scale import _measure as measure, memmap_role_read  # noqa: E402
+from bench_store_scale import _measure as measure, memmap_role_read, shape_args  # noqa: E402
 
 REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
 
@@ -87,11 +87,7 @@ def build(work: Path, N: int, T: int, H: int, B: int, K: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--samples", type=int, default=100_000)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--objects", type=int, default=12, help="mean object tokens per sample")
+    shape_args(ap)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--reps", type=int, default=2, help="warm repeats after each cold read")
     ap.add_argument("--settle", type=float, nargs="+", default=[0.0, 6.0],

@@ -108,13 +108,18 @@ def memmap_role_read(mm_path, role):
     return raw, K
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def shape_args(ap: argparse.ArgumentParser) -> None:
+    """The synthetic store's shape options (shared with bench_cold_query.py)."""
     ap.add_argument("--samples", type=int, default=100_000)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--objects", type=int, default=12, help="mean object tokens per sample")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    shape_args(ap)
     ap.add_argument("--reps", type=int, default=3, help="warm repeats per round")
     ap.add_argument("--rounds", type=int, default=3, help="cold + warm rounds of both reads")
     ap.add_argument("--settle", type=float, default=0.0,
