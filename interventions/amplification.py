@@ -10,6 +10,11 @@ Reported, each clearly labelled:
 
 - ``held-out``: ``alpha`` chosen on a selection split (max net gain = fixed - broken), reported on
   the other items;
+- ``cross-fitted alpha (K-fold)``: the items are cut into K folds (``cv_folds``), grouped so that
+  items of one colour triple (else one scene) share a fold; each fold is scored at the alpha
+  chosen on the other folds by the held-out rule (max net, ties to the smaller alpha), and the
+  counts are summed over folds, so every item is scored at an alpha chosen without it (the
+  random direction likewise at each fold's own alpha, on that fold);
 - ``in-sample best alpha``: the paper's "Probe": the single alpha that fixes most failing items,
   chosen and reported on the same items;
 - ``in-sample per-item oracle``: the paper's "Probe*": a failing item counts as fixed if any
@@ -83,6 +88,10 @@ class AmplifyConfig:
     select_split: str = "val"
     """Held-out selection: alpha is chosen on items of this split (``--select-split``), reported
     on the others; if either side is empty, alternate items are used instead."""
+    cv_folds: int = 4
+    """Cross-fitted selection (``--cv-folds``): K folds of item groups (colour triple, else
+    scene); each fold scored at the alpha chosen on the other folds. With fewer groups than K,
+    one fold per group (noted in the summary); with fewer than 2 groups it is not computed."""
     limit: int | None = None
     """Use the first N base stimuli (None: all)."""
     batch_size: int = 8
@@ -104,6 +113,10 @@ class AmplifyConfig:
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise InterventionError(f"The 'limit' parameter of AmplifyConfig must be an int >= 1 "
                                     f"or None. Got {self.limit!r} instead.")
+        if (not isinstance(self.cv_folds, int) or isinstance(self.cv_folds, bool)
+                or self.cv_folds < 2):
+            raise InterventionError(f"The 'cv_folds' parameter of AmplifyConfig must be an int "
+                                    f">= 2. Got {self.cv_folds!r} instead.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InterventionError(f"The 'batch_size' parameter of AmplifyConfig must be an int "
                                     f">= 1. Got {self.batch_size!r} instead.")
@@ -238,6 +251,20 @@ class E7Item:
     split: str
     axis: str | None
     questions: list[Question]
+    group: str | None = None
+    """Items of one group share a cross-fitting fold (:func:`item_group`); None: the item alone."""
+
+
+def item_group(stim) -> str:
+    """The cross-fitting group of a stimulus: ``triple:<c0>,<c1>,<c2>`` when its factors record
+    a colour triple (the ordered triple as generated), else ``scene:<scene id>`` (the base
+    stimulus and its twins), else ``item:<id>``."""
+    triple = (getattr(stim, "factors", None) or {}).get("triple")
+    if triple:
+        return "triple:" + ",".join(str(c) for c in triple)
+    if getattr(stim, "scene_id", ""):
+        return f"scene:{stim.scene_id}"
+    return f"item:{stim.id}"
 
 
 def dataset_items(ds, config: AmplifyConfig) -> list[E7Item]:
@@ -248,7 +275,8 @@ def dataset_items(ds, config: AmplifyConfig) -> list[E7Item]:
         qs = [Question(image=(lambda s=stim: ds.image(s)), prompt=p, options=tuple(p.options),
                        answer=p.answer)
               for p in _variants(pick_prompt(stim, config.prompt), config.both_orders)]
-        out.append(E7Item(id=stim.id, split=stim.split, axis=stim.axis, questions=qs))
+        out.append(E7Item(id=stim.id, split=stim.split, axis=stim.axis, questions=qs,
+                          group=item_group(stim)))
     return out
 
 
@@ -264,7 +292,7 @@ def whatsup_items(spec: str, config: AmplifyConfig, *, model_name: str,
         qs = [Question(image=it.load_image, prompt=q.prompt, options=q.options, answer=q.answer,
                        system=q.system) for q in two_option_queries(i, it.stimulus, tpl)]
         out.append(E7Item(id=it.stimulus.id, split=it.stimulus.split, axis=it.stimulus.axis,
-                          questions=qs))
+                          questions=qs, group=item_group(it.stimulus)))
     return out
 
 
@@ -338,7 +366,8 @@ def run_e7(adapter, data, directions, config: AmplifyConfig = AmplifyConfig(), *
                 in_axis[k] &= top in norm_opts
         for (c, a), v in ok.items():
             rows.append({"item": item.id, "split": item.split, "axis": item.axis,
-                         "control": c, "alpha": a, "correct": bool(v),
+                         "group": item.group or f"item:{item.id}", "control": c,
+                         "alpha": a, "correct": bool(v),
                          "margin": margin[(c, a)] / len(item.questions),
                          "top1_orders": top_ok[(c, a)], "top1_in_axis": bool(in_axis[(c, a)])})
     table = pd.DataFrame(rows)
@@ -375,8 +404,113 @@ def _effects(t: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+CROSS_FITTED = "cross-fitted alpha (K-fold)"
+"""Label of the cross-fitted selection (criterion 4 reads it, ``organisms.criteria``)."""
+
+
+def _pick_alpha(d: pd.DataFrame) -> float:
+    """The held-out rule: max net gain, ties to the smaller alpha (``d``: one control's
+    :func:`_effects` rows)."""
+    return float(d.sort_values(["net", "alpha"], ascending=[False, True])["alpha"].iloc[0])
+
+
+def item_groups(table: pd.DataFrame) -> dict[str, str]:
+    """item -> cross-fitting group, from the table's ``group`` column (tables written before it
+    existed, or a missing value: each item its own group)."""
+    items = list(dict.fromkeys(table["item"]))
+    if "group" not in table.columns:
+        return {i: f"item:{i}" for i in items}
+    g = table.drop_duplicates("item").set_index("item")["group"]
+    return {i: (str(g[i]) if isinstance(g[i], str) and g[i] else f"item:{i}") for i in items}
+
+
+def cross_fit_folds(groups: Mapping[str, str], k: int, seed: int) -> list[list[str]]:
+    """Cut items into ``min(k, number of groups)`` folds, every group in one fold.
+
+    The groups, sorted by name, are put in a random order drawn from ``seed``; each in turn
+    goes to the fold with the fewest items so far (ties: the lower fold index). Deterministic
+    given ``seed`` and the item -> group map (not the item order). Items keep their order in
+    ``groups`` within a fold.
+    """
+    names = sorted(set(groups.values()))
+    size = {n: 0 for n in names}
+    for g in groups.values():
+        size[g] += 1
+    k = min(int(k), len(names))
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    load = [0] * k
+    fold_of: dict[str, int] = {}
+    for n in order:
+        f = int(np.argmin(load))
+        fold_of[n] = f
+        load[f] += size[n]
+    return [[i for i, g in groups.items() if fold_of[g] == f] for f in range(k)]
+
+
+def cross_fitted(table: pd.DataFrame, config: AmplifyConfig, control: str) -> dict[str, Any]:
+    """The cross-fitted selection for ``control`` (see the module docstring): per fold, alpha
+    chosen on the other folds by :func:`_pick_alpha` and that fold scored at it; fixed, broken,
+    failing items (and, for the probe, answers the random direction changes at the fold's alpha
+    on the fold) summed over folds."""
+    groups = item_groups(table)
+    n_groups = len(set(groups.values()))
+    kinds = sorted({g.split(":", 1)[0] for g in groups.values()})
+    grouping = {"triple": "colour triple", "scene": "scene", "item": "item"}
+    by = " / ".join(grouping.get(k, k) for k in kinds)
+    row: dict[str, Any] = {"selection": CROSS_FITTED, "control": control, "alpha": None,
+                           "alpha_summary": "median of the fold alphas", "fold_alphas": None,
+                           "fixed": None, "broken": None, "net": None, "n_fail": None,
+                           "n": len(groups), "fix_rate": None, "base_accuracy": None,
+                           "accuracy": None, "cv_folds": None, "cv_folds_asked": config.cv_folds,
+                           "n_groups": n_groups, "grouped_by": by, "folds": []}
+    if n_groups < 2:
+        row["note"] = (f"not computed: cross-fitting needs items of at least 2 groups "
+                       f"(grouped by {by}); got {n_groups}")
+        return row
+    folds = cross_fit_folds(groups, config.cv_folds, config.seed)
+    k = len(folds)
+    tc = table[table["control"] == control]
+    tr = table[table["control"] == "random"]
+    tot = {"fixed": 0, "broken": 0, "n_fail": 0, "n": 0, "right": 0, "base_right": 0}
+    rand_changed = 0
+    for f, test in enumerate(folds):
+        d_train = _effects(tc[~tc["item"].isin(test)])
+        a = _pick_alpha(d_train)
+        d_test = _effects(tc[tc["item"].isin(test)])
+        r = d_test[d_test["alpha"] == a].iloc[0]
+        b = d_test[d_test["alpha"] == 0].iloc[0]
+        fold = {"fold": f, "alpha": a, "n": int(r["n"]), "n_fail": int(r["n_fail"]),
+                "fixed": int(r["fixed"]), "broken": int(r["broken"]),
+                "groups": sorted({groups[i] for i in test})}
+        if control == "probe" and len(tr):
+            d_rand = _effects(tr[tr["item"].isin(test)])
+            rr = d_rand[d_rand["alpha"] == a].iloc[0]
+            fold["random_changed"] = int(rr["fixed"]) + int(rr["broken"])
+            rand_changed += fold["random_changed"]
+        row["folds"].append(fold)
+        for key in ("fixed", "broken", "n_fail", "n"):
+            tot[key] += int(r[key])
+        tot["right"] += int(round(float(r["accuracy"]) * int(r["n"])))
+        tot["base_right"] += int(round(float(b["accuracy"]) * int(b["n"])))
+    alphas = [fd["alpha"] for fd in row["folds"]]
+    row.update(alpha=float(np.median(alphas)), fold_alphas=alphas, fixed=tot["fixed"],
+               broken=tot["broken"], net=tot["fixed"] - tot["broken"], n_fail=tot["n_fail"],
+               n=tot["n"], fix_rate=tot["fixed"] / tot["n_fail"] if tot["n_fail"] else None,
+               base_accuracy=tot["base_right"] / tot["n"], accuracy=tot["right"] / tot["n"],
+               cv_folds=k)
+    if control == "probe" and len(tr):
+        row["random_changed"] = rand_changed / tot["n"]
+    note = (f"{k} folds grouped by {by}: each fold scored at the alpha chosen on the other "
+            f"folds (max net, ties to the smaller alpha), counts summed over folds; alpha = "
+            f"median of the fold alphas {alphas}")
+    if k < config.cv_folds:
+        note += f"; K reduced from {config.cv_folds} to {k}: only {n_groups} groups"
+    row["note"] = note
+    return row
+
+
 def summarize_e7(table: pd.DataFrame, config: AmplifyConfig) -> dict[str, Any]:
-    """Dose-response and the three labelled alpha selections (see the module docstring)."""
+    """Dose-response and the four labelled alpha selections (see the module docstring)."""
     items = list(dict.fromkeys(table["item"]))
     split_of = dict(zip(table["item"], table["split"]))
     sel = [i for i in items if split_of[i] == config.select_split]
@@ -402,6 +536,7 @@ def summarize_e7(table: pd.DataFrame, config: AmplifyConfig) -> dict[str, Any]:
         b = d_ev[(d_ev["control"] == c) & (d_ev["alpha"] == 0)].iloc[0]
         out["selections"].append(_sel("held-out alpha", c, a_star, r, b, how,
                                       n_select=len(sel)))
+        out["selections"].append(cross_fitted(table, config, c))
         # paper's Probe: best single alpha on the failing items, in-sample
         cand = d_all[d_all["alpha"] > 0]
         if len(cand):
