@@ -114,29 +114,40 @@ def ablate(model, data, out, limit, batch_size, prompt, progress, quiet, recipe)
               help="Probe direction directory (repeat for one per axis), or 'mean-diff'.")
 @click.option("--select-split", default="val", show_default=True,
               help="Split on which the held-out alpha is chosen (reported on the others).")
+@click.option("--cv-folds", type=int, default=4, show_default=True,
+              help="Folds of the cross-fitted alpha selection: items grouped by colour triple "
+                   "(else scene), each fold scored at the alpha chosen on the other folds.")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the random-direction control.")
+              help="Seed of the random-direction control and of the cross-fitting folds.")
 @click.option("--controls/--no-controls", default=False, show_default=True,
               help="Also run the authors' sanity controls (shuffled images, swapped objects; "
                    "no amplification): controls.json beside the probe / random rows.")
 @click.option("--controls-n", type=int, default=60, show_default=True,
               help="Items per axis for the sanity controls (the authors' 60).")
 def amplify(model, data, out, limit, batch_size, prompt, progress, quiet, recipe, scheduler,
-            alphas, direction, select_split, seed, controls, controls_n):
+            alphas, direction, select_split, cv_folds, seed, controls, controls_n):
     """E7: amplify the ordering component of every image token before LM layer 0 (alpha sweep)."""
     from .amplification import AmplifyConfig
     from .controls import ControlsConfig, control_lines
     from .experiments import amplify_to_dir
 
     cfg = AmplifyConfig(alphas=alphas, prompt=prompt or "choice", select_split=select_split,
-                        limit=limit, batch_size=batch_size, seed=seed, recipe=recipe)
+                        cv_folds=cv_folds, limit=limit, batch_size=batch_size, seed=seed,
+                        recipe=recipe)
     ctl = ControlsConfig(n_per_axis=controls_n, seed=seed, limit=limit) if controls else None
     s = amplify_to_dir(model, data, out, cfg, direction=list(direction),
                        progress=progress and not quiet, scheduler=scheduler, controls=ctl)
     for r in s["selections"]:
         acc = "n/a" if r.get("accuracy") is None else f"{r['accuracy']:.3f}"
+        extra = ""
+        if r.get("fold_alphas") is not None:  # the cross-fitted selection
+            extra = f" fold alphas={r['fold_alphas']} (alpha: {r['alpha_summary']})"
+            if r.get("random_changed") is not None:
+                extra += f" random changes {r['random_changed']:.3f} of answers"
+        elif str(r.get("selection", "")).startswith("cross-fitted"):
+            extra = f" ({r.get('note')})"
         click.echo(f"{r['control']:>6} | {r['selection']}: alpha={r['alpha']} fixed={r['fixed']} "
-                   f"broken={r['broken']} accuracy={acc} ({s['recipe']} recipe)")
+                   f"broken={r['broken']} accuracy={acc}{extra} ({s['recipe']} recipe)")
     for line in control_lines(s.get("sanity_controls")):
         click.echo(line)
     click.echo(f"wrote {out}")

@@ -4,7 +4,8 @@ fixed before measuring (issue 11). One place for the numbers; the demo report's 
 
 Every criterion is evaluated on held-out items (the demo's stimuli are never trained on: the
 organisms are trained on stimuli rendered on the fly, the demo draws its own set; E7 picks alpha
-on one split and reports on the other). A criterion that fails is reported as found.
+by cross-fitting: each item is scored at an alpha chosen on the other folds). A criterion that
+fails is reported as found.
 
 ==  ======================================================  =================================
 #   paper effect (PAPER.md)                                 threshold, per mechanism
@@ -19,11 +20,19 @@ on one split and reports on the other). A criterion that fails is reported as fo
     acts (object criss-cross under the ablation flips at    [chance + 0.15, base - 0.15] and E6
     some LM layer)                                          flips (> 0.5) at >= 1 layer; lm:
                                                             >= base - 0.1
-4   E7 on degraded stimuli, alpha chosen on a held-out      vision, dual: net > 0 and fix rate
-    split: amplifying the ordering direction fixes more     >= 0.3 (probe, held-out alpha);
-    than it breaks; random directions change almost         random directions at that alpha
-    nothing                                                 change <= 5 % of answers; lm: n/a
+4   E7 on degraded stimuli, alpha chosen on held-out        vision, dual: net > 0 and fix rate
+    items (cross-fitted: K folds grouped by colour          >= 0.3 (probe, cross-fitted alpha,
+    triple, each fold scored at the alpha chosen on the     counts summed over folds); random
+    other folds): amplifying the ordering direction fixes   directions at each fold's alpha
+    more than it breaks; random directions change almost    change <= 5 % of answers; lm: n/a
+    nothing
 ==  ======================================================  =================================
+
+Criterion 4 reads the ``cross-fitted alpha (K-fold)`` selection of the E7 summary (decided
+2026-11-30, before measuring with it: the ``held-out alpha`` chosen on the 8 ``val`` items out of
+96 rests on zero to two failing items). A summary written before that selection existed is read
+at its ``held-out alpha`` (random changes from the dose-response at that alpha), and the row says
+so. Thresholds unchanged.
 
 Chance is 1/3 (three candidate squares).
 """
@@ -124,17 +133,33 @@ def criterion_ablation(mechanism: str, base, ablated, e6_flip_layers=None, *,
     return {"criterion": 3, "measured": meas, "expected": expected, "holds": _verdict(ok)}
 
 
+CROSS_FITTED = "cross-fitted alpha (K-fold)"
+HELD_OUT = "held-out alpha"
+
+
 def e7_numbers(summary: dict | None) -> dict[str, Any]:
-    """From an E7 summary: the probe direction at the held-out alpha (fixed, broken, net, fix
-    rate) and the share of answers the random direction changes at that same alpha."""
-    out: dict[str, Any] = {"alpha": None, "fixed": None, "broken": None, "net": None,
-                           "fix_rate": None, "random_changed": None}
+    """From an E7 summary: the probe direction at the cross-fitted alpha (fixed, broken, net, fix
+    rate, the fold alphas) and the share of answers the random direction changes at each fold's
+    alpha on that fold; for a summary without a cross-fitted selection, the held-out alpha and the
+    random direction's changes at that alpha over all items (``selection`` says which)."""
+    out: dict[str, Any] = {"selection": None, "alpha": None, "fixed": None, "broken": None,
+                           "net": None, "fix_rate": None, "random_changed": None}
     if not summary:
         return out
-    sel = next((s for s in summary.get("selections", [])
-                if s.get("selection") == "held-out alpha" and s.get("control") == "probe"), None)
+    probe = {s.get("selection"): s for s in summary.get("selections", [])
+             if s.get("control") == "probe"}
+    sel = probe.get(CROSS_FITTED)
+    if sel is not None:
+        out["selection"] = (f"cross-fitted ({sel.get('cv_folds')} folds)" if sel.get("cv_folds")
+                            else "cross-fitted")
+        out.update({k: sel.get(k) for k in ("alpha", "fixed", "broken", "net", "fix_rate")})
+        out["fold_alphas"] = sel.get("fold_alphas")
+        out["random_changed"] = sel.get("random_changed")
+        return out
+    sel = probe.get(HELD_OUT)
     if sel is None:
         return out
+    out["selection"] = "held-out alpha (summary written before the cross-fitted selection)"
     out.update({k: sel.get(k) for k in ("alpha", "fixed", "broken", "net", "fix_rate")})
     rand = [r for r in summary.get("dose_response", [])
             if r.get("control") == "random" and _num(r.get("alpha")) == _num(sel.get("alpha"))]
@@ -145,7 +170,8 @@ def e7_numbers(summary: dict | None) -> dict[str, Any]:
 
 
 def criterion_amplify(mechanism: str, summary: dict | None) -> dict[str, Any]:
-    """Criterion 4 from an E7 summary (``interventions.amplify.summarize_e7``)."""
+    """Criterion 4 from an E7 summary (``interventions.amplification.summarize_e7``): its
+    cross-fitted selection (see :func:`e7_numbers`)."""
     t = THRESHOLDS
     e = e7_numbers(summary)
     if mechanism not in ("vision", "dual"):
@@ -177,5 +203,5 @@ def classify(probe, ablated, base, *, chance: float = CHANCE) -> str:
     return "unclear"
 
 
-__all__ = ["CHANCE", "EFFECTS", "THRESHOLDS", "classify", "criterion_ablation",
+__all__ = ["CHANCE", "CROSS_FITTED", "EFFECTS", "HELD_OUT", "THRESHOLDS", "classify", "criterion_ablation",
            "criterion_amplify", "criterion_crisscross", "criterion_probe", "e7_numbers"]

@@ -78,6 +78,12 @@ def test_amplify_with_probe_direction(data, tmp_path):
                 "0:10:5", "--direction", d, "--limit", "2", "--quiet", "--recipe", "robust")
     assert r.exit_code == 0, r.output
     assert "held-out alpha" in r.output and "paper's Probe*" in r.output
+    # the cross-fitted selection is printed with its fold alphas (2 items of 2 triples: K = 2)
+    cf = [l for l in r.output.splitlines() if "probe | cross-fitted alpha (K-fold)" in l]
+    assert len(cf) == 1 and "fold alphas=[" in cf[0] and "random changes" in cf[0], r.output
+    s = json.loads((out / "summary.json").read_text())
+    row = next(x for x in s["selections"] if x["selection"] == "cross-fitted alpha (K-fold)")
+    assert row["cv_folds"] == 2 and "K reduced from 4 to 2" in row["note"]
     # on a paper preset the default recipe reports the authors' selections
     r = _invoke("amplify", "--model", MODEL, "--data", data, "--out", str(tmp_path / "p"),
                 "--alphas", "0:10:5", "--direction", d, "--limit", "2", "--quiet")
@@ -116,6 +122,13 @@ def test_empty_alpha_range_and_bad_layers_are_one_line_errors(data, tmp_path):
                                          "--direction", "mean-diff"])
     assert r.exit_code == 1 and "empty range" in r.output
     assert not (tmp_path / "x").exists()  # refused before anything was created
+    r = CliRunner().invoke(spatialbind, ["amplify", "--model", MODEL, "--data", data, "--out",
+                                         str(tmp_path / "x"), "--cv-folds", "1",
+                                         "--direction", "mean-diff"])
+    assert r.exit_code == 1 and "'cv_folds' parameter of AmplifyConfig must be an int >= 2" \
+        in r.output
+    assert len([l for l in r.output.splitlines() if l.startswith("Error")]) == 1
+    assert not (tmp_path / "x").exists()
     r = CliRunner().invoke(spatialbind, ["patch", "--model", MODEL, "--data", data, "--out",
                                          str(tmp_path / "y"), "--layers", "0,99", "--quiet"])
     assert r.exit_code == 1 and "out of range" in r.output
