@@ -315,7 +315,7 @@ def run_e7(adapter, data, directions, config: AmplifyConfig = AmplifyConfig(), *
     -------
     (table, summary)
         One row per (item, control, alpha) with strict correctness; the summary holds the
-        dose-response and the three labelled selections for both controls.
+        dose-response and the four labelled selections for both controls.
     """
     from tqdm.auto import tqdm
 

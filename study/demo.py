@@ -2,7 +2,7 @@
 
 generate stimuli -> extract activations of every model into one store -> E1 behaviour ->
 E3 probes with probe maps -> E4 object vs strip criss-cross -> E5 ablation / E6 LM backup ->
-E7 amplification with held-out alpha -> one self-contained HTML report.
+E7 amplification with held-out and cross-fitted alpha -> one self-contained HTML report.
 
 By default it runs offline on a CPU on the two shipped Qwen2-VL model organisms
 (``vlms/organisms``: one whose ordering must live in the vision tokens, one whose ordering is
