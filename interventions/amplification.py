@@ -11,9 +11,9 @@ Reported, each clearly labelled:
 - ``held-out``: ``alpha`` chosen on a selection split (max net gain = fixed - broken), reported on
   the other items;
 - ``cross-fitted alpha (K-fold)``: the items are cut into K folds (``cv_folds``), grouped so that
-  items of one colour triple (else one scene) share a fold; each fold is scored at the alpha
-  chosen on the other folds by the held-out rule (max net, ties to the smaller alpha), and the
-  counts are summed over folds, so every item is scored at an alpha chosen without it (the
+  items of one colour triple and its mirror (else one scene) share a fold; each fold is scored at
+  the alpha chosen on the other folds by the held-out rule (max net, ties to the smaller alpha),
+  and the counts are summed over folds, so every item is scored at an alpha chosen without it (the
   random direction likewise at each fold's own alpha, on that fold);
 - ``in-sample best alpha``: the paper's "Probe": the single alpha that fixes most failing items,
   chosen and reported on the same items;
@@ -89,8 +89,8 @@ class AmplifyConfig:
     """Held-out selection: alpha is chosen on items of this split (``--select-split``), reported
     on the others; if either side is empty, alternate items are used instead."""
     cv_folds: int = 4
-    """Cross-fitted selection (``--cv-folds``): K folds of item groups (colour triple, else
-    scene); each fold scored at the alpha chosen on the other folds. With fewer groups than K,
+    """Cross-fitted selection (``--cv-folds``): K folds of item groups (colour triple with its
+    mirror, else scene); each fold scored at the alpha chosen on the other folds. With fewer groups than K,
     one fold per group (noted in the summary); with fewer than 2 groups it is not computed."""
     limit: int | None = None
     """Use the first N base stimuli (None: all)."""
@@ -256,12 +256,15 @@ class E7Item:
 
 
 def item_group(stim) -> str:
-    """The cross-fitting group of a stimulus: ``triple:<c0>,<c1>,<c2>`` when its factors record
-    a colour triple (the ordered triple as generated), else ``scene:<scene id>`` (the base
-    stimulus and its twins), else ``item:<id>``."""
+    """The cross-fitting group of a stimulus: ``mirror:<c0>|<c1>|<c2>`` when its factors record
+    a colour triple (the triple and its mirror share a group, as in the organisms' held-out
+    split and ``SplitConfig(by="mirror")``: a mirrored horizontal item is the other one's image
+    flipped, with the answer's side swapped), else ``scene:<scene id>`` (the base stimulus and
+    its twins), else ``item:<id>``."""
     triple = (getattr(stim, "factors", None) or {}).get("triple")
     if triple:
-        return "triple:" + ",".join(str(c) for c in triple)
+        t = tuple(str(c) for c in triple)
+        return "mirror:" + "|".join(min(t, t[::-1]))
     if getattr(stim, "scene_id", ""):
         return f"scene:{stim.scene_id}"
     return f"item:{stim.id}"
@@ -455,7 +458,7 @@ def cross_fitted(table: pd.DataFrame, config: AmplifyConfig, control: str) -> di
     groups = item_groups(table)
     n_groups = len(set(groups.values()))
     kinds = sorted({g.split(":", 1)[0] for g in groups.values()})
-    grouping = {"triple": "colour triple", "scene": "scene", "item": "item"}
+    grouping = {"mirror": "colour triple and its mirror", "scene": "scene", "item": "item"}
     by = " / ".join(grouping.get(k, k) for k in kinds)
     row: dict[str, Any] = {"selection": CROSS_FITTED, "control": control, "alpha": None,
                            "alpha_summary": "median of the fold alphas", "fold_alphas": None,

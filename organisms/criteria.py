@@ -22,8 +22,8 @@ fails is reported as found.
                                                             >= base - 0.1
 4   E7 on degraded stimuli, alpha chosen on held-out        vision, dual: net > 0 and fix rate
     items (cross-fitted: K folds grouped by colour          >= 0.3 (probe, cross-fitted alpha,
-    triple, each fold scored at the alpha chosen on the     counts summed over folds); random
-    other folds): amplifying the ordering direction fixes   directions at each fold's alpha
+    triple and mirror, each fold scored at the alpha on     counts summed over folds); random
+    the other folds): amplifying the ordering direction     directions at each fold's alpha
     more than it breaks; random directions change almost    change <= 5 % of answers; lm: n/a
     nothing
 ==  ======================================================  =================================

@@ -37,17 +37,17 @@ def _run(out, *args, orgs: dict | None = None):
 #: Measured on that sample on 2026-11-30 (c037f79):
 #: - qwen2-vl-vision: 1 (probe object 0.958, strip 0.997), 2 (object flip 0.00, band 0.94),
 #:   3 (E5 1.00 -> 0.31, threshold 0.48); 4 fails (held-out alpha 0: nothing fixed; cross-fitted,
-#:   read by criterion 4 since 2026-11-30: fold alphas 4, 4, 4, 2, 5 fixed / 4 broken of 17
-#:   failing, fix rate 0.29, random 6 % of 48).
+#:   read by criterion 4 since 2026-11-30, folds of triples with their mirrors: fold alphas
+#:   4, 2, 4, 4, 4 fixed / 4 broken of 17 failing, net 0, fix rate 0.24, random 2 of 48).
 #: - qwen2-vl-dual: 1 (0.979 / 0.991), 3 (E5 0.50 in [0.48, 0.85], E6 flips at LM layer 1);
 #:   2 not resolved here (band flip 0.75 < 0.8; 0.94 at the default size on all triples).
 #: - gemma-3-vision: 1 (1.000 / 0.973); 2 fails (object flip 1.00, as at every size); 3 not
 #:   resolved here (E5 0.50 on 16 items against 0.48; 0.375 at the default size on all triples).
 #: - gemma-3-dual: 1 (1.00 / 1.00), 2 (object flip 0.00, band 1.00), 3 (E5 0.75, E6 layer 1).
 #: - the lm organisms: 1, 2, 3 (probes 0.33-0.44, no strip flip, E5 1.00 -> 1.00).
-#: Criterion 4 at the cross-fitted alpha on this sample (48 `hard` items of 22 triples, 4 folds;
-#: measured 2026-11-30) fails for the other three vision/dual organisms too: qwen2-vl-dual 0 / 2
-#: of 14 (fold alphas 0, 0, 2, 0), gemma-3-vision 3 / 1 of 18 (all 4, fix rate 0.17),
+#: Criterion 4 at the cross-fitted alpha on this sample (48 `hard` items of 12 mirror pairs, 4
+#: folds; measured 2026-11-30) fails for the other three vision/dual organisms too: qwen2-vl-dual
+#: 0 / 0 of 14 (every fold alpha 0), gemma-3-vision 3 / 1 of 18 (all 4, fix rate 0.17),
 #: gemma-3-dual 0 / 0 of 8; so no organism's criterion 4 is asserted here.
 #: Up to c037f79 the items were every ordered triple (81 of 96 training triples) and this test
 #: asserted vision 3, dual 3, lm 1-3 and gemma-3-dual 2.
@@ -184,9 +184,9 @@ def test_gemma_vision_criterion_4_on_the_noise_set(tmp_path):
     random direction changes <= 5 % of answers) for `gemma-3-vision` on `--degraded noise` at the
     default size, the set whose errors are ordering errors (vlms/organisms/README.md,
     criterion 4). Measured 2026-11-30 on the organisms' held-out triples (the default items since
-    c037f79), cross-fitted (4 folds of colour triples; criterion 4 reads it since 2026-11-30):
-    fold alphas 7, 7, 8, 7, 31 fixed / 6 broken of 96 (61 failing, fix rate 0.51), random
-    direction 1 of 96 answers changed. At the held-out alpha (chosen on the 8 `val` items, read
+    c037f79), cross-fitted (4 folds of colour triples with their mirrors; criterion 4 reads it
+    since 2026-11-30): fold alphas 8, 7, 7, 8, 30 fixed / 6 broken of 96 (61 failing, fix rate
+    0.49), random direction 2 of 96 answers changed. At the held-out alpha (chosen on the 8 `val` items, read
     by criterion 4 before): alpha 5, 19 fixed / 5 broken of 88 (56 failing, fix rate 0.34),
     random 1 %; on every triple (before --items): alpha 8, 17 fixed / 10 broken of 88 (44
     failing), random 4 of 96."""

@@ -215,10 +215,11 @@ def test_e7_alpha_zero_is_baseline_and_controls(qwen_setup):
     assert labels == {"held-out alpha", "cross-fitted alpha (K-fold)",
                       "in-sample best alpha (paper's Probe)",
                       "in-sample per-item oracle (paper's Probe*)"}
-    # each item's cross-fitting group is its colour triple as generated
+    # each item's cross-fitting group is its colour triple with its mirror (the smaller order)
     for stim in base_items(ds, limit=3):
         got = set(table.loc[table["item"] == stim.id, "group"])
-        assert got == {"triple:" + ",".join(stim.factors["triple"])}
+        t = tuple(stim.factors["triple"])
+        assert got == {"mirror:" + "|".join(min(t, t[::-1]))}
     assert summary["forwards"] == 3 * 2 * (1 + 1)  # per question: base + one batch of 4 rows
 
 

@@ -1,5 +1,5 @@
 """E7's cross-fitted alpha selection (``interventions.amplification.cross_fitted``) against hand
-computations, its grouping by colour triple, its determinism, and criterion 4 reading it."""
+computations, its grouping by colour triple and mirror, its determinism, and criterion 4 reading it."""
 from __future__ import annotations
 
 import random
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from interventions.amplification import (CROSS_FITTED, AmplifyConfig, cross_fit_folds,
-                                         item_groups, summarize_e7)
+                                         item_group, item_groups, summarize_e7)
 from interventions.errors import InterventionError
 from organisms import criteria as C
 
@@ -32,7 +32,7 @@ def _table(probe=PROBE, *, with_group=True) -> pd.DataFrame:
                 row = {"item": item, "split": "train", "axis": "horizontal", "control": c,
                        "alpha": float(a), "correct": right}
                 if with_group:
-                    row["group"] = f"triple:{g}"
+                    row["group"] = f"mirror:{g}"
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -56,17 +56,17 @@ def test_cross_fitted_matches_a_hand_computation():
     by_group = {f["groups"][0]: f for f in r["folds"]}
     assert all(len(f["groups"]) == 1 for f in r["folds"])
     assert {g: f["alpha"] for g, f in by_group.items()} == {
-        "triple:A": 0.0, "triple:B": 1.0, "triple:C": 1.0}
+        "mirror:A": 0.0, "mirror:B": 1.0, "mirror:C": 1.0}
     assert [(by_group[g]["fixed"], by_group[g]["broken"]) for g in
-            ("triple:A", "triple:B", "triple:C")] == [(0, 0), (0, 0), (1, 1)]
+            ("mirror:A", "mirror:B", "mirror:C")] == [(0, 0), (0, 0), (1, 1)]
     assert (r["fixed"], r["broken"], r["net"], r["n_fail"], r["n"]) == (1, 1, 0, 3, 6)
     assert r["fix_rate"] == pytest.approx(1 / 3)
     assert r["base_accuracy"] == pytest.approx(0.5) and r["accuracy"] == pytest.approx(0.5)
     assert sorted(r["fold_alphas"]) == [0.0, 1.0, 1.0] and r["alpha"] == 1.0  # the median
     assert r["random_changed"] == pytest.approx(1 / 6)
-    assert [by_group[g]["random_changed"] for g in ("triple:A", "triple:B", "triple:C")] == \
+    assert [by_group[g]["random_changed"] for g in ("mirror:A", "mirror:B", "mirror:C")] == \
         [0, 1, 0]
-    assert r["cv_folds"] == 3 and r["n_groups"] == 3 and r["grouped_by"] == "colour triple"
+    assert r["cv_folds"] == 3 and r["n_groups"] == 3 and r["grouped_by"] == "colour triple and its mirror"
     # the random control gets its own cross-fitted row: its nets are 0 / -1 / 0 on any two
     # groups that hold B, else 0 everywhere -> alpha 0 for every fold, nothing changed
     rr = _cf(s, "random")
@@ -101,8 +101,18 @@ def test_a_group_with_two_failing_items_pulls_its_fold_alpha():
     assert (r["fixed"], r["broken"], r["n_fail"]) == (fixed, broken, 5)
 
 
+def test_a_triple_and_its_mirror_share_a_group_other_orders_do_not():
+    from types import SimpleNamespace as S
+
+    def g(triple, scene="s", id_="i"):
+        return item_group(S(factors={"triple": triple} if triple else {}, scene_id=scene, id=id_))
+    assert g(["red", "blue", "green"]) == g(["green", "blue", "red"]) == "mirror:green|blue|red"
+    assert g(["blue", "red", "green"]) != g(["red", "blue", "green"])  # same colours, other order
+    assert g(None, scene="s7") == "scene:s7" and g(None, scene="", id_="x1") == "item:x1"
+
+
 def test_folds_keep_each_triple_together_and_are_deterministic():
-    groups = {f"s{i:03d}": f"triple:{i // 4}" for i in range(96)}  # 24 triples of 4 items
+    groups = {f"s{i:03d}": f"mirror:{i // 8}" for i in range(96)}  # 12 mirror pairs of 8 items
     folds = cross_fit_folds(groups, 4, seed=0)
     assert len(folds) == 4 and sorted(len(f) for f in folds) == [24, 24, 24, 24]
     assert sorted(i for f in folds for i in f) == sorted(groups)
