@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
+import threading
 import time
 import warnings
 import zlib
@@ -138,10 +140,123 @@ def read_rows(arr, store, a: int, b: int, cache: dict | None = None,
     return out
 
 
+class HeldLabels:
+    """The token labels a writer wrote, kept so that its piece is built at ``close()`` without
+    reading them back from the store (on S3 that re-read was 2.9 of 7.2 s of a 512-sample write,
+    benchmarks/RESULTS.md "plain Zarr vs icechunk").
+
+    Each :meth:`add` (one write batch) appends one zlib-compressed blob per site family (the
+    batch's six label arrays, exactly as written) to a spooled temporary file: in memory up to
+    ``max_memory`` bytes, then on local disk, so the writer's memory stays flat in the number of
+    samples (what is held in memory beyond that: one ``(offset, size)`` per batch and family and
+    the batch's sample range). Thread-safe (a writer's batches may be written at once)."""
+
+    def __init__(self, families: dict[str, int], max_memory: int = 64 * 2**20):
+        self.families = dict(families)  # family -> n_tokens
+        self._file = tempfile.SpooledTemporaryFile(max_size=max_memory)
+        self._adds: list = []  # per add: (idx: (start, stop) or array, {family: (offset, size)})
+        self._lock = threading.Lock()
+        self._loc = None
+
+    @property
+    def nbytes(self) -> int:
+        """Compressed bytes held (in memory or spilled to the temporary file)."""
+        with self._lock:
+            self._file.seek(0, 2)
+            return self._file.tell()
+
+    def add(self, idx: np.ndarray, labels: dict[str, dict[str, np.ndarray]]) -> None:
+        """Hold the labels ``{family: {label: (len(idx), n_tokens)}}`` written for samples ``idx``
+        (a later add of the same sample replaces it)."""
+        idx = np.asarray(idx, np.int64)
+        blobs = {f: zlib.compress(b"".join(np.ascontiguousarray(labels[f][k], S.TOKEN_LABELS[k][0])
+                                           .tobytes() for k in S.TOKEN_LABELS), 1)
+                 for f in self.families}
+        contiguous = len(idx) and int(idx[-1]) - int(idx[0]) + 1 == len(idx)
+        rows = (int(idx[0]), int(idx[-1]) + 1) if contiguous else idx.copy()
+        with self._lock:
+            self._file.seek(0, 2)
+            where = {}
+            for f, blob in blobs.items():
+                where[f] = (self._file.tell(), len(blob))
+                self._file.write(blob)
+            self._adds.append((rows, where))
+            self._loc = None
+
+    def _locate(self, n_samples: int):
+        """Per sample: the add that holds it (-1: none) and its row there."""
+        if self._loc is None or len(self._loc[0]) != n_samples:
+            which = np.full(n_samples, -1, np.int32)
+            row = np.zeros(n_samples, np.int32)
+            for j, (rows, _) in enumerate(self._adds):
+                idx = np.arange(*rows) if isinstance(rows, tuple) else rows
+                which[idx] = j
+                row[idx] = np.arange(len(idx))
+            self._loc = (which, row)
+        return self._loc
+
+    def has(self, rows: np.ndarray, n_samples: int) -> np.ndarray:
+        """Which of the sample indices ``rows`` are held."""
+        return self._locate(n_samples)[0][rows] >= 0
+
+    def fill(self, fam: str, rows: np.ndarray, n_samples: int, out: dict[str, np.ndarray],
+             at: np.ndarray) -> None:
+        """Write the held labels of samples ``rows`` (all held) into rows ``at`` of ``out``
+        (``{label: (m, n_tokens)}``)."""
+        which, row = self._locate(n_samples)
+        T = self.families[fam]
+        w = which[rows]
+        for j in np.unique(w).tolist():
+            rws, where = self._adds[j]
+            b = (rws[1] - rws[0]) if isinstance(rws, tuple) else len(rws)
+            off, size = where[fam]
+            with self._lock:
+                self._file.seek(off)
+                raw = zlib.decompress(self._file.read(size))
+            sel = w == j
+            pos = 0
+            for k, (dt, _) in S.TOKEN_LABELS.items():
+                n = b * T * np.dtype(dt).itemsize
+                v = np.frombuffer(raw, dt, b * T, pos).reshape(b, T)
+                out[k][at[sel]] = v[row[rows[sel]]]
+                pos += n
+
+    def close(self) -> None:
+        self._file.close()
+        self._adds = []
+        self._loc = None
+
+
+def _block_labels(fg, store, cache: dict, rows: np.ndarray, fam: str, T: int,
+                  held: HeldLabels | None, n_samples: int) -> dict[str, np.ndarray]:
+    """The token labels ``{label: (len(rows), T)}`` of samples ``rows`` of family group ``fg``:
+    those ``held`` from the writer's memory, every other one read from the store (its label
+    arrays opened only then: on an object store opening one is a HEAD and a GET)."""
+    have = held.has(rows, n_samples) if held is not None and fam in held.families \
+        else np.zeros(len(rows), bool)
+    key = ("label-arrays", fg.path)
+    if not have.all() and key not in cache:
+        cache[key] = {k: fg[k] for k in S.TOKEN_LABELS}
+    lab_arrays = cache.get(key, {})
+    if not have.any():
+        return {k: np.concatenate([read_rows(arr, store, a, b, cache) for a, b in _runs(rows)])
+                for k, arr in lab_arrays.items()}
+    out = {k: np.empty((len(rows), T), dt) for k, (dt, _) in S.TOKEN_LABELS.items()}
+    rest = rows[~have]
+    if len(rest):
+        for k, arr in lab_arrays.items():
+            out[k][~have] = np.concatenate([read_rows(arr, store, a, b, cache)
+                                            for a, b in _runs(rest)])
+    held.fill(fam, rows[have], n_samples, out, np.flatnonzero(have))
+    return out
+
+
 def write_piece(g, covered: np.ndarray, *, force: bool = False,
-                done_stat: np.ndarray | None = None) -> str | None:
+                done_stat: np.ndarray | None = None,
+                held: HeldLabels | None = None) -> str | None:
     """Write the piece of model group ``g`` covering the sorted sample indices ``covered`` (done
-    samples: their labels are final), reading their token labels from the store. Returns its
+    samples: their labels are final), reading their token labels from the store (those in
+    ``held``, the labels a writer wrote, from there). Returns its
     name, or None when a complete piece of that name is already there (same samples, same
     bytes; ``force`` rewrites it) or ``covered`` is empty. Memory: one block of ``BLOCK`` samples at a time.
     ``done_stat``: the signatures of :func:`done_stat`, taken before ``covered`` was read
@@ -160,6 +275,7 @@ def write_piece(g, covered: np.ndarray, *, force: bool = False,
             return None
     store = g.store
     cache: dict = {}
+    n_samples = int(g.attrs["n_samples"])
     pg = ig.create_group(name, overwrite=True)
     cov = pg.create_array("covered", shape=(len(covered),), dtype="int64",
                           chunks=(min(CHUNK, len(covered)),), fill_value=-1,
@@ -168,7 +284,6 @@ def write_piece(g, covered: np.ndarray, *, force: bool = False,
     for d in g.attrs["sites"]:
         fam, T = d["name"], int(d["n_tokens"])
         fg = g[fam]
-        lab_arrays = {k: fg[k] for k in S.TOKEN_LABELS}
         pf = pg.create_group(fam)
         arrays = {f: pf.create_array(f, shape=(0,), dtype=dt, chunks=(CHUNK,), fill_value=none,
                                      dimension_names=("entry",))
@@ -176,9 +291,7 @@ def write_piece(g, covered: np.ndarray, *, force: bool = False,
         n, blocks, crcs = 0, [], []
         for b0 in range(0, len(covered), BLOCK):
             rows = covered[b0:b0 + BLOCK]
-            labels = {k: np.concatenate([read_rows(arr, store, a, b, cache)
-                                         for a, b in _runs(rows)])
-                      for k, arr in lab_arrays.items()}
+            labels = _block_labels(fg, store, cache, rows, fam, T, held, n_samples)
             ent, off = entries(rows, labels)
             m = len(ent["sample"])
             if m:
@@ -197,7 +310,7 @@ def write_piece(g, covered: np.ndarray, *, force: bool = False,
         arr[:] = sig
         extra = {"done_rows": int(g["samples"]["done"].chunks[0]), "done_stat_crc": _crc([sig])}
     pg.attrs.update({"format": FORMAT, "n_covered": int(len(covered)), **extra,
-                     "covered_crc": _crc([covered]), "n_samples": int(g.attrs["n_samples"]),
+                     "covered_crc": _crc([covered]), "n_samples": n_samples,
                      "complete": True})
     return name
 

@@ -63,6 +63,10 @@ class StoreWriter:
         # given to pending()/batches(); every batch without a shard) and those it wrote
         self._owned: set | None = set()  # None: every batch
         self._wrote: set[int] = set()
+        # the labels this writer wrote, so that its piece is built without reading them back
+        from ._index import HeldLabels
+
+        self._held = HeldLabels({s.name: s.n_tokens for s in specs})
 
     # ------------------------------------------------------------------ phase 1
     @classmethod
@@ -263,6 +267,7 @@ class StoreWriter:
                 raise
             _wait_all(futures)
             self._put_done(idx)
+            self._held.add(idx, {f: labels for f, (_, labels, _) in prepared.items()})
             with self._pool_lock:
                 self._wrote.update(np.unique(idx // self.batch_size).tolist())
         except OSError as e:
@@ -294,6 +299,7 @@ class StoreWriter:
                               f"later with `spatialbind query STORE --reindex`", IndexWarning,
                               stacklevel=2)
             self._wrote = set()
+        self._held.close()
         self._arrays = {}
         self._direct = {}
 
@@ -320,7 +326,8 @@ class StoreWriter:
                 mine |= batch % n == i
         sig = _index.done_stat(self.group, mine)  # before the flags are read
         done = self.done()
-        return _index.write_piece(self.group, np.flatnonzero(mine & done), done_stat=sig)
+        return _index.write_piece(self.group, np.flatnonzero(mine & done), done_stat=sig,
+                                  held=self._held)
 
     def __enter__(self):
         return self
