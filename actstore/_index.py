@@ -4,7 +4,9 @@ A freshly opened store used to rebuild its role index from every sample's token 
 chunk file per write batch and label: ~9k files at 100k samples). Writers now leave it in the
 store as *pieces*: ``<model>/role_index/<piece>/``, one per writer (an ``extract --shard i/n``
 process, a dask block, a ``reindex``), written when that writer finishes and never touched by
-another writer, so concurrent writers never put the same stored object.
+another writer, so concurrent writers never put the same stored object. A writer builds its
+piece from the labels it wrote (:class:`HeldLabels`), reading from the store only the covered
+samples it did not write; ``reindex`` reads them all.
 
 A piece covers a set of samples (``covered``: the samples that were done, in the batches the
 writer owned, when it read their labels; done samples' labels never change) and holds, per site
