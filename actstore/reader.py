@@ -283,6 +283,37 @@ class Store:
         every other sample is built from the label arrays, block by block (memory: O(N K), not
         O(N T)). The arrays are read-only, so a query can hand out views of them.
         """
+        counts, idx, _ = self._role_slots(g, fam, code)
+        return counts, idx, {name: self._role_table(g, fam, code, name) for name in S.TOKEN_LABELS}
+
+    def _role_table(self, g, fam: str, code: int, name: str) -> np.ndarray:
+        """The ``(N, K)`` table of token label ``name`` of :meth:`_role_index` (read-only,
+        cached), built on first use from the entries :meth:`_role_slots` keeps: a role query
+        hands its label coords out lazily, so a query that only reads values builds none."""
+        key = ("role-table", g.path, fam, int(code), name)
+        if key not in self._cache:
+            counts, idx, flat = self._role_slots(g, fam, code)
+            with flat["lock"]:  # coords may be read from several threads
+                if key not in self._cache:
+                    dt, none = S.TOKEN_LABELS[name]
+                    N, K = idx.shape
+                    v = np.full(N * K, none, dt)
+                    if name == "role":
+                        v[flat["slots"]] = code
+                    elif len(flat["slots"]):
+                        v[flat["slots"]] = flat.pop(name)
+                    flat["left"].discard(name)
+                    if not flat["left"]:  # every table built: the entries are not needed now
+                        del flat["slots"]
+                    v = v.reshape(N, K)
+                    v.flags.writeable = False
+                    self._cache[key] = v
+        return self._cache[key]
+
+    def _role_slots(self, g, fam: str, code: int):
+        """``(counts, idx, entries)`` of role ``code``: :meth:`_role_index`'s counts and token
+        index table, and the entries the label tables are built from (their flat labels and
+        the ``(N, K)`` slots they fill), cached."""
         from . import _index
 
         key = ("role-index", g.path, fam, int(code))
@@ -332,18 +363,13 @@ class Store:
         idx = np.full(N * K, -1, idt)
         idx[slots] = toks
         idx = idx.reshape(N, K)
-        labels = {}
-        for name, (dt, none) in S.TOKEN_LABELS.items():
-            v = np.full(N * K, none, dt)
-            if name == "role":
-                v[slots] = code
-            elif len(rows):
-                v[slots] = vals[name]
-            labels[name] = v.reshape(N, K)
-        del rows, toks, vals, slots
-        for v in (idx, counts, *labels.values()):
+        del rows, toks
+        for v in (idx, counts):
             v.flags.writeable = False
-        self._cache[key] = (counts, idx, labels)
+        import threading
+
+        flat = {"slots": slots, "left": set(S.TOKEN_LABELS), "lock": threading.Lock(), **vals}
+        self._cache[key] = (counts, idx, flat)
         return self._cache[key]
 
     def _sample_arrays(self, g) -> dict[str, np.ndarray]:
@@ -493,7 +519,8 @@ class Store:
             coords = dict(tok)
             x = x.assign_coords(token=np.arange(spec.n_tokens))
         else:
-            counts, idx_all, lab_all = self._role_index(g, spec.name, S.role_code(role))
+            code = S.role_code(role)
+            counts, idx_all, _ = self._role_slots(g, spec.name, code)
             K = int(counts[sidx].max()) if len(sidx) else 0
             if len(sidx) == len(counts) and (len(sidx) == 0 or sidx[-1] == len(sidx) - 1):
                 pick = lambda v: v[:, :K]  # every sample, in store order: views, no copies  # noqa: E731
@@ -501,7 +528,10 @@ class Store:
                 pick = lambda v: v[sidx, :K]  # noqa: E731
             idx = pick(idx_all)
             pad = idx < 0
-            coords = {k: pick(v) for k, v in lab_all.items()}
+            # the token-label coords are built when first read (a query of values builds none)
+            coords = {k: xr.Variable((S.SAMPLE, S.TOKEN), _lazy_coord(
+                functools.partial(_picked_table, self, g, spec.name, code, k, pick),
+                idx.shape, S.TOKEN_LABELS[k][0])) for k in S.TOKEN_LABELS}
             layer_pos = [list(spec.layers).index(lay)] if lay is not None else range(len(spec.layers))
             parts = [self._gather(g, spec, li, sidx, idx) for li in layer_pos]
             if lay is not None:
@@ -510,7 +540,8 @@ class Store:
                 x = xr.concat(parts, dim=S.LAYER).transpose(S.SAMPLE, S.LAYER, S.TOKEN, S.HIDDEN)
                 x = x.assign_coords({S.LAYER: list(spec.layers)})
             x = x.assign_coords(token=np.arange(idx.shape[1]))
-        x = x.assign_coords({**{k: ((S.SAMPLE, S.TOKEN), v) for k, v in coords.items()},
+        x = x.assign_coords({**{k: v if isinstance(v, xr.Variable) else ((S.SAMPLE, S.TOKEN), v)
+                                for k, v in coords.items()},
                              "pad": ((S.SAMPLE, S.TOKEN), pad), **self._sample_coords(g, sidx)})
         x.name = f"{g.attrs['model']}/{spec.name}"
         x.attrs.update(self._attrs(g, spec, lay, role))
@@ -674,6 +705,55 @@ def _strings(codes: np.ndarray, categories: list[str]) -> np.ndarray:
         if cats.dtype.itemsize // 4 != width:
             cats = cats.astype(f"<U{width}")
     return cats[codes]
+
+
+def _picked_table(store: "Store", g, fam: str, code: int, name: str, pick) -> np.ndarray:
+    return pick(store._role_table(g, fam, code, name))
+
+
+@functools.cache
+def _lazy_coord_type():
+    """An xarray backend array (``xarray.backends.BackendArray``, the API xarray's own file
+    backends use for coords loaded on first access) holding a label table that is built by
+    ``load()`` when a coord is first read; copies and pickles carry the built table."""
+    from xarray.backends import BackendArray
+    from xarray.core import indexing
+
+    class LazyTable(BackendArray):
+        def __init__(self, load, shape, dtype):
+            self._load, self.shape, self.dtype = load, tuple(shape), np.dtype(dtype)
+            self._value = None
+
+        def get(self) -> np.ndarray:
+            if self._value is None:
+                self._value = self._load()
+                self._load = None
+            return self._value
+
+        def __getitem__(self, key):
+            return indexing.explicit_indexing_adapter(key, self.shape,
+                                                      indexing.IndexingSupport.BASIC,
+                                                      lambda k: self.get()[k])
+
+        def __deepcopy__(self, memo):  # read-only table: shared, as numpy coords' views are
+            return self
+
+        def __reduce__(self):  # pickled as the built table (the store's cache does not travel)
+            return (_loaded_table, (self.get(),))
+
+    return LazyTable, indexing.LazilyIndexedArray
+
+
+def _loaded_table(value: np.ndarray):
+    table, lazy = _lazy_coord_type()
+    t = table(None, value.shape, value.dtype)
+    t._value = value
+    return t
+
+
+def _lazy_coord(load, shape, dtype):
+    table, lazy = _lazy_coord_type()
+    return lazy(table(load, shape, dtype))
 
 
 def _chunk_runs(chunks: np.ndarray) -> list[tuple[int, int]]:

@@ -229,3 +229,62 @@ def test_whole_selection_values_equal_streamed_blocks_and_zarr(synth, monkeypatc
     if where is None:
         with pytest.raises(ValueError):
             x["entity"].values[0, 0] = 5
+
+
+def test_role_query_label_coords_are_built_when_first_read(tmp_path, monkeypatch):
+    """A role query's token-label coords (role, ordinal, entity, row, col, position) are built
+    when first read, not by ``select``: a query that reads only values builds no label table.
+    Each coord, read, equals the ground truth (the labels given to the writer) at the token
+    index the query gathered; copies and pickles carry the same values; reading them from
+    several threads at once gives the same tables."""
+    import copy
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    from actstore.reader import Store
+
+    truth = make_store(tmp_path / "s", n_samples=12, batch_size=4)
+    built = []
+    table = Store._role_table
+
+    def counting(self, g, fam, code, name):
+        built.append(name)
+        return table(self, g, fam, code, name)
+
+    monkeypatch.setattr(Store, "_role_table", counting)
+    s = open_store(tmp_path / "s")
+    lab = truth.tokens["lm.resid"]
+    for where in (None, {"split": "train"}):
+        mark = len(built)
+        x = s.select(site="lm.resid.1", role="object", where=where)
+        vals = x.values
+        assert built[mark:] == []  # values and pad need no label table
+        smp = x["sample"].values
+        pad = x["pad"].values
+        for name in ("entity", "position", "ordinal", "row", "col", "role"):
+            got = x[name].values
+            assert got.dtype == lab[name].dtype and got.shape == pad.shape
+            for i, si in enumerate(smp):  # the k-th object token of sample si, by hand
+                toks = np.flatnonzero(lab["role"][si] == ROLE_CODES["object"])
+                assert list(got[i, :len(toks)]) == list(lab[name][si, toks]), (name, si)
+                assert not pad[i, :len(toks)].any() and pad[i, len(toks):].all()
+                np.testing.assert_array_equal(vals[i, :len(toks)],
+                                              truth.acts["lm.resid"][si, 1][toks])
+    assert sorted(set(built)) == sorted(["entity", "position", "ordinal", "row", "col", "role"])
+    s2 = open_store(tmp_path / "s")
+    x = s2.select(site="lm.resid.1", role="object")
+    ref = open_store(tmp_path / "s", index=False).select(site="lm.resid.1", role="object")
+    # a selection itself does not pickle (its gather is a local function); its coords do
+    for c in ("entity", "role", "position"):
+        v = pickle.loads(pickle.dumps(x[c].variable))
+        assert v.dtype == ref[c].dtype and np.array_equal(v.values, ref[c].values), c
+    for y in (copy.deepcopy(x), x.copy(deep=True), x):
+        assert y.equals(ref) and list(y.coords) == list(ref.coords)
+        for c in y.coords:
+            assert y[c].dtype == ref[c].dtype, c
+    s3 = open_store(tmp_path / "s")
+    x = s3.select(site="lm.resid.1", role="object")
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda c: x[c].values, ["entity", "entity", "row", "position"] * 3))
+    for g, c in zip(got, ["entity", "entity", "row", "position"] * 3):
+        np.testing.assert_array_equal(g, ref[c].values)
