@@ -721,14 +721,18 @@ def _lazy_coord_type():
 
     class LazyTable(BackendArray):
         def __init__(self, load, shape, dtype):
+            import threading
+
             self._load, self.shape, self.dtype = load, tuple(shape), np.dtype(dtype)
             self._value = None
+            self._lock = threading.Lock()
 
         def get(self) -> np.ndarray:
-            if self._value is None:
-                self._value = self._load()
-                self._load = None
-            return self._value
+            with self._lock:  # read from several threads: built once, then the store let go
+                if self._value is None:
+                    self._value = self._load()
+                    self._load = None
+                return self._value
 
         def __getitem__(self, key):
             return indexing.explicit_indexing_adapter(key, self.shape,
