@@ -325,7 +325,9 @@ class StoreWriter:
             for i, n in self._owned:
                 mine |= batch % n == i
         sig = _index.done_stat(self.group, mine)  # before the flags are read
-        done = self.done()
+        done = np.zeros(self.n_samples, bool)  # only this writer's batches' flags are read
+        for a, b in _index._runs(np.flatnonzero(mine)):
+            done[a:b] = self._done[a:b]
         return _index.write_piece(self.group, np.flatnonzero(mine & done), done_stat=sig,
                                   held=self._held)
 
