@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import threading
 import time
 from typing import Iterator, Mapping
@@ -267,7 +268,17 @@ class StoreWriter:
                 raise
             _wait_all(futures)
             self._put_done(idx)
-            self._held.add(idx, {f: labels for f, (_, labels, _) in prepared.items()})
+            try:
+                self._held.add(idx, {f: labels for f, (_, labels, _) in prepared.items()})
+            except OSError as e:
+                if e.errno == errno.ENOSPC:  # the temporary directory's disk, not the store's
+                    raise StoreError(
+                        f"disk full in the temporary directory {tempfile.gettempdir()} while "
+                        f"holding the labels of samples {idx[0]}..{idx[-1]} for the role index: "
+                        f"free space there or point TMPDIR at a disk with room, and rerun the "
+                        f"same command to resume (samples {idx[0]}..{idx[-1]} are written and "
+                        f"marked done in {self.path})") from None
+                raise
             with self._pool_lock:
                 self._wrote.update(np.unique(idx // self.batch_size).tolist())
         except OSError as e:

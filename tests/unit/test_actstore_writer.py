@@ -188,6 +188,35 @@ def test_disk_full_is_one_line_and_keeps_done_samples(tmp_path, monkeypatch, dir
     assert_stores_equal(tmp_path / "s", tmp_path / "clean")
 
 
+def test_full_temporary_disk_names_it_and_keeps_the_batch(tmp_path, monkeypatch):
+    """The writer holds each batch's labels in a spooled temporary file (actstore._index.
+    HeldLabels); a full temporary disk is named as such, not as the store's, and the batch it
+    happened on stays written and done, so a rerun resumes and completes the store."""
+    import tempfile
+
+    from actstore._index import HeldLabels
+
+    truth = make_store(tmp_path / "s", n_samples=12, stop_after=1)
+    w = _writer(tmp_path / "s")
+    real = HeldLabels.add
+
+    def full(self, idx, labels):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(HeldLabels, "add", full)
+    with pytest.raises(StoreError, match="disk full in the temporary directory") as e:
+        w.write(np.arange(4, 8), *_batch(truth, np.arange(4, 8)))
+    msg = str(e.value)
+    assert "\n" not in msg and tempfile.gettempdir() in msg and "TMPDIR" in msg
+    assert "samples 4..7" in msg and "rerun the same command" in msg
+    monkeypatch.setattr(HeldLabels, "add", real)
+    s = open_store(tmp_path / "s")
+    assert list(s.labels()["done"]) == [True] * 8 + [False] * 4
+    make_store(tmp_path / "s", n_samples=12)
+    make_store(tmp_path / "clean", n_samples=12)
+    assert_stores_equal(tmp_path / "s", tmp_path / "clean")
+
+
 def test_interrupted_creation_is_rebuilt(tmp_path):
     make_store(tmp_path / "s", n_samples=4, stop_after=0)
     g = zarr.open_group(tmp_path / "s", mode="a")["tiny"]
