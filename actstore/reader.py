@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from functools import cached_property
 from typing import Mapping
 
@@ -366,8 +367,6 @@ class Store:
         del rows, toks
         for v in (idx, counts):
             v.flags.writeable = False
-        import threading
-
         flat = {"slots": slots, "left": set(S.TOKEN_LABELS), "lock": threading.Lock(), **vals}
         self._cache[key] = (counts, idx, flat)
         return self._cache[key]
@@ -721,8 +720,6 @@ def _lazy_coord_type():
 
     class LazyTable(BackendArray):
         def __init__(self, load, shape, dtype):
-            import threading
-
             self._load, self.shape, self.dtype = load, tuple(shape), np.dtype(dtype)
             self._value = None
             self._lock = threading.Lock()
