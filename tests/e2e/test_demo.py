@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from cli import spatialbind
 from organisms.criteria import THRESHOLDS
-from study.demo import shipped_organisms
+from study.demo import ORGANISMS, shipped_organisms
 from study.report import effects_shown, validation
 
 pytestmark = pytest.mark.skipif(not shipped_organisms(), reason="organisms not shipped")
@@ -168,31 +168,59 @@ def test_demo_refuses_other_options_in_the_same_out(tmp_path):
     assert len(res.output.strip().splitlines()) == 1
 
 
+#: Criteria measured to fail in the default demo (96 held-out items, `--degraded hard`), reported
+#: as found (issue 11; vlms/organisms/README.md, "Default demo on held-out items" and "Criterion 4
+#: with a cross-fitted alpha", 2026-11-30): criterion 4 on `hard` for the four vision / dual
+#: organisms (their errors there are mostly colour errors; cross-fitted fold alphas net -4 to +1)
+#: and `gemma-3-vision`'s criterion 2 (object-only criss-cross flips 1.00). Strict: a criterion
+#: that starts to hold fails its case, so this list and the README are updated with it.
+KNOWN_FAILURES_DEFAULT = {("organism-qwen2-vl-vision", 4), ("organism-qwen2-vl-dual", 4),
+                          ("organism-gemma-3-vision", 2), ("organism-gemma-3-vision", 4),
+                          ("organism-gemma-3-dual", 4)}
+
+
+@pytest.fixture(scope="module")
+def default_demo(tmp_path_factory):
+    """The default demo (every shipped organism, default size), run once for the module."""
+    rows, _, _ = _run(tmp_path_factory.mktemp("default") / "demo")
+    return rows
+
+
 @pytest.mark.slow
-def test_default_demo_criteria_1_to_4(tmp_path):
-    """Criteria 1-4 for every shipped organism at the default size (lm: 1-3; 4 is n/a)."""
-    rows, _, _ = _run(tmp_path / "demo")
+@pytest.mark.parametrize("name,crit", [(m, c) for m, _ in ORGANISMS for c in (1, 2, 3, 4)])
+def test_default_demo_criteria_1_to_4(name, crit, default_demo, request):
+    """Criterion ``crit`` for organism ``name`` at the default size, from the report's own
+    validation rows (lm: 1-3 hold, 4 is n/a); the known failures are strict xfails."""
     orgs = dict(shipped_organisms())
-    failed = {k: r for k, r in rows.items()
-              if r["holds"] is not (None if (orgs[k[0]] == "lm" and k[1] == 4) else True)}
-    assert not failed, failed
+    if name not in orgs:
+        pytest.skip(f"{name} not shipped")
+    if (name, crit) in KNOWN_FAILURES_DEFAULT:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="measured to fail; see "
+                                              "vlms/organisms/README.md"))
+    r = default_demo[(name, crit)]
+    assert r["holds"] is (None if (orgs[name] == "lm" and crit == 4) else True), r
 
 
 @pytest.mark.slow
-def test_gemma_vision_criterion_4_on_the_noise_set(tmp_path):
+@pytest.mark.parametrize("name", ["organism-gemma-3-vision", "organism-qwen2-vl-vision"])
+def test_vision_criterion_4_on_the_noise_set(name, tmp_path):
     """Criterion 4 (E7: the cross-fitted alpha fixes more than it breaks, fix rate >= 0.3, the
-    random direction changes <= 5 % of answers) for `gemma-3-vision` on `--degraded noise` at the
-    default size, the set whose errors are ordering errors (vlms/organisms/README.md,
+    random direction changes <= 5 % of answers) for the vision organisms on `--degraded noise` at
+    the default size, the set whose errors are ordering errors (vlms/organisms/README.md,
     criterion 4). Measured 2026-11-30 on the organisms' held-out triples (the default items since
     c037f79), cross-fitted (4 folds of colour triples with their mirrors; criterion 4 reads it
-    since 2026-11-30): fold alphas 8, 7, 7, 8, 30 fixed / 6 broken of 96 (61 failing, fix rate
-    0.49), random direction 2 of 96 answers changed. At the held-out alpha (chosen on the 8 `val` items, read
-    by criterion 4 before): alpha 5, 19 fixed / 5 broken of 88 (56 failing, fix rate 0.34),
-    random 1 %; on every triple (before --items): alpha 8, 17 fixed / 10 broken of 88 (44
-    failing), random 4 of 96."""
-    name = "organism-gemma-3-vision"
+    since 2026-11-30):
+
+    - gemma-3-vision: fold alphas 8, 7, 7, 8, 30 fixed / 6 broken of 96 (61 failing, fix rate
+      0.49), random direction 2 of 96 answers changed. At the held-out alpha (chosen on the 8
+      `val` items, read by criterion 4 before): alpha 5, 19 fixed / 5 broken of 88 (56 failing,
+      fix rate 0.34), random 1 %; on every triple (before --items): alpha 8, 17 fixed / 10
+      broken of 88 (44 failing), random 4 of 96.
+    - qwen2-vl-vision, at the edge of both thresholds: fold alphas 4, 4, 4, 4, 15 fixed / 8
+      broken of 96 (50 failing, fix rate 0.300), random 4 of 96 (4.2 %); at the held-out alpha
+      3 it failed (10 / 8 of 46, 0.22)."""
     if name not in dict(shipped_organisms()):
-        pytest.skip("gemma-3-vision not shipped")
+        pytest.skip(f"{name} not shipped")
     rows, _, _ = _run(tmp_path / "demo", "--model", name, "--degraded", "noise", "--recipe",
                       "robust", "--tasks", "none", orgs={name: "vision"})
     assert rows[(name, 4)]["holds"], rows[(name, 4)]
