@@ -5,6 +5,8 @@ the same ``--settle`` seconds after the eviction (several values side by side in
     python benchmarks/bench_cold_query.py --workdir /tmp/cold          # builds the store once, keeps it
     python benchmarks/bench_cold_query.py --workdir /tmp/cold --rounds 6 --settle 0 6 --append
     python benchmarks/bench_cold_query.py --workdir /tmp/cold --own   # + the old protocol beside
+    python benchmarks/bench_cold_query.py --workdir /tmp/cold --processes --rounds 12 --settle 0 \
+        --hot 4.5 --max-load 2.5 --json /tmp/cold/rounds.json   # many rounds, one process per read
 
 Why the pause matters on a VM: a guest whose balloon device has free page reporting (Firecracker,
 QEMU with ``free-page-reporting=on``) hands free 2 MiB blocks back to the host a few seconds after
@@ -34,6 +36,18 @@ index) against ``np.load(raw, mmap_mode="r")[arange[:, None], idx]`` into the sa
 NaN in the padding (checked equal byte for byte first). Rounds alternate who goes first. Warm =
 best of ``--reps`` repeats right after each cold read. Wall and CPU seconds (user + system of the
 process, helper threads included) of each read.
+
+``--processes`` (many-rounds mode): every read runs in a new process of its own, started and set
+up (imports; the memmap's index; the open store opened, its role index built and one query run)
+*before* the eviction, so only the timed read is cold. Three reads per round and pause, in an
+order drawn from ``--seed``: the memmap; a freshly opened store's first query
+(``open_store(path).select(...).values`` in a process that has never opened it); the open store's
+query. CPU = ``time.process_time()`` of the reading process (user + system, all its threads) and
+wall around the call, then ``--reps`` warm repeats of the same call in the same process (best
+taken). Reported: per-round ratios store / memmap, their median and a bootstrap 95 % CI of the
+median (10,000 resamples of the rounds, ``--seed``), for cold (fresh and open store) and warm, CPU
+and wall, over the rounds whose 1-minute load average at the start of the round is below
+``--max-load`` (the rule is fixed by the option before the run; all rounds are shown too).
 """
 from __future__ import annotations
 
@@ -85,7 +99,179 @@ def build(work: Path, N: int, T: int, H: int, B: int, K: int) -> dict:
     return meta
 
 
+SITE = dict(site="lm.resid.0", role="object")
+
+
+def _child(kind: str, work: str, reps: int, check: bool) -> None:
+    """One read in a process of its own (``--processes``): set up, print ``ready``, wait for
+    ``go`` on stdin (the parent evicts meanwhile), then time the cold read and ``reps`` warm
+    repeats and print one JSON line."""
+    import hashlib
+    import resource
+
+    from actstore import open_store
+
+    work_p = Path(work)
+    path, mm_path = work_p / "s.zarr", work_p / "raw.npy"
+    if kind == "mm":
+        fn, _ = memmap_role_read(mm_path, np.load(work_p / "role.npy"))
+    elif kind == "store":
+        s = open_store(path)
+        s.select(**SITE).values  # role index built, the site's arrays opened once
+
+        def fn():
+            return s.select(**SITE).values
+    else:
+        def fn():
+            return open_store(path).select(**SITE).values
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    digest = hashlib.blake2b(out.tobytes(), digest_size=16).hexdigest() if check else None
+    del out
+    warm = [measure(fn) for _ in range(reps)]
+    print(json.dumps({"cold": wall, "cold_cpu": cpu,
+                      "cold_user": ru1.ru_utime - ru0.ru_utime, "cold_sys": ru1.ru_stime - ru0.ru_stime,
+                      "minflt": ru1.ru_minflt - ru0.ru_minflt, "majflt": ru1.ru_majflt - ru0.ru_majflt,
+                      "warm": min(w for w, _ in warm), "warm_cpu": min(c for _, c in warm),
+                      "digest": digest}), flush=True)
+
+
+def boot_median(v, seed: int, n: int = 10_000) -> tuple[float, float, float]:
+    """Median of ``v`` and the 2.5 / 97.5 percentiles of the medians of ``n`` bootstrap
+    resamples (with replacement, ``seed`` fixed)."""
+    v = np.asarray(v, float)
+    rng = np.random.default_rng(seed)
+    meds = np.median(v[rng.integers(0, len(v), (n, len(v)))], axis=1)
+    lo, hi = np.percentile(meds, [2.5, 97.5])
+    return float(np.median(v)), float(lo), float(hi)
+
+
+def verdict(lo: float, hi: float, goal: float = 1.5) -> str:
+    return ("met" if hi < goal else "not met" if lo > goal else "not decided") + f" (CI vs {goal:g}x)"
+
+
+def processes_mode(a, work: Path, path: Path, mm_path: Path, K: int) -> None:
+    """``--processes``: many alternating rounds, every read in a new process (module doc)."""
+    import subprocess
+
+    rng = np.random.default_rng(a.seed)
+    arms = [(f"{x:g}", x) for x in a.settle] + ([("hot", 0.0)] if a.hot else [])
+    t_start, runs = dt.datetime.now(dt.UTC), []
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1])] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    digests = {}
+    for r in range(a.rounds):
+        load_round = os.getloadavg()
+        for arm, settle in arms:
+            order = list(rng.permutation(["mm", "fresh", "store"]))
+            row = {"round": r + 1, "arm": arm, "load": load_round[0], "load5": load_round[1],
+                   "order": "/".join(order), "time": f"{dt.datetime.now(dt.UTC):%H:%M:%S}"}
+            for name in order:
+                check = r == 0
+                p = subprocess.Popen(
+                    [sys.executable, str(Path(__file__).resolve()), "--child", name, str(work),
+                     str(a.reps), str(int(check))],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                while (line := p.stdout.readline()) and line.strip() != "ready":
+                    pass
+                if not line:
+                    raise SystemExit(f"bench_cold_query.py: the {name} reader process failed to "
+                                     f"start (exit {p.wait()}); see its error above")
+                evict(mm_path, path)
+                row[f"{name}_resident"] = resident_fraction(mm_path, path)
+                if arm == "hot":
+                    hot = np.ones(int(a.hot * 2**30), np.uint8)
+                    del hot
+                k0 = reported_kib()
+                time.sleep(settle)
+                k1 = reported_kib()
+                row[f"{name}_reported_gib"] = (k1 - k0) / 2**20 if k0 is not None else float("nan")
+                row[f"{name}_load"] = os.getloadavg()[0]
+                out, _ = p.communicate("go\n")
+                if p.returncode:
+                    raise SystemExit(f"bench_cold_query.py: the {name} reader process exited "
+                                     f"{p.returncode}; see its error above")
+                res = json.loads(out.strip().splitlines()[-1])
+                if (d := res.pop("digest")) is not None:
+                    digests[name] = d
+                row.update({f"{name}_{k}": v for k, v in res.items()})
+            runs.append(row)
+            print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+        if r == 0 and len(set(digests.values())) != 1:
+            raise SystemExit(f"bench_cold_query.py: the store's query and the memmap read differ "
+                             f"(digests {digests})")
+    evict(mm_path, path)
+    t_end = dt.datetime.now(dt.UTC)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "start": f"{t_start:%Y-%m-%d %H:%M:%S}",
+                                            "end": f"{t_end:%H:%M:%S}", "rounds": runs}, indent=1))
+    text = processes_report(runs, a, t_start, t_end, K)
+    print(text)
+    if a.append:
+        with open(Path(__file__).resolve().parent / "RESULTS.md", "a") as f:
+            f.write(text)
+
+
+RATIOS = [("fresh/mm cold", "fresh_cold", "mm_cold"), ("store/mm cold", "store_cold", "mm_cold"),
+          ("store/mm warm", "store_warm", "mm_warm"), ("fresh/mm warm", "fresh_warm", "mm_warm")]
+
+
+def processes_report(runs, a, t_start, t_end, K) -> str:
+    counted = [x for x in runs if x["load"] < a.max_load]
+    lines = [
+        "", "### many rounds, one process per read (bench_cold_query.py --processes)", "",
+        f"{t_start:%Y-%m-%d %H:%M}–{t_end:%H:%M} UTC, {os.cpu_count()}-core {platform.machine()}. "
+        f"`python benchmarks/bench_cold_query.py --processes --samples {a.samples} --rounds "
+        f"{a.rounds} --settle {' '.join(f'{x:g}' for x in a.settle)}"
+        f"{f' --hot {a.hot:g}' if a.hot else ''} --reps {a.reps} --seed {a.seed} --max-load "
+        f"{a.max_load:g}`; output {a.samples}×{K}×{a.hidden} float16. Rounds counted: 1-min load "
+        f"at the round's start < {a.max_load:g}: {len({x['round'] for x in counted})} of {a.rounds}.",
+        "", "Per round, wall s / CPU s (cold; warm = best of the repeats):", "",
+        "| round | arm | load 1/5 min | order | memmap cold | fresh store cold | open store cold | "
+        "memmap warm | fresh warm | open store warm | counted |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in runs:
+        lines.append(
+            f"| {x['round']} | {x['arm']} | {x['load']:.1f} / {x['load5']:.1f} | {x['order']} | "
+            + " | ".join(f"{x[f'{n}_{c}']:.2f} / {x[f'{n}_{c}_cpu']:.2f}"
+                         for c in ("cold", "warm") for n in ("mm", "fresh", "store"))
+            + f" | {'yes' if x['load'] < a.max_load else 'no'} |")
+    for title, rows in (("counted rounds", counted), ("all rounds", runs)):
+        if not rows:
+            lines += ["", f"No {title}."]
+            continue
+        lines += ["", f"Median of the per-round ratios [bootstrap 95 % CI of the median], {title}:",
+                  "", "| arm | n | ratio | CPU | verdict (CPU) | wall | verdict (wall) |",
+                  "|---|---|---|---|---|---|---|"]
+        for arm in dict.fromkeys(x["arm"] for x in runs):
+            sel = [x for x in rows if x["arm"] == arm]
+            if not sel:
+                continue
+            for name, num, den in RATIOS:
+                cells = []
+                for suf in ("_cpu", ""):
+                    m, lo, hi = boot_median([x[num + suf] / x[den + suf] for x in sel], a.seed)
+                    cells += [f"{m:.2f}x [{lo:.2f}–{hi:.2f}]", verdict(lo, hi)]
+                lines.append(f"| {arm} | {len(sel)} | {name} | " + " | ".join(cells) + " |")
+        lines += ["", f"Medians, CPU s ({title}): " + "; ".join(
+            f"{arm}: " + ", ".join(f"{n} cold {np.median([x[f'{n}_cold_cpu'] for x in rows if x['arm'] == arm]):.2f}"
+                                   for n in ("mm", "fresh", "store"))
+            for arm in dict.fromkeys(x["arm"] for x in rows))]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        kind, work, reps, check = argv[1:5]
+        return _child(kind, work, int(reps), bool(int(check)))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     shape_args(ap)
     ap.add_argument("--rounds", type=int, default=4)
@@ -103,6 +289,15 @@ def main(argv=None):
     ap.add_argument("--workdir", required=True,
                     help="where the store and memmap are written once and kept (~7 GB at 100k)")
     ap.add_argument("--append", action="store_true", help="add a section to RESULTS.md")
+    ap.add_argument("--processes", action="store_true",
+                    help="many-rounds mode: every read in a new process, per-round ratios with "
+                         "bootstrap CIs of their median (module doc)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="--processes: the order of the reads in each round and the bootstrap")
+    ap.add_argument("--max-load", type=float, default=2.5,
+                    help="--processes: count a round only if the 1-minute load average at its "
+                         "start is below this")
+    ap.add_argument("--json", help="--processes: also write every round's numbers to this file")
     a = ap.parse_args(argv)
     N, T, H, B = a.samples, a.tokens, a.hidden, a.batch
     work = Path(a.workdir)
@@ -112,6 +307,8 @@ def main(argv=None):
     from actstore import open_store
 
     raw, K = memmap_role_read(mm_path, np.load(work / "role.npy"))
+    if a.processes:
+        return processes_mode(a, work, path, mm_path, K)
 
     s = open_store(path)
 
