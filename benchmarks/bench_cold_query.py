@@ -210,7 +210,7 @@ def processes_mode(a, work: Path, path: Path, mm_path: Path, K: int) -> None:
     evict(mm_path, path)
     t_end = dt.datetime.now(dt.UTC)
     if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "start": f"{t_start:%Y-%m-%d %H:%M:%S}",
+        Path(a.json).write_text(json.dumps({"args": vars(a), "argv": sys.argv[1:], "K": K, "start": f"{t_start:%Y-%m-%d %H:%M:%S}",
                                             "end": f"{t_end:%H:%M:%S}", "rounds": runs}, indent=1))
     text = processes_report(runs, a, t_start, t_end, K)
     print(text)
@@ -223,7 +223,31 @@ RATIOS = [("fresh/mm cold", "fresh_cold", "mm_cold"), ("store/mm cold", "store_c
           ("store/mm warm", "store_warm", "mm_warm"), ("fresh/mm warm", "fresh_warm", "mm_warm")]
 
 
-def processes_report(runs, a, t_start, t_end, K) -> str:
+def report_files(a) -> None:
+    """``--report``: one report of the rounds of several ``--json`` files (``run`` = file)."""
+    runs, spans = [], []
+    for i, f in enumerate(a.report, 1):
+        d = json.loads(Path(f).read_text())
+        for x in d["rounds"]:
+            runs.append({**x, "run": i})
+        cmd = d.get("argv") or [f"--{k.replace('_', '-')} {v}" for k, v in d["args"].items()
+                                 if v not in (None, False) and k not in ("report", "append")]
+        spans.append(f"run {i}: {d['start']}–{d['end']} UTC, `{' '.join(map(str, cmd))}`")
+    start = dt.datetime.strptime(json.loads(Path(a.report[0]).read_text())["start"], "%Y-%m-%d %H:%M:%S")
+    end = dt.datetime.strptime(json.loads(Path(a.report[-1]).read_text())["end"], "%H:%M:%S")
+    a.rounds = len({(x["run"], x["round"]) for x in runs})
+    a.settle = [float(x) for x in dict.fromkeys(x["arm"] for x in runs) if x != "hot"]
+    args0 = json.loads(Path(a.report[0]).read_text())["args"]
+    a.hot, a.reps, a.samples, a.hidden = args0["hot"], args0["reps"], args0["samples"], args0["hidden"]
+    K = json.loads(Path(a.report[0]).read_text()).get("K", "K")
+    text = processes_report(runs, a, start, end, K, spans)
+    print(text)
+    if a.append:
+        with open(Path(__file__).resolve().parent / "RESULTS.md", "a") as f:
+            f.write(text)
+
+
+def processes_report(runs, a, t_start, t_end, K, spans=None) -> str:
     counted = [x for x in runs if x["load"] < a.max_load]
     lines = [
         "", "### many rounds, one process per read (bench_cold_query.py --processes)", "",
@@ -232,14 +256,15 @@ def processes_report(runs, a, t_start, t_end, K) -> str:
         f"{a.rounds} --settle {' '.join(f'{x:g}' for x in a.settle)}"
         f"{f' --hot {a.hot:g}' if a.hot else ''} --reps {a.reps} --seed {a.seed} --max-load "
         f"{a.max_load:g}`; output {a.samples}×{K}×{a.hidden} float16. Rounds counted: 1-min load "
-        f"at the round's start < {a.max_load:g}: {len({x['round'] for x in counted})} of {a.rounds}.",
-        "", "Per round, wall s / CPU s (cold; warm = best of the repeats):", "",
-        "| round | arm | load 1/5 min | order | memmap cold | fresh store cold | open store cold | "
+        f"at the round's start < {a.max_load:g}: "
+        f"{len({(x.get('run', 1), x['round']) for x in counted})} of {a.rounds}.",
+        *([""] + [f"- {x}" for x in spans] if spans else []), "", "Per round, wall s / CPU s (cold; warm = best of the repeats):", "",
+        "| run.round | arm | load 1/5 min | order | memmap cold | fresh store cold | open store cold | "
         "memmap warm | fresh warm | open store warm | counted |",
         "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in runs:
         lines.append(
-            f"| {x['round']} | {x['arm']} | {x['load']:.1f} / {x['load5']:.1f} | {x['order']} | "
+            f"| {x.get('run', 1)}.{x['round']} | {x['arm']} | {x['load']:.1f} / {x['load5']:.1f} | {x['order']} | "
             + " | ".join(f"{x[f'{n}_{c}']:.2f} / {x[f'{n}_{c}_cpu']:.2f}"
                          for c in ("cold", "warm") for n in ("mm", "fresh", "store"))
             + f" | {'yes' if x['load'] < a.max_load else 'no'} |")
@@ -286,7 +311,7 @@ def main(argv=None):
                          "freed right before the read (both sides alike): the read then gets "
                          "memory not yet reported to the host, as on a machine without page "
                          "reporting ('hot' in the tables)")
-    ap.add_argument("--workdir", required=True,
+    ap.add_argument("--workdir",
                     help="where the store and memmap are written once and kept (~7 GB at 100k)")
     ap.add_argument("--append", action="store_true", help="add a section to RESULTS.md")
     ap.add_argument("--processes", action="store_true",
@@ -298,7 +323,15 @@ def main(argv=None):
                     help="--processes: count a round only if the 1-minute load average at its "
                          "start is below this")
     ap.add_argument("--json", help="--processes: also write every round's numbers to this file")
+    ap.add_argument("--report", nargs="+", metavar="JSON",
+                    help="--processes: no measuring; the report of the rounds in these --json files "
+                         "together (runs of the same options, e.g. more rounds later on a quieter "
+                         "machine), counted by --max-load")
     a = ap.parse_args(argv)
+    if a.report:
+        return report_files(a)
+    if not a.workdir:
+        ap.error("--workdir is required (where the store and the memmap are, or are written)")
     N, T, H, B = a.samples, a.tokens, a.hidden, a.batch
     work = Path(a.workdir)
     build(work, N, T, H, B, a.objects)
