@@ -40,7 +40,7 @@ process, helper threads included) of each read.
 ``--processes`` (many-rounds mode): every read runs in a new process of its own, started and set
 up (imports; the memmap's index; the open store opened, its role index built and one query run;
 for the fresh store, one query of another, tiny store of the same layout, because a process's
-first ``open_store`` imports xarray, zarr, dask, ... for ~0.5 CPU-s, reported apart as ``first
+first ``open_store`` imports xarray, zarr, dask, ... (~640 modules), reported apart as ``first
 open``) *before* the eviction, so only the timed read is cold. Three reads per round and pause, in an
 order drawn from ``--seed``: the memmap; a freshly opened store's first query
 (``open_store(path).select(...).values`` in a process that has never opened it); the open store's
@@ -124,8 +124,8 @@ def _child(kind: str, work: str, reps: int, check: bool, warmup: str) -> None:
         def fn():
             return s.select(**SITE).values
     else:
-        # the first open_store of a process imports xarray, zarr, dask, ... (~640 modules,
-        # ~0.5 CPU-s): done here on another, tiny store of the same layout, so that the timed
+        # the first open_store of a process imports xarray, zarr, dask, ... (~640 modules):
+        # done here on another, tiny store of the same layout, so that the timed
         # read is this store's first opening and query, not the process's imports
         c0 = time.process_time()
         open_store(warmup).select(**SITE).values
