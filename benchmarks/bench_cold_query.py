@@ -310,7 +310,8 @@ def processes_report(runs, a, t_start, t_end, K, spans=None) -> str:
                 cells = []
                 for suf in ("_cpu", ""):
                     m, lo, hi = boot_median([x[num + suf] / x[den + suf] for x in sel], a.seed)
-                    cells += [f"{m:.2f}x [{lo:.2f}–{hi:.2f}]", verdict(lo, hi)]
+                    cells += [f"{m:.2f}x [{lo:.2f}–{hi:.2f}]",
+                              verdict(lo, hi) if len(sel) >= 5 else "too few rounds for a CI"]
                 lines.append(f"| {arm} | {len(sel)} | {name} | " + " | ".join(cells) + " |")
         lines += ["", f"Medians, CPU s ({title}): " + "; ".join(
             f"{arm}: " + ", ".join(f"{n} cold {np.median([x[f'{n}_cold_cpu'] for x in rows if x['arm'] == arm]):.2f}"
