@@ -81,6 +81,19 @@ def reported_kib() -> int | None:
         return None
 
 
+def before_cold_read(arm: str, hot_gib: float, settle: float) -> float:
+    """After eviction, before a cold read: in the ``hot`` arm touch and free ``hot_gib`` GiB (the
+    read then gets memory the guest has not reported to its host), then wait ``settle`` s; the
+    GiB reported to the host meanwhile (NaN where not reported)."""
+    if arm == "hot":
+        hot = np.ones(int(hot_gib * 2**30), np.uint8)
+        del hot
+    k0 = reported_kib()
+    time.sleep(settle)
+    k1 = reported_kib()
+    return (k1 - k0) / 2**20 if k0 is not None else float("nan")
+
+
 def build(work: Path, N: int, T: int, H: int, B: int, K: int) -> dict:
     """The store, its role labels and the memmap in ``work``, written once (reused when its
     ``meta.json`` says they have this shape)."""
@@ -213,13 +226,7 @@ def _rounds(a, work: Path, path: Path, mm_path: Path, K: int, warmup: Path) -> N
                                      f"start (exit {p.wait()}); see its error above")
                 evict(mm_path, path)
                 row[f"{name}_resident"] = resident_fraction(mm_path, path)
-                if arm == "hot":
-                    hot = np.ones(int(a.hot * 2**30), np.uint8)
-                    del hot
-                k0 = reported_kib()
-                time.sleep(settle)
-                k1 = reported_kib()
-                row[f"{name}_reported_gib"] = (k1 - k0) / 2**20 if k0 is not None else float("nan")
+                row[f"{name}_reported_gib"] = before_cold_read(arm, a.hot, settle)
                 row[f"{name}_load"] = os.getloadavg()[0]
                 out, _ = p.communicate("go\n")
                 if p.returncode:
@@ -399,13 +406,7 @@ def main(argv=None):
                 files = ([mm_path] if name == "mm" else [path]) if own else [mm_path, path]
                 evict(*files)  # both (unless --own's arm), whichever is read
                 row[f"{name}_resident"] = max(resident_fraction(f) for f in files)
-                if arm == "hot":  # touch and free memory: the read gets it back unreported
-                    hot = np.ones(int(a.hot * 2**30), np.uint8)
-                    del hot
-                k0 = reported_kib()
-                time.sleep(settle)
-                k1 = reported_kib()
-                row[f"{name}_reported_gib"] = (k1 - k0) / 2**20 if k0 is not None else float("nan")
+                row[f"{name}_reported_gib"] = before_cold_read(arm, a.hot, settle)
                 row[f"{name}_cold"], row[f"{name}_cold_cpu"] = measure(fn)
                 if name != "fresh":
                     warm = [measure(fn) for _ in range(a.reps)]
