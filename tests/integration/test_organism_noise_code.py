@@ -24,6 +24,14 @@ def _tiny(mech="vision", **kw):
     return org.OrganismConfig(**base)
 
 
+def _replay_first_batch(cfg):
+    """The trainer's first draws replayed: its batch of items, and the generator positioned at
+    its next draw (the noisy-image mask, ``rng.random(batch) < p_noise``)."""
+    rng = np.random.default_rng(cfg.seed)
+    items = od.sample_train_items(rng, od.make_splits(8, seed=0), cfg.batch, p_extra=cfg.p_extra)
+    return items, rng
+
+
 def test_add_noise_is_scenegens_formula_per_image():
     """std = strength x 64 grey levels, rounded, clipped to [0, 255]; strength 0 = unchanged;
     the draws come from the given generator in image order (one (3, H, W) field per noisy one)."""
@@ -129,9 +137,7 @@ def test_noisy_items_can_be_kept_out_of_the_task_loss(monkeypatch):
     cfg = _tiny(arch="gemma-3", vision_pos_init="sincos", steps=1, eval_every=1,
                 aux_slot_weight=1.0, aux_slot_code=1.0, p_noise=0.5, noise_code_drop=1.0,
                 noise_task_loss=False)
-    rng = np.random.default_rng(cfg.seed)
-    splits = od.make_splits(8, seed=0)
-    od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
+    _, rng = _replay_first_batch(cfg)
     n_noisy = int((rng.random(cfg.batch) < 0.5).sum())  # the trainer's next draws
     org.train(cfg, progress=False, final_eval_items=4)
     assert 0 < n_noisy < cfg.batch and seen["n"] == cfg.batch - n_noisy
@@ -229,9 +235,7 @@ def test_trainer_weights_noisy_items_in_the_task_loss(monkeypatch):
     cfg = _tiny(arch="gemma-3", vision_pos_init="sincos", steps=1, eval_every=1,
                 aux_slot_weight=1.0, aux_slot_code=1.0, p_noise=0.5, noise_code_drop=1.0,
                 noise_task_weight=0.25)
-    rng = np.random.default_rng(cfg.seed)
-    splits = od.make_splits(8, seed=0)
-    od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
+    _, rng = _replay_first_batch(cfg)
     noisy = rng.random(cfg.batch) < 0.5  # the trainer's next draws
     org.train(cfg, progress=False, final_eval_items=4)
     assert 0 < noisy.sum() < cfg.batch and len(seen) == 1
@@ -254,9 +258,7 @@ def test_noisy_items_can_be_kept_out_of_the_lm_slot_loss(monkeypatch, keep):
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
     cfg = _tiny(arch="gemma-3", mechanism="lm", vision_pos_init="zero", steps=1, eval_every=1,
                 aux_lm_weight=1.0, aux_lm_layer=1, p_noise=0.5, noise_lm_loss=keep)
-    rng = np.random.default_rng(cfg.seed)
-    splits = od.make_splits(8, seed=0)
-    items = od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
+    items, rng = _replay_first_batch(cfg)
     noisy = rng.random(cfg.batch) < 0.5  # the trainer's next draws
     n_obj = np.array([(od.region_slots(it.layout, 8, "object") >= 0).sum() for it in items])
     org.train(cfg, progress=False, final_eval_items=4)
@@ -322,9 +324,7 @@ def test_trainer_mixes_the_noisy_items_task_target(monkeypatch):
     monkeypatch.setattr(org, "mixed_answer_loss", spy)
     cfg = _tiny(arch="gemma-3", vision_pos_init="sincos", steps=1, eval_every=1,
                 p_noise=0.5, noise_answer_mix=1.2)
-    rng = np.random.default_rng(cfg.seed)
-    splits = od.make_splits(8, seed=0)
-    od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
+    _, rng = _replay_first_batch(cfg)
     s = np.where(rng.random(cfg.batch) < 0.5, rng.uniform(0.0, 1.0, cfg.batch), 0.0)
     org.train(cfg, progress=False, final_eval_items=4)
     assert 0 < (s > 0).sum() < cfg.batch and len(seen) == 1
@@ -607,9 +607,7 @@ def test_trainer_anchors_on_the_init_models_clean_items(monkeypatch, tmp_path):
     cfg = _tiny(arch="gemma-3", vision_pos_init="sincos", steps=2, eval_every=2,
                 aux_slot_weight=1.0, aux_region="band", p_noise=0.5, noise_code_drop=0.5,
                 aux_anchor_init=0.1, init_from=str(tmp_path / "init"))
-    rng = np.random.default_rng(cfg.seed)
-    splits = od.make_splits(8, seed=0)
-    od.sample_train_items(rng, splits, cfg.batch, p_extra=cfg.p_extra)
+    _, rng = _replay_first_batch(cfg)
     noisy = rng.random(cfg.batch) < 0.5  # the trainer's next draws
     org.train(cfg, progress=False, final_eval_items=4)
     assert 0 < noisy.sum() < cfg.batch and len(seen) == 2
