@@ -299,28 +299,42 @@ def write_piece(g, covered: np.ndarray, *, force: bool = False,
         n, blocks, crcs = 0, [], []
         for b0 in range(0, len(covered), BLOCK):
             rows = covered[b0:b0 + BLOCK]
-            labels = _block_labels(fg, store, cache, rows, fam, T, held, n_samples)
-            ent, off = entries(rows, labels)
+            ent, crc, block = _block_entries(
+                rows, _block_labels(fg, store, cache, rows, fam, T, held, n_samples), n)
             m = len(ent["sample"])
             if m:
                 for f, arr in arrays.items():
                     arr.resize((n + m,))
                     arr[n:n + m] = ent[f]
-            crcs.append([_crc(ent[f][off[c]:off[c + 1]] for f in FIELDS) for c in range(N_ROLES)])
-            blocks.append([int(rows[0]), int(rows[-1]) + 1, *(int(n + o) for o in off)])
+            crcs.append(crc)
+            blocks.append(block)
             n += m
         pf.attrs.update({"n_tokens": T, "blocks": blocks, "crc": crcs, "n_entries": n})
-    extra = {}
-    if done_stat is not None and len(done_stat):
-        sig = np.ascontiguousarray(done_stat, "<i8")
+    sig, attrs = _piece_attrs(g, covered, done_stat, n_samples)
+    if sig is not None:
         arr = pg.create_array(DONE_STAT, shape=sig.shape, dtype="int64", chunks=sig.shape,
                               fill_value=-1, dimension_names=("chunk", "field"))
         arr[:] = sig
-        extra = {"done_rows": int(g["samples"]["done"].chunks[0]), "done_stat_crc": _crc([sig])}
-    pg.attrs.update({"format": FORMAT, "n_covered": int(len(covered)), **extra,
-                     "covered_crc": _crc([covered]), "n_samples": n_samples,
-                     "complete": True})
+    pg.attrs.update(attrs)
     return name
+
+
+def _block_entries(rows: np.ndarray, labels: dict[str, np.ndarray], base: int):
+    """One block of a piece: its entries (:func:`entries`), the CRC of each role's slice and
+    its ``blocks`` record ``[first, stop, role offsets...]`` with the offsets from ``base``."""
+    ent, off = entries(rows, labels)
+    crc = [_crc(ent[f][off[c]:off[c + 1]] for f in FIELDS) for c in range(N_ROLES)]
+    return ent, crc, [int(rows[0]), int(rows[-1]) + 1, *(int(base + o) for o in off)]
+
+
+def _piece_attrs(g, covered: np.ndarray, done_stat, n_samples: int):
+    """A finished piece's ``done_stat`` array (None: none stored) and its attributes."""
+    sig, extra = None, {}
+    if done_stat is not None and len(done_stat):
+        sig = np.ascontiguousarray(done_stat, "<i8")
+        extra = {"done_rows": int(g["samples"]["done"].chunks[0]), "done_stat_crc": _crc([sig])}
+    return sig, {"format": FORMAT, "n_covered": int(len(covered)), **extra,
+                 "covered_crc": _crc([covered]), "n_samples": n_samples, "complete": True}
 
 
 def _array_meta(shape, dtype, chunks, fill_value, dims):
@@ -346,30 +360,24 @@ def _write_piece_at_once(g, ig, name, covered, done_stat, held, cache, n_samples
     rows = covered
     for d in g.attrs["sites"]:
         fam, T = d["name"], int(d["n_tokens"])
-        labels = _block_labels(g[fam], store, cache, rows, fam, T, held, n_samples)
-        ent, off = entries(rows, labels)
+        ent, crc, block = _block_entries(
+            rows, _block_labels(g[fam], store, cache, rows, fam, T, held, n_samples), 0)
         m = len(ent["sample"])
-        crcs = [[_crc(ent[f][off[c]:off[c + 1]] for f in FIELDS) for c in range(N_ROLES)]]
-        blocks = [[int(rows[0]), int(rows[-1]) + 1, *(int(o) for o in off)]]
         nodes[f"{name}/{fam}"] = GroupMetadata(attributes={
-            "n_tokens": T, "blocks": blocks, "crc": crcs, "n_entries": m})
+            "n_tokens": T, "blocks": [block], "crc": [crc], "n_entries": m})
         for f, (dt, none) in FIELDS.items():
             nodes[f"{name}/{fam}/{f}"] = _array_meta((m,), dt, (CHUNK,), none, ("entry",))
             if m:
                 data[f"{name}/{fam}/{f}"] = ent[f]
-    extra = {}
-    if done_stat is not None and len(done_stat):
-        sig = np.ascontiguousarray(done_stat, "<i8")
+    sig, attrs = _piece_attrs(g, covered, done_stat, n_samples)
+    if sig is not None:
         nodes[f"{name}/{DONE_STAT}"] = _array_meta(sig.shape, "int64", sig.shape, -1,
                                                    ("chunk", "field"))
         data[f"{name}/{DONE_STAT}"] = sig
-        extra = {"done_rows": int(g["samples"]["done"].chunks[0]), "done_stat_crc": _crc([sig])}
     made = dict(ig.create_hierarchy(nodes))
     for path, v in data.items():
         made[path][...] = v
-    made[name].attrs.update({"format": FORMAT, "n_covered": int(len(covered)), **extra,
-                             "covered_crc": _crc([covered]), "n_samples": n_samples,
-                             "complete": True})
+    made[name].attrs.update(attrs)
     return name
 
 
