@@ -409,6 +409,8 @@ def _effects(t: pd.DataFrame) -> pd.DataFrame:
 
 CROSS_FITTED = "cross-fitted alpha (K-fold)"
 """Label of the cross-fitted selection (criterion 4 reads it, ``organisms.criteria``)."""
+HELD_OUT = "held-out alpha"
+"""Label of the selection on the ``select_split`` items."""
 
 
 def _pick_alpha(d: pd.DataFrame) -> float:
@@ -537,7 +539,7 @@ def summarize_e7(table: pd.DataFrame, config: AmplifyConfig) -> dict[str, Any]:
         d_ev = _effects(table[table["item"].isin(ev)])
         r = d_ev[(d_ev["control"] == c) & (d_ev["alpha"] == a_star)].iloc[0]
         b = d_ev[(d_ev["control"] == c) & (d_ev["alpha"] == 0)].iloc[0]
-        out["selections"].append(_sel("held-out alpha", c, a_star, r, b, how,
+        out["selections"].append(_sel(HELD_OUT, c, a_star, r, b, how,
                                       n_select=len(sel)))
         out["selections"].append(cross_fitted(table, config, c))
         # paper's Probe: best single alpha on the failing items, in-sample

@@ -116,7 +116,8 @@ def ablate(model, data, out, limit, batch_size, prompt, progress, quiet, recipe)
               help="Split on which the held-out alpha is chosen (reported on the others).")
 @click.option("--cv-folds", type=int, default=4, show_default=True,
               help="Folds of the cross-fitted alpha selection: items grouped by colour triple "
-                   "(else scene), each fold scored at the alpha chosen on the other folds.")
+                   "with its mirror (else scene), each fold scored at the alpha chosen on the "
+                   "other folds.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random-direction control and of the cross-fitting folds.")
 @click.option("--controls/--no-controls", default=False, show_default=True,

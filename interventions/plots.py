@@ -97,14 +97,16 @@ def dose_response(summary: dict, path: str | Path) -> Path:
     axes[1].set_ylabel("items")
     axes[1].axhline(0, color="k", lw=0.5)
     # the probe's alpha selections: the held-out split's, and the cross-fitted folds' alphas
+    from .amplification import CROSS_FITTED, HELD_OUT
+
     sel = {s.get("selection"): s for s in summary.get("selections", [])
            if s.get("control") == "probe"}
-    held = sel.get("held-out alpha")
+    held = sel.get(HELD_OUT)
     if held and held.get("alpha") is not None:
         for ax in axes:
             ax.axvline(held["alpha"], color="tab:gray", ls=":", lw=1,
                        label=f"held-out alpha {held['alpha']:g}" if ax is axes[0] else None)
-    cf = sel.get("cross-fitted alpha (K-fold)")
+    cf = sel.get(CROSS_FITTED)
     if cf and cf.get("fold_alphas"):
         fa = [float(a) for a in cf["fold_alphas"]]
         axes[0].scatter(fa, [0.0] * len(fa), marker="^", color="tab:red", zorder=3,

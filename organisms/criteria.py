@@ -133,6 +133,8 @@ def criterion_ablation(mechanism: str, base, ablated, e6_flip_layers=None, *,
     return {"criterion": 3, "measured": meas, "expected": expected, "holds": _verdict(ok)}
 
 
+#: The E7 summary's selection labels, as ``interventions.amplification`` writes them (spelled
+#: here because the organisms may not import ``interventions``; ``study`` takes them from here).
 CROSS_FITTED = "cross-fitted alpha (K-fold)"
 HELD_OUT = "held-out alpha"
 

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from organisms.criteria import CROSS_FITTED, HELD_OUT
+
 #: Paper numbers quoted in PAPER.md, each with what it was measured on: a number stands
 #: beside ours as comparable only when model, task, recipe and metric all match.
 PAPER_MODELS = ("Qwen2-VL-7B-Instruct", "gemma-3-4b-it")
@@ -210,11 +212,8 @@ def _layer0(summary: dict | None, region: str, key: str = "flip_rate"):
     return None
 
 
-CROSS_FITTED = "cross-fitted alpha (K-fold)"
-
-
 def _heldout(summary: dict | None, control: str = "probe", *,
-             name: str = "held-out alpha") -> dict | None:
+             name: str = HELD_OUT) -> dict | None:
     """The selection ``name`` (default: the held-out split's) of ``control`` in an E7 summary."""
     for s in (summary or {}).get("selections", []):
         if s.get("selection") == name and s.get("control") == control:
