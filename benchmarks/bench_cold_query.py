@@ -49,7 +49,17 @@ wall around the call, then ``--reps`` warm repeats of the same call in the same 
 taken). Reported: per-round ratios store / memmap, their median and a bootstrap 95 % CI of the
 median (10,000 resamples of the rounds, ``--seed``), for cold (fresh and open store) and warm, CPU
 and wall, over the rounds whose 1-minute load average at the start of the round is below
-``--max-load`` (the rule is fixed by the option before the run; all rounds are shown too).
+``--max-load`` (the rule is fixed by the option before the run; all rounds are shown too). Every
+read's minor / major page faults (``getrusage``) and peak RSS are reported beside its CPU.
+``--steps`` also splits the fresh reader's cold read into ``open_store``, ``select`` and
+``.values`` (CPU and faults of each); ``--base-tree DIR`` adds a fourth read to every round, a
+fresh store's first query run by another checkout of this repository (its own
+``benchmarks/bench_cold_query.py --child fresh`` and ``actstore``), so that a change to the reader
+is measured before and after in the same rounds, under the same conditions::
+
+    git archive main | tar -x -C /tmp/before      # the reader before the change
+    python benchmarks/bench_cold_query.py --workdir /tmp/cold --processes --rounds 4 --settle 0 \
+        --hot 4.5 --steps --base-tree /tmp/before --json /tmp/cold/after-vs-before.json
 """
 from __future__ import annotations
 
@@ -117,10 +127,19 @@ def build(work: Path, N: int, T: int, H: int, B: int, K: int) -> dict:
 SITE = dict(site="lm.resid.0", role="object")
 
 
-def _child(kind: str, work: str, reps: int, check: bool, warmup: str) -> None:
+def _usage() -> tuple[int, int, float, float]:
+    """Minor faults, major faults, CPU s (process_time) and peak RSS (MiB) of this process now."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_minflt, ru.ru_majflt, time.process_time(), ru.ru_maxrss / 1024
+
+
+def _child(kind: str, work: str, reps: int, check: bool, warmup: str, steps: bool = False) -> None:
     """One read in a process of its own (``--processes``): set up, print ``ready``, wait for
     ``go`` on stdin (the parent evicts meanwhile), then time the cold read and ``reps`` warm
-    repeats and print one JSON line."""
+    repeats and print one JSON line. ``steps`` (the fresh reader): also the minor faults and
+    CPU of each step of its cold read (``open_store``, ``select``, ``.values``)."""
     import hashlib
     import resource
 
@@ -146,12 +165,28 @@ def _child(kind: str, work: str, reps: int, check: bool, warmup: str) -> None:
 
         def fn():
             return open_store(path).select(**SITE).values
+    step_usage = {}
+    if steps and kind == "fresh":
+        def cold():  # the same calls as fn, with the usage between them
+            u0 = _usage()
+            s = open_store(path)
+            u1 = _usage()
+            x = s.select(**SITE)
+            u2 = _usage()
+            out = x.values
+            u3 = _usage()
+            for name, a, b in (("open", u0, u1), ("select", u1, u2), ("values", u2, u3)):
+                step_usage[name] = {"minflt": b[0] - a[0], "majflt": b[1] - a[1],
+                                    "cpu": b[2] - a[2]}
+            return out
+    else:
+        cold = fn
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     c0, t0 = time.process_time(), time.perf_counter()
-    out = fn()
+    out = cold()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     digest = hashlib.blake2b(out.tobytes(), digest_size=16).hexdigest() if check else None
@@ -161,7 +196,9 @@ def _child(kind: str, work: str, reps: int, check: bool, warmup: str) -> None:
                       "cold_user": ru1.ru_utime - ru0.ru_utime, "cold_sys": ru1.ru_stime - ru0.ru_stime,
                       "minflt": ru1.ru_minflt - ru0.ru_minflt, "majflt": ru1.ru_majflt - ru0.ru_majflt,
                       "warm": min(w for w, _ in warm), "warm_cpu": min(c for _, c in warm),
-                      "digest": digest, **({"first_cpu": first_cpu} if kind == "fresh" else {})}),
+                      "maxrss_mib": ru1.ru_maxrss / 1024,
+                      "digest": digest, **({"first_cpu": first_cpu} if kind == "fresh" else {}),
+                      **({"steps": step_usage} if step_usage else {})}),
           flush=True)
 
 
@@ -202,6 +239,7 @@ def _rounds(a, work: Path, path: Path, mm_path: Path, K: int, warmup: Path) -> N
 
     rng = np.random.default_rng(a.seed)
     arms = [(f"{x:g}", x) for x in a.settle] + ([("hot", 0.0)] if a.hot else [])
+    reads = ["mm", "fresh", "store"] + (["base"] if a.base_tree else [])
     t_start, runs = dt.datetime.now(dt.UTC), []
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -210,15 +248,21 @@ def _rounds(a, work: Path, path: Path, mm_path: Path, K: int, warmup: Path) -> N
     for r in range(a.rounds):
         load_round = os.getloadavg()
         for arm, settle in arms:
-            order = list(rng.permutation(["mm", "fresh", "store"]))
+            order = list(rng.permutation(reads))
             row = {"round": r + 1, "arm": arm, "load": load_round[0], "load5": load_round[1],
                    "order": "/".join(order), "time": f"{dt.datetime.now(dt.UTC):%H:%M:%S}"}
             for name in order:
                 check = r == 0
-                p = subprocess.Popen(
-                    [sys.executable, str(Path(__file__).resolve()), "--child", name, str(work),
-                     str(a.reps), str(int(check)), str(warmup)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                if name == "base":  # the other checkout's own benchmark and actstore, fresh read
+                    cmd = [str(Path(a.base_tree) / "benchmarks" / "bench_cold_query.py"),
+                           "--child", "fresh", str(work), str(a.reps), str(int(check)), str(warmup)]
+                    penv = {**env, "PYTHONPATH": str(Path(a.base_tree).resolve())}
+                else:
+                    cmd = [str(Path(__file__).resolve()), "--child", name, str(work), str(a.reps),
+                           str(int(check)), str(warmup)] + (["steps"] if a.steps else [])
+                    penv = env
+                p = subprocess.Popen([sys.executable, *cmd], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=penv)
                 while (line := p.stdout.readline()) and line.strip() != "ready":
                     pass
                 if not line:
@@ -273,6 +317,7 @@ def report_files(a) -> None:
     a.settle = [float(x) for x in dict.fromkeys(x["arm"] for x in runs) if x != "hot"]
     args0 = json.loads(Path(a.report[0]).read_text())["args"]
     a.hot, a.reps, a.samples, a.hidden = args0["hot"], args0["reps"], args0["samples"], args0["hidden"]
+    a.steps, a.base_tree = args0.get("steps", False), args0.get("base_tree")
     K = json.loads(Path(a.report[0]).read_text()).get("K", "K")
     text = processes_report(runs, a, start, end, K, spans)
     print(text)
@@ -289,7 +334,9 @@ def processes_report(runs, a, t_start, t_end, K, spans=None) -> str:
         f"`python benchmarks/bench_cold_query.py --processes --samples {a.samples} --rounds "
         f"{a.rounds} --settle {' '.join(f'{x:g}' for x in a.settle)}"
         f"{f' --hot {a.hot:g}' if a.hot else ''} --reps {a.reps} --seed {a.seed} --max-load "
-        f"{a.max_load:g}`; output {a.samples}×{K}×{a.hidden} float16. Rounds counted: 1-min load "
+        f"{a.max_load:g}{' --steps' if getattr(a, 'steps', False) else ''}"
+        f"{f' --base-tree {a.base_tree}' if getattr(a, 'base_tree', None) else ''}`; output "
+        f"{a.samples}×{K}×{a.hidden} float16. Rounds counted: 1-min load "
         f"at the round's start < {a.max_load:g}: "
         f"{len({(x.get('run', 1), x['round']) for x in counted})} of {a.rounds}.",
         *([""] + [f"- {x}" for x in spans] if spans else []), "", "Per round, wall s / CPU s (cold; warm = best of the repeats):", "",
@@ -328,14 +375,64 @@ def processes_report(runs, a, t_start, t_end, K, spans=None) -> str:
             lines[-1] += (f". A new process's first `open_store` + query (a tiny store, imports "
                           f"included; not in the ratios): "
                           f"{np.median([x['fresh_first_cpu'] for x in rows]):.2f} CPU-s.")
+        lines += _faults_report(rows, title, a.seed)
     return "\n".join(lines) + "\n"
+
+
+def _faults_report(rows, title: str, seed: int) -> list[str]:
+    """Medians of CPU s and page faults of each cold read per arm, and (with ``--base-tree``) the
+    fresh reader of this checkout against the other's, side by side; (with ``--steps``) the fresh
+    reader's steps. Rows without those fields (older runs) are left out."""
+    names = [n for n in ("mm", "fresh", "base", "store") if all(f"{n}_minflt" in x for x in rows)]
+    if not names:
+        return []
+    label = {"mm": "memmap", "fresh": "fresh store", "base": "fresh store, --base-tree",
+             "store": "open store"}
+    out = ["", f"Cold reads, medians ({title}): CPU s (user + system), minor / major page faults, "
+               f"peak RSS of the reading process:", "",
+           "| arm | n | read | CPU s | user s | system s | minor faults | major faults | peak RSS MiB |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for arm in dict.fromkeys(x["arm"] for x in rows):
+        sel = [x for x in rows if x["arm"] == arm]
+        for n in names:
+            def med(k):
+                v = [x[f"{n}_{k}"] for x in sel if f"{n}_{k}" in x]
+                return np.median(v) if v else float("nan")
+            out.append(f"| {arm} | {len(sel)} | {label[n]} | {med('cold_cpu'):.3f} | "
+                       f"{med('cold_user'):.3f} | {med('cold_sys'):.3f} | {med('minflt'):.0f} | "
+                       f"{med('majflt'):.0f} | "
+                       f"{'–' if np.isnan(med('maxrss_mib')) else format(med('maxrss_mib'), '.0f')} |")
+    if "base" in names:
+        out += ["", f"This checkout's fresh reader against `--base-tree`'s, per-round ratios "
+                    f"(median [bootstrap 95 % CI]), {title}:", "",
+                "| arm | n | fresh / memmap CPU | base / memmap CPU | fresh / base CPU | "
+                "fresh / base minor faults |", "|---|---|---|---|---|---|"]
+        for arm in dict.fromkeys(x["arm"] for x in rows):
+            sel = [x for x in rows if x["arm"] == arm]
+            cells = []
+            for num, den, k in (("fresh", "mm", "cold_cpu"), ("base", "mm", "cold_cpu"),
+                                ("fresh", "base", "cold_cpu"), ("fresh", "base", "minflt")):
+                m, lo, hi = boot_median([x[f"{num}_{k}"] / x[f"{den}_{k}"] for x in sel], seed)
+                cells.append(f"{m:.2f}x [{lo:.2f}–{hi:.2f}]")
+            out.append(f"| {arm} | {len(sel)} | " + " | ".join(cells) + " |")
+    if all("fresh_steps" in x for x in rows):
+        out += ["", f"The fresh reader's cold read by step, medians ({title}): CPU s / minor "
+                    f"faults:", "", "| arm | n | open_store | select | .values |",
+                "|---|---|---|---|---|"]
+        for arm in dict.fromkeys(x["arm"] for x in rows):
+            sel = [x for x in rows if x["arm"] == arm]
+            out.append(f"| {arm} | {len(sel)} | " + " | ".join(
+                f"{np.median([x['fresh_steps'][st]['cpu'] for x in sel]):.3f} / "
+                f"{np.median([x['fresh_steps'][st]['minflt'] for x in sel]):.0f}"
+                for st in ("open", "select", "values")) + " |")
+    return out
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         kind, work, reps, check, warmup = argv[1:6]
-        return _child(kind, work, int(reps), bool(int(check)), warmup)
+        return _child(kind, work, int(reps), bool(int(check)), warmup, argv[6:7] == ["steps"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     shape_args(ap)
     ap.add_argument("--rounds", type=int, default=4)
@@ -362,6 +459,16 @@ def main(argv=None):
                     help="--processes: count a round only if the 1-minute load average at its "
                          "start is below this")
     ap.add_argument("--json", help="--processes: also write every round's numbers to this file")
+    ap.add_argument("--steps", action="store_true",
+                    help="--processes: also the minor faults and CPU of each step of the fresh "
+                         "reader's cold read (open_store, select, .values; 'fresh_steps' in the "
+                         "JSON, a table in the report)")
+    ap.add_argument("--base-tree", metavar="DIR",
+                    help="--processes: a fourth read in every round, a fresh store's first query "
+                         "run by another checkout DIR of this repository (its own benchmarks/"
+                         "bench_cold_query.py --child and actstore, e.g. main before a change): "
+                         "before and after side by side ('base' in the JSON and the report; its "
+                         "first round's output checked byte-equal to the others')")
     ap.add_argument("--report", nargs="+", metavar="JSON",
                     help="--processes: no measuring; the report of the rounds in these --json files "
                          "together (runs of the same options, e.g. more rounds later on a quieter "
