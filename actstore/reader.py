@@ -458,12 +458,13 @@ class Store:
         if lay is not None:
             per = max(K * spec.hidden * np.dtype(spec.dtype).itemsize, 1)
             c = max(1, TARGET_CHUNK_BYTES // per)  # gathered blocks of bounded size (streaming)
-            s_d = da.from_array(np.asarray(samples, np.int64)[:, None], chunks=(c, 1))
-            t_d = da.from_array(np.asarray(tokens), chunks=(c, K))
+            tok = tokenize(self.path, arr.path, layer_pos, samples, tokens)
+            s_d = _row_blocks(np.asarray(samples, np.int64)[:, None], c, f"actstore-samples-{tok}")
+            t_d = _row_blocks(np.asarray(tokens), c, f"actstore-tokens-{tok}")
             data = da.map_blocks(lambda s_, t_: _direct.gather(lay, layer_pos, s_[:, 0], t_),
                                  s_d, t_d, dtype=np.dtype(spec.dtype), new_axis=2,
                                  chunks=(t_d.chunks[0], (K,), (spec.hidden,)),
-                                 name=f"actstore-gather-{tokenize(self.path, arr.path, layer_pos, samples, tokens)}")
+                                 name=f"actstore-gather-{tok}")
             data = _gathered_array_type()(data.dask, data.name, data.chunks, meta=data._meta)
             data._whole = lambda: _direct.gather(lay, layer_pos, samples, tokens)
             return xr.DataArray(data, dims=(*dims, S.HIDDEN))
@@ -754,6 +755,21 @@ def _loaded_table(value: np.ndarray):
 def _lazy_coord(load, shape, dtype):
     table, lazy = _lazy_coord_type()
     return lazy(table(load, shape, dtype))
+
+
+def _row_blocks(a: np.ndarray, c: int, name: str):
+    """A dask array of the blocks of ``c`` rows of ``a`` (``a.shape[0] > 0``), each block a view
+    of ``a`` in the graph. ``da.from_array`` copies every numpy array it is given (4 MiB of
+    first-touched memory for a 100k-sample role index); ``a`` here is the reader's read-only
+    index table (a view of it) or an array made for this query alone, so no copy is needed."""
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
+    n = a.shape[0]
+    rows = tuple(min(c, n - i) for i in range(0, n, c))
+    dsk = {(name, i) + (0,) * (a.ndim - 1): a[i * c:i * c + r] for i, r in enumerate(rows)}
+    return da.Array(HighLevelGraph.from_collections(name, dsk, dependencies=()), name,
+                    (rows, *((d,) for d in a.shape[1:])), dtype=a.dtype)
 
 
 def _chunk_runs(chunks: np.ndarray) -> list[tuple[int, int]]:
