@@ -82,6 +82,36 @@ def test_normal_store_index_comes_from_one_piece_and_equals_the_labels(tmp_path)
     assert_valid(tmp_path / "s")
 
 
+def test_piece_of_many_blocks_equals_the_labels_and_the_ground_truth(tmp_path, monkeypatch):
+    """A piece of several blocks (``BLOCK`` samples each: 8192 in use, 3 here, so 7 blocks of
+    a 20-sample store), each block's slice read into its place in the reader's arrays, the five
+    label fields views of one shared buffer: the index equals the labels' element for element,
+    every label table equals the writer's ground truth token by token, and a role query (values
+    and every coord) equals a reader's without the index."""
+    monkeypatch.setattr(_index, "BLOCK", 3)
+    path = tmp_path / "s"
+    truth = make_store(path, n_samples=N, batch_size=B)
+    (name,) = _pieces(path)
+    assert len(zarr.open_group(path / "tiny" / _index.GROUP / name / "lm.resid",
+                               mode="r").attrs["blocks"]) == -(-N // 3)
+    _assert_same(path)
+    s = open_store(path)
+    code = ROLE_NAMES.index("object")
+    counts, idx, lab = s._role_index(s.group(), "lm.resid", code)
+    tok = truth.tokens["lm.resid"]
+    for i in range(N):  # the oracle: the writer's own token labels of sample i
+        want = np.flatnonzero(tok["role"][i] == code)
+        assert counts[i] == len(want) and list(idx[i, :len(want)]) == list(want)
+        assert (idx[i, len(want):] == -1).all()
+        for k in ("ordinal", "entity", "row", "col", "position"):
+            assert list(lab[k][i, :len(want)]) == list(tok[k][i, want]), (i, k)
+    x = s.select(site="lm.resid.1", role="object")
+    ref = open_store(path, index=False).select(site="lm.resid.1", role="object")
+    assert x.values.tobytes() == ref.values.tobytes()
+    for c in ref.coords:
+        assert x[c].dtype == ref[c].dtype and x[c].values.tobytes() == ref[c].values.tobytes(), c
+
+
 def test_sharded_writers_write_one_piece_each_with_disjoint_files(tmp_path):
     make_store(tmp_path / "s", n_samples=N, batch_size=B, shard=(0, 2))
     one = set(_pieces(tmp_path / "s"))
