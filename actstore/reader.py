@@ -376,16 +376,25 @@ class Store:
         Built from the stored arrays directly (a string column is its categories, as fixed-width
         unicode as wide as the longest one in use, indexed by its codes): the arrays the
         :meth:`labels` DataFrame gives, without building it."""
-        key = ("sample-arrays", g.path)
+        return {c: self._sample_array(g, c) for c in self._sample_dtypes(g)}
+
+    def _sample_array(self, g, c: str) -> np.ndarray:
+        """One column of :meth:`_sample_arrays` (read-only, cached)."""
+        key = ("sample-array", g.path, c)
         if key not in self._cache:
-            out = {}
-            for c, (v, cats) in self._sample_columns(g).items():
-                if c == "done":
-                    continue
-                v = np.array(v, copy=True) if cats is None else _strings(v, cats)
-                v.flags.writeable = False
-                out[c] = v
-            self._cache[key] = out
+            v, cats = self._sample_columns(g)[c]
+            v = np.array(v, copy=True) if cats is None else _strings(v, cats)
+            v.flags.writeable = False
+            self._cache[key] = v
+        return self._cache[key]
+
+    def _sample_dtypes(self, g) -> dict[str, np.dtype]:
+        """The dtype of every column of :meth:`_sample_arrays`, without building them (a string
+        column's width from its categories in use), cached."""
+        key = ("sample-dtypes", g.path)
+        if key not in self._cache:
+            self._cache[key] = {c: v.dtype if cats is None else _string_dtype(v, cats)
+                                for c, (v, cats) in self._sample_columns(g).items() if c != "done"}
         return self._cache[key]
 
     def _sample_index(self, g, where, include_pending) -> np.ndarray:
@@ -615,11 +624,18 @@ class Store:
         return out
 
     def _sample_coords(self, g, sidx) -> dict:
-        arrays = self._sample_arrays(g)
+        """The per-sample coords of a query of samples ``sidx``: ``sample`` and every label
+        column, the columns built when first read (lazy, like the token label coords): a query
+        that only reads values builds none (at 100k samples a ``sample_id`` column alone is 100k
+        fixed-width strings)."""
+        import xarray as xr
+
         every = len(sidx) == len(self._done(g)) and \
             (len(sidx) == 0 or sidx[-1] == len(sidx) - 1)
         out = {S.SAMPLE: (S.SAMPLE, sidx)}
-        out.update({c: (S.SAMPLE, v if every else v[sidx]) for c, v in arrays.items()})
+        for c, dt in self._sample_dtypes(g).items():
+            load = functools.partial(_picked_column, self, g, c, None if every else sidx)
+            out[c] = xr.Variable((S.SAMPLE,), _lazy_coord(load, (len(sidx),), dt))
         return out
 
     def _attrs(self, g, spec, lay, role) -> dict:
@@ -706,6 +722,25 @@ def _strings(codes: np.ndarray, categories: list[str]) -> np.ndarray:
     return cats[codes]
 
 
+def _string_dtype(codes: np.ndarray, categories: list[str]) -> np.dtype:
+    """The dtype of ``_strings(codes, categories)`` without building the column: unicode as
+    wide as the longest category in use, at least 1."""
+    if not len(categories):
+        return np.dtype("<U1")
+    used = np.zeros(len(categories), bool)
+    used[np.asarray(codes)] = True
+    if used.all():
+        width = max(map(len, categories))
+    else:
+        width = max((len(c) for c, u in zip(categories, used.tolist()) if u), default=0)
+    return np.dtype(f"<U{max(1, width)}")
+
+
+def _picked_column(store: "Store", g, c: str, sidx: np.ndarray | None) -> np.ndarray:
+    v = store._sample_array(g, c)
+    return v if sidx is None else v[sidx]
+
+
 def _picked_table(store: "Store", g, fam: str, code: int, name: str, pick) -> np.ndarray:
     return pick(store._role_table(g, fam, code, name))
 
@@ -727,7 +762,11 @@ def _lazy_coord_type():
         def get(self) -> np.ndarray:
             with self._lock:  # read from several threads: built once, then the store let go
                 if self._value is None:
-                    self._value = self._load()
+                    v = self._load()
+                    if v.shape != self.shape or v.dtype != self.dtype:  # declared up front
+                        raise RuntimeError(f"lazy coord built as {v.shape} {v.dtype}; declared "
+                                           f"{self.shape} {self.dtype} (a bug in actstore)")
+                    self._value = v
                     self._load = None
                 return self._value
 

@@ -471,7 +471,7 @@ def test_string_columns_without_pandas_equal_the_dataframe_path(cats, codes):
     import pandas as pd
 
     from actstore import schema as S
-    from actstore.reader import _strings
+    from actstore.reader import _string_dtype, _strings
 
     codes = np.asarray(codes, np.int32)
     v = pd.DataFrame({"c": S.decode_strings(codes, cats)})["c"].to_numpy()  # the old path
@@ -479,3 +479,4 @@ def test_string_columns_without_pandas_equal_the_dataframe_path(cats, codes):
         v = v.astype(str)
     got = _strings(codes, cats)
     assert got.dtype == v.dtype and got.tolist() == v.tolist()
+    assert _string_dtype(codes, cats) == v.dtype  # what a lazy sample coord declares up front
