@@ -340,6 +340,7 @@ def report_files(a) -> None:
 
 def processes_report(runs, a, t_start, t_end, K, spans=None) -> str:
     counted = [x for x in runs if x["load"] < a.max_load]
+    base = all("base_cold" in x for x in runs)
     lines = [
         "", "### many rounds, one process per read (bench_cold_query.py --processes)", "",
         f"{t_start:%Y-%m-%d %H:%M}–{t_end:%H:%M} UTC, {os.cpu_count()}-core {platform.machine()}. "
@@ -353,14 +354,16 @@ def processes_report(runs, a, t_start, t_end, K, spans=None) -> str:
         f"{len({(x.get('run', 1), x['round']) for x in counted})} of {a.rounds}.",
         *([""] + [f"- {x}" for x in spans] if spans else []), "", "Per round, wall s / CPU s (cold; warm = best of the repeats):", "",
         "| run.round | arm | load 1/5 min | order | memmap cold | fresh store cold | open store cold | "
-        "memmap warm | fresh warm | open store warm | counted |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
+        "memmap warm | fresh warm | open store warm | counted |"
+        + (" fresh store cold, --base-tree |" if base else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if base else "")]
     for x in runs:
         lines.append(
             f"| {x.get('run', 1)}.{x['round']} | {x['arm']} | {x['load']:.1f} / {x['load5']:.1f} | {x['order']} | "
             + " | ".join(f"{x[f'{n}_{c}']:.2f} / {x[f'{n}_{c}_cpu']:.2f}"
                          for c in ("cold", "warm") for n in ("mm", "fresh", "store"))
-            + f" | {'yes' if x['load'] < a.max_load else 'no'} |")
+            + f" | {'yes' if x['load'] < a.max_load else 'no'} |"
+            + (f" {x['base_cold']:.2f} / {x['base_cold_cpu']:.2f} |" if base else ""))
     for title, rows in (("counted rounds", counted), ("all rounds", runs)):
         if not rows:
             lines += ["", f"No {title}."]
