@@ -90,12 +90,13 @@ def gather(lay: Layout, layer_pos: int, samples: np.ndarray, tokens: np.ndarray)
     never written come back as the fill value (NaN). Samples are grouped by shard with one sort
     (none when they are already in store order); the rows and padding of each shard's outputs are
     computed when that shard is copied (small tables, no ``(n, K)`` ones) and its padding is set
-    to NaN right after its copy, while those rows are in cache. For each whole-shard file (inner chunks in order, the writer's
-    normal output) only the byte range of the wanted samples is memory-mapped and read in by helper
-    threads (:func:`_open_shard`, up to ``READ_AHEAD_BYTES`` ahead of the copying), and the rows
-    are copied with one ``np.take`` straight into their place in the output (no intermediate
-    buffer when the shard's outputs are consecutive, as in a store-order query). Shards written in
-    any other order are read one inner chunk at a time with ``preadv``.
+    to NaN right after its copy, while those rows are in cache. For each whole-shard file (inner
+    chunks in order, the writer's normal output) only the byte range of the wanted samples is
+    memory-mapped and read in by helper threads (:func:`_open_shard`, up to ``READ_AHEAD_BYTES``
+    ahead of the copying), and the rows are copied with one ``np.take`` straight into their place
+    in the output (no intermediate buffer when the shard's outputs are consecutive, as in a
+    store-order query). Shards written in any other order are read one inner chunk at a time
+    with ``preadv``.
     """
     n, K = tokens.shape
     T, H = lay.shard[2], lay.shard[3]
