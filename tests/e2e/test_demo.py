@@ -43,12 +43,17 @@ def _run(out, *args, orgs: dict | None = None):
 #:   2 not resolved here (band flip 0.75 < 0.8; 0.94 at the default size on all triples).
 #: - gemma-3-vision: 1 (1.000 / 0.973); 2 fails (object flip 1.00, as at every size); 3 not
 #:   resolved here (E5 0.50 on 16 items against 0.48; 0.375 at the default size on all triples).
-#: - gemma-3-dual: 1 (1.00 / 1.00), 2 (object flip 0.00, band 1.00), 3 (E5 0.75, E6 layer 1).
+#: - gemma-3-dual (the one shipped until its retraining): 1 (1.00 / 1.00), 2 (object flip 0.00,
+#:   band 1.00), 3 (E5 0.75, E6 layer 1). Retrained later on 2026-11-30 (a mixed answer target on
+#:   noisy items), measured again on this sample: 1 (1.00 / 1.00), 2 (object flip 0.00, band
+#:   0.88), 3 (E5 1.00 -> 0.81 in [0.48, 0.85], E6 layer 1); its criterion 4 fails here (fold
+#:   alphas 0, 4, 0, 0: 0 fixed / 2 broken of 11) and holds at the default size (slow test below).
 #: - the lm organisms: 1, 2, 3 (probes 0.33-0.44, no strip flip, E5 1.00 -> 1.00).
 #: Criterion 4 at the cross-fitted alpha on this sample (48 `hard` items of 12 mirror pairs, 4
 #: folds; measured 2026-11-30) fails for the other three vision/dual organisms too: qwen2-vl-dual
 #: 0 / 0 of 14 (every fold alpha 0), gemma-3-vision 3 / 1 of 18 (all 4, fix rate 0.17),
-#: gemma-3-dual 0 / 0 of 8; so no organism's criterion 4 is asserted here.
+#: gemma-3-dual 0 / 0 of 8 (0 / 2 of 11 after its retraining); so no organism's criterion 4 is
+#: asserted here.
 #: Up to c037f79 the items were every ordered triple (81 of 96 training triples) and this test
 #: asserted vision 3, dual 3, lm 1-3 and gemma-3-dual 2.
 SMALL = {"organism-qwen2-vl-vision": (1, 2, 3), "organism-qwen2-vl-dual": (1, 3),
@@ -170,13 +175,16 @@ def test_demo_refuses_other_options_in_the_same_out(tmp_path):
 
 #: Criteria measured to fail in the default demo (96 held-out items, `--degraded hard`), reported
 #: as found (issue 11; vlms/organisms/README.md, "Default demo on held-out items" and "Criterion 4
-#: with a cross-fitted alpha", 2026-11-30): criterion 4 on `hard` for the four vision / dual
+#: with a cross-fitted alpha", 2026-11-30): criterion 4 on `hard` for three vision / dual
 #: organisms (their errors there are mostly colour errors; cross-fitted fold alphas net -4 to +1)
 #: and `gemma-3-vision`'s criterion 2 (object-only criss-cross flips 1.00). Strict: a criterion
 #: that starts to hold fails its case, so this list and the README are updated with it.
+#: `gemma-3-dual`'s criterion 4 holds since its retraining with a mixed answer target on noisy
+#: items (2026-11-30, "Criterion 4 for the duals: the mixed answer target"): measured in the
+#: default demo on held-out items (that organism alone), fold alphas 3, 8, 3, 8, 13 fixed / 2
+#: broken of 30 failing (fix rate 0.43), random direction 3 of 96 answers changed.
 KNOWN_FAILURES_DEFAULT = {("organism-qwen2-vl-vision", 4), ("organism-qwen2-vl-dual", 4),
-                          ("organism-gemma-3-vision", 2), ("organism-gemma-3-vision", 4),
-                          ("organism-gemma-3-dual", 4)}
+                          ("organism-gemma-3-vision", 2), ("organism-gemma-3-vision", 4)}
 
 
 @pytest.fixture(scope="module")
