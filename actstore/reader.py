@@ -708,18 +708,14 @@ class Store:
 
 def _strings(codes: np.ndarray, categories: list[str]) -> np.ndarray:
     """A string column from its int32 codes: fixed-width unicode, as wide as the longest value in
-    use (at least 1), what ``labels()[col].to_numpy().astype(str)`` gives."""
+    use (at least 1; :func:`_string_dtype`), what ``labels()[col].to_numpy().astype(str)``
+    gives."""
+    dt = _string_dtype(codes, categories)
     codes = np.asarray(codes, np.int64)
     if not len(categories):
-        return np.full(len(codes), "", "<U1")
-    cats = np.array(categories, dtype=str)
-    used = np.zeros(len(cats), bool)
-    used[codes] = True
-    if not used.all():  # unused categories may be wider than every used one
-        width = max(1, int(np.char.str_len(cats[used]).max()) if used.any() else 0)
-        if cats.dtype.itemsize // 4 != width:
-            cats = cats.astype(f"<U{width}")
-    return cats[codes]
+        return np.full(len(codes), "", dt)
+    # unused categories wider than every used one are cut to the width (never indexed)
+    return np.array(categories, dtype=dt)[codes]
 
 
 def _string_dtype(codes: np.ndarray, categories: list[str]) -> np.dtype:
