@@ -48,6 +48,9 @@ def _run(out, *args, orgs: dict | None = None):
 #:   noisy items), measured again on this sample: 1 (1.00 / 1.00), 2 (object flip 0.00, band
 #:   0.88), 3 (E5 1.00 -> 0.81 in [0.48, 0.85], E6 layer 1); its criterion 4 fails here (fold
 #:   alphas 0, 4, 0, 0: 0 fixed / 2 broken of 11) and holds at the default size (slow test below).
+#:   With its last stage's mix 0.2 and code drop 0.25 (measured alone on this sample): 1 (1.00 /
+#:   1.00), 2 (object 0.00, band 0.94), 3 (E5 0.81, E6 layer 1); 4 fails (fold alphas 2, 2, 0, 2:
+#:   1 fixed / 1 broken of 8).
 #: - the lm organisms: 1, 2, 3 (probes 0.33-0.44, no strip flip, E5 1.00 -> 1.00).
 #: Criterion 4 at the cross-fitted alpha on this sample (48 `hard` items of 12 mirror pairs, 4
 #: folds; measured 2026-11-30) fails for the other three vision/dual organisms too: qwen2-vl-dual
@@ -182,7 +185,10 @@ def test_demo_refuses_other_options_in_the_same_out(tmp_path):
 #: `gemma-3-dual`'s criterion 4 holds since its retraining with a mixed answer target on noisy
 #: items (2026-11-30, "Criterion 4 for the duals: the mixed answer target"): measured in the
 #: default demo on held-out items (that organism alone), fold alphas 3, 8, 3, 8, 13 fixed / 2
-#: broken of 30 failing (fix rate 0.43), random direction 3 of 96 answers changed.
+#: broken of 30 failing (fix rate 0.43), random direction 3 of 96 answers changed; after its
+#: last stage with `--noise-answer-mix 0.2 --noise-code-drop 0.25` ("`gemma-3-dual` on both
+#: sets"): fold alphas 1, 2, 2, 2, 7 fixed / 0 broken of 21 (fix rate 0.333, one item above the
+#: threshold), random 1 of 96.
 KNOWN_FAILURES_DEFAULT = {("organism-qwen2-vl-vision", 4), ("organism-qwen2-vl-dual", 4),
                           ("organism-gemma-3-vision", 2), ("organism-gemma-3-vision", 4)}
 
@@ -210,14 +216,15 @@ def test_default_demo_criteria_1_to_4(name, crit, default_demo, request):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["organism-gemma-3-vision", "organism-qwen2-vl-vision"])
-def test_vision_criterion_4_on_the_noise_set(name, tmp_path):
+@pytest.mark.parametrize("name", ["organism-gemma-3-vision", "organism-qwen2-vl-vision",
+                                  "organism-gemma-3-dual"])
+def test_criterion_4_on_the_noise_set(name, tmp_path):
     """Criterion 4 (E7: the cross-fitted alpha fixes more than it breaks, fix rate >= 0.3, the
-    random direction changes <= 5 % of answers) for the vision organisms on `--degraded noise` at
-    the default size, the set whose errors are ordering errors (vlms/organisms/README.md,
-    criterion 4). Measured 2026-11-30 on the organisms' held-out triples (the default items since
-    c037f79), cross-fitted (4 folds of colour triples with their mirrors; criterion 4 reads it
-    since 2026-11-30):
+    random direction changes <= 5 % of answers) for the vision organisms and `gemma-3-dual` on
+    `--degraded noise` at the default size, the set whose errors are ordering errors
+    (vlms/organisms/README.md, criterion 4). Measured 2026-11-30 on the organisms' held-out
+    triples (the default items since c037f79), cross-fitted (4 folds of colour triples with their
+    mirrors; criterion 4 reads it since 2026-11-30):
 
     - gemma-3-vision: fold alphas 8, 7, 7, 8, 30 fixed / 6 broken of 96 (61 failing, fix rate
       0.49), random direction 2 of 96 answers changed. At the held-out alpha (chosen on the 8
@@ -226,9 +233,14 @@ def test_vision_criterion_4_on_the_noise_set(name, tmp_path):
       broken of 88 (44 failing), random 4 of 96.
     - qwen2-vl-vision, at the edge of both thresholds: fold alphas 4, 4, 4, 4, 15 fixed / 8
       broken of 96 (50 failing, fix rate 0.300), random 4 of 96 (4.2 %); at the held-out alpha
-      3 it failed (10 / 8 of 46, 0.22)."""
-    if name not in dict(shipped_organisms()):
+      3 it failed (10 / 8 of 46, 0.22).
+    - gemma-3-dual (retrained with `--noise-answer-mix 0.2 --noise-code-drop 0.25` in its last
+      stage, 2026-11-30): fold alphas 1, 1, 1, 1, 6 fixed / 0 broken of 96 (6 failing, fix rate
+      1.0), random 1 of 96; it rests on 6 items (stimulus seeds 1 and 2: 2 / 0 of 3, random 0;
+      4 / 0 of 5, random 4 of 96)."""
+    orgs = dict(shipped_organisms())
+    if name not in orgs:
         pytest.skip(f"{name} not shipped")
     rows, _, _ = _run(tmp_path / "demo", "--model", name, "--degraded", "noise", "--recipe",
-                      "robust", "--tasks", "none", orgs={name: "vision"})
+                      "robust", "--tasks", "none", orgs={name: orgs[name]})
     assert rows[(name, 4)]["holds"], rows[(name, 4)]
