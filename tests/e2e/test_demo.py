@@ -236,8 +236,8 @@ def test_criterion_4_on_the_noise_set(name, tmp_path):
       3 it failed (10 / 8 of 46, 0.22).
     - gemma-3-dual (retrained with `--noise-answer-mix 0.2 --noise-code-drop 0.25` in its last
       stage, 2026-11-30): fold alphas 1, 1, 1, 1, 6 fixed / 0 broken of 96 (6 failing, fix rate
-      1.0), random 1 of 96; it rests on 6 items (stimulus seeds 1 and 2: 2 / 0 of 3, random 0;
-      4 / 0 of 5, random 4 of 96)."""
+      1.0), random 1 of 96; it rests on 6 items (stimulus seeds 1, 2, 3: 2 / 0 of 3, random 0;
+      4 / 0 of 5, random 4 of 96; 5 / 0 of 6, random 2 of 96)."""
     orgs = dict(shipped_organisms())
     if name not in orgs:
         pytest.skip(f"{name} not shipped")
