@@ -37,9 +37,10 @@ def test_point(name: str) -> None:
     """Test hook at a named point of a long operation; does nothing unless the env asks.
 
     Points in use: ``store-lock`` (extract holds the store-creation lock, group not yet made),
-    ``store-created`` (group made, nothing written), ``extract-batch`` (after each batch is
-    written), ``generate-dirs`` (dataset subfolders made, config.json not yet written),
-    ``generate-unit`` (after each unit's record is written).
+    ``store-created`` (group made, nothing written), ``extract-forward`` (after each forward,
+    before its shard is written), ``extract-batch`` (after each batch is written),
+    ``generate-dirs`` (dataset subfolders made, config.json not yet written), ``generate-unit``
+    (after each unit's record is written).
     """
     kill = os.environ.get(KILL_ENV)
     if kill and kill.partition("@")[0] == name:

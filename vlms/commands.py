@@ -77,7 +77,12 @@ def save(name: str, directory: str, seed: int, dtype: str, force: bool) -> None:
               help="Layers for layered sites without an index, e.g. '0,4,8' or '0-8' "
                    "(default: all).")
 @click.option("--batch-size", type=int, default=8, show_default=True,
-              help="Samples per forward = store shard along samples.")
+              help="Samples per forward (and per store shard, unless --shard-samples).")
+@click.option("--shard-samples", type=int, default=None,
+              help="Samples per store shard when the store is created (default: --batch-size). "
+                   "Forwards accumulate until a shard is complete, then it is written: fewer, "
+                   "larger shard files make cold role queries cheaper (see actstore's README); "
+                   "--shard, --scheduler blocks and resumption work per shard.")
 @click.option("--shard", default=None, help="i/n: this process fills batches b with b % n == i "
               "(default: from launcher variables RANK/WORLD_SIZE, SLURM_ARRAY_TASK_ID/"
               "SLURM_ARRAY_TASK_COUNT, SLURM_PROCID/SLURM_NTASKS, when set).")
@@ -106,9 +111,9 @@ def save(name: str, directory: str, seed: int, dtype: str, force: bool) -> None:
 @click.option("--limit", type=int, default=None, hidden=True,
               help="Stop after this many batches (for resume tests).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def extract(model_name, data, store, sites, layers, batch_size, shard, scheduler, block_batches,
-            retries, pool_vision, dtype, store_dtype, object_fraction, prompt_kind, device, limit,
-            progress) -> None:
+def extract(model_name, data, store, sites, layers, batch_size, shard_samples, shard, scheduler,
+            block_batches, retries, pool_vision, dtype, store_dtype, object_fraction, prompt_kind,
+            device, limit, progress) -> None:
     """Run a model over a dataset with hooks and write activations + token roles to a store.
 
     Resumable and idempotent: rerun the same command after an interruption; a finished store
@@ -120,7 +125,8 @@ def extract(model_name, data, store, sites, layers, batch_size, shard, scheduler
 
     cfg = ExtractConfig(model=model_name, data=data, store=store,
                         sites=tuple(s for s in sites.split(",") if s.strip()),
-                        layers=layers, batch_size=batch_size, shard=shard,
+                        layers=layers, batch_size=batch_size, shard_samples=shard_samples,
+                        shard=shard,
                         pool_vision=pool_vision, dtype=dtype, store_dtype=store_dtype,
                         object_fraction=object_fraction, prompt_kind=prompt_kind,
                         device=device)

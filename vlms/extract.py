@@ -6,8 +6,10 @@ sample order, site families, layers and token axes are fixed up front from the d
 metadata (no image is decoded for that), so every process and every rerun pre-allocates the same
 store; batches are the store's shards, written whole and marked done only after their data, so a
 killed run resumed with the same command equals a clean run, a finished store is left untouched,
-and ``shard=(i, n)`` lets several processes fill disjoint batches. Memory holds the batch in
-the model and the (at most ``WRITES_IN_FLIGHT``) batches being written.
+and ``shard=(i, n)`` lets several processes fill disjoint batches. A batch is one forward of
+``batch_size`` samples, or, with ``shard_samples`` larger, several forwards whose outputs are
+gathered until the shard is complete (:func:`_forwards`). Memory holds the forward in the model,
+the shard being filled and the (at most ``WRITES_IN_FLIGHT``) shards being written.
 
 Token axes per site family
 --------------------------
@@ -48,7 +50,12 @@ class ExtractConfig:
     layers: str | tuple[int, ...] | None = None
     """Layers for families given without an index ('0,4,8' or '0-8'); None = all."""
     batch_size: int = 8
-    """Samples per forward = samples per store shard."""
+    """Samples per forward (and per store shard unless ``shard_samples`` is given)."""
+    shard_samples: int | None = None
+    """Samples per store shard when the store is created (None: ``batch_size``, one forward per
+    shard). Forwards of ``batch_size`` samples accumulate until a shard is complete, then it is
+    written: fewer, larger shard files (cheaper cold role queries) without larger forwards. An
+    existing store keeps its own shards (another value here is refused)."""
     shard: str | tuple[int, int] | None = None
     """``"i/n"``: fill only batches ``b`` with ``b % n == i``."""
     pool_vision: bool = True
@@ -70,6 +77,10 @@ class ExtractConfig:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ExtractError(f"The 'batch_size' parameter of ExtractConfig must be an int >= 1. "
                                f"Got {self.batch_size!r} instead.")
+        if self.shard_samples is not None and (not isinstance(self.shard_samples, int)
+                                               or self.shard_samples < 1):
+            raise ExtractError(f"The 'shard_samples' parameter of ExtractConfig must be an int "
+                               f">= 1 or None. Got {self.shard_samples!r} instead.")
         if not 0.0 < float(self.object_fraction) <= 1.0:
             raise ExtractError(f"The 'object_fraction' parameter of ExtractConfig must be in "
                                f"(0, 1]. Got {self.object_fraction!r} instead.")
@@ -216,7 +227,8 @@ def provenance(adapter, cfg: ExtractConfig, ds) -> dict[str, Any]:
         revision = str(getattr(adapter.config, "_commit_hash", None) or "main")
     data_hash = ds.config_hash or hashlib.sha256(
         (Path(ds.root) / "metadata.jsonl").read_bytes()).hexdigest()[:16]
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("shard", "device", "store")}
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("shard", "device", "store")
+            and not (k == "shard_samples" and v is None)}  # unset: as before the option existed
     return {"model_id": src, "revision": revision, "adapter": type(adapter).__name__,
             "dtype": str(getattr(getattr(adapter, "model", None), "dtype", cfg.dtype)
                          ).removeprefix("torch."), "data_hash": data_hash, "extract": keep}
@@ -337,8 +349,13 @@ def open_writer(cfg: ExtractConfig, ad, **writer):
               "prompt_kind": cfg.prompt_kind}
     w = StoreWriter.open_or_create(cfg.store, model=cfg.model, provenance=provenance(ad, cfg, ds),
                                    samples=samples_frame(stimuli, prompts), sites=specs,
-                                   params=params, batch_size=cfg.batch_size,
+                                   params=params, batch_size=cfg.shard_samples or cfg.batch_size,
                                    creator=_creator(cfg), **writer)
+    if cfg.shard_samples is not None and w.batch_size != cfg.shard_samples:
+        w.close()
+        raise ExtractError(f"{cfg.store} was created with shards of {w.batch_size} samples, not "
+                           f"{cfg.shard_samples}; drop --shard-samples to resume it, or use "
+                           f"another --store path")
     return w, {"ds": ds, "stimuli": stimuli, "prompts": prompts, "specs": specs}
 
 
@@ -371,8 +388,8 @@ def _write_batches(cfg: ExtractConfig, ad, w, ctx, todo, on_batch=None,
 
     ds, stimuli, prompts, specs = ctx["ds"], ctx["stimuli"], ctx["prompts"], ctx["specs"]
     written = 0
-    # the store writes of the last ``in_flight`` batches overlap the forward of the next one
-    # (memory holds at most in_flight + 1 batches); each batch is marked done only after its
+    # the store writes of the last ``in_flight`` batches (store shards) overlap the forwards of
+    # the next one (memory holds at most in_flight + 1 shards); each batch is marked done only after its
     # own data are written (batches are disjoint shards, so writes in flight never touch the
     # same stored object), and batches are reported done in order
     pool = ThreadPoolExecutor(max_workers=in_flight)
@@ -388,10 +405,7 @@ def _write_batches(cfg: ExtractConfig, ad, w, ctx, todo, on_batch=None,
 
     try:
         for idx in todo:
-            acts, tokens = extract_batch(ad, ds, [stimuli[i] for i in idx],
-                                         [prompts[i] for i in idx], specs=specs,
-                                         pool_vision=cfg.pool_vision,
-                                         object_fraction=cfg.object_fraction)
+            acts, tokens = _forwards(cfg, ad, ds, stimuli, prompts, specs, idx)
             while len(pending) >= in_flight:
                 finish_one()
             pending.append((pool.submit(w.write, idx, acts, tokens), len(idx)))
@@ -403,6 +417,37 @@ def _write_batches(cfg: ExtractConfig, ad, w, ctx, todo, on_batch=None,
             fut.exception()
         pool.shutdown(wait=True)
     return written
+
+
+def _forwards(cfg: ExtractConfig, ad, ds, stimuli, prompts, specs, idx):
+    """``(acts, tokens)`` of the store shard ``idx`` in the writer's format, from forwards of at
+    most ``cfg.batch_size`` samples each (one forward when the shard is no larger), copied into
+    one buffer per array in sample order as they come (memory: the shard and one forward's
+    output); nothing of the shard is written before all its forwards are done, so a killed run
+    redoes the whole shard."""
+    from common.io import test_point
+
+    n, B = len(idx), cfg.batch_size
+    acts = tokens = None
+    for a in range(0, n, B):
+        sub = idx[a:a + B]
+        pa, pt = extract_batch(ad, ds, [stimuli[i] for i in sub], [prompts[i] for i in sub],
+                               specs=specs, pool_vision=cfg.pool_vision,
+                               object_fraction=cfg.object_fraction)
+        test_point("extract-forward")
+        if n <= B:
+            return pa, pt
+        if acts is None:
+            acts = {f: np.empty((n, *v.shape[1:]), v.dtype) for f, v in pa.items()}
+            tokens = {f: {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in d.items()}
+                      for f, d in pt.items()}
+        for f, v in pa.items():
+            acts[f][a:a + len(sub)] = v
+        for f, d in pt.items():
+            for k, v in d.items():
+                tokens[f][k][a:a + len(sub)] = v
+        del pa, pt
+    return acts, tokens
 
 
 def extract_batch(ad, ds, stims, prompts, *, specs, pool_vision: bool,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import zarr
 from click.testing import CliRunner
 
 from cli import spatialbind
@@ -116,3 +117,59 @@ def test_scheduler_spec_and_block_plan():
     assert [b for blk in blocks for b in blk] == batches  # every batch once, in order
     assert len(blocks) == 5 and all(len(blk) == 2 for blk in blocks)
     assert block_plan(batches, 2, block_batches=4)[-1] == batches[8:]
+
+
+def _shards(store) -> int:
+    """Store shards along samples of the first stored activations array (``c/<shard>/<layer>/
+    0/0``: one folder per shard, one file per layer in it)."""
+    acts = sorted(Path(store).rglob("acts/zarr.json"))[0].parent
+    return sum(1 for p in (acts / "c").iterdir() if p.is_dir())
+
+
+def test_shard_samples_decouple_store_shards_from_forwards(reference, tmp_path):
+    """``--batch-size 2 --shard-samples 4``: forwards of 2 fill shards of 4, and the store holds
+    the same arrays, byte for byte, as the reference (forwards of 2, shards of 2), in half as
+    many shards; two ``--shard i/n`` processes and a dask cluster fill it the same way;
+    another ``--shard-samples`` on the existing store is refused."""
+    data, ref, env = reference
+    one = tmp_path / "one.zarr"
+    res = CliRunner().invoke(spatialbind, extract_args(data, one, "--shard-samples", "4"))
+    assert res.exit_code == 0, res.output
+    assert_same_stores(store_arrays(one), ref)
+    g = next(iter(zarr.open_group(str(one), mode="r").groups()))[1]
+    assert g.attrs["batch_size"] == 4
+    assert g.attrs["provenance"]["extract"]["shard_samples"] == 4
+    assert _shards(one) == N // 4  # shards of 4 samples (the reference: N // 2)
+    two = tmp_path / "two.zarr"
+    for i in range(2):  # shard-aligned: process i writes shards b % 2 == i, one each
+        res = CliRunner().invoke(spatialbind, extract_args(data, two, "--shard-samples", "4",
+                                                           "--shard", f"{i}/2"))
+        assert res.exit_code == 0 and "wrote 4 samples" in res.output, res.output
+    assert_same_stores(store_arrays(two), ref)
+    dask_store = tmp_path / "dask.zarr"
+    res = CliRunner().invoke(spatialbind, extract_args(data, dask_store, "--shard-samples", "4",
+                                                       "--scheduler", "local:2",
+                                                       "--block-batches", "1"))
+    assert res.exit_code == 0 and "in 2 blocks on 2 workers" in res.output, res.output
+    assert_same_stores(store_arrays(dask_store), ref)
+    res = CliRunner().invoke(spatialbind, extract_args(data, one, "--shard-samples", "8"))
+    assert res.exit_code == 1 and "created with shards of 4 samples" in res.output, res.output
+
+
+def test_shard_samples_killed_mid_shard_resumes_to_the_reference(reference, tmp_path):
+    """Killed (SIGKILL) after the first forward of the second shard: that shard has nothing
+    marked done (a shard is written only once all its forwards are done), and the same command
+    run again fills the store equal to the reference."""
+    data, ref, env = reference
+    store = tmp_path / "killed.zarr"
+    args = [sys.executable, "-m", "cli", *extract_args(data, store, "--shard-samples", "4")]
+    penv = {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(args, cwd=ROOT, env={**penv, "SPATIALBIND_TEST_KILL_AT": "extract-forward@3"},
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == -9, res.stderr  # killed at the test point
+    done = next(iter(zarr.open_group(str(store), mode="r").groups()))[1]["samples"]["done"][:]
+    assert not done[4:].any() and len(set(done[:4].tolist())) == 1, done
+    res = subprocess.run(args, cwd=ROOT, env=penv, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert f"wrote {N - int(done.sum())} samples" in res.stdout, res.stdout
+    assert_same_stores(store_arrays(store), ref)
