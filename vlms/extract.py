@@ -389,9 +389,9 @@ def _write_batches(cfg: ExtractConfig, ad, w, ctx, todo, on_batch=None,
     ds, stimuli, prompts, specs = ctx["ds"], ctx["stimuli"], ctx["prompts"], ctx["specs"]
     written = 0
     # the store writes of the last ``in_flight`` batches (store shards) overlap the forwards of
-    # the next one (memory holds at most in_flight + 1 shards); each batch is marked done only after its
-    # own data are written (batches are disjoint shards, so writes in flight never touch the
-    # same stored object), and batches are reported done in order
+    # the next one (memory holds at most in_flight + 1 shards); each batch is marked done only
+    # after its own data are written (batches are disjoint shards, so writes in flight never
+    # touch the same stored object), and batches are reported done in order
     pool = ThreadPoolExecutor(max_workers=in_flight)
     pending: deque = deque()
 

@@ -164,8 +164,8 @@ def test_shard_samples_killed_mid_shard_resumes_to_the_reference(reference, tmp_
     store = tmp_path / "killed.zarr"
     args = [sys.executable, "-m", "cli", *extract_args(data, store, "--shard-samples", "4")]
     penv = {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(args, cwd=ROOT, env={**penv, "SPATIALBIND_TEST_KILL_AT": "extract-forward@3"},
-                         capture_output=True, text=True, timeout=300)
+    kill = {**penv, "SPATIALBIND_TEST_KILL_AT": "extract-forward@3"}
+    res = subprocess.run(args, cwd=ROOT, env=kill, capture_output=True, text=True, timeout=300)
     assert res.returncode == -9, res.stderr  # killed at the test point
     done = next(iter(zarr.open_group(str(store), mode="r").groups()))[1]["samples"]["done"][:]
     assert not done[4:].any() and len(set(done[:4].tolist())) == 1, done
