@@ -25,6 +25,11 @@ def organism() -> None:
               help="Optimiser steps (default: 1000 qwen2-vl vision, 250 dual, else 1500).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--portable-math/--native-math", default=False, show_default=True,
+              help="Pin the CPU math to one code path (ATen AVX2 kernels, MKL's reproducible "
+                   "AVX2 mode, oneDNN capped at AVX2) so the command trains the same weights on "
+                   "any x86-64 CPU with AVX2; native: the fastest path for this CPU, repeatable "
+                   "only on the same kind of CPU. Recorded in train_log.json.")
 @click.option("--vision-depth", type=int, default=None, help="Vision blocks (default 2 lm, 3 vision).")
 @click.option("--vision-dim", type=int, default=None,
               help="Vision width (default: 128 for a qwen2-vl vision organism, else 64).")
@@ -163,7 +168,7 @@ def organism() -> None:
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Run the 'which mechanism emerged?' slot probe at the end.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim, vision_heads, batch,
+def train(arch, mechanism, task, steps, seed, threads, portable_math, vision_depth, vision_dim, vision_heads, batch,
           lr, warmup, aux_slot_weight, aux_colour_weight, aux_region, aux_colour, aux_colour_region,
           aux_colour_none_weight, aux_lm_slot_weight, p_shuffle, p_ablate,
           p_ablate_object, p_scramble_object, scramble_outside_strips, shuffle_object_ablated,
@@ -180,7 +185,7 @@ def train(arch, mechanism, task, steps, seed, threads, vision_depth, vision_dim,
     defaults = org.mechanism_defaults(mechanism, arch)
     cfg = org.OrganismConfig(
         arch=arch, mechanism=mechanism, task=task, seed=seed, threads=threads,
-        steps=steps if steps is not None else defaults["steps"],
+        portable_math=portable_math, steps=steps if steps is not None else defaults["steps"],
         vision_depth=vision_depth if vision_depth is not None else defaults["vision_depth"],
         vision_dim=vision_dim if vision_dim is not None else defaults["vision_dim"],
         vision_heads=vision_heads, batch=batch, lr=lr, warmup=warmup,

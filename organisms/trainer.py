@@ -80,6 +80,12 @@ class OrganismConfig:
     """Seeds weights, sampling and shuffles."""
     threads: int = 1
     """torch CPU threads."""
+    portable_math: bool = False
+    """Train with the CPU math pinned to one code path (``PORTABLE_MATH``: ATen's AVX2 kernels,
+    MKL's conditional numerical reproducibility at AVX2, oneDNN capped at AVX2), so the same
+    command gives the same weights on any x86-64 CPU with AVX2, not only on CPUs of the
+    trainer's kind; off: each library picks the fastest path for the CPU, and a run repeats
+    bit for bit only on the same kind of CPU (see ``math_environment``)."""
     batch: int = 64
     lr: float = 1e-3
     warmup: int = 100
@@ -555,6 +561,8 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     import torch
     from tqdm.auto import tqdm
 
+    if cfg.portable_math:  # before anything is computed or written
+        use_portable_math()
     out = Path(out) if out is not None else None
     if out is not None:
         _check(not (out / "model.safetensors").exists(), f"{out}: already holds a trained model; "
@@ -595,7 +603,7 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
            if (cfg.resolved_p_shuffle() > 0 or cfg.p_ablate > 0 or cfg.p_ablate_object > 0
                or cfg.p_scramble_object > 0)
            else None)
-    log = {"config": cfg.to_json(), "code": code_version(),
+    log = {"config": cfg.to_json(), "code": code_version(), "environment": math_environment(),
            "history": [], "n_params": sum(p.numel() for p in model.parameters()),
            "splits": {"heldout_triples": [list(t) for t in splits.heldout_triples],
                       "heldout_layouts": [asdict(lay) for lay in splits.heldout_layouts]}}
@@ -606,8 +614,9 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
         first = {"config": prev["config"], "train_time_s": prev.get("train_time_s", 0)}
         if "cpu_time_s" in prev:  # a one-stage organism that recorded its CPU time
             first["cpu_time_s"] = prev["cpu_time_s"]
-        if prev.get("code"):
-            first["code"] = prev["code"]
+        for key in ("code", "environment"):
+            if prev.get(key):
+                first[key] = prev[key]
         log["stages"] = prev.get("stages", [first])
         log["previous_train_time_s"] = sum(st.get("train_time_s", 0) for st in log["stages"])
     t0 = time.time()
@@ -696,7 +705,7 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     log["cpu_time_s"] = cpu_time
     if prev is not None:
         log["stages"].append({"config": cfg.to_json(), "train_time_s": train_time,
-                              "code": log["code"]})
+                              "code": log["code"], "environment": log["environment"]})
         log["total_train_time_s"] = log["previous_train_time_s"] + train_time
         log["total_cpu_time_s"] = sum(st.get("cpu_time_s", st.get("train_time_s", 0))
                                       for st in log["stages"][:-1]) + cpu_time
@@ -1302,6 +1311,8 @@ def command_line(cfg: dict, out: str, *, init: str | None = None) -> str:
             parts.append(f"--aux-lm-head {cfg['aux_lm_head']}")
     if cfg.get("warmup", 100) != 100:
         parts.append(f"--warmup {cfg['warmup']}")
+    if cfg.get("portable_math"):
+        parts.append("--portable-math")
     if init is not None:
         parts.append(f"--init {init}")
     return " ".join(parts + [f"--out {out}"])
@@ -1325,6 +1336,68 @@ def code_version(path: str | Path | None = None) -> dict[str, Any] | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+#: Environment variables that pin the CPU math to one code path on any x86-64 CPU with AVX2:
+#: ATen's vectorised kernels (``ATEN_CPU_CAPABILITY``), MKL's BLAS through its conditional
+#: numerical reproducibility mode (``MKL_CBWR``, strict: results independent of memory
+#: alignment too) and oneDNN's JIT kernels (``ONEDNN_MAX_CPU_ISA``). Each library reads its
+#: variable once, before its first computation in the process.
+PORTABLE_MATH = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT",
+                 "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def use_portable_math() -> None:
+    """Pin this process's CPU math to ``PORTABLE_MATH`` (what ``--portable-math`` does).
+
+    Sets the variables in ``os.environ``; they act if no tensor computation has run in the
+    process yet (the libraries read them lazily). Raises ``OrganismError`` when ATen's kernels
+    are already fixed to another code path (torch computed something before) or the CPU has no
+    AVX2 (then no pinned path exists); nothing has been trained or written then."""
+    import os
+
+    import torch
+
+    clash = {k: os.environ[k] for k in PORTABLE_MATH
+             if k in os.environ and os.environ[k] != PORTABLE_MATH[k]}
+    _check(not clash, f"--portable-math pins {PORTABLE_MATH}, but the environment sets {clash}; "
+           "unset those variables or train without --portable-math")
+    os.environ.update(PORTABLE_MATH)
+    cap = torch.backends.cpu.get_cpu_capability()
+    _check(cap == "AVX2", f"--portable-math needs ATen's AVX2 kernels, but this process runs "
+           f"{cap!r} ones: either torch computed something before the option took effect "
+           "(start a fresh process, or set " + " ".join(f"{k}={v}" for k, v in PORTABLE_MATH.items())
+           + " before Python starts), or the CPU has no AVX2 (then train without "
+           "--portable-math; the run repeats only on the same kind of CPU)")
+
+
+def math_environment() -> dict[str, Any]:
+    """What decides a training run's floating point besides the code and the command: library
+    versions, the CPU, the code path torch dispatches to, the math-pinning variables and
+    whether ``--portable-math`` is in force. Recorded per stage in ``train_log.json``
+    (``environment``): the same command and commit on another kind of CPU without
+    ``--portable-math`` rounds differently, and over hundreds of steps trains another model."""
+    import os
+    import platform
+    import sys
+
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    env = {k: os.environ.get(k) for k in PORTABLE_MATH}
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "numpy": np.__version__,
+            "platform": sys.platform, "machine": platform.machine(), "cpu": cpu,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkl": bool(torch.backends.mkl.is_available()),
+            "math_env": env, "portable_math": env == PORTABLE_MATH}
 
 
 def reproduce_commands(log: dict, out: str) -> list[str]:
@@ -1476,6 +1549,7 @@ def write_readme(out: str | Path, log: dict) -> None:
              *[line for k, st in enumerate(log.get("stages", []))
                if (st.get("code") or {}).get("note")
                for line in ("", f"Stage {k + 1} code: {st['code']['note']}")],
+             *_environment_notes(log),
              "", "## Held-out accuracy (top-1 next token, exact paper colours)", "",
              f"{log.get('final_eval_items', '')} items per set (`ht_canon`: all of them).", "",
              "| set | meaning | accuracy |", "|---|---|---|"]
@@ -1520,6 +1594,28 @@ def write_readme(out: str | Path, log: dict) -> None:
                       + ", ".join(f"site {k} {v:.3f}" for k, v in s["e6_flip_rate"].items())
                       + f"; flip layers (> 0.5) {s['e6_flip_layers']}"]
     (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def _environment_notes(log: dict) -> list[str]:
+    """README lines on the CPU math each stage was trained with (``environment`` in the log;
+    logs written before it was recorded give none)."""
+    stages = log.get("stages") or [{"environment": log.get("environment")}]
+    lines = []
+    for k, st in enumerate(stages):
+        e = st.get("environment")
+        if not e:
+            continue
+        who = f"Stage {k + 1}" if len(stages) > 1 else "Trained"
+        how = ("CPU math pinned (`--portable-math`: " + ", ".join(
+            f"{v}={e['math_env'][v]}" for v in PORTABLE_MATH) + "), meant to repeat bit for bit "
+               "on any x86-64 CPU with AVX2 and the same library versions"
+               if e.get("portable_math") else
+               f"native CPU math ({e['cpu_capability']} kernels), which repeats bit for bit only "
+               "on a CPU that takes the same code paths (elsewhere the command trains another "
+               "model; `--portable-math` pins them)")
+        lines += ["", f"{who} on {e['cpu']} ({e['machine']}), Python {e['python']}, torch "
+                  f"{e['torch']}, transformers {e['transformers']}, numpy {e['numpy']}: {how}."]
+    return lines
 
 
 def _cpu_notes(log: dict) -> list[str]:

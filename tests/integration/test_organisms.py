@@ -538,6 +538,7 @@ def test_shipped_criteria_on_a_small_sample(mech, crit, shipped_checks):
          aux_colour_none_weight=2.0, aux_slot_code=3.0, aux_slot_code_start=12.0,
          aux_slot_code_steps=300, p_noise=0.3, noise_code_drop=0.9, noise_task_loss=False,
          p_scramble_object=0.9, scramble_outside_strips=True, shuffle_object_ablated=True),
+    dict(mechanism="vision", aux_slot_weight=2.0, portable_math=True),
 ])
 def test_reproduce_command_parses_back_to_the_config(kw):
     """The README's command, parsed by the CLI itself, gives back the options it was made from."""
