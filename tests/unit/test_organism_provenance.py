@@ -67,3 +67,18 @@ def test_reproduce_commands_pin_a_stage_trained_at_other_code():
     for st in log["stages"]:
         del st["code"]
     assert not any(c.startswith("#") for c in org.reproduce_commands(log, "x"))
+
+
+@pytest.mark.parametrize("name", ["qwen2-vl-lm", "qwen2-vl-vision", "qwen2-vl-dual",
+                                  "gemma-3-lm", "gemma-3-vision", "gemma-3-dual"])
+def test_shipped_readme_is_what_its_train_log_generates(name, tmp_path):
+    """Each shipped organism's README is the generator's output for its train_log.json, so the
+    command, curve numbers and checks it states are the log's (edit the log, then regenerate)."""
+    import json
+
+    from organisms import shipped
+
+    src, dst = shipped(name), tmp_path / name  # the README's title is the folder's name
+    dst.mkdir()
+    org.write_readme(dst, json.loads((src / "train_log.json").read_text()))
+    assert (dst / "README.md").read_text() == (src / "README.md").read_text()
