@@ -82,7 +82,7 @@ class OrganismConfig:
     """torch CPU threads."""
     portable_math: bool = False
     """Train with the CPU math pinned to one code path (``PORTABLE_MATH``: ATen's AVX2 kernels,
-    MKL's conditional numerical reproducibility at AVX2, oneDNN capped at AVX2), so the same
+    MKL's conditional numerical reproducibility at AVX2; oneDNN off), so the same
     command gives the same weights on any x86-64 CPU with AVX2, not only on CPUs of the
     trainer's kind; off: each library picks the fastest path for the CPU, and a run repeats
     bit for bit only on the same kind of CPU (see ``math_environment``)."""
@@ -558,11 +558,22 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     final_eval_items
         Items per evaluation set in the final evaluation (``ht_canon`` is always complete).
     """
+    if not cfg.portable_math:
+        return _train(cfg, out, progress, final_eval_items)
+    import torch
+
+    use_portable_math()  # before anything is computed or written
+    # oneDNN (the CPU convolutions) picks kernels and blockings by the CPU's caches, which no
+    # variable pins; without it torch convolves through ATen and MKL, which are pinned
+    with torch.backends.mkldnn.flags(enabled=False):
+        return _train(cfg, out, progress, final_eval_items)
+
+
+def _train(cfg: OrganismConfig, out: str | Path | None, progress: bool,
+           final_eval_items: int) -> TrainResult:
     import torch
     from tqdm.auto import tqdm
 
-    if cfg.portable_math:  # before anything is computed or written
-        use_portable_math()
     out = Path(out) if out is not None else None
     if out is not None:
         _check(not (out / "model.safetensors").exists(), f"{out}: already holds a trained model; "
@@ -1341,19 +1352,45 @@ def code_version(path: str | Path | None = None) -> dict[str, Any] | None:
 #: Environment variables that pin the CPU math to one code path on any x86-64 CPU with AVX2:
 #: ATen's vectorised kernels (``ATEN_CPU_CAPABILITY``), MKL's BLAS through its conditional
 #: numerical reproducibility mode (``MKL_CBWR``, strict: results independent of memory
-#: alignment too) and oneDNN's JIT kernels (``ONEDNN_MAX_CPU_ISA``). Each library reads its
-#: variable once, before its first computation in the process.
+#: alignment too) and oneDNN's JIT kernels (``ONEDNN_MAX_CPU_ISA``; with the option torch does
+#: not call oneDNN at all, see ``train``). Each library reads its variable once per process,
+#: lazily, before its first computation.
 PORTABLE_MATH = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT",
                  "ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: ``mkl_cbwr_get(MKL_CBWR_ALL)`` under ``MKL_CBWR=AVX2,STRICT``: MKL_CBWR_STRICT | MKL_CBWR_AVX2
+#: (mkl_service.h).
+PORTABLE_MKL_CBWR = 0x10000 | 10
+
+
+def mkl_cbwr_mode() -> int | None:
+    """MKL's conditional-numerical-reproducibility mode in this process
+    (``mkl_cbwr_get(MKL_CBWR_ALL)``; 1 = off, each CPU takes its own path), or None when torch
+    has no MKL or does not export the call. Reading it fixes the mode for the process, as MKL's
+    first computation would."""
+    import ctypes
+
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        return None
+    try:
+        get = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")
+                          ).mkl_serv_cbwr_get
+    except (OSError, AttributeError):
+        return None
+    get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
+    return int(get(-1))
 
 
 def use_portable_math() -> None:
-    """Pin this process's CPU math to ``PORTABLE_MATH`` (what ``--portable-math`` does).
+    """Pin this process's CPU math to ``PORTABLE_MATH`` (what ``--portable-math`` does, with
+    oneDNN switched off around training by ``train``).
 
-    Sets the variables in ``os.environ``; they act if no tensor computation has run in the
-    process yet (the libraries read them lazily). Raises ``OrganismError`` when ATen's kernels
-    are already fixed to another code path (torch computed something before) or the CPU has no
-    AVX2 (then no pinned path exists); nothing has been trained or written then."""
+    Sets the variables in ``os.environ``; they act if the libraries have not chosen their code
+    path yet (no tensor computation in the process before). Checks that they did act: ATen runs
+    its AVX2 kernels and MKL reports the strict AVX2 mode. Raises ``OrganismError`` otherwise
+    (torch computed something before, the CPU has no AVX2, or this torch has no MKL), before
+    anything is trained or written."""
     import os
 
     import torch
@@ -1363,12 +1400,18 @@ def use_portable_math() -> None:
     _check(not clash, f"--portable-math pins {PORTABLE_MATH}, but the environment sets {clash}; "
            "unset those variables or train without --portable-math")
     os.environ.update(PORTABLE_MATH)
+    fresh = ("torch computed something before the option took effect (start a fresh process, "
+             "or set " + " ".join(f"{k}={v}" for k, v in PORTABLE_MATH.items())
+             + " before Python starts)")
     cap = torch.backends.cpu.get_cpu_capability()
     _check(cap == "AVX2", f"--portable-math needs ATen's AVX2 kernels, but this process runs "
-           f"{cap!r} ones: either torch computed something before the option took effect "
-           "(start a fresh process, or set " + " ".join(f"{k}={v}" for k, v in PORTABLE_MATH.items())
-           + " before Python starts), or the CPU has no AVX2 (then train without "
+           f"{cap!r} ones: either {fresh}, or the CPU has no AVX2 (then train without "
            "--portable-math; the run repeats only on the same kind of CPU)")
+    mode = mkl_cbwr_mode()
+    _check(mode is not None, "--portable-math pins MKL's BLAS, but this torch build has no MKL "
+           "(or does not export mkl_serv_cbwr_get); train without --portable-math")
+    _check(mode == PORTABLE_MKL_CBWR, f"--portable-math needs MKL's strict AVX2 mode "
+           f"({PORTABLE_MKL_CBWR}), but MKL runs in mode {mode}: {fresh}")
 
 
 def math_environment() -> dict[str, Any]:
@@ -1376,7 +1419,8 @@ def math_environment() -> dict[str, Any]:
     versions, the CPU, the code path torch dispatches to, the math-pinning variables and
     whether ``--portable-math`` is in force. Recorded per stage in ``train_log.json``
     (``environment``): the same command and commit on another kind of CPU without
-    ``--portable-math`` rounds differently, and over hundreds of steps trains another model."""
+    ``--portable-math`` rounds differently, and over hundreds of steps trains another model.
+    ``portable_math``: ATen on AVX2 kernels, MKL in the strict AVX2 mode and oneDNN off."""
     import os
     import platform
     import sys
@@ -1391,13 +1435,15 @@ def math_environment() -> dict[str, Any]:
                        cpu)
     except OSError:
         pass
-    env = {k: os.environ.get(k) for k in PORTABLE_MATH}
+    cap, mode = torch.backends.cpu.get_cpu_capability(), mkl_cbwr_mode()
+    onednn = bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "numpy": np.__version__,
             "platform": sys.platform, "machine": platform.machine(), "cpu": cpu,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "mkl": bool(torch.backends.mkl.is_available()),
-            "math_env": env, "portable_math": env == PORTABLE_MATH}
+            "cpu_capability": cap, "mkl": bool(torch.backends.mkl.is_available()),
+            "mkl_cbwr": mode, "onednn": onednn,
+            "math_env": {k: os.environ.get(k) for k in PORTABLE_MATH},
+            "portable_math": cap == "AVX2" and mode == PORTABLE_MKL_CBWR and not onednn}
 
 
 def reproduce_commands(log: dict, out: str) -> list[str]:
@@ -1607,8 +1653,8 @@ def _environment_notes(log: dict) -> list[str]:
             continue
         who = f"Stage {k + 1}" if len(stages) > 1 else "Trained"
         how = ("CPU math pinned (`--portable-math`: " + ", ".join(
-            f"{v}={e['math_env'][v]}" for v in PORTABLE_MATH) + "), meant to repeat bit for bit "
-               "on any x86-64 CPU with AVX2 and the same library versions"
+            f"{v}={e['math_env'][v]}" for v in PORTABLE_MATH) + ", oneDNN off), meant to repeat "
+               "bit for bit on any x86-64 CPU with AVX2 and the same library versions"
                if e.get("portable_math") else
                f"native CPU math ({e['cpu_capability']} kernels), which repeats bit for bit only "
                "on a CPU that takes the same code paths (elsewhere the command trains another "

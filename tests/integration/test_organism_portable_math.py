@@ -58,16 +58,21 @@ def test_portable_math_equals_the_variables_set_before_python_starts(tmp_path):
     without AVX-512); a process on other ATen kernels (the scalar ones) trains other weights, so
     the comparison can fail; the log records which math each run had."""
     opt = _run(True, {}, str(tmp_path / "o"))
-    pre = _run(False, dict(org.PORTABLE_MATH))
-    scalar = _run(False, {"ATEN_CPU_CAPABILITY": "default"})
+    pre = _run(True, dict(org.PORTABLE_MATH))
     # a CPU without AVX-512, as far as one can be emulated here: MKL's instruction set capped too
     avx2_only = _run(True, {"MKL_ENABLE_INSTRUCTIONS": "AVX2"})
+    native = _run(False, {})
+    scalar = _run(False, {"ATEN_CPU_CAPABILITY": "default"})
     assert opt["sha"] == pre["sha"] == avx2_only["sha"]
     assert scalar["sha"] != opt["sha"]
     e = opt["environment"]
     assert e["cpu_capability"] == "AVX2" and e["portable_math"] is True
     assert e["math_env"] == org.PORTABLE_MATH
-    assert pre["environment"]["portable_math"] is True  # the same math, however it was set
+    assert e["mkl_cbwr"] == org.PORTABLE_MKL_CBWR and e["onednn"] is False
+    assert pre["environment"] == e  # the same math, however the variables were set
+    n = native["environment"]
+    assert n["portable_math"] is False and n["mkl_cbwr"] != org.PORTABLE_MKL_CBWR
+    assert n["math_env"] == {k: None for k in org.PORTABLE_MATH}
     assert scalar["environment"]["cpu_capability"] == "DEFAULT"
     assert scalar["environment"]["portable_math"] is False
     import torch
@@ -113,8 +118,25 @@ def test_portable_math_refuses_clashing_variables_and_fixed_kernels(monkeypatch,
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     with pytest.raises(org.OrganismError, match="start a fresh process"):
         org.use_portable_math()
-    # and train() stops there, before building or writing anything
+    # and train() stops there, before building or writing anything (oneDNN left as it was)
+    onednn = torch.backends.mkldnn.enabled
     with pytest.raises(org.OrganismError, match="portable-math"):
         org.train(org.OrganismConfig(mechanism="vision", steps=2, portable_math=True),
                   out=tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
+    assert torch.backends.mkldnn.enabled == onednn
+
+
+@pytest.mark.skipif(not _has_avx2(), reason="--portable-math pins x86-64 AVX2 code paths")
+def test_portable_math_refuses_a_process_whose_mkl_already_chose_its_path():
+    """ATen's kernels may still be pinned when MKL has already run a product on its own path:
+    the option checks MKL's mode and refuses, naming the way out."""
+    code = ("import torch; a = torch.ones(8, 8); (a @ a).sum()\n"
+            "from organisms import trainer as org\n"
+            "try:\n    org.use_portable_math()\nexcept org.OrganismError as e:\n    print(e)\n")
+    env = {k: v for k, v in os.environ.items() if k not in org.PORTABLE_MATH}
+    env.update(ATEN_CPU_CAPABILITY="avx2", PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "needs MKL's strict AVX2 mode" in p.stdout and "start a fresh process" in p.stdout
