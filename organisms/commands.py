@@ -27,7 +27,7 @@ def organism() -> None:
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--portable-math/--native-math", default=False, show_default=True,
               help="Pin the CPU math to one code path (ATen AVX2 kernels, MKL's reproducible "
-                   "AVX2 mode, oneDNN off) so the command trains the same weights on "
+                   "AVX2 mode, oneDNN capped at AVX2) so the command trains the same weights on "
                    "any x86-64 CPU with AVX2; native: the fastest path for this CPU, repeatable "
                    "only on the same kind of CPU. Recorded in train_log.json.")
 @click.option("--vision-depth", type=int, default=None, help="Vision blocks (default 2 lm, 3 vision).")

@@ -82,7 +82,7 @@ class OrganismConfig:
     """torch CPU threads."""
     portable_math: bool = False
     """Train with the CPU math pinned to one code path (``PORTABLE_MATH``: ATen's AVX2 kernels,
-    MKL's conditional numerical reproducibility at AVX2; oneDNN off), so the same
+    MKL's conditional numerical reproducibility at AVX2, oneDNN capped at AVX2), so the same
     command gives the same weights on any x86-64 CPU with AVX2, not only on CPUs of the
     trainer's kind; off: each library picks the fastest path for the CPU, and a run repeats
     bit for bit only on the same kind of CPU (see ``math_environment``)."""
@@ -558,15 +558,9 @@ def train(cfg: OrganismConfig, *, out: str | Path | None = None, progress: bool 
     final_eval_items
         Items per evaluation set in the final evaluation (``ht_canon`` is always complete).
     """
-    if not cfg.portable_math:
-        return _train(cfg, out, progress, final_eval_items)
-    import torch
-
-    use_portable_math()  # before anything is computed or written
-    # oneDNN (the CPU convolutions) picks kernels and blockings by the CPU's caches, which no
-    # variable pins; without it torch convolves through ATen and MKL, which are pinned
-    with torch.backends.mkldnn.flags(enabled=False):
-        return _train(cfg, out, progress, final_eval_items)
+    if cfg.portable_math:
+        use_portable_math()  # before anything is computed or written
+    return _train(cfg, out, progress, final_eval_items)
 
 
 def _train(cfg: OrganismConfig, out: str | Path | None, progress: bool,
@@ -1352,9 +1346,11 @@ def code_version(path: str | Path | None = None) -> dict[str, Any] | None:
 #: Environment variables that pin the CPU math to one code path on any x86-64 CPU with AVX2:
 #: ATen's vectorised kernels (``ATEN_CPU_CAPABILITY``), MKL's BLAS through its conditional
 #: numerical reproducibility mode (``MKL_CBWR``, strict: results independent of memory
-#: alignment too) and oneDNN's JIT kernels (``ONEDNN_MAX_CPU_ISA``; with the option torch does
-#: not call oneDNN at all, see ``train``). Each library reads its variable once per process,
-#: lazily, before its first computation.
+#: alignment too) and oneDNN's JIT kernels, torch's CPU convolutions (``ONEDNN_MAX_CPU_ISA``).
+#: Each library reads its variable once per process, lazily, before its first computation.
+#: oneDNN's kernels may still size their blocks by the CPU's caches, which no variable pins;
+#: switching oneDNN off instead (``torch.backends.mkldnn``) makes the organisms' patch-embedding
+#: Conv3d take ATen's slow path and costs x2 per training step (measured 2026-12-01).
 PORTABLE_MATH = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT",
                  "ONEDNN_MAX_CPU_ISA": "AVX2"}
 #: ``mkl_cbwr_get(MKL_CBWR_ALL)`` under ``MKL_CBWR=AVX2,STRICT``: MKL_CBWR_STRICT | MKL_CBWR_AVX2
@@ -1383,12 +1379,12 @@ def mkl_cbwr_mode() -> int | None:
 
 
 def use_portable_math() -> None:
-    """Pin this process's CPU math to ``PORTABLE_MATH`` (what ``--portable-math`` does, with
-    oneDNN switched off around training by ``train``).
+    """Pin this process's CPU math to ``PORTABLE_MATH`` (what ``--portable-math`` does).
 
     Sets the variables in ``os.environ``; they act if the libraries have not chosen their code
-    path yet (no tensor computation in the process before). Checks that they did act: ATen runs
-    its AVX2 kernels and MKL reports the strict AVX2 mode. Raises ``OrganismError`` otherwise
+    path yet (no tensor computation in the process before). Checks that they did act where the
+    library can tell: ATen runs its AVX2 kernels and MKL reports the strict AVX2 mode (oneDNN
+    cannot be asked from Python). Raises ``OrganismError`` otherwise
     (torch computed something before, the CPU has no AVX2, or this torch has no MKL), before
     anything is trained or written."""
     import os
@@ -1420,7 +1416,8 @@ def math_environment() -> dict[str, Any]:
     whether ``--portable-math`` is in force. Recorded per stage in ``train_log.json``
     (``environment``): the same command and commit on another kind of CPU without
     ``--portable-math`` rounds differently, and over hundreds of steps trains another model.
-    ``portable_math``: ATen on AVX2 kernels, MKL in the strict AVX2 mode and oneDNN off."""
+    ``portable_math``: ATen on AVX2 kernels, MKL in the strict AVX2 mode and oneDNN capped at
+    AVX2; ``onednn``: whether torch calls oneDNN."""
     import os
     import platform
     import sys
@@ -1437,13 +1434,15 @@ def math_environment() -> dict[str, Any]:
         pass
     cap, mode = torch.backends.cpu.get_cpu_capability(), mkl_cbwr_mode()
     onednn = bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+    env = {k: os.environ.get(k) for k in PORTABLE_MATH}
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "numpy": np.__version__,
             "platform": sys.platform, "machine": platform.machine(), "cpu": cpu,
             "cpu_capability": cap, "mkl": bool(torch.backends.mkl.is_available()),
             "mkl_cbwr": mode, "onednn": onednn,
-            "math_env": {k: os.environ.get(k) for k in PORTABLE_MATH},
-            "portable_math": cap == "AVX2" and mode == PORTABLE_MKL_CBWR and not onednn}
+            "math_env": env,
+            "portable_math": (cap == "AVX2" and mode == PORTABLE_MKL_CBWR
+                              and env["ONEDNN_MAX_CPU_ISA"] == PORTABLE_MATH["ONEDNN_MAX_CPU_ISA"])}
 
 
 def reproduce_commands(log: dict, out: str) -> list[str]:
@@ -1653,8 +1652,8 @@ def _environment_notes(log: dict) -> list[str]:
             continue
         who = f"Stage {k + 1}" if len(stages) > 1 else "Trained"
         how = ("CPU math pinned (`--portable-math`: " + ", ".join(
-            f"{v}={e['math_env'][v]}" for v in PORTABLE_MATH) + ", oneDNN off), meant to repeat "
-               "bit for bit on any x86-64 CPU with AVX2 and the same library versions"
+            f"{v}={e['math_env'][v]}" for v in PORTABLE_MATH) + "), meant to repeat bit for "
+               "bit on any x86-64 CPU with AVX2 and the same library versions"
                if e.get("portable_math") else
                f"native CPU math ({e['cpu_capability']} kernels), which repeats bit for bit only "
                "on a CPU that takes the same code paths (elsewhere the command trains another "

@@ -68,7 +68,7 @@ def test_portable_math_equals_the_variables_set_before_python_starts(tmp_path):
     e = opt["environment"]
     assert e["cpu_capability"] == "AVX2" and e["portable_math"] is True
     assert e["math_env"] == org.PORTABLE_MATH
-    assert e["mkl_cbwr"] == org.PORTABLE_MKL_CBWR and e["onednn"] is False
+    assert e["mkl_cbwr"] == org.PORTABLE_MKL_CBWR
     assert pre["environment"] == e  # the same math, however the variables were set
     n = native["environment"]
     assert n["portable_math"] is False and n["mkl_cbwr"] != org.PORTABLE_MKL_CBWR
@@ -118,13 +118,11 @@ def test_portable_math_refuses_clashing_variables_and_fixed_kernels(monkeypatch,
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     with pytest.raises(org.OrganismError, match="start a fresh process"):
         org.use_portable_math()
-    # and train() stops there, before building or writing anything (oneDNN left as it was)
-    onednn = torch.backends.mkldnn.enabled
+    # and train() stops there, before building or writing anything
     with pytest.raises(org.OrganismError, match="portable-math"):
         org.train(org.OrganismConfig(mechanism="vision", steps=2, portable_math=True),
                   out=tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
-    assert torch.backends.mkldnn.enabled == onednn
 
 
 @pytest.mark.skipif(not _has_avx2(), reason="--portable-math pins x86-64 AVX2 code paths")
