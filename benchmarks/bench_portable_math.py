@@ -5,8 +5,8 @@ shipped Qwen vision chain's stage-1 configuration (3 x 128 ViT, batch 32, 1 thre
 Each round runs both modes one after the other, in a fresh process each (the libraries choose
 their code path once per process), in an order that alternates between rounds; the report is
 the per-round ratio portable / native of CPU seconds per step (the trainer's ``cpu_time_s``,
-``time.process_time`` over the training steps), its median and range, and whether the two modes trained the
-same weights (they do not on a CPU whose native path is not AVX2).
+``time.process_time`` over the training steps), its median and range, and whether the two
+modes trained the same weights (they do not on a CPU whose native path is not AVX2).
 
     python benchmarks/bench_portable_math.py --rounds 3 --steps 30
 """
@@ -66,8 +66,8 @@ def main() -> None:
         ratio = got["portable"]["cpu_s_per_step"] / got["native"]["cpu_s_per_step"]
         ratios.append(ratio)
         rows.append({"round": r, "order": order, **{m: got[m] for m in got}, "ratio": ratio})
-        print(f"round {r} ({order[0]} first): native {got['native']['cpu_s_per_step']:.3f} CPU-s/step "
-              f"({got['native']['capability']}), portable {got['portable']['cpu_s_per_step']:.3f} "
+        print(f"round {r} ({order[0]} first): native "
+              f"{got['native']['cpu_s_per_step']:.3f} CPU-s/step ({got['native']['capability']}), portable {got['portable']['cpu_s_per_step']:.3f} "
               f"({got['portable']['capability']}): x{ratio:.2f}; same weights: "
               f"{got['native']['sha'] == got['portable']['sha']}", flush=True)
     print(json.dumps({"median_ratio": statistics.median(ratios), "min": min(ratios),

@@ -168,8 +168,9 @@ def organism() -> None:
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Run the 'which mechanism emerged?' slot probe at the end.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def train(arch, mechanism, task, steps, seed, threads, portable_math, vision_depth, vision_dim, vision_heads, batch,
-          lr, warmup, aux_slot_weight, aux_colour_weight, aux_region, aux_colour, aux_colour_region,
+def train(arch, mechanism, task, steps, seed, threads, portable_math, vision_depth, vision_dim,
+          vision_heads, batch, lr, warmup, aux_slot_weight, aux_colour_weight, aux_region,
+          aux_colour, aux_colour_region,
           aux_colour_none_weight, aux_lm_slot_weight, p_shuffle, p_ablate,
           p_ablate_object, p_scramble_object, scramble_outside_strips, shuffle_object_ablated,
           rope_theta, rope_factor,

@@ -82,10 +82,11 @@ class OrganismConfig:
     """torch CPU threads."""
     portable_math: bool = False
     """Train with the CPU math pinned to one code path (``PORTABLE_MATH``: ATen's AVX2 kernels,
-    MKL's conditional numerical reproducibility at AVX2, oneDNN capped at AVX2), so the same
-    command gives the same weights on any x86-64 CPU with AVX2, not only on CPUs of the
-    trainer's kind; off: each library picks the fastest path for the CPU, and a run repeats
-    bit for bit only on the same kind of CPU (see ``math_environment``)."""
+    MKL's conditional numerical reproducibility at AVX2, oneDNN capped at AVX2), so that the
+    same command gives the same weights on any x86-64 CPU with AVX2, not only on CPUs of the
+    trainer's kind (oneDNN's convolutions may still follow the CPU's caches); off: each library
+    picks the fastest path for the CPU, and a run repeats bit for bit only on the same kind of
+    CPU (see ``math_environment``)."""
     batch: int = 64
     lr: float = 1e-3
     warmup: int = 100
@@ -1653,7 +1654,8 @@ def _environment_notes(log: dict) -> list[str]:
         who = f"Stage {k + 1}" if len(stages) > 1 else "Trained"
         how = ("CPU math pinned (`--portable-math`: " + ", ".join(
             f"{v}={e['math_env'][v]}" for v in PORTABLE_MATH) + "), meant to repeat bit for "
-               "bit on any x86-64 CPU with AVX2 and the same library versions"
+               "bit on any x86-64 CPU with AVX2 and the same library versions (oneDNN's "
+               "convolutions may still follow the CPU's caches)"
                if e.get("portable_math") else
                f"native CPU math ({e['cpu_capability']} kernels), which repeats bit for bit only "
                "on a CPU that takes the same code paths (elsewhere the command trains another "
