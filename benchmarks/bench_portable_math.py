@@ -21,14 +21,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from organisms.trainer import PORTABLE_MATH  # noqa: E402  (no computation on import)
 
 STEP = r"""
 import hashlib, json, sys
 import torch
 from organisms import trainer as org
 steps, portable = int(sys.argv[1]), sys.argv[2] == "1"
-if portable:
-    org.use_portable_math()
 cfg = org.OrganismConfig(arch="qwen2-vl", mechanism="vision", seed=0, threads=1, batch=32,
                          vision_depth=3, vision_dim=128, aux_slot_weight=2.0, steps=steps,
                          eval_every=10**9, portable_math=portable)
@@ -43,8 +43,7 @@ print(json.dumps({"cpu_s_per_step": res.log["cpu_time_s"] / steps, "steps": step
 
 
 def run(mode: str, steps: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR",
-                                                             "ONEDNN_MAX_CPU_ISA")}
+    env = {k: v for k, v in os.environ.items() if k not in PORTABLE_MATH}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     p = subprocess.run([sys.executable, "-c", STEP, str(steps),
                         "1" if mode == "portable" else "0"], env=env, cwd=ROOT,
